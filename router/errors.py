@@ -1,0 +1,178 @@
+"""The one error tree of the gateway.
+
+Every error a client can see is a :class:`RouterError` with an HTTP ``status`` and a
+stable snake_case ``code`` (class attributes, so they are documented and tested in one
+place). Foreign exceptions (httpx, tritonclient, pydantic, YAML) are translated once,
+where they enter — the backends and the config loader — so everything above them only
+ever handles these::
+
+    RouterError                      500 internal_error
+    ├── ConfigError                  500 config_invalid      (routes.yaml; carries every issue)
+    ├── TritonStartupError           500 triton_startup      (launcher; never reaches a client)
+    ├── ClientError                  400 bad_request
+    │   ├── InvalidRequest           400 invalid_request     (names the field)
+    │   ├── Unauthorized             401 unauthorized
+    │   ├── NotFound                 404 not_found
+    │   ├── UnknownModel             404 model_not_found
+    │   ├── MethodNotAllowed         405 method_not_allowed
+    │   ├── PayloadTooLarge          413 payload_too_large
+    │   └── UnsupportedMediaType     415 unsupported_media_type
+    ├── BackendError                 502 backend_error       (one attempt failed)
+    │   ├── BackendRejected          400 backend_rejected    (the model refused the input)
+    │   ├── BackendUnavailable       503 backend_unavailable (refused, 5xx, queue full)
+    │   └── BackendTimeout           504 backend_timeout     (attempt ran out of time)
+    ├── AllTiersFailed               503 all_tiers_failed    (every tier of the chain failed)
+    └── BudgetExhausted              504 budget_exhausted    (the route's budget ran out)
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+__all__ = [
+    "RouterError",
+    "ConfigError",
+    "ConfigIssue",
+    "TritonStartupError",
+    "ClientError",
+    "InvalidRequest",
+    "Unauthorized",
+    "NotFound",
+    "UnknownModel",
+    "MethodNotAllowed",
+    "PayloadTooLarge",
+    "UnsupportedMediaType",
+    "BackendError",
+    "BackendRejected",
+    "BackendUnavailable",
+    "BackendTimeout",
+    "AllTiersFailed",
+    "BudgetExhausted",
+]
+
+
+class RouterError(Exception):
+    """Base of every error the gateway raises on purpose."""
+
+    status: ClassVar[int] = 500
+    code: ClassVar[str] = "internal_error"
+
+    def __init__(self, message: str, **details: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details
+
+    def to_dict(self) -> dict[str, Any]:
+        """The ``error`` object of a JSON error body (without the request id)."""
+        return {"code": self.code, "message": self.message, **self.details}
+
+
+class ConfigIssue:
+    """One problem in a config file, located as ``file:line:col path: message``."""
+
+    __slots__ = ("file", "line", "column", "path", "message")
+
+    def __init__(self, file: str, line: int, column: int, path: str, message: str) -> None:
+        self.file, self.line, self.column = file, line, column
+        self.path, self.message = path, message
+
+    def __str__(self) -> str:
+        where = f"{self.file}:{self.line}:{self.column}"
+        return f"{where} {self.path}: {self.message}" if self.path else f"{where} {self.message}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in self.__slots__}
+
+
+class ConfigError(RouterError):
+    """A config file that cannot be used; ``issues`` lists every problem found."""
+
+    code = "config_invalid"
+
+    def __init__(self, issues: list[ConfigIssue]) -> None:
+        super().__init__("\n".join(str(issue) for issue in issues) or "invalid config")
+        self.issues = issues
+
+
+class TritonStartupError(RouterError):
+    """The Triton server could not be started or did not become ready."""
+
+    code = "triton_startup"
+
+
+class ClientError(RouterError):
+    status = 400
+    code = "bad_request"
+
+
+class InvalidRequest(ClientError):
+    code = "invalid_request"
+
+    def __init__(self, message: str, field: str | None = None, **details: Any) -> None:
+        if field is not None:
+            details["field"] = field
+        super().__init__(message, **details)
+
+
+class Unauthorized(ClientError):
+    status = 401
+    code = "unauthorized"
+
+
+class NotFound(ClientError):
+    status = 404
+    code = "not_found"
+
+
+class UnknownModel(ClientError):
+    status = 404
+    code = "model_not_found"
+
+
+class MethodNotAllowed(ClientError):
+    status = 405
+    code = "method_not_allowed"
+
+
+class PayloadTooLarge(ClientError):
+    status = 413
+    code = "payload_too_large"
+
+
+class UnsupportedMediaType(ClientError):
+    status = 415
+    code = "unsupported_media_type"
+
+
+class BackendError(RouterError):
+    """One attempt at one backend failed; the dispatcher decides what the client sees."""
+
+    status = 502
+    code = "backend_error"
+
+
+class BackendRejected(BackendError):
+    """The model refused the input: retrying elsewhere would not help."""
+
+    status = 400
+    code = "backend_rejected"
+
+
+class BackendUnavailable(BackendError):
+    status = 503
+    code = "backend_unavailable"
+
+
+class BackendTimeout(BackendError):
+    status = 504
+    code = "backend_timeout"
+
+
+class AllTiersFailed(RouterError):
+    status = 503
+    code = "all_tiers_failed"
+
+
+class BudgetExhausted(RouterError):
+    status = 504
+    code = "budget_exhausted"

@@ -1,0 +1,180 @@
+"""Diffusion pipelines for the Triton tiers, built without downloading anything.
+
+Each tier is a real ``diffusers`` text-to-image pipeline (text encoder → UNet with a
+scheduler → VAE decode). With no checkpoint configured the pipeline is built from an
+architecture *preset* with weights drawn from a seeded RNG, so every process on every
+machine builds the same model and the images are structured noise. When a checkpoint
+directory is named, the same code path loads it with ``from_pretrained`` (local files
+only), which is how a GPU host serves a real SD-class model.
+
+The module never imports Triton: it is tested and benchmarked as a plain library, and
+``router.pipelines.triton_model`` adapts it to Triton's Python backend.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["PRESETS", "Preset", "ImagePipeline", "build_random_pipeline"]
+
+
+@dataclass(frozen=True)
+class Preset:
+    """Architecture and defaults of one tier (sizes are pixels)."""
+
+    width: int
+    height: int
+    steps: int
+    scheduler: str
+    unet_channels: tuple[int, ...]
+    layers_per_block: int
+    text_hidden: int
+    text_layers: int
+    vae_channels: tuple[int, ...]
+    max_side: int
+    max_steps: int
+
+
+# The presets are sized so the tiers differ in cost the way real ones do (roughly
+# 10x between draft and quality on a CPU) while staying cheap enough for CI.
+PRESETS: dict[str, Preset] = {
+    "draft": Preset(
+        width=64, height=64, steps=4, scheduler="ddim",
+        unet_channels=(32, 64), layers_per_block=1,
+        text_hidden=32, text_layers=2, vae_channels=(32, 32, 64, 64),
+        max_side=256, max_steps=16,
+    ),
+    "preview": Preset(
+        width=128, height=128, steps=10, scheduler="ddim",
+        unet_channels=(64, 96, 128), layers_per_block=2,
+        text_hidden=64, text_layers=2, vae_channels=(32, 64, 64, 64),
+        max_side=512, max_steps=32,
+    ),
+    "quality": Preset(
+        width=256, height=256, steps=12, scheduler="euler",
+        unet_channels=(64, 128, 128), layers_per_block=2,
+        text_hidden=128, text_layers=4, vae_channels=(64, 64, 128, 128),
+        max_side=768, max_steps=50,
+    ),
+}
+
+
+def _scheduler(kind: str) -> Any:
+    from diffusers import DDIMScheduler, EulerDiscreteScheduler
+
+    if kind == "ddim":
+        return DDIMScheduler(num_train_timesteps=1000, clip_sample=False, steps_offset=1)
+    if kind == "euler":
+        return EulerDiscreteScheduler(num_train_timesteps=1000, steps_offset=1)
+    raise ValueError(f"unknown scheduler {kind!r}")
+
+
+def build_random_pipeline(preset: Preset, seed: int = 0) -> Any:
+    """Build a ``StableDiffusionPipeline`` from ``preset`` with seeded random weights.
+
+    The tokenizer is ByT5's byte-level tokenizer, which needs no vocabulary file, so
+    the text encoder really reads the prompt without anything being downloaded.
+    """
+    import torch
+    from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import ByT5Tokenizer, CLIPTextConfig, CLIPTextModel
+
+    torch.manual_seed(seed)
+    n_up = len(preset.vae_channels)
+    vae = AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * n_up,
+        up_block_types=("UpDecoderBlock2D",) * n_up,
+        block_out_channels=preset.vae_channels,
+        layers_per_block=1,
+        latent_channels=4,
+        norm_num_groups=min(32, preset.vae_channels[0]),
+        sample_size=preset.width,
+    )
+    n_unet = len(preset.unet_channels)
+    unet = UNet2DConditionModel(
+        sample_size=preset.width // 2 ** (n_up - 1),
+        in_channels=4,
+        out_channels=4,
+        block_out_channels=preset.unet_channels,
+        layers_per_block=preset.layers_per_block,
+        down_block_types=("CrossAttnDownBlock2D",) * (n_unet - 1) + ("DownBlock2D",),
+        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * (n_unet - 1),
+        cross_attention_dim=preset.text_hidden,
+        attention_head_dim=8,
+        norm_num_groups=min(32, preset.unet_channels[0]),
+    )
+    tokenizer = ByT5Tokenizer(model_max_length=77)
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=preset.text_hidden,
+            intermediate_size=preset.text_hidden * 4,
+            num_hidden_layers=preset.text_layers,
+            num_attention_heads=4,
+            max_position_embeddings=77,
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            bos_token_id=tokenizer.eos_token_id,
+        )
+    )
+    pipe = StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=_scheduler(preset.scheduler),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    return pipe
+
+
+def load_pipeline(path: Path, device: str = "cpu") -> Any:
+    """Load a text-to-image pipeline saved with ``save_pretrained`` (no network)."""
+    from diffusers import AutoPipelineForText2Image
+
+    pipe = AutoPipelineForText2Image.from_pretrained(str(path), local_files_only=True)
+    return pipe.to(device)
+
+
+class ImagePipeline:
+    """One tier's pipeline with its defaults and limits; thread-compatible, not thread-safe.
+
+    ``generate`` is deterministic: the same prompt, seed, steps and size give the same
+    bytes, because each call draws its starting latents from its own seeded generator
+    and runs alone (never batched with other requests, whose presence could change
+    floating-point reduction order).
+    """
+
+    def __init__(self, pipe: Any, preset: Preset, device: str = "cpu") -> None:
+        self.pipe = pipe.to(device)
+        self.pipe.set_progress_bar_config(disable=True)
+        self.preset = preset
+        self.device = device
+        vae_scale = getattr(pipe, "vae_scale_factor", 8)
+        self.size_multiple = int(vae_scale)
+
+    def generate(self, prompt: str, seed: int, steps: int, width: int, height: int) -> np.ndarray:
+        """Return one image as ``uint8[height, width, 3]``."""
+        import torch
+
+        generator = torch.Generator(device="cpu").manual_seed(seed)
+        with torch.inference_mode():
+            out = self.pipe(
+                prompt=prompt,
+                num_inference_steps=steps,
+                width=width,
+                height=height,
+                guidance_scale=1.0,
+                generator=generator,
+                output_type="np",
+            )
+        image = np.asarray(out.images[0])
+        return np.ascontiguousarray((image.clip(0.0, 1.0) * 255.0).round().astype(np.uint8))

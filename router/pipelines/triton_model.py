@@ -1,0 +1,130 @@
+"""Adapter from Triton's Python backend to the tier pipelines.
+
+Every ``model_repository/<name>/1/model.py`` re-exports :class:`TritonPythonModel`
+from here; the tier is chosen by the ``pipeline`` parameter of its ``config.pbtxt``
+(``draft``, ``preview``, ``quality`` or ``noop``), so one reviewed code path serves
+them all. ``checkpoint`` (a local directory, relative paths resolved against the model
+directory) switches from seeded random weights to a ``from_pretrained`` load.
+
+Each request in a batch is validated and answered on its own: one bad request gets a
+400 (``INVALID_ARG``) and never fails its batch-mates or the model process.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from router.pipelines.contract import Generation, InvalidInput, Limits, parse_request
+
+__all__ = ["TritonPythonModel", "build_generator", "NoopGenerator"]
+
+INPUT_NAMES = ("PROMPT", "SEED", "STEPS", "WIDTH", "HEIGHT")
+
+
+class Generator(Protocol):
+    limits: Limits
+
+    def __call__(self, job: Generation) -> np.ndarray: ...
+
+
+class NoopGenerator:
+    """Answers at once with a fixed image: measures everything but the model."""
+
+    limits = Limits(width=8, height=8, steps=1, max_side=64, max_steps=1000)
+
+    def __call__(self, job: Generation) -> np.ndarray:
+        ys, xs = np.mgrid[0 : job.height, 0 : job.width]
+        image = np.stack([xs * 4 % 256, ys * 4 % 256, np.full_like(xs, 128)], axis=-1)
+        return image.astype(np.uint8)
+
+
+class DiffusionGenerator:
+    """A tier's diffusion pipeline behind the :class:`Generator` interface."""
+
+    def __init__(self, preset_name: str, checkpoint: Path | None, device: str) -> None:
+        from router.pipelines.diffusion import (
+            PRESETS,
+            ImagePipeline,
+            build_random_pipeline,
+            load_pipeline,
+        )
+
+        preset = PRESETS[preset_name]
+        pipe = load_pipeline(checkpoint, device) if checkpoint else build_random_pipeline(preset)
+        self.pipeline = ImagePipeline(pipe, preset, device)
+        self.limits = Limits(
+            width=preset.width,
+            height=preset.height,
+            steps=preset.steps,
+            max_side=preset.max_side,
+            max_steps=preset.max_steps,
+            size_multiple=self.pipeline.size_multiple,
+            min_side=self.pipeline.size_multiple,
+        )
+
+    def __call__(self, job: Generation) -> np.ndarray:
+        return self.pipeline.generate(job.prompt, job.seed, job.steps, job.width, job.height)
+
+
+def build_generator(params: dict[str, str], model_dir: Path, device: str) -> Generator:
+    """Build the generator a model's ``config.pbtxt`` parameters describe."""
+    name = params.get("pipeline", "")
+    if name == "noop":
+        return NoopGenerator()
+    threads = int(params.get("torch_threads", "1") or "1")
+    import torch
+
+    # One thread per instance: two threads on two busy cores made latency collapse.
+    torch.set_num_threads(threads)
+    checkpoint = params.get("checkpoint", "").strip()
+    path = None
+    if checkpoint:
+        path = Path(checkpoint) if os.path.isabs(checkpoint) else model_dir / checkpoint
+        if not path.is_dir():
+            raise FileNotFoundError(f"checkpoint directory {path} does not exist")
+    return DiffusionGenerator(name, path, device)
+
+
+class TritonPythonModel:
+    """The Python-backend model class Triton instantiates once per model instance."""
+
+    def initialize(self, args: dict[str, Any]) -> None:
+        config = json.loads(args["model_config"])
+        params = {k: v.get("string_value", "") for k, v in config.get("parameters", {}).items()}
+        device = "cpu"
+        if args.get("model_instance_kind") == "GPU":
+            device = f"cuda:{args['model_instance_device_id']}"
+        model_dir = Path(args["model_repository"])
+        self.generator = build_generator(params, model_dir, device)
+
+    def execute(self, requests: list[Any]) -> list[Any]:
+        import triton_python_backend_utils as pb_utils
+
+        responses = []
+        for request in requests:
+            try:
+                inputs = {}
+                for name in INPUT_NAMES:
+                    tensor = pb_utils.get_input_tensor_by_name(request, name)
+                    inputs[name] = None if tensor is None else tensor.as_numpy()
+                jobs = parse_request(inputs, self.generator.limits)
+                images = [self.generator(job) for job in jobs]
+                if len({image.shape for image in images}) > 1:
+                    raise InvalidInput("WIDTH/HEIGHT: rows of one request must share a size")
+                out = pb_utils.Tensor("IMAGE", np.stack(images))
+                responses.append(pb_utils.InferenceResponse(output_tensors=[out]))
+            except InvalidInput as exc:
+                error = pb_utils.TritonError(str(exc), pb_utils.TritonError.INVALID_ARG)
+                responses.append(pb_utils.InferenceResponse(error=error))
+            except Exception as exc:  # noqa: BLE001 - one request fails, the process lives
+                error = pb_utils.TritonError(f"{type(exc).__name__}: {exc}", pb_utils.TritonError.INTERNAL)
+                responses.append(pb_utils.InferenceResponse(error=error))
+        return responses
+
+    def finalize(self) -> None:
+        self.generator = None  # type: ignore[assignment]
