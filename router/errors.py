@@ -30,24 +30,24 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 __all__ = [
-    "RouterError",
-    "ConfigError",
-    "ConfigIssue",
-    "TritonStartupError",
-    "ClientError",
-    "InvalidRequest",
-    "Unauthorized",
-    "NotFound",
-    "UnknownModel",
-    "MethodNotAllowed",
-    "PayloadTooLarge",
-    "UnsupportedMediaType",
+    "AllTiersFailed",
     "BackendError",
     "BackendRejected",
-    "BackendUnavailable",
     "BackendTimeout",
-    "AllTiersFailed",
+    "BackendUnavailable",
     "BudgetExhausted",
+    "ClientError",
+    "ConfigError",
+    "ConfigIssue",
+    "InvalidRequest",
+    "MethodNotAllowed",
+    "NotFound",
+    "PayloadTooLarge",
+    "RouterError",
+    "TritonStartupError",
+    "Unauthorized",
+    "UnknownModel",
+    "UnsupportedMediaType",
 ]
 
 
@@ -70,7 +70,7 @@ class RouterError(Exception):
 class ConfigIssue:
     """One problem in a config file, located as ``file:line:col path: message``."""
 
-    __slots__ = ("file", "line", "column", "path", "message")
+    __slots__ = ("column", "file", "line", "message", "path")
 
     def __init__(self, file: str, line: int, column: int, path: str, message: str) -> None:
         self.file, self.line, self.column = file, line, column

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["InvalidInput", "Limits", "Generation", "parse_request", "MAX_PROMPT_BYTES"]
+__all__ = ["MAX_PROMPT_BYTES", "Generation", "InvalidInput", "Limits", "parse_request"]
 
 MAX_PROMPT_BYTES = 4096
 

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["PRESETS", "Preset", "ImagePipeline", "build_random_pipeline"]
+__all__ = ["PRESETS", "ImagePipeline", "Preset", "build_random_pipeline"]
 
 
 @dataclass(frozen=True)
@@ -43,22 +43,43 @@ class Preset:
 # 10x between draft and quality on a CPU) while staying cheap enough for CI.
 PRESETS: dict[str, Preset] = {
     "draft": Preset(
-        width=64, height=64, steps=4, scheduler="ddim",
-        unet_channels=(32, 64), layers_per_block=1,
-        text_hidden=32, text_layers=2, vae_channels=(32, 32, 64, 64),
-        max_side=256, max_steps=16,
+        width=64,
+        height=64,
+        steps=4,
+        scheduler="ddim",
+        unet_channels=(32, 64),
+        layers_per_block=1,
+        text_hidden=32,
+        text_layers=2,
+        vae_channels=(32, 32, 64, 64),
+        max_side=256,
+        max_steps=16,
     ),
     "preview": Preset(
-        width=128, height=128, steps=10, scheduler="ddim",
-        unet_channels=(64, 96, 128), layers_per_block=2,
-        text_hidden=64, text_layers=2, vae_channels=(32, 64, 64, 64),
-        max_side=512, max_steps=32,
+        width=128,
+        height=128,
+        steps=10,
+        scheduler="ddim",
+        unet_channels=(64, 96, 128),
+        layers_per_block=2,
+        text_hidden=64,
+        text_layers=2,
+        vae_channels=(32, 64, 64, 64),
+        max_side=512,
+        max_steps=32,
     ),
     "quality": Preset(
-        width=256, height=256, steps=12, scheduler="euler",
-        unet_channels=(64, 128, 128), layers_per_block=2,
-        text_hidden=128, text_layers=4, vae_channels=(64, 64, 128, 128),
-        max_side=768, max_steps=50,
+        width=256,
+        height=256,
+        steps=12,
+        scheduler="euler",
+        unet_channels=(64, 128, 128),
+        layers_per_block=2,
+        text_hidden=128,
+        text_layers=4,
+        vae_channels=(64, 64, 128, 128),
+        max_side=768,
+        max_steps=50,
     ),
 }
 

@@ -21,7 +21,7 @@ import numpy as np
 
 from router.pipelines.contract import Generation, InvalidInput, Limits, parse_request
 
-__all__ = ["TritonPythonModel", "build_generator", "NoopGenerator"]
+__all__ = ["NoopGenerator", "TritonPythonModel", "build_generator"]
 
 INPUT_NAMES = ("PROMPT", "SEED", "STEPS", "WIDTH", "HEIGHT")
 
@@ -66,6 +66,8 @@ class DiffusionGenerator:
             size_multiple=self.pipeline.size_multiple,
             min_side=self.pipeline.size_multiple,
         )
+        # One warm-up image so the first real request does not pay for lazy setup.
+        self.pipeline.generate("warm-up", 0, preset.steps, preset.width, preset.height)
 
     def __call__(self, job: Generation) -> np.ndarray:
         return self.pipeline.generate(job.prompt, job.seed, job.steps, job.width, job.height)

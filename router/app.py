@@ -1,0 +1,96 @@
+"""Assembling the Starlette application and its lifecycle.
+
+``create_app`` wires config → gateway → reloader → HTTP routes. The lifespan starts
+the file watcher and the ``SIGHUP`` handler and, on shutdown, stops them and closes
+the backend clients.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.routing import Route
+
+from router.config import load_file
+from router.gateway import Gateway
+from router.http import admin_api, images_api, kserve_api
+from router.http.errors import RequestIdMiddleware, exception_handlers
+from router.reload import RoutesReloader
+
+__all__ = ["create_app"]
+
+log = logging.getLogger("router.app")
+
+
+def _routes() -> list[Route]:
+    k = kserve_api
+    return [
+        Route("/healthz", admin_api.healthz, methods=["GET"]),
+        Route("/readyz", admin_api.readyz, methods=["GET"]),
+        Route("/v1/images/generations", images_api.openai_images, methods=["POST"]),
+        Route("/api/v1/generate", images_api.generate, methods=["POST"]),
+        Route("/v2", k.server_metadata, methods=["GET"]),
+        Route("/v2/health/live", k.live, methods=["GET"]),
+        Route("/v2/health/ready", k.ready, methods=["GET"]),
+        Route("/v2/repository/index", k.repository_index, methods=["POST"]),
+        Route("/v2/models/{model}", k.model_metadata, methods=["GET"]),
+        Route("/v2/models/{model}/versions/{version}", k.model_metadata, methods=["GET"]),
+        Route("/v2/models/{model}/ready", k.model_ready, methods=["GET"]),
+        Route("/v2/models/{model}/versions/{version}/ready", k.model_ready, methods=["GET"]),
+        Route("/v2/models/{model}/infer", k.infer, methods=["POST"]),
+        Route("/v2/models/{model}/versions/{version}/infer", k.infer, methods=["POST"]),
+        Route("/admin/reload", admin_api.admin_reload, methods=["POST"]),
+        Route("/admin/config", admin_api.admin_config, methods=["GET"]),
+        Route("/admin/explain", admin_api.admin_explain, methods=["POST"]),
+    ]
+
+
+def create_app(
+    routes_path: str | Path,
+    *,
+    admin_token: str | None = None,
+    watch: bool = True,
+) -> Starlette:
+    """Build the gateway for ``routes_path`` (validated now: a bad file fails fast)."""
+    path = Path(routes_path)
+    gateway = Gateway(load_file(path))
+    reloader = RoutesReloader(path, gateway.swap, gateway.table)
+    token = admin_token if admin_token is not None else os.environ.get("ROUTER_ADMIN_TOKEN")
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        stop = asyncio.Event()
+        watcher = asyncio.create_task(reloader.watch(stop)) if watch else None
+        loop = asyncio.get_running_loop()
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            loop.add_signal_handler(signal.SIGHUP, reloader.reload)
+        try:
+            yield
+        finally:
+            stop.set()
+            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+                loop.remove_signal_handler(signal.SIGHUP)
+            if watcher is not None:
+                watcher.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await watcher
+            await gateway.aclose()
+
+    app = Starlette(
+        routes=_routes(),
+        middleware=[Middleware(RequestIdMiddleware)],
+        exception_handlers=exception_handlers,
+        lifespan=lifespan,
+    )
+    app.state.gateway = gateway
+    app.state.reloader = reloader
+    app.state.admin_token = token or None
+    return app

@@ -1,0 +1,54 @@
+"""The one seam between the gateway and an image-serving upstream.
+
+Every upstream (a Triton server, a hosted OpenAI-compatible API) implements
+:class:`ImageBackend`. Implementations translate their library's exceptions into the
+:mod:`router.errors` backend errors *here*, once, so the dispatcher above sees only
+:class:`~router.errors.BackendRejected`, :class:`~router.errors.BackendUnavailable`,
+:class:`~router.errors.BackendTimeout` or :class:`~router.errors.BackendError`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+
+from router.config.table import Model
+
+__all__ = ["ImageBackend", "ImageRequest", "ImageResult"]
+
+
+@dataclass(frozen=True, slots=True)
+class ImageRequest:
+    """One generation call: one image per prompt (``seeds`` align with ``prompts``)."""
+
+    prompts: tuple[str, ...]
+    seeds: tuple[int, ...] | None = None
+    steps: int | None = None
+    width: int | None = None
+    height: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ImageResult:
+    """``images`` is ``uint8[batch, height, width, 3]``."""
+
+    images: np.ndarray
+    model_version: str
+
+
+class ImageBackend(Protocol):
+    async def generate(
+        self, model: Model, request: ImageRequest, timeout_s: float, priority: int | None = None
+    ) -> ImageResult:
+        """Make the images; ``timeout_s`` is propagated upstream (queue timeout)."""
+        ...
+
+    async def ready(self) -> bool: ...
+
+    async def model_ready(self, model: Model) -> bool: ...
+
+    async def model_metadata(self, model: Model) -> dict[str, Any]: ...
+
+    async def aclose(self) -> None: ...

@@ -1,0 +1,87 @@
+"""A hosted, OpenAI-compatible image API as a tier (``POST {base}/images/generations``).
+
+The API key comes from the config (``${ENV}``-interpolated) as a ``SecretStr`` and
+is only ever put in the ``Authorization`` header: never in logs, errors or the admin
+view. Only the configured base URL is contacted.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+from typing import Any
+
+import httpx
+import numpy as np
+from PIL import Image
+
+from router.backends.base import ImageRequest, ImageResult
+from router.config.table import Backend, Model
+from router.errors import BackendError, BackendRejected, BackendTimeout, BackendUnavailable
+
+__all__ = ["OpenAIImagesBackend", "map_httpx_error"]
+
+
+def map_httpx_error(exc: BaseException) -> BackendError:
+    if isinstance(exc, httpx.TimeoutException):
+        return BackendTimeout(f"upstream timed out: {type(exc).__name__}")
+    if isinstance(exc, httpx.TransportError):
+        return BackendUnavailable(f"connection failed: {type(exc).__name__}")
+    return BackendError(f"{type(exc).__name__}")
+
+
+class OpenAIImagesBackend:
+    def __init__(self, spec: Backend) -> None:
+        self.spec = spec
+        headers = {}
+        if spec.api_key is not None:
+            headers["Authorization"] = f"Bearer {spec.api_key.get_secret_value()}"
+        self._client = httpx.AsyncClient(
+            base_url=spec.url,
+            headers=headers,
+            timeout=httpx.Timeout(None, connect=spec.connect_timeout_s),
+            follow_redirects=False,
+        )
+
+    async def generate(
+        self, model: Model, request: ImageRequest, timeout_s: float, priority: int | None = None
+    ) -> ImageResult:
+        if len(set(request.prompts)) > 1:
+            raise BackendRejected("a hosted backend takes one prompt per request")
+        body: dict[str, Any] = {
+            "model": model.remote_name,
+            "prompt": request.prompts[0],
+            "n": len(request.prompts),
+            "response_format": "b64_json",
+        }
+        if request.width and request.height:
+            body["size"] = f"{request.width}x{request.height}"
+        try:
+            response = await self._client.post("/images/generations", json=body, timeout=timeout_s)
+        except Exception as exc:
+            raise map_httpx_error(exc) from exc
+        if response.status_code >= 400:
+            kind = BackendRejected if response.status_code in (400, 422) else BackendUnavailable
+            if response.status_code not in (400, 422, 429) and response.status_code < 500:
+                kind = BackendError
+            raise kind(f"upstream answered {response.status_code}", upstream_status=response.status_code)
+        try:
+            images = [
+                np.asarray(Image.open(io.BytesIO(base64.b64decode(item["b64_json"]))).convert("RGB"))
+                for item in response.json()["data"]
+            ]
+            return ImageResult(np.stack(images).astype(np.uint8), "")
+        except Exception as exc:
+            raise BackendError(f"upstream answer not understood: {type(exc).__name__}") from exc
+
+    async def ready(self) -> bool:
+        return True
+
+    async def model_ready(self, model: Model) -> bool:
+        return True
+
+    async def model_metadata(self, model: Model) -> dict[str, Any]:
+        return {"name": model.name, "versions": [], "platform": "openai", "inputs": [], "outputs": []}
+
+    async def aclose(self) -> None:
+        await self._client.aclose()

@@ -1,0 +1,217 @@
+"""The ``router`` command: run Triton, the gateway, or both; validate and explain configs.
+
+router up        Triton with the project's models + the gateway (the README's command)
+router triton    Triton only (from the nvidia-pytriton wheel, or --tritonserver PATH)
+router serve     the gateway only, for an existing Triton (TRITON_URL)
+router validate  check a routes file: every issue as file:line:col path: message
+router explain   which route and models a request would get
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+from types import FrameType
+
+from router import __version__
+from router.errors import ConfigError, RouterError
+
+__all__ = ["main"]
+
+EXIT_CONFIG = 2
+
+
+def _default_repository() -> Path:
+    local = Path("model_repository")
+    if local.is_dir():
+        return local
+    return Path(__file__).resolve().parent.parent / "model_repository"
+
+
+def _triton_args(p: argparse.ArgumentParser, default_http: int) -> None:
+    p.add_argument("--model-repository", type=Path, default=None, help="default: ./model_repository")
+    p.add_argument("--models", default="", help="comma-separated models to load (default: all)")
+    p.add_argument("--triton-host", default="127.0.0.1", help="address Triton binds (default: loopback)")
+    p.add_argument("--triton-http-port", type=int, default=default_http, help="0 picks a free port")
+    p.add_argument("--triton-grpc-port", type=int, default=0)
+    p.add_argument("--triton-metrics-port", type=int, default=0)
+    p.add_argument("--tritonserver", type=Path, default=None, help="another tritonserver binary to run")
+    p.add_argument("--backend-directory", type=Path, default=None, help="with --tritonserver: its backends")
+
+
+def _serve_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--routes", type=Path, default=Path("routes.yaml"))
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8080)
+    p.add_argument("--no-watch", action="store_true", help="reload only on SIGHUP or POST /admin/reload")
+    p.add_argument("--log-level", default="info")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="router", description=__doc__.split("\n")[0])
+    parser.add_argument("--version", action="version", version=__version__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    up = sub.add_parser("up", help="start Triton and the gateway together")
+    _serve_args(up)
+    _triton_args(up, default_http=0)
+    triton = sub.add_parser("triton", help="start Triton with the model repository")
+    _triton_args(triton, default_http=8000)
+    serve = sub.add_parser("serve", help="run the gateway")
+    _serve_args(serve)
+    validate = sub.add_parser("validate", help="validate a routes file")
+    validate.add_argument("file", type=Path)
+    explain = sub.add_parser("explain", help="explain how a request would be routed")
+    explain.add_argument("file", type=Path)
+    explain.add_argument("--prompt", required=True)
+    explain.add_argument("--intent")
+    explain.add_argument("--model")
+    explain.add_argument("--header", action="append", default=[], metavar="K=V")
+    return parser
+
+
+def _triton_server(args: argparse.Namespace) -> object:
+    from router.triton import TritonConfig, TritonServer
+
+    config = TritonConfig(
+        model_repository=args.model_repository or _default_repository(),
+        models=[m for m in args.models.split(",") if m],
+        host=args.triton_host,
+        http_port=args.triton_http_port,
+        grpc_port=args.triton_grpc_port,
+        metrics_port=args.triton_metrics_port,
+        tritonserver=args.tritonserver,
+        backend_directory=args.backend_directory,
+    )
+    return TritonServer(config)
+
+
+def _start_triton(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from router.triton import TritonServer
+
+    server = _triton_server(args)
+    assert isinstance(server, TritonServer)
+    print(f"starting Triton with {server.config.model_repository} ...", file=sys.stderr, flush=True)
+    server.start()
+    server.wait_ready()
+    cfg = server.config
+    print(
+        f"Triton ready: HTTP {server.http_url}  gRPC {cfg.host}:{cfg.grpc_port}  "
+        f"metrics http://{cfg.host}:{cfg.metrics_port}/metrics",
+        flush=True,
+    )
+    return server
+
+
+def cmd_triton(args: argparse.Namespace) -> int:
+    server = _start_triton(args)
+
+    def forward(signum: int, frame: FrameType | None) -> None:
+        server.terminate()
+
+    signal.signal(signal.SIGINT, forward)
+    signal.signal(signal.SIGTERM, forward)
+    code = server.wait()
+    server.stop()
+    return 0 if code in (0, -signal.SIGTERM, -signal.SIGINT) else int(code)
+
+
+def _run_gateway(args: argparse.Namespace) -> None:
+    import uvicorn
+
+    from router.app import create_app
+
+    app = create_app(args.routes, watch=not args.no_watch)
+    print(f"gateway listening on http://{args.host}:{args.port}  (routes: {args.routes})", flush=True)
+    uvicorn.run(
+        app,
+        host=args.host,
+        port=args.port,
+        log_level=args.log_level,
+        access_log=False,
+        loop="auto",
+        http="auto",
+        timeout_graceful_shutdown=10,
+    )
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    _run_gateway(args)
+    return 0
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    from router.config import load_file
+
+    load_file(args.routes)  # fail fast on a bad file, before starting Triton
+    server = _start_triton(args)
+    try:
+        os.environ["TRITON_URL"] = server.http_url
+        _run_gateway(args)
+    finally:
+        server.stop()
+    return 0
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from router.config import load_file
+
+    table = load_file(args.file)
+    print(
+        f"{args.file}: OK  digest {table.digest}  {len(table.routes)} routes, "
+        f"{len(table.models)} models, {len(table.backends)} backends, default route {table.default.name!r}"
+    )
+    return 0
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    from router.config import load_file
+    from router.policy.explain import explain, hint_p95
+    from router.policy.match import RequestFacts
+
+    headers = {}
+    for item in args.header:
+        key, sep, value = item.partition("=")
+        if not sep:
+            print(f"--header {item!r}: expected K=V", file=sys.stderr)
+            return EXIT_CONFIG
+        headers[key.strip().lower()] = value
+    intent = args.intent or headers.get("x-intent")
+    facts = RequestFacts(args.prompt, intent, args.model, headers, {"intent": intent or "", "model": args.model or ""})
+    table = load_file(args.file)
+    print(json.dumps(explain(table, facts, hint_p95(table)), indent=2))
+    return 0
+
+
+COMMANDS = {
+    "up": cmd_up,
+    "triton": cmd_triton,
+    "serve": cmd_serve,
+    "validate": cmd_validate,
+    "explain": cmd_explain,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return COMMANDS[args.command](args)
+    except ConfigError as exc:
+        for issue in exc.issues:
+            print(str(issue), file=sys.stderr)
+        return EXIT_CONFIG
+    except FileNotFoundError as exc:
+        print(f"error: {exc.filename}: no such file", file=sys.stderr)
+        return EXIT_CONFIG
+    except RouterError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,270 @@
+"""Validate a ``routes.yaml`` completely and compile it into a :class:`RoutingTable`.
+
+Every problem is collected — schema errors from pydantic and the cross-references
+checked here (unknown models, bad regexes, empty splits, duplicate names) — and
+reported together as ``file:line:col path: message``. Nothing is returned unless the
+whole file is valid, so a bad edit can never half-replace a running table.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from pydantic import ValidationError
+
+from router.config.schema import MatchSpec, OpenAIBackendSpec, RoutesFile, RouteSpec, TritonBackendSpec
+from router.config.source import Located, PathKey, read_yaml
+from router.config.table import Arm, Backend, HeaderRule, Matcher, Model, Route, RouteLimits, RoutingTable
+from router.errors import ConfigError, ConfigIssue
+
+__all__ = ["DEFAULT_TRITON_URL", "compile_text"]
+
+DEFAULT_TRITON_URL = "http://127.0.0.1:8000"
+
+
+def _data_path(data: Any, loc: tuple[int | str, ...]) -> PathKey:
+    """Map a pydantic ``loc`` onto the data, dropping union/tag components."""
+    out: list[str | int] = []
+    node = data
+    for i, part in enumerate(loc):
+        if (isinstance(node, dict) and part in node) or (
+            isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node)
+        ):
+            node = node[part]
+            out.append(part)
+        elif i == len(loc) - 1 and isinstance(node, dict):
+            out.append(part)  # a missing key: name it
+    return tuple(out)
+
+
+def _schema_issues(src: Located, exc: ValidationError) -> list[ConfigIssue]:
+    issues = []
+    seen: set[tuple[PathKey, str]] = set()
+    for err in exc.errors(include_url=False):
+        path = _data_path(src.data, tuple(err["loc"]))
+        message = err["msg"]
+        if err["type"] == "extra_forbidden":
+            message = "unknown key"
+        elif err["type"] == "missing":
+            message = "required"
+        if (path, message) not in seen:
+            seen.add((path, message))
+            issues.append(src.issue(path, message))
+    return issues
+
+
+class _Compiler:
+    def __init__(self, src: Located, spec: RoutesFile, env: Mapping[str, str]) -> None:
+        self.src = src
+        self.spec = spec
+        self.env = env
+        self.issues: list[ConfigIssue] = []
+        self.backends: dict[str, Backend] = {}
+        self.models: dict[str, Model] = {}
+
+    def fail(self, path: PathKey, message: str) -> None:
+        self.issues.append(self.src.issue(path, message))
+
+    def regex(self, pattern: str, path: PathKey) -> re.Pattern[str] | None:
+        try:
+            return re.compile(pattern)
+        except re.error as exc:
+            self.fail(path, f"invalid regex {pattern!r}: {exc}")
+            return None
+
+    # -- backends and models -------------------------------------------------------
+
+    def compile_backends(self) -> None:
+        specs = self.spec.backends
+        if specs is None:
+            url = self.env.get("TRITON_URL", DEFAULT_TRITON_URL)
+            specs = {"triton": TritonBackendSpec(url=url)}
+        for name, b in specs.items():
+            if isinstance(b, TritonBackendSpec):
+                self.backends[name] = Backend(
+                    name, "triton", b.url.rstrip("/"), None, b.connect_timeout_ms / 1000, b.max_connections
+                )
+            elif isinstance(b, OpenAIBackendSpec):
+                self.backends[name] = Backend(
+                    name, "openai", b.base_url.rstrip("/"), b.api_key, b.connect_timeout_ms / 1000
+                )
+
+    def compile_models(self) -> None:
+        for name, m in self.spec.models.items():
+            path: PathKey = ("models", name)
+            backend = self.backends.get(m.backend)
+            if backend is None:
+                self.fail(path + ("backend",), f"unknown backend {m.backend!r}")
+                continue
+            remote = m.triton_model if backend.kind == "triton" else m.remote_model
+            self.models[name] = Model(name, m.backend, remote or name, m.version, m.latency_hint_ms, m.max_concurrency)
+
+    def model_ref(self, name: str, path: PathKey) -> bool:
+        """Check a reference; a name not declared becomes a model on the only Triton backend."""
+        if name in self.models:
+            return True
+        tritons = [b for b in self.backends.values() if b.kind == "triton"]
+        if not self.spec.models and len(tritons) == 1:
+            self.models[name] = Model(name, tritons[0].name, name, None, 1000.0)
+            return True
+        self.fail(path, f"unknown model {name!r}")
+        return False
+
+    # -- routes ---------------------------------------------------------------------
+
+    def matcher(self, match: str | MatchSpec | None, path: PathKey) -> Matcher:
+        if match is None:
+            return Matcher()
+        if isinstance(match, str):
+            kind, sep, value = match.partition(":")
+            if not sep:
+                return Matcher(intents=frozenset([match]))
+            if kind == "prompt":
+                return Matcher(prompt=self.regex(value, path))
+            if kind == "intent":
+                return Matcher(intents=frozenset([value]))
+            if kind == "model":
+                return Matcher(models=frozenset([value]))
+            self.fail(path, f"unknown match kind {kind!r} (use prompt:, intent:, model: or a bare intent)")
+            return Matcher()
+        headers = []
+        for key, rule in (match.headers or {}).items():
+            hpath = path + ("headers", key)
+            if isinstance(rule, str):
+                if rule.startswith("regex:"):
+                    headers.append(HeaderRule(key.lower(), None, self.regex(rule[6:], hpath)))
+                else:
+                    headers.append(HeaderRule(key.lower(), rule, None))
+            else:
+                if (rule.equals is None) == (rule.regex is None):
+                    self.fail(hpath, "give exactly one of equals, regex")
+                regex = self.regex(rule.regex, hpath + ("regex",)) if rule.regex else None
+                headers.append(HeaderRule(key.lower(), rule.equals, regex))
+        as_set = lambda v: None if v is None else frozenset([v] if isinstance(v, str) else v)  # noqa: E731
+        return Matcher(
+            prompt=self.regex(match.prompt, path + ("prompt",)) if match.prompt else None,
+            intents=as_set(match.intent),
+            headers=tuple(headers),
+            models=as_set(match.model),
+        )
+
+    def route(self, spec: RouteSpec, path: PathKey, name: str) -> Route | None:
+        ok = True
+        if (spec.model is None) == (spec.split is None):
+            self.fail(path, "give exactly one of model, split")
+            return None
+        if spec.split is not None:
+            arms = tuple(Arm(a.model, a.weight, a.canary) for a in spec.split)
+            for i, arm in enumerate(arms):
+                ok &= self.model_ref(arm.model, path + ("split", i, "model"))
+            if sum(a.weight for a in arms) <= 0:
+                self.fail(path + ("split",), "weights must not all be 0")
+                ok = False
+        else:
+            assert spec.model is not None
+            arms = (Arm(spec.model, 1.0 if spec.weight is None else spec.weight, spec.canary),)
+            ok &= self.model_ref(spec.model, path + ("model",))
+        for i, fb in enumerate(spec.fallback):
+            ok &= self.model_ref(fb, path + ("fallback", i))
+        sticky = None
+        if spec.sticky:
+            kind, _, key = spec.sticky.partition(":")
+            sticky = (kind, key.lower() if kind == "header" else key)
+        matcher = self.matcher(spec.match, path + ("match",))
+        if not ok:
+            return None
+        return Route(
+            name=name,
+            matcher=matcher,
+            arms=arms,
+            budget_ms=spec.budget_ms or self.spec.default_budget_ms,
+            fallback=tuple(spec.fallback),
+            sticky=sticky,
+            priority=spec.priority,
+            limits=RouteLimits(spec.limits.max_n, spec.limits.max_steps, spec.limits.max_side),
+        )
+
+    def compile_routes(self) -> list[Route]:
+        routes: list[Route] = []
+        names: dict[str, PathKey] = {}
+        raw = self.spec.routes
+        i = 0
+        while i < len(raw):
+            spec, path = raw[i], ("routes", i)
+            # Compact form: adjacent routes with the same match and a `weight` are one split.
+            j = i + 1
+            if spec.weight is not None and spec.model is not None:
+                while j < len(raw) and raw[j].weight is not None and raw[j].match == spec.match:
+                    j += 1
+            if j > i + 1:
+                group = raw[i:j]
+                arms = [{"model": r.model, "weight": r.weight, "canary": r.canary} for r in group]
+                fields = spec.model_dump(exclude={"model", "weight", "canary", "split"}, exclude_none=True)
+                spec = RouteSpec.model_validate({**fields, "split": arms})
+            name = spec.name or f"route-{i}"
+            if name in names:
+                self.fail(path + ("name",), f"duplicate route name {name!r}")
+            names[name] = path
+            route = self.route(spec, path, name)
+            if route is not None:
+                routes.append(route)
+            i = j
+        return routes
+
+    def default(self, routes: list[Route]) -> Route | None:
+        spec = self.spec.default_route
+        path: PathKey = ("default_route",)
+        if spec is None:
+            self.fail(path, "required: name a route or a model, or give a route")
+            return None
+        if isinstance(spec, str):
+            for route in routes:
+                if route.name == spec:
+                    return route
+            if self.model_ref(spec, path):
+                return Route("default", Matcher(), (Arm(spec, 1.0),), self.spec.default_budget_ms)
+            return None
+        if spec.match is not None:
+            self.fail(path + ("match",), "the default route matches everything; remove match")
+        return self.route(spec, path, spec.name or "default")
+
+    def run(self) -> RoutingTable | None:
+        self.compile_backends()
+        self.compile_models()
+        routes = self.compile_routes()
+        default = self.default(routes)
+        if self.issues or default is None:
+            return None
+        return RoutingTable(
+            routes=tuple(routes),
+            default=default,
+            models=dict(self.models),
+            backends=dict(self.backends),
+            digest="",
+            source=self.src.file,
+        )
+
+
+def compile_text(text: str, file: str = "routes.yaml", env: Mapping[str, str] | None = None) -> RoutingTable:
+    """Validate ``text`` completely; raise :class:`ConfigError` listing every issue."""
+    env = os.environ if env is None else env
+    src = read_yaml(text, file, env)
+    if src.issues and src.data is None:
+        raise ConfigError(src.issues)
+    if not isinstance(src.data, dict):
+        raise ConfigError([src.issue((), "the top level must be a mapping")])
+    try:
+        spec = RoutesFile.model_validate(src.data)
+    except ValidationError as exc:
+        raise ConfigError(src.issues + _schema_issues(src, exc)) from None
+    compiler = _Compiler(src, spec, env)
+    table = compiler.run()
+    issues = src.issues + compiler.issues
+    if issues or table is None:
+        raise ConfigError(sorted(issues, key=lambda i: (i.line, i.column)))
+    digest = hashlib.sha256(text.encode()).hexdigest()[:16]
+    return RoutingTable(table.routes, table.default, table.models, table.backends, digest, file)

@@ -1,0 +1,127 @@
+"""The user-facing schema of ``routes.yaml`` (pydantic v2; unknown keys are errors).
+
+This is the *authoring* model: it accepts both the full form and the compact form
+operators already write (``match: "prompt:<regex>"``, ``match: "<intent>"``, a
+``weight`` on a route). :mod:`router.config.compile` normalises it into the immutable
+runtime table; nothing at run time reads these classes.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, SecretStr, Tag
+
+__all__ = [
+    "BackendSpec",
+    "HeaderMatch",
+    "LimitsSpec",
+    "MatchSpec",
+    "ModelSpec",
+    "OpenAIBackendSpec",
+    "RouteSpec",
+    "RoutesFile",
+    "SplitArmSpec",
+    "Strict",
+    "TritonBackendSpec",
+]
+
+Name = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TritonBackendSpec(Strict):
+    """A Triton server (KServe v2 over HTTP)."""
+
+    type: Literal["triton"] = "triton"
+    url: str = Field(pattern=r"^https?://[^/\s]+")
+    protocol: Literal["http"] = "http"
+    connect_timeout_ms: int = Field(default=2000, gt=0)
+    max_connections: int = Field(default=256, gt=0)
+
+
+class OpenAIBackendSpec(Strict):
+    """A hosted, OpenAI-compatible image API (``POST {base_url}/images/generations``)."""
+
+    type: Literal["openai"]
+    base_url: str = Field(pattern=r"^https?://[^/\s]+")
+    api_key: SecretStr | None = None
+    connect_timeout_ms: int = Field(default=2000, gt=0)
+
+
+def _backend_type(value: Any) -> str:
+    """``type`` defaults to ``triton``, so the common case needs only a URL."""
+    if isinstance(value, dict):
+        return str(value.get("type", "triton"))
+    return str(getattr(value, "type", "triton"))
+
+
+BackendSpec = Annotated[
+    Annotated[TritonBackendSpec, Tag("triton")] | Annotated[OpenAIBackendSpec, Tag("openai")],
+    Discriminator(_backend_type),
+]
+
+
+class ModelSpec(Strict):
+    """A logical model: where it runs and what to expect of it."""
+
+    backend: Name
+    triton_model: str | None = Field(default=None, min_length=1)
+    remote_model: str | None = Field(default=None, min_length=1)
+    version: str | None = Field(default=None, pattern=r"^[0-9]+$")
+    latency_hint_ms: float = Field(default=1000.0, gt=0)
+    max_concurrency: int | None = Field(default=None, gt=0)
+
+
+class HeaderMatch(Strict):
+    equals: str | None = None
+    regex: str | None = None
+
+
+class MatchSpec(Strict):
+    """All given conditions must hold (AND); an empty match matches everything."""
+
+    prompt: str | None = None
+    intent: str | list[str] | None = None
+    headers: dict[str, str | HeaderMatch] | None = None
+    model: str | list[str] | None = None
+
+
+class SplitArmSpec(Strict):
+    model: Name
+    weight: float = Field(default=1.0, ge=0)
+    canary: bool = False
+
+
+class LimitsSpec(Strict):
+    """Per-route bounds on what a request may ask for."""
+
+    max_n: int = Field(default=4, ge=1, le=16)
+    max_steps: int | None = Field(default=None, ge=1)
+    max_side: int | None = Field(default=None, ge=8)
+
+
+class RouteSpec(Strict):
+    name: Name | None = None
+    match: str | MatchSpec | None = None
+    model: Name | None = None
+    weight: float | None = Field(default=None, ge=0)
+    canary: bool = False
+    split: list[SplitArmSpec] | None = Field(default=None, min_length=1)
+    sticky: str | None = Field(default=None, pattern=r"^(header|query|field):[A-Za-z0-9._-]+$")
+    budget_ms: float | None = Field(default=None, gt=0)
+    fallback: list[Name] = Field(default_factory=list)
+    priority: int | None = Field(default=None, ge=1, le=3)
+    limits: LimitsSpec = Field(default_factory=LimitsSpec)
+
+
+class RoutesFile(Strict):
+    version: Literal[1] = 1
+    backends: dict[Name, BackendSpec] | None = None
+    models: dict[Name, ModelSpec] = Field(default_factory=dict)
+    routes: list[RouteSpec] = Field(default_factory=list)
+    default_route: Name | RouteSpec | None = None
+    default_budget_ms: float = Field(default=5000.0, gt=0)

@@ -1,0 +1,105 @@
+"""The compiled, immutable routing table the data plane reads.
+
+A table is built once per successful load and never mutated, so a reload swaps one
+reference and a request keeps the table it started with until it finishes.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from pydantic import SecretStr
+
+__all__ = ["Arm", "Backend", "HeaderRule", "Matcher", "Model", "Route", "RouteLimits", "RoutingTable"]
+
+
+@dataclass(frozen=True, slots=True)
+class Backend:
+    name: str
+    kind: str  # "triton" | "openai"
+    url: str
+    api_key: SecretStr | None = None
+    connect_timeout_s: float = 2.0
+    max_connections: int = 256
+
+
+@dataclass(frozen=True, slots=True)
+class Model:
+    """A logical model; ``remote_name`` is the model's name at its backend."""
+
+    name: str
+    backend: str
+    remote_name: str
+    version: str | None
+    latency_hint_ms: float
+    max_concurrency: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class HeaderRule:
+    name: str  # lower-case
+    equals: str | None = None
+    regex: re.Pattern[str] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Matcher:
+    """Conditions that must all hold; ``None`` means "any"."""
+
+    prompt: re.Pattern[str] | None = None
+    intents: frozenset[str] | None = None
+    headers: tuple[HeaderRule, ...] = ()
+    models: frozenset[str] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Arm:
+    model: str
+    weight: float
+    canary: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class RouteLimits:
+    max_n: int = 4
+    max_steps: int | None = None
+    max_side: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    name: str
+    matcher: Matcher
+    arms: tuple[Arm, ...]
+    budget_ms: float
+    fallback: tuple[str, ...] = ()
+    sticky: tuple[str, str] | None = None  # ("header", "x-user-id")
+    priority: int | None = None
+    limits: RouteLimits = field(default_factory=RouteLimits)
+
+    @property
+    def is_split(self) -> bool:
+        return len(self.arms) > 1
+
+
+@dataclass(frozen=True, slots=True)
+class RoutingTable:
+    routes: tuple[Route, ...]
+    default: Route
+    models: Mapping[str, Model]
+    backends: Mapping[str, Backend]
+    digest: str
+    source: str
+
+    def route_named(self, name: str) -> Route | None:
+        for route in (*self.routes, self.default):
+            if route.name == name:
+                return route
+        return None
+
+    def aliases(self) -> list[str]:
+        """Names a client may put in ``model``: logical models and route names."""
+        names = dict.fromkeys([*self.models, *(r.name for r in self.routes), self.default.name])
+        return list(names)

@@ -1,0 +1,108 @@
+"""Health probes and the admin API (reload, config, explain).
+
+``/healthz`` is liveness (the process answers); ``/readyz`` is readiness (a table is
+loaded and at least one backend is ready). Admin endpoints need
+``Authorization: Bearer $ROUTER_ADMIN_TOKEN``; with no token configured they answer
+404 as if they did not exist, so an unconfigured gateway exposes no control surface.
+"""
+
+from __future__ import annotations
+
+import hmac
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from router.config.table import RoutingTable
+from router.errors import NotFound, Unauthorized
+from router.gateway import Gateway
+from router.http.common import parse_json_model, read_body
+from router.policy.match import RequestFacts
+from router.reload import RoutesReloader
+
+__all__ = ["admin_config", "admin_explain", "admin_reload", "healthz", "readyz"]
+
+
+def _check_admin(request: Request) -> None:
+    token: str | None = request.app.state.admin_token
+    if not token:
+        raise NotFound("admin API is disabled (set ROUTER_ADMIN_TOKEN)")
+    given = request.headers.get("authorization", "")
+    if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+        raise Unauthorized("admin API needs Authorization: Bearer <ROUTER_ADMIN_TOKEN>")
+
+
+async def healthz(request: Request) -> Response:
+    return JSONResponse({"status": "ok"})
+
+
+async def readyz(request: Request) -> Response:
+    gateway: Gateway = request.app.state.gateway
+    ok = await gateway.ready()
+    body = {"status": "ready" if ok else "not_ready", "config_digest": gateway.table.digest}
+    return JSONResponse(body, status_code=200 if ok else 503)
+
+
+async def admin_reload(request: Request) -> Response:
+    _check_admin(request)
+    reloader: RoutesReloader = request.app.state.reloader
+    result = reloader.reload()
+    return JSONResponse(result.to_dict(), status_code=200 if result.ok else 422)
+
+
+def describe(table: RoutingTable) -> dict[str, Any]:
+    """The active table as JSON; secrets are never included."""
+    return {
+        "digest": table.digest,
+        "source": table.source,
+        "backends": {n: {"type": b.kind, "url": b.url} for n, b in table.backends.items()},
+        "models": {
+            n: {
+                "backend": m.backend,
+                "remote_model": m.remote_name,
+                "version": m.version,
+                "latency_hint_ms": m.latency_hint_ms,
+                "max_concurrency": m.max_concurrency,
+            }
+            for n, m in table.models.items()
+        },
+        "routes": [
+            {
+                "name": r.name,
+                "arms": [{"model": a.model, "weight": a.weight, "canary": a.canary} for a in r.arms],
+                "budget_ms": r.budget_ms,
+                "fallback": list(r.fallback),
+                "sticky": None if r.sticky is None else ":".join(r.sticky),
+            }
+            for r in (*table.routes, table.default)
+        ],
+    }
+
+
+async def admin_config(request: Request) -> Response:
+    _check_admin(request)
+    reloader: RoutesReloader = request.app.state.reloader
+    gateway: Gateway = request.app.state.gateway
+    return JSONResponse({**reloader.status(), "table": describe(gateway.table), "latency": gateway.stats.snapshot()})
+
+
+class ExplainRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    prompt: str = Field(min_length=1)
+    intent: str | None = None
+    model: str | None = None
+    headers: dict[str, str] = Field(default_factory=dict)
+
+
+async def admin_explain(request: Request) -> Response:
+    _check_admin(request)
+    body = parse_json_model(await read_body(request), ExplainRequest, request.headers.get("content-type"))
+    gateway: Gateway = request.app.state.gateway
+    headers = {k.lower(): v for k, v in body.headers.items()}
+    intent = body.intent or headers.get("x-intent")
+    fields = {"intent": intent or "", "model": body.model or ""}
+    facts = RequestFacts(body.prompt, intent, body.model, headers, fields)
+    return JSONResponse(gateway.explain(facts))

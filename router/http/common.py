@@ -1,0 +1,124 @@
+"""Helpers shared by the front ends: bounded body reads, facts, tags, image encoding."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import secrets
+from typing import TypeVar
+
+import numpy as np
+from PIL import Image
+from pydantic import BaseModel, ValidationError
+from starlette.requests import Request
+
+from router.dispatch import Served
+from router.errors import InvalidRequest, PayloadTooLarge, UnsupportedMediaType
+from router.policy.match import RequestFacts
+
+__all__ = [
+    "MAX_BODY_BYTES",
+    "b64_png",
+    "canary_override",
+    "encode_png",
+    "facts_for",
+    "parse_json_model",
+    "pick_seeds",
+    "priority_of",
+    "read_body",
+    "served_headers",
+]
+
+MAX_BODY_BYTES = 1 << 20
+M = TypeVar("M", bound=BaseModel)
+
+
+async def read_body(request: Request, limit: int = MAX_BODY_BYTES) -> bytes:
+    """The request body, refusing (413) anything over ``limit`` before buffering it."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        if not declared.isdigit():
+            raise InvalidRequest("Content-Length is not a number", field="Content-Length")
+        if int(declared) > limit:
+            raise PayloadTooLarge(f"body of {declared} bytes is over the {limit}-byte limit", limit=limit)
+    chunks = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"body is over the {limit}-byte limit", limit=limit)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def parse_json_model(body: bytes, model: type[M], content_type: str | None) -> M:
+    """Decode a JSON body into ``model``; errors name the first offending field."""
+    if content_type and "json" not in content_type and "text/plain" not in content_type:
+        raise UnsupportedMediaType(f"expected application/json, got {content_type}")
+    try:
+        data = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InvalidRequest(f"body is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise InvalidRequest("body must be a JSON object")
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors(include_url=False)[0]
+        field = ".".join(str(p) for p in first["loc"]) or None
+        raise InvalidRequest(f"{field}: {first['msg']}", field=field) from None
+
+
+def facts_for(request: Request, prompt: str, intent: str | None, model: str | None) -> RequestFacts:
+    headers = {k.lower(): v for k, v in request.headers.items()}
+    intent = intent or headers.get("x-intent")
+    fields = {"intent": intent or "", "model": model or ""}
+    return RequestFacts(prompt=prompt, intent=intent, model=model, headers=headers, fields=fields)
+
+
+def served_headers(served: Served) -> dict[str, str]:
+    """The ``X-Router-*`` tags and ``Server-Timing`` for a served request."""
+    headers = {
+        "X-Router-Route": served.route.name,
+        "X-Router-Model": served.model_tag,
+        "X-Router-Attempts": str(served.attempts),
+        "X-Router-Canary": "true" if served.canary else "false",
+        "Server-Timing": (
+            f"queue;dur={served.queue_s * 1000:.1f}, backend;dur={served.backend_s * 1000:.1f}, "
+            f"total;dur={served.total_s * 1000:.1f}"
+        ),
+    }
+    if served.fallback:
+        headers["X-Router-Fallback"] = ", ".join(f"{m}:{why}" for m, why in served.fallback)
+    return headers
+
+
+def encode_png(image: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(image, mode="RGB").save(buffer, format="PNG", compress_level=1)
+    return buffer.getvalue()
+
+
+def b64_png(image: np.ndarray) -> str:
+    return base64.b64encode(encode_png(image)).decode()
+
+
+def pick_seeds(seed: int | None, n: int) -> tuple[int, ...]:
+    """``n`` seeds: consecutive from the client's, or fresh random ones (reported back)."""
+    base = secrets.randbelow(2**31) if seed is None else seed
+    return tuple(base + i for i in range(n))
+
+
+def canary_override(request: Request) -> str | None:
+    value = request.headers.get("x-canary", "").strip().lower()
+    return value if value in ("always", "never") else None
+
+
+def priority_of(request: Request) -> int | None:
+    value = request.headers.get("x-priority")
+    if value is None:
+        return None
+    if value not in ("1", "2", "3"):
+        raise InvalidRequest("X-Priority must be 1 (highest), 2 or 3", field="X-Priority")
+    return int(value)

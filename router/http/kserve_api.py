@@ -1,0 +1,146 @@
+"""The KServe v2 / Triton HTTP protocol, with logical model names.
+
+An unmodified ``tritonclient.http`` client pointed at the gateway works: the model in
+the URL is a *logical* name (a model alias or a route name) routed by the same rules
+as every other request — the prompt is read from the ``PROMPT`` tensor, the intent
+from ``X-Intent`` or the ``intent`` request parameter. The answer names the logical
+model and the version that served it, and carries the usual ``X-Router-*`` tags.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from router import __version__
+from router.backends.base import ImageRequest
+from router.errors import InvalidRequest, UnknownModel
+from router.gateway import Gateway
+from router.http.common import canary_override, facts_for, priority_of, read_body, served_headers
+from router.http.kserve_codec import decode_request, encode_response, wants_binary
+
+__all__ = ["infer", "live", "model_metadata", "model_ready", "ready", "repository_index", "server_metadata"]
+
+MAX_INFER_BODY = 1 << 20
+_OPTIONAL = {"SEED": "seeds", "STEPS": "steps", "WIDTH": "width", "HEIGHT": "height"}
+
+
+def _gateway(request: Request) -> Gateway:
+    gateway: Gateway = request.app.state.gateway
+    return gateway
+
+
+def _resolve(gateway: Gateway, alias: str) -> str:
+    """The concrete model behind a logical name: itself, or its route's first arm."""
+    table = gateway.table
+    if alias in table.models:
+        return alias
+    for route in (*table.routes, table.default):
+        if route.name == alias or (route.matcher.models is not None and alias in route.matcher.models):
+            return route.arms[0].model
+    raise UnknownModel(f"model {alias!r} is not served here", model=alias, available=table.aliases())
+
+
+async def server_metadata(request: Request) -> Response:
+    return JSONResponse(
+        {"name": "image-router", "version": __version__, "extensions": ["binary_tensor_data", "parameters"]}
+    )
+
+
+async def live(request: Request) -> Response:
+    return Response(status_code=200)
+
+
+async def ready(request: Request) -> Response:
+    return Response(status_code=200 if await _gateway(request).ready() else 503)
+
+
+async def model_metadata(request: Request) -> Response:
+    gateway = _gateway(request)
+    alias = request.path_params["model"]
+    model = gateway.table.models[_resolve(gateway, alias)]
+    meta = await gateway.pool.get(model.backend).model_metadata(model)
+    meta["name"] = alias
+    return JSONResponse(meta)
+
+
+async def model_ready(request: Request) -> Response:
+    gateway = _gateway(request)
+    model = gateway.table.models[_resolve(gateway, request.path_params["model"])]
+    ok = await gateway.pool.get(model.backend).model_ready(model)
+    return Response(status_code=200 if ok else 503)
+
+
+async def repository_index(request: Request) -> Response:
+    names = _gateway(request).table.aliases()
+    return JSONResponse([{"name": n, "state": "READY"} for n in names])
+
+
+def _int_input(array: np.ndarray | None, name: str) -> np.ndarray | None:
+    if array is None:
+        return None
+    if array.dtype.kind not in "iu" or array.size == 0:
+        raise InvalidRequest(f"{name}: expected an integer tensor", field=name)
+    return array.reshape(-1)
+
+
+def _image_request(inputs: dict[str, np.ndarray]) -> ImageRequest:
+    prompt = inputs.get("PROMPT")
+    if prompt is None or prompt.dtype != object or prompt.size == 0:
+        raise InvalidRequest("PROMPT: a BYTES input is required", field="PROMPT")
+    try:
+        prompts = tuple(p.decode("utf-8") for p in prompt.reshape(-1))
+    except UnicodeDecodeError:
+        raise InvalidRequest("PROMPT: not valid UTF-8", field="PROMPT") from None
+    if not all(p.strip() for p in prompts):
+        raise InvalidRequest("PROMPT: must not be empty", field="PROMPT")
+    unknown = set(inputs) - {"PROMPT", *_OPTIONAL}
+    if unknown:
+        raise InvalidRequest(f"unknown input {sorted(unknown)[0]!r}", field=sorted(unknown)[0])
+    values: dict[str, Any] = {}
+    for name, attr in _OPTIONAL.items():
+        array = _int_input(inputs.get(name), name)
+        if array is None:
+            continue
+        if attr == "seeds":
+            seeds = array.tolist() if array.size == len(prompts) else [int(array[0])] * len(prompts)
+            values["seeds"] = tuple(int(s) for s in seeds)
+        else:
+            values[attr] = int(array[0])
+    return ImageRequest(prompts=prompts, **values)
+
+
+async def infer(request: Request) -> Response:
+    started = time.monotonic()
+    alias = request.path_params["model"]
+    body = await read_body(request, MAX_INFER_BODY)
+    header_length = request.headers.get("inference-header-content-length")
+    if header_length is not None and not header_length.isdigit():
+        raise InvalidRequest("Inference-Header-Content-Length must be an integer")
+    decoded = decode_request(body, int(header_length) if header_length else None)
+    for spec in decoded.outputs or []:
+        if not isinstance(spec, dict) or spec.get("name") != "IMAGE":
+            raise InvalidRequest("the only output is IMAGE", field="outputs")
+    image_request = _image_request(decoded.inputs)
+    intent = decoded.parameters.get("intent")
+    facts = facts_for(request, image_request.prompts[0], intent if isinstance(intent, str) else None, alias)
+    served = await _gateway(request).generate(
+        facts,
+        image_request,
+        query=request.query_params,
+        canary=canary_override(request),
+        priority=priority_of(request),
+        started=started,
+    )
+    binary = wants_binary(decoded, "IMAGE")
+    version = served.result.model_version or served.model.version or ""
+    payload, head = encode_response(alias, version, decoded.id, "IMAGE", served.result.images, binary)
+    headers = served_headers(served)
+    if head is None:
+        return Response(payload, media_type="application/json", headers=headers)
+    headers["Inference-Header-Content-Length"] = str(head)
+    return Response(payload, media_type="application/octet-stream", headers=headers)

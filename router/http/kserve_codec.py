@@ -1,0 +1,155 @@
+"""The KServe v2 inference body, including Triton's binary tensor extension.
+
+A request is a JSON header, optionally followed by raw tensor bytes; the header's
+length is given by ``Inference-Header-Content-Length`` and each binary input names
+its size in ``parameters.binary_data_size``. ``BYTES`` elements are serialised as a
+4-byte little-endian length followed by the bytes. Decoding never trusts a declared
+size or shape: every mismatch is an :class:`~router.errors.InvalidRequest` naming the
+tensor.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from router.errors import InvalidRequest
+
+__all__ = ["InferRequest", "decode_request", "encode_response", "wants_binary"]
+
+_NUMERIC = {
+    "BOOL": np.bool_,
+    "UINT8": np.uint8,
+    "UINT16": np.uint16,
+    "UINT32": np.uint32,
+    "UINT64": np.uint64,
+    "INT8": np.int8,
+    "INT16": np.int16,
+    "INT32": np.int32,
+    "INT64": np.int64,
+    "FP16": np.float16,
+    "FP32": np.float32,
+    "FP64": np.float64,
+}
+
+
+@dataclass
+class InferRequest:
+    inputs: dict[str, np.ndarray]
+    id: str | None = None
+    parameters: dict[str, Any] = field(default_factory=dict)
+    outputs: list[dict[str, Any]] | None = None
+
+
+def _bytes_elements(raw: bytes, count: int, name: str) -> list[bytes]:
+    out, offset = [], 0
+    while offset < len(raw):
+        if offset + 4 > len(raw):
+            raise InvalidRequest(f"{name}: truncated BYTES element", field=name)
+        (length,) = struct.unpack_from("<I", raw, offset)
+        offset += 4
+        if offset + length > len(raw):
+            raise InvalidRequest(f"{name}: BYTES element overruns its data", field=name)
+        out.append(raw[offset : offset + length])
+        offset += length
+    if len(out) != count:
+        raise InvalidRequest(f"{name}: shape asks for {count} elements, data has {len(out)}", field=name)
+    return out
+
+
+def _tensor(spec: dict[str, Any], binary: memoryview | None, name: str) -> np.ndarray:
+    datatype = spec.get("datatype")
+    shape = spec.get("shape")
+    if not isinstance(shape, list) or not all(isinstance(d, int) and 0 <= d < 2**31 for d in shape):
+        raise InvalidRequest(f"{name}: shape must be a list of non-negative integers", field=name)
+    count = int(np.prod(shape)) if shape else 1
+    if datatype == "BYTES":
+        if binary is not None:
+            elements = _bytes_elements(bytes(binary), count, name)
+        else:
+            data = np.asarray(spec.get("data", []), dtype=object).reshape(-1)
+            if data.size != count:
+                raise InvalidRequest(f"{name}: shape asks for {count} elements, data has {data.size}", field=name)
+            elements = [v.encode() if isinstance(v, str) else bytes(str(v), "utf-8") for v in data]
+        return np.array(elements, dtype=object).reshape(shape)
+    if datatype not in _NUMERIC:
+        raise InvalidRequest(f"{name}: unsupported datatype {datatype!r}", field=name)
+    dtype = np.dtype(_NUMERIC[datatype]).newbyteorder("<")
+    if binary is not None:
+        if len(binary) != count * dtype.itemsize:
+            raise InvalidRequest(f"{name}: {len(binary)} bytes do not fit shape {shape}", field=name)
+        return np.frombuffer(binary, dtype=dtype).reshape(shape)
+    try:
+        array = np.asarray(spec.get("data", []), dtype=dtype).reshape(-1)
+    except (TypeError, ValueError, OverflowError):
+        raise InvalidRequest(f"{name}: data does not match datatype {datatype}", field=name) from None
+    if array.size != count:
+        raise InvalidRequest(f"{name}: shape asks for {count} elements, data has {array.size}", field=name)
+    return array.reshape(shape)
+
+
+def decode_request(body: bytes, header_length: int | None) -> InferRequest:
+    """Parse a v2 infer request body (JSON, or JSON + binary tensors)."""
+    if header_length is not None and not 0 < header_length <= len(body):
+        raise InvalidRequest("Inference-Header-Content-Length is out of range")
+    head = body if header_length is None else body[:header_length]
+    try:
+        header = json.loads(head)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise InvalidRequest("inference header is not valid JSON") from None
+    if not isinstance(header, dict) or not isinstance(header.get("inputs"), list):
+        raise InvalidRequest("inference header needs an 'inputs' list", field="inputs")
+    tail = memoryview(body)[len(head) :]
+    offset = 0
+    inputs: dict[str, np.ndarray] = {}
+    for i, spec in enumerate(header["inputs"]):
+        if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
+            raise InvalidRequest(f"inputs[{i}] needs a name", field=f"inputs[{i}]")
+        name = spec["name"]
+        size = (spec.get("parameters") or {}).get("binary_data_size")
+        binary = None
+        if size is not None:
+            if not isinstance(size, int) or size < 0 or offset + size > len(tail):
+                raise InvalidRequest(f"{name}: binary_data_size exceeds the body", field=name)
+            binary = tail[offset : offset + size]
+            offset += size
+        inputs[name] = _tensor(spec, binary, name)
+    if offset != len(tail):
+        raise InvalidRequest("body has binary data no input claims")
+    parameters = header.get("parameters") or {}
+    outputs = header.get("outputs")
+    if not isinstance(parameters, dict) or (outputs is not None and not isinstance(outputs, list)):
+        raise InvalidRequest("parameters must be an object and outputs a list")
+    rid = header.get("id")
+    return InferRequest(inputs, str(rid) if rid is not None else None, parameters, outputs)
+
+
+def wants_binary(request: InferRequest, output: str) -> bool:
+    """Whether the client asked for ``output`` as binary data."""
+    for spec in request.outputs or []:
+        if isinstance(spec, dict) and spec.get("name") == output:
+            return bool((spec.get("parameters") or {}).get("binary_data", False))
+    return bool(request.parameters.get("binary_data_output", False))
+
+
+def encode_response(
+    model_name: str, model_version: str, request_id: str | None, name: str, array: np.ndarray, binary: bool
+) -> tuple[bytes, int | None]:
+    """Encode one UINT8 output tensor; returns the body and the JSON header length."""
+    output: dict[str, Any] = {"name": name, "datatype": "UINT8", "shape": list(array.shape)}
+    raw = np.ascontiguousarray(array, dtype=np.uint8).tobytes()
+    if binary:
+        output["parameters"] = {"binary_data_size": len(raw)}
+    else:
+        output["data"] = array.reshape(-1).tolist()
+    header: dict[str, Any] = {"model_name": model_name, "model_version": model_version, "outputs": [output]}
+    if request_id is not None:
+        header["id"] = request_id
+    head = json.dumps(header, separators=(",", ":")).encode()
+    if binary:
+        return head + raw, len(head)
+    return head, None

@@ -1,0 +1,91 @@
+"""Live latency estimates per model: a time-windowed streaming p95.
+
+Each model keeps its recent samples in a bounded ring (at most ``size`` samples, none
+older than ``window_s``). With no recent samples the estimate is the operator's
+``latency_hint_ms``: a tier skipped for being slow therefore becomes eligible again
+once its bad samples age out, which is how it gets re-probed. A timed-out attempt is
+recorded as a sample equal to its timeout (a lower bound of the true latency), so a
+stalling tier's estimate rises at once. The clock is injected.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+__all__ = ["LatencyStats", "LatencyWindow"]
+
+
+@dataclass
+class LatencyWindow:
+    size: int = 256
+    window_s: float = 60.0
+    samples: deque[tuple[float, float]] = field(default_factory=deque)
+    _cache: dict[float, float] = field(default_factory=dict)
+
+    def add(self, now: float, seconds: float) -> None:
+        self.samples.append((now, seconds))
+        if len(self.samples) > self.size:
+            self.samples.popleft()
+        self._cache.clear()
+
+    def _expire(self, now: float) -> None:
+        cutoff = now - self.window_s
+        while self.samples and self.samples[0][0] < cutoff:
+            self.samples.popleft()
+            self._cache.clear()
+
+    def quantile(self, now: float, q: float) -> float | None:
+        self._expire(now)
+        if not self.samples:
+            return None
+        if q not in self._cache:
+            ordered = sorted(s for _, s in self.samples)
+            self._cache[q] = ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+        return self._cache[q]
+
+    def count(self, now: float) -> int:
+        self._expire(now)
+        return len(self.samples)
+
+
+class LatencyStats:
+    """Estimates for every model, seeded by hints."""
+
+    def __init__(self, clock: Callable[[], float], window_s: float = 60.0, size: int = 256) -> None:
+        self._clock = clock
+        self._window_s = window_s
+        self._size = size
+        self._windows: dict[str, LatencyWindow] = {}
+
+    def _window(self, model: str) -> LatencyWindow:
+        window = self._windows.get(model)
+        if window is None:
+            window = self._windows[model] = LatencyWindow(self._size, self._window_s)
+        return window
+
+    def record(self, model: str, seconds: float) -> None:
+        self._window(model).add(self._clock(), seconds)
+
+    def quantile(self, model: str, q: float, hint_s: float) -> float:
+        value = self._window(model).quantile(self._clock(), q)
+        return hint_s if value is None else value
+
+    def p95(self, model: str, hint_s: float) -> float:
+        return self.quantile(model, 0.95, hint_s)
+
+    def snapshot(self) -> dict[str, dict[str, float]]:
+        """Recent p50/p95/p99 and sample count per model (for the admin API)."""
+        now = self._clock()
+        out = {}
+        for model, window in self._windows.items():
+            n = window.count(now)
+            if n:
+                out[model] = {
+                    "count": float(n),
+                    "p50_ms": 1000 * (window.quantile(now, 0.5) or 0.0),
+                    "p95_ms": 1000 * (window.quantile(now, 0.95) or 0.0),
+                    "p99_ms": 1000 * (window.quantile(now, 0.99) or 0.0),
+                }
+        return out
