@@ -51,7 +51,10 @@ class Served:
 
 
 class Dispatcher:
-    def __init__(self, pool: BackendPool, stats: LatencyStats, clock: Callable[[], float]) -> None:
+    def __init__(
+        self, pool: BackendPool, stats: LatencyStats, clock: Callable[[], float], margin_s: float = 0.005
+    ) -> None:
+        self.margin_s = margin_s
         self.pool = pool
         self.stats = stats
         self.clock = clock
@@ -81,7 +84,7 @@ class Dispatcher:
         first_attempt_at: float | None = None
         p95 = self.p95_s(table)
         while remaining_chain:
-            plan = plan_attempt(remaining_chain, deadline - self.clock(), p95)
+            plan = plan_attempt(remaining_chain, deadline - self.clock(), p95, self.margin_s)
             reasons.extend(plan.skipped)
             if plan.attempt is None:
                 break

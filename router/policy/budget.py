@@ -5,7 +5,7 @@ attempt we know the time left and a live p95 latency for every remaining tier.
 
 * A tier whose p95 exceeds the time left is skipped: it would most likely miss.
 * Otherwise the attempt's timeout leaves room for the *next* viable tier to finish
-  (its p95), so a slow answer can still be replaced by a faster one in time.
+  (its p95 plus a small dispatch margin), so a slow answer can still be replaced by a faster one in time.
 * If that leaves the tier less than its own p95, and a next tier exists, the tier is
   skipped in favour of one that fits; the last viable tier gets all the time left.
 """
@@ -37,8 +37,14 @@ def chain_for(primary: str, fallback: Sequence[str]) -> tuple[str, ...]:
     return tuple(dict.fromkeys([primary, *fallback]))
 
 
-def plan_attempt(chain: Sequence[str], remaining_s: float, p95_s: Callable[[str], float]) -> Plan:
-    """Choose the first tier of ``chain`` that can answer within ``remaining_s``."""
+def plan_attempt(
+    chain: Sequence[str], remaining_s: float, p95_s: Callable[[str], float], margin_s: float = 0.0
+) -> Plan:
+    """Choose the first tier of ``chain`` that can answer within ``remaining_s``.
+
+    ``margin_s`` is added to the reserve kept for the next tier: the gateway's own
+    time between giving up on one attempt and starting the next.
+    """
     skipped: list[tuple[str, str]] = []
     viable = [m for m in chain if p95_s(m) <= remaining_s]
     for m in chain:
@@ -46,7 +52,7 @@ def plan_attempt(chain: Sequence[str], remaining_s: float, p95_s: Callable[[str]
             skipped.append((m, "slow"))
     for i, model in enumerate(viable):
         following = viable[i + 1 :]
-        reserve = p95_s(following[0]) if following else 0.0
+        reserve = p95_s(following[0]) + margin_s if following else 0.0
         timeout = remaining_s - reserve
         if timeout >= p95_s(model):
             return Plan(Attempt(model, timeout), tuple(skipped))

@@ -1,0 +1,75 @@
+"""Real processes for the integration and e2e tests: Triton and the gateway.
+
+Ports are always ephemeral; every process logs to a file whose tail is shown when
+it fails to start, and every process is stopped (then killed) at teardown.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+from router.triton.launcher import free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+MODEL_REPOSITORY = ROOT / "model_repository"
+ADMIN_TOKEN = "test-admin-token"
+
+
+def tail(path: Path, lines: int = 40) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+class GatewayProcess:
+    """``router serve`` in a subprocess, as an operator runs it."""
+
+    def __init__(self, routes: Path, triton_url: str, log: Path, extra: list[str] | None = None) -> None:
+        self.routes = routes
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = log
+        env = dict(os.environ, TRITON_URL=triton_url, ROUTER_ADMIN_TOKEN=ADMIN_TOKEN)
+        cmd = [sys.executable, "-m", "router.cli", "serve", "--routes", str(routes), "--port", str(self.port)]
+        cmd += ["--log-level", "warning", *(extra or [])]
+        self._log_file = open(log, "wb")  # noqa: SIM115 - closed in stop()
+        self.process = subprocess.Popen(cmd, env=env, stdout=self._log_file, stderr=subprocess.STDOUT)
+        self._wait()
+
+    def _wait(self, timeout_s: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"gateway exited with {self.process.returncode}:\n{tail(self.log)}")
+            try:
+                if httpx.get(self.url + "/healthz", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError(f"gateway did not start:\n{tail(self.log)}")
+
+    @property
+    def admin(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+
+    def signal(self, signum: int = signal.SIGHUP) -> None:
+        self.process.send_signal(signum)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self._log_file.close()

@@ -1,0 +1,120 @@
+"""The dispatcher's budget guarantees, with in-memory fake backends (no sockets)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import numpy as np
+import pytest
+
+from router.backends.base import ImageRequest, ImageResult
+from router.config import compile_text
+from router.config.table import Backend, Model
+from router.errors import AllTiersFailed, BackendRejected, BackendUnavailable, BudgetExhausted
+from router.gateway import Gateway
+from router.policy.match import RequestFacts
+
+ROUTES = """
+backends: {fake: {url: "http://fake:1"}}
+models:
+  quality: {backend: fake, latency_hint_ms: 150}
+  preview: {backend: fake, latency_hint_ms: 40}
+  draft: {backend: fake, latency_hint_ms: 10}
+routes:
+  - name: hq
+    match: hq
+    model: quality
+    budget_ms: 300
+    fallback: [preview, draft]
+default_route: draft
+"""
+
+
+class FakeBackend:
+    """Behaviour per model: a delay in seconds, or an exception to raise."""
+
+    def __init__(self, behaviour: dict[str, Any]) -> None:
+        self.behaviour = behaviour
+        self.calls: list[tuple[str, float]] = []
+        self.cancelled: list[str] = []
+
+    async def generate(self, model: Model, request: ImageRequest, timeout_s: float, priority: int | None = None):
+        self.calls.append((model.name, timeout_s))
+        action = self.behaviour[model.name]
+        if isinstance(action, Exception):
+            raise action
+        try:
+            await asyncio.sleep(action)
+        except asyncio.CancelledError:
+            self.cancelled.append(model.name)
+            raise
+        return ImageResult(np.zeros((1, 2, 2, 3), np.uint8), "1")
+
+    async def ready(self) -> bool:
+        return True
+
+    async def aclose(self) -> None:
+        return None
+
+
+def gateway(behaviour: dict[str, Any]) -> tuple[Gateway, FakeBackend]:
+    fake = FakeBackend(behaviour)
+
+    def factory(spec: Backend) -> FakeBackend:
+        return fake
+
+    return Gateway(compile_text(ROUTES, env={}), backend_factory=factory), fake  # type: ignore[arg-type]
+
+
+REQ = ImageRequest(("a cat",))
+
+
+async def test_slow_primary_is_abandoned_and_a_faster_tier_answers_inside_the_budget() -> None:
+    gw, fake = gateway({"quality": 5.0, "preview": 0.01, "draft": 0.01})
+    t0 = time.monotonic()
+    served = await gw.generate(RequestFacts("a cat", intent="hq"), REQ)
+    elapsed = time.monotonic() - t0
+    assert served.model.name == "preview"
+    assert served.attempts == 2
+    assert served.fallback == (("quality", "timeout"),)
+    assert fake.cancelled == ["quality"], "the losing call must be cancelled"
+    # quality's timeout left room for preview's p95 (40 ms) + the 5 ms margin out of 300 ms
+    assert fake.calls[0][1] == pytest.approx(0.255, abs=0.005)
+    assert elapsed < 0.3 + 0.05
+
+
+async def test_timed_out_tier_raises_its_estimate_and_is_then_skipped() -> None:
+    gw, fake = gateway({"quality": 5.0, "preview": 0.01, "draft": 0.01})
+    await gw.generate(RequestFacts("a", intent="hq"), REQ)
+    served = await gw.generate(RequestFacts("a", intent="hq"), REQ)
+    assert served.attempts == 1 and served.model.name == "preview"
+    # its p95 is now the 255 ms it was given: it fits 300 ms only without a reserve
+    assert served.fallback == (("quality", "no_room"),)
+
+
+async def test_rejected_input_is_not_retried_elsewhere() -> None:
+    gw, fake = gateway({"quality": BackendRejected("PROMPT: bad"), "preview": 0.0, "draft": 0.0})
+    with pytest.raises(BackendRejected):
+        await gw.generate(RequestFacts("a", intent="hq"), REQ)
+    assert [c[0] for c in fake.calls] == ["quality"]
+
+
+async def test_every_tier_unavailable_is_503() -> None:
+    down = BackendUnavailable("refused")
+    gw, fake = gateway({"quality": down, "preview": down, "draft": down})
+    with pytest.raises(AllTiersFailed) as info:
+        await gw.generate(RequestFacts("a", intent="hq"), REQ)
+    assert info.value.status == 503
+    assert [c[0] for c in fake.calls] == ["quality", "preview", "draft"]
+
+
+async def test_all_tiers_too_slow_is_504_at_the_budget_not_later() -> None:
+    gw, fake = gateway({"quality": 5.0, "preview": 5.0, "draft": 5.0})
+    t0 = time.monotonic()
+    with pytest.raises(BudgetExhausted) as info:
+        await gw.generate(RequestFacts("a", intent="hq"), REQ)
+    elapsed = time.monotonic() - t0
+    assert info.value.status == 504
+    assert 0.25 < elapsed < 0.3 + 0.05

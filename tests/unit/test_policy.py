@@ -1,0 +1,161 @@
+"""Routing policy as pure functions: matching, weighted/sticky choice, budget planning."""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+
+import pytest
+
+from router.config import compile_text
+from router.config.table import Arm, Matcher, Route
+from router.errors import UnknownModel
+from router.policy.budget import chain_for, plan_attempt
+from router.policy.match import RequestFacts, select_route
+from router.policy.split import choose_arm, unit_hash
+
+TABLE = compile_text(
+    """
+backends: {triton: {url: "http://127.0.0.1:1"}}
+models:
+  draft: {backend: triton}
+  preview: {backend: triton}
+  quality: {backend: triton}
+  quality-v2: {backend: triton, triton_model: quality, version: "2"}
+routes:
+  - name: pinned-quality
+    match: {model: quality}
+    split: [{model: quality, weight: 80}, {model: quality-v2, weight: 20, canary: true}]
+    sticky: header:X-User-Id
+  - name: photo
+    match: {prompt: "(?i)\\\\bphoto\\\\b"}
+    model: quality
+    fallback: [preview, draft]
+  - name: beta-users
+    match: {headers: {X-Beta: "yes", X-Client: {regex: "^mobile-"}}}
+    model: preview
+  - name: sketchy
+    match: {intent: [sketch, draft]}
+    model: draft
+default_route: preview
+""",
+    env={},
+)
+
+
+def facts(prompt: str = "a cat", **kw: object) -> RequestFacts:
+    return RequestFacts(prompt=prompt, **kw)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("f", "route"),
+    [
+        (facts("a PHOTO of a cat"), "photo"),
+        (facts("photography"), "default"),
+        (facts(intent="sketch"), "sketchy"),
+        (facts(intent="draft"), "sketchy"),
+        (facts(headers={"x-beta": "yes", "x-client": "mobile-ios"}), "beta-users"),
+        (facts(headers={"x-beta": "yes", "x-client": "web"}), "default"),
+        (facts(headers={"x-beta": "no", "x-client": "mobile-ios"}), "default"),
+        (facts("a photo", intent="sketch"), "photo"),
+        (facts("a photo", model="quality"), "pinned-quality"),
+        (facts("a photo", model="draft"), "model:draft"),
+        (facts("a photo", model="sketchy"), "sketchy"),
+        (facts("a photo", model="auto"), "photo"),
+    ],
+)
+def test_first_matching_route_wins(f: RequestFacts, route: str) -> None:
+    assert select_route(TABLE, f).name == route
+
+
+def test_unknown_alias_is_404_listing_what_exists() -> None:
+    with pytest.raises(UnknownModel) as info:
+        select_route(TABLE, facts(model="qualty"))
+    assert info.value.status == 404
+    assert "quality" in info.value.details["available"]
+
+
+ROUTE = Route("r", Matcher(), (Arm("base", 90), Arm("canary", 10, canary=True)), 1000)
+
+
+def test_weighted_split_is_within_statistical_bounds() -> None:
+    rng = random.Random(1)
+    counts = Counter(choose_arm(ROUTE, None, rng).arm.model for _ in range(20000))
+    share = counts["canary"] / 20000
+    assert abs(share - 0.10) < 4 * (0.1 * 0.9 / 20000) ** 0.5
+
+
+def test_sticky_split_is_stable_and_weighted() -> None:
+    rng = random.Random()
+    first = {u: choose_arm(ROUTE, u, rng).arm.model for u in map(str, range(5000))}
+    again = {u: choose_arm(ROUTE, u, random.Random(99)).arm.model for u in map(str, range(5000))}
+    assert first == again, "the same user must land on the same side, whatever the RNG"
+    share = sum(m == "canary" for m in first.values()) / 5000
+    assert 0.08 < share < 0.12
+
+
+def test_raising_canary_weight_only_moves_users_to_the_canary() -> None:
+    """Rendezvous hashing: a roll-forward never moves a canary user back, nor base users
+    between other arms; about the weight difference moves."""
+    three = Route("r", Matcher(), (Arm("a", 60), Arm("b", 30), Arm("canary", 10, True)), 1000)
+    rolled = Route("r", Matcher(), (Arm("a", 60), Arm("b", 30), Arm("canary", 40, True)), 1000)
+    rng = random.Random()
+    users = [str(u) for u in range(8000)]
+    before = {u: choose_arm(three, u, rng).arm.model for u in users}
+    after = {u: choose_arm(rolled, u, rng).arm.model for u in users}
+    moved = [u for u in users if before[u] != after[u]]
+    assert all(after[u] == "canary" for u in moved)
+    assert all(after[u] == "canary" for u in users if before[u] == "canary")
+    expected = 40 / 130 - 10 / 100
+    assert abs(len(moved) / len(users) - expected) < 0.03
+
+
+def test_canary_override_header() -> None:
+    rng = random.Random(0)
+    assert {choose_arm(ROUTE, None, rng, "always").arm.model for _ in range(50)} == {"canary"}
+    assert {choose_arm(ROUTE, None, rng, "never").arm.model for _ in range(50)} == {"base"}
+    assert choose_arm(ROUTE, "user-1", rng, "always").overridden
+
+
+def test_unit_hash_is_stable_across_processes() -> None:
+    """Fixed value: SHA-256 based, no per-process salt (unlike hash())."""
+    assert unit_hash("route", "arm", "user-42") == pytest.approx(unit_hash("route", "arm", "user-42"))
+    assert 0 < unit_hash("x") < 1
+    assert round(unit_hash("r", "canary", "7"), 12) == round(unit_hash(*"r canary 7".split()), 12)
+
+
+P95 = {"quality": 2.5, "preview": 0.4, "draft": 0.1}
+
+
+@pytest.mark.parametrize(
+    ("remaining", "model", "timeout", "skipped"),
+    [
+        (10.0, "quality", 9.6, ()),  # room for quality, reserve preview's p95
+        (2.95, "quality", 2.55, ()),  # just enough for quality plus preview's reserve
+        (2.8, "preview", 2.7, (("quality", "no_room"),)),  # quality fits, but leaves no room
+        (2.0, "preview", 1.9, (("quality", "slow"),)),  # quality cannot fit: skip it
+        (0.45, "draft", 0.45, (("quality", "slow"), ("preview", "no_room"))),
+        (0.3, "draft", 0.3, (("quality", "slow"), ("preview", "slow"))),
+        (0.05, None, None, (("quality", "slow"), ("preview", "slow"), ("draft", "slow"))),
+    ],
+)
+def test_plan_attempt_keeps_room_for_the_next_tier(
+    remaining: float, model: str | None, timeout: float | None, skipped: tuple[tuple[str, str], ...]
+) -> None:
+    plan = plan_attempt(["quality", "preview", "draft"], remaining, P95.__getitem__)
+    if model is None:
+        assert plan.attempt is None
+    else:
+        assert plan.attempt is not None
+        assert plan.attempt.model == model
+        assert plan.attempt.timeout_s == pytest.approx(timeout)
+    assert plan.skipped == skipped
+
+
+def test_margin_is_added_to_the_reserve() -> None:
+    plan = plan_attempt(["quality", "preview"], 10.0, P95.__getitem__, margin_s=0.05)
+    assert plan.attempt is not None and plan.attempt.timeout_s == pytest.approx(9.55)
+
+
+def test_chain_has_no_repeats() -> None:
+    assert chain_for("preview", ["preview", "draft", "draft"]) == ("preview", "draft")
