@@ -4,8 +4,10 @@ A request's deadline is fixed on arrival (now + the route's budget). Before each
 attempt we know the time left and a live p95 latency for every remaining tier.
 
 * A tier whose p95 exceeds the time left is skipped: it would most likely miss.
-* Otherwise the attempt's timeout leaves room for the *next* viable tier to finish
-  (its p95 plus a small dispatch margin), so a slow answer can still be replaced by a faster one in time.
+* Otherwise the attempt's timeout leaves room for the viable tiers after it to finish
+  (the sum of their p95s, each plus a small dispatch margin), so a slow answer can
+  still be replaced by a faster one in time — and the tier after it, planned by the
+  same rule, still finds the room it was promised.
 * If that leaves the tier less than its own p95, and a next tier exists, the tier is
   skipped in favour of one that fits; the last viable tier gets all the time left.
 """
@@ -52,7 +54,7 @@ def plan_attempt(
             skipped.append((m, "slow"))
     for i, model in enumerate(viable):
         following = viable[i + 1 :]
-        reserve = p95_s(following[0]) + margin_s if following else 0.0
+        reserve = sum(p95_s(m) + margin_s for m in following)
         timeout = remaining_s - reserve
         if timeout >= p95_s(model):
             return Plan(Attempt(model, timeout), tuple(skipped))

@@ -130,8 +130,8 @@ P95 = {"quality": 2.5, "preview": 0.4, "draft": 0.1}
 @pytest.mark.parametrize(
     ("remaining", "model", "timeout", "skipped"),
     [
-        (10.0, "quality", 9.6, ()),  # room for quality, reserve preview's p95
-        (2.95, "quality", 2.55, ()),  # just enough for quality plus preview's reserve
+        (10.0, "quality", 9.5, ()),  # room for quality; reserve preview's + draft's p95
+        (3.05, "quality", 2.55, ()),  # just enough for quality plus the reserve
         (2.8, "preview", 2.7, (("quality", "no_room"),)),  # quality fits, but leaves no room
         (2.0, "preview", 1.9, (("quality", "slow"),)),  # quality cannot fit: skip it
         (0.45, "draft", 0.45, (("quality", "slow"), ("preview", "no_room"))),
@@ -153,8 +153,8 @@ def test_plan_attempt_keeps_room_for_the_next_tier(
 
 
 def test_margin_is_added_to_the_reserve() -> None:
-    plan = plan_attempt(["quality", "preview"], 10.0, P95.__getitem__, margin_s=0.05)
-    assert plan.attempt is not None and plan.attempt.timeout_s == pytest.approx(9.55)
+    plan = plan_attempt(["quality", "preview", "draft"], 10.0, P95.__getitem__, margin_s=0.05)
+    assert plan.attempt is not None and plan.attempt.timeout_s == pytest.approx(9.4)
 
 
 def test_chain_has_no_repeats() -> None:
