@@ -104,7 +104,20 @@ class RoutesReloader:
     async def watch(self, stop: asyncio.Event) -> None:
         """Reload on every change in the file's directory until ``stop`` is set."""
         directory = self.path.absolute().parent
+        name = self.path.name
+
+        def relevant(change: watchfiles.Change, path: str) -> bool:
+            # The file itself, or the kubelet's ``..data`` / ``..<timestamp>`` entries.
+            base = Path(path).name
+            return base == name or base.startswith("..")
+
         async for _changes in watchfiles.awatch(
-            directory, stop_event=stop, debounce=200, step=50, recursive=True, rust_timeout=1000
+            directory,
+            stop_event=stop,
+            watch_filter=relevant,
+            debounce=200,
+            step=50,
+            recursive=True,
+            rust_timeout=1000,
         ):
             self.reload()

@@ -28,9 +28,7 @@ def triton(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonServer]:
 
 
 @pytest.fixture()
-def start_gateway(
-    triton: TritonServer, tmp_path: Path
-) -> Iterator[Callable[..., GatewayProcess]]:
+def start_gateway(triton: TritonServer, tmp_path: Path) -> Iterator[Callable[..., GatewayProcess]]:
     """Start ``router serve`` on a routes file written from text; stopped at teardown."""
     started: list[GatewayProcess] = []
 

@@ -76,7 +76,10 @@ class TritonBackend:
             self._lazy = aioclient.InferenceServerClient(
                 self.spec.url.split("://", 1)[1],
                 conn_limit=self.spec.max_connections,
-                conn_timeout=self.spec.connect_timeout_s,
+                # tritonclient turns this into aiohttp's *total* timeout, which would cut
+                # off slow tiers; every attempt already runs under the dispatcher's own
+                # deadline, which bounds connecting as well.
+                conn_timeout=None,
                 ssl=self.spec.url.startswith("https://"),
             )
         return self._lazy

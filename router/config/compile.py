@@ -86,7 +86,7 @@ class _Compiler:
         for name, b in specs.items():
             if isinstance(b, TritonBackendSpec):
                 self.backends[name] = Backend(
-                    name, "triton", b.url.rstrip("/"), None, b.connect_timeout_ms / 1000, b.max_connections
+                    name, "triton", b.url.rstrip("/"), None, max_connections=b.max_connections
                 )
             elif isinstance(b, OpenAIBackendSpec):
                 self.backends[name] = Backend(

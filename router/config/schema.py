@@ -39,7 +39,6 @@ class TritonBackendSpec(Strict):
     type: Literal["triton"] = "triton"
     url: str = Field(pattern=r"^https?://[^/\s]+")
     protocol: Literal["http"] = "http"
-    connect_timeout_ms: int = Field(default=2000, gt=0)
     max_connections: int = Field(default=256, gt=0)
 
 

@@ -1,0 +1,176 @@
+"""The gateway in front of the real Triton: routing, tags and the three protocols,
+each exercised with the client people really use."""
+
+from __future__ import annotations
+
+import base64
+import io
+from collections.abc import Callable
+
+import httpx
+import numpy as np
+import openai
+import pytest
+import tritonclient.http as httpclient
+from PIL import Image
+from tritonclient.utils import InferenceServerException
+
+from router.triton import TritonServer
+from tests.integration.routes_common import ROUTING
+from tests.procs import GatewayProcess
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def gw(triton: TritonServer, tmp_path_factory: pytest.TempPathFactory) -> GatewayProcess:
+    directory = tmp_path_factory.mktemp("gw-api")
+    routes = directory / "routes.yaml"
+    routes.write_text(ROUTING)
+    gateway = GatewayProcess(routes, triton.http_url, directory / "gateway.log")
+    yield gateway  # type: ignore[misc]
+    gateway.stop()
+
+
+def png_size(data: bytes) -> tuple[int, int]:
+    image = Image.open(io.BytesIO(data))
+    assert image.format == "PNG"
+    return image.size
+
+
+@pytest.mark.parametrize(
+    ("body", "headers", "route", "model", "size"),
+    [
+        ({"prompt": "a quick SKETCH of a boat"}, {}, "sketch", "draft@1", (64, 64)),
+        ({"prompt": "a boat"}, {"X-Beta": "yes"}, "beta", "noop@1", (8, 8)),
+        ({"prompt": "a boat", "intent": "quality"}, {}, "hq", "quality@1", (256, 256)),
+        ({"prompt": "a boat"}, {"X-Intent": "quality"}, "hq", "quality@1", (256, 256)),
+        ({"prompt": "a boat"}, {}, "default", "preview@1", (128, 128)),
+        ({"prompt": "a boat", "model": "draft"}, {}, "model:draft", "draft@1", (64, 64)),
+    ],
+)
+def test_routes_by_regex_intent_header_and_alias_and_tags_the_answer(
+    gw: GatewayProcess, body: dict[str, str], headers: dict[str, str], route: str, model: str, size: tuple[int, int]
+) -> None:
+    r = httpx.post(gw.url + "/api/v1/generate", json={**body, "seed": 1}, headers=headers, timeout=30)
+    assert r.status_code == 200, r.text
+    assert r.headers["content-type"] == "image/png"
+    assert png_size(r.content) == size
+    assert r.headers["x-router-route"] == route
+    assert r.headers["x-router-model"] == model
+    assert r.headers["x-router-attempts"] == "1"
+    assert r.headers["x-router-canary"] == "false"
+    assert "total;dur=" in r.headers["server-timing"]
+    assert len(r.headers["x-request-id"]) >= 16
+
+
+def test_json_response_reports_seeds_and_is_deterministic(gw: GatewayProcess) -> None:
+    body = {"prompt": "a sketch of a cat", "seed": 11, "n": 2, "response": "json"}
+    a = httpx.post(gw.url + "/api/v1/generate", json=body, timeout=30).json()
+    b = httpx.post(gw.url + "/api/v1/generate", json=body, timeout=30).json()
+    assert [i["seed"] for i in a["images"]] == [11, 12]
+    assert a["images"] == b["images"]
+    assert a["images"][0]["b64_png"] != a["images"][1]["b64_png"]
+    assert a["model"] == "draft@1" and a["route"] == "sketch"
+
+
+def test_openai_sdk_unchanged(gw: GatewayProcess) -> None:
+    client = openai.OpenAI(base_url=gw.url + "/v1", api_key="unused", max_retries=0)
+    result = client.images.generate(prompt="a sketch of a lighthouse", n=2, response_format="b64_json")
+    assert len(result.data) == 2
+    assert all(png_size(base64.b64decode(d.b64_json or "")) == (64, 64) for d in result.data)
+    raw = client.images.with_raw_response.generate(
+        prompt="a lighthouse", model="preview", size="64x64", response_format="b64_json"
+    )
+    assert raw.headers["x-router-model"] == "preview@1"
+    assert png_size(base64.b64decode(raw.parse().data[0].b64_json or "")) == (64, 64)
+    with pytest.raises(openai.NotFoundError) as info:
+        client.images.generate(prompt="x", model="dall-e-9")
+    assert info.value.body["code"] == "model_not_found"  # type: ignore[index]
+    with pytest.raises(openai.BadRequestError, match="response_format"):
+        client.images.generate(prompt="x", response_format="url")
+
+
+def test_unmodified_tritonclient_through_the_gateway(gw: GatewayProcess, triton: TritonServer) -> None:
+    """tritonclient.http works against the gateway; the image equals Triton's own."""
+    via = httpclient.InferenceServerClient(gw.url.removeprefix("http://"), network_timeout=60)
+    direct = httpclient.InferenceServerClient(triton.http_url.removeprefix("http://"), network_timeout=60)
+    assert via.is_server_live() and via.is_server_ready()
+    assert via.is_model_ready("draft") and via.is_model_ready("hq")
+    meta = via.get_model_metadata("hq")
+    assert meta["name"] == "hq" and {i["name"] for i in meta["inputs"]} >= {"PROMPT", "SEED"}
+
+    def inputs() -> list[httpclient.InferInput]:
+        p = httpclient.InferInput("PROMPT", [1, 1], "BYTES")
+        p.set_data_from_numpy(np.array([[b"a sketch of a boat"]], dtype=object))
+        s = httpclient.InferInput("SEED", [1, 1], "INT64")
+        s.set_data_from_numpy(np.array([[3]], dtype=np.int64))
+        return [p, s]
+
+    expected = direct.infer("draft", inputs()).as_numpy("IMAGE")
+    for binary in (True, False):
+        out = [httpclient.InferRequestedOutput("IMAGE", binary_data=binary)]
+        result = via.infer("draft", inputs(), outputs=out)
+        np.testing.assert_array_equal(result.as_numpy("IMAGE"), expected)
+        assert result.get_response()["model_name"] == "draft"
+    # the logical name "auto" routes by the prompt read from the PROMPT tensor
+    routed = via.infer("auto", inputs())
+    assert routed.as_numpy("IMAGE").shape == (1, 64, 64, 3)
+    with pytest.raises(InferenceServerException) as info:
+        via.infer("no-such-model", inputs())
+    assert info.value.status() == "404"
+
+
+@pytest.mark.parametrize(
+    ("path", "content", "headers", "status", "code"),
+    [
+        ("/api/v1/generate", b"{not json", {"content-type": "application/json"}, 400, "invalid_request"),
+        ("/api/v1/generate", b'{"prompt": 5}', {"content-type": "application/json"}, 400, "invalid_request"),
+        ("/api/v1/generate", b'{"prompt": "x", "steps": "many"}', {}, 400, "invalid_request"),
+        ("/api/v1/generate", b'{"prompt": "x", "bogus": 1}', {}, 400, "invalid_request"),
+        ("/api/v1/generate", b'{"prompt": "x"}', {"content-type": "application/xml"}, 415, "unsupported_media_type"),
+        ("/api/v1/generate", b"x" * (2 << 20), {}, 413, "payload_too_large"),
+        ("/api/v1/generate", b'{"prompt": "x", "width": 100000}', {}, 400, "invalid_request"),
+        ("/v1/images/generations", b'{"prompt": "x", "size": "huge"}', {}, 400, "invalid_request"),
+        ("/v1/images/generations", b'{"prompt": "x", "n": 99}', {}, 400, "invalid_request"),
+        ("/api/v1/generate", b'{"prompt": "x", "model": "../../etc/passwd"}', {}, 404, "model_not_found"),
+        ("/nope", b"", {}, 404, "not_found"),
+    ],
+)
+def test_bad_input_gets_a_clear_error(
+    gw: GatewayProcess, path: str, content: bytes, headers: dict[str, str], status: int, code: str
+) -> None:
+    r = httpx.post(gw.url + path, content=content, headers=headers, timeout=30)
+    assert r.status_code == status, r.text
+    error = r.json()["error"]
+    assert error["code"] == code
+    assert error["request_id"] == r.headers["x-request-id"]
+    assert "Traceback" not in r.text
+
+
+def test_model_rejection_passes_through_as_400(gw: GatewayProcess) -> None:
+    r = httpx.post(gw.url + "/api/v1/generate", json={"prompt": "a sketch", "width": 60}, timeout=30)
+    assert r.status_code == 400
+    assert r.json()["error"]["code"] == "backend_rejected"
+    assert "WIDTH: 60 is not a multiple of 8" in r.json()["error"]["message"]
+
+
+def test_v2_errors_keep_tritons_shape(gw: GatewayProcess) -> None:
+    r = httpx.post(gw.url + "/v2/models/draft/infer", content=b"\x00\x01garbage", timeout=30)
+    assert r.status_code == 400
+    assert isinstance(r.json()["error"], str) and r.json()["code"] == "invalid_request"
+    assert httpx.get(gw.url + "/healthz").status_code == 200
+
+
+def test_health_endpoints(gw: GatewayProcess) -> None:
+    assert httpx.get(gw.url + "/healthz").json() == {"status": "ok"}
+    ready = httpx.get(gw.url + "/readyz")
+    assert ready.status_code == 200 and ready.json()["status"] == "ready"
+
+
+def test_request_id_is_echoed(gw: GatewayProcess) -> None:
+    r = httpx.get(gw.url + "/healthz", headers={"X-Request-Id": "abc-123"})
+    assert r.headers["x-request-id"] == "abc-123"
+
+
+Start = Callable[..., GatewayProcess]
