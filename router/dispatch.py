@@ -59,6 +59,13 @@ class Dispatcher:
         self.stats = stats
         self.clock = clock
 
+    def _record_timeout(self, model: str, waited_s: float) -> None:
+        """A timeout only says the tier needs *more* than ``waited_s``; count it as
+        twice that, so one stall is enough to skip the tier where it cannot fit (an
+        abandoned request still burns the backend's compute) until the sample ages
+        out of the window and the tier is probed again."""
+        self.stats.record(model, 2 * waited_s)
+
     def p95_s(self, table: RoutingTable) -> Callable[[str], float]:
         def p95(name: str) -> float:
             model = table.models[name]
@@ -98,15 +105,11 @@ class Dispatcher:
                     result = await self.pool.get(model.backend).generate(
                         model, request, plan.attempt.timeout_s, priority
                     )
-            except TimeoutError:
-                elapsed = self.clock() - t0
-                self.stats.record(name, elapsed)
+            except (TimeoutError, BackendTimeout):
+                self._record_timeout(name, self.clock() - t0)
                 reasons.append((name, "timeout"))
             except BackendRejected:
                 raise
-            except BackendTimeout:
-                self.stats.record(name, self.clock() - t0)
-                reasons.append((name, "timeout"))
             except BackendError as exc:
                 log.warning("attempt at %s failed: %s %s", name, exc.code, exc.message)
                 reasons.append((name, exc.code.removeprefix("backend_")))

@@ -3,8 +3,8 @@
 Each model keeps its recent samples in a bounded ring (at most ``size`` samples, none
 older than ``window_s``). With no recent samples the estimate is the operator's
 ``latency_hint_ms``: a tier skipped for being slow therefore becomes eligible again
-once its bad samples age out, which is how it gets re-probed. A timed-out attempt is
-recorded as a sample equal to its timeout (a lower bound of the true latency), so a
+once its bad samples age out, which is how it gets re-probed. The dispatcher records a
+timed-out attempt as a pessimistic sample (see ``Dispatcher._record_timeout``), so a
 stalling tier's estimate rises at once. The clock is injected.
 """
 

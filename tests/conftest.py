@@ -32,10 +32,16 @@ def start_gateway(triton: TritonServer, tmp_path: Path) -> Iterator[Callable[...
     """Start ``router serve`` on a routes file written from text; stopped at teardown."""
     started: list[GatewayProcess] = []
 
-    def start(routes_text: str, name: str = "routes.yaml", extra: list[str] | None = None) -> GatewayProcess:
+    def start(
+        routes_text: str,
+        name: str = "routes.yaml",
+        extra: list[str] | None = None,
+        env: dict[str, str] | None = None,
+    ) -> GatewayProcess:
         routes = tmp_path / name
         routes.write_text(routes_text)
-        gateway = GatewayProcess(routes, triton.http_url, tmp_path / f"gateway{len(started)}.log", extra)
+        log = tmp_path / f"gateway{len(started)}.log"
+        gateway = GatewayProcess(routes, triton.http_url, log, extra, env)
         started.append(gateway)
         return gateway
 

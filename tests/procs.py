@@ -32,12 +32,19 @@ def tail(path: Path, lines: int = 40) -> str:
 class GatewayProcess:
     """``router serve`` in a subprocess, as an operator runs it."""
 
-    def __init__(self, routes: Path, triton_url: str, log: Path, extra: list[str] | None = None) -> None:
+    def __init__(
+        self,
+        routes: Path,
+        triton_url: str,
+        log: Path,
+        extra: list[str] | None = None,
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.routes = routes
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = log
-        env = dict(os.environ, TRITON_URL=triton_url, ROUTER_ADMIN_TOKEN=ADMIN_TOKEN)
+        env = {**os.environ, "TRITON_URL": triton_url, "ROUTER_ADMIN_TOKEN": ADMIN_TOKEN, **(env or {})}
         cmd = [sys.executable, "-m", "router.cli", "serve", "--routes", str(routes), "--port", str(self.port)]
         cmd += ["--log-level", "warning", *(extra or [])]
         self._log_file = open(log, "wb")  # noqa: SIM115 - closed in stop()

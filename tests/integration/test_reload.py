@@ -1,0 +1,200 @@
+"""Hot reload of routes.yaml while traffic flows: file edits, SIGHUP, the admin API and
+the kubelet's ConfigMap symlink swap. A bad file never replaces the running table."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+import pytest
+
+from router.triton import TritonServer
+from tests.integration.routes_common import TIERS
+from tests.procs import GatewayProcess
+
+pytestmark = pytest.mark.integration
+
+
+def routes(model: str, canary_weight: int = 10) -> str:
+    return (
+        TIERS
+        + f"""
+routes:
+  - name: canary
+    match: {{intent: canary}}
+    split:
+      - {{model: noop, weight: {100 - canary_weight}}}
+      - {{model: noop-canary, weight: {canary_weight}, canary: true}}
+    sticky: header:X-User-Id
+default_route:
+  name: main
+  model: {model}
+  budget_ms: 3000
+"""
+    )
+
+
+BROKEN = routes("noop").replace("budget_ms: 3000", "budget_ms: -3\n  bogus: 1")
+
+
+def model_of(gw: GatewayProcess, **body: object) -> str:
+    r = httpx.post(gw.url + "/api/v1/generate", json={"prompt": "x", **body}, timeout=10)
+    assert r.status_code == 200, r.text
+    return r.headers["x-router-model"]
+
+
+def wait_for(predicate: Callable[[], bool], timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise AssertionError("condition not met in time")
+
+
+def config(gw: GatewayProcess) -> dict[str, object]:
+    r = httpx.get(gw.url + "/admin/config", headers=gw.admin, timeout=10)
+    assert r.status_code == 200
+    return r.json()  # type: ignore[no-any-return]
+
+
+def test_reload_under_load_with_bad_file_in_between_loses_no_request(
+    start_gateway: Callable[..., GatewayProcess],
+) -> None:
+    gw = start_gateway(routes("noop"))
+    path = gw.routes
+    results: list[tuple[int, str]] = []
+
+    async def load(stop: asyncio.Event) -> None:
+        async with httpx.AsyncClient(base_url=gw.url, timeout=10) as client:
+
+            async def worker() -> None:
+                while not stop.is_set():
+                    r = await client.post("/api/v1/generate", json={"prompt": "x", "response": "json"})
+                    results.append((r.status_code, r.headers.get("x-router-model", "")))
+
+            await asyncio.gather(*(worker() for _ in range(8)))
+
+    async def scenario() -> None:
+        stop = asyncio.Event()
+        task = asyncio.create_task(load(stop))
+        await asyncio.sleep(0.5)
+        path.write_text(BROKEN)  # invalid: must be rejected, noop keeps serving
+        await asyncio.sleep(1.0)
+        status = await asyncio.to_thread(config, gw)
+        last = status["last_reload"]
+        assert isinstance(last, dict) and last["ok"] is False
+        assert any("budget_ms" in e and "routes.yaml:" in e for e in last["errors"])
+        path.write_text(routes("draft"))  # valid: takes over
+        await asyncio.sleep(1.5)
+        stop.set()
+        await task
+
+    asyncio.run(scenario())
+    failed = [r for r in results if r[0] != 200]
+    assert not failed, f"{len(failed)} failed requests: {failed[:5]}"
+    models = [m for _, m in results]
+    assert "noop@1" in models and models[-1] == "draft@1"
+    assert len(results) > 50
+    assert config(gw)["last_reload"]["ok"] is True  # type: ignore[index]
+
+
+def test_sighup_and_admin_reload_and_auth(start_gateway: Callable[..., GatewayProcess]) -> None:
+    gw = start_gateway(routes("noop"), extra=["--no-watch"])
+    gw.routes.write_text(routes("draft"))
+    time.sleep(0.5)
+    assert model_of(gw) == "noop@1", "--no-watch: the file alone does not reload"
+    gw.signal(signal.SIGHUP)
+    wait_for(lambda: model_of(gw) == "draft@1")
+
+    gw.routes.write_text(BROKEN)
+    r = httpx.post(gw.url + "/admin/reload", headers=gw.admin)
+    assert r.status_code == 422 and r.json()["ok"] is False
+    assert any(":" in e and "unknown key" in e for e in r.json()["errors"])
+    assert model_of(gw) == "draft@1"
+
+    gw.routes.write_text(routes("noop"))
+    r = httpx.post(gw.url + "/admin/reload", headers=gw.admin)
+    assert r.status_code == 200 and r.json()["changed"] is True
+    assert model_of(gw) == "noop@1"
+    active = config(gw)["active"]
+    assert isinstance(active, dict) and active["digest"] == r.json()["digest"]
+
+    assert httpx.post(gw.url + "/admin/reload").status_code == 401
+    wrong = {"Authorization": "Bearer nope"}
+    assert httpx.get(gw.url + "/admin/config", headers=wrong).json()["error"]["code"] == "unauthorized"
+    explain = httpx.post(
+        gw.url + "/admin/explain",
+        headers=gw.admin,
+        json={"prompt": "x", "intent": "canary", "headers": {"X-User-Id": "u1"}},
+    ).json()
+    assert explain["route"] == "canary" and explain["chosen"] in ("noop", "noop-canary")
+
+
+def test_admin_is_disabled_without_a_token(start_gateway: Callable[..., GatewayProcess]) -> None:
+    gw = start_gateway(routes("noop"), env={"ROUTER_ADMIN_TOKEN": ""})
+    for token in ("", "anything"):
+        r = httpx.get(gw.url + "/admin/config", headers={"Authorization": f"Bearer {token}".strip()})
+        assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
+
+
+def test_configmap_symlink_swap_is_reloaded(triton: TritonServer, tmp_path: Path) -> None:
+    """The kubelet's layout: routes.yaml -> ..data/routes.yaml, ..data -> ..<timestamp>/;
+    an update points ..data at a new directory in one rename."""
+    mount = tmp_path / "config"
+    first = mount / "..2026_01_01_00_00_00.000000001"
+    first.mkdir(parents=True)
+    (first / "routes.yaml").write_text(routes("noop"))
+    (mount / "..data").symlink_to(first.name)
+    (mount / "routes.yaml").symlink_to("..data/routes.yaml")
+    gw = GatewayProcess(mount / "routes.yaml", triton.http_url, tmp_path / "cm.log")
+    try:
+        assert model_of(gw) == "noop@1"
+        second = mount / "..2026_01_01_00_01_00.000000002"
+        second.mkdir()
+        (second / "routes.yaml").write_text(routes("draft"))
+        (mount / "..data_tmp").symlink_to(second.name)
+        os.rename(mount / "..data_tmp", mount / "..data")
+        wait_for(lambda: model_of(gw) == "draft@1")
+    finally:
+        gw.stop()
+
+
+def test_canary_roll_forward_by_editing_routes_keeps_canary_users(
+    start_gateway: Callable[..., GatewayProcess],
+) -> None:
+    gw = start_gateway(routes("noop", canary_weight=10))
+    users = [f"user-{i}" for i in range(80)]
+
+    def sides() -> dict[str, str]:
+        return {u: _side(gw, u) for u in users}
+
+    before = sides()
+    gw.routes.write_text(routes("noop", canary_weight=50))
+    wait_for(lambda: _weights(gw) == [50.0, 50.0])
+    after = sides()
+    assert all(after[u] == "noop-canary@1" for u in users if before[u] == "noop-canary@1")
+    assert sum(v == "noop-canary@1" for v in after.values()) > sum(v == "noop-canary@1" for v in before.values())
+    gw.routes.write_text(routes("noop", canary_weight=0))  # roll back
+    wait_for(lambda: _weights(gw) == [100.0, 0.0])
+    assert all(_side(gw, u) == "noop@1" for u in users)
+
+
+def _side(gw: GatewayProcess, user: str) -> str:
+    r = httpx.post(
+        gw.url + "/api/v1/generate", json={"prompt": "x", "intent": "canary"}, headers={"X-User-Id": user}, timeout=10
+    )
+    assert r.status_code == 200, r.text
+    return r.headers["x-router-model"]
+
+
+def _weights(gw: GatewayProcess) -> list[float]:
+    table = config(gw)["table"]
+    assert isinstance(table, dict)
+    canary = next(r for r in table["routes"] if r["name"] == "canary")
+    return [a["weight"] for a in canary["arms"]]
