@@ -20,7 +20,7 @@ def triton(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonServer]:
         server.start()
         try:
             server.wait_ready(timeout_s=300)
-        except Exception:
+        except Exception:  # noqa: BLE001 - any startup failure: show Triton's log
             server.stop()
             pytest.fail(f"Triton did not start:\n{tail(log_path)}")
         yield server

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-import numpy as np
+from numpy.typing import NDArray
 
 from router.config.table import Model
 
@@ -34,7 +34,7 @@ class ImageRequest:
 class ImageResult:
     """``images`` is ``uint8[batch, height, width, 3]``."""
 
-    images: np.ndarray
+    images: NDArray[Any]
     model_version: str
 
 

@@ -61,7 +61,7 @@ class OpenAIImagesBackend:
         except Exception as exc:
             raise map_httpx_error(exc) from exc
         if response.status_code >= 400:
-            kind = BackendRejected if response.status_code in (400, 422) else BackendUnavailable
+            kind: type[BackendError] = BackendRejected if response.status_code in (400, 422) else BackendUnavailable
             if response.status_code not in (400, 422, 429) and response.status_code < 500:
                 kind = BackendError
             raise kind(f"upstream answered {response.status_code}", upstream_status=response.status_code)

@@ -16,6 +16,7 @@ import aiohttp
 import numpy as np
 import tritonclient.http as httpclient
 import tritonclient.http.aio as aioclient
+from numpy.typing import NDArray
 from tritonclient.utils import InferenceServerException
 
 from router.backends.base import ImageRequest, ImageResult
@@ -47,7 +48,7 @@ def map_triton_error(exc: BaseException) -> BackendError:
 def _inputs(request: ImageRequest) -> list[httpclient.InferInput]:
     batch = len(request.prompts)
 
-    def tensor(name: str, dtype: str, values: np.ndarray) -> httpclient.InferInput:
+    def tensor(name: str, dtype: str, values: NDArray[Any]) -> httpclient.InferInput:
         item = httpclient.InferInput(name, [batch, 1], dtype)
         item.set_data_from_numpy(values.reshape(batch, 1), binary_data=True)
         return item

@@ -57,6 +57,12 @@ def _schema_issues(src: Located, exc: ValidationError) -> list[ConfigIssue]:
     return issues
 
 
+def _as_set(value: str | list[str] | None) -> frozenset[str] | None:
+    if value is None:
+        return None
+    return frozenset([value] if isinstance(value, str) else value)
+
+
 class _Compiler:
     def __init__(self, src: Located, spec: RoutesFile, env: Mapping[str, str]) -> None:
         self.src = src
@@ -144,12 +150,11 @@ class _Compiler:
                     self.fail(hpath, "give exactly one of equals, regex")
                 regex = self.regex(rule.regex, hpath + ("regex",)) if rule.regex else None
                 headers.append(HeaderRule(key.lower(), rule.equals, regex))
-        as_set = lambda v: None if v is None else frozenset([v] if isinstance(v, str) else v)  # noqa: E731
         return Matcher(
             prompt=self.regex(match.prompt, path + ("prompt",)) if match.prompt else None,
-            intents=as_set(match.intent),
+            intents=_as_set(match.intent),
             headers=tuple(headers),
-            models=as_set(match.model),
+            models=_as_set(match.model),
         )
 
     def route(self, spec: RouteSpec, path: PathKey, name: str) -> Route | None:

@@ -80,7 +80,7 @@ class _Builder:
         return self._scalar(node, path)
 
     def _scalar(self, node: yaml.Node, path: PathKey) -> Any:
-        value = self.loader.construct_object(node, deep=True)  # type: ignore[no-untyped-call]
+        value = self.loader.construct_object(node, deep=True)
         if isinstance(value, str) and "${" in value:
             return self._expand(value, path)
         return value

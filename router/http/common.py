@@ -6,9 +6,9 @@ import base64
 import io
 import json
 import secrets
-from typing import TypeVar
+from typing import Any, TypeVar
 
-import numpy as np
+from numpy.typing import NDArray
 from PIL import Image
 from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
@@ -94,13 +94,13 @@ def served_headers(served: Served) -> dict[str, str]:
     return headers
 
 
-def encode_png(image: np.ndarray) -> bytes:
+def encode_png(image: NDArray[Any]) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(image, mode="RGB").save(buffer, format="PNG", compress_level=1)
     return buffer.getvalue()
 
 
-def b64_png(image: np.ndarray) -> str:
+def b64_png(image: NDArray[Any]) -> str:
     return base64.b64encode(encode_png(image)).decode()
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-import numpy as np
+from numpy.typing import NDArray
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
@@ -80,7 +80,7 @@ async def repository_index(request: Request) -> Response:
     return JSONResponse([{"name": n, "state": "READY"} for n in names])
 
 
-def _int_input(array: np.ndarray | None, name: str) -> np.ndarray | None:
+def _int_input(array: NDArray[Any] | None, name: str) -> NDArray[Any] | None:
     if array is None:
         return None
     if array.dtype.kind not in "iu" or array.size == 0:
@@ -88,7 +88,7 @@ def _int_input(array: np.ndarray | None, name: str) -> np.ndarray | None:
     return array.reshape(-1)
 
 
-def _image_request(inputs: dict[str, np.ndarray]) -> ImageRequest:
+def _image_request(inputs: dict[str, NDArray[Any]]) -> ImageRequest:
     prompt = inputs.get("PROMPT")
     if prompt is None or prompt.dtype != object or prompt.size == 0:
         raise InvalidRequest("PROMPT: a BYTES input is required", field="PROMPT")

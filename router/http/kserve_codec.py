@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 
 from router.errors import InvalidRequest
 
@@ -39,7 +40,7 @@ _NUMERIC = {
 
 @dataclass
 class InferRequest:
-    inputs: dict[str, np.ndarray]
+    inputs: dict[str, NDArray[Any]]
     id: str | None = None
     parameters: dict[str, Any] = field(default_factory=dict)
     outputs: list[dict[str, Any]] | None = None
@@ -61,7 +62,7 @@ def _bytes_elements(raw: bytes, count: int, name: str) -> list[bytes]:
     return out
 
 
-def _tensor(spec: dict[str, Any], binary: memoryview | None, name: str) -> np.ndarray:
+def _tensor(spec: dict[str, Any], binary: memoryview | None, name: str) -> NDArray[Any]:
     datatype = spec.get("datatype")
     shape = spec.get("shape")
     if not isinstance(shape, list) or not all(isinstance(d, int) and 0 <= d < 2**31 for d in shape):
@@ -105,7 +106,7 @@ def decode_request(body: bytes, header_length: int | None) -> InferRequest:
         raise InvalidRequest("inference header needs an 'inputs' list", field="inputs")
     tail = memoryview(body)[len(head) :]
     offset = 0
-    inputs: dict[str, np.ndarray] = {}
+    inputs: dict[str, NDArray[Any]] = {}
     for i, spec in enumerate(header["inputs"]):
         if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
             raise InvalidRequest(f"inputs[{i}] needs a name", field=f"inputs[{i}]")
@@ -137,7 +138,7 @@ def wants_binary(request: InferRequest, output: str) -> bool:
 
 
 def encode_response(
-    model_name: str, model_version: str, request_id: str | None, name: str, array: np.ndarray, binary: bool
+    model_name: str, model_version: str, request_id: str | None, name: str, array: NDArray[Any], binary: bool
 ) -> tuple[bytes, int | None]:
     """Encode one UINT8 output tensor; returns the body and the JSON header length."""
     output: dict[str, Any] = {"name": name, "datatype": "UINT8", "shape": list(array.shape)}

@@ -15,8 +15,9 @@ from __future__ import annotations
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
-import numpy as np
+from numpy.typing import NDArray
 
 __all__ = ["MAX_PROMPT_BYTES", "Generation", "InvalidInput", "Limits", "parse_request"]
 
@@ -51,7 +52,7 @@ class Generation:
     height: int
 
 
-def _column(inputs: Mapping[str, np.ndarray | None], name: str, batch: int) -> list[int] | None:
+def _column(inputs: Mapping[str, NDArray[Any] | None], name: str, batch: int) -> list[int] | None:
     array = inputs.get(name)
     if array is None:
         return None
@@ -65,7 +66,7 @@ def _column(inputs: Mapping[str, np.ndarray | None], name: str, batch: int) -> l
     return [int(v) for v in flat]
 
 
-def _prompts(inputs: Mapping[str, np.ndarray | None]) -> list[str]:
+def _prompts(inputs: Mapping[str, NDArray[Any] | None]) -> list[str]:
     array = inputs.get("PROMPT")
     if array is None:
         raise InvalidInput("PROMPT: required input is missing")
@@ -95,7 +96,7 @@ def _check_side(name: str, value: int, limits: Limits) -> int:
     return value
 
 
-def parse_request(inputs: Mapping[str, np.ndarray | None], limits: Limits) -> list[Generation]:
+def parse_request(inputs: Mapping[str, NDArray[Any] | None], limits: Limits) -> list[Generation]:
     """Validate one Triton request's tensors; return one :class:`Generation` per row.
 
     A missing ``SEED`` draws a fresh random seed per row (callers that want

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 
 __all__ = ["PRESETS", "ImagePipeline", "Preset", "build_random_pipeline"]
 
@@ -182,7 +183,7 @@ class ImagePipeline:
         vae_scale = getattr(pipe, "vae_scale_factor", 8)
         self.size_multiple = int(vae_scale)
 
-    def generate(self, prompt: str, seed: int, steps: int, width: int, height: int) -> np.ndarray:
+    def generate(self, prompt: str, seed: int, steps: int, width: int, height: int) -> NDArray[Any]:
         """Return one image as ``uint8[height, width, 3]``."""
         import torch
 

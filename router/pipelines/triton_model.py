@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
+from numpy.typing import NDArray
 
 from router.pipelines.contract import Generation, InvalidInput, Limits, parse_request
 
@@ -29,7 +30,7 @@ INPUT_NAMES = ("PROMPT", "SEED", "STEPS", "WIDTH", "HEIGHT")
 class Generator(Protocol):
     limits: Limits
 
-    def __call__(self, job: Generation) -> np.ndarray: ...
+    def __call__(self, job: Generation) -> NDArray[Any]: ...
 
 
 class NoopGenerator:
@@ -37,10 +38,10 @@ class NoopGenerator:
 
     limits = Limits(width=8, height=8, steps=1, max_side=64, max_steps=1000)
 
-    def __call__(self, job: Generation) -> np.ndarray:
+    def __call__(self, job: Generation) -> NDArray[Any]:
         ys, xs = np.mgrid[0 : job.height, 0 : job.width]
         image = np.stack([xs * 4 % 256, ys * 4 % 256, np.full_like(xs, 128)], axis=-1)
-        return image.astype(np.uint8)
+        return np.asarray(image, dtype=np.uint8)
 
 
 class DiffusionGenerator:
@@ -69,7 +70,7 @@ class DiffusionGenerator:
         # One warm-up image so the first real request does not pay for lazy setup.
         self.pipeline.generate("warm-up", 0, preset.steps, preset.width, preset.height)
 
-    def __call__(self, job: Generation) -> np.ndarray:
+    def __call__(self, job: Generation) -> NDArray[Any]:
         return self.pipeline.generate(job.prompt, job.seed, job.steps, job.width, job.height)
 
 

@@ -121,7 +121,7 @@ async def test_every_tier_unavailable_is_503() -> None:
 
 
 async def test_all_tiers_too_slow_is_504_at_the_budget_not_later() -> None:
-    gw, fake = gateway({"quality": 5.0, "preview": 5.0, "draft": 5.0})
+    gw, _ = gateway({"quality": 5.0, "preview": 5.0, "draft": 5.0})
     t0 = time.monotonic()
     with pytest.raises(BudgetExhausted) as info:
         await gw.generate(RequestFacts("a", intent="hq"), REQ)
