@@ -1,0 +1,139 @@
+"""The ``router`` command as an operator runs it."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import tritonclient.http as httpclient
+
+from router.triton.launcher import free_port
+from tests.procs import ROOT
+
+pytestmark = pytest.mark.e2e
+
+ROUTER = [sys.executable, "-m", "router.cli"]
+
+
+def run(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*ROUTER, *args], cwd=cwd, capture_output=True, text=True, timeout=60)
+
+
+def test_validate_ok_and_all_errors_at_once(tmp_path: Path) -> None:
+    ok = run("validate", "routes.yaml")
+    assert ok.returncode == 0 and "routes.yaml: OK" in ok.stdout
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("routes:\n  - model: draft\n    budget_ms: 0\n  - model: draft\n    sticky: nope\n")
+    result = run("validate", str(bad))
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert f"{bad}:3:5 routes[0].budget_ms: Input should be greater than 0" in lines
+    assert any(line.startswith(f"{bad}:5:5 routes[1].sticky:") for line in lines)
+    assert all(re.match(rf"{re.escape(str(bad))}:\d+:\d+ ", line) for line in lines)
+    missing = run("validate", str(tmp_path / "nope.yaml"))
+    assert missing.returncode == 2 and "no such file" in missing.stderr
+
+
+def test_explain_shows_route_candidates_and_chain() -> None:
+    result = run("explain", "routes.yaml", "--prompt", "a portrait photo", "--header", "X-User-Id=7")
+    assert result.returncode == 0, result.stderr
+    out = json.loads(result.stdout)
+    assert out["route"] == "photo"
+    assert out["candidates"][0]["model"] == "quality"
+    assert list(out["chain_p95_ms"]) == ["quality", "preview", "draft"]
+    assert json.loads(run("explain", "routes.yaml", "--prompt", "x", "--intent", "draft").stdout)["route"] == (
+        "draft-intent"
+    )
+
+
+def _read_until(process: subprocess.Popen[str], pattern: str, timeout_s: float = 240) -> re.Match[str]:
+    deadline = time.monotonic() + timeout_s
+    seen = []
+    assert process.stdout is not None
+    while time.monotonic() < deadline:
+        line = process.stdout.readline()
+        if not line:
+            if process.poll() is not None:
+                break
+            continue
+        seen.append(line)
+        match = re.search(pattern, line)
+        if match:
+            return match
+    raise AssertionError(f"{pattern!r} not printed; output:\n{''.join(seen[-30:])}")
+
+
+def test_router_up_serves_through_triton_and_stops_cleanly(tmp_path: Path) -> None:
+    """The README's one command: Triton + the gateway; Ctrl-C stops both."""
+    routes = tmp_path / "routes.yaml"
+    routes.write_text(
+        (ROOT / "routes.yaml")
+        .read_text()
+        .replace("model: preview\n  budget_ms: 2000", "model: noop\n  budget_ms: 2000")
+    )
+    port = free_port()
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env.pop("TRITON_URL", None)
+    process = subprocess.Popen(
+        [*ROUTER, "up", "--routes", str(routes), "--port", str(port), "--models", "noop,draft"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        triton_url = _read_until(process, r"Triton ready: HTTP (http://\S+)").group(1)
+        _read_until(process, r"gateway listening on")
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/readyz").status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        r = httpx.post(f"http://127.0.0.1:{port}/api/v1/generate", json={"prompt": "a sketch of a cat"}, timeout=30)
+        assert r.status_code == 200 and r.headers["x-router-model"] == "draft@1"
+        r = httpx.post(f"http://127.0.0.1:{port}/api/v1/generate", json={"prompt": "a cat"}, timeout=30)
+        assert r.status_code == 200 and r.headers["x-router-model"] == "noop@1"
+    finally:
+        process.send_signal(signal.SIGINT)
+        code = process.wait(60)
+        assert process.stdout is not None
+        process.stdout.close()
+    assert code == 0
+    with pytest.raises(httpx.HTTPError):
+        httpx.get(triton_url + "/v2/health/live", timeout=2)
+
+
+def test_router_triton_prints_where_it_listens_and_forwards_sigterm() -> None:
+    process = subprocess.Popen(
+        [*ROUTER, "triton", "--models", "noop", "--triton-http-port", "0"],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        url = _read_until(process, r"Triton ready: HTTP http://(\S+)").group(1)
+        client = httpclient.InferenceServerClient(url)
+        prompt = httpclient.InferInput("PROMPT", [1, 1], "BYTES")
+        prompt.set_data_from_numpy(np.array([[b"x"]], dtype=object))
+        assert client.infer("noop", [prompt]).as_numpy("IMAGE").shape == (1, 8, 8, 3)
+        client.close()  # an open keep-alive connection would hold Triton's graceful exit
+    finally:
+        process.send_signal(signal.SIGTERM)
+        code = process.wait(60)
+        assert process.stdout is not None
+        process.stdout.close()
+    assert code == 0
