@@ -10,6 +10,7 @@ stalling tier's estimate rises at once. The clock is injected.
 
 from __future__ import annotations
 
+import bisect
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -19,35 +20,41 @@ __all__ = ["LatencyStats", "LatencyWindow"]
 
 @dataclass
 class LatencyWindow:
+    """Samples in arrival order (for expiry) and in sorted order (for O(1) quantiles).
+
+    Adding or expiring a sample is a binary search plus a short memmove; reading a
+    quantile is an index. This runs on every request, so it must stay cheap.
+    """
+
     size: int = 256
     window_s: float = 60.0
-    samples: deque[tuple[float, float]] = field(default_factory=deque)
-    _cache: dict[float, float] = field(default_factory=dict)
+    arrivals: deque[tuple[float, float]] = field(default_factory=deque)
+    ordered: list[float] = field(default_factory=list)
 
     def add(self, now: float, seconds: float) -> None:
-        self.samples.append((now, seconds))
-        if len(self.samples) > self.size:
-            self.samples.popleft()
-        self._cache.clear()
+        self.arrivals.append((now, seconds))
+        bisect.insort(self.ordered, seconds)
+        if len(self.arrivals) > self.size:
+            self._drop_oldest()
+
+    def _drop_oldest(self) -> None:
+        _, value = self.arrivals.popleft()
+        del self.ordered[bisect.bisect_left(self.ordered, value)]
 
     def _expire(self, now: float) -> None:
         cutoff = now - self.window_s
-        while self.samples and self.samples[0][0] < cutoff:
-            self.samples.popleft()
-            self._cache.clear()
+        while self.arrivals and self.arrivals[0][0] < cutoff:
+            self._drop_oldest()
 
     def quantile(self, now: float, q: float) -> float | None:
         self._expire(now)
-        if not self.samples:
+        if not self.ordered:
             return None
-        if q not in self._cache:
-            ordered = sorted(s for _, s in self.samples)
-            self._cache[q] = ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-        return self._cache[q]
+        return self.ordered[min(len(self.ordered) - 1, int(q * len(self.ordered)))]
 
     def count(self, now: float) -> int:
         self._expire(now)
-        return len(self.samples)
+        return len(self.ordered)
 
 
 class LatencyStats:
