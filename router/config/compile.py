@@ -31,9 +31,8 @@ def _data_path(data: Any, loc: tuple[int | str, ...]) -> PathKey:
     out: list[str | int] = []
     node = data
     for i, part in enumerate(loc):
-        if (isinstance(node, dict) and part in node) or (
-            isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node)
-        ):
+        in_list = isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node)
+        if in_list or (isinstance(node, dict) and part in node):
             node = node[part]
             out.append(part)
         elif i == len(loc) - 1 and isinstance(node, dict):
