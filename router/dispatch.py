@@ -52,7 +52,7 @@ class Served:
 
 class Dispatcher:
     def __init__(
-        self, pool: BackendPool, stats: LatencyStats, clock: Callable[[], float], margin_s: float = 0.005
+        self, pool: BackendPool, stats: LatencyStats, clock: Callable[[], float], margin_s: float = 0.02
     ) -> None:
         self.margin_s = margin_s
         self.pool = pool
@@ -113,6 +113,9 @@ class Dispatcher:
             except BackendError as exc:
                 log.warning("attempt at %s failed: %s %s", name, exc.code, exc.message)
                 reasons.append((name, exc.code.removeprefix("backend_")))
+            except Exception:  # noqa: BLE001 - a backend bug must not cost the client its fallback
+                log.exception("attempt at %s failed unexpectedly", name)
+                reasons.append((name, "error"))
             else:
                 elapsed = self.clock() - t0
                 self.stats.record(name, elapsed)

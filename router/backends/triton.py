@@ -1,7 +1,9 @@
-"""A Triton server over KServe v2 HTTP, through ``tritonclient.http.aio``.
+"""A Triton server over KServe v2 HTTP.
 
-The aio client suits an asyncio server (the sync client is not thread-safe) and asks
-for binary outputs, which are ~3.6x smaller than JSON image tensors. The remaining
+Health, readiness and metadata go through ``tritonclient.http.aio`` (the sync client
+is not thread-safe). Inference, the hot path, sends binary tensors (images as JSON are
+~3.6x larger) over :mod:`router.backends._http1` and reads the answer with
+``tritonclient``'s own ``InferResult``. The remaining
 time is sent as Triton's per-request ``timeout`` (µs) so work still queued when the
 gateway has given up is dropped by Triton instead of computed for nobody; the
 gateway enforces its own deadline around the call, because Triton cannot stop a
@@ -10,7 +12,9 @@ request that is already executing.
 
 from __future__ import annotations
 
+import json
 from typing import Any
+from urllib.parse import quote, urlsplit
 
 import aiohttp
 import numpy as np
@@ -19,9 +23,11 @@ import tritonclient.http.aio as aioclient
 from numpy.typing import NDArray
 from tritonclient.utils import InferenceServerException
 
+from router.backends._http1 import Http1Pool
 from router.backends.base import ImageRequest, ImageResult
 from router.config.table import Backend, Model
 from router.errors import BackendError, BackendRejected, BackendTimeout, BackendUnavailable
+from router.kserve import encode_request
 
 __all__ = ["TritonBackend", "map_triton_error"]
 
@@ -45,21 +51,25 @@ def map_triton_error(exc: BaseException) -> BackendError:
     return BackendError(f"{type(exc).__name__}: {exc}")
 
 
-def _inputs(request: ImageRequest) -> list[httpclient.InferInput]:
+def _inputs(request: ImageRequest) -> list[tuple[str, str, NDArray[Any]]]:
     batch = len(request.prompts)
-
-    def tensor(name: str, dtype: str, values: NDArray[Any]) -> httpclient.InferInput:
-        item = httpclient.InferInput(name, [batch, 1], dtype)
-        item.set_data_from_numpy(values.reshape(batch, 1), binary_data=True)
-        return item
-
-    inputs = [tensor("PROMPT", "BYTES", np.array([p.encode() for p in request.prompts], dtype=np.object_))]
+    inputs: list[tuple[str, str, NDArray[Any]]] = [
+        ("PROMPT", "BYTES", np.array([p.encode() for p in request.prompts], dtype=np.object_).reshape(batch, 1))
+    ]
     if request.seeds is not None:
-        inputs.append(tensor("SEED", "INT64", np.array(request.seeds, dtype=np.int64)))
+        inputs.append(("SEED", "INT64", np.array(request.seeds, dtype="<i8").reshape(batch, 1)))
     for name, value in (("STEPS", request.steps), ("WIDTH", request.width), ("HEIGHT", request.height)):
         if value is not None:
-            inputs.append(tensor(name, "INT32", np.full(batch, value, dtype=np.int32)))
+            inputs.append((name, "INT32", np.full((batch, 1), value, dtype="<i4")))
     return inputs
+
+
+def _error_message(body: bytes) -> str:
+    try:
+        message = json.loads(body).get("error")
+    except (ValueError, AttributeError):
+        message = None
+    return str(message) if message else body[:200].decode("utf-8", "replace")
 
 
 class TritonBackend:
@@ -68,7 +78,7 @@ class TritonBackend:
     def __init__(self, spec: Backend) -> None:
         self.spec = spec
         self._lazy: aioclient.InferenceServerClient | None = None
-        self._outputs = [httpclient.InferRequestedOutput("IMAGE", binary_data=True)]
+        self._pool: Http1Pool | None = None
 
     @property
     def _client(self) -> aioclient.InferenceServerClient:
@@ -85,21 +95,43 @@ class TritonBackend:
             )
         return self._lazy
 
+    def _pool_for_infer(self) -> Http1Pool:
+        if self._pool is None:
+            parsed = urlsplit(self.spec.url)
+            tls = parsed.scheme == "https"
+            port = parsed.port or (443 if tls else 80)
+            self._pool = Http1Pool(parsed.hostname or "127.0.0.1", port, self.spec.max_connections, tls)
+        return self._pool
+
     async def generate(
         self, model: Model, request: ImageRequest, timeout_s: float, priority: int | None = None
     ) -> ImageResult:
+        parameters: dict[str, Any] = {"timeout": max(1, int(timeout_s * 1_000_000))}
+        if priority:
+            parameters["priority"] = priority
+        body, header_length = encode_request(_inputs(request), parameters, ["IMAGE"])
+        path = f"/v2/models/{quote(model.remote_name, safe='')}"
+        if model.version:
+            path += f"/versions/{model.version}"
+        headers = {
+            "Content-Type": "application/octet-stream",
+            "Inference-Header-Content-Length": str(header_length),
+        }
         try:
-            result = await self._client.infer(
-                model.remote_name,
-                _inputs(request),
-                model_version=model.version or "",
-                outputs=self._outputs,
-                priority=priority or 0,
-                timeout=max(1, int(timeout_s * 1_000_000)),
-            )
-        except Exception as exc:
+            response = await self._pool_for_infer().request(path + "/infer", body, headers)
+        except OSError as exc:
             raise map_triton_error(exc) from exc
-        images = result.as_numpy("IMAGE")
+        if response.status != 200:
+            failure = InferenceServerException(_error_message(response.body), status=str(response.status))
+            raise map_triton_error(failure)
+        try:
+            length = response.headers.get("inference-header-content-length")
+            result = httpclient.InferResult.from_response_body(
+                response.body, header_length=int(length) if length else None
+            )
+            images = result.as_numpy("IMAGE")
+        except Exception as exc:
+            raise BackendError(f"{model.remote_name} sent an answer that is not KServe v2: {exc}") from exc
         if images is None or images.dtype != np.uint8 or images.ndim != 4:
             raise BackendError(f"{model.remote_name} returned no valid IMAGE tensor")
         version = result.get_response().get("model_version", model.version or "")
@@ -125,6 +157,8 @@ class TritonBackend:
         return dict(meta)
 
     async def aclose(self) -> None:
+        if self._pool is not None:
+            await self._pool.aclose()
         if self._lazy is not None:
             await self._lazy.close()
             self._lazy = None

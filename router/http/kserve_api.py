@@ -21,7 +21,7 @@ from router.backends.base import ImageRequest
 from router.errors import InvalidRequest, UnknownModel
 from router.gateway import Gateway
 from router.http.common import canary_override, facts_for, priority_of, read_body, served_headers
-from router.http.kserve_codec import decode_request, encode_response, wants_binary
+from router.kserve import decode_request, encode_response, wants_binary
 
 __all__ = ["infer", "live", "model_metadata", "model_ready", "ready", "repository_index", "server_metadata"]
 

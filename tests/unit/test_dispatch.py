@@ -31,7 +31,7 @@ routes:
   - name: hq-tight
     match: hq-tight
     model: quality
-    budget_ms: 220
+    budget_ms: 250
     fallback: [preview, draft]
 default_route: draft
 """
@@ -85,15 +85,15 @@ async def test_slow_primary_is_abandoned_and_a_faster_tier_answers_inside_the_bu
     assert served.attempts == 2
     assert served.fallback == (("quality", "timeout"),)
     assert fake.cancelled == ["quality"], "the losing call must be cancelled"
-    # quality's timeout left room for preview (40 ms) and draft (10 ms), each + 5 ms margin
-    assert fake.calls[0][1] == pytest.approx(0.24, abs=0.005)
+    # quality's timeout left room for preview (40 ms) and draft (10 ms), each + 20 ms margin
+    assert fake.calls[0][1] == pytest.approx(0.21, abs=0.005)
     assert fake.calls[1][0] == "preview" and fake.calls[1][1] >= 0.04
     assert elapsed < 0.3 + 0.05
 
 
 async def test_timed_out_tier_raises_its_estimate_and_is_then_skipped() -> None:
     gw, fake = gateway({"quality": 5.0, "preview": 0.01, "draft": 0.01})
-    # 220 ms leaves quality 160 ms (>= its 150 ms hint) after the reserve: it is tried first
+    # 250 ms leaves quality 160 ms (>= its 150 ms hint) after the reserve: it is tried first
     served = await gw.generate(RequestFacts("a", intent="hq-tight"), REQ)
     assert served.attempts == 2 and served.model.name == "preview"
     # a timed-out attempt counts double: quality's p95 is now >= 2 x 160 ms
@@ -128,3 +128,10 @@ async def test_all_tiers_too_slow_is_504_at_the_budget_not_later() -> None:
     elapsed = time.monotonic() - t0
     assert info.value.status == 504
     assert 0.25 < elapsed < 0.3 + 0.05
+
+
+async def test_an_unexpected_backend_bug_still_falls_back() -> None:
+    gw, _ = gateway({"quality": RuntimeError("bug"), "preview": 0.0, "draft": 0.0})
+    served = await gw.generate(RequestFacts("a", intent="hq"), REQ)
+    assert served.model.name == "preview"
+    assert served.fallback == (("quality", "error"),)

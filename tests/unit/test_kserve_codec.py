@@ -10,7 +10,7 @@ import tritonclient.http as httpclient
 from tritonclient.http._utils import _get_inference_request
 
 from router.errors import InvalidRequest
-from router.http.kserve_codec import decode_request, encode_response, wants_binary
+from router.kserve import decode_request, encode_response, wants_binary
 
 
 def _client_body(binary: bool) -> tuple[bytes, int | None]:

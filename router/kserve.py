@@ -1,5 +1,9 @@
 """The KServe v2 inference body, including Triton's binary tensor extension.
 
+Both directions are here, for both sides of the gateway: the HTTP edge decodes client
+requests and encodes responses; the Triton backend encodes requests and decodes
+responses. It is a pure leaf module (numpy and json only).
+
 A request is a JSON header, optionally followed by raw tensor bytes; the header's
 length is given by ``Inference-Header-Content-Length`` and each binary input names
 its size in ``parameters.binary_data_size``. ``BYTES`` elements are serialised as a
@@ -20,7 +24,7 @@ from numpy.typing import NDArray
 
 from router.errors import InvalidRequest
 
-__all__ = ["InferRequest", "decode_request", "encode_response", "wants_binary"]
+__all__ = ["InferRequest", "decode_request", "encode_request", "encode_response", "wants_binary"]
 
 _NUMERIC = {
     "BOOL": np.bool_,
@@ -154,3 +158,38 @@ def encode_response(
     if binary:
         return head + raw, len(head)
     return head, None
+
+
+def _serialize_bytes(values: NDArray[Any]) -> bytes:
+    parts = []
+    for value in values.reshape(-1):
+        raw = value if isinstance(value, bytes) else str(value).encode()
+        parts.append(struct.pack("<I", len(raw)))
+        parts.append(raw)
+    return b"".join(parts)
+
+
+def encode_request(
+    inputs: list[tuple[str, str, NDArray[Any]]], parameters: dict[str, Any], binary_outputs: list[str]
+) -> tuple[bytes, int]:
+    """Encode an infer request with every input as binary data; returns body, header length."""
+    specs, blobs = [], []
+    for name, datatype, array in inputs:
+        raw = _serialize_bytes(array) if datatype == "BYTES" else np.ascontiguousarray(array).tobytes()
+        specs.append(
+            {
+                "name": name,
+                "shape": list(array.shape),
+                "datatype": datatype,
+                "parameters": {"binary_data_size": len(raw)},
+            }
+        )
+        blobs.append(raw)
+    header: dict[str, Any] = {
+        "inputs": specs,
+        "outputs": [{"name": n, "parameters": {"binary_data": True}} for n in binary_outputs],
+    }
+    if parameters:
+        header["parameters"] = parameters
+    head = json.dumps(header, separators=(",", ":")).encode()
+    return b"".join([head, *blobs]), len(head)

@@ -1,0 +1,137 @@
+"""The hot-path HTTP/1.1 client against a scripted loopback server: keep-alive reuse,
+the one safe resend on a stale connection, and failures that must not be resent."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable
+
+import pytest
+
+from router.backends._http1 import Http1Pool
+
+pytestmark = pytest.mark.integration
+
+Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter, int], Awaitable[None]]
+
+
+async def serve(handler: Handler) -> tuple[asyncio.Server, int, list[int]]:
+    connections: list[int] = []
+
+    async def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        connections.append(len(connections))
+        try:
+            await handler(reader, writer, len(connections))
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
+            with contextlib.suppress(ConnectionError):
+                await writer.wait_closed()
+
+    server = await asyncio.start_server(on_connect, "127.0.0.1", 0)
+    return server, server.sockets[0].getsockname()[1], connections
+
+
+async def read_request(reader: asyncio.StreamReader) -> bytes:
+    head = await reader.readuntil(b"\r\n\r\n")
+    length = int(
+        next(line.split(b":")[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length"))
+    )
+    return await reader.readexactly(length)
+
+
+def ok(body: bytes) -> bytes:
+    return b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nX-Thing: 1\r\n\r\n%s" % (len(body), body)
+
+
+async def test_keep_alive_connection_is_reused() -> None:
+    async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+        while True:
+            try:
+                body = await read_request(reader)
+            except asyncio.IncompleteReadError:
+                return
+            writer.write(ok(body[::-1]))
+            await writer.drain()
+
+    server, port, connections = await serve(echo)
+    pool = Http1Pool("127.0.0.1", port)
+    for i in range(5):
+        response = await pool.request("/x", b"abc%d" % i, {})
+        assert response.status == 200 and response.body == b"%dcba" % i
+        assert response.headers["x-thing"] == "1"
+    assert len(connections) == 1
+    await pool.aclose()
+    server.close()
+    await server.wait_closed()
+
+
+async def test_stale_keep_alive_connection_is_resent_once_on_a_fresh_one() -> None:
+    async def one_then_close(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+        await read_request(reader)
+        writer.write(ok(b"first" if n == 1 else b"again"))
+        await writer.drain()
+        if n == 1:
+            await reader.read(1)  # the next request arrives: close without answering
+            writer.close()
+        else:
+            await reader.read()  # until the client closes
+
+    server, port, connections = await serve(one_then_close)
+    pool = Http1Pool("127.0.0.1", port)
+    assert (await pool.request("/", b"1", {})).body == b"first"
+    assert (await pool.request("/", b"2", {})).body == b"again"
+    assert len(connections) == 2
+    await pool.aclose()
+    server.close()
+    await server.wait_closed()
+
+
+async def test_close_mid_response_is_an_error_not_a_resend() -> None:
+    async def half(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\npartial")
+        await writer.drain()
+        writer.close()
+
+    server, port, connections = await serve(half)
+    pool = Http1Pool("127.0.0.1", port)
+    with pytest.raises(ConnectionResetError):
+        await pool.request("/", b"x", {})
+    assert len(connections) == 1
+    server.close()
+    await server.wait_closed()
+
+
+async def test_garbage_response_and_refused_connection_raise_oserrors() -> None:
+    async def garbage(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+        await read_request(reader)
+        writer.write(b"SMTP ready\r\n\r\n")
+        await writer.drain()
+
+    server, port, _ = await serve(garbage)
+    pool = Http1Pool("127.0.0.1", port)
+    with pytest.raises(ConnectionError, match="malformed"):
+        await pool.request("/", b"x", {})
+    await pool.aclose()
+    server.close()
+    await server.wait_closed()
+    with pytest.raises(OSError):
+        await Http1Pool("127.0.0.1", port).request("/", b"x", {})
+
+
+async def test_cancelled_request_drops_its_connection() -> None:
+    async def slow(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+        await read_request(reader)
+        await reader.read()  # never answers; returns when the client drops the connection
+
+    server, port, _ = await serve(slow)
+    pool = Http1Pool("127.0.0.1", port)
+    with pytest.raises(TimeoutError):
+        async with asyncio.timeout(0.1):
+            await pool.request("/", b"x", {})
+    assert pool._take_idle() is None
+    server.close()
+    await server.wait_closed()
