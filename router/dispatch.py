@@ -113,7 +113,7 @@ class Dispatcher:
             except BackendError as exc:
                 log.warning("attempt at %s failed: %s %s", name, exc.code, exc.message)
                 reasons.append((name, exc.code.removeprefix("backend_")))
-            except Exception:  # noqa: BLE001 - a backend bug must not cost the client its fallback
+            except Exception:  # a backend bug must not cost the client its fallback
                 log.exception("attempt at %s failed unexpectedly", name)
                 reasons.append((name, "error"))
             else:
