@@ -20,7 +20,14 @@ from dataclasses import dataclass
 from router.backends.base import ImageRequest, ImageResult
 from router.backends.pool import BackendPool
 from router.config.table import Model, Route, RoutingTable
-from router.errors import AllTiersFailed, BackendError, BackendRejected, BackendTimeout, BudgetExhausted
+from router.errors import (
+    AllTiersFailed,
+    BackendError,
+    BackendRejected,
+    BackendTimeout,
+    BudgetExhausted,
+    Overloaded,
+)
 from router.policy.budget import chain_for, plan_attempt
 from router.policy.split import Choice
 from router.stats import LatencyStats
@@ -55,9 +62,48 @@ class Dispatcher:
         self, pool: BackendPool, stats: LatencyStats, clock: Callable[[], float], margin_s: float = 0.02
     ) -> None:
         self.margin_s = margin_s
+        self._inflight: dict[str, int] = {}
         self.pool = pool
         self.stats = stats
         self.clock = clock
+
+    def _full(self, model: Model) -> bool:
+        """At its ``max_concurrency``: the tier is skipped at once (reason ``full``), so
+        the gateway never queues unbounded work behind a busy tier."""
+        limit = model.max_concurrency
+        return limit is not None and self._inflight.get(model.name, 0) >= limit
+
+    def inflight(self) -> dict[str, int]:
+        return {m: n for m, n in self._inflight.items() if n}
+
+    async def _attempt(
+        self, model: Model, request: ImageRequest, timeout_s: float, priority: int | None
+    ) -> ImageResult | str:
+        """One call under its own timeout: the result, or why it failed (a fallback reason).
+
+        A rejected input is raised instead: no other tier would take it either.
+        """
+        name = model.name
+        self._inflight[name] = self._inflight.get(name, 0) + 1
+        t0 = self.clock()
+        try:
+            async with asyncio.timeout(timeout_s):
+                result = await self.pool.get(model.backend).generate(model, request, timeout_s, priority)
+        except (TimeoutError, BackendTimeout):
+            self._record_timeout(name, self.clock() - t0)
+            return "timeout"
+        except BackendRejected:
+            raise
+        except BackendError as exc:
+            log.warning("attempt at %s failed: %s %s", name, exc.code, exc.message)
+            return exc.code.removeprefix("backend_")
+        except Exception:  # a backend bug must not cost the client its fallback
+            log.exception("attempt at %s failed unexpectedly", name)
+            return "error"
+        finally:
+            self._inflight[name] -= 1
+        self.stats.record(name, self.clock() - t0)
+        return result
 
     def _record_timeout(self, model: str, waited_s: float) -> None:
         """A timeout only says the tier needs *more* than ``waited_s``; count it as
@@ -91,6 +137,9 @@ class Dispatcher:
         first_attempt_at: float | None = None
         p95 = self.p95_s(table)
         while remaining_chain:
+            for name in [m for m in remaining_chain if self._full(table.models[m])]:
+                remaining_chain.remove(name)
+                reasons.append((name, "full"))
             plan = plan_attempt(remaining_chain, deadline - self.clock(), p95, self.margin_s)
             reasons.extend(plan.skipped)
             if plan.attempt is None:
@@ -100,41 +149,28 @@ class Dispatcher:
             attempts += 1
             t0 = self.clock()
             first_attempt_at = t0 if first_attempt_at is None else first_attempt_at
-            try:
-                async with asyncio.timeout(plan.attempt.timeout_s):
-                    result = await self.pool.get(model.backend).generate(
-                        model, request, plan.attempt.timeout_s, priority
-                    )
-            except (TimeoutError, BackendTimeout):
-                self._record_timeout(name, self.clock() - t0)
-                reasons.append((name, "timeout"))
-            except BackendRejected:
-                raise
-            except BackendError as exc:
-                log.warning("attempt at %s failed: %s %s", name, exc.code, exc.message)
-                reasons.append((name, exc.code.removeprefix("backend_")))
-            except Exception:  # a backend bug must not cost the client its fallback
-                log.exception("attempt at %s failed unexpectedly", name)
-                reasons.append((name, "error"))
+            outcome = await self._attempt(model, request, plan.attempt.timeout_s, priority)
+            elapsed = self.clock() - t0
+            backend_s += elapsed
+            if isinstance(outcome, str):
+                reasons.append((name, outcome))
             else:
-                elapsed = self.clock() - t0
-                self.stats.record(name, elapsed)
-                backend_s += elapsed
                 now = self.clock()
                 return Served(
-                    result=result,
+                    result=outcome,
                     route=route,
                     model=model,
                     attempts=attempts,
-                    fallback=tuple(r for r in reasons if r[0] != name),
+                    fallback=tuple(reasons),
                     canary=choice.arm.canary and name == choice.arm.model,
                     queue_s=(first_attempt_at or now) - start,
                     backend_s=backend_s,
                     total_s=now - start,
                 )
-            backend_s += self.clock() - t0
             remaining_chain = remaining_chain[remaining_chain.index(name) + 1 :]
         detail = ", ".join(f"{m}:{why}" for m, why in reasons)
+        if attempts == 0 and any(why == "full" for _, why in reasons):
+            raise Overloaded(f"every tier is at its concurrency limit ({detail})", route=route.name)
         timed_out = any(why in ("timeout", "slow", "no_room") for _, why in reasons)
         if timed_out or deadline - self.clock() <= 0:
             raise BudgetExhausted(

@@ -21,6 +21,7 @@ ever handles these::
     │   ├── BackendRejected          400 backend_rejected    (the model refused the input)
     │   ├── BackendUnavailable       503 backend_unavailable (refused, 5xx, queue full)
     │   └── BackendTimeout           504 backend_timeout     (attempt ran out of time)
+    ├── Overloaded                   429 overloaded          (every tier at its concurrency limit)
     ├── AllTiersFailed               503 all_tiers_failed    (every tier of the chain failed)
     └── BudgetExhausted              504 budget_exhausted    (the route's budget ran out)
 """
@@ -166,6 +167,17 @@ class BackendUnavailable(BackendError):
 class BackendTimeout(BackendError):
     status = 504
     code = "backend_timeout"
+
+
+class Overloaded(RouterError):
+    """Every tier that could serve is at its concurrency limit; ``Retry-After`` says when."""
+
+    status = 429
+    code = "overloaded"
+
+    def __init__(self, message: str, retry_after_s: int = 1, **details: Any) -> None:
+        super().__init__(message, **details)
+        self.retry_after_s = retry_after_s
 
 
 class AllTiersFailed(RouterError):

@@ -21,7 +21,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from router.errors import MethodNotAllowed, NotFound, RouterError
+from router.errors import MethodNotAllowed, NotFound, Overloaded, RouterError
 
 __all__ = ["RequestIdMiddleware", "error_response", "exception_handlers", "request_id"]
 
@@ -73,6 +73,8 @@ def error_response(request: Request, exc: RouterError, headers: dict[str, str] |
 
 async def _router_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, RouterError)
+    if isinstance(exc, Overloaded):
+        return error_response(request, exc, {"Retry-After": str(exc.retry_after_s)})
     return error_response(request, exc)
 
 

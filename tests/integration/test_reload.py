@@ -20,7 +20,7 @@ from tests.procs import GatewayProcess
 pytestmark = pytest.mark.integration
 
 
-def routes(model: str, canary_weight: int = 10) -> str:
+def routes(model: str, canary_weight: int = 10, budget_ms: int = 3000) -> str:
     return (
         TIERS
         + f"""
@@ -34,7 +34,7 @@ routes:
 default_route:
   name: main
   model: {model}
-  budget_ms: 3000
+  budget_ms: {budget_ms}
 """
     )
 
@@ -198,3 +198,29 @@ def _weights(gw: GatewayProcess) -> list[float]:
     assert isinstance(table, dict)
     canary = next(r for r in table["routes"] if r["name"] == "canary")
     return [a["weight"] for a in canary["arms"]]
+
+
+def test_requests_in_flight_finish_on_the_table_they_started_with(
+    start_gateway: Callable[..., GatewayProcess],
+) -> None:
+    """A ~2 s quality request started before a reload is answered as the old table said."""
+    gw = start_gateway(routes("quality", budget_ms=20000))
+
+    async def scenario() -> httpx.Response:
+        async with httpx.AsyncClient(base_url=gw.url, timeout=30) as client:
+            slow = asyncio.create_task(client.post("/api/v1/generate", json={"prompt": "x"}))
+            await asyncio.sleep(0.3)
+            before = (await client.get("/admin/config", headers=gw.admin)).json()["active"]["digest"]
+            gw.routes.write_text(routes("draft"))
+            for _ in range(100):
+                active = (await client.get("/admin/config", headers=gw.admin)).json()["active"]
+                if active["digest"] != before:
+                    break
+                await asyncio.sleep(0.05)
+            assert not slow.done(), "the reload must land while the slow request is in flight"
+            return await slow
+
+    old = asyncio.run(scenario())
+    assert old.status_code == 200
+    assert old.headers["x-router-model"] == "quality@1"
+    assert model_of(gw) == "draft@1"

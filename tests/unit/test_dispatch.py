@@ -12,14 +12,14 @@ import pytest
 from router.backends.base import ImageRequest, ImageResult
 from router.config import compile_text
 from router.config.table import Backend, Model
-from router.errors import AllTiersFailed, BackendRejected, BackendUnavailable, BudgetExhausted
+from router.errors import AllTiersFailed, BackendRejected, BackendUnavailable, BudgetExhausted, Overloaded
 from router.gateway import Gateway
 from router.policy.match import RequestFacts
 
 ROUTES = """
 backends: {fake: {url: "http://fake:1"}}
 models:
-  quality: {backend: fake, latency_hint_ms: 150}
+  quality: {backend: fake, latency_hint_ms: 150, max_concurrency: 1}
   preview: {backend: fake, latency_hint_ms: 40}
   draft: {backend: fake, latency_hint_ms: 10}
 routes:
@@ -33,6 +33,10 @@ routes:
     model: quality
     budget_ms: 250
     fallback: [preview, draft]
+  - name: quality-only
+    match: quality-only
+    model: quality
+    budget_ms: 1000
 default_route: draft
 """
 
@@ -135,3 +139,17 @@ async def test_an_unexpected_backend_bug_still_falls_back() -> None:
     served = await gw.generate(RequestFacts("a", intent="hq"), REQ)
     assert served.model.name == "preview"
     assert served.fallback == (("quality", "error"),)
+
+
+async def test_a_tier_at_its_concurrency_limit_is_skipped_or_refused_with_429() -> None:
+    gw, _ = gateway({"quality": 0.1, "preview": 0.0, "draft": 0.0})
+    busy = asyncio.create_task(gw.generate(RequestFacts("a", intent="hq"), REQ))
+    await asyncio.sleep(0.01)
+    served = await gw.generate(RequestFacts("a", intent="hq"), REQ)
+    assert served.model.name == "preview" and served.fallback == (("quality", "full"),)
+    with pytest.raises(Overloaded) as info:
+        await gw.generate(RequestFacts("a", intent="quality-only"), REQ)
+    assert info.value.status == 429 and info.value.retry_after_s >= 1
+    assert (await busy).model.name == "quality"
+    assert gw.dispatcher.inflight() == {}
+    assert (await gw.generate(RequestFacts("a", intent="quality-only"), REQ)).model.name == "quality"
