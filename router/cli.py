@@ -20,6 +20,7 @@ from types import FrameType
 
 from router import __version__
 from router.errors import ConfigError, RouterError
+from router.triton import TritonConfig, TritonServer
 
 __all__ = ["main"]
 
@@ -74,9 +75,7 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _triton_server(args: argparse.Namespace) -> object:
-    from router.triton import TritonConfig, TritonServer
-
+def _triton_server(args: argparse.Namespace) -> TritonServer:
     config = TritonConfig(
         model_repository=args.model_repository or _default_repository(),
         models=[m for m in args.models.split(",") if m],
@@ -90,11 +89,17 @@ def _triton_server(args: argparse.Namespace) -> object:
     return TritonServer(config)
 
 
-def _start_triton(args: argparse.Namespace):  # type: ignore[no-untyped-def]
-    from router.triton import TritonServer
-
+def _start_triton(args: argparse.Namespace) -> TritonServer:
     server = _triton_server(args)
-    assert isinstance(server, TritonServer)
+    try:
+        _start(server)
+    except BaseException:
+        server.stop()
+        raise
+    return server
+
+
+def _start(server: TritonServer) -> None:
     print(f"starting Triton with {server.config.model_repository} ...", file=sys.stderr, flush=True)
     server.start()
     server.wait_ready()
@@ -104,10 +109,14 @@ def _start_triton(args: argparse.Namespace):  # type: ignore[no-untyped-def]
         f"metrics http://{cfg.host}:{cfg.metrics_port}/metrics",
         flush=True,
     )
-    return server
+
+
+def _exit_on_signal(signum: int, frame: FrameType | None) -> None:
+    raise SystemExit(128 + signum)
 
 
 def cmd_triton(args: argparse.Namespace) -> int:
+    signal.signal(signal.SIGTERM, _exit_on_signal)  # so a SIGTERM during startup still stops Triton
     server = _start_triton(args)
 
     def forward(signum: int, frame: FrameType | None) -> None:
@@ -148,8 +157,10 @@ def cmd_up(args: argparse.Namespace) -> int:
     from router.config import load_file
 
     load_file(args.routes)  # fail fast on a bad file, before starting Triton
-    server = _start_triton(args)
+    signal.signal(signal.SIGTERM, _exit_on_signal)  # uvicorn installs its own once serving
+    server = _triton_server(args)
     try:
+        _start(server)
         os.environ["TRITON_URL"] = server.http_url
         _run_gateway(args)
     finally:

@@ -15,6 +15,7 @@ tensor.
 from __future__ import annotations
 
 import json
+import math
 import struct
 from dataclasses import dataclass, field
 from typing import Any
@@ -71,7 +72,7 @@ def _tensor(spec: dict[str, Any], binary: memoryview | None, name: str) -> NDArr
     shape = spec.get("shape")
     if not isinstance(shape, list) or not all(isinstance(d, int) and 0 <= d < 2**31 for d in shape):
         raise InvalidRequest(f"{name}: shape must be a list of non-negative integers", field=name)
-    count = int(np.prod(shape)) if shape else 1
+    count = math.prod(shape)
     if datatype == "BYTES":
         if binary is not None:
             elements = _bytes_elements(bytes(binary), count, name)

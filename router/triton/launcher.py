@@ -8,9 +8,12 @@ picked free on the chosen host, so tests never hard-code one.
 
 from __future__ import annotations
 
+import ctypes
 import shutil
+import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 import urllib.error
@@ -29,6 +32,15 @@ from router.triton.environment import (
 )
 
 __all__ = ["TritonConfig", "TritonServer", "TritonStartupError", "free_port", "repository_models"]
+
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: ask Linux for SIGTERM when the parent exits."""
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -127,6 +139,9 @@ class TritonServer:
         if backends is None and install.backends is not None:
             backends = prepare_backend_directory(install, self._workdir)
         env = server_environment(install)
+        # Own session: a terminal's Ctrl-C reaches only us, and we stop Triton after
+        # the gateway. Parent-death signal: if we die without stopping it (SIGKILL, a
+        # crash), the kernel sends Triton SIGTERM instead of leaving it orphaned.
         self._process = subprocess.Popen(
             self.command(install, backends),
             cwd=self._workdir,
@@ -134,6 +149,7 @@ class TritonServer:
             stdout=self._log,
             stderr=subprocess.STDOUT if self._log is not None else None,
             start_new_session=True,
+            preexec_fn=_die_with_parent,
         )
 
     def _get(self, path: str) -> int:

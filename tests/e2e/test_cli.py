@@ -137,3 +137,32 @@ def test_router_triton_prints_where_it_listens_and_forwards_sigterm() -> None:
         assert process.stdout is not None
         process.stdout.close()
     assert code == 0
+
+
+def test_triton_does_not_outlive_a_killed_launcher() -> None:
+    """SIGKILL leaves no chance to clean up: the kernel's parent-death signal stops Triton."""
+    process = subprocess.Popen(
+        [*ROUTER, "triton", "--models", "noop", "--triton-http-port", "0"],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        url = _read_until(process, r"Triton ready: HTTP (http://\S+)").group(1)
+        assert httpx.get(url + "/v2/health/live", timeout=2).status_code == 200
+        process.kill()
+        process.wait(10)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                httpx.get(url + "/v2/health/live", timeout=1)
+            except httpx.HTTPError:
+                break
+            time.sleep(0.2)
+        else:
+            raise AssertionError("Triton is still serving after its launcher was killed")
+    finally:
+        assert process.stdout is not None
+        process.stdout.close()
