@@ -88,10 +88,11 @@ class _Builder:
     def _expand(self, value: str, path: PathKey) -> str:
         def replace(match: re.Match[str]) -> str:
             name, default = match.group(1), match.group(2)
-            if name in self.env:
-                return self.env[name]
-            if default is not None:
-                return default
+            value = self.env.get(name)
+            if default is not None:  # as in the shell: ``:-`` also replaces an empty value
+                return value or default
+            if value is not None:
+                return value
             self.located.issues.append(
                 self.located.issue(path, f"environment variable {name} is not set (use ${{{name}:-default}})")
             )

@@ -17,8 +17,7 @@ from starlette.responses import JSONResponse, Response
 
 from router.config.table import RoutingTable
 from router.errors import NotFound, Unauthorized
-from router.gateway import Gateway
-from router.http.common import parse_json_model, read_body
+from router.http.common import gateway_of, parse_json_model, read_body
 from router.policy.match import RequestFacts
 from router.reload import RoutesReloader
 
@@ -39,7 +38,7 @@ async def healthz(request: Request) -> Response:
 
 
 async def readyz(request: Request) -> Response:
-    gateway: Gateway = request.app.state.gateway
+    gateway = gateway_of(request)
     ok = await gateway.ready()
     body = {"status": "ready" if ok else "not_ready", "config_digest": gateway.table.digest}
     return JSONResponse(body, status_code=200 if ok else 503)
@@ -84,7 +83,7 @@ def describe(table: RoutingTable) -> dict[str, Any]:
 async def admin_config(request: Request) -> Response:
     _check_admin(request)
     reloader: RoutesReloader = request.app.state.reloader
-    gateway: Gateway = request.app.state.gateway
+    gateway = gateway_of(request)
     return JSONResponse({**reloader.status(), "table": describe(gateway.table), "latency": gateway.stats.snapshot()})
 
 
@@ -100,7 +99,7 @@ class ExplainRequest(BaseModel):
 async def admin_explain(request: Request) -> Response:
     _check_admin(request)
     body = parse_json_model(await read_body(request), ExplainRequest, request.headers.get("content-type"))
-    gateway: Gateway = request.app.state.gateway
+    gateway = gateway_of(request)
     headers = {k.lower(): v for k, v in body.headers.items()}
     intent = body.intent or headers.get("x-intent")
     fields = {"intent": intent or "", "model": body.model or ""}

@@ -13,8 +13,10 @@ from PIL import Image
 from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
 
+from router.backends.base import ImageRequest
 from router.dispatch import Served
 from router.errors import InvalidRequest, PayloadTooLarge, UnsupportedMediaType
+from router.gateway import Gateway
 from router.policy.match import RequestFacts
 
 __all__ = [
@@ -23,10 +25,12 @@ __all__ = [
     "canary_override",
     "encode_png",
     "facts_for",
+    "gateway_of",
     "parse_json_model",
     "pick_seeds",
     "priority_of",
     "read_body",
+    "serve",
     "served_headers",
 ]
 
@@ -108,6 +112,24 @@ def pick_seeds(seed: int | None, n: int) -> tuple[int, ...]:
     """``n`` seeds: consecutive from the client's, or fresh random ones (reported back)."""
     base = secrets.randbelow(2**31) if seed is None else seed
     return tuple(base + i for i in range(n))
+
+
+def gateway_of(request: Request) -> Gateway:
+    gateway: Gateway = request.app.state.gateway
+    return gateway
+
+
+async def serve(request: Request, facts: RequestFacts, image_request: ImageRequest, started: float) -> Served:
+    """Hand a decoded request to the gateway with the routing extras every API shares:
+    query parameters (for ``sticky: query:...``), ``X-Canary`` and ``X-Priority``."""
+    return await gateway_of(request).generate(
+        facts,
+        image_request,
+        query=request.query_params,
+        canary=canary_override(request),
+        priority=priority_of(request),
+        started=started,
+    )
 
 
 def canary_override(request: Request) -> str | None:

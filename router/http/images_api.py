@@ -18,16 +18,14 @@ from starlette.responses import JSONResponse, Response
 
 from router.backends.base import ImageRequest
 from router.errors import InvalidRequest
-from router.gateway import Gateway
 from router.http.common import (
     b64_png,
-    canary_override,
     encode_png,
     facts_for,
     parse_json_model,
     pick_seeds,
-    priority_of,
     read_body,
+    serve,
     served_headers,
 )
 
@@ -64,11 +62,6 @@ class GenerateRequest(BaseModel):
     response: Literal["png", "json"] | None = None
 
 
-def _gateway(request: Request) -> Gateway:
-    gateway: Gateway = request.app.state.gateway
-    return gateway
-
-
 def _size(size: str | None) -> tuple[int | None, int | None]:
     if size is None or size == "auto":
         return None, None
@@ -92,14 +85,7 @@ async def openai_images(request: Request) -> Response:
         width=width,
         height=height,
     )
-    served = await _gateway(request).generate(
-        facts,
-        image_request,
-        query=request.query_params,
-        canary=canary_override(request),
-        priority=priority_of(request),
-        started=started,
-    )
+    served = await serve(request, facts, image_request, started)
     data = [{"b64_json": b64_png(image)} for image in served.result.images]
     return JSONResponse({"created": int(time.time()), "data": data}, headers=served_headers(served))
 
@@ -115,14 +101,7 @@ async def generate(request: Request) -> Response:
     seeds = pick_seeds(body.seed, body.n)
     facts = facts_for(request, body.prompt, body.intent, body.model)
     image_request = ImageRequest((body.prompt,) * body.n, seeds, body.steps, body.width, body.height)
-    served = await _gateway(request).generate(
-        facts,
-        image_request,
-        query=request.query_params,
-        canary=canary_override(request),
-        priority=priority_of(request),
-        started=started,
-    )
+    served = await serve(request, facts, image_request, started)
     headers = served_headers(served)
     if not as_json:
         headers["X-Router-Seed"] = str(seeds[0])

@@ -20,18 +20,13 @@ from router import __version__
 from router.backends.base import ImageRequest
 from router.errors import InvalidRequest, UnknownModel
 from router.gateway import Gateway
-from router.http.common import canary_override, facts_for, priority_of, read_body, served_headers
+from router.http.common import facts_for, gateway_of, read_body, serve, served_headers
 from router.kserve import decode_request, encode_response, wants_binary
 
 __all__ = ["infer", "live", "model_metadata", "model_ready", "ready", "repository_index", "server_metadata"]
 
 MAX_INFER_BODY = 1 << 20
 _OPTIONAL = {"SEED": "seeds", "STEPS": "steps", "WIDTH": "width", "HEIGHT": "height"}
-
-
-def _gateway(request: Request) -> Gateway:
-    gateway: Gateway = request.app.state.gateway
-    return gateway
 
 
 def _resolve(gateway: Gateway, alias: str) -> str:
@@ -56,11 +51,11 @@ async def live(request: Request) -> Response:
 
 
 async def ready(request: Request) -> Response:
-    return Response(status_code=200 if await _gateway(request).ready() else 503)
+    return Response(status_code=200 if await gateway_of(request).ready() else 503)
 
 
 async def model_metadata(request: Request) -> Response:
-    gateway = _gateway(request)
+    gateway = gateway_of(request)
     alias = request.path_params["model"]
     model = gateway.table.models[_resolve(gateway, alias)]
     meta = await gateway.pool.get(model.backend).model_metadata(model)
@@ -69,14 +64,14 @@ async def model_metadata(request: Request) -> Response:
 
 
 async def model_ready(request: Request) -> Response:
-    gateway = _gateway(request)
+    gateway = gateway_of(request)
     model = gateway.table.models[_resolve(gateway, request.path_params["model"])]
     ok = await gateway.pool.get(model.backend).model_ready(model)
     return Response(status_code=200 if ok else 503)
 
 
 async def repository_index(request: Request) -> Response:
-    names = _gateway(request).table.aliases()
+    names = gateway_of(request).table.aliases()
     return JSONResponse([{"name": n, "state": "READY"} for n in names])
 
 
@@ -128,14 +123,7 @@ async def infer(request: Request) -> Response:
     image_request = _image_request(decoded.inputs)
     intent = decoded.parameters.get("intent")
     facts = facts_for(request, image_request.prompts[0], intent if isinstance(intent, str) else None, alias)
-    served = await _gateway(request).generate(
-        facts,
-        image_request,
-        query=request.query_params,
-        canary=canary_override(request),
-        priority=priority_of(request),
-        started=started,
-    )
+    served = await serve(request, facts, image_request, started)
     binary = wants_binary(decoded, "IMAGE")
     version = served.result.model_version or served.model.version or ""
     payload, head = encode_response(alias, version, decoded.id, "IMAGE", served.result.images, binary)

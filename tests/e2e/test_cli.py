@@ -55,6 +55,18 @@ def test_explain_shows_route_candidates_and_chain() -> None:
     )
 
 
+def spawn(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+    """``router ARGS`` in the background, its output readable line by line."""
+    return subprocess.Popen(
+        [*ROUTER, *args],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
 def _read_until(process: subprocess.Popen[str], pattern: str, timeout_s: float = 240) -> re.Match[str]:
     deadline = time.monotonic() + timeout_s
     seen = []
@@ -81,15 +93,9 @@ def test_router_up_serves_through_triton_and_stops_cleanly(tmp_path: Path) -> No
         .replace("model: preview\n  budget_ms: 2000", "model: noop\n  budget_ms: 2000")
     )
     port = free_port()
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    env.pop("TRITON_URL", None)
-    process = subprocess.Popen(
-        [*ROUTER, "up", "--routes", str(routes), "--port", str(port), "--models", "noop,draft"],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
+    # TRITON_URL is set by `router up` itself; an inherited one must not win
+    process = spawn(
+        "up", "--routes", str(routes), "--port", str(port), "--models", "noop,draft", env={"TRITON_URL": ""}
     )
     try:
         triton_url = _read_until(process, r"Triton ready: HTTP (http://\S+)").group(1)
@@ -116,14 +122,7 @@ def test_router_up_serves_through_triton_and_stops_cleanly(tmp_path: Path) -> No
 
 
 def test_router_triton_prints_where_it_listens_and_forwards_sigterm() -> None:
-    process = subprocess.Popen(
-        [*ROUTER, "triton", "--models", "noop", "--triton-http-port", "0"],
-        cwd=ROOT,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    process = spawn("triton", "--models", "noop", "--triton-http-port", "0")
     try:
         url = _read_until(process, r"Triton ready: HTTP http://(\S+)").group(1)
         client = httpclient.InferenceServerClient(url)
@@ -141,14 +140,7 @@ def test_router_triton_prints_where_it_listens_and_forwards_sigterm() -> None:
 
 def test_triton_does_not_outlive_a_killed_launcher() -> None:
     """SIGKILL leaves no chance to clean up: the kernel's parent-death signal stops Triton."""
-    process = subprocess.Popen(
-        [*ROUTER, "triton", "--models", "noop", "--triton-http-port", "0"],
-        cwd=ROOT,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    process = spawn("triton", "--models", "noop", "--triton-http-port", "0")
     try:
         url = _read_until(process, r"Triton ready: HTTP (http://\S+)").group(1)
         assert httpx.get(url + "/v2/health/live", timeout=2).status_code == 200

@@ -77,7 +77,7 @@ models:
   local: {backend: triton}
 default_route: local
 """
-    table = compile_text(text, env={"KEY": "sk-very-secret"})
+    table = compile_text(text, env={"KEY": "sk-very-secret", "TRITON_URL": ""})
     assert table.backends["triton"].url == "http://127.0.0.1:9000"
     key = table.backends["hosted"].api_key
     assert key is not None and key.get_secret_value() == "sk-very-secret"
