@@ -7,34 +7,38 @@ call is cancelled and its connection dropped), feeds the live latency estimates,
 walks down the fallback chain on timeouts, 5xx and unavailability. A model that
 rejects the input (4xx) is not retried elsewhere: the input would be just as bad.
 
+Per model it also keeps a circuit breaker (an open circuit is skipped at once, reason
+``circuit_open``) and an admission gate (``max_concurrency``): a full tier is skipped
+when a later tier can still answer (``full``); the last tier may wait in its bounded
+priority queue until its deadline; a full queue is a ``429``. With ``hedge`` on a
+route, the next tier is asked too when the first has not answered in time, and the
+first good answer wins.
+
 Guarantee: a call returns or raises no later than ``budget + one scheduling tick``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
+from router.admission import AdmissionGate
 from router.backends.base import ImageRequest, ImageResult
 from router.backends.pool import BackendPool
 from router.config.table import Model, Route, RoutingTable
-from router.errors import (
-    AllTiersFailed,
-    BackendError,
-    BackendRejected,
-    BackendTimeout,
-    BudgetExhausted,
-    Overloaded,
-)
-from router.policy.budget import chain_for, plan_attempt
+from router.errors import AllTiersFailed, BackendError, BackendRejected, BackendTimeout, BudgetExhausted, Overloaded
+from router.policy.budget import Attempt, chain_for, plan_attempt
+from router.policy.circuit import CircuitBreaker
 from router.policy.split import Choice
 from router.stats import LatencyStats
 
 __all__ = ["Dispatcher", "Served"]
 
 log = logging.getLogger("router.dispatch")
+DEFAULT_PRIORITY = 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +54,7 @@ class Served:
     queue_s: float
     backend_s: float
     total_s: float
+    hedged: bool = False
 
     @property
     def model_tag(self) -> str:
@@ -57,53 +62,69 @@ class Served:
         return f"{self.model.name}@{version}" if version else self.model.name
 
 
+@dataclass
+class _Progress:
+    """What one request has done so far (for tags and the final error)."""
+
+    start: float
+    deadline: float
+    reasons: list[tuple[str, str]] = field(default_factory=list)
+    attempts: int = 0
+    backend_s: float = 0.0
+    first_attempt_at: float | None = None
+
+
 class Dispatcher:
     def __init__(
         self, pool: BackendPool, stats: LatencyStats, clock: Callable[[], float], margin_s: float = 0.02
     ) -> None:
-        self.margin_s = margin_s
-        self._inflight: dict[str, int] = {}
         self.pool = pool
         self.stats = stats
         self.clock = clock
+        self.margin_s = margin_s
+        self._gates: dict[str, AdmissionGate] = {}
+        self._circuits: dict[str, CircuitBreaker] = {}
 
-    def _full(self, model: Model) -> bool:
-        """At its ``max_concurrency``: the tier is skipped at once (reason ``full``), so
-        the gateway never queues unbounded work behind a busy tier."""
-        limit = model.max_concurrency
-        return limit is not None and self._inflight.get(model.name, 0) >= limit
+    # -- per-model state ---------------------------------------------------------------
+
+    def gate(self, model: Model) -> AdmissionGate:
+        gate = self._gates.get(model.name)
+        if gate is None:
+            gate = self._gates[model.name] = AdmissionGate(model.max_concurrency, model.max_queue)
+        gate.limit, gate.max_queue = model.max_concurrency, model.max_queue  # follow reloads
+        return gate
+
+    def circuit(self, table: RoutingTable, model: Model) -> CircuitBreaker:
+        breaker = self._circuits.get(model.name)
+        policy = table.backends[model.backend].circuit
+        if breaker is None:
+            breaker = self._circuits[model.name] = CircuitBreaker(policy)
+        breaker.policy = policy
+        return breaker
 
     def inflight(self) -> dict[str, int]:
-        return {m: n for m, n in self._inflight.items() if n}
+        return {m: g.inflight for m, g in self._gates.items() if g.inflight}
 
-    async def _attempt(
-        self, model: Model, request: ImageRequest, timeout_s: float, priority: int | None
-    ) -> ImageResult | str:
-        """One call under its own timeout: the result, or why it failed (a fallback reason).
+    def snapshot(self) -> dict[str, dict[str, object]]:
+        """Per model: in flight, queued and circuit state (for the admin API)."""
+        names = set(self._gates) | set(self._circuits)
+        out: dict[str, dict[str, object]] = {}
+        for name in sorted(names):
+            gate, breaker = self._gates.get(name), self._circuits.get(name)
+            out[name] = {
+                "inflight": gate.inflight if gate else 0,
+                "queued": gate.queued if gate else 0,
+                "circuit": breaker.state if breaker else "closed",
+                "circuit_opened": breaker.opened_count if breaker else 0,
+            }
+        return out
 
-        A rejected input is raised instead: no other tier would take it either.
-        """
-        name = model.name
-        self._inflight[name] = self._inflight.get(name, 0) + 1
-        t0 = self.clock()
-        try:
-            async with asyncio.timeout(timeout_s):
-                result = await self.pool.get(model.backend).generate(model, request, timeout_s, priority)
-        except (TimeoutError, BackendTimeout):
-            self._record_timeout(name, self.clock() - t0)
-            return "timeout"
-        except BackendRejected:
-            raise
-        except BackendError as exc:
-            log.warning("attempt at %s failed: %s %s", name, exc.code, exc.message)
-            return exc.code.removeprefix("backend_")
-        except Exception:  # a backend bug must not cost the client its fallback
-            log.exception("attempt at %s failed unexpectedly", name)
-            return "error"
-        finally:
-            self._inflight[name] -= 1
-        self.stats.record(name, self.clock() - t0)
-        return result
+    def p95_s(self, table: RoutingTable) -> Callable[[str], float]:
+        def p95(name: str) -> float:
+            model = table.models[name]
+            return self.stats.p95(name, model.latency_hint_ms / 1000)
+
+        return p95
 
     def _record_timeout(self, model: str, waited_s: float) -> None:
         """A timeout only says the tier needs *more* than ``waited_s``; count it as
@@ -112,12 +133,55 @@ class Dispatcher:
         out of the window and the tier is probed again."""
         self.stats.record(model, 2 * waited_s)
 
-    def p95_s(self, table: RoutingTable) -> Callable[[str], float]:
-        def p95(name: str) -> float:
-            model = table.models[name]
-            return self.stats.p95(name, model.latency_hint_ms / 1000)
+    # -- one attempt -----------------------------------------------------------------
 
-        return p95
+    async def _call(
+        self, table: RoutingTable, model: Model, request: ImageRequest, timeout_s: float, priority: int | None
+    ) -> ImageResult | str:
+        """One call under its own timeout, the admission slot already held: the result,
+        or why it failed (a fallback reason). A rejected input is raised instead."""
+        name = model.name
+        breaker = self.circuit(table, model)
+        t0 = self.clock()
+        try:
+            async with asyncio.timeout(timeout_s):
+                result = await self.pool.get(model.backend).generate(model, request, timeout_s, priority)
+        except (TimeoutError, BackendTimeout):
+            self._record_timeout(name, self.clock() - t0)
+            breaker.record(self.clock(), False)
+            return "timeout"
+        except BackendRejected:
+            breaker.record(self.clock(), True)
+            raise
+        except BackendError as exc:
+            log.warning("attempt at %s failed: %s %s", name, exc.code, exc.message)
+            breaker.record(self.clock(), False)
+            return exc.code.removeprefix("backend_")
+        except Exception:  # a backend bug must not cost the client its fallback
+            log.exception("attempt at %s failed unexpectedly", name)
+            breaker.record(self.clock(), False)
+            return "error"
+        finally:
+            self.gate(model).release()
+        self.stats.record(name, self.clock() - t0)
+        breaker.record(self.clock(), True)
+        return result
+
+    async def _admit(self, model: Model, priority: int, last: bool, progress: _Progress) -> str | None:
+        """Take an admission slot; ``None`` when admitted, else the reason to skip."""
+        gate = self.gate(model)
+        if gate.try_acquire():
+            return None
+        if not last or not gate.can_queue():
+            return "full"
+        try:
+            async with asyncio.timeout(max(0.0, progress.deadline - self.clock())):
+                await gate.acquire(priority)
+        except TimeoutError:
+            return "queue_timeout"
+        return None
+
+    # -- the request -------------------------------------------------------------------
 
     async def serve(
         self,
@@ -129,53 +193,135 @@ class Dispatcher:
         started: float | None = None,
     ) -> Served:
         start = self.clock() if started is None else started
-        deadline = start + route.budget_ms / 1000
-        remaining_chain = list(chain_for(choice.arm.model, route.fallback))
-        reasons: list[tuple[str, str]] = []
-        attempts = 0
-        backend_s = 0.0
-        first_attempt_at: float | None = None
+        progress = _Progress(start, start + route.budget_ms / 1000)
+        chain = list(chain_for(choice.arm.model, route.fallback))
         p95 = self.p95_s(table)
-        while remaining_chain:
-            for name in [m for m in remaining_chain if self._full(table.models[m])]:
-                remaining_chain.remove(name)
-                reasons.append((name, "full"))
-            plan = plan_attempt(remaining_chain, deadline - self.clock(), p95, self.margin_s)
-            reasons.extend(plan.skipped)
+        hedge = route.hedge_after_ms is not None or route.hedge_p95
+        while chain:
+            now = self.clock()
+            for name in [m for m in chain if not self.circuit(table, table.models[m]).would_allow(now)]:
+                chain.remove(name)
+                progress.reasons.append((name, "circuit_open"))
+            plan = plan_attempt(chain, progress.deadline - now, p95, self.margin_s)
+            progress.reasons.extend(plan.skipped)
             if plan.attempt is None:
                 break
-            name = plan.attempt.model
-            model = table.models[name]
-            attempts += 1
-            t0 = self.clock()
-            first_attempt_at = t0 if first_attempt_at is None else first_attempt_at
-            outcome = await self._attempt(model, request, plan.attempt.timeout_s, priority)
-            elapsed = self.clock() - t0
-            backend_s += elapsed
-            if isinstance(outcome, str):
-                reasons.append((name, outcome))
-            else:
-                now = self.clock()
-                return Served(
-                    result=outcome,
-                    route=route,
-                    model=model,
-                    attempts=attempts,
-                    fallback=tuple(reasons),
-                    canary=choice.arm.canary and name == choice.arm.model,
-                    queue_s=(first_attempt_at or now) - start,
-                    backend_s=backend_s,
-                    total_s=now - start,
-                )
-            remaining_chain = remaining_chain[remaining_chain.index(name) + 1 :]
+            chain = chain[chain.index(plan.attempt.model) + 1 :]
+            later = [m for m in chain if p95(m) <= progress.deadline - now]
+            model = table.models[plan.attempt.model]
+            refused = await self._admit(model, priority or DEFAULT_PRIORITY, not later, progress)
+            if refused is not None:
+                progress.reasons.append((model.name, refused))
+                continue
+            if not self.circuit(table, model).allow(self.clock()):  # lost the half-open probe
+                self.gate(model).release()
+                progress.reasons.append((model.name, "circuit_open"))
+                continue
+            if hedge and later:
+                served = await self._hedged(table, route, choice, request, priority, plan.attempt, later, progress)
+                if served is not None:
+                    return served
+                chain = [m for m in chain if m not in {r[0] for r in progress.reasons}]
+                continue
+            timeout = min(plan.attempt.timeout_s, progress.deadline - self.clock())  # after any queueing
+            outcome = await self._timed(table, model, request, timeout, priority, progress)
+            if not isinstance(outcome, str):
+                return self._served(route, choice, model, outcome, progress)
+            progress.reasons.append((model.name, outcome))
+        raise self._failure(route, progress)
+
+    async def _timed(
+        self,
+        table: RoutingTable,
+        model: Model,
+        request: ImageRequest,
+        timeout_s: float,
+        priority: int | None,
+        progress: _Progress,
+    ) -> ImageResult | str:
+        progress.attempts += 1
+        t0 = self.clock()
+        if progress.first_attempt_at is None:
+            progress.first_attempt_at = t0
+        try:
+            return await self._call(table, model, request, timeout_s, priority)
+        finally:
+            progress.backend_s += self.clock() - t0
+
+    async def _hedged(
+        self,
+        table: RoutingTable,
+        route: Route,
+        choice: Choice,
+        request: ImageRequest,
+        priority: int | None,
+        first: Attempt,
+        later: list[str],
+        progress: _Progress,
+    ) -> Served | None:
+        """Run ``first``; if it has not answered after the hedge delay, also run the next
+        tier that can take a slot at once. The first success wins; the other is cancelled."""
+        primary = table.models[first.model]
+        delay = (route.hedge_after_ms or 0) / 1000 or self.p95_s(table)(primary.name)
+        tasks = {
+            asyncio.ensure_future(self._timed(table, primary, request, first.timeout_s, priority, progress)): primary
+        }
+        done, _ = await asyncio.wait(tasks, timeout=delay)
+        hedged = False
+        if not done:
+            for name in later:
+                backup = table.models[name]
+                if self.gate(backup).try_acquire():
+                    if not self.circuit(table, backup).allow(self.clock()):
+                        self.gate(backup).release()
+                        continue
+                    remaining = progress.deadline - self.clock()
+                    task = asyncio.ensure_future(self._timed(table, backup, request, remaining, priority, progress))
+                    tasks[task] = backup
+                    hedged = True
+                    break
+        try:
+            while tasks:
+                done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    model = tasks.pop(task)
+                    outcome = task.result()
+                    if isinstance(outcome, str):
+                        progress.reasons.append((model.name, outcome))
+                    else:
+                        return replace(self._served(route, choice, model, outcome, progress), hedged=hedged)
+            return None
+        finally:
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+
+    def _served(self, route: Route, choice: Choice, model: Model, result: ImageResult, progress: _Progress) -> Served:
+        now = self.clock()
+        return Served(
+            result=result,
+            route=route,
+            model=model,
+            attempts=progress.attempts,
+            fallback=tuple(r for r in progress.reasons if r[0] != model.name),
+            canary=choice.arm.canary and model.name == choice.arm.model,
+            queue_s=(progress.first_attempt_at or now) - progress.start,
+            backend_s=progress.backend_s,
+            total_s=now - progress.start,
+        )
+
+    def _failure(self, route: Route, progress: _Progress) -> Exception:
+        reasons = progress.reasons
         detail = ", ".join(f"{m}:{why}" for m, why in reasons)
-        if attempts == 0 and any(why == "full" for _, why in reasons):
-            raise Overloaded(f"every tier is at its concurrency limit ({detail})", route=route.name)
-        timed_out = any(why in ("timeout", "slow", "no_room") for _, why in reasons)
-        if timed_out or deadline - self.clock() <= 0:
-            raise BudgetExhausted(
+        if progress.attempts == 0 and any(why == "full" for _, why in reasons):
+            return Overloaded(f"every tier is at its concurrency limit ({detail})", route=route.name)
+        timed_out = any(why in ("timeout", "slow", "no_room", "queue_timeout") for _, why in reasons)
+        if timed_out or progress.deadline - self.clock() <= 0:
+            return BudgetExhausted(
                 f"no tier could answer within the {route.budget_ms:g} ms budget ({detail})",
                 route=route.name,
-                attempts=attempts,
+                attempts=progress.attempts,
             )
-        raise AllTiersFailed(f"every tier failed ({detail})", route=route.name, attempts=attempts)
+        return AllTiersFailed(f"every tier failed ({detail})", route=route.name, attempts=progress.attempts)

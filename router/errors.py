@@ -146,10 +146,15 @@ class UnsupportedMediaType(ClientError):
 
 
 class BackendError(RouterError):
-    """One attempt at one backend failed; the dispatcher decides what the client sees."""
+    """One attempt at one backend failed; the dispatcher decides what the client sees.
+
+    ``retryable`` marks failures that are safe to send again (the request cannot have
+    been processed: connection refused, closed before any answer, queue full).
+    """
 
     status = 502
     code = "backend_error"
+    retryable: bool = False
 
 
 class BackendRejected(BackendError):

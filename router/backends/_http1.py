@@ -22,7 +22,7 @@ from typing import cast
 
 import httptools
 
-__all__ = ["Http1Pool", "Http1Response"]
+__all__ = ["Http1Pool", "Http1Response", "StaleConnection"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,8 +32,8 @@ class Http1Response:
     body: bytes
 
 
-class _StaleConnection(ConnectionError):
-    """Closed by the server before answering: safe to send again."""
+class StaleConnection(ConnectionError):
+    """Closed by the server before any byte of an answer: safe to send again."""
 
 
 class _Connection(asyncio.Protocol):
@@ -65,7 +65,7 @@ class _Connection(asyncio.Protocol):
         if self._started:
             self._fail(ConnectionResetError("connection closed mid-response"))
         else:
-            self._fail(_StaleConnection("connection closed before a response"))
+            self._fail(StaleConnection("connection closed before a response"))
 
     # -- httptools callbacks ------------------------------------------------------------
     def on_header(self, name: bytes, value: bytes) -> None:
@@ -122,9 +122,9 @@ class Http1Pool:
                 return conn
         return None
 
-    async def request(self, path: str, body: bytes, headers: dict[str, str]) -> Http1Response:
-        """``POST path`` with ``body``; raises ``OSError`` subclasses on transport failure."""
-        head = [f"POST {path} HTTP/1.1", f"Host: {self._authority}", f"Content-Length: {len(body)}"]
+    async def request(self, path: str, body: bytes, headers: dict[str, str], method: str = "POST") -> Http1Response:
+        """``METHOD path`` with ``body``; raises ``OSError`` subclasses on transport failure."""
+        head = [f"{method} {path} HTTP/1.1", f"Host: {self._authority}", f"Content-Length: {len(body)}"]
         head += [f"{k}: {v}" for k, v in headers.items()]
         data = ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body
         async with self._slots:
@@ -135,7 +135,7 @@ class Http1Pool:
                     conn = await self._connect()
                 try:
                     response = await conn.roundtrip(data)
-                except _StaleConnection:
+                except StaleConnection:
                     conn.abort()
                     if not reused:
                         raise

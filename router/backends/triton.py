@@ -12,40 +12,59 @@ request that is already executing.
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
+from collections.abc import Callable
 from typing import Any
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote
 
 import aiohttp
 import numpy as np
 import tritonclient.http as httpclient
 import tritonclient.http.aio as aioclient
 from numpy.typing import NDArray
+from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_random_exponential
 from tritonclient.utils import InferenceServerException
 
-from router.backends._http1 import Http1Pool
+from router.backends._http1 import Http1Response, StaleConnection
 from router.backends.base import ImageRequest, ImageResult
+from router.backends.replicas import Replica, ReplicaSet
 from router.config.table import Backend, Model
 from router.errors import BackendError, BackendRejected, BackendTimeout, BackendUnavailable
 from router.kserve import encode_request
+from router.policy.retry_budget import RetryBudget
 
 __all__ = ["TritonBackend", "map_triton_error"]
 
 
 def map_triton_error(exc: BaseException) -> BackendError:
-    """Translate a tritonclient/aiohttp failure into the gateway's error tree."""
+    """Translate a tritonclient/transport failure into the gateway's error tree.
+
+    Marked retryable: what cannot have been processed — a refused connection, one
+    closed before any byte of an answer, and Triton's ``503`` for a full queue or an
+    unavailable model. A timeout is never retried: the time is gone.
+    """
+    mapped: BackendError
     if isinstance(exc, InferenceServerException):
         status = str(exc.status() or "")
         message = exc.message() or str(exc)
+        lowered = message.lower()
         if status == "400":
             return BackendRejected(message)
-        if status in ("503", "502", "500") and "timeout" in message.lower():
+        if status in ("503", "502", "500") and "timeout" in lowered:
             return BackendTimeout(message)
         if status in ("503", "502", "429", "404"):
-            return BackendUnavailable(message, upstream_status=int(status))
+            mapped = BackendUnavailable(message, upstream_status=int(status))
+            mapped.retryable = status == "503" and ("queue" in lowered or "unavailable" in lowered)
+            return mapped
         return BackendError(message, upstream_status=status or None)
+    if isinstance(exc, ConnectionRefusedError | StaleConnection):
+        mapped = BackendUnavailable(f"connection failed: {type(exc).__name__}: {exc}")
+        mapped.retryable = True
+        return mapped
     if isinstance(exc, aiohttp.ClientConnectionError | ConnectionError | OSError):
-        return BackendUnavailable(f"connection failed: {exc}")
+        return BackendUnavailable(f"connection failed: {type(exc).__name__}: {exc}")
     if isinstance(exc, aiohttp.ClientError):
         return BackendError(f"transport error: {exc}")
     return BackendError(f"{type(exc).__name__}: {exc}")
@@ -73,38 +92,62 @@ def _error_message(body: bytes) -> str:
 
 
 class TritonBackend:
-    """One Triton endpoint; one pooled aio client per backend, shared by all requests."""
+    """One Triton backend (one or several replicas), shared by all requests."""
 
-    def __init__(self, spec: Backend) -> None:
+    def __init__(self, spec: Backend, clock: Callable[[], float] = time.monotonic) -> None:
         self.spec = spec
-        self._lazy: aioclient.InferenceServerClient | None = None
-        self._pool: Http1Pool | None = None
+        self.clock = clock
+        self.replicas = ReplicaSet(spec, clock)
+        policy = spec.retry
+        self._budget = RetryBudget(policy.budget_ratio, policy.budget_window_s)
+        self._control: dict[str, aioclient.InferenceServerClient] = {}
 
-    @property
     def _client(self) -> aioclient.InferenceServerClient:
-        """Created on first use: aiohttp's connector must be made inside the event loop."""
-        if self._lazy is None:
-            self._lazy = aioclient.InferenceServerClient(
-                self.spec.url.split("://", 1)[1],
-                conn_limit=self.spec.max_connections,
-                # tritonclient turns this into aiohttp's *total* timeout, which would cut
-                # off slow tiers; every attempt already runs under the dispatcher's own
-                # deadline, which bounds connecting as well.
-                conn_timeout=None,
-                ssl=self.spec.url.startswith("https://"),
+        """A ``tritonclient`` for metadata and readiness, on the first replica in service;
+        made on first use, because aiohttp's connector must be made inside the loop."""
+        replica = next((r for r in self.replicas.replicas if r.healthy), self.replicas.replicas[0])
+        client = self._control.get(replica.url)
+        if client is None:
+            client = self._control[replica.url] = aioclient.InferenceServerClient(
+                replica.url.split("://", 1)[1],
+                conn_limit=8,
+                # tritonclient turns this into aiohttp's *total* timeout; control calls
+                # are short, and inference does not go through this client.
+                conn_timeout=10.0,
+                ssl=replica.url.startswith("https://"),
             )
-        return self._lazy
+        return client
 
-    def _pool_for_infer(self) -> Http1Pool:
-        if self._pool is None:
-            parsed = urlsplit(self.spec.url)
-            tls = parsed.scheme == "https"
-            port = parsed.port or (443 if tls else 80)
-            self._pool = Http1Pool(parsed.hostname or "127.0.0.1", port, self.spec.max_connections, tls)
-        return self._pool
+    def _should_retry(self, exc: BaseException) -> bool:
+        return isinstance(exc, BackendError) and exc.retryable and self._budget.try_spend(self.clock())
 
     async def generate(
         self, model: Model, request: ImageRequest, timeout_s: float, priority: int | None = None
+    ) -> ImageResult:
+        """Infer on the least-loaded replica; retry what is safe to retry on another one,
+        with jittered backoff, within ``timeout_s`` and the retry budget."""
+        self.replicas.start()
+        deadline = self.clock() + timeout_s
+        self._budget.record_request(self.clock())
+        tried: set[Replica] = set()
+        policy = self.spec.retry
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(1 + policy.attempts),
+            wait=wait_random_exponential(multiplier=policy.backoff_s, max=policy.max_backoff_s),
+            retry=retry_if_exception(self._should_retry),
+            reraise=True,
+        )
+        async for attempt in retrying:
+            with attempt:
+                replica = self.replicas.choose(tried) or self.replicas.choose(set())
+                if replica is None:
+                    raise BackendUnavailable(f"no replica of backend {self.spec.name!r} is in service")
+                tried.add(replica)
+                return await self._infer(replica, model, request, deadline - self.clock(), priority)
+        raise AssertionError("unreachable: tenacity re-raises the last error")
+
+    async def _infer(
+        self, replica: Replica, model: Model, request: ImageRequest, timeout_s: float, priority: int | None
     ) -> ImageResult:
         parameters: dict[str, Any] = {"timeout": max(1, int(timeout_s * 1_000_000))}
         if priority:
@@ -117,48 +160,71 @@ class TritonBackend:
             "Content-Type": "application/octet-stream",
             "Inference-Header-Content-Length": str(header_length),
         }
+        replica.outstanding += 1
+        t0 = self.clock()
         try:
-            response = await self._pool_for_infer().request(path + "/infer", body, headers)
+            response = await replica.pool.request(path + "/infer", body, headers)
         except OSError as exc:
+            replica.failed += 1
+            replica.breaker.record(self.clock(), False)
+            self.replicas.mark_down(replica, f"{type(exc).__name__}: {exc}")
             raise map_triton_error(exc) from exc
+        except asyncio.CancelledError:
+            if self.clock() - t0 >= 0.9 * timeout_s:  # ran out its time here: count it
+                replica.failed += 1
+                replica.breaker.record(self.clock(), False)
+            raise
+        finally:
+            replica.outstanding -= 1
         if response.status != 200:
-            failure = InferenceServerException(_error_message(response.body), status=str(response.status))
-            raise map_triton_error(failure)
-        try:
-            length = response.headers.get("inference-header-content-length")
-            result = httpclient.InferResult.from_response_body(
-                response.body, header_length=int(length) if length else None
+            failure = map_triton_error(
+                InferenceServerException(_error_message(response.body), status=str(response.status))
             )
-            images = result.as_numpy("IMAGE")
-        except Exception as exc:
-            raise BackendError(f"{model.remote_name} sent an answer that is not KServe v2: {exc}") from exc
-        if images is None or images.dtype != np.uint8 or images.ndim != 4:
-            raise BackendError(f"{model.remote_name} returned no valid IMAGE tensor")
-        version = result.get_response().get("model_version", model.version or "")
-        return ImageResult(images, str(version))
+            counts_against = not isinstance(failure, BackendRejected) and not failure.retryable
+            replica.breaker.record(self.clock(), not counts_against)
+            raise failure
+        replica.served += 1
+        replica.breaker.record(self.clock(), True)
+        return _result(model, response)
 
     async def ready(self) -> bool:
+        self.replicas.start()
         try:
-            return bool(await self._client.is_server_ready())
+            return bool(await self._client().is_server_ready())
         except Exception:  # noqa: BLE001 - unreachable means not ready
             return False
 
     async def model_ready(self, model: Model) -> bool:
         try:
-            return bool(await self._client.is_model_ready(model.remote_name, model.version or ""))
+            return bool(await self._client().is_model_ready(model.remote_name, model.version or ""))
         except Exception:  # noqa: BLE001
             return False
 
     async def model_metadata(self, model: Model) -> dict[str, Any]:
         try:
-            meta = await self._client.get_model_metadata(model.remote_name, model.version or "")
+            meta = await self._client().get_model_metadata(model.remote_name, model.version or "")
         except Exception as exc:
             raise map_triton_error(exc) from exc
         return dict(meta)
 
+    def snapshot(self) -> list[dict[str, Any]]:
+        return self.replicas.snapshot()
+
     async def aclose(self) -> None:
-        if self._pool is not None:
-            await self._pool.aclose()
-        if self._lazy is not None:
-            await self._lazy.close()
-            self._lazy = None
+        await self.replicas.aclose()
+        for client in self._control.values():
+            await client.close()
+        self._control.clear()
+
+
+def _result(model: Model, response: Http1Response) -> ImageResult:
+    try:
+        length = response.headers.get("inference-header-content-length")
+        result = httpclient.InferResult.from_response_body(response.body, header_length=int(length) if length else None)
+        images = result.as_numpy("IMAGE")
+    except Exception as exc:
+        raise BackendError(f"{model.remote_name} sent an answer that is not KServe v2: {exc}") from exc
+    if images is None or images.dtype != np.uint8 or images.ndim != 4:
+        raise BackendError(f"{model.remote_name} returned no valid IMAGE tensor")
+    version = result.get_response().get("model_version", model.version or "")
+    return ImageResult(images, str(version))

@@ -18,7 +18,18 @@ from pydantic import ValidationError
 
 from router.config.schema import MatchSpec, OpenAIBackendSpec, RoutesFile, RouteSpec, TritonBackendSpec
 from router.config.source import Located, PathKey, read_yaml
-from router.config.table import Arm, Backend, HeaderRule, Matcher, Model, Route, RouteLimits, RoutingTable
+from router.config.table import (
+    Arm,
+    Backend,
+    CircuitPolicy,
+    HeaderRule,
+    Matcher,
+    Model,
+    RetryPolicy,
+    Route,
+    RouteLimits,
+    RoutingTable,
+)
 from router.errors import ConfigError, ConfigIssue
 
 __all__ = ["DEFAULT_TRITON_URL", "compile_text"]
@@ -90,13 +101,35 @@ class _Compiler:
             specs = {"triton": TritonBackendSpec(url=url)}
         for name, b in specs.items():
             if isinstance(b, TritonBackendSpec):
-                self.backends[name] = Backend(
-                    name, "triton", b.url.rstrip("/"), None, max_connections=b.max_connections
-                )
+                self.compile_triton(name, b)
             elif isinstance(b, OpenAIBackendSpec):
                 self.backends[name] = Backend(
                     name, "openai", b.base_url.rstrip("/"), b.api_key, b.connect_timeout_ms / 1000
                 )
+
+    def compile_triton(self, name: str, b: TritonBackendSpec) -> None:
+        if (b.url is None) == (b.urls is None):
+            self.fail(("backends", name), "give exactly one of url, urls")
+            return
+        urls = tuple(u.rstrip("/") for u in (b.urls or [b.url or ""]))
+        if len(set(urls)) != len(urls):
+            self.fail(("backends", name, "urls"), "replica URLs must be distinct")
+        r, c = b.retry, b.circuit
+        self.backends[name] = Backend(
+            name,
+            "triton",
+            urls[0],
+            max_connections=b.max_connections,
+            replicas=urls,
+            health_interval_s=b.health_interval_ms / 1000,
+            health_timeout_s=b.health_timeout_ms / 1000,
+            retry=RetryPolicy(
+                r.attempts, r.backoff_ms / 1000, r.max_backoff_ms / 1000, r.budget_ratio, r.budget_window_s
+            ),
+            circuit=CircuitPolicy(
+                c.consecutive_failures, c.failure_ratio, c.min_requests, c.window_s, c.cooldown_ms / 1000
+            ),
+        )
 
     def compile_models(self) -> None:
         for name, m in self.spec.models.items():
@@ -175,6 +208,10 @@ class _Compiler:
         for i, fb in enumerate(spec.fallback):
             ok &= self.model_ref(fb, path + ("fallback", i))
         sticky = None
+        if spec.hedge is not None and (spec.hedge.after_ms is None) == (spec.hedge.after is None):
+            self.fail((*path, "hedge"), "give exactly one of after_ms, after")
+        if spec.hedge is not None and not spec.fallback:
+            self.fail((*path, "hedge"), "hedging needs a fallback tier to hedge with")
         if spec.sticky:
             kind, _, key = spec.sticky.partition(":")
             sticky = (kind, key.lower() if kind == "header" else key)
@@ -190,6 +227,8 @@ class _Compiler:
             sticky=sticky,
             priority=spec.priority,
             limits=RouteLimits(spec.limits.max_n, spec.limits.max_steps, spec.limits.max_side),
+            hedge_after_ms=spec.hedge.after_ms if spec.hedge else None,
+            hedge_p95=bool(spec.hedge and spec.hedge.after == "p95"),
         )
 
     def compile_routes(self) -> list[Route]:

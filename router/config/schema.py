@@ -14,11 +14,14 @@ from pydantic import BaseModel, ConfigDict, Discriminator, Field, SecretStr, Tag
 
 __all__ = [
     "BackendSpec",
+    "CircuitSpec",
     "HeaderMatch",
+    "HedgeSpec",
     "LimitsSpec",
     "MatchSpec",
     "ModelSpec",
     "OpenAIBackendSpec",
+    "RetrySpec",
     "RouteSpec",
     "RoutesFile",
     "SplitArmSpec",
@@ -33,13 +36,39 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+URL = Annotated[str, Field(pattern=r"^https?://[^/\s]+")]
+
+
+class RetrySpec(Strict):
+    """Retries of failures that are safe to repeat, on another replica when there is one."""
+
+    attempts: int = Field(default=2, ge=0, le=5, description="retries after the first try")
+    backoff_ms: float = Field(default=10, ge=0)
+    max_backoff_ms: float = Field(default=200, ge=0)
+    budget_ratio: float = Field(default=0.2, ge=0, le=1)
+    budget_window_s: float = Field(default=10, gt=0)
+
+
+class CircuitSpec(Strict):
+    consecutive_failures: int = Field(default=5, ge=1)
+    failure_ratio: float = Field(default=0.5, gt=0, le=1)
+    min_requests: int = Field(default=20, ge=1)
+    window_s: float = Field(default=10, gt=0)
+    cooldown_ms: float = Field(default=5000, gt=0)
+
+
 class TritonBackendSpec(Strict):
-    """A Triton server (KServe v2 over HTTP)."""
+    """A Triton server, or several replicas of one (KServe v2 over HTTP)."""
 
     type: Literal["triton"] = "triton"
-    url: str = Field(pattern=r"^https?://[^/\s]+")
+    url: URL | None = None
+    urls: list[URL] | None = Field(default=None, min_length=1)
     protocol: Literal["http"] = "http"
     max_connections: int = Field(default=256, gt=0)
+    health_interval_ms: float = Field(default=1000, gt=0)
+    health_timeout_ms: float = Field(default=500, gt=0)
+    retry: RetrySpec = Field(default_factory=RetrySpec)
+    circuit: CircuitSpec = Field(default_factory=CircuitSpec)
 
 
 class OpenAIBackendSpec(Strict):
@@ -73,6 +102,7 @@ class ModelSpec(Strict):
     version: str | None = Field(default=None, pattern=r"^[0-9]+$")
     latency_hint_ms: float = Field(default=1000.0, gt=0)
     max_concurrency: int | None = Field(default=None, gt=0)
+    max_queue: int = Field(default=0, ge=0, description="requests that may wait when the model is full")
 
 
 class HeaderMatch(Strict):
@@ -95,6 +125,14 @@ class SplitArmSpec(Strict):
     canary: bool = False
 
 
+class HedgeSpec(Strict):
+    """Also ask the next tier when the first has not answered after ``after_ms`` (or
+    its live p95 with ``after: p95``); the first good answer wins."""
+
+    after_ms: float | None = Field(default=None, gt=0)
+    after: Literal["p95"] | None = None
+
+
 class LimitsSpec(Strict):
     """Per-route bounds on what a request may ask for."""
 
@@ -114,6 +152,7 @@ class RouteSpec(Strict):
     budget_ms: float | None = Field(default=None, gt=0)
     fallback: list[Name] = Field(default_factory=list)
     priority: int | None = Field(default=None, ge=1, le=3)
+    hedge: HedgeSpec | None = None
     limits: LimitsSpec = Field(default_factory=LimitsSpec)
 
 

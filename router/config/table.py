@@ -16,6 +16,26 @@ __all__ = ["Arm", "Backend", "HeaderRule", "Matcher", "Model", "Route", "RouteLi
 
 
 @dataclass(frozen=True, slots=True)
+class CircuitPolicy:
+    """When to stop sending (see :mod:`router.policy.circuit`)."""
+
+    consecutive_failures: int = 5
+    failure_ratio: float = 0.5
+    min_requests: int = 20
+    window_s: float = 10.0
+    cooldown_s: float = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    attempts: int = 2
+    backoff_s: float = 0.01
+    max_backoff_s: float = 0.2
+    budget_ratio: float = 0.2
+    budget_window_s: float = 10.0
+
+
+@dataclass(frozen=True, slots=True)
 class Backend:
     name: str
     kind: str  # "triton" | "openai"
@@ -23,6 +43,15 @@ class Backend:
     api_key: SecretStr | None = None
     connect_timeout_s: float = 2.0
     max_connections: int = 256
+    replicas: tuple[str, ...] = ()
+    health_interval_s: float = 1.0
+    health_timeout_s: float = 0.5
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    circuit: CircuitPolicy = field(default_factory=CircuitPolicy)
+
+    @property
+    def urls(self) -> tuple[str, ...]:
+        return self.replicas or (self.url,)
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,6 +64,7 @@ class Model:
     version: str | None
     latency_hint_ms: float
     max_concurrency: int | None = None
+    max_queue: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +108,8 @@ class Route:
     sticky: tuple[str, str] | None = None  # ("header", "x-user-id")
     priority: int | None = None
     limits: RouteLimits = field(default_factory=RouteLimits)
+    hedge_after_ms: float | None = None
+    hedge_p95: bool = False
 
     @property
     def is_split(self) -> bool:

@@ -1,0 +1,117 @@
+"""Replicas of one Triton backend: least-outstanding-requests balancing, health checks.
+
+Each replica has its own keep-alive pool, a count of requests in flight, a health flag
+and a circuit breaker. A replica is taken out at once when a connection to it fails,
+or when its readiness check (``GET /v2/health/ready``, every ``health_interval_s``)
+fails or times out — which is how a frozen process is noticed — and is put back when
+the check passes again. Among the replicas that are in and whose circuit allows it,
+the one with the fewest requests in flight is chosen.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+from router.backends._http1 import Http1Pool
+from router.config.table import Backend
+from router.policy.circuit import CircuitBreaker
+
+__all__ = ["Replica", "ReplicaSet"]
+
+log = logging.getLogger("router.replicas")
+
+
+@dataclass(eq=False)
+class Replica:
+    url: str
+    pool: Http1Pool
+    breaker: CircuitBreaker
+    healthy: bool = True
+    outstanding: int = 0
+    served: int = 0
+    failed: int = 0
+    checks_failed: int = field(default=0)
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "url": self.url,
+            "healthy": self.healthy,
+            "circuit": self.breaker.state,
+            "outstanding": self.outstanding,
+            "served": self.served,
+            "failed": self.failed,
+        }
+
+
+def _pool(url: str, max_connections: int) -> Http1Pool:
+    parsed = urlsplit(url)
+    tls = parsed.scheme == "https"
+    return Http1Pool(parsed.hostname or "127.0.0.1", parsed.port or (443 if tls else 80), max_connections, tls)
+
+
+class ReplicaSet:
+    def __init__(self, spec: Backend, clock: Callable[[], float]) -> None:
+        self.spec = spec
+        self.clock = clock
+        self.replicas = [
+            Replica(url, _pool(url, spec.max_connections), CircuitBreaker(spec.circuit)) for url in spec.urls
+        ]
+        self._health: asyncio.Task[None] | None = None
+
+    def choose(self, exclude: set[Replica]) -> Replica | None:
+        """The in-service replica with the fewest requests in flight (not in ``exclude``)."""
+        now = self.clock()
+        candidates = [r for r in self.replicas if r.healthy and r not in exclude and r.breaker.would_allow(now)]
+        if not candidates:
+            return None
+        best = min(candidates, key=lambda r: (r.outstanding, r.served))
+        return best if best.breaker.allow(now) else None
+
+    def mark_down(self, replica: Replica, why: str) -> None:
+        if replica.healthy and len(self.replicas) > 1:
+            log.warning("replica %s taken out: %s", replica.url, why)
+            replica.healthy = False
+
+    # -- active health checks ---------------------------------------------------------
+
+    def start(self) -> None:
+        """Start checking (needs a running loop; idempotent). One replica needs no checks:
+        there is nowhere else to send, and its failures reach the dispatcher directly."""
+        if self._health is None and len(self.replicas) > 1:
+            self._health = asyncio.get_running_loop().create_task(self._check_forever())
+
+    async def _check_forever(self) -> None:
+        while True:
+            await asyncio.gather(*(self._check(r) for r in self.replicas))
+            await asyncio.sleep(self.spec.health_interval_s)
+
+    async def _check(self, replica: Replica) -> None:
+        try:
+            async with asyncio.timeout(self.spec.health_timeout_s):
+                response = await replica.pool.request("/v2/health/ready", b"", {}, method="GET")
+            ok = response.status == 200
+        except (OSError, TimeoutError):
+            ok = False
+        if ok and not replica.healthy:
+            log.warning("replica %s is ready again", replica.url)
+        if not ok:
+            replica.checks_failed += 1
+            self.mark_down(replica, "readiness check failed")
+        replica.healthy = ok or len(self.replicas) == 1
+
+    async def aclose(self) -> None:
+        if self._health is not None:
+            self._health.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._health
+        for replica in self.replicas:
+            await replica.pool.aclose()
+
+    def snapshot(self) -> list[dict[str, Any]]:
+        return [r.snapshot() for r in self.replicas]
