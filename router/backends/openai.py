@@ -83,5 +83,8 @@ class OpenAIImagesBackend:
     async def model_metadata(self, model: Model) -> dict[str, Any]:
         return {"name": model.name, "versions": [], "platform": "openai", "inputs": [], "outputs": []}
 
+    def snapshot(self) -> list[dict[str, Any]]:
+        return [{"url": self.spec.url, "healthy": True}]
+
     async def aclose(self) -> None:
         await self._client.aclose()

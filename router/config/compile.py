@@ -139,7 +139,9 @@ class _Compiler:
                 self.fail(path + ("backend",), f"unknown backend {m.backend!r}")
                 continue
             remote = m.triton_model if backend.kind == "triton" else m.remote_model
-            self.models[name] = Model(name, m.backend, remote or name, m.version, m.latency_hint_ms, m.max_concurrency)
+            self.models[name] = Model(
+                name, m.backend, remote or name, m.version, m.latency_hint_ms, m.max_concurrency, m.max_queue
+            )
 
     def model_ref(self, name: str, path: PathKey) -> bool:
         """Check a reference; a name not declared becomes a model on the only Triton backend."""

@@ -56,7 +56,7 @@ def describe(table: RoutingTable) -> dict[str, Any]:
     return {
         "digest": table.digest,
         "source": table.source,
-        "backends": {n: {"type": b.kind, "url": b.url} for n, b in table.backends.items()},
+        "backends": {n: {"type": b.kind, "urls": list(b.urls)} for n, b in table.backends.items()},
         "models": {
             n: {
                 "backend": m.backend,
@@ -84,7 +84,15 @@ async def admin_config(request: Request) -> Response:
     _check_admin(request)
     reloader: RoutesReloader = request.app.state.reloader
     gateway = gateway_of(request)
-    return JSONResponse({**reloader.status(), "table": describe(gateway.table), "latency": gateway.stats.snapshot()})
+    return JSONResponse(
+        {
+            **reloader.status(),
+            "table": describe(gateway.table),
+            "latency": gateway.stats.snapshot(),
+            "models": gateway.dispatcher.snapshot(),
+            "backends": {name: backend.snapshot() for name, backend in gateway.pool.items()},
+        }
+    )
 
 
 class ExplainRequest(BaseModel):

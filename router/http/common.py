@@ -95,6 +95,8 @@ def served_headers(served: Served) -> dict[str, str]:
     }
     if served.fallback:
         headers["X-Router-Fallback"] = ", ".join(f"{m}:{why}" for m, why in served.fallback)
+    if served.hedged:
+        headers["X-Router-Hedged"] = "true"
     return headers
 
 

@@ -20,7 +20,7 @@ ROUTES = """
 backends: {fake: {url: "http://fake:1"}}
 models:
   quality: {backend: fake, latency_hint_ms: 150, max_concurrency: 1}
-  preview: {backend: fake, latency_hint_ms: 40}
+  preview: {backend: fake, latency_hint_ms: 40, max_concurrency: 1, max_queue: 1}
   draft: {backend: fake, latency_hint_ms: 10}
 routes:
   - name: hq
@@ -36,6 +36,16 @@ routes:
   - name: quality-only
     match: quality-only
     model: quality
+    budget_ms: 1000
+  - name: hedged
+    match: hedged
+    model: quality
+    budget_ms: 1000
+    fallback: [preview]
+    hedge: {after_ms: 50}
+  - name: preview-queued
+    match: preview-queued
+    model: preview
     budget_ms: 1000
 default_route: draft
 """
@@ -63,6 +73,9 @@ class FakeBackend:
 
     async def ready(self) -> bool:
         return True
+
+    def snapshot(self) -> list[dict[str, Any]]:
+        return []
 
     async def aclose(self) -> None:
         return None
@@ -153,3 +166,45 @@ async def test_a_tier_at_its_concurrency_limit_is_skipped_or_refused_with_429() 
     assert (await busy).model.name == "quality"
     assert gw.dispatcher.inflight() == {}
     assert (await gw.generate(RequestFacts("a", intent="quality-only"), REQ)).model.name == "quality"
+
+
+async def test_hedge_asks_the_next_tier_when_the_first_is_late_and_the_first_good_answer_wins() -> None:
+    gw, fake = gateway({"quality": 0.5, "preview": 0.01, "draft": 0.0})
+    t0 = time.monotonic()
+    served = await gw.generate(RequestFacts("a", intent="hedged"), REQ)
+    assert served.hedged and served.model.name == "preview"
+    assert 0.05 <= time.monotonic() - t0 < 0.2
+    assert fake.cancelled == ["quality"], "the slower call is cancelled"
+    assert served.attempts == 2
+
+
+async def test_hedge_not_needed_when_the_first_answers_in_time() -> None:
+    gw, fake = gateway({"quality": 0.01, "preview": 0.01, "draft": 0.0})
+    served = await gw.generate(RequestFacts("a", intent="hedged"), REQ)
+    assert not served.hedged and served.model.name == "quality"
+    assert [c[0] for c in fake.calls] == ["quality"]
+
+
+async def test_last_tier_waits_in_its_queue_and_a_full_queue_is_429() -> None:
+    gw, _ = gateway({"quality": 0.0, "preview": 0.1, "draft": 0.0})
+    first = asyncio.create_task(gw.generate(RequestFacts("a", intent="preview-queued"), REQ))
+    await asyncio.sleep(0.01)
+    second = asyncio.create_task(gw.generate(RequestFacts("a", intent="preview-queued"), REQ))
+    await asyncio.sleep(0.01)
+    with pytest.raises(Overloaded):
+        await gw.generate(RequestFacts("a", intent="preview-queued"), REQ)
+    assert (await first).model.name == "preview"
+    assert (await second).model.name == "preview", "the queued request runs when the slot frees"
+    assert gw.dispatcher.inflight() == {}
+
+
+async def test_an_open_circuit_skips_the_tier_at_once() -> None:
+    down = BackendUnavailable("refused")
+    gw, fake = gateway({"quality": down, "preview": 0.0, "draft": 0.0})
+    for _ in range(5):
+        await gw.generate(RequestFacts("a", intent="hq"), REQ)
+    calls = len(fake.calls)
+    served = await gw.generate(RequestFacts("a", intent="hq"), REQ)
+    assert ("quality", "circuit_open") in served.fallback
+    assert len(fake.calls) == calls + 1, "quality was not called"
+    assert gw.dispatcher.snapshot()["quality"]["circuit"] == "open"

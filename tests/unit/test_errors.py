@@ -8,6 +8,7 @@ import pytest
 from tritonclient.utils import InferenceServerException
 
 import router.errors as errors
+from router.backends._http1 import StaleConnection
 from router.backends.openai import map_httpx_error
 from router.backends.triton import map_triton_error
 
@@ -62,3 +63,19 @@ def test_triton_failures_are_mapped(exc: BaseException, expected: type[errors.Ro
 )
 def test_httpx_failures_are_mapped(exc: BaseException, expected: type[errors.RouterError]) -> None:
     assert type(map_httpx_error(exc)) is expected
+
+
+@pytest.mark.parametrize(
+    ("exc", "retryable"),
+    [
+        (ConnectionRefusedError(), True),
+        (StaleConnection("closed before a response"), True),
+        (InferenceServerException("Exceeds maximum queue size", status="503"), True),
+        (InferenceServerException("Request timeout expired", status="503"), False),
+        (ConnectionResetError("mid-response"), False),
+        (InferenceServerException("PROMPT: empty", status="400"), False),
+        (InferenceServerException("internal", status="500"), False),
+    ],
+)
+def test_only_what_cannot_have_been_processed_is_retryable(exc: BaseException, retryable: bool) -> None:
+    assert map_triton_error(exc).retryable is retryable

@@ -1,0 +1,99 @@
+"""Circuit breaker, retry budget and admission gate: state machines over an injected clock."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from router.admission import AdmissionGate
+from router.config.table import CircuitPolicy
+from router.policy.circuit import CLOSED, HALF_OPEN, OPEN, CircuitBreaker
+from router.policy.retry_budget import RetryBudget
+
+
+def test_circuit_opens_after_consecutive_failures_then_probes_once_and_closes() -> None:
+    breaker = CircuitBreaker(CircuitPolicy(consecutive_failures=3, cooldown_s=5))
+    for t in range(2):
+        breaker.record(t, False)
+    assert breaker.state == CLOSED and breaker.allow(2)
+    breaker.record(2, False)
+    assert breaker.state == OPEN
+    assert not breaker.allow(3) and not breaker.would_allow(6.9)
+    assert breaker.would_allow(7.0)
+    assert breaker.allow(7.0) and breaker.state == HALF_OPEN, "one probe after the cooldown"
+    assert not breaker.allow(7.1), "only one probe at a time"
+    breaker.record(7.5, True)
+    assert breaker.state == CLOSED and breaker.allow(7.6)
+
+
+def test_failed_probe_reopens_for_another_cooldown() -> None:
+    breaker = CircuitBreaker(CircuitPolicy(consecutive_failures=1, cooldown_s=5))
+    breaker.record(0, False)
+    assert breaker.allow(5)
+    breaker.record(5.1, False)
+    assert breaker.state == OPEN and not breaker.allow(9) and breaker.allow(10.2)
+    assert breaker.opened_count == 2
+
+
+def test_circuit_opens_on_failure_ratio_over_the_window() -> None:
+    breaker = CircuitBreaker(CircuitPolicy(consecutive_failures=100, failure_ratio=0.5, min_requests=10, window_s=10))
+    for i in range(10):
+        breaker.record(i * 0.1, i % 2 == 0)  # alternate: never 2 failures in a row
+    assert breaker.state == OPEN
+    fresh = CircuitBreaker(CircuitPolicy(consecutive_failures=100, failure_ratio=0.5, min_requests=10, window_s=1))
+    for i in range(10):
+        fresh.record(i * 2.0, i % 2 == 0)  # same ratio, but spread: never 10 in the window
+    assert fresh.state == CLOSED
+
+
+def test_retry_budget_caps_retries_at_a_share_of_recent_requests() -> None:
+    budget = RetryBudget(ratio=0.2, window_s=10, min_retries=3)
+    for t in range(100):
+        budget.record_request(t * 0.05)
+    granted = sum(budget.try_spend(5.0) for _ in range(50))
+    assert granted == 20
+    assert budget.try_spend(16.0), "the window moved on: requests and retries expired"
+    quiet = RetryBudget(ratio=0.2, window_s=10, min_retries=3)
+    assert sum(quiet.try_spend(0) for _ in range(10)) == 3, "a floor lets a quiet gateway retry"
+
+
+async def test_gate_admits_up_to_the_limit_and_queues_by_priority() -> None:
+    gate = AdmissionGate(limit=1, max_queue=2)
+    assert gate.try_acquire()
+    assert not gate.try_acquire()
+    order: list[str] = []
+
+    async def wait(name: str, priority: int) -> None:
+        await gate.acquire(priority)
+        order.append(name)
+
+    low = asyncio.create_task(wait("low", 3))
+    await asyncio.sleep(0)
+    high = asyncio.create_task(wait("high", 1))
+    await asyncio.sleep(0)
+    assert gate.queued == 2 and not gate.can_queue()
+    gate.release()
+    await asyncio.sleep(0)
+    assert order == ["high"]
+    gate.release()
+    await asyncio.gather(low, high)
+    assert order == ["high", "low"]
+    gate.release()
+    assert gate.inflight == 0 and gate.try_acquire()
+
+
+async def test_a_waiter_that_gives_up_leaves_no_slot_behind() -> None:
+    gate = AdmissionGate(limit=1, max_queue=1)
+    assert gate.try_acquire()
+    with pytest.raises(TimeoutError):
+        async with asyncio.timeout(0.01):
+            await gate.acquire(2)
+    assert gate.queued == 0
+    gate.release()
+    assert gate.inflight == 0
+
+
+def test_no_limit_means_no_gate() -> None:
+    gate = AdmissionGate(limit=None)
+    assert all(gate.try_acquire() for _ in range(1000))
