@@ -4,7 +4,9 @@ Each replica has its own keep-alive pool, a count of requests in flight, a healt
 and a circuit breaker. A replica is taken out at once when a connection to it fails,
 or when its readiness check (``GET /v2/health/ready``, every ``health_interval_s``)
 fails or times out — which is how a frozen process is noticed — and is put back when
-the check passes again. Among the replicas that are in and whose circuit allows it,
+the check passes again. A failed check also counts against the replica's circuit, so a
+frozen replica's circuit opens; once it is ready again, one probe request closes it.
+Among the replicas that are in and whose circuit allows it,
 the one with the fewest requests in flight is chosen.
 """
 
@@ -102,6 +104,7 @@ class ReplicaSet:
             log.warning("replica %s is ready again", replica.url)
         if not ok:
             replica.checks_failed += 1
+            replica.breaker.record(self.clock(), False)  # a frozen replica opens its circuit
             self.mark_down(replica, "readiness check failed")
         replica.healthy = ok or len(self.replicas) == 1
 

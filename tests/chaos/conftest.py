@@ -1,0 +1,130 @@
+"""Chaos scenarios: real gateways and real Triton servers, faults injected for real.
+
+Every scenario records what happened to each request; the session ends with a
+Markdown table of the counts (the one in docs/resilience.md), printed by
+``pytest tests/chaos``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import pytest
+
+from router.triton import TritonConfig, TritonServer
+from tests.procs import MODEL_REPOSITORY, tail
+
+MARGIN_S = 0.3  # HTTP and scheduling on a busy 2-core machine
+
+
+@dataclass
+class Tally:
+    scenario: str
+    budget_s: float
+    sent: int = 0
+    answered: int = 0
+    downgraded: int = 0
+    refused: int = 0
+    errors: int = 0
+    over_budget: int = 0
+    statuses: dict[int, int] = field(default_factory=dict)
+    worst_s: float = 0.0
+
+    def row(self) -> str:
+        return (
+            f"| {self.scenario} | {self.sent} | {self.answered} | {self.downgraded} | {self.refused} | "
+            f"{self.errors} | {self.over_budget} | {self.worst_s * 1000:.0f} ms |"
+        )
+
+
+TALLIES: list[Tally] = []
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if not TALLIES:
+        return
+    terminalreporter.write_sep("-", "chaos scenarios")
+    terminalreporter.write_line(
+        "| scenario | sent | answered | downgraded | refused (4xx/5xx) | errors | over budget | slowest |"
+    )
+    terminalreporter.write_line("|---|---|---|---|---|---|---|---|")
+    for tally in TALLIES:
+        terminalreporter.write_line(tally.row())
+
+
+async def record(
+    client: httpx.AsyncClient, tally: Tally, method: str, path: str, **kw: object
+) -> httpx.Response | None:
+    """Send one request and count what came back."""
+    tally.sent += 1
+    t0 = time.monotonic()
+    try:
+        response = await client.request(method, path, **kw)  # type: ignore[arg-type]
+    except httpx.HTTPError:
+        tally.errors += 1
+        return None
+    elapsed = time.monotonic() - t0
+    tally.worst_s = max(tally.worst_s, elapsed)
+    if elapsed > tally.budget_s + MARGIN_S:
+        tally.over_budget += 1
+    tally.statuses[response.status_code] = tally.statuses.get(response.status_code, 0) + 1
+    if response.status_code == 200:
+        tally.answered += 1
+        if "x-router-fallback" in response.headers:
+            tally.downgraded += 1
+    else:
+        tally.refused += 1
+    return response
+
+
+async def load(url: str, tally: Tally, body: dict[str, object], concurrency: int, duration_s: float) -> None:
+    """``concurrency`` clients sending ``body`` back to back for ``duration_s``."""
+    deadline = time.monotonic() + duration_s
+    async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+
+        async def worker() -> None:
+            while time.monotonic() < deadline:
+                await record(client, tally, "POST", "/api/v1/generate", json=body)
+
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+
+
+def signal_group(server: TritonServer, signum: int) -> None:
+    """Signal Triton and its model processes (its own process group)."""
+    assert server.pid is not None
+    os.killpg(server.pid, signum)
+
+
+@pytest.fixture()
+def replicas(tmp_path: Path) -> Iterator[list[TritonServer]]:
+    """Two Triton replicas with `noop` and `draft`, started side by side."""
+    servers, logs = [], []
+    for i in range(2):
+        log = open(tmp_path / f"replica{i}.log", "wb")  # noqa: SIM115 - closed below
+        logs.append(log)
+        servers.append(TritonServer(TritonConfig(MODEL_REPOSITORY, ["noop", "draft"]), log))
+    try:
+        for server in servers:
+            server.start()
+        for i, server in enumerate(servers):
+            try:
+                server.wait_ready(120)
+            except Exception:  # noqa: BLE001 - show why
+                pytest.fail(f"replica {i} did not start:\n{tail(tmp_path / f'replica{i}.log')}")
+        yield servers
+    finally:
+        for server in servers:
+            if server.pid is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(server.pid, signal.SIGCONT)
+            server.stop(timeout_s=10)
+        for log in logs:
+            log.close()
