@@ -26,6 +26,7 @@ from router.kserve import decode_request, encode_response, wants_binary
 __all__ = ["infer", "live", "model_metadata", "model_ready", "ready", "repository_index", "server_metadata"]
 
 MAX_INFER_BODY = 1 << 20
+MAX_PROMPT_CHARS = 4000  # as on the other APIs
 _OPTIONAL = {"SEED": "seeds", "STEPS": "steps", "WIDTH": "width", "HEIGHT": "height"}
 
 
@@ -93,6 +94,8 @@ def _image_request(inputs: dict[str, NDArray[Any]]) -> ImageRequest:
         raise InvalidRequest("PROMPT: not valid UTF-8", field="PROMPT") from None
     if not all(p.strip() for p in prompts):
         raise InvalidRequest("PROMPT: must not be empty", field="PROMPT")
+    if any(len(p) > MAX_PROMPT_CHARS for p in prompts):
+        raise InvalidRequest(f"PROMPT: longer than {MAX_PROMPT_CHARS} characters", field="PROMPT")
     unknown = set(inputs) - {"PROMPT", *_OPTIONAL}
     if unknown:
         raise InvalidRequest(f"unknown input {sorted(unknown)[0]!r}", field=sorted(unknown)[0])

@@ -119,6 +119,8 @@ def test_unmodified_tritonclient_through_the_gateway(gw: GatewayProcess, triton:
     with pytest.raises(InferenceServerException) as info:
         via.infer("no-such-model", inputs())
     assert info.value.status() == "404"
+    via.close()
+    direct.close()
 
 
 @pytest.mark.parametrize(
@@ -174,3 +176,27 @@ def test_request_id_is_echoed(gw: GatewayProcess) -> None:
 
 
 Start = Callable[..., GatewayProcess]
+
+
+def test_secrets_never_reach_the_admin_api_errors_or_logs(start_gateway: Start) -> None:
+    routes = ROUTING.replace(
+        "backends:\n",
+        'backends:\n  hosted: {type: openai, base_url: "http://127.0.0.1:9", api_key: "${HOSTED_KEY}"}\n',
+    ).replace("  noop-canary:", "  remote: {backend: hosted, remote_model: img-1}\n  noop-canary:")
+    gw = start_gateway(routes, env={"HOSTED_KEY": "sk-live-DO-NOT-LEAK"})
+    config = httpx.get(gw.url + "/admin/config", headers=gw.admin).text
+    assert "hosted" in config and "sk-live-DO-NOT-LEAK" not in config
+    r = httpx.post(gw.url + "/api/v1/generate", json={"prompt": "x", "model": "remote"}, timeout=30)
+    assert r.status_code in (503, 504) and "sk-live" not in r.text
+    gw.stop()
+    assert "sk-live-DO-NOT-LEAK" not in gw.log.read_text()
+
+
+def test_kserve_prompt_length_is_limited(gw: GatewayProcess) -> None:
+    client = httpclient.InferenceServerClient(gw.url.removeprefix("http://"))
+    p = httpclient.InferInput("PROMPT", [1, 1], "BYTES")
+    p.set_data_from_numpy(np.array([[b"x" * 4001]], dtype=object))
+    with pytest.raises(InferenceServerException) as info:
+        client.infer("draft", [p])
+    client.close()
+    assert info.value.status() == "400" and "longer than 4000" in info.value.message()
