@@ -7,8 +7,9 @@ call is cancelled and its connection dropped), feeds the live latency estimates,
 walks down the fallback chain on timeouts, 5xx and unavailability. A model that
 rejects the input (4xx) is not retried elsewhere: the input would be just as bad.
 
-Per model it also keeps a circuit breaker (an open circuit is skipped at once, reason
-``circuit_open``) and an admission gate (``max_concurrency``): a full tier is skipped
+A tier whose backend reports no endpoint with a closed circuit is skipped at once
+(reason ``circuit_open``; the circuits live in the backends, per replica and per model
+on each). Per model the dispatcher keeps an admission gate (``max_concurrency``): a full tier is skipped
 when a later tier can still answer (``full``); the last tier may wait in its bounded
 priority queue until its deadline; a full queue is a ``429``. With ``hedge`` on a
 route, the next tier is asked too when the first has not answered in time, and the
@@ -31,7 +32,6 @@ from router.backends.pool import BackendPool
 from router.config.table import Model, Route, RoutingTable
 from router.errors import AllTiersFailed, BackendError, BackendRejected, BackendTimeout, BudgetExhausted, Overloaded
 from router.policy.budget import Attempt, chain_for, plan_attempt
-from router.policy.circuit import CircuitBreaker
 from router.policy.split import Choice
 from router.stats import LatencyStats
 
@@ -83,7 +83,6 @@ class Dispatcher:
         self.clock = clock
         self.margin_s = margin_s
         self._gates: dict[str, AdmissionGate] = {}
-        self._circuits: dict[str, CircuitBreaker] = {}
 
     # -- per-model state ---------------------------------------------------------------
 
@@ -94,30 +93,16 @@ class Dispatcher:
         gate.limit, gate.max_queue = model.max_concurrency, model.max_queue  # follow reloads
         return gate
 
-    def circuit(self, table: RoutingTable, model: Model) -> CircuitBreaker:
-        breaker = self._circuits.get(model.name)
-        policy = table.backends[model.backend].circuit
-        if breaker is None:
-            breaker = self._circuits[model.name] = CircuitBreaker(policy)
-        breaker.policy = policy
-        return breaker
+    def available(self, model: Model) -> bool:
+        """Some endpoint of the model's backend has a closed (or probing) circuit."""
+        return self.pool.get(model.backend).available(model)
 
     def inflight(self) -> dict[str, int]:
         return {m: g.inflight for m, g in self._gates.items() if g.inflight}
 
     def snapshot(self) -> dict[str, dict[str, object]]:
-        """Per model: in flight, queued and circuit state (for the admin API)."""
-        names = set(self._gates) | set(self._circuits)
-        out: dict[str, dict[str, object]] = {}
-        for name in sorted(names):
-            gate, breaker = self._gates.get(name), self._circuits.get(name)
-            out[name] = {
-                "inflight": gate.inflight if gate else 0,
-                "queued": gate.queued if gate else 0,
-                "circuit": breaker.state if breaker else "closed",
-                "circuit_opened": breaker.opened_count if breaker else 0,
-            }
-        return out
+        """Per model: in flight and queued (circuits are per endpoint, in the backends)."""
+        return {name: {"inflight": g.inflight, "queued": g.queued} for name, g in sorted(self._gates.items())}
 
     def p95_s(self, table: RoutingTable) -> Callable[[str], float]:
         def p95(name: str) -> float:
@@ -141,30 +126,24 @@ class Dispatcher:
         """One call under its own timeout, the admission slot already held: the result,
         or why it failed (a fallback reason). A rejected input is raised instead."""
         name = model.name
-        breaker = self.circuit(table, model)
         t0 = self.clock()
         try:
             async with asyncio.timeout(timeout_s):
                 result = await self.pool.get(model.backend).generate(model, request, timeout_s, priority)
         except (TimeoutError, BackendTimeout):
             self._record_timeout(name, self.clock() - t0)
-            breaker.record(self.clock(), False)
             return "timeout"
         except BackendRejected:
-            breaker.record(self.clock(), True)
             raise
         except BackendError as exc:
             log.warning("attempt at %s failed: %s %s", name, exc.code, exc.message)
-            breaker.record(self.clock(), False)
             return exc.code.removeprefix("backend_")
         except Exception:  # a backend bug must not cost the client its fallback
             log.exception("attempt at %s failed unexpectedly", name)
-            breaker.record(self.clock(), False)
             return "error"
         finally:
             self.gate(model).release()
         self.stats.record(name, self.clock() - t0)
-        breaker.record(self.clock(), True)
         return result
 
     async def _admit(self, model: Model, priority: int, last: bool, progress: _Progress) -> str | None:
@@ -199,7 +178,7 @@ class Dispatcher:
         hedge = route.hedge_after_ms is not None or route.hedge_p95
         while chain:
             now = self.clock()
-            for name in [m for m in chain if not self.circuit(table, table.models[m]).would_allow(now)]:
+            for name in [m for m in chain if not self.available(table.models[m])]:
                 chain.remove(name)
                 progress.reasons.append((name, "circuit_open"))
             plan = plan_attempt(chain, progress.deadline - now, p95, self.margin_s)
@@ -212,10 +191,6 @@ class Dispatcher:
             refused = await self._admit(model, priority or DEFAULT_PRIORITY, not later, progress)
             if refused is not None:
                 progress.reasons.append((model.name, refused))
-                continue
-            if not self.circuit(table, model).allow(self.clock()):  # lost the half-open probe
-                self.gate(model).release()
-                progress.reasons.append((model.name, "circuit_open"))
                 continue
             if hedge and later:
                 served = await self._hedged(table, route, choice, request, priority, plan.attempt, later, progress)
@@ -271,10 +246,7 @@ class Dispatcher:
         if not done:
             for name in later:
                 backup = table.models[name]
-                if self.gate(backup).try_acquire():
-                    if not self.circuit(table, backup).allow(self.clock()):
-                        self.gate(backup).release()
-                        continue
+                if self.available(backup) and self.gate(backup).try_acquire():
                     remaining = progress.deadline - self.clock()
                     task = asyncio.ensure_future(self._timed(table, backup, request, remaining, priority, progress))
                     tasks[task] = backup

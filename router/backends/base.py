@@ -51,6 +51,10 @@ class ImageBackend(Protocol):
 
     async def model_metadata(self, model: Model) -> dict[str, Any]: ...
 
+    def available(self, model: Model) -> bool:
+        """False while every endpoint that could serve ``model`` has an open circuit."""
+        ...
+
     def snapshot(self) -> list[dict[str, Any]]:
         """Per endpoint state for the admin API (health, circuit, load)."""
         ...

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import io
+import time
 from typing import Any
 
 import httpx
@@ -18,6 +19,7 @@ from PIL import Image
 from router.backends.base import ImageRequest, ImageResult
 from router.config.table import Backend, Model
 from router.errors import BackendError, BackendRejected, BackendTimeout, BackendUnavailable
+from router.policy.circuit import CircuitBreaker
 
 __all__ = ["OpenAIImagesBackend", "map_httpx_error"]
 
@@ -33,6 +35,7 @@ def map_httpx_error(exc: BaseException) -> BackendError:
 class OpenAIImagesBackend:
     def __init__(self, spec: Backend) -> None:
         self.spec = spec
+        self._breakers: dict[str, CircuitBreaker] = {}
         headers = {}
         if spec.api_key is not None:
             headers["Authorization"] = f"Bearer {spec.api_key.get_secret_value()}"
@@ -48,6 +51,30 @@ class OpenAIImagesBackend:
     ) -> ImageResult:
         if len(set(request.prompts)) > 1:
             raise BackendRejected("a hosted backend takes one prompt per request")
+        breaker = self._breaker(model)
+        if not breaker.allow(time.monotonic()):
+            raise BackendUnavailable(f"circuit open for {model.name}")
+        try:
+            result = await self._generate(model, request, timeout_s)
+        except BackendRejected:
+            breaker.record(time.monotonic(), True)
+            raise
+        except BaseException:
+            breaker.record(time.monotonic(), False)
+            raise
+        breaker.record(time.monotonic(), True)
+        return result
+
+    def _breaker(self, model: Model) -> CircuitBreaker:
+        breaker = self._breakers.get(model.name)
+        if breaker is None:
+            breaker = self._breakers[model.name] = CircuitBreaker(self.spec.circuit)
+        return breaker
+
+    def available(self, model: Model) -> bool:
+        return self._breaker(model).would_allow(time.monotonic())
+
+    async def _generate(self, model: Model, request: ImageRequest, timeout_s: float) -> ImageResult:
         body: dict[str, Any] = {
             "model": model.remote_name,
             "prompt": request.prompts[0],
@@ -84,7 +111,8 @@ class OpenAIImagesBackend:
         return {"name": model.name, "versions": [], "platform": "openai", "inputs": [], "outputs": []}
 
     def snapshot(self) -> list[dict[str, Any]]:
-        return [{"url": self.spec.url, "healthy": True}]
+        circuits = {m: b.state for m, b in self._breakers.items()}
+        return [{"url": self.spec.url, "healthy": True, "model_circuits": circuits}]
 
     async def aclose(self) -> None:
         await self._client.aclose()

@@ -1,7 +1,9 @@
 """Replicas of one Triton backend: least-outstanding-requests balancing, health checks.
 
-Each replica has its own keep-alive pool, a count of requests in flight, a health flag
-and a circuit breaker. A replica is taken out at once when a connection to it fails,
+Each replica has its own keep-alive pool, a count of requests in flight, a health flag,
+a circuit breaker for the replica (transport failures, failed readiness checks) and one
+per model on it (that model's timeouts and 5xx), so one frozen replica does not make
+the model look broken while another replica serves it. A replica is taken out at once when a connection to it fails,
 or when its readiness check (``GET /v2/health/ready``, every ``health_interval_s``)
 fails or times out — which is how a frozen process is noticed — and is put back when
 the check passes again. A failed check also counts against the replica's circuit, so a
@@ -38,13 +40,25 @@ class Replica:
     outstanding: int = 0
     served: int = 0
     failed: int = 0
-    checks_failed: int = field(default=0)
+    checks_failed: int = 0
+    models: dict[str, CircuitBreaker] = field(default_factory=dict)
+
+    def model_breaker(self, model: str) -> CircuitBreaker:
+        """The circuit of one model on this replica (timeouts and 5xx of that model)."""
+        breaker = self.models.get(model)
+        if breaker is None:
+            breaker = self.models[model] = CircuitBreaker(self.breaker.policy)
+        return breaker
+
+    def usable(self, model: str, now: float) -> bool:
+        return self.healthy and self.breaker.would_allow(now) and self.model_breaker(model).would_allow(now)
 
     def snapshot(self) -> dict[str, Any]:
         return {
             "url": self.url,
             "healthy": self.healthy,
             "circuit": self.breaker.state,
+            "model_circuits": {m: b.state for m, b in self.models.items()},
             "outstanding": self.outstanding,
             "served": self.served,
             "failed": self.failed,
@@ -66,14 +80,22 @@ class ReplicaSet:
         ]
         self._health: asyncio.Task[None] | None = None
 
-    def choose(self, exclude: set[Replica]) -> Replica | None:
-        """The in-service replica with the fewest requests in flight (not in ``exclude``)."""
+    def available(self, model: str) -> bool:
+        """Whether some replica could take ``model`` now (health and circuits)."""
         now = self.clock()
-        candidates = [r for r in self.replicas if r.healthy and r not in exclude and r.breaker.would_allow(now)]
+        return any(r.usable(model, now) for r in self.replicas)
+
+    def choose(self, model: str, exclude: set[Replica]) -> Replica | None:
+        """The usable replica with the fewest requests in flight (not in ``exclude``);
+        in a half-open circuit this takes its one probe."""
+        now = self.clock()
+        candidates = [r for r in self.replicas if r not in exclude and r.usable(model, now)]
         if not candidates:
             return None
         best = min(candidates, key=lambda r: (r.outstanding, r.served))
-        return best if best.breaker.allow(now) else None
+        if best.model_breaker(model).allow(now) and best.breaker.allow(now):
+            return best
+        return None
 
     def mark_down(self, replica: Replica, why: str) -> None:
         if replica.healthy and len(self.replicas) > 1:

@@ -139,7 +139,7 @@ class TritonBackend:
         )
         async for attempt in retrying:
             with attempt:
-                replica = self.replicas.choose(tried) or self.replicas.choose(set())
+                replica = self.replicas.choose(model.name, tried) or self.replicas.choose(model.name, set())
                 if replica is None:
                     raise BackendUnavailable(f"no replica of backend {self.spec.name!r} is in service")
                 tried.add(replica)
@@ -172,7 +172,7 @@ class TritonBackend:
         except asyncio.CancelledError:
             if self.clock() - t0 >= 0.9 * timeout_s:  # ran out its time here: count it
                 replica.failed += 1
-                replica.breaker.record(self.clock(), False)
+                replica.model_breaker(model.name).record(self.clock(), False)
             raise
         finally:
             replica.outstanding -= 1
@@ -181,10 +181,11 @@ class TritonBackend:
                 InferenceServerException(_error_message(response.body), status=str(response.status))
             )
             counts_against = not isinstance(failure, BackendRejected) and not failure.retryable
-            replica.breaker.record(self.clock(), not counts_against)
+            replica.model_breaker(model.name).record(self.clock(), not counts_against)
             raise failure
         replica.served += 1
         replica.breaker.record(self.clock(), True)
+        replica.model_breaker(model.name).record(self.clock(), True)
         return _result(model, response)
 
     async def ready(self) -> bool:
@@ -206,6 +207,9 @@ class TritonBackend:
         except Exception as exc:
             raise map_triton_error(exc) from exc
         return dict(meta)
+
+    def available(self, model: Model) -> bool:
+        return self.replicas.available(model.name)
 
     def snapshot(self) -> list[dict[str, Any]]:
         return self.replicas.snapshot()
