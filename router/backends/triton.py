@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
 import time
 from collections.abc import Callable
 from typing import Any
@@ -130,21 +131,33 @@ class TritonBackend:
         deadline = self.clock() + timeout_s
         self._budget.record_request(self.clock())
         tried: set[Replica] = set()
+        try:  # the common case, kept off tenacity's per-call bookkeeping (CPU is the budget here)
+            return await self._once(model, request, deadline, priority, tried)
+        except BackendError as exc:
+            if not self.spec.retry.attempts or not self._should_retry(exc):
+                raise
         policy = self.spec.retry
+        await asyncio.sleep(random.uniform(0, policy.backoff_s))  # jitter before the first retry too
         retrying = AsyncRetrying(
-            stop=stop_after_attempt(1 + policy.attempts),
+            stop=stop_after_attempt(policy.attempts),
             wait=wait_random_exponential(multiplier=policy.backoff_s, max=policy.max_backoff_s),
             retry=retry_if_exception(self._should_retry),
             reraise=True,
         )
         async for attempt in retrying:
             with attempt:
-                replica = self.replicas.choose(model.name, tried) or self.replicas.choose(model.name, set())
-                if replica is None:
-                    raise BackendUnavailable(f"no replica of backend {self.spec.name!r} is in service")
-                tried.add(replica)
-                return await self._infer(replica, model, request, deadline - self.clock(), priority)
+                return await self._once(model, request, deadline, priority, tried)
         raise AssertionError("unreachable: tenacity re-raises the last error")
+
+    async def _once(
+        self, model: Model, request: ImageRequest, deadline: float, priority: int | None, tried: set[Replica]
+    ) -> ImageResult:
+        """One try on the best replica not tried yet (or the best of all, if all were)."""
+        replica = self.replicas.choose(model.name, tried) or self.replicas.choose(model.name, set())
+        if replica is None:
+            raise BackendUnavailable(f"no replica of backend {self.spec.name!r} can take {model.name!r}")
+        tried.add(replica)
+        return await self._infer(replica, model, request, deadline - self.clock(), priority)
 
     async def _infer(
         self, replica: Replica, model: Model, request: ImageRequest, timeout_s: float, priority: int | None
