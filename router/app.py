@@ -17,13 +17,18 @@ from pathlib import Path
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import Response
 from starlette.routing import Route
 
 from router.config import load_file
 from router.gateway import Gateway
-from router.http import admin_api, images_api, kserve_api
+from router.http import admin_api, images_api, kserve_api, status_page
 from router.http.errors import RequestIdMiddleware, exception_handlers
+from router.http.observe import ObserveMiddleware
 from router.reload import RoutesReloader
+from router.telemetry import Metrics, Tracing
+from router.telemetry.metrics import CONTENT_TYPE
 
 __all__ = ["create_app"]
 
@@ -50,7 +55,17 @@ def _routes() -> list[Route]:
         Route("/admin/reload", admin_api.admin_reload, methods=["POST"]),
         Route("/admin/config", admin_api.admin_config, methods=["GET"]),
         Route("/admin/explain", admin_api.admin_explain, methods=["POST"]),
+        Route("/admin/", status_page.status_page, methods=["GET"]),
+        Route("/admin/status.json", status_page.status_json, methods=["GET"]),
+        Route("/admin/login", status_page.login_form, methods=["GET"]),
+        Route("/admin/login", status_page.login, methods=["POST"]),
+        Route("/metrics", _metrics, methods=["GET"]),
     ]
+
+
+async def _metrics(request: Request) -> Response:
+    metrics: Metrics = request.app.state.metrics
+    return Response(metrics.render(), media_type=CONTENT_TYPE)
 
 
 def create_app(
@@ -58,11 +73,19 @@ def create_app(
     *,
     admin_token: str | None = None,
     watch: bool = True,
+    access_log: bool = True,
+    tracing: Tracing | None = None,
 ) -> Starlette:
-    """Build the gateway for ``routes_path`` (validated now: a bad file fails fast)."""
+    """Build the gateway for ``routes_path`` (validated now: a bad file fails fast).
+
+    Tracing comes from the ``OTEL_*`` environment unless given (tests pass one with an
+    in-memory exporter)."""
     path = Path(routes_path)
-    gateway = Gateway(load_file(path))
+    tracing = Tracing.from_env() if tracing is None else tracing
+    metrics = Metrics()
+    gateway = Gateway(load_file(path), metrics=metrics, tracing=tracing)
     reloader = RoutesReloader(path, gateway.swap, gateway.table)
+    metrics.watch(lambda: {**gateway.state(), "reloads": reloader.counts})
     token = admin_token if admin_token is not None else os.environ.get("ROUTER_ADMIN_TOKEN")
 
     @contextlib.asynccontextmanager
@@ -83,14 +106,19 @@ def create_app(
                 with contextlib.suppress(asyncio.CancelledError):
                     await watcher
             await gateway.aclose()
+            tracing.shutdown()
 
     app = Starlette(
         routes=_routes(),
-        middleware=[Middleware(RequestIdMiddleware)],
+        middleware=[
+            Middleware(RequestIdMiddleware),
+            Middleware(ObserveMiddleware, metrics=metrics, tracing=tracing, access_log=access_log),
+        ],
         exception_handlers=exception_handlers,
         lifespan=lifespan,
     )
     app.state.gateway = gateway
     app.state.reloader = reloader
     app.state.admin_token = token or None
+    app.state.metrics = metrics
     return app

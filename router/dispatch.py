@@ -23,8 +23,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+
+from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from router.admission import AdmissionGate
 from router.backends.base import ImageRequest, ImageResult
@@ -34,6 +38,7 @@ from router.errors import AllTiersFailed, BackendError, BackendRejected, Backend
 from router.policy.budget import Attempt, chain_for, plan_attempt
 from router.policy.split import Choice
 from router.stats import LatencyStats
+from router.telemetry import Metrics, Tracing
 
 __all__ = ["Dispatcher", "Served"]
 
@@ -76,8 +81,19 @@ class _Progress:
 
 class Dispatcher:
     def __init__(
-        self, pool: BackendPool, stats: LatencyStats, clock: Callable[[], float], margin_s: float = 0.02
+        self,
+        pool: BackendPool,
+        stats: LatencyStats,
+        clock: Callable[[], float],
+        margin_s: float = 0.02,
+        metrics: Metrics | None = None,
+        tracing: Tracing | None = None,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
+        self.metrics = metrics
+        self.tracer = tracing.tracer if tracing is not None else None
+        self.wall_clock = wall_clock
+        self.recent_downgrades: deque[dict[str, object]] = deque(maxlen=50)
         self.pool = pool
         self.stats = stats
         self.clock = clock
@@ -132,18 +148,22 @@ class Dispatcher:
                 result = await self.pool.get(model.backend).generate(model, request, timeout_s, priority)
         except (TimeoutError, BackendTimeout):
             self._record_timeout(name, self.clock() - t0)
+            self.stats.record_outcome(name, False)
             return "timeout"
         except BackendRejected:
             raise
         except BackendError as exc:
             log.warning("attempt at %s failed: %s %s", name, exc.code, exc.message)
+            self.stats.record_outcome(name, False)
             return exc.code.removeprefix("backend_")
         except Exception:  # a backend bug must not cost the client its fallback
             log.exception("attempt at %s failed unexpectedly", name)
+            self.stats.record_outcome(name, False)
             return "error"
         finally:
             self.gate(model).release()
         self.stats.record(name, self.clock() - t0)
+        self.stats.record_outcome(name, True)
         return result
 
     async def _admit(self, model: Model, priority: int, last: bool, progress: _Progress) -> str | None:
@@ -219,7 +239,24 @@ class Dispatcher:
         if progress.first_attempt_at is None:
             progress.first_attempt_at = t0
         try:
-            return await self._call(table, model, request, timeout_s, priority)
+            if self.tracer is None:
+                return await self._call(table, model, request, timeout_s, priority)
+            attributes: dict[str, str | int | float] = {
+                "router.attempt": progress.attempts,
+                "router.model": model.name,
+                "router.model.remote": model.remote_name,
+                "router.model.version": model.version or "",
+                "router.backend": model.backend,
+                "router.timeout_ms": round(timeout_s * 1000, 1),
+            }
+            with self.tracer.start_as_current_span(
+                f"attempt {model.name}", kind=SpanKind.CLIENT, attributes=attributes
+            ) as span:
+                outcome = await self._call(table, model, request, timeout_s, priority)
+                span.set_attribute("router.outcome", outcome if isinstance(outcome, str) else "ok")
+                if isinstance(outcome, str):
+                    span.set_status(Status(StatusCode.ERROR, outcome))
+                return outcome
         finally:
             progress.backend_s += self.clock() - t0
 
@@ -261,6 +298,8 @@ class Dispatcher:
                     if isinstance(outcome, str):
                         progress.reasons.append((model.name, outcome))
                     else:
+                        if hedged and self.metrics is not None:
+                            self.metrics.hedges.labels(route.name, model.name).inc()
                         return replace(self._served(route, choice, model, outcome, progress), hedged=hedged)
             return None
         finally:
@@ -272,25 +311,44 @@ class Dispatcher:
 
     def _served(self, route: Route, choice: Choice, model: Model, result: ImageResult, progress: _Progress) -> Served:
         now = self.clock()
+        passed_over = tuple(r for r in progress.reasons if r[0] != model.name)
+        if passed_over:
+            self._note_downgrades(route, passed_over, model.name)
         return Served(
             result=result,
             route=route,
             model=model,
             attempts=progress.attempts,
-            fallback=tuple(r for r in progress.reasons if r[0] != model.name),
+            fallback=passed_over,
             canary=choice.arm.canary and model.name == choice.arm.model,
             queue_s=(progress.first_attempt_at or now) - progress.start,
             backend_s=progress.backend_s,
             total_s=now - progress.start,
         )
 
+    def _note_downgrades(self, route: Route, reasons: tuple[tuple[str, str], ...], served_by: str | None) -> None:
+        if self.metrics is not None:
+            for model, why in reasons:
+                self.metrics.downgrades.labels(route.name, model, why).inc()
+        self.recent_downgrades.append(
+            {
+                "at": self.wall_clock(),
+                "route": route.name,
+                "served_by": served_by,
+                "reasons": [list(r) for r in reasons],
+            }
+        )
+
     def _failure(self, route: Route, progress: _Progress) -> Exception:
         reasons = progress.reasons
+        self._note_downgrades(route, tuple(reasons), None)
         detail = ", ".join(f"{m}:{why}" for m, why in reasons)
         if progress.attempts == 0 and any(why == "full" for _, why in reasons):
             return Overloaded(f"every tier is at its concurrency limit ({detail})", route=route.name)
         timed_out = any(why in ("timeout", "slow", "no_room", "queue_timeout") for _, why in reasons)
         if timed_out or progress.deadline - self.clock() <= 0:
+            if self.metrics is not None:
+                self.metrics.budget_exhausted.labels(route.name).inc()
             return BudgetExhausted(
                 f"no tier could answer within the {route.budget_ms:g} ms budget ({detail})",
                 route=route.name,

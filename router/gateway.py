@@ -25,6 +25,7 @@ from router.policy.explain import explain
 from router.policy.match import RequestFacts, select_route
 from router.policy.split import choose_arm, sticky_key
 from router.stats import LatencyStats
+from router.telemetry import Metrics, Tracing
 
 __all__ = ["Gateway"]
 
@@ -50,12 +51,15 @@ class Gateway:
         backend_factory: Callable[[Backend], ImageBackend] = make_backend,
         clock: Callable[[], float] = time.monotonic,
         rng: random.Random | None = None,
+        metrics: Metrics | None = None,
+        tracing: Tracing | None = None,
     ) -> None:
         self.clock = clock
         self.rng = rng or random.Random()
+        self.metrics = metrics
         self.stats = LatencyStats(clock)
         self.pool = BackendPool(backend_factory)
-        self.dispatcher = Dispatcher(self.pool, self.stats, clock)
+        self.dispatcher = Dispatcher(self.pool, self.stats, clock, metrics=metrics, tracing=tracing)
         self._table = table
         self.pool.sync(table.backends)
 
@@ -83,12 +87,26 @@ class Gateway:
         _check_limits(route, request)
         key = sticky_key(route, facts.headers, query or {}, facts.fields)
         choice = choose_arm(route, key, self.rng, canary)
+        if self.metrics is not None and route.is_split:
+            self.metrics.canary.labels(route.name, choice.arm.model, "true" if choice.arm.canary else "false").inc()
         return await self.dispatcher.serve(table, route, choice, request, priority or route.priority, started=started)
 
     def explain(self, facts: RequestFacts, query: Mapping[str, str] | None = None) -> dict[str, Any]:
         """What the active table would do with ``facts``, with live p95s (no backend call)."""
         table = self._table
         return explain(table, facts, self.dispatcher.p95_s(table), query)
+
+    def backend_snapshots(self) -> dict[str, list[dict[str, Any]]]:
+        return {name: backend.snapshot() for name, backend in self.pool.items()}
+
+    def state(self) -> dict[str, Any]:
+        """What the metrics collector and the status page read (no I/O)."""
+        return {
+            "models": self.dispatcher.snapshot(),
+            "backends": self.backend_snapshots(),
+            "retries": {name: getattr(b, "retries", 0) for name, b in self.pool.items()},
+            "digest": self._table.digest,
+        }
 
     async def ready(self) -> bool:
         """Ready when at least one configured backend answers ready."""

@@ -66,6 +66,7 @@ class RoutesReloader:
         self.active = active
         self.loaded_at = wall_clock()
         self.last: ReloadResult = ReloadResult(True, self.loaded_at, active.digest)
+        self.counts = {"success": 0, "failure": 0}
         self._lock = asyncio.Lock()
 
     def reload(self) -> ReloadResult:
@@ -76,6 +77,7 @@ class RoutesReloader:
         except OSError as exc:
             issue = ConfigIssue(str(self.path), 1, 1, "", f"cannot read: {exc.strerror or exc}")
             self.last = ReloadResult(False, now, None, issues=[issue])
+            self.counts["failure"] += 1
             log.error("routes reload failed: %s", issue)
             return self.last
         digest = hashlib.sha256(text.encode()).hexdigest()[:16]
@@ -86,11 +88,13 @@ class RoutesReloader:
             table = compile_text(text, file=str(self.path))
         except ConfigError as exc:
             self.last = ReloadResult(False, now, digest, issues=exc.issues)
+            self.counts["failure"] += 1
             log.error("routes reload rejected, keeping %s:\n%s", self.active.digest, exc)
             return self.last
         self._apply(table)
         self.active, self.loaded_at = table, now
         self.last = ReloadResult(True, now, table.digest, changed=True)
+        self.counts["success"] += 1
         log.info("routes reloaded: %s", table.digest)
         return self.last
 

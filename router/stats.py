@@ -65,6 +65,7 @@ class LatencyStats:
         self._window_s = window_s
         self._size = size
         self._windows: dict[str, LatencyWindow] = {}
+        self._outcomes: dict[str, deque[tuple[float, bool]]] = {}
 
     def _window(self, model: str) -> LatencyWindow:
         window = self._windows.get(model)
@@ -82,17 +83,29 @@ class LatencyStats:
     def p95(self, model: str, hint_s: float) -> float:
         return self.quantile(model, 0.95, hint_s)
 
+    def record_outcome(self, model: str, ok: bool) -> None:
+        """Count an attempt's outcome, for the error rate over the same window."""
+        outcomes = self._outcomes.setdefault(model, deque())
+        now = self._clock()
+        outcomes.append((now, ok))
+        while outcomes and (outcomes[0][0] < now - self._window_s or len(outcomes) > 4 * self._size):
+            outcomes.popleft()
+
     def snapshot(self) -> dict[str, dict[str, float]]:
-        """Recent p50/p95/p99 and sample count per model (for the admin API)."""
+        """Recent p50/p95/p99, sample count and error rate per model (admin API, status page)."""
         now = self._clock()
         out = {}
-        for model, window in self._windows.items():
+        for model in sorted(set(self._windows) | set(self._outcomes)):
+            window = self._window(model)
+            outcomes = [ok for t, ok in self._outcomes.get(model, ()) if t >= now - self._window_s]
             n = window.count(now)
-            if n:
+            if n or outcomes:
                 out[model] = {
                     "count": float(n),
                     "p50_ms": 1000 * (window.quantile(now, 0.5) or 0.0),
                     "p95_ms": 1000 * (window.quantile(now, 0.95) or 0.0),
                     "p99_ms": 1000 * (window.quantile(now, 0.99) or 0.0),
+                    "attempts": float(len(outcomes)),
+                    "error_rate": (outcomes.count(False) / len(outcomes)) if outcomes else 0.0,
                 }
         return out

@@ -25,6 +25,7 @@ import numpy as np
 import tritonclient.http as httpclient
 import tritonclient.http.aio as aioclient
 from numpy.typing import NDArray
+from opentelemetry import propagate, trace
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_random_exponential
 from tritonclient.utils import InferenceServerException
 
@@ -102,6 +103,7 @@ class TritonBackend:
         policy = spec.retry
         self._budget = RetryBudget(policy.budget_ratio, policy.budget_window_s)
         self._control: dict[str, aioclient.InferenceServerClient] = {}
+        self.retries = 0
 
     def _client(self) -> aioclient.InferenceServerClient:
         """A ``tritonclient`` for metadata and readiness, on the first replica in service;
@@ -120,7 +122,10 @@ class TritonBackend:
         return client
 
     def _should_retry(self, exc: BaseException) -> bool:
-        return isinstance(exc, BackendError) and exc.retryable and self._budget.try_spend(self.clock())
+        if isinstance(exc, BackendError) and exc.retryable and self._budget.try_spend(self.clock()):
+            self.retries += 1
+            return True
+        return False
 
     async def generate(
         self, model: Model, request: ImageRequest, timeout_s: float, priority: int | None = None
@@ -173,6 +178,8 @@ class TritonBackend:
             "Content-Type": "application/octet-stream",
             "Inference-Header-Content-Length": str(header_length),
         }
+        if trace.get_current_span().get_span_context().is_valid:  # tracing on: W3C traceparent
+            propagate.inject(headers)
         replica.outstanding += 1
         t0 = self.clock()
         try:

@@ -8,6 +8,7 @@ loaded and at least one backend is ready). Admin endpoints need
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 from typing import Any
 
@@ -24,13 +25,26 @@ from router.reload import RoutesReloader
 __all__ = ["admin_config", "admin_explain", "admin_reload", "healthz", "readyz"]
 
 
-def _check_admin(request: Request) -> None:
+SESSION_COOKIE = "router_admin"
+
+
+def session_value(token: str) -> str:
+    """What the status page's cookie holds: a MAC of the token, not the token itself."""
+    return hmac.new(token.encode(), b"router-admin-session", hashlib.sha256).hexdigest()
+
+
+def check_admin(request: Request) -> None:
+    """``Authorization: Bearer <token>``, or the session cookie the login form sets."""
     token: str | None = request.app.state.admin_token
     if not token:
         raise NotFound("admin API is disabled (set ROUTER_ADMIN_TOKEN)")
     given = request.headers.get("authorization", "")
-    if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
-        raise Unauthorized("admin API needs Authorization: Bearer <ROUTER_ADMIN_TOKEN>")
+    if hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+        return
+    cookie = request.cookies.get(SESSION_COOKIE, "")
+    if cookie and hmac.compare_digest(cookie.encode(), session_value(token).encode()):
+        return
+    raise Unauthorized("admin API needs Authorization: Bearer <ROUTER_ADMIN_TOKEN>")
 
 
 async def healthz(request: Request) -> Response:
@@ -45,7 +59,7 @@ async def readyz(request: Request) -> Response:
 
 
 async def admin_reload(request: Request) -> Response:
-    _check_admin(request)
+    check_admin(request)
     reloader: RoutesReloader = request.app.state.reloader
     result = reloader.reload()
     return JSONResponse(result.to_dict(), status_code=200 if result.ok else 422)
@@ -81,7 +95,7 @@ def describe(table: RoutingTable) -> dict[str, Any]:
 
 
 async def admin_config(request: Request) -> Response:
-    _check_admin(request)
+    check_admin(request)
     reloader: RoutesReloader = request.app.state.reloader
     gateway = gateway_of(request)
     return JSONResponse(
@@ -90,7 +104,7 @@ async def admin_config(request: Request) -> Response:
             "table": describe(gateway.table),
             "latency": gateway.stats.snapshot(),
             "models": gateway.dispatcher.snapshot(),
-            "backends": {name: backend.snapshot() for name, backend in gateway.pool.items()},
+            "backends": gateway.backend_snapshots(),
         }
     )
 
@@ -105,7 +119,7 @@ class ExplainRequest(BaseModel):
 
 
 async def admin_explain(request: Request) -> Response:
-    _check_admin(request)
+    check_admin(request)
     body = parse_json_model(await read_body(request), ExplainRequest, request.headers.get("content-type"))
     gateway = gateway_of(request)
     headers = {k.lower(): v for k, v in body.headers.items()}

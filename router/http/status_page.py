@@ -1,0 +1,121 @@
+"""The operator's status page at ``/admin/`` (same token as the admin API).
+
+A browser cannot send a Bearer header when it navigates, so ``/admin/login`` takes the
+token in a form and sets an HttpOnly, SameSite=Strict cookie holding a MAC of it. The
+page is static HTML whose script polls ``/admin/status.json`` every two seconds:
+routes and splits, live p50/p95/p99 and error rate per model, each canary beside its
+baseline with a verdict, recent downgrades, and the active config with its last
+reload. The verdict is a pure function (:func:`canary_verdict`).
+"""
+
+from __future__ import annotations
+
+import hmac
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs
+
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+
+from router.errors import NotFound, RouterError
+from router.gateway import Gateway
+from router.http.admin_api import SESSION_COOKIE, check_admin, describe, session_value
+from router.http.common import gateway_of, read_body
+from router.reload import RoutesReloader
+
+__all__ = ["canary_verdict", "login", "login_form", "status_json", "status_page"]
+
+PAGE = (Path(__file__).parent / "status.html").read_text(encoding="utf-8")
+LOGIN = """<!doctype html><meta charset="utf-8"><title>image-router · sign in</title>
+<style>body{font:15px system-ui;margin:4em auto;max-width:24em}input{font:inherit;width:100%;margin:.4em 0}</style>
+<h1>image-router</h1><form method="post" action="/admin/login">
+<label>Admin token <input type="password" name="token" autofocus></label>
+<input type="submit" value="Sign in"></form>{error}"""
+
+
+def canary_verdict(base: dict[str, float], canary: dict[str, float]) -> str:
+    """``healthy`` unless the canary errs more (by > 1 point) or is slower (p95 > 1.2x)."""
+    if not canary.get("attempts"):
+        return "no traffic"
+    if canary.get("error_rate", 0.0) > base.get("error_rate", 0.0) + 0.01:
+        return "degraded: more errors"
+    if base.get("p95_ms") and canary.get("p95_ms", 0.0) > 1.2 * base["p95_ms"]:
+        return "degraded: slower"
+    return "healthy"
+
+
+def _canaries(table: dict[str, Any], latency: dict[str, dict[str, float]]) -> list[dict[str, Any]]:
+    out = []
+    for route in table["routes"]:
+        canaries = [a for a in route["arms"] if a["canary"]]
+        bases = [a for a in route["arms"] if not a["canary"]]
+        for arm in canaries:
+            for base in bases[:1]:
+                b, c = latency.get(base["model"], {}), latency.get(arm["model"], {})
+                out.append(
+                    {
+                        "route": route["name"],
+                        "baseline": {"model": base["model"], "weight": base["weight"], **b},
+                        "canary": {"model": arm["model"], "weight": arm["weight"], **c},
+                        "verdict": canary_verdict(b, c),
+                    }
+                )
+    return out
+
+
+def _status(gateway: Gateway, reloader: RoutesReloader) -> dict[str, Any]:
+    table = describe(gateway.table)
+    latency = gateway.stats.snapshot()
+    state = gateway.state()
+    models = {
+        name: {**latency.get(name, {}), **state["models"].get(name, {})} for name in sorted(set(gateway.table.models))
+    }
+    return {
+        "config": reloader.status(),
+        "routes": table["routes"],
+        "models": models,
+        "canaries": _canaries(table, latency),
+        "recent_downgrades": list(gateway.dispatcher.recent_downgrades)[::-1][:20],
+        "backends": state["backends"],
+    }
+
+
+def _signed_in(request: Request) -> bool:
+    try:
+        check_admin(request)
+    except NotFound:
+        raise
+    except RouterError:
+        return False
+    return True
+
+
+async def status_page(request: Request) -> Response:
+    if not _signed_in(request):
+        return RedirectResponse("/admin/login", status_code=303)
+    return HTMLResponse(PAGE, headers={"Cache-Control": "no-store"})
+
+
+async def status_json(request: Request) -> Response:
+    check_admin(request)
+    return JSONResponse(_status(gateway_of(request), request.app.state.reloader))
+
+
+async def login_form(request: Request) -> Response:
+    if not request.app.state.admin_token:
+        raise NotFound("admin API is disabled (set ROUTER_ADMIN_TOKEN)")
+    return HTMLResponse(LOGIN.replace("{error}", ""))
+
+
+async def login(request: Request) -> Response:
+    token: str | None = request.app.state.admin_token
+    if not token:
+        raise NotFound("admin API is disabled (set ROUTER_ADMIN_TOKEN)")
+    body = (await read_body(request, 4096)).decode("utf-8", "replace")
+    given = parse_qs(body).get("token", [""])[0]
+    if not hmac.compare_digest(given.encode(), token.encode()):
+        return HTMLResponse(LOGIN.replace("{error}", "<p style=color:#b00>Wrong token.</p>"), status_code=401)
+    response = RedirectResponse("/admin/", status_code=303)
+    response.set_cookie(SESSION_COOKIE, session_value(token), httponly=True, samesite="strict", path="/admin")
+    return response
