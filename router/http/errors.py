@@ -62,7 +62,13 @@ def request_id(request: Request) -> str:
 
 
 def error_response(request: Request, exc: RouterError, headers: dict[str, str] | None = None) -> Response:
+    """The JSON error; a refusal that got as far as a route is tagged with it, too."""
     rid = request_id(request)
+    headers = dict(headers or {})
+    if "route" in exc.details:
+        headers["X-Router-Route"] = str(exc.details["route"])
+    if "attempts" in exc.details:
+        headers["X-Router-Attempts"] = str(exc.details["attempts"])
     if request.url.path.startswith("/v2"):
         body: dict[str, Any] = {"error": exc.message, "code": exc.code, "request_id": rid}
     else:
