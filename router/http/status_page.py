@@ -34,13 +34,19 @@ LOGIN = """<!doctype html><meta charset="utf-8"><title>image-router · sign in</
 <input type="submit" value="Sign in"></form>{error}"""
 
 
+MIN_CANARY_ATTEMPTS = 20
+
+
 def canary_verdict(base: dict[str, float], canary: dict[str, float]) -> str:
-    """``healthy`` unless the canary errs more (by > 1 point) or is slower (p95 > 1.2x)."""
-    if not canary.get("attempts"):
-        return "no traffic"
+    """``healthy`` unless the canary errs more (by over 1 point) or is slower (p95 above
+    both 1.2x the baseline's and the baseline's + 10 ms); no verdict on few samples."""
+    attempts = int(canary.get("attempts", 0))
+    if attempts < MIN_CANARY_ATTEMPTS:
+        return f"collecting ({attempts}/{MIN_CANARY_ATTEMPTS})"
     if canary.get("error_rate", 0.0) > base.get("error_rate", 0.0) + 0.01:
         return "degraded: more errors"
-    if base.get("p95_ms") and canary.get("p95_ms", 0.0) > 1.2 * base["p95_ms"]:
+    base_p95 = base.get("p95_ms", 0.0)
+    if base_p95 and canary.get("p95_ms", 0.0) > max(1.2 * base_p95, base_p95 + 10.0):
         return "degraded: slower"
     return "healthy"
 

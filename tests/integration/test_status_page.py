@@ -1,0 +1,74 @@
+"""The status page in a real headless browser (Debian's chromium, driven by Playwright):
+it asks for the token, renders, and its numbers move after traffic."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+import pytest
+from playwright.sync_api import sync_playwright
+
+from tests.integration.routes_common import ROUTING
+from tests.procs import ADMIN_TOKEN, ROOT, GatewayProcess
+
+pytestmark = pytest.mark.integration
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+# Without these, Chromium keeps trying to reach Google's services on a closed network.
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+def traffic(gw: GatewayProcess, n: int) -> None:
+    for i in range(n):
+        httpx.post(gw.url + "/api/v1/generate", json={"prompt": f"p{i}", "intent": "canary"}, timeout=30)
+    httpx.post(gw.url + "/api/v1/generate", json={"prompt": "a castle", "intent": "tight"}, timeout=30)
+
+
+def test_status_page_renders_and_moves(start_gateway: Callable[..., GatewayProcess], tmp_path: Path) -> None:
+    if CHROMIUM is None:
+        pytest.fail("Debian's chromium is needed for this test: apt-get install chromium (.ci/run does)")
+    gw = start_gateway(ROUTING)
+    redirect = httpx.get(gw.url + "/admin/", follow_redirects=False)
+    assert redirect.status_code == 303 and redirect.headers["location"] == "/admin/login"
+    assert httpx.get(gw.url + "/admin/status.json").status_code == 401
+    traffic(gw, 30)
+    shot = tmp_path / "status-page.png"
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1280, "height": 860})
+        page.goto(gw.url + "/admin/")
+        assert page.url.endswith("/admin/login")
+        page.fill("input[name=token]", "wrong")
+        page.click("input[type=submit]")
+        assert "Wrong token" in page.content()
+        page.fill("input[name=token]", ADMIN_TOKEN)
+        page.click("input[type=submit]")
+        page.wait_for_selector("#models tr[data-model='noop'] .attempts")
+        cell = "#models tr[data-model='noop'] .attempts"
+        before = int(page.text_content(cell) or "0")
+        assert before > 0
+        verdict = page.text_content("#canaries tbody tr:nth-child(2) td:last-child") or ""
+        assert verdict == "healthy" or verdict.startswith(("collecting", "degraded"))
+        assert "quality" in (page.text_content("#downgrades") or ""), "the tight route's downgrade is listed"
+        assert page.text_content("#digest") == httpx.get(gw.url + "/readyz").json()["config_digest"]
+        traffic(gw, 15)
+        page.wait_for_function(
+            "([sel, b]) => Number(document.querySelector(sel).textContent) > b", arg=[cell, before], timeout=15000
+        )
+        page.screenshot(path=str(shot), full_page=True)
+        browser.close()
+    assert shot.stat().st_size > 10_000
+    if os.environ.get("UPDATE_DOCS_SCREENSHOT"):
+        shutil.copy(shot, ROOT / "docs" / "status-page.png")
