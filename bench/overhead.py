@@ -7,6 +7,10 @@ per request (from /proc/<pid>/stat, user + system).
 
     .venv/bin/python bench/overhead.py [--requests 2000] [--tracing]
 
+Metrics and the access log are always on (as in production); ``--tracing`` adds an
+OpenTelemetry span per request and per attempt, exported over OTLP/HTTP to a local
+sink.
+
 Client, gateway and Triton share this machine's cores: at 32 clients the client's own
 CPU competes with the gateway, so the added latency there is an upper bound.
 """
@@ -18,7 +22,9 @@ import asyncio
 import os
 import sys
 import tempfile
+import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
@@ -48,6 +54,21 @@ def request_body() -> tuple[bytes, dict[str, str]]:
     out = [httpclient.InferRequestedOutput("IMAGE", binary_data=True)]
     body, json_size = _get_inference_request([prompt, seed], "", out, 0, False, False, 0, None, None)
     return body, {"Inference-Header-Content-Length": str(json_size), "Content-Type": "application/octet-stream"}
+
+
+class _Sink(BaseHTTPRequestHandler):
+    """An OTLP/HTTP endpoint that accepts every export (the collector's cost is not ours)."""
+
+    protocol_version = "HTTP/1.1"
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("content-length", "0")))
+        self.send_response(200)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, format: str, *args: object) -> None:
+        return
 
 
 def cpu_seconds(pid: int) -> float:
@@ -84,7 +105,7 @@ def pct(values: list[float], q: float) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--requests", type=int, default=2000)
-    parser.add_argument("--tracing", action="store_true", help="run the gateway with tracing + metrics on")
+    parser.add_argument("--tracing", action="store_true", help="also trace every request (OTLP to a local sink)")
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="bench-overhead-"))
     routes = tmp / "routes.yaml"
@@ -92,7 +113,11 @@ def main() -> None:
     triton = TritonServer(TritonConfig(ROOT / "model_repository", ["noop"]), open(tmp / "triton.log", "wb"))  # noqa: SIM115
     triton.start()
     triton.wait_ready()
-    env = {"OTEL_TRACES_EXPORTER": "console"} if args.tracing else {}
+    env = {}
+    if args.tracing:  # spans exported over OTLP/HTTP to a local sink that accepts everything
+        sink = ThreadingHTTPServer(("127.0.0.1", 0), _Sink)
+        threading.Thread(target=sink.serve_forever, daemon=True).start()
+        env = {"OTEL_TRACES_EXPORTER": "otlp", "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{sink.server_port}"}
     gateway = GatewayProcess(routes, triton.http_url, tmp / "gateway.log", env=env)
     try:
         columns = ["clients", "direct p50", "direct p99", "gateway p50", "gateway p99", "added p50", "added p99"]

@@ -34,6 +34,9 @@ _TAGS = {
 }
 
 
+_TRACE_HEADERS = (b"traceparent", b"tracestate", b"baggage")
+
+
 def api_of(path: str) -> str | None:
     """Which image API a path belongs to (``None``: not image traffic)."""
     if path == "/v1/images/generations":
@@ -79,10 +82,11 @@ class ObserveMiddleware:
         if self.tracer is None:
             await self.app(scope, receive, observe_send)
         else:
-            carrier = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+            carrier = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"] if k in _TRACE_HEADERS}
             with self.tracer.start_as_current_span(
                 f"{scope['method']} {api}",
-                context=propagate.extract(carrier),
+                context=propagate.extract(carrier) if carrier else None,
+                record_exception=False,
                 kind=SpanKind.SERVER,
                 attributes={"http.request.method": scope["method"], "url.path": scope["path"], "router.api": api},
             ) as span:
