@@ -11,7 +11,7 @@ STAMP  := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[models,dev,otlp]'
+	$(BIN)/pip install --quiet -e '.[models,pytriton,dev,otlp]'
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -44,7 +44,7 @@ def find_pytriton() -> TritonInstall:
     spec = importlib.util.find_spec("pytriton")
     if spec is None or not spec.submodule_search_locations:
         raise TritonStartupError(
-            "nvidia-pytriton is not installed; install it (pip install 'image-router[triton]') "
+            "nvidia-pytriton is not installed; install it (pip install 'image-router[pytriton]') "
             "or pass --tritonserver PATH to use another Triton build"
         )
     package = Path(next(iter(spec.submodule_search_locations)))

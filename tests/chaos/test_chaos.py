@@ -123,6 +123,8 @@ def test_a_frozen_replica_is_timed_out_taken_out_and_brought_back(replicas: list
         gw.stop()
 
 
+NOOP_ROUTES = 'backends: {triton: {url: "${TRITON_URL}"}}\ndefault_route: {model: noop, budget_ms: 2000}\n'
+
 BURST = """
 backends: {triton: {url: "${TRITON_URL}"}}
 models:
@@ -180,7 +182,7 @@ def test_a_burst_at_quality_is_served_downgraded_or_refused_in_time(
 def test_routes_replaced_by_a_broken_file_then_a_valid_one_under_load(
     start_gateway: Callable[..., GatewayProcess],
 ) -> None:
-    routes = 'backends: {triton: {url: "${TRITON_URL}"}}\ndefault_route: {model: noop, budget_ms: 2000}\n'
+    routes = NOOP_ROUTES
     gw = start_gateway(routes)
     tally = Tally("4. routes.yaml broken, then valid, under load", 2.0)
     TALLIES.append(tally)
@@ -229,8 +231,7 @@ MALFORMED: list[tuple[str, str, bytes, dict[str, str], int]] = [
 def test_malformed_input_gets_4xx_with_a_code_and_the_gateway_keeps_serving(
     start_gateway: Callable[..., GatewayProcess],
 ) -> None:
-    routes = 'backends: {triton: {url: "${TRITON_URL}"}}\ndefault_route: {model: noop, budget_ms: 2000}\n'
-    gw = start_gateway(routes)
+    gw = start_gateway(NOOP_ROUTES)
     tally = Tally("5. malformed input (16 kinds)", 2.0)
     TALLIES.append(tally)
 

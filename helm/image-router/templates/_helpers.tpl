@@ -1,0 +1,53 @@
+{{/* Chart name, truncated to the 63 characters Kubernetes allows in names. */}}
+{{- define "image-router.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Fully qualified app name: release-chart, unless the release already contains it. */}}
+{{- define "image-router.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else if contains (include "image-router.name" .) .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name (include "image-router.name" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+
+{{- define "image-router.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
+app.kubernetes.io/name: {{ include "image-router.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end }}
+
+{{/* Selector labels of one component (gateway or triton). */}}
+{{- define "image-router.selector" -}}
+app.kubernetes.io/name: {{ include "image-router.name" .root }}
+app.kubernetes.io/instance: {{ .root.Release.Name }}
+app.kubernetes.io/component: {{ .component }}
+{{- end }}
+
+{{- define "image-router.gatewayName" -}}{{ include "image-router.fullname" . }}-gateway{{- end }}
+{{- define "image-router.tritonName" -}}{{ include "image-router.fullname" . }}-triton{{- end }}
+{{- define "image-router.routesName" -}}{{ include "image-router.fullname" . }}-routes{{- end }}
+
+{{- define "image-router.secretName" -}}
+{{- default (printf "%s-admin" (include "image-router.fullname" .)) .Values.gateway.existingSecret }}
+{{- end }}
+
+{{- define "image-router.tritonURL" -}}
+http://{{ include "image-router.tritonName" . }}:{{ .Values.triton.ports.http }}
+{{- end }}
+
+{{/* A restricted-profile security context for containers. */}}
+{{- define "image-router.containerSecurity" -}}
+allowPrivilegeEscalation: false
+readOnlyRootFilesystem: true
+runAsNonRoot: true
+capabilities:
+  drop: ["ALL"]
+seccompProfile:
+  type: RuntimeDefault
+{{- end }}

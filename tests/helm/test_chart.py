@@ -1,0 +1,157 @@
+"""The Helm chart, rendered offline with Helm's own library (helm-python-sdk) and every
+manifest validated against the Kubernetes API schemas (kubernetes-validate)."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+import pytest
+import yaml
+from helm_python.chart import Chart, lint
+from helm_python.errors import HelmValuesError
+
+from router.config import compile_text
+
+CHART = Path(__file__).resolve().parents[2] / "helm" / "image-router"
+KUBERNETES = "1.37.0"
+# Custom resources have no schema in the Kubernetes API; they are checked by shape below.
+CUSTOM_KINDS = {"ServiceMonitor"}
+
+CANARY_ROUTES = """\
+backends:
+  triton: {url: "${TRITON_URL}"}
+models:
+  quality:    {backend: triton, triton_model: quality, version: "1", latency_hint_ms: 3000}
+  quality-v2: {backend: triton, triton_model: quality, version: "2", latency_hint_ms: 3000}
+  draft:      {backend: triton, latency_hint_ms: 120}
+routes:
+  - name: photo
+    match: {prompt: "(?i)photo"}
+    split:
+      - {model: quality, weight: 90}
+      - {model: quality-v2, weight: 10, canary: true}
+    sticky: header:X-User-Id
+    budget_ms: 4000
+    fallback: [draft]
+default_route: draft
+"""
+
+VARIANT: dict[str, Any] = {
+    "routes": CANARY_ROUTES,
+    "gateway": {"autoscaling": {"enabled": True, "minReplicas": 3, "maxReplicas": 12}, "adminToken": "t0ken"},
+    "triton": {
+        "gpu": {"enabled": True, "count": 2},
+        "modelRepository": {"source": "volume", "existingClaim": "models-pvc"},
+        "models": ["draft", "quality"],
+    },
+    "metrics": {"serviceMonitor": {"enabled": True}, "grafanaDashboard": {"enabled": True}},
+}
+
+
+def render(values: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    with Chart.load(CHART) as chart:
+        chart.validate_schema(values or {})
+        rendered = chart.render(values or {}, name="demo", namespace="images", is_install=True)
+    docs = []
+    for path, text in rendered.items():
+        if path.endswith(".txt"):
+            continue
+        docs.extend(doc for doc in yaml.safe_load_all(text) if doc)
+    return docs
+
+
+def by_kind(docs: list[dict[str, Any]], kind: str, name_part: str = "") -> dict[str, Any]:
+    matches = [d for d in docs if d["kind"] == kind and name_part in d["metadata"]["name"]]
+    assert len(matches) == 1, f"{kind} {name_part}: {len(matches)}"
+    return matches[0]
+
+
+@pytest.mark.parametrize("values", [None, VARIANT], ids=["defaults", "gpu-canary-autoscaling"])
+def test_chart_lints_and_every_manifest_is_valid_kubernetes(values: dict[str, Any] | None) -> None:
+    report = lint(CHART, values or {}, strict=True, kube_version=f"v{KUBERNETES}")
+    assert report["errors"] == [] and all(m["severity"] < 2 for m in report["messages"]), report
+    docs = render(values)
+    kinds = {d["kind"] for d in docs}
+    assert {"Deployment", "Service", "ConfigMap", "Secret", "PodDisruptionBudget"} <= kinds
+    for doc in docs:
+        if doc["kind"] in CUSTOM_KINDS:
+            continue
+        kubernetes_validate.validate(doc, KUBERNETES, strict=True)
+
+
+def test_defaults_render_what_an_operator_expects() -> None:
+    docs = render()
+    gateway = by_kind(docs, "Deployment", "gateway")
+    pod = gateway["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    assert gateway["spec"]["replicas"] == 2
+    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    security = container["securityContext"]
+    assert security["readOnlyRootFilesystem"] and security["runAsNonRoot"] and not security["allowPrivilegeEscalation"]
+    assert pod["securityContext"]["runAsUser"] != 0
+    env = {e["name"]: e for e in container["env"]}
+    assert env["TRITON_URL"]["value"] == "http://demo-image-router-triton:8000"
+    assert env["ROUTER_ADMIN_TOKEN"]["valueFrom"]["secretKeyRef"]["name"] == "demo-image-router-admin"
+    assert not any(d["kind"] == "HorizontalPodAutoscaler" for d in docs)
+    triton = by_kind(docs, "Deployment", "triton")["spec"]["template"]["spec"]
+    assert "nvidia.com/gpu" not in triton["containers"][0]["resources"].get("limits", {})
+    assert "--model-control-mode=explicit" in triton["containers"][0]["args"]
+
+
+def test_routes_are_mounted_as_a_directory_and_appear_verbatim() -> None:
+    """subPath mounts never update; the directory mount gets the kubelet's ..data swap,
+    which the gateway reloads (tests/integration/test_reload.py swaps it the same way)."""
+    for values in (None, VARIANT):
+        docs = render(values)
+        pod = by_kind(docs, "Deployment", "gateway")["spec"]["template"]["spec"]
+        mount = next(m for m in pod["containers"][0]["volumeMounts"] if m["name"] == "routes")
+        assert "subPath" not in mount and mount["mountPath"] == "/etc/router"
+        assert "--routes=/etc/router/routes.yaml" in pod["containers"][0]["args"]
+        config = by_kind(docs, "ConfigMap", "routes")
+        expected = (values or {}).get("routes") or yaml.safe_load((CHART / "values.yaml").read_text())["routes"]
+        assert config["data"]["routes.yaml"] == expected
+        compile_text(config["data"]["routes.yaml"], env={"TRITON_URL": "http://triton:8000"})  # a valid routes file
+
+
+def test_gpu_canary_autoscaling_variant() -> None:
+    docs = render(VARIANT)
+    hpa = by_kind(docs, "HorizontalPodAutoscaler")
+    assert hpa["spec"]["minReplicas"] == 3 and hpa["spec"]["maxReplicas"] == 12
+    assert "replicas" not in by_kind(docs, "Deployment", "gateway")["spec"], "the HPA owns the replica count"
+    triton = by_kind(docs, "Deployment", "triton")["spec"]["template"]["spec"]
+    assert triton["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == 2
+    assert triton["nodeSelector"]["nvidia.com/gpu.present"] == "true"
+    assert any(t["key"] == "nvidia.com/gpu" for t in triton["tolerations"])
+    assert triton["volumes"][1]["persistentVolumeClaim"]["claimName"] == "models-pvc"
+    assert [a for a in triton["containers"][0]["args"] if a.startswith("--load-model")] == [
+        "--load-model=draft",
+        "--load-model=quality",
+    ]
+    monitor = by_kind(docs, "ServiceMonitor")
+    assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
+    assert [e["port"] for e in monitor["spec"]["endpoints"]] == ["http", "metrics"]
+    dashboard = by_kind(docs, "ConfigMap", "dashboard")
+    assert dashboard["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert yaml.safe_load(dashboard["data"]["image-router.json"])["uid"] == "image-router"
+    secret = by_kind(docs, "Secret")
+    assert secret["data"]["admin-token"] == "dDBrZW4="  # base64("t0ken")
+
+
+@pytest.mark.parametrize(
+    ("bad", "where"),
+    [
+        ({"gateway": {"replicaCount": "three"}}, "/gateway/replicaCount"),
+        ({"gateway": {"port": 70000}}, "/gateway/port"),
+        ({"triton": {"modelRepository": {"source": "s3"}}}, "/triton/modelRepository/source"),
+        ({"routes": ""}, "/routes"),
+        ({"unknown": 1}, "additional properties 'unknown'"),
+    ],
+)
+def test_schema_rejects_bad_values_naming_the_key(bad: dict[str, Any], where: str) -> None:
+    with Chart.load(CHART) as chart, pytest.raises(HelmValuesError) as info:
+        chart.validate_schema(copy.deepcopy(bad))
+    assert where in str(info.value)
