@@ -18,10 +18,11 @@ from starlette.responses import JSONResponse, Response
 
 from router import __version__
 from router.backends.base import ImageRequest
-from router.errors import InvalidRequest, UnknownModel
+from router.errors import InvalidRequest
 from router.gateway import Gateway
 from router.http.common import facts_for, gateway_of, read_body, serve, served_headers
 from router.kserve import decode_request, encode_response, wants_binary
+from router.policy.match import RequestFacts, select_route
 
 __all__ = ["infer", "live", "model_metadata", "model_ready", "ready", "repository_index", "server_metadata"]
 
@@ -31,14 +32,9 @@ _OPTIONAL = {"SEED": "seeds", "STEPS": "steps", "WIDTH": "width", "HEIGHT": "hei
 
 
 def _resolve(gateway: Gateway, alias: str) -> str:
-    """The concrete model behind a logical name: itself, or its route's first arm."""
-    table = gateway.table
-    if alias in table.models:
-        return alias
-    for route in (*table.routes, table.default):
-        if route.name == alias or (route.matcher.models is not None and alias in route.matcher.models):
-            return route.arms[0].model
-    raise UnknownModel(f"model {alias!r} is not served here", model=alias, available=table.aliases())
+    """The concrete model behind a logical name, by the same rules as inference (the
+    route it selects, first arm); an unknown name is a 404."""
+    return select_route(gateway.table, RequestFacts(prompt="", model=alias)).arms[0].model
 
 
 async def server_metadata(request: Request) -> Response:
