@@ -177,7 +177,7 @@ async def test_hedge_asks_the_next_tier_when_the_first_is_late_and_the_first_goo
     t0 = time.monotonic()
     served = await gw.generate(RequestFacts("a", intent="hedged"), REQ)
     assert served.hedged and served.model.name == "preview"
-    assert 0.05 <= time.monotonic() - t0 < 0.2
+    assert 0.05 <= time.monotonic() - t0 < 0.45, "answered by the hedge, long before quality (0.5 s)"
     assert fake.cancelled == ["quality"], "the slower call is cancelled"
     assert served.attempts == 2
 
