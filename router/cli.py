@@ -191,9 +191,8 @@ def cmd_explain(args: argparse.Namespace) -> int:
         if not sep:
             print(f"--header {item!r}: expected K=V", file=sys.stderr)
             return EXIT_CONFIG
-        headers[key.strip().lower()] = value
-    intent = args.intent or headers.get("x-intent")
-    facts = RequestFacts(args.prompt, intent, args.model, headers, {"intent": intent or "", "model": args.model or ""})
+        headers[key.strip()] = value
+    facts = RequestFacts.of(args.prompt, args.intent, args.model, headers)
     table = load_file(args.file)
     print(json.dumps(explain(table, facts, hint_p95(table)), indent=2))
     return 0

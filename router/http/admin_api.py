@@ -22,7 +22,16 @@ from router.http.common import gateway_of, parse_json_model, read_body
 from router.policy.match import RequestFacts
 from router.reload import RoutesReloader
 
-__all__ = ["admin_config", "admin_explain", "admin_reload", "healthz", "readyz"]
+__all__ = [
+    "admin_config",
+    "admin_explain",
+    "admin_reload",
+    "admin_token",
+    "check_admin",
+    "describe",
+    "healthz",
+    "readyz",
+]
 
 
 SESSION_COOKIE = "router_admin"
@@ -33,11 +42,17 @@ def session_value(token: str) -> str:
     return hmac.new(token.encode(), b"router-admin-session", hashlib.sha256).hexdigest()
 
 
-def check_admin(request: Request) -> None:
-    """``Authorization: Bearer <token>``, or the session cookie the login form sets."""
+def admin_token(request: Request) -> str:
+    """The configured token; without one the admin surface does not exist (404)."""
     token: str | None = request.app.state.admin_token
     if not token:
         raise NotFound("admin API is disabled (set ROUTER_ADMIN_TOKEN)")
+    return token
+
+
+def check_admin(request: Request) -> None:
+    """``Authorization: Bearer <token>``, or the session cookie the login form sets."""
+    token = admin_token(request)
     given = request.headers.get("authorization", "")
     if hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
         return
@@ -122,8 +137,4 @@ async def admin_explain(request: Request) -> Response:
     check_admin(request)
     body = parse_json_model(await read_body(request), ExplainRequest, request.headers.get("content-type"))
     gateway = gateway_of(request)
-    headers = {k.lower(): v for k, v in body.headers.items()}
-    intent = body.intent or headers.get("x-intent")
-    fields = {"intent": intent or "", "model": body.model or ""}
-    facts = RequestFacts(body.prompt, intent, body.model, headers, fields)
-    return JSONResponse(gateway.explain(facts))
+    return JSONResponse(gateway.explain(RequestFacts.of(body.prompt, body.intent, body.model, body.headers)))

@@ -21,6 +21,7 @@ from router.policy.match import RequestFacts
 
 __all__ = [
     "MAX_BODY_BYTES",
+    "MAX_PROMPT_CHARS",
     "b64_png",
     "canary_override",
     "encode_png",
@@ -35,6 +36,7 @@ __all__ = [
 ]
 
 MAX_BODY_BYTES = 1 << 20
+MAX_PROMPT_CHARS = 4000  # every API; the models themselves refuse more than 4096 bytes
 M = TypeVar("M", bound=BaseModel)
 
 
@@ -75,10 +77,7 @@ def parse_json_model(body: bytes, model: type[M], content_type: str | None) -> M
 
 
 def facts_for(request: Request, prompt: str, intent: str | None, model: str | None) -> RequestFacts:
-    headers = {k.lower(): v for k, v in request.headers.items()}
-    intent = intent or headers.get("x-intent")
-    fields = {"intent": intent or "", "model": model or ""}
-    return RequestFacts(prompt=prompt, intent=intent, model=model, headers=headers, fields=fields)
+    return RequestFacts.of(prompt, intent, model, request.headers)
 
 
 def served_headers(served: Served) -> dict[str, str]:

@@ -19,6 +19,7 @@ from starlette.responses import JSONResponse, Response
 from router.backends.base import ImageRequest
 from router.errors import InvalidRequest
 from router.http.common import (
+    MAX_PROMPT_CHARS,
     b64_png,
     encode_png,
     facts_for,
@@ -37,7 +38,7 @@ _SIZE = re.compile(r"^(\d{1,5})x(\d{1,5})$")
 class OpenAIImagesRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
-    prompt: str = Field(min_length=1, max_length=4000)
+    prompt: str = Field(min_length=1, max_length=MAX_PROMPT_CHARS)
     model: str | None = None
     n: int = Field(default=1, ge=1, le=16)
     size: str | None = None
@@ -51,7 +52,7 @@ class OpenAIImagesRequest(BaseModel):
 class GenerateRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    prompt: str = Field(min_length=1, max_length=4000)
+    prompt: str = Field(min_length=1, max_length=MAX_PROMPT_CHARS)
     intent: str | None = None
     model: str | None = None
     seed: int | None = Field(default=None, ge=0, lt=2**62)

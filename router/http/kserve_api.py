@@ -20,14 +20,13 @@ from router import __version__
 from router.backends.base import ImageRequest
 from router.errors import InvalidRequest
 from router.gateway import Gateway
-from router.http.common import facts_for, gateway_of, read_body, serve, served_headers
+from router.http.common import MAX_PROMPT_CHARS, facts_for, gateway_of, read_body, serve, served_headers
 from router.kserve import decode_request, encode_response, wants_binary
 from router.policy.match import RequestFacts, select_route
 
 __all__ = ["infer", "live", "model_metadata", "model_ready", "ready", "repository_index", "server_metadata"]
 
 MAX_INFER_BODY = 1 << 20
-MAX_PROMPT_CHARS = 4000  # as on the other APIs
 _OPTIONAL = {"SEED": "seeds", "STEPS": "steps", "WIDTH": "width", "HEIGHT": "height"}
 
 

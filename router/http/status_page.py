@@ -20,7 +20,7 @@ from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Re
 
 from router.errors import NotFound, RouterError
 from router.gateway import Gateway
-from router.http.admin_api import SESSION_COOKIE, check_admin, describe, session_value
+from router.http.admin_api import SESSION_COOKIE, admin_token, check_admin, describe, session_value
 from router.http.common import gateway_of, read_body
 from router.reload import RoutesReloader
 
@@ -109,15 +109,12 @@ async def status_json(request: Request) -> Response:
 
 
 async def login_form(request: Request) -> Response:
-    if not request.app.state.admin_token:
-        raise NotFound("admin API is disabled (set ROUTER_ADMIN_TOKEN)")
+    admin_token(request)
     return HTMLResponse(LOGIN.replace("{error}", ""))
 
 
 async def login(request: Request) -> Response:
-    token: str | None = request.app.state.admin_token
-    if not token:
-        raise NotFound("admin API is disabled (set ROUTER_ADMIN_TOKEN)")
+    token = admin_token(request)
     body = (await read_body(request, 4096)).decode("utf-8", "replace")
     given = parse_qs(body).get("token", [""])[0]
     if not hmac.compare_digest(given.encode(), token.encode()):

@@ -24,6 +24,14 @@ class RequestFacts:
     headers: Mapping[str, str] = field(default_factory=dict)
     fields: Mapping[str, str] = field(default_factory=dict)
 
+    @classmethod
+    def of(cls, prompt: str, intent: str | None, model: str | None, headers: Mapping[str, str]) -> RequestFacts:
+        """Facts as every entry point builds them: header names lower-cased, the intent
+        from the request or else ``X-Intent``, and both offered to ``sticky: field:``."""
+        lowered = {k.lower(): v for k, v in headers.items()}
+        intent = intent or lowered.get("x-intent")
+        return cls(prompt, intent, model, lowered, {"intent": intent or "", "model": model or ""})
+
 
 def matches(matcher: Matcher, facts: RequestFacts) -> bool:
     if matcher.models is not None and facts.model not in matcher.models:
