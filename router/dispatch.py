@@ -137,7 +137,7 @@ class Dispatcher:
     # -- one attempt -----------------------------------------------------------------
 
     async def _call(
-        self, table: RoutingTable, model: Model, request: ImageRequest, timeout_s: float, priority: int | None
+        self, model: Model, request: ImageRequest, timeout_s: float, priority: int | None
     ) -> ImageResult | str:
         """One call under its own timeout, the admission slot already held: the result,
         or why it failed (a fallback reason). A rejected input is raised instead."""
@@ -219,7 +219,7 @@ class Dispatcher:
                 chain = [m for m in chain if m not in {r[0] for r in progress.reasons}]
                 continue
             timeout = min(plan.attempt.timeout_s, progress.deadline - self.clock())  # after any queueing
-            outcome = await self._timed(table, model, request, timeout, priority, progress)
+            outcome = await self._timed(model, request, timeout, priority, progress)
             if not isinstance(outcome, str):
                 return self._served(route, choice, model, outcome, progress)
             progress.reasons.append((model.name, outcome))
@@ -227,7 +227,6 @@ class Dispatcher:
 
     async def _timed(
         self,
-        table: RoutingTable,
         model: Model,
         request: ImageRequest,
         timeout_s: float,
@@ -240,7 +239,7 @@ class Dispatcher:
             progress.first_attempt_at = t0
         try:
             if self.tracer is None:
-                return await self._call(table, model, request, timeout_s, priority)
+                return await self._call(model, request, timeout_s, priority)
             attributes: dict[str, str | int | float] = {
                 "router.attempt": progress.attempts,
                 "router.model": model.name,
@@ -252,7 +251,7 @@ class Dispatcher:
             with self.tracer.start_as_current_span(
                 f"attempt {model.name}", kind=SpanKind.CLIENT, attributes=attributes
             ) as span:
-                outcome = await self._call(table, model, request, timeout_s, priority)
+                outcome = await self._call(model, request, timeout_s, priority)
                 span.set_attribute("router.outcome", outcome if isinstance(outcome, str) else "ok")
                 if isinstance(outcome, str):
                     span.set_status(Status(StatusCode.ERROR, outcome))
@@ -275,9 +274,7 @@ class Dispatcher:
         tier that can take a slot at once. The first success wins; the other is cancelled."""
         primary = table.models[first.model]
         delay = (route.hedge_after_ms or 0) / 1000 or self.p95_s(table)(primary.name)
-        tasks = {
-            asyncio.ensure_future(self._timed(table, primary, request, first.timeout_s, priority, progress)): primary
-        }
+        tasks = {asyncio.ensure_future(self._timed(primary, request, first.timeout_s, priority, progress)): primary}
         done, _ = await asyncio.wait(tasks, timeout=delay)
         hedged = False
         if not done:
@@ -285,7 +282,7 @@ class Dispatcher:
                 backup = table.models[name]
                 if self.available(backup) and self.gate(backup).try_acquire():
                     remaining = progress.deadline - self.clock()
-                    task = asyncio.ensure_future(self._timed(table, backup, request, remaining, priority, progress))
+                    task = asyncio.ensure_future(self._timed(backup, request, remaining, priority, progress))
                     tasks[task] = backup
                     hedged = True
                     break

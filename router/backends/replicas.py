@@ -40,7 +40,6 @@ class Replica:
     outstanding: int = 0
     served: int = 0
     failed: int = 0
-    checks_failed: int = 0
     models: dict[str, CircuitBreaker] = field(default_factory=dict)
 
     def model_breaker(self, model: str) -> CircuitBreaker:
@@ -125,7 +124,6 @@ class ReplicaSet:
         if ok and not replica.healthy:
             log.warning("replica %s is ready again", replica.url)
         if not ok:
-            replica.checks_failed += 1
             replica.breaker.record(self.clock(), False)  # a frozen replica opens its circuit
             self.mark_down(replica, "readiness check failed")
         replica.healthy = ok or len(self.replicas) == 1
