@@ -108,7 +108,8 @@ def main() -> None:
     parser.add_argument("--tracing", action="store_true", help="also trace every request (OTLP to a local sink)")
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="bench-overhead-"))
-    routes = tmp / "routes.yaml"
+    routes = tmp / "config" / "routes.yaml"  # a directory of its own: the gateway watches it
+    routes.parent.mkdir()
     routes.write_text(ROUTES)
     triton = TritonServer(TritonConfig(ROOT / "model_repository", ["noop"]), open(tmp / "triton.log", "wb"))  # noqa: SIM115
     triton.start()

@@ -22,12 +22,13 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from router.config import load_file
+from router.errors import NotFound
 from router.gateway import Gateway
 from router.http import admin_api, images_api, kserve_api, status_page
 from router.http.errors import RequestIdMiddleware, exception_handlers
 from router.http.observe import ObserveMiddleware
 from router.reload import RoutesReloader
-from router.telemetry import Metrics, Tracing
+from router.telemetry import AccessLog, Metrics, Tracing
 from router.telemetry.metrics import CONTENT_TYPE
 
 __all__ = ["create_app"]
@@ -64,7 +65,9 @@ def _routes() -> list[Route]:
 
 
 async def _metrics(request: Request) -> Response:
-    metrics: Metrics = request.app.state.metrics
+    metrics: Metrics | None = request.app.state.metrics
+    if metrics is None:
+        raise NotFound("metrics are off (router serve --no-metrics)")
     return Response(metrics.render(), media_type=CONTENT_TYPE)
 
 
@@ -74,18 +77,24 @@ def create_app(
     admin_token: str | None = None,
     watch: bool = True,
     access_log: bool = True,
+    access_log_flush_s: float = 1.0,
+    metrics: bool = True,
     tracing: Tracing | None = None,
 ) -> Starlette:
     """Build the gateway for ``routes_path`` (validated now: a bad file fails fast).
 
     Tracing comes from the ``OTEL_*`` environment unless given (tests pass one with an
-    in-memory exporter)."""
+    in-memory exporter). With metrics, the access log and tracing all off, the
+    observability middleware is not installed at all (``/metrics`` is then 404): the
+    baseline the overhead benchmark compares against."""
     path = Path(routes_path)
     tracing = Tracing.from_env() if tracing is None else tracing
-    metrics = Metrics()
-    gateway = Gateway(load_file(path), metrics=metrics, tracing=tracing)
+    registry = Metrics() if metrics else None
+    log = AccessLog(flush_interval_s=access_log_flush_s) if access_log else None
+    gateway = Gateway(load_file(path), metrics=registry, tracing=tracing)
     reloader = RoutesReloader(path, gateway.swap, gateway.table)
-    metrics.watch(lambda: {**gateway.state(), "reloads": reloader.counts})
+    if registry is not None:
+        registry.watch(lambda: {**gateway.state(), "reloads": reloader.counts})
     token = admin_token if admin_token is not None else os.environ.get("ROUTER_ADMIN_TOKEN")
 
     @contextlib.asynccontextmanager
@@ -107,18 +116,20 @@ def create_app(
                     await watcher
             await gateway.aclose()
             tracing.shutdown()
+            if log is not None:
+                log.flush()
 
+    middleware = [Middleware(RequestIdMiddleware)]
+    if registry is not None or log is not None or tracing.tracer is not None:
+        middleware.append(Middleware(ObserveMiddleware, metrics=registry, tracing=tracing, access_log=log))
     app = Starlette(
         routes=_routes(),
-        middleware=[
-            Middleware(RequestIdMiddleware),
-            Middleware(ObserveMiddleware, metrics=metrics, tracing=tracing, access_log=access_log),
-        ],
+        middleware=middleware,
         exception_handlers=exception_handlers,
         lifespan=lifespan,
     )
     app.state.gateway = gateway
     app.state.reloader = reloader
     app.state.admin_token = token or None
-    app.state.metrics = metrics
+    app.state.metrics = registry
     return app

@@ -52,6 +52,14 @@ def _serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-watch", action="store_true", help="reload only on SIGHUP or POST /admin/reload")
     p.add_argument("--log-level", default="info")
     p.add_argument("--no-access-log", action="store_true", help="no JSON line per request on stdout")
+    p.add_argument(
+        "--access-log-flush",
+        type=float,
+        default=1.0,
+        metavar="SECONDS",
+        help="write buffered access log lines this often (0: every line at once; default 1)",
+    )
+    p.add_argument("--no-metrics", action="store_true", help="no Prometheus metrics (/metrics is 404)")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -135,7 +143,13 @@ def _run_gateway(args: argparse.Namespace) -> None:
 
     from router.app import create_app
 
-    app = create_app(args.routes, watch=not args.no_watch, access_log=not args.no_access_log)
+    app = create_app(
+        args.routes,
+        watch=not args.no_watch,
+        access_log=not args.no_access_log,
+        access_log_flush_s=args.access_log_flush,
+        metrics=not args.no_metrics,
+    )
     print(f"gateway listening on http://{args.host}:{args.port}  (routes: {args.routes})", flush=True)
     uvicorn.run(
         app,
@@ -198,16 +212,6 @@ def cmd_explain(args: argparse.Namespace) -> int:
     return 0
 
 
-def _access_log_to_stdout() -> None:
-    """The access log is bare JSON lines on stdout (log shippers parse them as is)."""
-    logger = logging.getLogger("router.access")
-    handler = logging.StreamHandler(sys.stdout)
-    handler.setFormatter(logging.Formatter("%(message)s"))
-    logger.addHandler(handler)
-    logger.propagate = False
-    logger.setLevel(logging.INFO)
-
-
 COMMANDS = {
     "up": cmd_up,
     "triton": cmd_triton,
@@ -221,7 +225,6 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("watchfiles").setLevel(logging.WARNING)
-    _access_log_to_stdout()
     try:
         return COMMANDS[args.command](args)
     except ConfigError as exc:

@@ -28,6 +28,8 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
+from opentelemetry import context as otel_context
+from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from router.admission import AdmissionGate
@@ -238,7 +240,10 @@ class Dispatcher:
         if progress.first_attempt_at is None:
             progress.first_attempt_at = t0
         try:
-            if self.tracer is None:
+            if self.tracer is None or not trace.get_current_span().is_recording():
+                # tracing off, or this request's trace not sampled: an attempt span would not
+                # be sampled either (same trace id, unsampled parent), so none is made; the
+                # backend still gets the unsampled traceparent
                 return await self._call(model, request, timeout_s, priority)
             attributes: dict[str, str | int | float] = {
                 "router.attempt": progress.attempts,
@@ -248,14 +253,23 @@ class Dispatcher:
                 "router.backend": model.backend,
                 "router.timeout_ms": round(timeout_s * 1000, 1),
             }
-            with self.tracer.start_as_current_span(
-                f"attempt {model.name}", kind=SpanKind.CLIENT, attributes=attributes
-            ) as span:
+            # started and made current by hand: the backend's traceparent must carry this
+            # span's id, and start_as_current_span's context manager costs more per request
+            span = self.tracer.start_span(f"attempt {model.name}", kind=SpanKind.CLIENT, attributes=attributes)
+            token = otel_context.attach(trace.set_span_in_context(span))
+            outcome: ImageResult | str = "cancelled"  # a hedge's loser
+            try:
                 outcome = await self._call(model, request, timeout_s, priority)
+                return outcome
+            except Exception as exc:  # a 4xx from the model: the client's error, no next tier
+                outcome = str(getattr(exc, "code", "error"))
+                raise
+            finally:
+                otel_context.detach(token)
                 span.set_attribute("router.outcome", outcome if isinstance(outcome, str) else "ok")
                 if isinstance(outcome, str):
                     span.set_status(Status(StatusCode.ERROR, outcome))
-                return outcome
+                span.end()
         finally:
             progress.backend_s += self.clock() - t0
 

@@ -121,7 +121,7 @@ class RoutesReloader:
             watch_filter=relevant,
             debounce=200,
             step=50,
-            recursive=True,
+            recursive=False,  # the ConfigMap swap renames ..data in this directory itself
             rust_timeout=1000,
         ):
             self.reload()

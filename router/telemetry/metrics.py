@@ -96,6 +96,22 @@ class Metrics:
             "router_budget_exhausted", "Requests whose budget ran out", ["route"], registry=r
         )
         self.hedges = Counter("router_hedges", "Hedged requests, by which tier won", ["route", "winner"], registry=r)
+        # labels() validates and locks on every call; a request's children are looked up once
+        # per label set instead (bounded like the series themselves: routes x models x status).
+        self._children: dict[tuple[str, str, str, int, str], tuple[Any, Any]] = {}
+
+    def observe_request(self, api: str, route: str, model: str, status: int, outcome: str, seconds: float) -> None:
+        """Count one finished request and its latency."""
+        key = (api, route, model, status, outcome)
+        children = self._children.get(key)
+        if children is None:
+            children = (
+                self.requests.labels(api, route, model, str(status)),
+                self.latency.labels(api, route, model, outcome),
+            )
+            self._children[key] = children
+        children[0].inc()
+        children[1].observe(seconds)
 
     def watch(self, state: State) -> None:
         """Export gauges and counters read from ``state()`` at scrape time."""

@@ -84,8 +84,11 @@ def test_access_log_is_one_json_line_per_request(start_gateway: Callable[..., Ga
         r = httpx.post(gw.url + "/api/v1/generate", json={"prompt": f"a sketch {i}"}, timeout=30)
         ids.append(r.headers["x-request-id"])
     httpx.post(gw.url + "/api/v1/generate", content=b"{broken", timeout=30)
-    time.sleep(0.3)
-    lines = [json.loads(line) for line in gw.log.read_text().splitlines() if line.startswith("{")]
+    lines: list[dict[str, object]] = []
+    deadline = time.monotonic() + 10  # lines are written in batches, every second
+    while len(lines) < 4 and time.monotonic() < deadline:
+        time.sleep(0.2)
+        lines = [json.loads(line) for line in gw.log.read_text().splitlines() if line.startswith("{")]
     by_id = {line["request_id"]: line for line in lines}
     for rid in ids:
         entry = by_id[rid]
@@ -173,3 +176,18 @@ def test_a_downgraded_request_has_a_server_span_and_two_attempt_spans_and_propag
     sent = seen[0]["traceparent"]
     assert sent.split("-")[1] == "0af7651916cd43dd8448eb211c80319c"
     assert sent.split("-")[2] == format(attempts[0].context.span_id, "016x"), "the backend sees the attempt span"
+
+
+def test_an_unsampled_trace_makes_no_span_and_still_propagates_its_traceparent(
+    in_process_gateway: tuple[str, InMemorySpanExporter, list[dict[str, str]]],
+) -> None:
+    """The client decided not to sample (flags 00): the parent-based sampler follows it,
+    no span is recorded, and the backend gets the same unsampled trace context."""
+    url, exporter, seen = in_process_gateway
+    parent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00"
+    r = httpx.post(url + "/api/v1/generate", json={"prompt": "a fox"}, headers={"traceparent": parent}, timeout=30)
+    assert r.status_code == 200, r.text
+    assert r.headers["x-router-fallback"] == "upstream:unavailable", "both attempts ran"
+    assert exporter.get_finished_spans() == ()
+    _, trace_id, _, flags = seen[0]["traceparent"].split("-")
+    assert trace_id == "0af7651916cd43dd8448eb211c80319c" and flags == "00"

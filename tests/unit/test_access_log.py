@@ -1,0 +1,73 @@
+"""The access log writes JSON lines in batches: at its interval, when full, at once
+outside an event loop or with interval 0 — and never loses a line it was given."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+from pathlib import Path
+
+from starlette.testclient import TestClient
+
+from router.app import create_app
+from router.telemetry import AccessLog, Tracing
+
+
+def lines(stream: io.StringIO) -> list[dict[str, object]]:
+    return [json.loads(line) for line in stream.getvalue().splitlines()]
+
+
+def test_lines_wait_for_the_interval_inside_an_event_loop() -> None:
+    stream = io.StringIO()
+    log = AccessLog(stream, flush_interval_s=0.05)
+
+    async def scenario() -> tuple[int, int]:
+        log.record({"request_id": "a", "status": 200})
+        log.record({"request_id": "b", "status": 404})
+        before = len(lines(stream))
+        await asyncio.sleep(0.2)
+        return before, len(lines(stream))
+
+    before, after = asyncio.run(scenario())
+    assert (before, after) == (0, 2)
+    assert [line["request_id"] for line in lines(stream)] == ["a", "b"]
+
+
+def test_a_full_buffer_is_written_at_once() -> None:
+    stream = io.StringIO()
+    log = AccessLog(stream, flush_interval_s=60, max_lines=3)
+
+    async def scenario() -> None:
+        for i in range(7):
+            log.record({"i": i})
+        assert [line["i"] for line in lines(stream)] == [0, 1, 2, 3, 4, 5]
+        log.flush()  # what the app's shutdown does
+
+    asyncio.run(scenario())
+    assert [line["i"] for line in lines(stream)] == list(range(7))
+
+
+def test_interval_zero_or_no_event_loop_writes_every_line() -> None:
+    unbuffered, outside = io.StringIO(), io.StringIO()
+
+    async def scenario() -> None:
+        AccessLog(unbuffered, flush_interval_s=0).record({"x": 1})
+
+    asyncio.run(scenario())
+    AccessLog(outside, flush_interval_s=1).record({"x": 2})
+    assert lines(unbuffered) == [{"x": 1}] and lines(outside) == [{"x": 2}]
+
+
+def test_metrics_off_means_no_metrics_endpoint(tmp_path: Path) -> None:
+    routes = tmp_path / "routes.yaml"
+    routes.write_text(
+        'backends: {triton: {url: "http://127.0.0.1:9"}}\n'
+        "models: {noop: {backend: triton, latency_hint_ms: 10}}\n"
+        "default_route: {model: noop}\n"
+    )
+    off = create_app(routes, watch=False, metrics=False, access_log=False, tracing=Tracing.off())
+    on = create_app(routes, watch=False, access_log=False, tracing=Tracing.off())
+    answer = TestClient(off).get("/metrics")
+    assert answer.status_code == 404 and answer.json()["error"]["code"] == "not_found"
+    assert "router_requests" in TestClient(on).get("/metrics").text
