@@ -6,7 +6,7 @@ FROM python:3.11-slim AS build
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY router ./router
-RUN pip wheel --no-cache-dir --wheel-dir /wheels .
+RUN pip wheel --no-cache-dir --wheel-dir /wheels '.[otlp]'  # OTLP trace export included
 
 FROM python:3.11-slim
 RUN groupadd --system --gid 10001 router \

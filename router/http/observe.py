@@ -118,6 +118,10 @@ class ObserveMiddleware:
             kind=SpanKind.SERVER,
             attributes={"http.request.method": scope["method"], "url.path": scope["path"]},
         )
+        if not span.is_recording() and parent is None:
+            # not sampled, and no trace context came in: nothing to record or pass on
+            await self.app(scope, receive, send)
+            return
         token = otel_context.attach(trace.set_span_in_context(span, parent))
         try:
             await self.app(scope, receive, send)

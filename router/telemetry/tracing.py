@@ -17,6 +17,7 @@ from opentelemetry import propagate
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
+from opentelemetry.sdk.trace.sampling import Sampler
 from opentelemetry.trace import Tracer
 
 __all__ = ["Tracing"]
@@ -36,8 +37,11 @@ class Tracing:
         return cls(None)
 
     @classmethod
-    def with_processor(cls, processor: SpanProcessor, service: str = "image-router") -> Tracing:
-        provider = TracerProvider(resource=Resource.create({"service.name": service}))
+    def with_processor(
+        cls, processor: SpanProcessor, service: str = "image-router", sampler: Sampler | None = None
+    ) -> Tracing:
+        """``sampler`` ``None``: the one ``OTEL_TRACES_SAMPLER`` names (parent-based always-on by default)."""
+        provider = TracerProvider(resource=Resource.create({"service.name": service}), sampler=sampler)
         provider.add_span_processor(processor)
         return cls(provider)
 

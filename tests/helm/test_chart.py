@@ -41,7 +41,11 @@ default_route: draft
 
 VARIANT: dict[str, Any] = {
     "routes": CANARY_ROUTES,
-    "gateway": {"autoscaling": {"enabled": True, "minReplicas": 3, "maxReplicas": 12}, "adminToken": "t0ken"},
+    "gateway": {
+        "autoscaling": {"enabled": True, "minReplicas": 3, "maxReplicas": 12},
+        "adminToken": "t0ken",
+        "tracing": {"enabled": True, "endpoint": "http://otel-collector:4318", "sampleRatio": 0.05},
+    },
     "triton": {
         "gpu": {"enabled": True, "count": 2},
         "modelRepository": {"source": "volume", "existingClaim": "models-pvc"},
@@ -100,6 +104,7 @@ def test_defaults_render_what_an_operator_expects() -> None:
     triton = by_kind(docs, "Deployment", "triton")["spec"]["template"]["spec"]
     assert "nvidia.com/gpu" not in triton["containers"][0]["resources"].get("limits", {})
     assert "--model-control-mode=explicit" in triton["containers"][0]["args"]
+    assert "OTEL_TRACES_EXPORTER" not in env, "tracing is off unless enabled"
 
 
 def test_routes_are_mounted_as_a_directory_and_appear_verbatim() -> None:
@@ -139,6 +144,11 @@ def test_gpu_canary_autoscaling_variant() -> None:
     assert yaml.safe_load(dashboard["data"]["image-router.json"])["uid"] == "image-router"
     secret = by_kind(docs, "Secret")
     assert secret["data"]["admin-token"] == "dDBrZW4="  # base64("t0ken")
+    gateway = by_kind(docs, "Deployment", "gateway")["spec"]["template"]["spec"]["containers"][0]
+    env = {e["name"]: e.get("value") for e in gateway["env"]}
+    assert env["OTEL_TRACES_EXPORTER"] == "otlp" and env["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://otel-collector:4318"
+    assert env["OTEL_TRACES_SAMPLER"] == "parentbased_traceidratio" and env["OTEL_TRACES_SAMPLER_ARG"] == "0.05"
+    assert "--access-log-flush=1" in gateway["args"]
 
 
 @pytest.mark.parametrize(
@@ -148,6 +158,7 @@ def test_gpu_canary_autoscaling_variant() -> None:
         ({"gateway": {"port": 70000}}, "/gateway/port"),
         ({"triton": {"modelRepository": {"source": "s3"}}}, "/triton/modelRepository/source"),
         ({"routes": ""}, "/routes"),
+        ({"gateway": {"tracing": {"sampleRatio": 2}}}, "/gateway/tracing/sampleRatio"),
         ({"unknown": 1}, "additional properties 'unknown'"),
     ],
 )

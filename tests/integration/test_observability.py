@@ -15,6 +15,7 @@ import pytest
 import uvicorn
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.trace.sampling import ParentBasedTraceIdRatio
 from prometheus_client.parser import text_string_to_metric_families
 
 from router.app import create_app
@@ -119,9 +120,10 @@ class _Recorder(BaseHTTPRequestHandler):
 
 @pytest.fixture()
 def in_process_gateway(
-    triton: TritonServer, tmp_path: Path
+    request: pytest.FixtureRequest, triton: TritonServer, tmp_path: Path
 ) -> Iterator[tuple[str, InMemorySpanExporter, list[dict[str, str]]]]:
-    """The gateway app in this process (for the in-memory span exporter), on a real port."""
+    """The gateway app in this process (for the in-memory span exporter), on a real port;
+    indirect parametrization picks the sampler (default: the SDK's, parent-based always-on)."""
     _Recorder.seen = []
     recorder = ThreadingHTTPServer(("127.0.0.1", 0), _Recorder)
     threading.Thread(target=recorder.serve_forever, daemon=True).start()
@@ -135,7 +137,10 @@ def in_process_gateway(
         + "default_route: {name: main, model: upstream, budget_ms: 3000, fallback: [noop]}\n"
     )
     exporter = InMemorySpanExporter()
-    app = create_app(routes, watch=False, tracing=Tracing.with_processor(SimpleSpanProcessor(exporter)))
+    sampler = getattr(request, "param", None)
+    app = create_app(
+        routes, watch=False, tracing=Tracing.with_processor(SimpleSpanProcessor(exporter), sampler=sampler)
+    )
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
@@ -191,3 +196,20 @@ def test_an_unsampled_trace_makes_no_span_and_still_propagates_its_traceparent(
     assert exporter.get_finished_spans() == ()
     _, trace_id, _, flags = seen[0]["traceparent"].split("-")
     assert trace_id == "0af7651916cd43dd8448eb211c80319c" and flags == "00"
+
+
+@pytest.mark.parametrize("in_process_gateway", [ParentBasedTraceIdRatio(0.0)], indirect=True)
+def test_a_new_trace_not_sampled_costs_no_span_and_no_header(
+    in_process_gateway: tuple[str, InMemorySpanExporter, list[dict[str, str]]],
+) -> None:
+    """Sampling at 0 and no trace context from the client: nothing is recorded and
+    nothing is passed on (the cheap path a sampled-down gateway takes for most requests);
+    a client's sampled trace is still followed."""
+    url, exporter, seen = in_process_gateway
+    r = httpx.post(url + "/api/v1/generate", json={"prompt": "a fox"}, timeout=30)
+    assert r.status_code == 200 and r.headers["x-router-attempts"] == "2", r.text
+    assert exporter.get_finished_spans() == () and "traceparent" not in seen[0]
+    parent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    httpx.post(url + "/api/v1/generate", json={"prompt": "a fox"}, headers={"traceparent": parent}, timeout=30)
+    assert {s.name for s in exporter.get_finished_spans()} == {"POST generate", "attempt upstream", "attempt noop"}
+    assert seen[1]["traceparent"].split("-")[1] == "0af7651916cd43dd8448eb211c80319c"
