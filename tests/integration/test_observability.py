@@ -98,6 +98,21 @@ def test_access_log_is_one_json_line_per_request(start_gateway: Callable[..., Ga
     assert any(line["status"] == 400 for line in lines)
 
 
+
+def test_buffered_access_log_lines_are_written_at_shutdown(start_gateway: Callable[..., GatewayProcess]) -> None:
+    """With a long flush interval nothing is written while serving; a graceful stop
+    (SIGTERM, as Kubernetes sends) writes every line it holds."""
+    gw = start_gateway(ROUTING, extra=["--access-log-flush", "60"])
+    ids = [
+        httpx.post(gw.url + "/api/v1/generate", json={"prompt": f"a sketch {i}"}, timeout=30).headers["x-request-id"]
+        for i in range(3)
+    ]
+    time.sleep(0.5)
+    assert not any(line.startswith("{") for line in gw.log.read_text().splitlines())
+    gw.stop()
+    written = [json.loads(line)["request_id"] for line in gw.log.read_text().splitlines() if line.startswith("{")]
+    assert written == ids
+
 class _Recorder(BaseHTTPRequestHandler):
     """A stand-in upstream that records request headers and answers 503 (unavailable),
     so the gateway must fall back to the real Triton."""
