@@ -37,6 +37,7 @@ class Tally:
     over_budget: int = 0
     statuses: dict[int, int] = field(default_factory=dict)
     worst_s: float = 0.0
+    refusals: list[str] = field(default_factory=list)  # the first few bodies, for the failure message
 
     def row(self) -> str:
         return (
@@ -82,6 +83,8 @@ async def record(
             tally.downgraded += 1
     else:
         tally.refused += 1
+        if len(tally.refusals) < 5:
+            tally.refusals.append(f"{elapsed * 1000:.0f} ms {response.status_code} {response.text[:300]}")
     return response
 
 

