@@ -98,7 +98,6 @@ def test_access_log_is_one_json_line_per_request(start_gateway: Callable[..., Ga
     assert any(line["status"] == 400 for line in lines)
 
 
-
 def test_buffered_access_log_lines_are_written_at_shutdown(start_gateway: Callable[..., GatewayProcess]) -> None:
     """With a long flush interval nothing is written while serving; a graceful stop
     (SIGTERM, as Kubernetes sends) writes every line it holds."""
@@ -112,6 +111,7 @@ def test_buffered_access_log_lines_are_written_at_shutdown(start_gateway: Callab
     gw.stop()
     written = [json.loads(line)["request_id"] for line in gw.log.read_text().splitlines() if line.startswith("{")]
     assert written == ids
+
 
 class _Recorder(BaseHTTPRequestHandler):
     """A stand-in upstream that records request headers and answers 503 (unavailable),
