@@ -90,11 +90,17 @@ def create_app(
     path = Path(routes_path)
     tracing = Tracing.from_env() if tracing is None else tracing
     registry = Metrics() if metrics else None
-    log = AccessLog(flush_interval_s=access_log_flush_s) if access_log else None
+    access = AccessLog(flush_interval_s=access_log_flush_s) if access_log else None
     gateway = Gateway(load_file(path), metrics=registry, tracing=tracing)
     reloader = RoutesReloader(path, gateway.swap, gateway.table)
     if registry is not None:
-        registry.watch(lambda: {**gateway.state(), "reloads": reloader.counts})
+        registry.watch(
+            lambda: {
+                **gateway.state(),
+                "reloads": reloader.counts,
+                "access_log_dropped": access.dropped if access is not None else 0,
+            }
+        )
     token = admin_token if admin_token is not None else os.environ.get("ROUTER_ADMIN_TOKEN")
 
     @contextlib.asynccontextmanager
@@ -116,12 +122,12 @@ def create_app(
                     await watcher
             await gateway.aclose()
             tracing.shutdown()
-            if log is not None:
-                log.flush()
+            if access is not None:
+                access.flush()
 
     middleware = [Middleware(RequestIdMiddleware)]
-    if registry is not None or log is not None or tracing.tracer is not None:
-        middleware.append(Middleware(ObserveMiddleware, metrics=registry, tracing=tracing, access_log=log))
+    if registry is not None or access is not None or tracing.tracer is not None:
+        middleware.append(Middleware(ObserveMiddleware, metrics=registry, tracing=tracing, access_log=access))
     app = Starlette(
         routes=_routes(),
         middleware=middleware,

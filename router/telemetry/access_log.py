@@ -13,10 +13,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import sys
 from typing import Any, TextIO
 
 __all__ = ["AccessLog"]
+
+log = logging.getLogger("router.access")
 
 
 class AccessLog:
@@ -26,6 +29,8 @@ class AccessLog:
         self.max_lines = max_lines
         self._lines: list[str] = []
         self._timer: asyncio.TimerHandle | None = None
+        self.dropped = 0  # lines that could not be written
+        self._warned = False
 
     def record(self, entry: dict[str, Any]) -> None:
         self._lines.append(json.dumps(entry, separators=(",", ":")))
@@ -45,7 +50,13 @@ class AccessLog:
             self._timer = None
         if not self._lines:
             return
+        lines, self._lines = self._lines, []
         stream = self.stream or sys.stdout  # looked up late: tests and tools swap stdout
-        stream.write("\n".join(self._lines) + "\n")
-        stream.flush()
-        self._lines.clear()
+        try:
+            stream.write("\n".join(lines) + "\n")
+            stream.flush()
+        except (OSError, ValueError) as exc:  # a closed or broken stdout must not break serving
+            self.dropped += len(lines)
+            if not self._warned:
+                self._warned = True
+                log.error("access log lines dropped: cannot write to the access log: %s", exc)

@@ -64,6 +64,11 @@ class _StateCollector(Collector):
         for result, count in s.get("reloads", {}).items():
             reloads.add_metric([result], count)
         yield reloads
+        dropped = CounterMetricFamily(
+            "router_access_log_dropped", "Access log lines that could not be written (stdout closed or broken)"
+        )
+        dropped.add_metric([], s.get("access_log_dropped", 0))
+        yield dropped
         info = GaugeMetricFamily("router_config_info", "The active routes.yaml (value 1)", labels=["digest"])
         info.add_metric([s.get("digest", "")], 1.0)
         yield info

@@ -74,6 +74,7 @@ def test_metrics_move_with_traffic_with_the_right_labels(start_gateway: Callable
     assert value(after, "router_canary_assignments_total", route="canary", canary="true") > 0
     grew("router_config_reloads_total", 1, result="failure")
     assert ("router_model_inflight", (("model", "draft"),)) in after
+    assert value(after, "router_access_log_dropped_total") == 0
     buckets = [dict(ls)["le"] for (n, ls) in after if n == "router_request_duration_seconds_bucket"]
     assert "0.01" in buckets and "60.0" in buckets
 

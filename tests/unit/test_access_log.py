@@ -59,6 +59,15 @@ def test_interval_zero_or_no_event_loop_writes_every_line() -> None:
     assert lines(unbuffered) == [{"x": 1}] and lines(outside) == [{"x": 2}]
 
 
+def test_a_broken_stream_drops_lines_without_raising() -> None:
+    stream = io.StringIO()
+    stream.close()
+    log = AccessLog(stream, flush_interval_s=0)
+    log.record({"x": 1})
+    log.record({"x": 2})
+    assert log.dropped == 2
+
+
 def test_metrics_off_means_no_metrics_endpoint(tmp_path: Path) -> None:
     routes = tmp_path / "routes.yaml"
     routes.write_text(
