@@ -27,6 +27,7 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/models.py
 	$(BIN)/python bench/overhead.py
+	$(BIN)/python bench/observability_overhead.py --ratio 0.1 --ratio 0.01
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

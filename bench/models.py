@@ -22,6 +22,8 @@ import tritonclient.http as httpclient
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from common import pct  # noqa: E402
+
 from router.triton import TritonConfig, TritonServer  # noqa: E402
 
 MODELS = ("noop", "draft", "preview", "quality")
@@ -38,11 +40,6 @@ def one(url: str, model: str, seed: int) -> float:
     elapsed = time.perf_counter() - t0
     client.close()
     return elapsed
-
-
-def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
 
 
 def main() -> None:

@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from overhead import ROUTES, _Sink, cpu_seconds, measure  # noqa: E402
+from overhead import _Sink, cpu_seconds, measure, write_routes  # noqa: E402
 
 from router.triton import TritonConfig, TritonServer  # noqa: E402
 from tests.procs import GatewayProcess  # noqa: E402
@@ -48,9 +48,7 @@ def main() -> None:
     )
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="bench-observability-"))
-    routes = tmp / "config" / "routes.yaml"  # a directory of its own: the gateway watches it
-    routes.parent.mkdir()
-    routes.write_text(ROUTES)
+    routes = write_routes(tmp)
     sink = ThreadingHTTPServer(("127.0.0.1", 0), _Sink)
     threading.Thread(target=sink.serve_forever, daemon=True).start()
     otlp = {"OTEL_TRACES_EXPORTER": "otlp", "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{sink.server_port}"}

@@ -35,6 +35,8 @@ from tritonclient.http._utils import _get_inference_request
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from common import pct  # noqa: E402
+
 from router.triton import TritonConfig, TritonServer  # noqa: E402
 from tests.procs import GatewayProcess  # noqa: E402
 
@@ -71,6 +73,15 @@ class _Sink(BaseHTTPRequestHandler):
         return
 
 
+def write_routes(tmp: Path) -> Path:
+    """``ROUTES`` in a directory of its own under ``tmp``: the gateway watches that
+    directory, and logs written beside the file would wake its watcher."""
+    routes = tmp / "config" / "routes.yaml"
+    routes.parent.mkdir()
+    routes.write_text(ROUTES)
+    return routes
+
+
 def cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
@@ -97,20 +108,13 @@ async def measure(url: str, concurrency: int, total: int) -> list[float]:
     return latencies
 
 
-def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
-
-
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--tracing", action="store_true", help="also trace every request (OTLP to a local sink)")
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="bench-overhead-"))
-    routes = tmp / "config" / "routes.yaml"  # a directory of its own: the gateway watches it
-    routes.parent.mkdir()
-    routes.write_text(ROUTES)
+    routes = write_routes(tmp)
     triton = TritonServer(TritonConfig(ROOT / "model_repository", ["noop"]), open(tmp / "triton.log", "wb"))  # noqa: SIM115
     triton.start()
     triton.wait_ready()

@@ -30,7 +30,6 @@ class AccessLog:
         self._lines: list[str] = []
         self._timer: asyncio.TimerHandle | None = None
         self.dropped = 0  # lines that could not be written
-        self._warned = False
 
     def record(self, entry: dict[str, Any]) -> None:
         self._lines.append(json.dumps(entry, separators=(",", ":")))
@@ -56,7 +55,6 @@ class AccessLog:
             stream.write("\n".join(lines) + "\n")
             stream.flush()
         except (OSError, ValueError) as exc:  # a closed or broken stdout must not break serving
-            self.dropped += len(lines)
-            if not self._warned:
-                self._warned = True
+            if not self.dropped:  # said once
                 log.error("access log lines dropped: cannot write to the access log: %s", exc)
+            self.dropped += len(lines)

@@ -13,7 +13,6 @@ import logging
 import os
 from collections.abc import Mapping
 
-from opentelemetry import propagate
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
@@ -67,11 +66,6 @@ class Tracing:
             log.error("unknown OTEL_TRACES_EXPORTER %r; tracing is off", kind)
             return cls.off()
         return cls.with_processor(BatchSpanProcessor(exporter), env.get("OTEL_SERVICE_NAME", "image-router"))
-
-    @staticmethod
-    def inject(headers: dict[str, str]) -> None:
-        """Add ``traceparent`` (and ``tracestate``) of the current span to ``headers``."""
-        propagate.inject(headers)
 
     def shutdown(self) -> None:
         if self.provider is not None:

@@ -24,6 +24,15 @@ pytestmark = pytest.mark.e2e
 ROUTER = [sys.executable, "-m", "router.cli"]
 
 
+def stop(process: subprocess.Popen[str], signum: int) -> int:
+    """Send ``signum``, wait for the exit, close the pipe; the exit code."""
+    process.send_signal(signum)
+    code = process.wait(60)
+    assert process.stdout is not None
+    process.stdout.close()
+    return code
+
+
 def run(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
     return subprocess.run([*ROUTER, *args], cwd=cwd, capture_output=True, text=True, timeout=60)
 
@@ -112,10 +121,7 @@ def test_router_up_serves_through_triton_and_stops_cleanly(tmp_path: Path) -> No
         r = httpx.post(f"http://127.0.0.1:{port}/api/v1/generate", json={"prompt": "a cat"}, timeout=30)
         assert r.status_code == 200 and r.headers["x-router-model"] == "noop@1"
     finally:
-        process.send_signal(signal.SIGINT)
-        code = process.wait(60)
-        assert process.stdout is not None
-        process.stdout.close()
+        code = stop(process, signal.SIGINT)
     assert code == 0
     with pytest.raises(httpx.HTTPError):
         httpx.get(triton_url + "/v2/health/live", timeout=2)
@@ -131,10 +137,7 @@ def test_router_triton_prints_where_it_listens_and_forwards_sigterm() -> None:
         assert client.infer("noop", [prompt]).as_numpy("IMAGE").shape == (1, 8, 8, 3)
         client.close()  # an open keep-alive connection would hold Triton's graceful exit
     finally:
-        process.send_signal(signal.SIGTERM)
-        code = process.wait(60)
-        assert process.stdout is not None
-        process.stdout.close()
+        code = stop(process, signal.SIGTERM)
     assert code == 0
 
 
