@@ -196,7 +196,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 def cmd_explain(args: argparse.Namespace) -> int:
     from router.config import load_file
-    from router.policy.explain import explain, hint_p95
+    from router.policy.explain import explain, hint_forecast
     from router.policy.match import RequestFacts
 
     headers = {}
@@ -208,7 +208,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
         headers[key.strip()] = value
     facts = RequestFacts.of(args.prompt, args.intent, args.model, headers)
     table = load_file(args.file)
-    print(json.dumps(explain(table, facts, hint_p95(table)), indent=2))
+    print(json.dumps(explain(table, facts, hint_forecast(table)), indent=2))
     return 0
 
 

@@ -1,17 +1,24 @@
 """Carrying out a routing decision within the request's latency budget.
 
 The dispatcher owns the I/O side of the budget: it fixes the deadline on arrival,
-asks :func:`router.policy.budget.plan_attempt` which tier to try with what timeout,
-enforces that timeout itself (Triton cannot stop a running request; on timeout the
-call is cancelled and its connection dropped), feeds the live latency estimates, and
-walks down the fallback chain on timeouts, 5xx and unavailability. A model that
-rejects the input (4xx) is not retried elsewhere: the input would be just as bad.
+asks each tier's backend for a live :class:`~router.policy.forecast.Forecast` (when a
+request sent now would finish on its best endpoint, from what is queued there),
+folds in its own admission queue, asks :func:`router.policy.budget.plan_attempt`
+which tier to try with what timeout, enforces that timeout itself (Triton cannot
+stop a running request; on timeout the call is cancelled and its connection
+dropped), and walks down the fallback chain on timeouts, 5xx and unavailability. A
+model that rejects the input (4xx) is not retried elsewhere: the input would be just
+as bad.
 
 A tier whose backend reports no endpoint with a closed circuit is skipped at once
-(reason ``circuit_open``; the circuits live in the backends, per replica and per model
-on each). Per model the dispatcher keeps an admission gate (``max_concurrency``): a full tier is skipped
-when a later tier can still answer (``full``); the last tier may wait in its bounded
-priority queue until its deadline; a full queue is a ``429``. With ``hedge`` on a
+(reason ``circuit_open``; the circuits live in the backends, per replica and per
+model on each). Per model the dispatcher keeps an admission gate
+(``max_concurrency``): a full tier is skipped when a later tier can still answer
+(``full``); the last tier may wait in its bounded priority queue, but only as long
+as its fastest service time still fits. When nothing was tried because the work
+already queued made every tier miss (``busy``, ``full``, ``queue_timeout``), that is
+load shedding and says so: ``429 overloaded`` with a ``Retry-After`` of when the
+queue should have drained, not a ``504`` that blames the budget. With ``hedge`` on a
 route, the next tier is asked too when the first has not answered in time, and the
 first good answer wins.
 
@@ -23,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from collections import deque
 from collections.abc import Callable
@@ -37,7 +45,8 @@ from router.backends.base import ImageRequest, ImageResult
 from router.backends.pool import BackendPool
 from router.config.table import Model, Route, RoutingTable
 from router.errors import AllTiersFailed, BackendError, BackendRejected, BackendTimeout, BudgetExhausted, Overloaded
-from router.policy.budget import Attempt, chain_for, plan_attempt
+from router.policy.budget import OVERLOAD_REASONS, Attempt, chain_for, plan_attempt
+from router.policy.forecast import Forecast
 from router.policy.split import Choice
 from router.stats import LatencyStats
 from router.telemetry import Metrics, Tracing
@@ -79,6 +88,16 @@ class _Progress:
     attempts: int = 0
     backend_s: float = 0.0
     first_attempt_at: float | None = None
+    drain_s: float | None = None  # when an overloaded tier should have room again
+
+    def skip(self, skipped: tuple[tuple[str, str], ...], forecasts: dict[str, Forecast], remaining_s: float) -> None:
+        """Note skipped tiers; for overloaded ones, how long until their queue drains
+        enough for this budget (the ``Retry-After`` of a shed request)."""
+        self.reasons.extend(skipped)
+        for name, why in skipped:
+            if why in OVERLOAD_REASONS and name in forecasts:
+                wait = max(0.0, forecasts[name].expected_s - remaining_s)
+                self.drain_s = wait if self.drain_s is None else min(self.drain_s, wait)
 
 
 class Dispatcher:
@@ -123,18 +142,21 @@ class Dispatcher:
         return {name: {"inflight": g.inflight, "queued": g.queued} for name, g in sorted(self._gates.items())}
 
     def p95_s(self, table: RoutingTable) -> Callable[[str], float]:
+        """Recent p95 of answered attempts (the hint until there are some): what a
+        ``hedge: {after: p95}`` waits for. Budget decisions use :meth:`forecast`."""
+
         def p95(name: str) -> float:
             model = table.models[name]
             return self.stats.p95(name, model.latency_hint_ms / 1000)
 
         return p95
 
-    def _record_timeout(self, model: str, waited_s: float) -> None:
-        """A timeout only says the tier needs *more* than ``waited_s``; count it as
-        twice that, so one stall is enough to skip the tier where it cannot fit (an
-        abandoned request still burns the backend's compute) until the sample ages
-        out of the window and the tier is probed again."""
-        self.stats.record(model, 2 * waited_s)
+    def forecast(self, model: Model) -> Forecast | None:
+        """The backend's forecast for ``model``, behind this gateway's own admission
+        queue when the model's gate is full (``None``: no usable endpoint)."""
+        gate = self.gate(model)
+        full = gate.limit is not None and (gate.inflight >= gate.limit or gate.queued > 0)
+        return self.pool.get(model.backend).forecast(model, gate.queued + 1 if full else 0)
 
     # -- one attempt -----------------------------------------------------------------
 
@@ -142,14 +164,15 @@ class Dispatcher:
         self, model: Model, request: ImageRequest, timeout_s: float, priority: int | None
     ) -> ImageResult | str:
         """One call under its own timeout, the admission slot already held: the result,
-        or why it failed (a fallback reason). A rejected input is raised instead."""
+        or why it failed (a fallback reason). A rejected input is raised instead. The
+        backend's lanes learn service times from the same call; ``stats`` keeps the
+        answered latencies for the status page, the canary verdict and hedging."""
         name = model.name
         t0 = self.clock()
         try:
             async with asyncio.timeout(timeout_s):
                 result = await self.pool.get(model.backend).generate(model, request, timeout_s, priority)
         except (TimeoutError, BackendTimeout):
-            self._record_timeout(name, self.clock() - t0)
             self.stats.record_outcome(name, False)
             return "timeout"
         except BackendRejected:
@@ -168,15 +191,17 @@ class Dispatcher:
         self.stats.record_outcome(name, True)
         return result
 
-    async def _admit(self, model: Model, priority: int, last: bool, progress: _Progress) -> str | None:
-        """Take an admission slot; ``None`` when admitted, else the reason to skip."""
+    async def _admit(self, model: Model, priority: int, attempt: Attempt, progress: _Progress) -> str | None:
+        """Take an admission slot; ``None`` when admitted, else the reason to skip. Only
+        the last tier waits, and only while its fastest service time still fits."""
         gate = self.gate(model)
         if gate.try_acquire():
             return None
-        if not last or not gate.can_queue():
+        if not attempt.last or not gate.can_queue():
             return "full"
+        floor = attempt.forecast.service_floor_s if attempt.forecast is not None else 0.0
         try:
-            async with asyncio.timeout(max(0.0, progress.deadline - self.clock())):
+            async with asyncio.timeout(max(0.0, progress.deadline - self.clock() - floor)):
                 await gate.acquire(priority)
         except TimeoutError:
             return "queue_timeout"
@@ -196,31 +221,36 @@ class Dispatcher:
         start = self.clock() if started is None else started
         progress = _Progress(start, start + route.budget_ms / 1000)
         chain = list(chain_for(choice.arm.model, route.fallback))
-        p95 = self.p95_s(table)
         hedge = route.hedge_after_ms is not None or route.hedge_p95
         while chain:
-            now = self.clock()
-            for name in [m for m in chain if not self.available(table.models[m])]:
-                chain.remove(name)
-                progress.reasons.append((name, "circuit_open"))
-            plan = plan_attempt(chain, progress.deadline - now, p95, self.margin_s)
-            progress.reasons.extend(plan.skipped)
+            remaining = progress.deadline - self.clock()
+            known: dict[str, Forecast] = {}
+            for name in list(chain):
+                forecast = self.forecast(table.models[name])
+                if forecast is None:
+                    chain.remove(name)
+                    progress.reasons.append((name, "circuit_open"))
+                else:
+                    known[name] = forecast
+            plan = plan_attempt(chain, remaining, known.__getitem__, self.margin_s)
+            progress.skip(plan.skipped, known, remaining)
             if plan.attempt is None:
                 break
-            chain = chain[chain.index(plan.attempt.model) + 1 :]
-            later = [m for m in chain if p95(m) <= progress.deadline - now]
-            model = table.models[plan.attempt.model]
-            refused = await self._admit(model, priority or DEFAULT_PRIORITY, not later, progress)
+            attempt = plan.attempt
+            chain = chain[chain.index(attempt.model) + 1 :]
+            model = table.models[attempt.model]
+            refused = await self._admit(model, priority or DEFAULT_PRIORITY, attempt, progress)
             if refused is not None:
-                progress.reasons.append((model.name, refused))
+                progress.skip(((model.name, refused),), known, remaining)
                 continue
+            later = [m for m in chain if known[m].floor_s <= remaining]
             if hedge and later:
-                served = await self._hedged(table, route, choice, request, priority, plan.attempt, later, progress)
+                served = await self._hedged(table, route, choice, request, priority, attempt, later, progress)
                 if served is not None:
                     return served
                 chain = [m for m in chain if m not in {r[0] for r in progress.reasons}]
                 continue
-            timeout = min(plan.attempt.timeout_s, progress.deadline - self.clock())  # after any queueing
+            timeout = min(attempt.timeout_s, progress.deadline - self.clock())  # after any queueing
             outcome = await self._timed(model, request, timeout, priority, progress)
             if not isinstance(outcome, str):
                 return self._served(route, choice, model, outcome, progress)
@@ -354,9 +384,14 @@ class Dispatcher:
         reasons = progress.reasons
         self._note_downgrades(route, tuple(reasons), None)
         detail = ", ".join(f"{m}:{why}" for m, why in reasons)
-        if progress.attempts == 0 and any(why == "full" for _, why in reasons):
-            return Overloaded(f"every tier is at its concurrency limit ({detail})", route=route.name)
-        timed_out = any(why in ("timeout", "slow", "no_room", "queue_timeout") for _, why in reasons)
+        if progress.attempts == 0 and any(why in OVERLOAD_REASONS for _, why in reasons):
+            retry_after = max(1, math.ceil(progress.drain_s or 0.0))
+            return Overloaded(
+                f"shed: the work queued ahead would make every tier miss the {route.budget_ms:g} ms budget ({detail})",
+                retry_after_s=retry_after,
+                route=route.name,
+            )
+        timed_out = any(why in ("timeout", "slow", "no_room") for _, why in reasons)
         if timed_out or progress.deadline - self.clock() <= 0:
             if self.metrics is not None:
                 self.metrics.budget_exhausted.labels(route.name).inc()

@@ -92,9 +92,14 @@ class Gateway:
         return await self.dispatcher.serve(table, route, choice, request, priority or route.priority, started=started)
 
     def explain(self, facts: RequestFacts, query: Mapping[str, str] | None = None) -> dict[str, Any]:
-        """What the active table would do with ``facts``, with live p95s (no backend call)."""
+        """What the active table would do with ``facts``, with live forecasts (no backend call)."""
         table = self._table
-        return explain(table, facts, self.dispatcher.p95_s(table), query)
+
+        def forecast_s(name: str) -> float | None:
+            forecast = self.dispatcher.forecast(table.models[name])
+            return None if forecast is None else forecast.expected_s
+
+        return explain(table, facts, forecast_s, query)
 
     def backend_snapshots(self) -> dict[str, list[dict[str, Any]]]:
         return {name: backend.snapshot() for name, backend in self.pool.items()}

@@ -15,6 +15,7 @@ from typing import Any, Protocol
 from numpy.typing import NDArray
 
 from router.config.table import Model
+from router.policy.forecast import Forecast
 
 __all__ = ["ImageBackend", "ImageRequest", "ImageResult"]
 
@@ -53,6 +54,13 @@ class ImageBackend(Protocol):
 
     def available(self, model: Model) -> bool:
         """False while every endpoint that could serve ``model`` has an open circuit."""
+        ...
+
+    def forecast(self, model: Model, extra_ahead: int = 0) -> Forecast | None:
+        """When a request for ``model`` sent now would finish on the best usable
+        endpoint, with ``extra_ahead`` more requests before it (``None``: no endpoint).
+        Each backend keeps this from its own sends and answers, per endpoint, so the
+        budget policy decides on live queues rather than on a stale quantile."""
         ...
 
     def snapshot(self) -> list[dict[str, Any]]:

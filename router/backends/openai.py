@@ -7,6 +7,7 @@ view. Only the configured base URL is contacted.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import io
 import time
@@ -20,6 +21,7 @@ from router.backends.base import ImageRequest, ImageResult
 from router.config.table import Backend, Model
 from router.errors import BackendError, BackendRejected, BackendTimeout, BackendUnavailable
 from router.policy.circuit import CircuitBreaker
+from router.policy.forecast import Forecast, Lane
 
 __all__ = ["OpenAIImagesBackend", "map_httpx_error"]
 
@@ -36,6 +38,7 @@ class OpenAIImagesBackend:
     def __init__(self, spec: Backend) -> None:
         self.spec = spec
         self._breakers: dict[str, CircuitBreaker] = {}
+        self._lanes: dict[str, Lane] = {}
         headers = {}
         if spec.api_key is not None:
             headers["Authorization"] = f"Bearer {spec.api_key.get_secret_value()}"
@@ -54,16 +57,37 @@ class OpenAIImagesBackend:
         breaker = self._breaker(model)
         if not breaker.allow(time.monotonic()):
             raise BackendUnavailable(f"circuit open for {model.name}")
+        lane = self._lane(model)
+        ticket = lane.send(time.monotonic())
         try:
             result = await self._generate(model, request, timeout_s)
         except BackendRejected:
+            lane.done(ticket, time.monotonic(), ok=False)
             breaker.record(time.monotonic(), True)
             raise
-        except BaseException:
+        except asyncio.CancelledError:
+            lane.abandon(ticket, time.monotonic())
             breaker.record(time.monotonic(), False)
             raise
+        except BaseException:
+            lane.done(ticket, time.monotonic(), ok=False)
+            breaker.record(time.monotonic(), False)
+            raise
+        lane.done(ticket, time.monotonic(), ok=True)
         breaker.record(time.monotonic(), True)
         return result
+
+    def _lane(self, model: Model) -> Lane:
+        """A hosted API runs requests side by side: its lane has no queue to model."""
+        lane = self._lanes.get(model.lane_key)
+        if lane is None:
+            lane = self._lanes[model.lane_key] = Lane(model.latency_hint_ms / 1000, servers=None)
+        return lane
+
+    def forecast(self, model: Model, extra_ahead: int = 0) -> Forecast | None:
+        if not self.available(model):
+            return None
+        return self._lane(model).forecast(time.monotonic(), extra_ahead)
 
     def _breaker(self, model: Model) -> CircuitBreaker:
         breaker = self._breakers.get(model.name)

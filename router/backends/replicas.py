@@ -8,8 +8,11 @@ or when its readiness check (``GET /v2/health/ready``, every ``health_interval_s
 fails or times out — which is how a frozen process is noticed — and is put back when
 the check passes again. A failed check also counts against the replica's circuit, so a
 frozen replica's circuit opens; once it is ready again, one probe request closes it.
-Among the replicas that are in and whose circuit allows it,
-the one with the fewest requests in flight is chosen.
+Each replica keeps a :class:`~router.policy.forecast.Lane` per model (what is executing
+and queued there, abandoned work still running, a live service-time estimate), so a
+slow or stalled replica is judged by its own state and never makes the model look slow
+on the others. Among the replicas that are in and whose circuit allows it, the one with
+the fewest requests ahead wins, then the earliest predicted finish.
 """
 
 from __future__ import annotations
@@ -23,8 +26,9 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from router.backends._http1 import Http1Pool
-from router.config.table import Backend
+from router.config.table import Backend, Model
 from router.policy.circuit import CircuitBreaker
+from router.policy.forecast import Forecast, Lane
 
 __all__ = ["Replica", "ReplicaSet"]
 
@@ -41,6 +45,7 @@ class Replica:
     served: int = 0
     failed: int = 0
     models: dict[str, CircuitBreaker] = field(default_factory=dict)
+    lanes: dict[str, Lane] = field(default_factory=dict)
 
     def model_breaker(self, model: str) -> CircuitBreaker:
         """The circuit of one model on this replica (timeouts and 5xx of that model)."""
@@ -48,6 +53,13 @@ class Replica:
         if breaker is None:
             breaker = self.models[model] = CircuitBreaker(self.breaker.policy)
         return breaker
+
+    def lane(self, model: Model) -> Lane:
+        """The queue of ``model`` on this replica (made on first use, seeded by its hint)."""
+        lane = self.lanes.get(model.lane_key)
+        if lane is None:
+            lane = self.lanes[model.lane_key] = Lane(model.latency_hint_ms / 1000, model.instances)
+        return lane
 
     def usable(self, model: str, now: float) -> bool:
         return self.healthy and self.breaker.would_allow(now) and self.model_breaker(model).would_allow(now)
@@ -59,6 +71,14 @@ class Replica:
             "circuit": self.breaker.state,
             "model_circuits": {m: b.state for m, b in self.models.items()},
             "outstanding": self.outstanding,
+            "lanes": {
+                key: {
+                    "pending": lane.pending,
+                    "service_ms": round(1000 * lane.estimate.typical_s, 1),
+                    "floor_ms": round(1000 * lane.estimate.floor_s, 1),
+                }
+                for key, lane in self.lanes.items()
+            },
             "served": self.served,
             "failed": self.failed,
         }
@@ -84,15 +104,35 @@ class ReplicaSet:
         now = self.clock()
         return any(r.usable(model, now) for r in self.replicas)
 
-    def choose(self, model: str, exclude: set[Replica]) -> Replica | None:
-        """The usable replica with the fewest requests in flight (not in ``exclude``);
-        in a half-open circuit this takes its one probe."""
+    def forecast(self, model: Model, extra_ahead: int = 0) -> Forecast | None:
+        """When a request sent now would finish on the best usable replica, with
+        ``extra_ahead`` more requests spread over the usable replicas first."""
         now = self.clock()
-        candidates = [r for r in self.replicas if r not in exclude and r.usable(model, now)]
+        usable = [r for r in self.replicas if r.usable(model.name, now)]
+        if not usable:
+            return None
+        share = -(-extra_ahead // len(usable))
+        return min((r.lane(model).forecast(now, share) for r in usable), key=lambda f: f.expected_s)
+
+    def choose(self, model: Model, exclude: set[Replica]) -> Replica | None:
+        """The usable replica (not in ``exclude``) with the fewest requests ahead for
+        ``model`` — abandoned work it is still computing counts — then the earliest
+        predicted finish; in a half-open circuit this takes its one probe.
+
+        Fewest-ahead comes first so that a replica whose estimate went bad (a freeze, a
+        slow spell) still gets the requests that correct it when it is idle; ordering by
+        predicted finish alone would starve it for as long as the others keep up."""
+        now = self.clock()
+        candidates = [r for r in self.replicas if r not in exclude and r.usable(model.name, now)]
         if not candidates:
             return None
-        best = min(candidates, key=lambda r: (r.outstanding, r.served))
-        if best.model_breaker(model).allow(now) and best.breaker.allow(now):
+
+        def order(replica: Replica) -> tuple[int, float, int]:
+            forecast = replica.lane(model).forecast(now)
+            return forecast.ahead, forecast.expected_s, replica.served
+
+        best = min(candidates, key=order)
+        if best.model_breaker(model.name).allow(now) and best.breaker.allow(now):
             return best
         return None
 

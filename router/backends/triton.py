@@ -35,6 +35,7 @@ from router.backends.replicas import Replica, ReplicaSet
 from router.config.table import Backend, Model
 from router.errors import BackendError, BackendRejected, BackendTimeout, BackendUnavailable
 from router.kserve import encode_request
+from router.policy.forecast import Forecast
 from router.policy.retry_budget import RetryBudget
 
 __all__ = ["TritonBackend", "map_triton_error"]
@@ -158,7 +159,7 @@ class TritonBackend:
         self, model: Model, request: ImageRequest, deadline: float, priority: int | None, tried: set[Replica]
     ) -> ImageResult:
         """One try on the best replica not tried yet (or the best of all, if all were)."""
-        replica = self.replicas.choose(model.name, tried) or self.replicas.choose(model.name, set())
+        replica = self.replicas.choose(model, tried) or self.replicas.choose(model, set())
         if replica is None:
             raise BackendUnavailable(f"no replica of backend {self.spec.name!r} can take {model.name!r}")
         tried.add(replica)
@@ -181,15 +182,19 @@ class TritonBackend:
         if trace.get_current_span().get_span_context().is_valid:  # tracing on: W3C traceparent
             propagate.inject(headers)
         replica.outstanding += 1
+        lane = replica.lane(model)
         t0 = self.clock()
+        ticket = lane.send(t0)
         try:
             response = await replica.pool.request(path + "/infer", body, headers)
         except OSError as exc:
+            lane.done(ticket, self.clock(), ok=False)
             replica.failed += 1
             replica.breaker.record(self.clock(), False)
             self.replicas.mark_down(replica, f"{type(exc).__name__}: {exc}")
             raise map_triton_error(exc) from exc
         except asyncio.CancelledError:
+            lane.abandon(ticket, self.clock())
             if self.clock() - t0 >= 0.9 * timeout_s:  # ran out its time here: count it
                 replica.failed += 1
                 replica.model_breaker(model.name).record(self.clock(), False)
@@ -200,9 +205,14 @@ class TritonBackend:
             failure = map_triton_error(
                 InferenceServerException(_error_message(response.body), status=str(response.status))
             )
+            if isinstance(failure, BackendTimeout):  # timed out in Triton's queue: what is
+                lane.abandon(ticket, self.clock())  # ahead of it runs on, as if we gave up
+            else:
+                lane.done(ticket, self.clock(), ok=False)
             counts_against = not isinstance(failure, BackendRejected) and not failure.retryable
             replica.model_breaker(model.name).record(self.clock(), not counts_against)
             raise failure
+        lane.done(ticket, self.clock(), ok=True)
         replica.served += 1
         replica.breaker.record(self.clock(), True)
         replica.model_breaker(model.name).record(self.clock(), True)
@@ -230,6 +240,9 @@ class TritonBackend:
 
     def available(self, model: Model) -> bool:
         return self.replicas.available(model.name)
+
+    def forecast(self, model: Model, extra_ahead: int = 0) -> Forecast | None:
+        return self.replicas.forecast(model, extra_ahead)
 
     def snapshot(self) -> list[dict[str, Any]]:
         return self.replicas.snapshot()

@@ -140,7 +140,14 @@ class _Compiler:
                 continue
             remote = m.triton_model if backend.kind == "triton" else m.remote_model
             self.models[name] = Model(
-                name, m.backend, remote or name, m.version, m.latency_hint_ms, m.max_concurrency, m.max_queue
+                name,
+                m.backend,
+                remote or name,
+                m.version,
+                m.latency_hint_ms,
+                m.max_concurrency,
+                m.max_queue,
+                m.instances,
             )
 
     def model_ref(self, name: str, path: PathKey) -> bool:

@@ -103,6 +103,7 @@ class ModelSpec(Strict):
     latency_hint_ms: float = Field(default=1000.0, gt=0)
     max_concurrency: int | None = Field(default=None, gt=0)
     max_queue: int = Field(default=0, ge=0, description="requests that may wait when the model is full")
+    instances: int = Field(default=1, gt=0, description="requests one replica runs at once (instance_group count)")
 
 
 class HeaderMatch(Strict):

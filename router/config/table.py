@@ -65,6 +65,12 @@ class Model:
     latency_hint_ms: float
     max_concurrency: int | None = None
     max_queue: int = 0
+    instances: int = 1  # requests one replica executes at once (Triton's instance_group count)
+
+    @property
+    def lane_key(self) -> str:
+        """What one queue at the backend serves: logical aliases of it share the queue."""
+        return f"{self.remote_name}@{self.version or ''}"
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,15 +1,25 @@
-"""Budget arithmetic: how long an attempt at a tier may take, or whether to skip it.
+"""Budget arithmetic: which tier to try next, with what timeout, or why none.
 
 A request's deadline is fixed on arrival (now + the route's budget). Before each
-attempt we know the time left and a live p95 latency for every remaining tier.
+attempt every remaining tier has a :class:`~router.policy.forecast.Forecast`: when a
+request sent now would finish on its best endpoint, from the live queue there —
+``expected`` at the typical service time, ``floor`` at the fastest recent one.
 
-* A tier whose p95 exceeds the time left is skipped: it would most likely miss.
-* Otherwise the attempt's timeout leaves room for the viable tiers after it to finish
-  (the sum of their p95s, each plus a small dispatch margin), so a slow answer can
-  still be replaced by a faster one in time — and the tier after it, planned by the
-  same rule, still finds the room it was promised.
-* If that leaves the tier less than its own p95, and a next tier exists, the tier is
-  skipped in favour of one that fits; the last viable tier gets all the time left.
+* A tier whose *floor* exceeds the time left is skipped: even at its best it would
+  almost surely miss. The reason says why: ``slow`` when its service time alone does
+  not fit (it would miss on an idle endpoint), ``busy`` when the work queued ahead of
+  it does (that is overload, and refusing it is load shedding, not a budget failure).
+* Otherwise a tier with tiers after it is tried when its *expected* finish fits the
+  time left minus a reserve for those later tiers (each one's expected finish plus a
+  small dispatch margin), so a late answer can still be replaced in time — and the
+  tier after it, planned by the same rule, finds the room it was promised. If it does
+  not fit, it is skipped (``slow``/``busy`` when it does not fit the whole time left,
+  ``no_room`` when only the reserve is in the way) — unless its estimate is stale (no
+  sample for a while, idle): then it is tried as a *probe* with the time the later
+  tiers leave it, so a tier skipped on a bad estimate comes back within seconds
+  instead of never producing the fresh sample that would clear it.
+* The last tier that is not a sure miss gets all the time left: it is refused only
+  when it would almost surely miss.
 """
 
 from __future__ import annotations
@@ -17,13 +27,24 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-__all__ = ["Attempt", "Plan", "chain_for", "plan_attempt"]
+from router.policy.forecast import Forecast
+
+__all__ = ["OVERLOAD_REASONS", "Attempt", "Plan", "chain_for", "plan_attempt"]
+
+# A stale estimate is the one not to trust: a probe gets the time the later tiers leave
+# it, if that is at least this share of its fastest recent service time.
+_PROBE_SHARE = 0.5
+# Skip reasons that mean "too much work queued", not "too slow for this budget".
+OVERLOAD_REASONS = frozenset({"busy", "full", "queue_timeout"})
 
 
 @dataclass(frozen=True, slots=True)
 class Attempt:
     model: str
     timeout_s: float
+    last: bool = False  # no viable tier after it: it may wait in its admission queue
+    probe: bool = False  # tried on a stale estimate that says it would not fit
+    forecast: Forecast | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,26 +60,40 @@ def chain_for(primary: str, fallback: Sequence[str]) -> tuple[str, ...]:
     return tuple(dict.fromkeys([primary, *fallback]))
 
 
+def _miss_reason(forecast: Forecast, available_s: float) -> str:
+    return "slow" if forecast.service_floor_s > available_s else "busy"
+
+
 def plan_attempt(
-    chain: Sequence[str], remaining_s: float, p95_s: Callable[[str], float], margin_s: float = 0.0
+    chain: Sequence[str],
+    remaining_s: float,
+    forecast: Callable[[str], Forecast],
+    margin_s: float = 0.0,
 ) -> Plan:
     """Choose the first tier of ``chain`` that can answer within ``remaining_s``.
 
-    ``margin_s`` is added to the reserve kept for the next tier: the gateway's own
+    ``margin_s`` is added to the reserve kept for each later tier: the gateway's own
     time between giving up on one attempt and starting the next.
     """
     skipped: list[tuple[str, str]] = []
-    viable = [m for m in chain if p95_s(m) <= remaining_s]
-    for m in chain:
-        if m not in viable:
-            skipped.append((m, "slow"))
-    for i, model in enumerate(viable):
+    viable: list[tuple[str, Forecast]] = []
+    for name in chain:
+        f = forecast(name)
+        if f.floor_s > remaining_s:
+            skipped.append((name, _miss_reason(f, remaining_s)))
+        else:
+            viable.append((name, f))
+    for i, (name, f) in enumerate(viable):
         following = viable[i + 1 :]
-        reserve = sum(p95_s(m) + margin_s for m in following)
-        timeout = remaining_s - reserve
-        if timeout >= p95_s(model):
-            return Plan(Attempt(model, timeout), tuple(skipped))
         if not following:
-            return Plan(Attempt(model, remaining_s), tuple(skipped))
-        skipped.append((model, "no_room"))
+            return Plan(Attempt(name, remaining_s, last=True, forecast=f), tuple(skipped))
+        timeout = remaining_s - sum(g.expected_s + margin_s for _, g in following)
+        if timeout >= f.expected_s:
+            return Plan(Attempt(name, timeout, forecast=f), tuple(skipped))
+        if f.probe and timeout >= _PROBE_SHARE * f.service_floor_s:
+            return Plan(Attempt(name, timeout, probe=True, forecast=f), tuple(skipped))
+        if f.expected_s > remaining_s:
+            skipped.append((name, "slow" if f.service_s > remaining_s else "busy"))
+        else:
+            skipped.append((name, "no_room"))
     return Plan(None, tuple(skipped))

@@ -17,10 +17,12 @@ __all__ = ["explain"]
 def explain(
     table: RoutingTable,
     facts: RequestFacts,
-    p95_s: Callable[[str], float],
+    forecast_s: Callable[[str], float | None],
     query: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
-    """Matched route, candidate models with weights, the sticky choice and the chain."""
+    """Matched route, candidate models with weights, the sticky choice and the chain,
+    with each tier's forecast: seconds until a request sent now would finish there
+    (``None``: no usable endpoint)."""
     route = select_route(table, facts)
     key = sticky_key(route, facts.headers, query or {}, facts.fields)
     choice = choose_arm(route, key, random.Random(0), facts.headers.get("x-canary"))
@@ -35,11 +37,15 @@ def explain(
         "sticky": None if route.sticky is None else ":".join(route.sticky),
         "chosen": choice.arm.model if key is not None or len(route.arms) == 1 else None,
         "fallback": list(route.fallback),
-        "chain_p95_ms": {m: round(p95_s(m) * 1000, 1) for m in chain_for(choice.arm.model, route.fallback)},
+        "chain_forecast_ms": {m: _ms(forecast_s(m)) for m in chain_for(choice.arm.model, route.fallback)},
         "config_digest": table.digest,
     }
 
 
-def hint_p95(table: RoutingTable) -> Callable[[str], float]:
-    """p95 from the operator's hints alone (no live traffic, e.g. in the CLI)."""
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds * 1000, 1)
+
+
+def hint_forecast(table: RoutingTable) -> Callable[[str], float | None]:
+    """Forecasts from the operator's hints alone (no live traffic, e.g. in the CLI)."""
     return lambda name: table.models[name].latency_hint_ms / 1000

@@ -12,11 +12,12 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import aiohttp
 import httpx
 import pytest
 
 from router.triton import TritonServer
-from tests.chaos.conftest import TALLIES, Tally, load, record, signal_group
+from tests.chaos.conftest import TALLIES, Tally, load, record, record_aio, signal_group
 from tests.procs import GatewayProcess
 
 pytestmark = pytest.mark.chaos
@@ -75,6 +76,8 @@ def test_killing_one_of_two_replicas_under_load(replicas: list[TritonServer], tm
         assert tally.sent > 50
         assert tally.errors == 0 and tally.refused == 0, tally.statuses
         assert tally.over_budget == 0, f"slowest {tally.worst_s:.3f}s"
+        # the killed replica's requests are retried on the other one, not downgraded
+        assert tally.downgraded <= 2 and tally.served_by.get("draft@1", 0) >= tally.answered - 2, tally.served_by
         assert replica(gw, a.http_url)["healthy"] is False
         assert replica(gw, b.http_url)["served"] > 0
         healthy_afterwards(gw)
@@ -111,6 +114,10 @@ def test_a_frozen_replica_is_timed_out_taken_out_and_brought_back(replicas: list
         # miss: it must then be a 504 within the budget, and only for those few requests.
         assert set(tally.statuses) <= {200, 504} and tally.refused <= 6, (tally.statuses, tally.refusals)
         assert all("budget_exhausted" in body for body in tally.refusals), tally.refusals
+        # Only the requests caught on the frozen replica (one per client at most) fall
+        # back to noop, plus a few; the healthy replica keeps serving draft to everyone
+        # else. (Deciding on a model-wide p95 once downgraded 2,621 of 2,678 answers.)
+        assert tally.downgraded <= 6 + 4, (tally.downgraded, tally.served_by)
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline:
             state = replica(gw, a.http_url)
@@ -162,10 +169,11 @@ def test_a_burst_at_quality_is_served_downgraded_or_refused_in_time(
     TALLIES.append(tally)
 
     async def burst() -> None:
-        limits = httpx.Limits(max_connections=300)
-        async with httpx.AsyncClient(base_url=gw.url, timeout=30, limits=limits) as client:
+        connector = aiohttp.TCPConnector(limit=300)
+        async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=30)) as session:
             body = {"prompt": "a cathedral", "intent": "quality"}
-            await asyncio.gather(*(record(client, tally, "POST", "/api/v1/generate", json=body) for _ in range(300)))
+            url = gw.url + "/api/v1/generate"
+            await asyncio.gather(*(record_aio(session, tally, url, body) for _ in range(300)))
 
     asyncio.run(burst())  # warms caches and pools
     before = rss_mb(gw.process.pid)
@@ -176,6 +184,9 @@ def test_a_burst_at_quality_is_served_downgraded_or_refused_in_time(
     assert set(tally.statuses) <= {200, 429, 504}, tally.statuses
     print(f"burst statuses: {tally.statuses}")
     assert tally.statuses.get(429, 0) > 0, "a burst this size must meet admission control"
+    assert tally.shed_without_retry_after == 0, "every 429 says when to come back"
+    # shed at once, not after waiting in a queue until the budget is nearly gone
+    assert tally.shed_worst_s < 0.5, f"slowest 429 took {tally.shed_worst_s:.3f}s"
     assert tally.answered > 0
     assert tally.over_budget == 0, f"slowest {tally.worst_s:.3f}s"
     assert after - before < 40, f"gateway memory grew {after - before:.1f} MB over two bursts"

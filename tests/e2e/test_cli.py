@@ -58,7 +58,7 @@ def test_explain_shows_route_candidates_and_chain() -> None:
     out = json.loads(result.stdout)
     assert out["route"] == "photo"
     assert out["candidates"][0]["model"] == "quality"
-    assert list(out["chain_p95_ms"]) == ["quality", "preview", "draft"]
+    assert list(out["chain_forecast_ms"]) == ["quality", "preview", "draft"]
     assert json.loads(run("explain", "routes.yaml", "--prompt", "x", "--intent", "draft").stdout)["route"] == (
         "draft-intent"
     )
@@ -108,6 +108,9 @@ def test_router_up_serves_through_triton_and_stops_cleanly(tmp_path: Path) -> No
     )
     try:
         triton_url = _read_until(process, r"Triton ready: HTTP (http://\S+)").group(1)
+        for model in ("noop", "draft"):  # warmed at load (model_warmup), before any request
+            stats = httpx.get(f"{triton_url}/v2/models/{model}/stats", timeout=10).json()["model_stats"][0]
+            assert stats["inference_stats"]["success"]["count"] == 1, (model, stats["inference_stats"])
         _read_until(process, r"gateway listening on")
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
@@ -118,6 +121,7 @@ def test_router_up_serves_through_triton_and_stops_cleanly(tmp_path: Path) -> No
                 time.sleep(0.2)
         r = httpx.post(f"http://127.0.0.1:{port}/api/v1/generate", json={"prompt": "a sketch of a cat"}, timeout=30)
         assert r.status_code == 200 and r.headers["x-router-model"] == "draft@1"
+        assert "x-router-fallback" not in r.headers, "the first request is served by the tier the rules pick"
         r = httpx.post(f"http://127.0.0.1:{port}/api/v1/generate", json={"prompt": "a cat"}, timeout=30)
         assert r.status_code == 200 and r.headers["x-router-model"] == "noop@1"
     finally:

@@ -34,8 +34,8 @@ routes:
     fallback: [preview, draft]
   - name: impossible
     match: {intent: impossible}
-    model: draft
-    budget_ms: 50
+    model: quality
+    budget_ms: 300
   - name: canary
     match: {intent: canary}
     split:

@@ -39,22 +39,29 @@ def test_budget_below_quality_latency_is_answered_by_a_faster_tier_in_time(
 def test_a_tier_slower_than_its_hint_is_abandoned_at_its_timeout(
     start_gateway: Callable[..., GatewayProcess],
 ) -> None:
-    """quality claims 300 ms but takes ~2 s: the attempt is cut at its timeout and
-    preview answers within the 1.5 s budget; quality's live p95 then rises."""
+    """quality claims 300 ms but takes ~2 s: each attempt is cut at its timeout and a
+    faster tier answers within the 1.5 s budget. One timeout never moves quality's
+    estimate (it could be an outlier); timeouts that agree do, and within a few
+    requests quality is skipped without an attempt."""
     routes = ROUTING.replace("latency_hint_ms: 3500", "latency_hint_ms: 300")
     gw = start_gateway(routes)
-    t0 = time.monotonic()
-    r = post(gw, {"prompt": "a castle", "intent": "tight", "seed": 1})
-    elapsed = time.monotonic() - t0
-    assert r.status_code == 200, r.text
-    assert r.headers["x-router-model"] == "preview@1"
-    assert r.headers["x-router-fallback"] == "quality:timeout"
-    assert r.headers["x-router-attempts"] == "2"
-    assert elapsed < 1.5 + MARGIN_S
-    second = post(gw, {"prompt": "a castle", "intent": "tight", "seed": 1})
-    # the timeout counts double (see Dispatcher._record_timeout): quality no longer fits
-    assert second.headers["x-router-fallback"] == "quality:no_room", "a tier that timed out is skipped next"
-    assert second.headers["x-router-attempts"] == "1"
+    first = post(gw, {"prompt": "a castle", "intent": "tight", "seed": 1})
+    assert first.headers["x-router-fallback"].startswith("quality:timeout"), first.headers
+    timeouts = 1
+    for _ in range(6):
+        t0 = time.monotonic()
+        r = post(gw, {"prompt": "a castle", "intent": "tight", "seed": 1})
+        elapsed = time.monotonic() - t0
+        assert r.status_code == 200, r.text
+        assert elapsed < 1.5 + MARGIN_S
+        if r.headers["x-router-fallback"].startswith("quality:no_room"):
+            break
+        assert r.headers["x-router-fallback"].startswith("quality:timeout"), r.headers
+        timeouts += 1
+    else:
+        raise AssertionError("quality was never skipped")
+    assert timeouts <= 5, f"quality skipped only after {timeouts} timeouts"
+    assert r.headers["x-router-model"] == "preview@1" and r.headers["x-router-attempts"] == "1"
 
 
 def test_budget_no_tier_can_meet_is_a_prompt_504(start_gateway: Callable[..., GatewayProcess]) -> None:
@@ -63,7 +70,9 @@ def test_budget_no_tier_can_meet_is_a_prompt_504(start_gateway: Callable[..., Ga
     r = post(gw, {"prompt": "a castle", "intent": "impossible"})
     assert r.status_code == 504
     assert r.json()["error"]["code"] == "budget_exhausted"
-    assert time.monotonic() - t0 < 0.05 + MARGIN_S
+    assert r.json()["error"]["attempts"] == 0
+    # quality (3.5 s hint) cannot fit 300 ms even at its best: refused at once, not at the budget
+    assert time.monotonic() - t0 < 0.1
 
 
 def test_canary_split_is_weighted_and_sticky_per_user(start_gateway: Callable[..., GatewayProcess]) -> None:

@@ -122,7 +122,8 @@ def test_local_checkpoint_is_loaded_with_from_pretrained(
     config["name"] = "draft_checkpoint"
     config["parameters"]["checkpoint"] = {"string_value": str(checkpoint)}
     model_py = (MODEL_REPOSITORY / "draft" / "1" / "model.py").read_bytes()
-    client.load_model("draft_checkpoint", config=json.dumps(config), files={"file:1/model.py": model_py})
+    files = {"file:1/model.py": model_py, "file:warmup/prompt": (MODEL_REPOSITORY / "draft/warmup/prompt").read_bytes()}
+    client.load_model("draft_checkpoint", config=json.dumps(config), files=files)
     try:
         assert client.is_model_ready("draft_checkpoint")
         loaded = _image(client, "draft_checkpoint", SEED=7, STEPS=4)

@@ -11,6 +11,7 @@ from router.config import compile_text
 from router.config.table import Arm, Matcher, Route
 from router.errors import UnknownModel
 from router.policy.budget import chain_for, plan_attempt
+from router.policy.forecast import Forecast
 from router.policy.match import RequestFacts, select_route
 from router.policy.split import choose_arm, unit_hash
 
@@ -124,13 +125,22 @@ def test_unit_hash_is_pinned() -> None:
     assert all(0 < unit_hash(str(i)) < 1 for i in range(1000))
 
 
-P95 = {"quality": 2.5, "preview": 0.4, "draft": 0.1}
+SERVICE = {"quality": 2.5, "preview": 0.4, "draft": 0.1}
+
+
+def idle(service_s: float, floor_s: float | None = None, probe: bool = False) -> Forecast:
+    """An idle endpoint: it would take its service time (``floor_s`` at its fastest)."""
+    floor = service_s if floor_s is None else floor_s
+    return Forecast(service_s, floor, service_s, floor, ahead=0, probe=probe)
+
+
+IDLE = {name: idle(s) for name, s in SERVICE.items()}
 
 
 @pytest.mark.parametrize(
     ("remaining", "model", "timeout", "skipped"),
     [
-        (10.0, "quality", 9.5, ()),  # room for quality; reserve preview's + draft's p95
+        (10.0, "quality", 9.5, ()),  # room for quality; reserve preview's + draft's forecast
         (3.05, "quality", 2.55, ()),  # just enough for quality plus the reserve
         (2.8, "preview", 2.7, (("quality", "no_room"),)),  # quality fits, but leaves no room
         (2.0, "preview", 1.9, (("quality", "slow"),)),  # quality cannot fit: skip it
@@ -142,19 +152,52 @@ P95 = {"quality": 2.5, "preview": 0.4, "draft": 0.1}
 def test_plan_attempt_keeps_room_for_the_next_tier(
     remaining: float, model: str | None, timeout: float | None, skipped: tuple[tuple[str, str], ...]
 ) -> None:
-    plan = plan_attempt(["quality", "preview", "draft"], remaining, P95.__getitem__)
+    plan = plan_attempt(["quality", "preview", "draft"], remaining, IDLE.__getitem__)
     if model is None:
         assert plan.attempt is None
     else:
         assert plan.attempt is not None
         assert plan.attempt.model == model
         assert plan.attempt.timeout_s == pytest.approx(timeout)
+        assert plan.attempt.last == (model == "draft")
     assert plan.skipped == skipped
 
 
 def test_margin_is_added_to_the_reserve() -> None:
-    plan = plan_attempt(["quality", "preview", "draft"], 10.0, P95.__getitem__, margin_s=0.05)
+    plan = plan_attempt(["quality", "preview", "draft"], 10.0, IDLE.__getitem__, margin_s=0.05)
     assert plan.attempt is not None and plan.attempt.timeout_s == pytest.approx(9.4)
+
+
+def test_a_queue_ahead_is_busy_not_slow() -> None:
+    """Work queued ahead makes a tier miss: that is overload (``busy``), which the
+    dispatcher sheds with 429 + Retry-After, not a budget failure."""
+    queued = Forecast(expected_s=3.0, floor_s=1.5, service_s=0.1, service_floor_s=0.05, ahead=20)
+    plan = plan_attempt(["draft"], 0.5, {"draft": queued}.__getitem__)
+    assert plan.attempt is None and plan.skipped == (("draft", "busy"),)
+    plan = plan_attempt(["quality", "draft"], 4.0, {"quality": queued, "draft": IDLE["draft"]}.__getitem__)
+    assert plan.attempt is not None and plan.attempt.model == "quality"  # 3.0 fits 4.0 - 0.1
+    plan = plan_attempt(["quality", "draft"], 2.0, {"quality": queued, "draft": IDLE["draft"]}.__getitem__)
+    assert plan.skipped == (("quality", "busy"),)
+
+
+def test_the_last_tier_is_refused_only_when_even_its_floor_misses() -> None:
+    """Expected 0.6 s in a 0.5 s budget, but the fastest recent service says 0.2 s: the
+    last tier is tried with all the time left rather than refused."""
+    noisy = {"draft": idle(0.6, floor_s=0.2)}
+    plan = plan_attempt(["draft"], 0.5, noisy.__getitem__)
+    assert plan.attempt is not None and plan.attempt.timeout_s == 0.5 and plan.attempt.last
+    assert plan_attempt(["draft"], 0.15, noisy.__getitem__).skipped == (("draft", "slow"),)
+
+
+def test_a_stale_tier_is_probed_when_its_floor_fits_and_the_fallback_keeps_its_room() -> None:
+    stale = {"quality": idle(3.9, floor_s=2.8, probe=True), "preview": idle(0.4)}
+    plan = plan_attempt(["quality", "preview"], 4.0, stale.__getitem__)
+    assert plan.attempt is not None and plan.attempt.model == "quality" and plan.attempt.probe
+    assert plan.attempt.timeout_s == pytest.approx(3.6)  # preview's 0.4 s stays reserved
+    fresh = {**stale, "quality": idle(3.9, floor_s=2.8)}
+    plan = plan_attempt(["quality", "preview"], 4.0, fresh.__getitem__)
+    assert plan.attempt is not None and plan.attempt.model == "preview"
+    assert plan.skipped == (("quality", "no_room"),)
 
 
 def test_chain_has_no_repeats() -> None:

@@ -4,7 +4,10 @@
 from __future__ import annotations
 
 from router.backends.replicas import ReplicaSet
-from router.config.table import Backend, CircuitPolicy
+from router.config.table import Backend, CircuitPolicy, Model
+
+DRAFT = Model("draft", "t", "draft", None, 100.0)
+NOOP = Model("noop", "t", "noop", None, 10.0)
 
 
 class Clock:
@@ -26,16 +29,18 @@ def replica_set(n: int = 3) -> tuple[ReplicaSet, Clock]:
     return ReplicaSet(spec, clock), clock
 
 
-def test_least_outstanding_wins_and_excluded_or_unhealthy_are_skipped() -> None:
+def test_fewest_ahead_wins_and_excluded_or_unhealthy_are_skipped() -> None:
     rs, _ = replica_set()
     r0, r1, r2 = rs.replicas
-    r0.outstanding, r1.outstanding, r2.outstanding = 3, 1, 2
-    assert rs.choose("draft", set()) is r1
-    assert rs.choose("draft", {r1}) is r2
+    for replica, n in ((r0, 3), (r1, 1), (r2, 2)):
+        for _ in range(n):
+            replica.lane(DRAFT).send(100.0)
+    assert rs.choose(DRAFT, set()) is r1
+    assert rs.choose(DRAFT, {r1}) is r2
     r2.healthy = False
-    assert rs.choose("draft", {r1}) is r0
+    assert rs.choose(DRAFT, {r1}) is r0
     r0.healthy = False
-    assert rs.choose("draft", {r1}) is None
+    assert rs.choose(DRAFT, {r1}) is None
 
 
 def test_a_model_circuit_open_on_one_replica_leaves_the_others_serving_it() -> None:
@@ -43,15 +48,15 @@ def test_a_model_circuit_open_on_one_replica_leaves_the_others_serving_it() -> N
     r0, r1 = rs.replicas
     for _ in range(2):
         r0.model_breaker("draft").record(clock.now, False)
-    assert rs.choose("draft", set()) is r1
-    assert rs.choose("noop", set()) is r0, "other models on the replica are unaffected"
+    assert rs.choose(DRAFT, set()) is r1
+    assert rs.choose(NOOP, set()) is r0, "other models on the replica are unaffected"
     assert rs.available("draft")
     for _ in range(2):
         r1.model_breaker("draft").record(clock.now, False)
-    assert not rs.available("draft") and rs.choose("draft", set()) is None
+    assert not rs.available("draft") and rs.choose(DRAFT, set()) is None
     clock.now += 5
-    probe = rs.choose("draft", set())
-    assert probe is not None and rs.choose("draft", {probe}) is not probe
+    probe = rs.choose(DRAFT, set())
+    assert probe is not None and rs.choose(DRAFT, {probe}) is not probe
     probe.model_breaker("draft").record(clock.now, True)
     assert probe.model_breaker("draft").state == "closed"
 
@@ -63,3 +68,17 @@ def test_snapshot_shows_health_circuits_and_load() -> None:
     snap = rs.snapshot()
     assert snap[0]["circuit"] == "open" and snap[1]["circuit"] == "closed"
     assert set(snap[0]) >= {"url", "healthy", "outstanding", "served", "failed", "model_circuits"}
+
+
+def test_the_replica_where_a_request_would_finish_first_wins() -> None:
+    """Replica choice reads each replica's own queue for the model: a replica still
+    computing work the gateway gave up on is avoided, and the others are unaffected."""
+    rs, clock = replica_set(2)
+    r0, r1 = rs.replicas
+    stuck = r0.lane(DRAFT).send(clock.now)
+    clock.now += 0.5
+    r0.lane(DRAFT).abandon(stuck, clock.now)  # ran 0.5 s, still running there
+    assert rs.choose(DRAFT, set()) is r1
+    forecast = rs.forecast(DRAFT)
+    assert forecast is not None and forecast.ahead == 0 and forecast.expected_s == 0.1
+    assert rs.choose(NOOP, set()) is r0, "other models on the replica are unaffected"

@@ -1,0 +1,374 @@
+"""Does routing pay? One seeded open-loop trace with bursts, replayed in three modes.
+
+Starts one real Triton with all four tiers (the project's model_repository/), builds a
+deterministic trace — a prompt mix (thumbnails/sketches, photos, other, intents) with
+Zipf-repeated subjects, Poisson arrivals, and bursts of photos at about 3x the quality
+tier's capacity — and replays it, open loop (every request is sent at its time,
+whatever is still in flight), in each mode on the same Triton:
+
+  A  straight to Triton: the client picks the tier the rules would pick and waits;
+  B  static fallback, as common gateways do it: each tier of the route's chain gets a
+     fixed timeout (the route's budget less the later tiers' latency hints), then
+     the next tier; an abandoned request is simply dropped by the client;
+  C  the gateway (`router serve`) with the shipped routes.yaml, KServe v2 model `auto`;
+  (D  C with the result cache: once the cache issue has landed.)
+
+Per mode and class it reports p50/p95/p99 of the answered requests, the share answered
+within budget + 50 ms (of all sent), the share served at the intended tier, goodput
+(images per second within budget), Triton compute seconds per image delivered in time
+(work spent on abandoned requests counts), and 4xx/5xx counts; it writes a latency CDF
+and a tier-mix-over-time plot. Between modes it waits until Triton is idle.
+
+    .venv/bin/python bench/scenario.py [--duration 60] [--seed 7] [--modes A,B,C] \
+        [--json bench/results/scenario.json] [--plots docs]
+
+Results and the exact command are in docs/scenario.md. This machine is shared and
+noisy: compare the modes *of one run*, not absolute numbers across runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import random
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import tritonclient.http as httpclient
+from tritonclient.http._utils import _get_inference_request
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from common import pct  # noqa: E402
+
+from router.config import compile_text  # noqa: E402
+from router.config.table import RoutingTable  # noqa: E402
+from router.policy.budget import chain_for  # noqa: E402
+from router.policy.match import RequestFacts, select_route  # noqa: E402
+from router.triton import TritonConfig, TritonServer  # noqa: E402
+from tests.procs import MODEL_REPOSITORY, GatewayProcess  # noqa: E402
+
+SLACK_S = 0.05  # "within budget" means within budget + 50 ms
+SUBJECTS = [
+    "a lighthouse", "a red fox", "a mountain lake", "an old tram", "a city at night", "a bowl of ramen",
+    "a tabby cat", "a sailing boat", "a desert road", "a glass of wine", "a snowy forest", "a vintage car",
+    "a coffee cup", "a parrot", "a wooden cabin", "a bridge in fog", "a market stall", "a sunflower field",
+]  # fmt: skip
+CLASSES = {  # class -> (prompt template, intent, share of the base traffic)
+    "thumbnail": ("a thumbnail of {}", None, 0.40),
+    "photo": ("a photo of {}", None, 0.25),
+    "other": ("{} in watercolour", None, 0.25),
+    "intent:quality": ("{}, detailed", "quality", 0.05),
+    "intent:draft": ("{}, quick look", "draft", 0.05),
+}
+
+
+@dataclass(frozen=True)
+class Job:
+    at: float
+    cls: str
+    prompt: str
+    intent: str | None
+    seed: int
+    route: str
+    budget_s: float
+    chain: tuple[str, ...]  # intended tier first
+
+
+@dataclass
+class Outcome:
+    job: Job
+    status: int
+    latency_s: float
+    served: str | None  # the tier that produced the image
+
+
+@dataclass
+class ModeResult:
+    mode: str
+    outcomes: list[Outcome] = field(default_factory=list)
+    compute_s: float = 0.0
+    wall_s: float = 0.0
+
+
+def make_trace(table: RoutingTable, duration_s: float, seed: int, base_rate: float, bursts: int) -> list[Job]:
+    """Poisson arrivals of the class mix, plus ``bursts`` windows of extra photos."""
+    rng = random.Random(seed)
+    zipf = [1 / (k + 1) for k in range(len(SUBJECTS))]
+    names, shares = list(CLASSES), [c[2] for c in CLASSES.values()]
+    arrivals: list[tuple[float, str]] = []
+    t = rng.expovariate(base_rate)
+    while t < duration_s:
+        arrivals.append((t, rng.choices(names, shares)[0]))
+        t += rng.expovariate(base_rate)
+    quality = table.models["quality"].latency_hint_ms / 1000
+    burst_len = duration_s / (2 * bursts + 1)
+    for b in range(bursts):
+        start = (2 * b + 1) * burst_len
+        t = start + rng.expovariate(3 / quality)
+        while t < start + burst_len:  # photos at 3x what one quality instance can serve
+            arrivals.append((t, "photo"))
+            t += rng.expovariate(3 / quality)
+    jobs = []
+    for at, cls in sorted(arrivals):
+        template, intent, _ = CLASSES[cls]
+        prompt = template.format(rng.choices(SUBJECTS, zipf)[0])
+        route = select_route(table, RequestFacts(prompt, intent=intent))
+        chain = chain_for(route.arms[0].model, route.fallback)
+        jobs.append(Job(at, cls, prompt, intent, rng.randrange(1 << 31), route.name, route.budget_ms / 1000, chain))
+    return jobs
+
+
+def kserve_body(job: Job, gateway: bool) -> tuple[bytes, dict[str, str]]:
+    prompt = httpclient.InferInput("PROMPT", [1, 1], "BYTES")
+    prompt.set_data_from_numpy(np.array([[job.prompt.encode()]], dtype=object))
+    seed = httpclient.InferInput("SEED", [1, 1], "INT64")
+    seed.set_data_from_numpy(np.array([[job.seed]], dtype=np.int64))
+    out = [httpclient.InferRequestedOutput("IMAGE", binary_data=True)]
+    params = {"intent": job.intent} if gateway and job.intent else None
+    body, json_size = _get_inference_request([prompt, seed], "", out, 0, False, False, 0, None, params)
+    return body, {"Inference-Header-Content-Length": str(json_size), "Content-Type": "application/octet-stream"}
+
+
+async def direct(client: httpx.AsyncClient, triton: str, job: Job) -> Outcome:
+    """Mode A: the intended tier, straight to Triton, waiting as long as it takes."""
+    body, headers = kserve_body(job, gateway=False)
+    t0 = time.monotonic()
+    r = await client.post(f"{triton}/v2/models/{job.chain[0]}/infer", content=body, headers=headers, timeout=600)
+    return Outcome(job, r.status_code, time.monotonic() - t0, job.chain[0] if r.status_code == 200 else None)
+
+
+async def static_fallback(client: httpx.AsyncClient, triton: str, job: Job, hints: dict[str, float]) -> Outcome:
+    """Mode B: each tier a fixed timeout (budget less the later tiers' hints), then the next."""
+    body, headers = kserve_body(job, gateway=False)
+    t0 = time.monotonic()
+    status = 504
+    for i, tier in enumerate(job.chain):
+        later = sum(hints[m] for m in job.chain[i + 1 :])
+        timeout = job.budget_s - later if i == 0 else hints[tier]
+        try:
+            r = await client.post(f"{triton}/v2/models/{tier}/infer", content=body, headers=headers, timeout=timeout)
+        except httpx.TimeoutException:
+            continue
+        status = r.status_code
+        if status == 200:
+            return Outcome(job, 200, time.monotonic() - t0, tier)
+    return Outcome(job, status, time.monotonic() - t0, None)
+
+
+async def gateway(client: httpx.AsyncClient, url: str, job: Job) -> Outcome:
+    """Mode C: the gateway routes `auto` by the shipped rules."""
+    body, headers = kserve_body(job, gateway=True)
+    t0 = time.monotonic()
+    r = await client.post(f"{url}/v2/models/auto/infer", content=body, headers=headers, timeout=600)
+    served = r.headers.get("x-router-model", "").split("@")[0] or None
+    return Outcome(job, r.status_code, time.monotonic() - t0, served if r.status_code == 200 else None)
+
+
+async def replay(jobs: list[Job], send: Any) -> list[Outcome]:
+    limits = httpx.Limits(max_connections=1000, max_keepalive_connections=100)
+    async with httpx.AsyncClient(limits=limits) as client:
+        t0 = time.monotonic()
+
+        async def fire(job: Job) -> Outcome:
+            await asyncio.sleep(max(0.0, t0 + job.at - time.monotonic()))
+            try:
+                return await send(client, job)  # type: ignore[no-any-return]
+            except httpx.HTTPError:
+                return Outcome(job, 599, time.monotonic() - t0 - job.at, None)
+
+        return list(await asyncio.gather(*(fire(j) for j in jobs)))
+
+
+def compute_seconds(triton: str) -> float:
+    """Triton's cumulative compute time over every model (input + infer + output)."""
+    stats = httpx.get(f"{triton}/v2/models/stats", timeout=30).json()["model_stats"]
+    keys = ("compute_input", "compute_infer", "compute_output")
+    return sum(m["inference_stats"][k]["ns"] for m in stats for k in keys) / 1e9
+
+
+def wait_idle(triton: str, quiet_s: float = 3.0, limit_s: float = 900.0) -> None:
+    """Until Triton's execution counts stop moving (mode A leaves a long backlog)."""
+    deadline, last, since = time.monotonic() + limit_s, None, time.monotonic()
+    while time.monotonic() < deadline:
+        stats = httpx.get(f"{triton}/v2/models/stats", timeout=30).json()["model_stats"]
+        counts = [m["execution_count"] for m in stats]
+        if counts != last:
+            last, since = counts, time.monotonic()
+        elif time.monotonic() - since >= quiet_s:
+            return
+        time.sleep(0.5)
+
+
+def summarize(result: ModeResult, duration_s: float) -> dict[str, dict[str, Any]]:
+    rows: dict[str, dict[str, Any]] = {}
+    groups: dict[str, list[Outcome]] = {"all": result.outcomes}
+    for o in result.outcomes:
+        groups.setdefault(o.job.cls, []).append(o)
+    for cls, outs in groups.items():
+        ok = [o for o in outs if o.status == 200]
+        in_time = [o for o in ok if o.latency_s <= o.job.budget_s + SLACK_S]
+        lat = [o.latency_s for o in ok]
+        rows[cls] = {
+            "sent": len(outs),
+            "p50_ms": pct(lat, 0.5) if lat else None,
+            "p95_ms": pct(lat, 0.95) if lat else None,
+            "p99_ms": pct(lat, 0.99) if lat else None,
+            "within_budget": len(in_time) / len(outs),
+            "intended_tier": sum(1 for o in ok if o.served == o.job.chain[0]) / len(outs),
+            "goodput_per_s": len(in_time) / duration_s,
+            "4xx": sum(1 for o in outs if 400 <= o.status < 500),
+            "5xx": sum(1 for o in outs if o.status >= 500),
+        }
+    delivered = round(rows["all"]["within_budget"] * rows["all"]["sent"])
+    rows["all"]["compute_s_per_image"] = result.compute_s / max(1, delivered)
+    rows["all"]["compute_s"] = result.compute_s
+    return rows
+
+
+def table_md(summaries: dict[str, dict[str, dict[str, Any]]]) -> str:
+    def ms(v: float | None) -> str:
+        return "—" if v is None else f"{v:.0f}"
+
+    lines = [
+        "| mode | class | sent | p50 ms | p95 ms | p99 ms | within budget+50ms | intended tier | goodput img/s "
+        "| 4xx | 5xx |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for mode, rows in summaries.items():
+        for cls, r in rows.items():
+            lines.append(
+                f"| {mode} | {cls} | {r['sent']} | {ms(r['p50_ms'])} | {ms(r['p95_ms'])} | {ms(r['p99_ms'])} | "
+                f"{100 * r['within_budget']:.1f}% | {100 * r['intended_tier']:.1f}% | {r['goodput_per_s']:.2f} | "
+                f"{r['4xx']} | {r['5xx']} |"
+            )
+    lines.append("")
+    lines.append("| mode | Triton compute s | compute s per image delivered in time |")
+    lines.append("|---|---|---|")
+    for mode, rows in summaries.items():
+        lines.append(f"| {mode} | {rows['all']['compute_s']:.1f} | {rows['all']['compute_s_per_image']:.2f} |")
+    return "\n".join(lines)
+
+
+def plot(results: list[ModeResult], jobs: list[Job], duration_s: float, bursts: int, out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = {"A": "A: straight to Triton", "B": "B: static fallback", "C": "C: gateway"}
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for res in results:
+        lat = sorted(o.latency_s / o.job.budget_s if o.status == 200 else float("inf") for o in res.outcomes)
+        ys = np.arange(1, len(lat) + 1) / len(lat)
+        finite = [(x, y) for x, y in zip(lat, ys, strict=True) if x != float("inf")]
+        ax.step([x for x, _ in finite], [y for _, y in finite], where="post", label=names[res.mode])
+    ax.axvline(1.0, color="grey", linestyle="--", linewidth=1)
+    ax.set_xscale("log")
+    ax.set_xlabel("latency / the request's budget (log); refused requests never reach the top")
+    ax.set_ylabel("share of requests answered")
+    ax.set_title("Latency relative to budget, all classes")
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(out / "scenario-cdf.png", dpi=110)
+    plt.close(fig)
+
+    tiers = ["quality", "preview", "draft", "refused"]
+    colors = {"quality": "#2b6cb0", "preview": "#68d391", "draft": "#f6ad55", "refused": "#e53e3e"}
+    fig, axes = plt.subplots(len(results), 1, figsize=(8, 2.3 * len(results)), sharex=True)
+    axes = np.atleast_1d(axes)
+    bin_s = 2.0
+    edges = np.arange(0, duration_s + bin_s, bin_s)
+    burst_len = duration_s / (2 * bursts + 1)
+    for ax, res in zip(axes, results, strict=True):
+        counts = {t: np.zeros(len(edges) - 1) for t in tiers}
+        for o in res.outcomes:
+            late = o.status == 200 and o.latency_s > o.job.budget_s + SLACK_S
+            tier = "refused" if o.status != 200 or late else (o.served or "refused")
+            i = min(len(edges) - 2, int(o.job.at // bin_s))
+            counts[tier if tier in counts else "refused"][i] += 1
+        ax.stackplot(edges[:-1], *[counts[t] for t in tiers], labels=tiers, colors=[colors[t] for t in tiers],
+                     step="post")  # fmt: skip
+        for b in range(bursts):
+            ax.axvspan((2 * b + 1) * burst_len, (2 * b + 2) * burst_len, color="grey", alpha=0.15)
+        ax.set_ylabel("requests / 2 s")
+        ax.set_title(names[res.mode] + " — what answered each request in time (red: refused or late)", fontsize=9)
+    axes[0].legend(loc="upper left", fontsize=8, ncol=4)
+    axes[-1].set_xlabel("arrival time (s); grey: photo bursts at 3x quality's capacity")
+    fig.tight_layout()
+    fig.savefig(out / "scenario-tiers.png", dpi=110)
+    plt.close(fig)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--duration", type=float, default=60.0)
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--rate", type=float, default=1.0, help="base arrivals per second")
+    parser.add_argument("--bursts", type=int, default=2)
+    parser.add_argument("--modes", default="A,B,C")
+    parser.add_argument("--routes", type=Path, default=ROOT / "routes.yaml")
+    parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--plots", type=Path, default=None, help="directory for the PNG plots")
+    args = parser.parse_args()
+
+    routes_text = args.routes.read_text()
+    table = compile_text(routes_text, env={"TRITON_URL": "http://127.0.0.1:1"})
+    jobs = make_trace(table, args.duration, args.seed, args.rate, args.bursts)
+    hints = {name: m.latency_hint_ms / 1000 for name, m in table.models.items()}
+    print(f"trace: {len(jobs)} requests over {args.duration:.0f} s, seed {args.seed}", flush=True)
+
+    work = Path(tempfile.mkdtemp(prefix="scenario-"))
+    with open(work / "triton.log", "wb") as log:
+        server = TritonServer(TritonConfig(MODEL_REPOSITORY, ["draft", "preview", "quality", "noop"]), log)
+        server.start()
+        try:
+            server.wait_ready(300)
+            triton = server.http_url
+            routes = work / "routes.yaml"
+            routes.write_text(routes_text)
+            gw = GatewayProcess(routes, triton, work / "gateway.log")
+            results = []
+            try:
+                senders = {
+                    "A": lambda c, j: direct(c, triton, j),
+                    "B": lambda c, j: static_fallback(c, triton, j, hints),
+                    "C": lambda c, j: gateway(c, gw.url, j),
+                }
+                for mode in args.modes.split(","):
+                    wait_idle(triton)
+                    before, t0 = compute_seconds(triton), time.monotonic()
+                    outcomes = asyncio.run(replay(jobs, senders[mode]))
+                    wait_idle(triton)  # abandoned work is still the mode's compute
+                    result = ModeResult(mode, outcomes, compute_seconds(triton) - before, time.monotonic() - t0)
+                    results.append(result)
+                    print(f"mode {mode}: done in {result.wall_s:.0f} s", flush=True)
+            finally:
+                gw.stop()
+        finally:
+            server.stop()
+
+    summaries = {r.mode: summarize(r, args.duration) for r in results}
+    print(table_md(summaries))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        raw = {r.mode: [{**asdict(o.job), **{k: getattr(o, k) for k in ("status", "latency_s", "served")}}
+                        for o in r.outcomes] for r in results}  # fmt: skip
+        args.json.write_text(json.dumps({"args": vars(args) | {"routes": str(args.routes), "json": str(args.json),
+                                                               "plots": str(args.plots)},
+                                         "summary": summaries, "outcomes": raw}, indent=1, default=str))  # fmt: skip
+    if args.plots:
+        plot(results, jobs, args.duration, args.bursts, args.plots)
+        print(f"plots: {args.plots}/scenario-cdf.png, {args.plots}/scenario-tiers.png")
+
+
+if __name__ == "__main__":
+    main()

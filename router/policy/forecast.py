@@ -1,0 +1,213 @@
+"""When would a request finish if sent now? Live queue state per endpoint and model.
+
+A budget decision must rest on what is true now. A quantile of the last minute is not:
+one stall drags it up for a minute, and a tier skipped for it produces no samples that
+could bring it down. So each backend endpoint keeps, per model, a :class:`Lane` — a
+small model of that model's queue there, fed by the gateway's own sends and answers:
+
+* what is executing (and since when), what is queued behind it, and work the gateway
+  abandoned that the backend is still computing (Triton cannot stop a running request;
+  a *queued* one it drops at the same deadline, because the gateway sends its timeout);
+* a service-time estimate, :class:`ServiceTime`: the median of the last three
+  samples (one outlier never moves it, two agreeing samples do) and a floor, the
+  fastest recent sample.
+
+:meth:`Lane.forecast` plays the queue forward at the typical service time (``expected``)
+and at the fastest (``floor``: above it, the request would almost surely miss). A lane
+whose samples are stale (none for a while) is marked ``probe``: the budget policy may
+send it one request, so a tier skipped on a bad estimate comes back within seconds.
+Failed probes back the interval off (up to 16x), a good sample resets it. A lane with
+no samples at all is not probed: until it has some, the hint is the operator's word.
+
+Everything here is pure: ``now`` is passed in, nothing sleeps or reads a clock.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections import deque
+from dataclasses import dataclass
+
+__all__ = ["Forecast", "Lane", "ServiceTime", "Ticket"]
+
+# Until three real samples exist the prior (the operator's latency_hint_ms) fills in:
+# the typical value is a median of three, so a hint is replaced once two samples agree.
+_MEDIAN_OF = 3
+_KEEP = 8
+# Without samples the optimistic floor is a tenth of the hint: the hint is a guess, and
+# a guess must not shed load (a shared 1 s default hint shed 8 clients on a 50 ms tier).
+_FLOOR_OF_PRIOR = 0.1
+# A request given up after t seconds needed more than t: it is counted as this much more.
+_CENSORED_GROWTH = 1.25
+# An abandoned request that ran past the typical time still holds its instance; assume
+# it needs at least this share of a typical service time more.
+_OVERRUN_SHARE = 0.25
+_MAX_BACKOFF = 16
+
+
+class ServiceTime:
+    """A fast-adapting, outlier-robust estimate of one request's service time."""
+
+    __slots__ = ("prior_s", "recent", "touched_at")
+
+    def __init__(self, prior_s: float) -> None:
+        self.prior_s = prior_s
+        self.recent: deque[float] = deque(maxlen=_KEEP)
+        self.touched_at = float("-inf")  # last sample (or censored observation)
+
+    def add(self, seconds: float, now: float) -> None:
+        self.recent.append(max(seconds, 0.0))
+        self.touched_at = now
+
+    def censored(self, at_least_s: float, now: float) -> None:
+        """A request was given up after ``at_least_s`` of service: it needed more than
+        that. Counted (as a little more) only when it says more than the estimate
+        already does; one such never moves the median, two do."""
+        self.touched_at = now
+        if at_least_s > self.typical_s:
+            self.recent.append(at_least_s * _CENSORED_GROWTH)
+
+    @property
+    def typical_s(self) -> float:
+        last = list(self.recent)[-_MEDIAN_OF:]
+        last += [self.prior_s] * (_MEDIAN_OF - len(last))
+        return sorted(last)[_MEDIAN_OF // 2]
+
+    @property
+    def floor_s(self) -> float:
+        samples = list(self.recent)
+        if len(samples) < _MEDIAN_OF:
+            samples.append(self.prior_s * _FLOOR_OF_PRIOR)
+        return min(samples)
+
+
+@dataclass(frozen=True, slots=True)
+class Forecast:
+    """A request sent now: seconds until it would finish, and what that rests on."""
+
+    expected_s: float  # the queue ahead drained at the typical service time, then its own
+    floor_s: float  # the same at the fastest recent service time: above it, a sure miss
+    service_s: float  # its own typical service time (what it costs on an idle endpoint)
+    service_floor_s: float  # its own fastest recent service time
+    ahead: int  # requests ahead of it (executing, abandoned but running, queued)
+    probe: bool = False  # idle and no fresh sample for a while: worth one request
+
+
+@dataclass(eq=False, slots=True)
+class Ticket:
+    """One request the gateway sent down a lane."""
+
+    sent: float
+    started: float | None = None  # when it (probably) began executing
+
+
+class Lane:
+    """One model on one endpoint: ``servers`` requests execute at once, FIFO behind them
+    (Triton's ``instance_group`` count; ``None`` = no queueing, e.g. a hosted API)."""
+
+    def __init__(self, prior_s: float, servers: int | None = 1, probe_after_s: float = 2.0) -> None:
+        self.estimate = ServiceTime(prior_s)
+        self.servers = servers
+        self.probe_after_s = probe_after_s
+        self._running: list[Ticket] = []
+        self._queued: deque[Ticket] = deque()
+        self._ghosts: list[float] = []  # when abandoned-but-running requests should end
+        self._backoff = 1
+
+    # -- events ----------------------------------------------------------------------
+
+    def send(self, now: float) -> Ticket:
+        self._expire(now)
+        ticket = Ticket(now)
+        if self._free_slots() > 0:
+            ticket.started = now
+            self._running.append(ticket)
+        else:
+            self._queued.append(ticket)
+        return ticket
+
+    def done(self, ticket: Ticket, now: float, ok: bool) -> None:
+        """An answer came back; ``ok`` answers are service-time samples, fast failures
+        (a full queue, a refused input, a dropped connection) are not."""
+        self._expire(now)
+        if ticket in self._running:
+            self._running.remove(ticket)
+            if ok and ticket.started is not None:
+                self.estimate.add(now - ticket.started, now)
+                self._backoff = 1
+        elif ticket in self._queued:
+            # answered while we thought it queued: whatever we thought was ahead is done
+            self._queued.remove(ticket)
+            if ok:
+                self._ghosts.clear()
+        self._promote(now)
+
+    def abandon(self, ticket: Ticket, now: float) -> None:
+        """The gateway gave up on ``ticket``. Queued, the backend drops it at the same
+        deadline; executing, it runs on and keeps its instance busy a while longer."""
+        self._expire(now)
+        if ticket in self._queued:
+            self._queued.remove(ticket)
+            return
+        if ticket not in self._running:
+            return
+        self._running.remove(ticket)
+        ran = now - (ticket.started if ticket.started is not None else ticket.sent)
+        self.estimate.censored(ran, now)
+        typical = self.estimate.typical_s
+        if self.servers is not None:
+            self._ghosts.append(now + max(typical - ran, _OVERRUN_SHARE * typical))
+        self._backoff = min(_MAX_BACKOFF, self._backoff * 2)
+        self._promote(now)
+
+    # -- the forecast ----------------------------------------------------------------
+
+    def forecast(self, now: float, extra_ahead: int = 0) -> Forecast:
+        """When a request sent now would finish, with ``extra_ahead`` more requests
+        (e.g. the gateway's own admission queue) in front of it."""
+        self._expire(now)
+        typical, floor = self.estimate.typical_s, self.estimate.floor_s
+        ahead = len(self._running) + len(self._ghosts) + len(self._queued) + extra_ahead
+        # only a lane with samples is probed: without any, the hint is the operator's word
+        stale = now - self.estimate.touched_at >= self.probe_after_s * self._backoff
+        probe = stale and ahead == 0 and bool(self.estimate.recent)
+        if self.servers is None:
+            return Forecast(typical, floor, typical, floor, ahead, probe)
+        expected = self._play(now, typical, extra_ahead) + typical
+        optimistic = self._play(now, floor, extra_ahead) + floor
+        return Forecast(expected, optimistic, typical, floor, ahead, probe)
+
+    def _play(self, now: float, service_s: float, extra_ahead: int) -> float:
+        """Seconds until a slot frees for a new request at ``service_s`` per request."""
+        assert self.servers is not None
+        frees = [max(0.0, t.started + service_s - now) for t in self._running if t.started is not None]
+        frees += [g - now for g in self._ghosts]
+        frees += [0.0] * max(0, self.servers - len(frees))
+        heapq.heapify(frees)
+        for _ in range(len(self._queued) + extra_ahead):
+            heapq.heapreplace(frees, frees[0] + service_s)
+        return frees[0]
+
+    @property
+    def pending(self) -> int:
+        return len(self._running) + len(self._queued)
+
+    # -- bookkeeping -------------------------------------------------------------------
+
+    def _free_slots(self) -> int:
+        if self.servers is None:
+            return 1
+        return self.servers - len(self._running) - len(self._ghosts)
+
+    def _expire(self, now: float) -> None:
+        """Abandoned requests whose time is up free their slot, at the time they ended."""
+        while self._ghosts and min(self._ghosts) <= now:
+            ended = min(self._ghosts)
+            self._ghosts.remove(ended)
+            self._promote(ended)
+
+    def _promote(self, at: float) -> None:
+        while self._queued and self._free_slots() > 0:
+            ticket = self._queued.popleft()
+            ticket.started = max(ticket.sent, at)
+            self._running.append(ticket)
