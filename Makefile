@@ -6,7 +6,13 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: up test lint bench install clean
+# System packages a fresh Debian machine lacks: the status-page browser test drives
+# Debian's chromium. `make test` installs them itself (as root, or through sudo), so the
+# README's one command really does all the set-up, not only CI's script.
+SYSDEPS := chromium
+SUDO    := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: up test lint bench install sysdeps clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,15 +25,24 @@ install: $(STAMP)
 up: $(STAMP)
 	$(BIN)/router up --routes routes.yaml --host 127.0.0.1 --port 8080
 
-test: $(STAMP)
+sysdeps:
+	@missing=""; for p in $(SYSDEPS); do command -v $$p >/dev/null || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing$$missing (Debian packages)"; \
+		$(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq $$missing; \
+	fi
+
+test: $(STAMP) sysdeps
 	$(BIN)/ruff check router tests bench
 	$(BIN)/mypy
 	$(BIN)/pytest
 
 bench: $(STAMP)
+	$(BIN)/pip install --quiet -e '.[bench]'
 	$(BIN)/python bench/models.py
 	$(BIN)/python bench/overhead.py
 	$(BIN)/python bench/observability_overhead.py --ratio 0.1 --ratio 0.01
+	$(BIN)/python bench/scenario.py --json bench/results/scenario.json --plots docs
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

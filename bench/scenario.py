@@ -351,6 +351,10 @@ def main() -> None:
                     result = ModeResult(mode, outcomes, compute_seconds(triton) - before, time.monotonic() - t0)
                     results.append(result)
                     print(f"mode {mode}: done in {result.wall_s:.0f} s", flush=True)
+                    if mode == "C":  # what the gateway learned: per model, pending and service times
+                        state = httpx.get(gw.url + "/admin/config", headers=gw.admin, timeout=10).json()
+                        for replica in state["backends"]["triton"]:
+                            print(f"gateway lanes after C: {json.dumps(replica['lanes'])}", flush=True)
             finally:
                 gw.stop()
         finally:

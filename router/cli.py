@@ -17,9 +17,10 @@ import signal
 import sys
 from pathlib import Path
 from types import FrameType
+from typing import IO
 
 from router import __version__
-from router.errors import ConfigError, RouterError
+from router.errors import ConfigError, RouterError, TritonStartupError
 from router.triton import TritonConfig, TritonServer
 
 __all__ = ["main"]
@@ -69,6 +70,12 @@ def _parser() -> argparse.ArgumentParser:
     up = sub.add_parser("up", help="start Triton and the gateway together")
     _serve_args(up)
     _triton_args(up, default_http=0)
+    up.add_argument(
+        "--triton-log",
+        type=Path,
+        default=Path("triton.log"),
+        help="where Triton's own log goes (default: ./triton.log; '-' for the terminal)",
+    )
     triton = sub.add_parser("triton", help="start Triton with the model repository")
     _triton_args(triton, default_http=8000)
     serve = sub.add_parser("serve", help="run the gateway")
@@ -84,7 +91,7 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _triton_server(args: argparse.Namespace) -> TritonServer:
+def _triton_server(args: argparse.Namespace, log: IO[bytes] | None = None) -> TritonServer:
     config = TritonConfig(
         model_repository=args.model_repository or _default_repository(),
         models=[m for m in args.models.split(",") if m],
@@ -95,7 +102,7 @@ def _triton_server(args: argparse.Namespace) -> TritonServer:
         tritonserver=args.tritonserver,
         backend_directory=args.backend_directory,
     )
-    return TritonServer(config)
+    return TritonServer(config, log)
 
 
 def _start_triton(args: argparse.Namespace) -> TritonServer:
@@ -108,10 +115,17 @@ def _start_triton(args: argparse.Namespace) -> TritonServer:
     return server
 
 
-def _start(server: TritonServer) -> None:
-    print(f"starting Triton with {server.config.model_repository} ...", file=sys.stderr, flush=True)
+def _start(server: TritonServer, log_path: Path | None = None) -> None:
+    where = f" (its log: {log_path})" if log_path is not None else ""
+    print(f"starting Triton with {server.config.model_repository} ...{where}", file=sys.stderr, flush=True)
     server.start()
-    server.wait_ready()
+    try:
+        server.wait_ready()
+    except TritonStartupError:
+        if log_path is not None:  # the reason is in the log the terminal did not see
+            lines = log_path.read_text(errors="replace").splitlines()[-30:]
+            print("\n".join(["--- the end of Triton's log ---", *lines]), file=sys.stderr, flush=True)
+        raise
     cfg = server.config
     print(
         f"Triton ready: HTTP {server.http_url}  gRPC {cfg.host}:{cfg.grpc_port}  "
@@ -173,13 +187,19 @@ def cmd_up(args: argparse.Namespace) -> int:
 
     load_file(args.routes)  # fail fast on a bad file, before starting Triton
     signal.signal(signal.SIGTERM, _exit_on_signal)  # uvicorn installs its own once serving
-    server = _triton_server(args)
+    # Triton's startup table and the models' logs go to a file, not over the gateway's
+    # own output; `--triton-log -` keeps them on the terminal.
+    log_path = None if str(args.triton_log) == "-" else args.triton_log
+    log = open(log_path, "ab") if log_path is not None else None  # noqa: SIM115 - closed below
+    server = _triton_server(args, log)
     try:
-        _start(server)
+        _start(server, log_path)
         os.environ["TRITON_URL"] = server.http_url
         _run_gateway(args)
     finally:
         server.stop()
+        if log is not None:
+            log.close()
     return 0
 
 

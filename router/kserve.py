@@ -51,6 +51,36 @@ class InferRequest:
     outputs: list[dict[str, Any]] | None = None
 
 
+def _object(value: Any, where: str) -> dict[str, Any]:
+    """``value`` as a JSON object (absent means empty), else a 400 naming ``where``."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise InvalidRequest(f"{where} must be an object", field=where)
+    return value
+
+
+def _dimension(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**31
+
+
+def _flat(data: Any, name: str) -> list[Any]:
+    """KServe JSON ``data``: a list, flat or nested row-major."""
+    if not isinstance(data, list):
+        raise InvalidRequest(f"{name}: data must be a list", field=name)
+    out: list[Any] = []
+    stack = [iter(data)]
+    while stack:
+        item = next(stack[-1], stack)
+        if item is stack:
+            stack.pop()
+        elif isinstance(item, list):
+            stack.append(iter(item))
+        else:
+            out.append(item)
+    return out
+
+
 def _bytes_elements(raw: bytes, count: int, name: str) -> list[bytes]:
     out, offset = [], 0
     while offset < len(raw):
@@ -70,19 +100,21 @@ def _bytes_elements(raw: bytes, count: int, name: str) -> list[bytes]:
 def _tensor(spec: dict[str, Any], binary: memoryview | None, name: str) -> NDArray[Any]:
     datatype = spec.get("datatype")
     shape = spec.get("shape")
-    if not isinstance(shape, list) or not all(isinstance(d, int) and 0 <= d < 2**31 for d in shape):
+    if not isinstance(shape, list) or not all(_dimension(d) for d in shape):
         raise InvalidRequest(f"{name}: shape must be a list of non-negative integers", field=name)
     count = math.prod(shape)
     if datatype == "BYTES":
         if binary is not None:
             elements = _bytes_elements(bytes(binary), count, name)
         else:
-            data = np.asarray(spec.get("data", []), dtype=object).reshape(-1)
-            if data.size != count:
-                raise InvalidRequest(f"{name}: shape asks for {count} elements, data has {data.size}", field=name)
-            elements = [v.encode() if isinstance(v, str) else bytes(str(v), "utf-8") for v in data]
+            data = _flat(spec.get("data", []), name)
+            if len(data) != count:
+                raise InvalidRequest(f"{name}: shape asks for {count} elements, data has {len(data)}", field=name)
+            if not all(isinstance(v, str) for v in data):
+                raise InvalidRequest(f"{name}: BYTES data must be strings", field=name)
+            elements = [v.encode("utf-8", "surrogatepass") for v in data]
         return np.array(elements, dtype=object).reshape(shape)
-    if datatype not in _NUMERIC:
+    if not isinstance(datatype, str) or datatype not in _NUMERIC:
         raise InvalidRequest(f"{name}: unsupported datatype {datatype!r}", field=name)
     dtype = np.dtype(_NUMERIC[datatype]).newbyteorder("<")
     if binary is not None:
@@ -90,7 +122,7 @@ def _tensor(spec: dict[str, Any], binary: memoryview | None, name: str) -> NDArr
             raise InvalidRequest(f"{name}: {len(binary)} bytes do not fit shape {shape}", field=name)
         return np.frombuffer(binary, dtype=dtype).reshape(shape)
     try:
-        array = np.asarray(spec.get("data", []), dtype=dtype).reshape(-1)
+        array = np.asarray(_flat(spec.get("data", []), name), dtype=dtype)
     except (TypeError, ValueError, OverflowError):
         raise InvalidRequest(f"{name}: data does not match datatype {datatype}", field=name) from None
     if array.size != count:
@@ -107,37 +139,44 @@ def decode_request(body: bytes, header_length: int | None) -> InferRequest:
         header = json.loads(head)
     except (UnicodeDecodeError, json.JSONDecodeError):
         raise InvalidRequest("inference header is not valid JSON") from None
+    except RecursionError:  # json's decoder recurses per nesting level
+        raise InvalidRequest("inference header is nested too deeply") from None
     if not isinstance(header, dict) or not isinstance(header.get("inputs"), list):
         raise InvalidRequest("inference header needs an 'inputs' list", field="inputs")
+    parameters = _object(header.get("parameters"), "parameters")
+    outputs = header.get("outputs")
+    if outputs is not None:
+        if not isinstance(outputs, list):
+            raise InvalidRequest("outputs must be a list", field="outputs")
+        for i, output in enumerate(outputs):
+            if not isinstance(output, dict):
+                raise InvalidRequest(f"outputs[{i}] must be an object", field=f"outputs[{i}]")
+            _object(output.get("parameters"), f"outputs[{i}].parameters")
     tail = memoryview(body)[len(head) :]
     offset = 0
     inputs: dict[str, NDArray[Any]] = {}
     for i, spec in enumerate(header["inputs"]):
-        if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
+        if not isinstance(spec, dict) or not isinstance(spec.get("name"), str) or not spec["name"]:
             raise InvalidRequest(f"inputs[{i}] needs a name", field=f"inputs[{i}]")
         name = spec["name"]
-        size = (spec.get("parameters") or {}).get("binary_data_size")
+        size = _object(spec.get("parameters"), f"inputs[{i}].parameters").get("binary_data_size")
         binary = None
         if size is not None:
-            if not isinstance(size, int) or size < 0 or offset + size > len(tail):
+            if not isinstance(size, int) or isinstance(size, bool) or size < 0 or offset + size > len(tail):
                 raise InvalidRequest(f"{name}: binary_data_size exceeds the body", field=name)
             binary = tail[offset : offset + size]
             offset += size
         inputs[name] = _tensor(spec, binary, name)
     if offset != len(tail):
         raise InvalidRequest("body has binary data no input claims")
-    parameters = header.get("parameters") or {}
-    outputs = header.get("outputs")
-    if not isinstance(parameters, dict) or (outputs is not None and not isinstance(outputs, list)):
-        raise InvalidRequest("parameters must be an object and outputs a list")
     rid = header.get("id")
     return InferRequest(inputs, str(rid) if rid is not None else None, parameters, outputs)
 
 
 def wants_binary(request: InferRequest, output: str) -> bool:
     """Whether the client asked for ``output`` as binary data."""
-    for spec in request.outputs or []:
-        if isinstance(spec, dict) and spec.get("name") == output:
+    for spec in request.outputs or []:  # each an object with object parameters (decode checks)
+        if spec.get("name") == output:
             return bool((spec.get("parameters") or {}).get("binary_data", False))
     return bool(request.parameters.get("binary_data_output", False))
 

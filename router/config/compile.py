@@ -2,7 +2,9 @@
 
 Every problem is collected — schema errors from pydantic and the cross-references
 checked here (unknown models, bad regexes, empty splits, duplicate names) — and
-reported together as ``file:line:col path: message``. Nothing is returned unless the
+reported together as ``file:line:col path: message``. Validation goes item by item
+(each backend, model and route on its own), so a schema error in one route does not
+hide a bad regex or an unknown model in another. Nothing is returned unless the
 whole file is valid, so a bad edit can never half-replace a running table.
 """
 
@@ -12,11 +14,12 @@ import hashlib
 import os
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import ValidationError
 
-from router.config.schema import MatchSpec, OpenAIBackendSpec, RoutesFile, RouteSpec, TritonBackendSpec
+from router.config.schema import MatchSpec, OpenAIBackendSpec, RoutesFile, RouteSpec, Strict, TritonBackendSpec
 from router.config.source import Located, PathKey, read_yaml
 from router.config.table import (
     Arm,
@@ -51,11 +54,11 @@ def _data_path(data: Any, loc: tuple[int | str, ...]) -> PathKey:
     return tuple(out)
 
 
-def _schema_issues(src: Located, exc: ValidationError) -> list[ConfigIssue]:
+def _schema_issues(src: Located, exc: ValidationError, prefix: PathKey = ()) -> list[ConfigIssue]:
     issues = []
     seen: set[tuple[PathKey, str]] = set()
     for err in exc.errors(include_url=False):
-        path = _data_path(src.data, tuple(err["loc"]))
+        path = _data_path(src.data, prefix + tuple(err["loc"]))
         message = err["msg"]
         if err["type"] == "extra_forbidden":
             message = "unknown key"
@@ -67,6 +70,67 @@ def _schema_issues(src: Located, exc: ValidationError) -> list[ConfigIssue]:
     return issues
 
 
+@dataclass
+class _Validated:
+    """The file validated item by item: the spec made of the valid items, the schema
+    issues, and what was left out — so the next phase (references, regexes) still runs
+    on everything else, and a reference to an item already reported is not reported
+    again as unknown."""
+
+    spec: RoutesFile
+    issues: list[ConfigIssue]
+    route_index: list[int]  # position in the file of each route in spec.routes
+    declared_models: set[str]  # every name under models:, valid or not
+    invalid_models: set[str] = field(default_factory=set)
+    invalid_backends: set[str] = field(default_factory=set)
+    invalid_default: bool = False
+
+
+_SECTIONS = ("backends", "models", "routes", "default_route")
+
+
+def _validate(src: Located, data: dict[str, Any]) -> _Validated:
+    issues: list[ConfigIssue] = []
+
+    def valid(value: Any, prefix: PathKey = (), model: type[Strict] = RoutesFile) -> bool:
+        try:
+            model.model_validate(value)
+        except ValidationError as exc:
+            issues.extend(_schema_issues(src, exc, prefix))
+            return False
+        return True
+
+    kept: dict[str, Any] = {k: v for k, v in data.items() if k not in _SECTIONS}
+    if not valid(kept):
+        kept = {}  # version / default_budget_ms / unknown keys: reported, defaults used
+    out = _Validated(RoutesFile(), issues, [], set())
+    for section in ("backends", "models"):
+        raw = data.get(section)
+        if raw is None or not isinstance(raw, dict):
+            if raw is not None and valid({section: raw}):
+                kept[section] = raw
+            continue
+        good = {name: item for name, item in raw.items() if valid({section: {name: item}})}
+        bad = {str(name) for name in raw} - set(good)
+        kept[section] = good
+        (out.invalid_backends if section == "backends" else out.invalid_models).update(bad)
+        if section == "models":
+            out.declared_models = {str(name) for name in raw}
+    routes = data.get("routes")
+    if isinstance(routes, list):
+        indices = [i for i, route in enumerate(routes) if valid(route, ("routes", i), RouteSpec)]
+        kept["routes"], out.route_index = [routes[i] for i in indices], indices
+    elif routes is not None:
+        valid({"routes": routes})
+    if "default_route" in data:
+        if valid({"default_route": data["default_route"]}):
+            kept["default_route"] = data["default_route"]
+        else:
+            out.invalid_default = True
+    out.spec = RoutesFile.model_validate(kept)
+    return out
+
+
 def _as_set(value: str | list[str] | None) -> frozenset[str] | None:
     if value is None:
         return None
@@ -74,9 +138,10 @@ def _as_set(value: str | list[str] | None) -> frozenset[str] | None:
 
 
 class _Compiler:
-    def __init__(self, src: Located, spec: RoutesFile, env: Mapping[str, str]) -> None:
+    def __init__(self, src: Located, validated: _Validated, env: Mapping[str, str]) -> None:
         self.src = src
-        self.spec = spec
+        self.spec = validated.spec
+        self.validated = validated
         self.env = env
         self.issues: list[ConfigIssue] = []
         self.backends: dict[str, Backend] = {}
@@ -136,7 +201,9 @@ class _Compiler:
             path: PathKey = ("models", name)
             backend = self.backends.get(m.backend)
             if backend is None:
-                self.fail(path + ("backend",), f"unknown backend {m.backend!r}")
+                if m.backend not in self.validated.invalid_backends:  # else reported already
+                    self.fail(path + ("backend",), f"unknown backend {m.backend!r}")
+                self.validated.invalid_models.add(name)
                 continue
             remote = m.triton_model if backend.kind == "triton" else m.remote_model
             self.models[name] = Model(
@@ -154,8 +221,10 @@ class _Compiler:
         """Check a reference; a name not declared becomes a model on the only Triton backend."""
         if name in self.models:
             return True
+        if name in self.validated.invalid_models:
+            return False  # its own problem is reported where it is declared
         tritons = [b for b in self.backends.values() if b.kind == "triton"]
-        if not self.spec.models and len(tritons) == 1:
+        if not self.validated.declared_models and len(tritons) == 1:
             self.models[name] = Model(name, tritons[0].name, name, None, 1000.0)
             return True
         self.fail(path, f"unknown model {name!r}")
@@ -246,7 +315,7 @@ class _Compiler:
         raw = self.spec.routes
         i = 0
         while i < len(raw):
-            spec, path = raw[i], ("routes", i)
+            spec, path = raw[i], ("routes", self.validated.route_index[i])
             # Compact form: adjacent routes with the same match and a `weight` are one split.
             j = i + 1
             if spec.weight is not None and spec.model is not None:
@@ -257,7 +326,7 @@ class _Compiler:
                 arms = [{"model": r.model, "weight": r.weight, "canary": r.canary} for r in group]
                 fields = spec.model_dump(exclude={"model", "weight", "canary", "split"}, exclude_none=True)
                 spec = RouteSpec.model_validate({**fields, "split": arms})
-            name = spec.name or f"route-{i}"
+            name = spec.name or f"route-{self.validated.route_index[i]}"
             if name in names:
                 self.fail(path + ("name",), f"duplicate route name {name!r}")
             names[name] = path
@@ -271,7 +340,8 @@ class _Compiler:
         spec = self.spec.default_route
         path: PathKey = ("default_route",)
         if spec is None:
-            self.fail(path, "required: name a route or a model, or give a route")
+            if not self.validated.invalid_default:
+                self.fail(path, "required: name a route or a model, or give a route")
             return None
         if isinstance(spec, str):
             for route in routes:
@@ -309,13 +379,10 @@ def compile_text(text: str, file: str = "routes.yaml", env: Mapping[str, str] | 
         raise ConfigError(src.issues)
     if not isinstance(src.data, dict):
         raise ConfigError([src.issue((), "the top level must be a mapping")])
-    try:
-        spec = RoutesFile.model_validate(src.data)
-    except ValidationError as exc:
-        raise ConfigError(src.issues + _schema_issues(src, exc)) from None
-    compiler = _Compiler(src, spec, env)
+    validated = _validate(src, src.data)
+    compiler = _Compiler(src, validated, env)
     table = compiler.run()
-    issues = src.issues + compiler.issues
+    issues = src.issues + validated.issues + compiler.issues
     if issues or table is None:
         raise ConfigError(sorted(issues, key=lambda i: (i.line, i.column)))
     digest = hashlib.sha256(text.encode()).hexdigest()[:16]

@@ -66,6 +66,8 @@ def parse_json_model(body: bytes, model: type[M], content_type: str | None) -> M
         data = json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise InvalidRequest(f"body is not valid JSON: {exc}") from None
+    except RecursionError:  # json's decoder recurses per nesting level
+        raise InvalidRequest("body is not valid JSON: nested too deeply") from None
     if not isinstance(data, dict):
         raise InvalidRequest("body must be a JSON object")
     try:

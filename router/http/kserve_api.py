@@ -21,10 +21,19 @@ from router.backends.base import ImageRequest
 from router.errors import InvalidRequest
 from router.gateway import Gateway
 from router.http.common import MAX_PROMPT_CHARS, facts_for, gateway_of, read_body, serve, served_headers
-from router.kserve import decode_request, encode_response, wants_binary
+from router.kserve import InferRequest, decode_request, encode_response, wants_binary
 from router.policy.match import RequestFacts, select_route
 
-__all__ = ["infer", "live", "model_metadata", "model_ready", "ready", "repository_index", "server_metadata"]
+__all__ = [
+    "infer",
+    "live",
+    "model_metadata",
+    "model_ready",
+    "parse_infer",
+    "ready",
+    "repository_index",
+    "server_metadata",
+]
 
 MAX_INFER_BODY = 1 << 20
 _OPTIONAL = {"SEED": "seeds", "STEPS": "steps", "WIDTH": "width", "HEIGHT": "height"}
@@ -71,11 +80,19 @@ async def repository_index(request: Request) -> Response:
     return JSONResponse([{"name": n, "state": "READY"} for n in names])
 
 
+_RANGES = {"SEED": (-(2**63), 2**63 - 1), "STEPS": (1, 2**31 - 1), "WIDTH": (1, 2**31 - 1), "HEIGHT": (1, 2**31 - 1)}
+
+
 def _int_input(array: NDArray[Any] | None, name: str) -> NDArray[Any] | None:
+    """An optional integer input, within what the model contract's tensor type holds
+    (the model itself checks its own, narrower limits)."""
     if array is None:
         return None
     if array.dtype.kind not in "iu" or array.size == 0:
         raise InvalidRequest(f"{name}: expected an integer tensor", field=name)
+    low, high = _RANGES[name]
+    if int(array.min()) < low or int(array.max()) > high:
+        raise InvalidRequest(f"{name}: must be between {low} and {high}", field=name)
     return array.reshape(-1)
 
 
@@ -107,18 +124,24 @@ def _image_request(inputs: dict[str, NDArray[Any]]) -> ImageRequest:
     return ImageRequest(prompts=prompts, **values)
 
 
+def parse_infer(body: bytes, header_length: str | None) -> tuple[InferRequest, ImageRequest]:
+    """An infer body (and its ``Inference-Header-Content-Length``) as the generation it
+    asks for. Every malformed body is an :class:`InvalidRequest` naming what is wrong —
+    never anything else (``tests/unit/test_kserve_codec.py`` fuzzes it)."""
+    if header_length is not None and not (header_length.isascii() and header_length.isdigit()):
+        raise InvalidRequest("Inference-Header-Content-Length must be an integer")
+    decoded = decode_request(body, int(header_length) if header_length else None)
+    for spec in decoded.outputs or []:
+        if spec.get("name") != "IMAGE":
+            raise InvalidRequest("the only output is IMAGE", field="outputs")
+    return decoded, _image_request(decoded.inputs)
+
+
 async def infer(request: Request) -> Response:
     started = time.monotonic()
     alias = request.path_params["model"]
     body = await read_body(request, MAX_INFER_BODY)
-    header_length = request.headers.get("inference-header-content-length")
-    if header_length is not None and not header_length.isdigit():
-        raise InvalidRequest("Inference-Header-Content-Length must be an integer")
-    decoded = decode_request(body, int(header_length) if header_length else None)
-    for spec in decoded.outputs or []:
-        if not isinstance(spec, dict) or spec.get("name") != "IMAGE":
-            raise InvalidRequest("the only output is IMAGE", field="outputs")
-    image_request = _image_request(decoded.inputs)
+    decoded, image_request = parse_infer(body, request.headers.get("inference-header-content-length"))
     intent = decoded.parameters.get("intent")
     facts = facts_for(request, image_request.prompts[0], intent if isinstance(intent, str) else None, alias)
     served = await serve(request, facts, image_request, started)

@@ -10,9 +10,11 @@ request sent now would finish on its best endpoint, from the live queue there �
   not fit (it would miss on an idle endpoint), ``busy`` when the work queued ahead of
   it does (that is overload, and refusing it is load shedding, not a budget failure).
 * Otherwise a tier with tiers after it is tried when its *expected* finish fits the
-  time left minus a reserve for those later tiers (each one's expected finish plus a
-  small dispatch margin), so a late answer can still be replaced in time — and the
-  tier after it, planned by the same rule, finds the room it was promised. If it does
+  time left minus a reserve for those later tiers (each one's finish at its slowest
+  recent service time, plus a small dispatch margin), so a late answer can still be
+  replaced in time — and the tier after it, planned by the same rule, finds the room
+  it was promised even when the machine is loaded. (Reserving only the typical time
+  let a fallback to draft start with 60 ms left during a burst, and miss.) If it does
   not fit, it is skipped (``slow``/``busy`` when it does not fit the whole time left,
   ``no_room`` when only the reserve is in the way) — unless its estimate is stale (no
   sample for a while, idle): then it is tried as a *probe* with the time the later
@@ -87,7 +89,7 @@ def plan_attempt(
         following = viable[i + 1 :]
         if not following:
             return Plan(Attempt(name, remaining_s, last=True, forecast=f), tuple(skipped))
-        timeout = remaining_s - sum(g.expected_s + margin_s for _, g in following)
+        timeout = remaining_s - sum(g.ceiling_s + margin_s for _, g in following)
         if timeout >= f.expected_s:
             return Plan(Attempt(name, timeout, forecast=f), tuple(skipped))
         if f.probe and timeout >= _PROBE_SHARE * f.service_floor_s:

@@ -9,11 +9,12 @@ small model of that model's queue there, fed by the gateway's own sends and answ
   abandoned that the backend is still computing (Triton cannot stop a running request;
   a *queued* one it drops at the same deadline, because the gateway sends its timeout);
 * a service-time estimate, :class:`ServiceTime`: the median of the last three
-  samples (one outlier never moves it, two agreeing samples do) and a floor, the
-  fastest recent sample.
+  samples (one outlier never moves it, two agreeing samples do), a floor (the fastest
+  recent answer) and a ceiling (the slowest).
 
-:meth:`Lane.forecast` plays the queue forward at the typical service time (``expected``)
-and at the fastest (``floor``: above it, the request would almost surely miss). A lane
+:meth:`Lane.forecast` plays the queue forward at the typical service time (``expected``),
+at the fastest (``floor``: above it, the request would almost surely miss) and at the
+slowest (``ceiling``: the room a fallback tier is kept, so it can still deliver). A lane
 whose samples are stale (none for a while) is marked ``probe``: the budget policy may
 send it one request, so a tier skipped on a bad estimate comes back within seconds.
 Failed probes back the interval off (up to 16x), a good sample resets it. A lane with
@@ -46,17 +47,24 @@ _MAX_BACKOFF = 16
 
 
 class ServiceTime:
-    """A fast-adapting, outlier-robust estimate of one request's service time."""
+    """A fast-adapting, outlier-robust estimate of one request's service time.
 
-    __slots__ = ("prior_s", "recent", "touched_at")
+    ``typical`` (median of the last three samples, censored ones included) plans the
+    attempt; ``floor`` (fastest recent answer) says what would surely miss; ``ceiling``
+    (slowest recent answer) is what a fallback tier is reserved, so that it can still
+    deliver when the tier before it times out under load."""
+
+    __slots__ = ("answered", "prior_s", "recent", "touched_at")
 
     def __init__(self, prior_s: float) -> None:
         self.prior_s = prior_s
-        self.recent: deque[float] = deque(maxlen=_KEEP)
+        self.recent: deque[float] = deque(maxlen=_KEEP)  # answers and censored timeouts
+        self.answered: deque[float] = deque(maxlen=_KEEP)  # answers only
         self.touched_at = float("-inf")  # last sample (or censored observation)
 
     def add(self, seconds: float, now: float) -> None:
         self.recent.append(max(seconds, 0.0))
+        self.answered.append(max(seconds, 0.0))
         self.touched_at = now
 
     def censored(self, at_least_s: float, now: float) -> None:
@@ -75,10 +83,17 @@ class ServiceTime:
 
     @property
     def floor_s(self) -> float:
-        samples = list(self.recent)
+        samples = list(self.answered)
         if len(samples) < _MEDIAN_OF:
             samples.append(self.prior_s * _FLOOR_OF_PRIOR)
         return min(samples)
+
+    @property
+    def ceiling_s(self) -> float:
+        samples = list(self.answered)
+        if len(samples) < _MEDIAN_OF:
+            samples.append(self.prior_s)
+        return max(samples)
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +102,7 @@ class Forecast:
 
     expected_s: float  # the queue ahead drained at the typical service time, then its own
     floor_s: float  # the same at the fastest recent service time: above it, a sure miss
+    ceiling_s: float  # the same at the slowest recent answer: what a fallback is reserved
     service_s: float  # its own typical service time (what it costs on an idle endpoint)
     service_floor_s: float  # its own fastest recent service time
     ahead: int  # requests ahead of it (executing, abandoned but running, queued)
@@ -99,6 +115,7 @@ class Ticket:
 
     sent: float
     started: float | None = None  # when it (probably) began executing
+    exact: bool = False  # started is known (a free slot, or right after a real answer)
 
 
 class Lane:
@@ -120,7 +137,7 @@ class Lane:
         self._expire(now)
         ticket = Ticket(now)
         if self._free_slots() > 0:
-            ticket.started = now
+            ticket.started, ticket.exact = now, True
             self._running.append(ticket)
         else:
             self._queued.append(ticket)
@@ -132,7 +149,7 @@ class Lane:
         self._expire(now)
         if ticket in self._running:
             self._running.remove(ticket)
-            if ok and ticket.started is not None:
+            if ok and ticket.exact and ticket.started is not None:  # a guessed start is no sample
                 self.estimate.add(now - ticket.started, now)
                 self._backoff = 1
         elif ticket in self._queued:
@@ -140,7 +157,7 @@ class Lane:
             self._queued.remove(ticket)
             if ok:
                 self._ghosts.clear()
-        self._promote(now)
+        self._promote(now, exact=True)
 
     def abandon(self, ticket: Ticket, now: float) -> None:
         """The gateway gave up on ``ticket``. Queued, the backend drops it at the same
@@ -158,7 +175,7 @@ class Lane:
         if self.servers is not None:
             self._ghosts.append(now + max(typical - ran, _OVERRUN_SHARE * typical))
         self._backoff = min(_MAX_BACKOFF, self._backoff * 2)
-        self._promote(now)
+        self._promote(now, exact=True)
 
     # -- the forecast ----------------------------------------------------------------
 
@@ -166,16 +183,18 @@ class Lane:
         """When a request sent now would finish, with ``extra_ahead`` more requests
         (e.g. the gateway's own admission queue) in front of it."""
         self._expire(now)
-        typical, floor = self.estimate.typical_s, self.estimate.floor_s
+        typical, floor, ceiling = self.estimate.typical_s, self.estimate.floor_s, self.estimate.ceiling_s
+        ceiling = max(ceiling, typical)
         ahead = len(self._running) + len(self._ghosts) + len(self._queued) + extra_ahead
         # only a lane with samples is probed: without any, the hint is the operator's word
         stale = now - self.estimate.touched_at >= self.probe_after_s * self._backoff
         probe = stale and ahead == 0 and bool(self.estimate.recent)
         if self.servers is None:
-            return Forecast(typical, floor, typical, floor, ahead, probe)
+            return Forecast(typical, floor, ceiling, typical, floor, ahead, probe)
         expected = self._play(now, typical, extra_ahead) + typical
         optimistic = self._play(now, floor, extra_ahead) + floor
-        return Forecast(expected, optimistic, typical, floor, ahead, probe)
+        pessimistic = self._play(now, ceiling, extra_ahead) + ceiling
+        return Forecast(expected, optimistic, pessimistic, typical, floor, ahead, probe)
 
     def _play(self, now: float, service_s: float, extra_ahead: int) -> float:
         """Seconds until a slot frees for a new request at ``service_s`` per request."""
@@ -200,14 +219,15 @@ class Lane:
         return self.servers - len(self._running) - len(self._ghosts)
 
     def _expire(self, now: float) -> None:
-        """Abandoned requests whose time is up free their slot, at the time they ended."""
+        """Abandoned requests whose time is up free their slot, at the time they should
+        have ended (a guess: what starts then has no exact start)."""
         while self._ghosts and min(self._ghosts) <= now:
             ended = min(self._ghosts)
             self._ghosts.remove(ended)
-            self._promote(ended)
+            self._promote(ended, exact=False)
 
-    def _promote(self, at: float) -> None:
+    def _promote(self, at: float, exact: bool) -> None:
         while self._queued and self._free_slots() > 0:
             ticket = self._queued.popleft()
-            ticket.started = max(ticket.sent, at)
+            ticket.started, ticket.exact = max(ticket.sent, at), exact
             self._running.append(ticket)

@@ -76,9 +76,12 @@ def spawn(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str
     )
 
 
-def _read_until(process: subprocess.Popen[str], pattern: str, timeout_s: float = 240) -> re.Match[str]:
+def _read_until(
+    process: subprocess.Popen[str], pattern: str, timeout_s: float = 240, seen: list[str] | None = None
+) -> re.Match[str]:
+    """Read output until ``pattern`` appears (``seen`` collects the lines read)."""
     deadline = time.monotonic() + timeout_s
-    seen = []
+    seen = [] if seen is None else seen
     assert process.stdout is not None
     while time.monotonic() < deadline:
         line = process.stdout.readline()
@@ -103,11 +106,17 @@ def test_router_up_serves_through_triton_and_stops_cleanly(tmp_path: Path) -> No
     )
     port = free_port()
     # TRITON_URL is set by `router up` itself; an inherited one must not win
+    log = tmp_path / "triton.log"
     process = spawn(
-        "up", "--routes", str(routes), "--port", str(port), "--models", "noop,draft", env={"TRITON_URL": ""}
+        *("up", "--routes", str(routes), "--port", str(port), "--models", "noop,draft", "--triton-log", str(log)),
+        env={"TRITON_URL": ""},
     )
     try:
-        triton_url = _read_until(process, r"Triton ready: HTTP (http://\S+)").group(1)
+        seen: list[str] = []
+        triton_url = _read_until(process, r"Triton ready: HTTP (http://\S+)", seen=seen).group(1)
+        # Triton's own startup table goes to its log file, not over the terminal
+        assert not any("| Model" in line for line in seen), "".join(seen)
+        assert "| Model" in log.read_text() and any(str(log) in line for line in seen)
         for model in ("noop", "draft"):  # warmed at load (model_warmup), before any request
             stats = httpx.get(f"{triton_url}/v2/models/{model}/stats", timeout=10).json()["model_stats"][0]
             assert stats["inference_stats"]["success"]["count"] == 1, (model, stats["inference_stats"])

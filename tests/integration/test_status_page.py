@@ -38,7 +38,7 @@ def traffic(gw: GatewayProcess, n: int) -> None:
 
 def test_status_page_renders_and_moves(start_gateway: Callable[..., GatewayProcess], tmp_path: Path) -> None:
     if CHROMIUM is None:
-        pytest.fail("Debian's chromium is needed for this test: apt-get install chromium (.ci/run does)")
+        pytest.fail("Debian's chromium is needed for this test: apt-get install chromium (make test does)")
     gw = start_gateway(ROUTING)
     redirect = httpx.get(gw.url + "/admin/", follow_redirects=False)
     assert redirect.status_code == 303 and redirect.headers["location"] == "/admin/login"

@@ -29,6 +29,16 @@ def test_bad_file_reports_every_issue_with_its_position(case: Path) -> None:
     assert len(got) >= len(_expected(case))
 
 
+def test_every_phase_is_reported_at_once_and_nothing_twice() -> None:
+    """Schema errors no longer stop validation before references and regexes are
+    checked; a route naming a model that is itself invalid is not reported again."""
+    case = TESTDATA / "all_phases.yaml"
+    with pytest.raises(ConfigError) as info:
+        compile_text(case.read_text(), file=case.name, env={})
+    got = [str(issue) for issue in info.value.issues]
+    assert len(got) == len(_expected(case)) == 4, got
+
+
 def test_shipped_routes_yaml_is_valid() -> None:
     table = load_file(ROOT / "routes.yaml")
     assert {"draft", "preview", "quality", "noop"} <= set(table.models)

@@ -112,6 +112,30 @@ def test_the_service_sample_excludes_the_time_spent_queued() -> None:
     assert list(lane.estimate.recent) == [pytest.approx(0.2), pytest.approx(0.2)]
 
 
+def test_a_start_guessed_from_abandoned_work_gives_no_sample() -> None:
+    """Behind abandoned work the next request's start is a guess; if the guess was late,
+    "service time" would read as a fraction of a millisecond (measured: 0.5 ms floors)."""
+    clock = Clock()
+    lane = Lane(prior_s=0.4)
+    stuck = lane.send(clock.now)
+    queued = lane.send(clock.now)
+    clock.now += 0.3
+    lane.abandon(stuck, clock.now)  # assumed to run on until about now + 0.1
+    clock.now += 0.45
+    lane.done(queued, clock.now, ok=True)  # its start was guessed: no sample
+    assert list(lane.estimate.answered) == []
+    serve(lane, clock, 0.4)
+    assert list(lane.estimate.answered) == [pytest.approx(0.4)]
+
+
+def test_the_ceiling_is_the_slowest_recent_answer_never_a_timeout() -> None:
+    est = ServiceTime(prior_s=0.1)
+    for s in (0.04, 0.05, 0.3):
+        est.add(s, 0.0)
+    est.censored(2.0, 0.0)
+    assert est.ceiling_s == 0.3 and est.floor_s == 0.04
+
+
 # -- story 1: a thumbnail route refused after one slow answer ----------------------------
 
 
@@ -194,5 +218,5 @@ def test_one_cold_start_does_not_downgrade_the_route() -> None:
 
 
 def test_a_forecast_is_a_plain_value() -> None:
-    f = Forecast(1.0, 0.5, 1.0, 0.5, ahead=0)
-    assert not f.probe and f == Forecast(1.0, 0.5, 1.0, 0.5, 0)
+    f = Forecast(1.0, 0.5, 2.0, 1.0, 0.5, ahead=0)
+    assert not f.probe and f == Forecast(1.0, 0.5, 2.0, 1.0, 0.5, 0)

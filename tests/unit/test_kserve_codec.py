@@ -7,9 +7,12 @@ import json
 import numpy as np
 import pytest
 import tritonclient.http as httpclient
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from tritonclient.http._utils import _get_inference_request
 
 from router.errors import InvalidRequest
+from router.http.kserve_api import parse_infer
 from router.kserve import decode_request, encode_response, wants_binary
 
 
@@ -71,3 +74,68 @@ def test_truncated_bytes_element_is_rejected() -> None:
     ).encode()
     with pytest.raises(InvalidRequest, match="overruns"):
         decode_request(header + b"\x09\x00\x00\x00ab", len(header))
+
+
+# -- fuzzing: every malformed body is a 400 naming what is wrong, never a 500 ---------------
+
+_KEYS = ["inputs", "outputs", "parameters", "name", "shape", "datatype", "data", "binary_data_size", "binary_data",
+         "id", "intent", "PROMPT", "SEED", "STEPS", "WIDTH", "HEIGHT"]  # fmt: skip
+_DATATYPES = ["BYTES", "INT64", "INT32", "UINT64", "FP32", "BOOL", "", "STRING"]
+
+
+def _containers(inner: st.SearchStrategy[object]) -> st.SearchStrategy[object]:
+    keys = st.sampled_from(_KEYS) | st.text(max_size=4)
+    return st.lists(inner, max_size=4) | st.dictionaries(keys, inner, max_size=5)
+
+
+_scalars = st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats(allow_nan=False) | st.text(max_size=12)
+_json = st.recursive(_scalars, _containers, max_leaves=25)
+_input = st.fixed_dictionaries(
+    {"name": st.sampled_from(["PROMPT", "SEED", "STEPS", "WIDTH", "HEIGHT", ""]) | _json},
+    optional={
+        "shape": st.lists(st.integers(-2, 3) | _json, max_size=3) | _json,
+        "datatype": st.sampled_from(_DATATYPES) | _json,
+        "data": st.lists(st.text(max_size=8) | st.integers(-(2**65), 2**65) | _json, max_size=4) | _json,
+        "parameters": st.fixed_dictionaries({}, optional={"binary_data_size": st.integers(-3, 40) | _json}) | _json,
+    },
+)
+_header = st.fixed_dictionaries(
+    {"inputs": st.lists(_input, max_size=4) | _json},
+    optional={"outputs": st.lists(_json, max_size=2) | _json, "parameters": _json, "id": _json},
+)
+
+
+@settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(header=_header | _json, tail=st.binary(max_size=48), length=st.sampled_from(["exact", "none", "junk"]))
+def test_generated_bodies_are_decoded_or_refused_with_a_400(header: object, tail: bytes, length: str) -> None:
+    """Generated headers — well-formed, half-formed and arbitrary JSON — with a random
+    binary tail: parsing either succeeds or raises InvalidRequest, nothing else."""
+    head = json.dumps(header).encode()
+    header_length = {"exact": str(len(head)), "none": None, "junk": "-1"}[length]
+    try:
+        parse_infer(head + tail if header_length else head, header_length)
+    except InvalidRequest as exc:
+        assert exc.status == 400 and exc.message
+
+
+PROMPT_X = {"name": "PROMPT", "shape": [1], "datatype": "BYTES", "data": ["x"]}
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"inputs": [{"name": "", "shape": [], "datatype": "", "parameters": [null, null], "data": []}]}',
+        json.dumps({"inputs": [{**PROMPT_X, "datatype": ["BYTES"]}]}).encode(),
+        json.dumps({"inputs": [{**PROMPT_X, "data": [{"a": 1}]}]}).encode(),
+        json.dumps({"inputs": [PROMPT_X], "outputs": [{"name": "IMAGE", "parameters": 7}]}).encode(),
+        json.dumps(
+            {"inputs": [PROMPT_X, {"name": "STEPS", "shape": [1], "datatype": "UINT64", "data": [2**64 - 1]}]}
+        ).encode(),
+        b"[" * 100_000 + b"]" * 100_000,
+    ],
+    ids=["parameters-list", "datatype-list", "bytes-object", "output-parameters", "steps-overflow", "deep-nesting"],
+)
+def test_malformed_bodies_found_by_measuring_are_400s(body: bytes) -> None:
+    """Each of these got a 500 (or a 503 after a backend overflow) before."""
+    with pytest.raises(InvalidRequest):
+        parse_infer(body, None)

@@ -128,10 +128,14 @@ def test_unit_hash_is_pinned() -> None:
 SERVICE = {"quality": 2.5, "preview": 0.4, "draft": 0.1}
 
 
-def idle(service_s: float, floor_s: float | None = None, probe: bool = False) -> Forecast:
-    """An idle endpoint: it would take its service time (``floor_s`` at its fastest)."""
+def idle(
+    service_s: float, floor_s: float | None = None, probe: bool = False, ceiling_s: float | None = None
+) -> Forecast:
+    """An idle endpoint: it would take its service time (``floor_s`` at its fastest,
+    ``ceiling_s`` at its slowest)."""
     floor = service_s if floor_s is None else floor_s
-    return Forecast(service_s, floor, service_s, floor, ahead=0, probe=probe)
+    ceiling = service_s if ceiling_s is None else ceiling_s
+    return Forecast(service_s, floor, ceiling, service_s, floor, ahead=0, probe=probe)
 
 
 IDLE = {name: idle(s) for name, s in SERVICE.items()}
@@ -163,6 +167,14 @@ def test_plan_attempt_keeps_room_for_the_next_tier(
     assert plan.skipped == skipped
 
 
+def test_a_fallback_is_reserved_its_slowest_recent_time() -> None:
+    """Under load a fallback runs slower than its typical time: the tier before it gives
+    up early enough for the fallback's slowest recent answer."""
+    loaded = {**IDLE, "draft": idle(0.04, ceiling_s=0.3)}
+    plan = plan_attempt(["preview", "draft"], 2.0, loaded.__getitem__, margin_s=0.02)
+    assert plan.attempt is not None and plan.attempt.timeout_s == pytest.approx(2.0 - 0.32)
+
+
 def test_margin_is_added_to_the_reserve() -> None:
     plan = plan_attempt(["quality", "preview", "draft"], 10.0, IDLE.__getitem__, margin_s=0.05)
     assert plan.attempt is not None and plan.attempt.timeout_s == pytest.approx(9.4)
@@ -171,7 +183,7 @@ def test_margin_is_added_to_the_reserve() -> None:
 def test_a_queue_ahead_is_busy_not_slow() -> None:
     """Work queued ahead makes a tier miss: that is overload (``busy``), which the
     dispatcher sheds with 429 + Retry-After, not a budget failure."""
-    queued = Forecast(expected_s=3.0, floor_s=1.5, service_s=0.1, service_floor_s=0.05, ahead=20)
+    queued = Forecast(expected_s=3.0, floor_s=1.5, ceiling_s=4.0, service_s=0.1, service_floor_s=0.05, ahead=20)
     plan = plan_attempt(["draft"], 0.5, {"draft": queued}.__getitem__)
     assert plan.attempt is None and plan.skipped == (("draft", "busy"),)
     plan = plan_attempt(["quality", "draft"], 4.0, {"quality": queued, "draft": IDLE["draft"]}.__getitem__)

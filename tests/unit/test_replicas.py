@@ -70,7 +70,7 @@ def test_snapshot_shows_health_circuits_and_load() -> None:
     assert set(snap[0]) >= {"url", "healthy", "outstanding", "served", "failed", "model_circuits"}
 
 
-def test_the_replica_where_a_request_would_finish_first_wins() -> None:
+def test_a_replica_still_computing_abandoned_work_is_avoided() -> None:
     """Replica choice reads each replica's own queue for the model: a replica still
     computing work the gateway gave up on is avoided, and the others are unaffected."""
     rs, clock = replica_set(2)
@@ -82,3 +82,20 @@ def test_the_replica_where_a_request_would_finish_first_wins() -> None:
     forecast = rs.forecast(DRAFT)
     assert forecast is not None and forecast.ahead == 0 and forecast.expected_s == 0.1
     assert rs.choose(NOOP, set()) is r0, "other models on the replica are unaffected"
+
+
+def test_a_replica_whose_estimate_went_bad_still_gets_requests_when_idle() -> None:
+    """After a freeze its lane holds inflated timeouts; idle, it is chosen by fewest
+    served, so it gets the answers that correct its estimate."""
+    rs, clock = replica_set(2)
+    r0, r1 = rs.replicas
+    for _ in range(2):
+        stuck = r0.lane(DRAFT).send(clock.now)
+        clock.now += 1.5
+        r0.lane(DRAFT).abandon(stuck, clock.now)
+    clock.now += 5
+    r1.served = 10
+    assert r0.lane(DRAFT).estimate.typical_s > 1.0
+    assert rs.choose(DRAFT, set()) is r0
+    forecast = rs.forecast(DRAFT)
+    assert forecast is not None and forecast.expected_s == 0.1, "the budget reads the best replica"
