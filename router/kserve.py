@@ -2,7 +2,7 @@
 
 Both directions are here, for both sides of the gateway: the HTTP edge decodes client
 requests and encodes responses; the Triton backend encodes requests and decodes
-responses. It is a pure leaf module (numpy and json only).
+responses. It is a pure leaf module (numpy, json and orjson only).
 
 A request is a JSON header, optionally followed by raw tensor bytes; the header's
 length is given by ``Inference-Header-Content-Length`` and each binary input names
@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import orjson
 from numpy.typing import NDArray
 
 from router.errors import InvalidRequest
@@ -186,17 +187,17 @@ def encode_response(
 ) -> tuple[bytes, int | None]:
     """Encode one UINT8 output tensor; returns the body and the JSON header length."""
     output: dict[str, Any] = {"name": name, "datatype": "UINT8", "shape": list(array.shape)}
-    raw = np.ascontiguousarray(array, dtype=np.uint8).tobytes()
+    flat = np.ascontiguousarray(array, dtype=np.uint8).reshape(-1)
     if binary:
-        output["parameters"] = {"binary_data_size": len(raw)}
+        output["parameters"] = {"binary_data_size": flat.size}
     else:
-        output["data"] = array.reshape(-1).tolist()
+        output["data"] = flat  # orjson writes a numpy array in C (tolist + json.dumps: ~25x slower)
     header: dict[str, Any] = {"model_name": model_name, "model_version": model_version, "outputs": [output]}
     if request_id is not None:
         header["id"] = request_id
-    head = json.dumps(header, separators=(",", ":")).encode()
+    head = orjson.dumps(header, option=orjson.OPT_SERIALIZE_NUMPY)
     if binary:
-        return head + raw, len(head)
+        return head + flat.tobytes(), len(head)
     return head, None
 
 

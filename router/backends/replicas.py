@@ -128,7 +128,7 @@ class ReplicaSet:
         candidates = [r for r in self.replicas if r not in exclude and r.usable(model.name, now)]
         if not candidates:
             return None
-        best = min(candidates, key=lambda r: (r.lane(model).forecast(now).ahead, r.served))
+        best = min(candidates, key=lambda r: (r.lane(model).ahead(now), r.served))
         if best.model_breaker(model.name).allow(now) and best.breaker.allow(now):
             return best
         return None

@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import hashlib
 import os
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import ValidationError
 
+from router.config.regex import Pattern, RegexError, compile_regex
 from router.config.schema import MatchSpec, OpenAIBackendSpec, RoutesFile, RouteSpec, Strict, TritonBackendSpec
 from router.config.source import Located, PathKey, read_yaml
 from router.config.table import (
@@ -150,11 +150,11 @@ class _Compiler:
     def fail(self, path: PathKey, message: str) -> None:
         self.issues.append(self.src.issue(path, message))
 
-    def regex(self, pattern: str, path: PathKey) -> re.Pattern[str] | None:
+    def regex(self, pattern: str, path: PathKey) -> Pattern | None:
         try:
-            return re.compile(pattern)
-        except re.error as exc:
-            self.fail(path, f"invalid regex {pattern!r}: {exc}")
+            return compile_regex(pattern)
+        except RegexError as exc:
+            self.fail(path, f"invalid regex {pattern!r} (RE2 syntax: no backreferences or lookaround): {exc}")
             return None
 
     # -- backends and models -------------------------------------------------------

@@ -6,11 +6,12 @@ reference and a request keeps the table it started with until it finishes.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from pydantic import SecretStr
+
+from router.config.regex import Pattern
 
 __all__ = ["Arm", "Backend", "HeaderRule", "Matcher", "Model", "Route", "RouteLimits", "RoutingTable"]
 
@@ -77,14 +78,14 @@ class Model:
 class HeaderRule:
     name: str  # lower-case
     equals: str | None = None
-    regex: re.Pattern[str] | None = None
+    regex: Pattern | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class Matcher:
     """Conditions that must all hold; ``None`` means "any"."""
 
-    prompt: re.Pattern[str] | None = None
+    prompt: Pattern | None = None
     intents: frozenset[str] | None = None
     headers: tuple[HeaderRule, ...] = ()
     models: frozenset[str] | None = None

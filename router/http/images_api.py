@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import re
 import time
-from typing import Literal
+from typing import Any, Literal
 
+from numpy.typing import NDArray
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -29,6 +30,7 @@ from router.http.common import (
     serve,
     served_headers,
 )
+from router.http.encode import encode_off_loop
 
 __all__ = ["generate", "openai_images"]
 
@@ -72,6 +74,11 @@ def _size(size: str | None) -> tuple[int | None, int | None]:
     return int(match.group(1)), int(match.group(2))
 
 
+def _pixels(images: NDArray[Any]) -> int:
+    """Pixels in a ``[batch, height, width, 3]`` answer: what encoding it costs."""
+    return int(images.shape[0] * images.shape[1] * images.shape[2]) if images.ndim == 4 else int(images.size)
+
+
 async def openai_images(request: Request) -> Response:
     started = time.monotonic()
     body = parse_json_model(await read_body(request), OpenAIImagesRequest, request.headers.get("content-type"))
@@ -87,7 +94,8 @@ async def openai_images(request: Request) -> Response:
         height=height,
     )
     served = await serve(request, facts, image_request, started)
-    data = [{"b64_json": b64_png(image)} for image in served.result.images]
+    images = served.result.images
+    data = await encode_off_loop(_pixels(images), lambda: [{"b64_json": b64_png(image)} for image in images])
     return JSONResponse({"created": int(time.time()), "data": data}, headers=served_headers(served))
 
 
@@ -104,11 +112,14 @@ async def generate(request: Request) -> Response:
     image_request = ImageRequest((body.prompt,) * body.n, seeds, body.steps, body.width, body.height)
     served = await serve(request, facts, image_request, started)
     headers = served_headers(served)
+    results = served.result.images
     if not as_json:
         headers["X-Router-Seed"] = str(seeds[0])
-        return Response(encode_png(served.result.images[0]), media_type="image/png", headers=headers)
-    images = [
-        {"b64_png": b64_png(image), "seed": seed} for image, seed in zip(served.result.images, seeds, strict=False)
-    ]
+        png = await encode_off_loop(_pixels(results[:1]), lambda: encode_png(results[0]))
+        return Response(png, media_type="image/png", headers=headers)
+    images = await encode_off_loop(
+        _pixels(results),
+        lambda: [{"b64_png": b64_png(image), "seed": seed} for image, seed in zip(results, seeds, strict=False)],
+    )
     payload = {"images": images, "route": served.route.name, "model": served.model_tag}
     return JSONResponse(payload, headers=headers)

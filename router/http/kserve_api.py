@@ -21,6 +21,7 @@ from router.backends.base import ImageRequest
 from router.errors import InvalidRequest
 from router.gateway import Gateway
 from router.http.common import MAX_PROMPT_CHARS, facts_for, gateway_of, read_body, serve, served_headers
+from router.http.encode import encode_off_loop
 from router.kserve import InferRequest, decode_request, encode_response, wants_binary
 from router.policy.match import RequestFacts, select_route
 
@@ -147,7 +148,13 @@ async def infer(request: Request) -> Response:
     served = await serve(request, facts, image_request, started)
     binary = wants_binary(decoded, "IMAGE")
     version = served.result.model_version or served.model.version or ""
-    payload, head = encode_response(alias, version, decoded.id, "IMAGE", served.result.images, binary)
+    images = served.result.images
+
+    def encode() -> tuple[bytes, int | None]:
+        return encode_response(alias, version, decoded.id, "IMAGE", images, binary)
+
+    # a binary answer is one copy of the tensor: only JSON text scales badly enough to move
+    payload, head = encode() if binary else await encode_off_loop(images.size // 3, encode)
     headers = served_headers(served)
     if head is None:
         return Response(payload, media_type="application/json", headers=headers)

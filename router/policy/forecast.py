@@ -52,20 +52,23 @@ class ServiceTime:
     ``typical`` (median of the last three samples, censored ones included) plans the
     attempt; ``floor`` (fastest recent answer) says what would surely miss; ``ceiling``
     (slowest recent answer) is what a fallback tier is reserved, so that it can still
-    deliver when the tier before it times out under load."""
+    deliver when the tier before it times out under load. All three are recomputed
+    when a sample arrives, not when they are read: they are read on every request."""
 
-    __slots__ = ("answered", "prior_s", "recent", "touched_at")
+    __slots__ = ("answered", "ceiling_s", "floor_s", "prior_s", "recent", "touched_at", "typical_s")
 
     def __init__(self, prior_s: float) -> None:
         self.prior_s = prior_s
         self.recent: deque[float] = deque(maxlen=_KEEP)  # answers and censored timeouts
         self.answered: deque[float] = deque(maxlen=_KEEP)  # answers only
         self.touched_at = float("-inf")  # last sample (or censored observation)
+        self._update()
 
     def add(self, seconds: float, now: float) -> None:
         self.recent.append(max(seconds, 0.0))
         self.answered.append(max(seconds, 0.0))
         self.touched_at = now
+        self._update()
 
     def censored(self, at_least_s: float, now: float) -> None:
         """A request was given up after ``at_least_s`` of service: it needed more than
@@ -74,26 +77,16 @@ class ServiceTime:
         self.touched_at = now
         if at_least_s > self.typical_s:
             self.recent.append(at_least_s * _CENSORED_GROWTH)
+            self._update()
 
-    @property
-    def typical_s(self) -> float:
+    def _update(self) -> None:
         last = list(self.recent)[-_MEDIAN_OF:]
         last += [self.prior_s] * (_MEDIAN_OF - len(last))
-        return sorted(last)[_MEDIAN_OF // 2]
-
-    @property
-    def floor_s(self) -> float:
-        samples = list(self.answered)
-        if len(samples) < _MEDIAN_OF:
-            samples.append(self.prior_s * _FLOOR_OF_PRIOR)
-        return min(samples)
-
-    @property
-    def ceiling_s(self) -> float:
-        samples = list(self.answered)
-        if len(samples) < _MEDIAN_OF:
-            samples.append(self.prior_s)
-        return max(samples)
+        self.typical_s: float = sorted(last)[_MEDIAN_OF // 2]
+        answered = list(self.answered)
+        few = len(answered) < _MEDIAN_OF
+        self.floor_s: float = min([*answered, self.prior_s * _FLOOR_OF_PRIOR] if few else answered)
+        self.ceiling_s: float = max([*answered, self.prior_s] if few else answered)
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,14 +175,13 @@ class Lane:
     def forecast(self, now: float, extra_ahead: int = 0) -> Forecast:
         """When a request sent now would finish, with ``extra_ahead`` more requests
         (e.g. the gateway's own admission queue) in front of it."""
-        self._expire(now)
-        typical, floor, ceiling = self.estimate.typical_s, self.estimate.floor_s, self.estimate.ceiling_s
-        ceiling = max(ceiling, typical)
-        ahead = len(self._running) + len(self._ghosts) + len(self._queued) + extra_ahead
+        ahead = self.ahead(now) + extra_ahead
+        est = self.estimate
+        typical, floor, ceiling = est.typical_s, est.floor_s, max(est.ceiling_s, est.typical_s)
         # only a lane with samples is probed: without any, the hint is the operator's word
-        stale = now - self.estimate.touched_at >= self.probe_after_s * self._backoff
-        probe = stale and ahead == 0 and bool(self.estimate.recent)
-        if self.servers is None:
+        stale = now - est.touched_at >= self.probe_after_s * self._backoff
+        probe = stale and ahead == 0 and bool(est.recent)
+        if self.servers is None or ahead == 0:  # nothing to play forward
             return Forecast(typical, floor, ceiling, typical, floor, ahead, probe)
         expected = self._play(now, typical, extra_ahead) + typical
         optimistic = self._play(now, floor, extra_ahead) + floor
@@ -206,6 +198,12 @@ class Lane:
         for _ in range(len(self._queued) + extra_ahead):
             heapq.heapreplace(frees, frees[0] + service_s)
         return frees[0]
+
+    def ahead(self, now: float) -> int:
+        """Requests a new one would find before it: executing, abandoned but still
+        running, queued."""
+        self._expire(now)
+        return len(self._running) + len(self._ghosts) + len(self._queued)
 
     @property
     def pending(self) -> int:

@@ -264,3 +264,47 @@ def test_malformed_input_gets_4xx_with_a_code_and_the_gateway_keeps_serving(
     asyncio.run(scenario())
     assert tally.over_budget == 0 and tally.errors == 0
     healthy_afterwards(gw)
+
+
+REDOS = """
+backends: {triton: {url: "${TRITON_URL}"}}
+routes:
+  - name: words
+    match: {prompt: "^(\\\\w+\\\\s?)*$"}
+    model: noop
+    budget_ms: 2000
+default_route: {model: noop, budget_ms: 2000}
+"""
+
+
+def test_a_catastrophic_route_regex_cannot_freeze_the_gateway(
+    start_gateway: Callable[..., GatewayProcess],
+) -> None:
+    """The route regex that held Python's backtracking engine for 24 s on a 29-character
+    prompt (`router validate` accepts it). Under RE2 the hostile prompts are matched in
+    linear time: each is answered at once, and /healthz never waits."""
+    gw = start_gateway(REDOS)
+    tally = Tally("6. a catastrophic route regex and hostile prompts", 2.0)
+    TALLIES.append(tally)
+    prompts = ["a" * 28 + "!", "a " * 1999 + "!", "ab" * 1999 + "!"]
+
+    async def scenario() -> list[float]:
+        async with httpx.AsyncClient(base_url=gw.url, timeout=30) as client:
+            hostile = [
+                asyncio.create_task(record(client, tally, "POST", "/api/v1/generate", json={"prompt": p}))
+                for p in prompts * 3
+            ]
+            health = []
+            for _ in range(5):
+                t0 = time.monotonic()
+                assert (await client.get("/healthz")).status_code == 200
+                health.append(time.monotonic() - t0)
+            await asyncio.gather(*hostile)
+            matched = await client.post("/api/v1/generate", json={"prompt": "two words"})
+            assert matched.headers["x-router-route"] == "words"
+            return health
+
+    health = asyncio.run(scenario())
+    assert tally.answered == len(prompts) * 3 and tally.errors == 0, tally.statuses
+    assert tally.worst_s < 1.0, f"a hostile prompt took {tally.worst_s:.3f}s"
+    assert max(health) < 0.5, health
