@@ -6,8 +6,9 @@ could bring it down. So each backend endpoint keeps, per model, a :class:`Lane` 
 small model of that model's queue there, fed by the gateway's own sends and answers:
 
 * what is executing (and since when), what is queued behind it, and work the gateway
-  abandoned that the backend is still computing (Triton cannot stop a running request;
-  a *queued* one it drops at the same deadline, because the gateway sends its timeout);
+  abandoned that the backend is still computing or will compute (Triton cannot stop a
+  running request, and without a queue policy — see model_repository/ — it runs a
+  queued one that nobody waits for any more, too);
 * a service-time estimate, :class:`ServiceTime`: the median of the last three
   samples (one outlier never moves it, two agreeing samples do), a floor (the fastest
   recent answer) and a ceiling (the slowest).
@@ -109,6 +110,7 @@ class Ticket:
     sent: float
     started: float | None = None  # when it (probably) began executing
     exact: bool = False  # started is known (a free slot, or right after a real answer)
+    abandoned: bool = False  # given up while queued: it will still run, for nobody
 
 
 class Lane:
@@ -153,11 +155,11 @@ class Lane:
         self._promote(now, exact=True)
 
     def abandon(self, ticket: Ticket, now: float) -> None:
-        """The gateway gave up on ``ticket``. Queued, the backend drops it at the same
-        deadline; executing, it runs on and keeps its instance busy a while longer."""
+        """The gateway gave up on ``ticket``. Executing, it runs on and keeps its instance
+        busy a while longer; queued, it keeps its place and will run when its turn comes."""
         self._expire(now)
         if ticket in self._queued:
-            self._queued.remove(ticket)
+            ticket.abandoned = True
             return
         if ticket not in self._running:
             return
@@ -228,4 +230,7 @@ class Lane:
         while self._queued and self._free_slots() > 0:
             ticket = self._queued.popleft()
             ticket.started, ticket.exact = max(ticket.sent, at), exact
-            self._running.append(ticket)
+            if ticket.abandoned:  # its answer will never be read: it ends when it should
+                self._ghosts.append(ticket.started + self.estimate.typical_s)
+            else:
+                self._running.append(ticket)

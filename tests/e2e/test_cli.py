@@ -121,13 +121,17 @@ def test_router_up_serves_through_triton_and_stops_cleanly(tmp_path: Path) -> No
             stats = httpx.get(f"{triton_url}/v2/models/{model}/stats", timeout=10).json()["model_stats"][0]
             assert stats["inference_stats"]["success"]["count"] == 1, (model, stats["inference_stats"])
         _read_until(process, r"gateway listening on")
-        deadline = time.monotonic() + 30
+        deadline, ready = time.monotonic() + 30, None
         while time.monotonic() < deadline:
             try:
-                if httpx.get(f"http://127.0.0.1:{port}/readyz").status_code == 200:
-                    break
+                ready = httpx.get(f"http://127.0.0.1:{port}/readyz").status_code
             except httpx.HTTPError:
-                time.sleep(0.2)
+                ready = None
+            if ready == 200:
+                break
+            time.sleep(0.2)
+        else:
+            raise AssertionError(f"the gateway never became ready (last /readyz: {ready})")
         r = httpx.post(f"http://127.0.0.1:{port}/api/v1/generate", json={"prompt": "a sketch of a cat"}, timeout=30)
         assert r.status_code == 200 and r.headers["x-router-model"] == "draft@1"
         assert "x-router-fallback" not in r.headers, "the first request is served by the tier the rules pick"

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import io
 from collections.abc import Callable
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -15,7 +16,7 @@ import tritonclient.http as httpclient
 from PIL import Image
 from tritonclient.utils import InferenceServerException
 
-from router.triton import TritonServer
+from router.triton import TritonServer, free_port
 from tests.integration.routes_common import ROUTING
 from tests.procs import GatewayProcess
 
@@ -168,6 +169,19 @@ def test_health_endpoints(gw: GatewayProcess) -> None:
     assert httpx.get(gw.url + "/healthz").json() == {"status": "ok"}
     ready = httpx.get(gw.url + "/readyz")
     assert ready.status_code == 200 and ready.json()["status"] == "ready"
+
+
+def test_readyz_is_503_when_no_backend_answers(tmp_path: Path) -> None:
+    """Readiness means a backend answers, not merely that the process is up: a gateway
+    whose only Triton is unreachable must not receive traffic."""
+    routes = tmp_path / "routes.yaml"
+    routes.write_text('backends: {triton: {url: "${TRITON_URL}"}}\ndefault_route: {model: noop, budget_ms: 500}\n')
+    dead = GatewayProcess(routes, f"http://127.0.0.1:{free_port()}", tmp_path / "gateway.log")
+    try:
+        assert httpx.get(dead.url + "/healthz").status_code == 200  # alive ...
+        assert httpx.get(dead.url + "/readyz").status_code == 503  # ... but not ready
+    finally:
+        dead.stop()
 
 
 def test_request_id_is_echoed(gw: GatewayProcess) -> None:

@@ -135,3 +135,55 @@ async def test_cancelled_request_drops_its_connection() -> None:
     assert pool._take_idle() is None
     server.close()
     await server.wait_closed()
+
+
+async def test_the_queue_timeout_and_priority_reach_triton_on_the_wire() -> None:
+    """What the gateway promises Triton — the time the budget leaves as the request's
+    queue ``timeout`` (µs), and the route's priority level — read off the wire by a
+    scripted upstream that answers like Triton."""
+    import json
+
+    import numpy as np
+
+    from router.backends.base import ImageRequest
+    from router.config import compile_text
+    from router.gateway import Gateway
+    from router.kserve import encode_response
+    from router.policy.match import RequestFacts
+
+    seen: list[dict[str, object]] = []
+
+    async def triton(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+        while True:
+            head = await reader.readuntil(b"\r\n\r\n")
+            fields = dict(line.split(b": ", 1) for line in head.split(b"\r\n")[1:] if b": " in line)
+            fields = {k.lower(): v for k, v in fields.items()}
+            body = await reader.readexactly(int(fields[b"content-length"]))
+            seen.append(json.loads(body[: int(fields[b"inference-header-content-length"])]))
+            image = np.zeros((1, 8, 8, 3), np.uint8)
+            payload, size = encode_response("noop", "1", None, "IMAGE", image, binary=True)
+            writer.write(
+                b"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\n"
+                b"Inference-Header-Content-Length: %d\r\nContent-Length: %d\r\n\r\n%s" % (size, len(payload), payload)
+            )
+            await writer.drain()
+
+    server, port, _ = await serve(triton)
+    routes = f"""
+backends: {{triton: {{url: "http://127.0.0.1:{port}"}}}}
+models: {{noop: {{backend: triton, latency_hint_ms: 10}}}}
+routes:
+  - {{name: urgent, match: urgent, model: noop, budget_ms: 750, priority: 1}}
+default_route: {{model: noop, budget_ms: 2000}}
+"""
+    gateway = Gateway(compile_text(routes, env={}))
+    try:
+        await gateway.generate(RequestFacts("x", intent="urgent"), ImageRequest(("x",)))
+        await gateway.generate(RequestFacts("x"), ImageRequest(("x",)), priority=3)
+    finally:
+        await gateway.aclose()
+        server.close()
+    urgent, default = (s["parameters"] for s in seen)
+    assert isinstance(urgent, dict) and isinstance(default, dict)
+    assert 700_000 <= urgent["timeout"] <= 750_000 and urgent["priority"] == 1
+    assert 1_950_000 <= default["timeout"] <= 2_000_000 and default["priority"] == 3  # X-Priority

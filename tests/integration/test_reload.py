@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
 import signal
 import time
 from collections.abc import Callable
@@ -13,6 +14,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from router.config import compile_text
+from router.policy.split import choose_arm, sticky_key
 from router.triton import TritonServer
 from tests.integration.routes_common import TIERS
 from tests.procs import GatewayProcess
@@ -128,12 +131,13 @@ def test_sighup_and_admin_reload_and_auth(start_gateway: Callable[..., GatewayPr
     assert httpx.post(gw.url + "/admin/reload").status_code == 401
     wrong = {"Authorization": "Bearer nope"}
     assert httpx.get(gw.url + "/admin/config", headers=wrong).json()["error"]["code"] == "unauthorized"
-    explain = httpx.post(
-        gw.url + "/admin/explain",
-        headers=gw.admin,
-        json={"prompt": "x", "intent": "canary", "headers": {"X-User-Id": "u1"}},
-    ).json()
-    assert explain["route"] == "canary" and explain["chosen"] in ("noop", "noop-canary")
+    for user in ("u1", "u2", "u3", "u4"):  # explain names the side that serving then uses
+        explain = httpx.post(
+            gw.url + "/admin/explain",
+            headers=gw.admin,
+            json={"prompt": "x", "intent": "canary", "headers": {"X-User-Id": user}},
+        ).json()
+        assert explain["route"] == "canary" and explain["chosen"] + "@1" == _side(gw, user), (user, explain)
 
 
 def test_admin_is_disabled_without_a_token(start_gateway: Callable[..., GatewayProcess]) -> None:
@@ -174,12 +178,31 @@ def test_canary_roll_forward_by_editing_routes_keeps_canary_users(
     def sides() -> dict[str, str]:
         return {u: _side(gw, u) for u in users}
 
+    def expected(weight: int) -> dict[str, str]:
+        """Each user's side by the pure policy (sticky: no randomness): the gateway must
+        agree with it user by user, not merely in the count."""
+        route = compile_text(routes("noop", canary_weight=weight), env={"TRITON_URL": "http://x:1"}).route_named(
+            "canary"
+        )
+        assert route is not None
+        keys = {u: sticky_key(route, {"x-user-id": u}, {}, {}) for u in users}
+        return {u: choose_arm(route, keys[u], random.Random(0)).arm.model + "@1" for u in users}
+
+    def canary_users(side: dict[str, str]) -> set[str]:
+        return {u for u, model in side.items() if model == "noop-canary@1"}
+
     before = sides()
+    assert before == expected(10) and 2 <= len(canary_users(before)) <= 16  # ~10% of 80
     gw.routes.write_text(routes("noop", canary_weight=50))
     wait_for(lambda: _weights(gw) == [50.0, 50.0])
-    after = sides()
-    assert all(after[u] == "noop-canary@1" for u in users if before[u] == "noop-canary@1")
-    assert sum(v == "noop-canary@1" for v in after.values()) > sum(v == "noop-canary@1" for v in before.values())
+    forward = sides()
+    assert forward == expected(50) and 28 <= len(canary_users(forward)) <= 52  # ~50%
+    assert canary_users(before) <= canary_users(forward), "rolling forward moves users only to the canary"
+    gw.routes.write_text(routes("noop", canary_weight=20))  # part way back
+    wait_for(lambda: _weights(gw) == [80.0, 20.0])
+    back = sides()
+    assert back == expected(20) and canary_users(back) < canary_users(forward)
+    assert canary_users(back) <= canary_users(forward), "lowering the weight moves only canary users back"
     gw.routes.write_text(routes("noop", canary_weight=0))  # roll back
     wait_for(lambda: _weights(gw) == [100.0, 0.0])
     assert all(_side(gw, u) == "noop@1" for u in users)

@@ -60,7 +60,11 @@ def test_status_page_renders_and_moves(start_gateway: Callable[..., GatewayProce
         before = int(page.text_content(cell) or "0")
         assert before > 0
         verdict = page.text_content("#canaries tbody tr:nth-child(2) td:last-child") or ""
-        assert verdict == "healthy" or verdict.startswith(("collecting", "degraded"))
+        status = httpx.get(gw.url + "/admin/status.json", headers=gw.admin).json()
+        canary = next(c for c in status["canaries"] if c["route"] == "canary")
+        assert verdict == canary["verdict"], "the page shows the verdict the gateway computed"
+        attempts = int(status["models"]["noop"]["attempts"])
+        assert attempts == before, "the page's counts are the gateway's (no traffic since the page read them)"
         assert "quality" in (page.text_content("#downgrades") or ""), "the tight route's downgrade is listed"
         assert page.text_content("#digest") == httpx.get(gw.url + "/readyz").json()["config_digest"]
         traffic(gw, 15)

@@ -4,6 +4,7 @@ and the local-checkpoint loading path."""
 from __future__ import annotations
 
 import json
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -67,6 +68,31 @@ def test_same_prompt_seed_steps_give_identical_bytes(client: httpclient.Inferenc
     assert a.tobytes() != _image(client, model, SEED=42, STEPS=3).tobytes()
     other_prompt = _image(client, model, prompt=b"a blue whale", SEED=42, STEPS=2)  # type: ignore[arg-type]
     assert a.tobytes() != other_prompt.tobytes(), "the image must depend on the prompt"
+
+
+def test_concurrent_requests_give_the_same_bytes_as_one_alone(
+    client: httpclient.InferenceServerClient, triton: TritonServer
+) -> None:
+    """The promise covers requests that arrive together and meet in one dynamic batch:
+    each is computed on its own, so 6 concurrent identical requests (and 2 with another
+    seed between them) give exactly the bytes of the same request sent alone."""
+    alone = _image(client, "draft", SEED=7, STEPS=4).tobytes()
+    other = _image(client, "draft", SEED=8, STEPS=4).tobytes()
+    url = triton.http_url.removeprefix("http://")
+
+    def one(seed: int) -> bytes:
+        own = httpclient.InferenceServerClient(url, network_timeout=120)  # not thread-safe: one each
+        try:
+            image = own.infer("draft", _inputs(b"a red fox", SEED=seed, STEPS=4)).as_numpy("IMAGE")
+            assert image is not None
+            return bytes(image.tobytes())
+        finally:
+            own.close()
+
+    seeds = [7, 7, 8, 7, 7, 8, 7, 7]
+    with ThreadPoolExecutor(len(seeds)) as pool:
+        results = list(pool.map(one, seeds))
+    assert [r == (alone if s == 7 else other) for r, s in zip(results, seeds, strict=True)] == [True] * len(seeds)
 
 
 def test_width_height_and_steps_are_honoured(client: httpclient.InferenceServerClient) -> None:

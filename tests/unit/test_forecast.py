@@ -86,19 +86,23 @@ def test_several_instances_drain_in_parallel() -> None:
     assert Lane(prior_s=1.0, servers=None).forecast(clock.now).expected_s == 1.0
 
 
-def test_abandoned_work_keeps_the_instance_busy_a_queued_one_does_not() -> None:
+def test_abandoned_work_keeps_the_instance_busy_queued_or_running() -> None:
+    """Triton cannot stop a running request, and without a queue policy it also runs a
+    queued one the gateway gave up on: both still count, until they should be done."""
     clock = Clock()
     lane = Lane(prior_s=1.0)
     running = lane.send(clock.now)
     queued = lane.send(clock.now)
     clock.now += 0.5
-    lane.abandon(queued, clock.now)  # Triton drops a queued request at the same deadline
-    assert lane.forecast(clock.now).ahead == 1
-    lane.abandon(running, clock.now)  # executing: Triton computes it anyway
+    lane.abandon(queued, clock.now)
+    assert lane.forecast(clock.now).ahead == 2 and lane.forecast(clock.now).expected_s == pytest.approx(2.5)
+    lane.abandon(running, clock.now)  # ran 0.5 s of 1 s: about 0.5 s left, then the queued one
     f = lane.forecast(clock.now)
-    assert f.ahead == 1 and f.expected_s == pytest.approx(0.5 + 1.0)
-    clock.now += 0.5
-    assert lane.forecast(clock.now).ahead == 0, "the abandoned work is assumed done by now"
+    assert f.ahead == 2 and f.expected_s == pytest.approx(0.5 + 1.0 + 1.0)
+    clock.now += 0.6
+    assert lane.forecast(clock.now).ahead == 1, "the first is assumed done, the queued one runs"
+    clock.now += 1.0
+    assert lane.forecast(clock.now).ahead == 0
 
 
 def test_the_service_sample_excludes_the_time_spent_queued() -> None:
