@@ -245,7 +245,7 @@ MALFORMED: list[tuple[str, str, bytes, dict[str, str], int, str]] = [
         400,
         "invalid_request",
     ),
-    ("POST", "/v2/models/..%2F..%2Fetc%2Fpasswd/infer", b"{}", {}, 404, "model_not_found"),
+    ("POST", "/v2/models/..%2F..%2Fetc%2Fpasswd/infer", b"{}", {}, 404, "not_found"),  # no such endpoint
     # httpx resolves the dot segments: it lands on the admin API, which still wants the token
     ("GET", "/v2/models/../../admin/config", b"", {}, 401, "unauthorized"),
     ("POST", "/admin/reload", b"", {"authorization": "Bearer guess"}, 401, "unauthorized"),

@@ -16,7 +16,8 @@ import tritonclient.http as httpclient
 from PIL import Image
 from tritonclient.utils import InferenceServerException
 
-from router.triton import TritonServer, free_port
+from router.triton import TritonServer
+from router.triton.launcher import free_port
 from tests.integration.routes_common import ROUTING
 from tests.procs import GatewayProcess
 
