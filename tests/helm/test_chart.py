@@ -107,6 +107,18 @@ def test_defaults_render_what_an_operator_expects() -> None:
     assert "OTEL_TRACES_EXPORTER" not in env, "tracing is off unless enabled"
 
 
+def test_the_disruption_budget_keeps_a_gateway_serving_and_selects_only_gateway_pods() -> None:
+    docs = render()
+    pdb = by_kind(docs, "PodDisruptionBudget")
+    gateway = by_kind(docs, "Deployment", "gateway")
+    triton = by_kind(docs, "Deployment", "triton")
+    assert pdb["spec"]["minAvailable"] == 1 and gateway["spec"]["replicas"] > pdb["spec"]["minAvailable"]
+    selector = pdb["spec"]["selector"]["matchLabels"]
+    assert selector == gateway["spec"]["selector"]["matchLabels"]
+    triton_labels = triton["spec"]["template"]["metadata"]["labels"]
+    assert not all(triton_labels.get(k) == v for k, v in selector.items()), "Triton pods are not the gateway's"
+
+
 def test_routes_are_mounted_as_a_directory_and_appear_verbatim() -> None:
     """subPath mounts never update; the directory mount gets the kubelet's ..data swap,
     which the gateway reloads (tests/integration/test_reload.py swaps it the same way)."""

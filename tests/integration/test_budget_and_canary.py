@@ -110,3 +110,27 @@ def test_canary_split_is_weighted_and_sticky_per_user(start_gateway: Callable[..
     assert forced.headers["x-router-model"] == "noop-canary@1"
     never = post(gw, {"prompt": "x", "intent": "canary"}, {"X-Canary": "never"})
     assert never.headers["x-router-model"] == "noop@1"
+
+
+@pytest.mark.parametrize("hedge", ["{after_ms: 200}", "{after: p95}"])
+def test_a_slow_tier_is_hedged_by_the_next_and_the_answer_says_so(
+    start_gateway: Callable[..., GatewayProcess], hedge: str
+) -> None:
+    """quality takes ~2 s; after 200 ms (or its p95: the 300 ms hint until it has answers)
+    preview is asked too, answers first, and the answer carries X-Router-Hedged."""
+    hedged = f"""  - name: hedged
+    match: {{intent: hedged}}
+    model: quality
+    budget_ms: 8000
+    fallback: [preview]
+    hedge: {hedge}
+default_route:"""
+    routes = ROUTING.replace("latency_hint_ms: 3500", "latency_hint_ms: 300").replace("default_route:", hedged, 1)
+    gw = start_gateway(routes)
+    t0 = time.monotonic()
+    r = post(gw, {"prompt": "a castle", "intent": "hedged", "seed": 1})
+    elapsed = time.monotonic() - t0
+    assert r.status_code == 200, r.text
+    assert r.headers["x-router-hedged"] == "true" and r.headers["x-router-model"] == "preview@1"
+    assert r.headers["x-router-attempts"] == "2"
+    assert elapsed < 1.8, "answered by the hedge, long before quality's ~2 s"

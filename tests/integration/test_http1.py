@@ -139,8 +139,8 @@ async def test_cancelled_request_drops_its_connection() -> None:
 
 async def test_the_queue_timeout_and_priority_reach_triton_on_the_wire() -> None:
     """What the gateway promises Triton — the time the budget leaves as the request's
-    queue ``timeout`` (µs), and the route's priority level — read off the wire by a
-    scripted upstream that answers like Triton."""
+    queue ``timeout`` (µs), the route's priority level, and a model's pinned version in
+    the path — read off the wire by a scripted upstream that answers like Triton."""
     import json
 
     import numpy as np
@@ -152,10 +152,12 @@ async def test_the_queue_timeout_and_priority_reach_triton_on_the_wire() -> None
     from router.policy.match import RequestFacts
 
     seen: list[dict[str, object]] = []
+    paths: list[bytes] = []
 
     async def triton(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
         while True:
             head = await reader.readuntil(b"\r\n\r\n")
+            paths.append(head.split(b" ")[1])
             fields = dict(line.split(b": ", 1) for line in head.split(b"\r\n")[1:] if b": " in line)
             fields = {k.lower(): v for k, v in fields.items()}
             body = await reader.readexactly(int(fields[b"content-length"]))
@@ -171,7 +173,9 @@ async def test_the_queue_timeout_and_priority_reach_triton_on_the_wire() -> None
     server, port, _ = await serve(triton)
     routes = f"""
 backends: {{triton: {{url: "http://127.0.0.1:{port}"}}}}
-models: {{noop: {{backend: triton, latency_hint_ms: 10}}}}
+models:
+  noop: {{backend: triton, latency_hint_ms: 10}}
+  noop-v2: {{backend: triton, triton_model: noop, version: "2", latency_hint_ms: 10}}
 routes:
   - {{name: urgent, match: urgent, model: noop, budget_ms: 750, priority: 1}}
 default_route: {{model: noop, budget_ms: 2000}}
@@ -180,10 +184,12 @@ default_route: {{model: noop, budget_ms: 2000}}
     try:
         await gateway.generate(RequestFacts("x", intent="urgent"), ImageRequest(("x",)))
         await gateway.generate(RequestFacts("x"), ImageRequest(("x",)), priority=3)
+        await gateway.generate(RequestFacts("x", model="noop-v2"), ImageRequest(("x",)))
     finally:
         await gateway.aclose()
         server.close()
-    urgent, default = (s["parameters"] for s in seen)
+    assert paths == [b"/v2/models/noop/infer", b"/v2/models/noop/infer", b"/v2/models/noop/versions/2/infer"]
+    urgent, default, _ = (s["parameters"] for s in seen)
     assert isinstance(urgent, dict) and isinstance(default, dict)
     assert 700_000 <= urgent["timeout"] <= 750_000 and urgent["priority"] == 1
     assert 1_950_000 <= default["timeout"] <= 2_000_000 and default["priority"] == 3  # X-Priority

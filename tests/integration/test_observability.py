@@ -233,3 +233,33 @@ def test_a_new_trace_not_sampled_costs_no_span_and_no_header(
     httpx.post(url + "/api/v1/generate", json={"prompt": "a fox"}, headers={"traceparent": parent}, timeout=30)
     assert {s.name for s in exporter.get_finished_spans()} == {"POST generate", "attempt upstream", "attempt noop"}
     assert seen[1]["traceparent"].split("-")[1] == "0af7651916cd43dd8448eb211c80319c"
+
+
+@pytest.mark.parametrize(("sampler", "spans"), [("parentbased_always_on", True), ("always_off", False)])
+def test_tracing_is_configured_by_the_standard_otel_variables(
+    start_gateway: Callable[..., GatewayProcess], sampler: str, spans: bool
+) -> None:
+    """As an operator turns it on: environment variables only, on a real gateway process
+    (the console exporter writes each span as JSON to the gateway's output)."""
+    env = {
+        "OTEL_TRACES_EXPORTER": "console",
+        "OTEL_SERVICE_NAME": "imgs-under-test",
+        "OTEL_TRACES_SAMPLER": sampler,
+        "OTEL_BSP_SCHEDULE_DELAY": "100",
+    }
+    gw = start_gateway(ROUTING, env=env)
+    r = httpx.post(gw.url + "/api/v1/generate", json={"prompt": "a sketch of a fox"}, timeout=30)
+    assert r.status_code == 200
+    deadline = time.monotonic() + 10
+    text = ""
+    while time.monotonic() < deadline:
+        text = gw.log.read_text()
+        if "imgs-under-test" in text or not spans:
+            break
+        time.sleep(0.2)
+    if not spans:
+        time.sleep(1.0)  # give a wrongly sampled span the time to be exported
+        assert "imgs-under-test" not in gw.log.read_text()
+        return
+    assert '"service.name": "imgs-under-test"' in text, text[-2000:]
+    assert '"router.model": "draft"' in text and '"kind": "SpanKind.CLIENT"' in text

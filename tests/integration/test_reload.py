@@ -147,6 +147,18 @@ def test_admin_is_disabled_without_a_token(start_gateway: Callable[..., GatewayP
         assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
 
 
+def test_an_editors_rename_into_place_is_reloaded(start_gateway: Callable[..., GatewayProcess]) -> None:
+    """Editors (vim, most IDEs) save by writing a new file and renaming it over the old
+    one: the watcher must follow the name, not the replaced inode."""
+    gw = start_gateway(routes("noop"))
+    assert model_of(gw) == "noop@1"
+    for model in ("draft", "noop"):
+        staged = gw.routes.with_name(".routes.yaml.swp")
+        staged.write_text(routes(model))
+        os.rename(staged, gw.routes)
+        wait_for(lambda model=model: model_of(gw) == f"{model}@1")  # type: ignore[misc]
+
+
 def test_configmap_symlink_swap_is_reloaded(triton: TritonServer, tmp_path: Path) -> None:
     """The kubelet's layout: routes.yaml -> ..data/routes.yaml, ..data -> ..<timestamp>/;
     an update points ..data at a new directory in one rename."""
