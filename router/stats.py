@@ -1,11 +1,11 @@
-"""Live latency estimates per model: a time-windowed streaming p95.
+"""Recent latency per model, for people: a time-windowed streaming p50/p95/p99.
 
-Each model keeps its recent samples in a bounded ring (at most ``size`` samples, none
-older than ``window_s``). With no recent samples the estimate is the operator's
-``latency_hint_ms``: a tier skipped for being slow therefore becomes eligible again
-once its bad samples age out, which is how it gets re-probed. The dispatcher records a
-timed-out attempt as a pessimistic sample (see ``Dispatcher._record_timeout``), so a
-stalling tier's estimate rises at once. The clock is injected.
+What the status page, the canary verdict, ``/admin/status.json`` and ``hedge: {after:
+p95}`` read: answered attempts only, in a bounded ring (at most ``size`` samples, none
+older than ``window_s``), ``latency_hint_ms`` until there are samples; plus the outcome
+of every attempt for the error rate. Budget decisions do not read it — a quantile of
+the last minute is not what is true now; they read the per-replica queue forecasts of
+:mod:`router.policy.forecast`. The clock is injected.
 """
 
 from __future__ import annotations
