@@ -18,7 +18,7 @@ import pytest
 
 from router.triton import TritonServer
 from tests.chaos.conftest import TALLIES, Tally, load, record, record_aio, signal_group
-from tests.procs import GatewayProcess
+from tests.procs import GatewayProcess, scrape
 
 pytestmark = pytest.mark.chaos
 
@@ -80,6 +80,11 @@ def test_killing_one_of_two_replicas_under_load(replicas: list[TritonServer], tm
         assert tally.downgraded <= 2 and tally.served_by.get("draft@1", 0) >= tally.answered - 2, tally.served_by
         assert replica(gw, a.http_url)["healthy"] is False
         assert replica(gw, b.http_url)["served"] > 0
+        # ... and /metrics says so: the retries, and which replica is out
+        metrics = scrape(gw)
+        assert metrics[("router_retries_total", (("backend", "triton"),))] > 0
+        assert metrics[("router_replica_healthy", (("backend", "triton"), ("replica", a.http_url)))] == 0
+        assert metrics[("router_replica_healthy", (("backend", "triton"), ("replica", b.http_url)))] == 1
         healthy_afterwards(gw)
     finally:
         gw.stop()
@@ -172,11 +177,36 @@ def test_a_burst_at_quality_is_served_downgraded_or_refused_in_time(
             url = gw.url + "/api/v1/generate"
             await asyncio.gather(*(record_aio(session, tally, url, body) for _ in range(300)))
 
+    peaks: dict[str, dict[str, int]] = {}
+
+    async def sample_admission(session: aiohttp.ClientSession, done: asyncio.Event) -> None:
+        """The admin state every 50 ms while a burst runs: the bounds must hold throughout."""
+        while not done.is_set():
+            async with session.get(gw.url + "/admin/config", headers=gw.admin) as r:
+                models = (await r.json())["models"]
+            for name, m in models.items():
+                peak = peaks.setdefault(name, {"inflight": 0, "queued": 0})
+                peak["inflight"] = max(peak["inflight"], m["inflight"])
+                peak["queued"] = max(peak["queued"], m["queued"])
+            await asyncio.sleep(0.05)
+
+    async def sampled_burst() -> None:
+        done = asyncio.Event()
+        async with aiohttp.ClientSession() as session:
+            sampler = asyncio.create_task(sample_admission(session, done))
+            await burst()
+            done.set()
+            await sampler
+
     asyncio.run(burst())  # warms caches and pools
     before = rss_mb(gw.process.pid)
-    asyncio.run(burst())
+    asyncio.run(sampled_burst())
     asyncio.run(burst())
     after = rss_mb(gw.process.pid)
+    limits = {"quality": (1, 0), "preview": (2, 0), "draft": (2, 8)}  # max_concurrency, max_queue in BURST
+    for name, (inflight, queued) in limits.items():
+        assert peaks[name]["inflight"] <= inflight and peaks[name]["queued"] <= queued, peaks
+    assert peaks["quality"]["inflight"] == 1, "the burst reached quality's limit while it was sampled"
     assert tally.sent == 900 and tally.errors == 0
     assert set(tally.statuses) <= {200, 429, 504}, tally.statuses
     print(f"burst statuses: {tally.statuses}")

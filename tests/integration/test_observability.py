@@ -16,25 +16,15 @@ import uvicorn
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.sdk.trace.sampling import ParentBasedTraceIdRatio
-from prometheus_client.parser import text_string_to_metric_families
 
 from router.app import create_app
 from router.telemetry import Tracing
 from router.triton import TritonServer
 from router.triton.launcher import free_port
 from tests.integration.routes_common import ROUTING, TIERS
-from tests.procs import GatewayProcess
+from tests.procs import GatewayProcess, scrape
 
 pytestmark = pytest.mark.integration
-
-
-def scrape(gw: GatewayProcess) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    text = httpx.get(gw.url + "/metrics", timeout=10).text
-    out = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            out[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
-    return out
 
 
 def value(samples: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str, **labels: str) -> float:
