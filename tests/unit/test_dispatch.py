@@ -1,9 +1,12 @@
-"""The dispatcher's budget guarantees, with in-memory fake backends (no sockets)."""
+"""The dispatcher's budget guarantees, with in-memory fake backends (no sockets), on
+virtual time: ``looptime`` runs the event loop's clock in steps of exactly what is
+awaited, and the gateway and the fakes read that clock — so timeouts, hedge delays and
+answers are asserted exactly, and a busy CI host cannot make them flaky."""
 
 from __future__ import annotations
 
 import asyncio
-import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -55,8 +58,9 @@ default_route: draft
 class FakeBackend:
     """Behaviour per model: a delay in seconds, or an exception to raise."""
 
-    def __init__(self, behaviour: dict[str, Any]) -> None:
+    def __init__(self, behaviour: dict[str, Any], clock: Callable[[], float]) -> None:
         self.behaviour = behaviour
+        self.clock = clock
         self.calls: list[tuple[str, float]] = []
         self.open_circuits: set[str] = set()
         self.cancelled: list[str] = []
@@ -68,23 +72,23 @@ class FakeBackend:
     async def generate(self, model: Model, request: ImageRequest, timeout_s: float, priority: int | None = None):
         self.calls.append((model.name, timeout_s))
         action = self.behaviour[model.name]
-        ticket = self.lane(model).send(time.monotonic())
+        ticket = self.lane(model).send(self.clock())
         if isinstance(action, Exception):
-            self.lane(model).done(ticket, time.monotonic(), ok=False)
+            self.lane(model).done(ticket, self.clock(), ok=False)
             raise action
         try:
             await asyncio.sleep(action)
         except asyncio.CancelledError:
             self.cancelled.append(model.name)
-            self.lane(model).abandon(ticket, time.monotonic())
+            self.lane(model).abandon(ticket, self.clock())
             raise
-        self.lane(model).done(ticket, time.monotonic(), ok=True)
+        self.lane(model).done(ticket, self.clock(), ok=True)
         return ImageResult(np.zeros((1, 2, 2, 3), np.uint8), "1")
 
     def forecast(self, model: Model, extra_ahead: int = 0) -> Forecast | None:
         if model.name in self.open_circuits:
             return None
-        return self.lane(model).forecast(time.monotonic(), extra_ahead)
+        return self.lane(model).forecast(self.clock(), extra_ahead)
 
     async def ready(self) -> bool:
         return True
@@ -100,30 +104,37 @@ class FakeBackend:
 
 
 def gateway(behaviour: dict[str, Any]) -> tuple[Gateway, FakeBackend]:
-    fake = FakeBackend(behaviour)
+    clock = asyncio.get_running_loop().time
+    fake = FakeBackend(behaviour, clock)
 
     def factory(spec: Backend) -> FakeBackend:
         return fake
 
-    return Gateway(compile_text(ROUTES, env={}), backend_factory=factory), fake  # type: ignore[arg-type]
+    return Gateway(compile_text(ROUTES, env={}), backend_factory=factory, clock=clock), fake  # type: ignore[arg-type]
 
 
 REQ = ImageRequest(("a cat",))
+pytestmark = pytest.mark.looptime
+
+
+def now() -> float:
+    return asyncio.get_running_loop().time()
 
 
 async def test_slow_primary_is_abandoned_and_a_faster_tier_answers_inside_the_budget() -> None:
     gw, fake = gateway({"quality": 5.0, "preview": 0.01, "draft": 0.01})
-    t0 = time.monotonic()
+    t0 = now()
     served = await gw.generate(RequestFacts("a cat", intent="hq"), REQ)
-    elapsed = time.monotonic() - t0
+    elapsed = now() - t0
     assert served.model.name == "preview"
     assert served.attempts == 2
     assert served.fallback == (("quality", "timeout"),)
     assert fake.cancelled == ["quality"], "the losing call must be cancelled"
     # quality's timeout left room for preview (40 ms) and draft (10 ms), each + 20 ms margin
-    assert fake.calls[0][1] == pytest.approx(0.21, abs=0.005)
-    assert fake.calls[1][0] == "preview" and fake.calls[1][1] >= 0.04
-    assert elapsed < 0.3 + 0.05
+    assert fake.calls[0][1] == pytest.approx(0.21)
+    # preview, with 90 ms left, keeps draft's 10 ms + 20 ms: a 60 ms timeout
+    assert fake.calls[1][0] == "preview" and fake.calls[1][1] == pytest.approx(0.06)
+    assert elapsed == pytest.approx(0.21 + 0.01), "quality's timeout, then preview's 10 ms"
 
 
 async def test_a_timed_out_tier_is_still_busy_with_the_abandoned_work_and_is_skipped_meanwhile() -> None:
@@ -161,12 +172,12 @@ async def test_every_tier_unavailable_is_503() -> None:
 
 async def test_all_tiers_too_slow_is_504_at_the_budget_not_later() -> None:
     gw, _ = gateway({"quality": 5.0, "preview": 5.0, "draft": 5.0})
-    t0 = time.monotonic()
+    t0 = now()
     with pytest.raises(BudgetExhausted) as info:
         await gw.generate(RequestFacts("a", intent="hq"), REQ)
-    elapsed = time.monotonic() - t0
+    elapsed = now() - t0
     assert info.value.status == 504
-    assert 0.25 < elapsed < 0.3 + 0.05
+    assert elapsed == pytest.approx(0.3), "every tier tried in turn, and the answer exactly at the budget"
 
 
 async def test_an_unexpected_backend_bug_still_falls_back() -> None:
@@ -193,10 +204,10 @@ async def test_a_tier_at_its_concurrency_limit_is_skipped_or_refused_with_429() 
 
 async def test_hedge_asks_the_next_tier_when_the_first_is_late_and_the_first_good_answer_wins() -> None:
     gw, fake = gateway({"quality": 0.5, "preview": 0.01, "draft": 0.0})
-    t0 = time.monotonic()
+    t0 = now()
     served = await gw.generate(RequestFacts("a", intent="hedged"), REQ)
     assert served.hedged and served.model.name == "preview"
-    assert 0.05 <= time.monotonic() - t0 < 0.45, "answered by the hedge, long before quality (0.5 s)"
+    assert now() - t0 == pytest.approx(0.05 + 0.01), "the hedge starts at 50 ms and answers 10 ms later"
     assert fake.cancelled == ["quality"], "the slower call is cancelled"
     assert served.attempts == 2
 
