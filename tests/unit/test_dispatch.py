@@ -1,7 +1,7 @@
 """The dispatcher's budget guarantees, with in-memory fake backends (no sockets), on
-virtual time: ``looptime`` runs the event loop's clock in steps of exactly what is
+virtual time (``tests/virtual_time.py``): the loop's clock moves by exactly what is
 awaited, and the gateway and the fakes read that clock — so timeouts, hedge delays and
-answers are asserted exactly, and a busy CI host cannot make them flaky."""
+answer times are asserted exactly, and a busy CI host cannot make them flaky."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from router.errors import AllTiersFailed, BackendRejected, BackendUnavailable, B
 from router.gateway import Gateway
 from router.policy.forecast import Forecast, Lane
 from router.policy.match import RequestFacts
+from tests.virtual_time import virtual_time
 
 ROUTES = """
 backends: {fake: {url: "http://fake:1"}}
@@ -114,13 +115,13 @@ def gateway(behaviour: dict[str, Any]) -> tuple[Gateway, FakeBackend]:
 
 
 REQ = ImageRequest(("a cat",))
-pytestmark = pytest.mark.looptime
 
 
 def now() -> float:
     return asyncio.get_running_loop().time()
 
 
+@virtual_time
 async def test_slow_primary_is_abandoned_and_a_faster_tier_answers_inside_the_budget() -> None:
     gw, fake = gateway({"quality": 5.0, "preview": 0.01, "draft": 0.01})
     t0 = now()
@@ -137,6 +138,7 @@ async def test_slow_primary_is_abandoned_and_a_faster_tier_answers_inside_the_bu
     assert elapsed == pytest.approx(0.21 + 0.01), "quality's timeout, then preview's 10 ms"
 
 
+@virtual_time
 async def test_a_timed_out_tier_is_still_busy_with_the_abandoned_work_and_is_skipped_meanwhile() -> None:
     """A timeout is not a latency sample of twice the timeout (which skipped a tier for a
     minute): the abandoned request still occupies quality's one instance, so the next
@@ -154,6 +156,7 @@ async def test_a_timed_out_tier_is_still_busy_with_the_abandoned_work_and_is_ski
     assert fake.lanes["quality"].estimate.typical_s == pytest.approx(0.15)
 
 
+@virtual_time
 async def test_rejected_input_is_not_retried_elsewhere() -> None:
     gw, fake = gateway({"quality": BackendRejected("PROMPT: bad"), "preview": 0.0, "draft": 0.0})
     with pytest.raises(BackendRejected):
@@ -161,6 +164,7 @@ async def test_rejected_input_is_not_retried_elsewhere() -> None:
     assert [c[0] for c in fake.calls] == ["quality"]
 
 
+@virtual_time
 async def test_every_tier_unavailable_is_503() -> None:
     down = BackendUnavailable("refused")
     gw, fake = gateway({"quality": down, "preview": down, "draft": down})
@@ -170,6 +174,7 @@ async def test_every_tier_unavailable_is_503() -> None:
     assert [c[0] for c in fake.calls] == ["quality", "preview", "draft"]
 
 
+@virtual_time
 async def test_all_tiers_too_slow_is_504_at_the_budget_not_later() -> None:
     gw, _ = gateway({"quality": 5.0, "preview": 5.0, "draft": 5.0})
     t0 = now()
@@ -180,6 +185,7 @@ async def test_all_tiers_too_slow_is_504_at_the_budget_not_later() -> None:
     assert elapsed == pytest.approx(0.3), "every tier tried in turn, and the answer exactly at the budget"
 
 
+@virtual_time
 async def test_an_unexpected_backend_bug_still_falls_back() -> None:
     gw, _ = gateway({"quality": RuntimeError("bug"), "preview": 0.0, "draft": 0.0})
     served = await gw.generate(RequestFacts("a", intent="hq"), REQ)
@@ -187,6 +193,7 @@ async def test_an_unexpected_backend_bug_still_falls_back() -> None:
     assert served.fallback == (("quality", "error"),)
 
 
+@virtual_time
 async def test_a_tier_at_its_concurrency_limit_is_skipped_or_refused_with_429() -> None:
     gw, _ = gateway({"quality": 0.1, "preview": 0.0, "draft": 0.0})
     busy = asyncio.create_task(gw.generate(RequestFacts("a", intent="hq"), REQ))
@@ -202,6 +209,7 @@ async def test_a_tier_at_its_concurrency_limit_is_skipped_or_refused_with_429() 
     assert (await gw.generate(RequestFacts("a", intent="quality-only"), REQ)).model.name == "quality"
 
 
+@virtual_time
 async def test_hedge_asks_the_next_tier_when_the_first_is_late_and_the_first_good_answer_wins() -> None:
     gw, fake = gateway({"quality": 0.5, "preview": 0.01, "draft": 0.0})
     t0 = now()
@@ -212,6 +220,7 @@ async def test_hedge_asks_the_next_tier_when_the_first_is_late_and_the_first_goo
     assert served.attempts == 2
 
 
+@virtual_time
 async def test_hedge_not_needed_when_the_first_answers_in_time() -> None:
     gw, fake = gateway({"quality": 0.01, "preview": 0.01, "draft": 0.0})
     served = await gw.generate(RequestFacts("a", intent="hedged"), REQ)
@@ -219,6 +228,7 @@ async def test_hedge_not_needed_when_the_first_answers_in_time() -> None:
     assert [c[0] for c in fake.calls] == ["quality"]
 
 
+@virtual_time
 async def test_last_tier_waits_in_its_queue_and_a_full_queue_is_429() -> None:
     gw, _ = gateway({"quality": 0.0, "preview": 0.1, "draft": 0.0})
     first = asyncio.create_task(gw.generate(RequestFacts("a", intent="preview-queued"), REQ))
@@ -232,6 +242,7 @@ async def test_last_tier_waits_in_its_queue_and_a_full_queue_is_429() -> None:
     assert gw.dispatcher.inflight() == {}
 
 
+@virtual_time
 async def test_a_tier_whose_circuits_are_all_open_is_skipped_at_once() -> None:
     gw, fake = gateway({"quality": 0.0, "preview": 0.0, "draft": 0.0})
     fake.open_circuits.add("quality")
