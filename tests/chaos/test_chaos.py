@@ -209,14 +209,16 @@ def test_a_burst_at_quality_is_served_downgraded_or_refused_in_time(
     assert peaks["quality"]["inflight"] == 1, "the burst reached quality's limit while it was sampled"
     assert tally.sent == 900 and tally.errors == 0
     assert set(tally.statuses) <= {200, 429, 504}, tally.statuses
-    print(f"burst statuses: {tally.statuses}")
+    print(f"burst statuses: {tally.statuses}; gateway memory {before:.1f} -> {after:.1f} MB")
     assert tally.statuses.get(429, 0) > 0, "a burst this size must meet admission control"
     assert tally.shed_without_retry_after == 0, "every 429 says when to come back"
     # shed at once, not after waiting in a queue until the budget is nearly gone
     assert tally.shed_worst_s < 0.5, f"slowest 429 took {tally.shed_worst_s:.3f}s"
     assert tally.answered > 0
     assert tally.over_budget == 0, f"slowest {tally.worst_s:.3f}s"
-    assert after - before < 40, f"gateway memory grew {after - before:.1f} MB over two bursts"
+    # measured: 0.7-1.1 MB over two bursts after the warm-up one; 8 MB catches a leak of
+    # ~13 KB per request (600 requests) with room for a noisy host
+    assert after - before < 8, f"gateway memory grew {after - before:.1f} MB over two bursts"
     state = admin_state(gw)["models"]
     assert isinstance(state, dict)
     assert all(m["inflight"] == 0 and m["queued"] == 0 for m in state.values()), state
