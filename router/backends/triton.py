@@ -26,7 +26,7 @@ import tritonclient.http as httpclient
 import tritonclient.http.aio as aioclient
 from numpy.typing import NDArray
 from opentelemetry import propagate, trace
-from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_random_exponential
+from tenacity import AsyncRetrying, RetryCallState, stop_after_attempt, wait_random_exponential
 from tritonclient.utils import InferenceServerException
 
 from router.backends._http1 import Http1Response, StaleConnection
@@ -122,6 +122,16 @@ class TritonBackend:
             )
         return client
 
+    def _retry_while(self, attempts: int) -> Callable[[RetryCallState], bool]:
+        """tenacity asks ``retry`` before ``stop``: ask the budget only while an attempt
+        is left, or every request's last failure spends budget on a retry never sent."""
+
+        def decide(state: RetryCallState) -> bool:
+            failure = state.outcome.exception() if state.outcome is not None else None
+            return state.attempt_number < attempts and failure is not None and self._should_retry(failure)
+
+        return decide
+
     def _should_retry(self, exc: BaseException) -> bool:
         if isinstance(exc, BackendError) and exc.retryable and self._budget.try_spend(self.clock()):
             self.retries += 1
@@ -147,7 +157,7 @@ class TritonBackend:
         retrying = AsyncRetrying(
             stop=stop_after_attempt(policy.attempts),
             wait=wait_random_exponential(multiplier=policy.backoff_s, max=policy.max_backoff_s),
-            retry=retry_if_exception(self._should_retry),
+            retry=self._retry_while(policy.attempts),
             reraise=True,
         )
         async for attempt in retrying:

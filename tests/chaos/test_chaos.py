@@ -15,6 +15,7 @@ from pathlib import Path
 import aiohttp
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from router.triton import TritonServer
 from tests.chaos.conftest import TALLIES, Tally, load, record, record_aio, signal_group
@@ -105,12 +106,17 @@ def test_a_frozen_replica_is_timed_out_taken_out_and_brought_back(replicas: list
             os.kill(a.pid, signal.SIGSTOP)  # type: ignore[arg-type]
             await asyncio.sleep(2.5)
             frozen = await asyncio.to_thread(replica, gw, a.http_url)
+            metrics = await asyncio.to_thread(scrape, gw)
             os.kill(a.pid, signal.SIGCONT)  # type: ignore[arg-type]
             await task
-            return frozen
+            return frozen, metrics
 
-        frozen = asyncio.run(scenario())
+        frozen, metrics = asyncio.run(scenario())
         assert frozen["healthy"] is False and frozen["circuit"] == "open", frozen
+        # /metrics shows the same while frozen: the replica's own circuit open, it out of service
+        assert metrics[("router_circuit_open", (("backend", "triton"), ("model", ""), ("replica", a.http_url)))] == 1
+        assert metrics[("router_circuit_open", (("backend", "triton"), ("model", ""), ("replica", b.http_url)))] == 0
+        assert metrics[("router_replica_healthy", (("backend", "triton"), ("replica", a.http_url)))] == 0
         assert tally.errors == 0 and tally.over_budget == 0, (tally.statuses, tally.worst_s)
         # Every request answered: one caught on the frozen replica falls back to noop on
         # the other. (This once allowed a few 504s: Triton 2.51's batcher with priority
@@ -180,14 +186,24 @@ def test_a_burst_at_quality_is_served_downgraded_or_refused_in_time(
     peaks: dict[str, dict[str, int]] = {}
 
     async def sample_admission(session: aiohttp.ClientSession, done: asyncio.Event) -> None:
-        """The admin state every 50 ms while a burst runs: the bounds must hold throughout."""
+        """The admin state and /metrics every 50 ms while a burst runs: the bounds must hold
+        throughout, and the gauges must say what the admin state says."""
         while not done.is_set():
             async with session.get(gw.url + "/admin/config", headers=gw.admin) as r:
                 models = (await r.json())["models"]
+            async with session.get(gw.url + "/metrics") as r:
+                gauges = {
+                    (s.name, s.labels["model"]): s.value
+                    for family in text_string_to_metric_families(await r.text())
+                    for s in family.samples
+                    if s.name in ("router_model_inflight", "router_model_queued")
+                }
             for name, m in models.items():
-                peak = peaks.setdefault(name, {"inflight": 0, "queued": 0})
+                peak = peaks.setdefault(name, {"inflight": 0, "queued": 0, "gauge_inflight": 0, "gauge_queued": 0})
                 peak["inflight"] = max(peak["inflight"], m["inflight"])
                 peak["queued"] = max(peak["queued"], m["queued"])
+                peak["gauge_inflight"] = max(peak["gauge_inflight"], int(gauges[("router_model_inflight", name)]))
+                peak["gauge_queued"] = max(peak["gauge_queued"], int(gauges[("router_model_queued", name)]))
             await asyncio.sleep(0.05)
 
     async def sampled_burst() -> None:
@@ -206,7 +222,9 @@ def test_a_burst_at_quality_is_served_downgraded_or_refused_in_time(
     limits = {"quality": (1, 0), "preview": (2, 0), "draft": (2, 8)}  # max_concurrency, max_queue in BURST
     for name, (inflight, queued) in limits.items():
         assert peaks[name]["inflight"] <= inflight and peaks[name]["queued"] <= queued, peaks
+        assert peaks[name]["gauge_inflight"] <= inflight and peaks[name]["gauge_queued"] <= queued, peaks
     assert peaks["quality"]["inflight"] == 1, "the burst reached quality's limit while it was sampled"
+    assert peaks["quality"]["gauge_inflight"] == 1, "and router_model_inflight showed it"
     assert tally.sent == 900 and tally.errors == 0
     assert set(tally.statuses) <= {200, 429, 504}, tally.statuses
     print(f"burst statuses: {tally.statuses}; gateway memory {before:.1f} -> {after:.1f} MB")

@@ -193,3 +193,46 @@ default_route: {{model: noop, budget_ms: 2000}}
     assert isinstance(urgent, dict) and isinstance(default, dict)
     assert 700_000 <= urgent["timeout"] <= 750_000 and urgent["priority"] == 1
     assert 1_950_000 <= default["timeout"] <= 2_000_000 and default["priority"] == 3  # X-Priority
+
+
+@pytest.mark.parametrize(("ratio", "calls"), [(0.0, 10 + 3), (1.0, 10 + 10)])
+async def test_the_retry_budget_caps_retries_of_a_full_queue(ratio: float, calls: int) -> None:
+    """Triton's "queue full" 503 cannot have been processed, so it is retried (up to
+    twice here) — but only within the retry budget: at ratio 0 the floor of 3 retries is
+    all 10 failing requests may spend together; at ratio 1, one retry per request. Every
+    unit of budget spent is a retry sent (this once spent one more per request)."""
+    from router.backends.base import ImageRequest
+    from router.backends.triton import TritonBackend
+    from router.config import compile_text
+    from router.errors import BackendUnavailable
+
+    hits: list[int] = []
+
+    async def full(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+        while True:
+            await read_request(reader)
+            hits.append(n)
+            body = b'{"error":"Exceeds maximum queue size"}'
+            writer.write(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+            await writer.drain()
+
+    server, port, _ = await serve(full)
+    table = compile_text(
+        f"""
+backends:
+  triton:
+    url: "http://127.0.0.1:{port}"
+    retry: {{attempts: 2, backoff_ms: 1, max_backoff_ms: 2, budget_ratio: {ratio}}}
+default_route: {{model: noop, budget_ms: 5000}}
+""",
+        env={},
+    )
+    backend = TritonBackend(table.backends["triton"])
+    try:
+        for _ in range(10):
+            with pytest.raises(BackendUnavailable):
+                await backend.generate(table.models["noop"], ImageRequest(("x",)), timeout_s=5.0)
+    finally:
+        await backend.aclose()
+        server.close()
+    assert len(hits) == calls and backend.retries == calls - 10
