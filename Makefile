@@ -39,10 +39,12 @@ test: $(STAMP) sysdeps
 
 bench: $(STAMP)
 	$(BIN)/pip install --quiet -e '.[bench]'
+	@command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || ($(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq nginx)
 	$(BIN)/python bench/models.py
 	$(BIN)/python bench/overhead.py
 	$(BIN)/python bench/observability_overhead.py --ratio 0.1 --ratio 0.01
 	$(BIN)/python bench/scenario.py --json bench/results/scenario.json --plots docs
+	$(BIN)/python bench/peers.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
