@@ -232,5 +232,5 @@ def encode_request(
     }
     if parameters:
         header["parameters"] = parameters
-    head = json.dumps(header, separators=(",", ":")).encode()
+    head = orjson.dumps(header)  # the stdlib encoder was ~9% of the gateway's busy CPU here
     return b"".join([head, *blobs]), len(head)
