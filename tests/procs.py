@@ -6,11 +6,13 @@ it fails to start, and every process is stopped (then killed) at teardown.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -92,3 +94,15 @@ def scrape(gw: GatewayProcess) -> dict[tuple[str, tuple[tuple[str, str], ...]], 
         for family in text_string_to_metric_families(text)
         for sample in family.samples
     }
+
+
+@contextlib.contextmanager
+def running_gateway(triton_url: str, directory: Path, routes_text: str) -> Iterator[GatewayProcess]:
+    """A gateway on ``routes_text`` (written to ``directory``) for the length of a block."""
+    routes = directory / "routes.yaml"
+    routes.write_text(routes_text)
+    gateway = GatewayProcess(routes, triton_url, directory / "gateway.log")
+    try:
+        yield gateway
+    finally:
+        gateway.stop()

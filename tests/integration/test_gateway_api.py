@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import base64
 import io
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -19,19 +19,15 @@ from tritonclient.utils import InferenceServerException
 from router.triton import TritonServer
 from router.triton.launcher import free_port
 from tests.integration.routes_common import ROUTING
-from tests.procs import GatewayProcess
+from tests.procs import GatewayProcess, running_gateway
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
-def gw(triton: TritonServer, tmp_path_factory: pytest.TempPathFactory) -> GatewayProcess:
-    directory = tmp_path_factory.mktemp("gw-api")
-    routes = directory / "routes.yaml"
-    routes.write_text(ROUTING)
-    gateway = GatewayProcess(routes, triton.http_url, directory / "gateway.log")
-    yield gateway  # type: ignore[misc]
-    gateway.stop()
+def gw(triton: TritonServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
+    with running_gateway(triton.http_url, tmp_path_factory.mktemp("gw-api"), ROUTING) as gateway:
+        yield gateway
 
 
 def png_size(data: bytes) -> tuple[int, int]:

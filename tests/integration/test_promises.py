@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import random
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -19,7 +20,7 @@ from tritonclient.http._utils import _get_inference_request
 from router.config import compile_text
 from router.policy.split import choose_arm, sticky_key
 from router.triton import TritonServer
-from tests.procs import GatewayProcess
+from tests.procs import GatewayProcess, running_gateway
 
 pytestmark = pytest.mark.integration
 
@@ -56,13 +57,9 @@ TABLE = compile_text(ROUTES, env={"TRITON_URL": "http://x:1"})
 
 
 @pytest.fixture(scope="module")
-def gw(triton: TritonServer, tmp_path_factory: pytest.TempPathFactory) -> GatewayProcess:
-    directory = tmp_path_factory.mktemp("promises")
-    routes = directory / "routes.yaml"
-    routes.write_text(ROUTES)
-    gateway = GatewayProcess(routes, triton.http_url, directory / "gateway.log")
-    yield gateway  # type: ignore[misc]
-    gateway.stop()
+def gw(triton: TritonServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
+    with running_gateway(triton.http_url, tmp_path_factory.mktemp("promises"), ROUTES) as gateway:
+        yield gateway
 
 
 def generate(gw: GatewayProcess, body: dict[str, object], **kw: object) -> httpx.Response:
