@@ -68,7 +68,6 @@ async def main() -> None:
     args = parser.parse_args()
     rng = np.random.default_rng(0)
     image = rng.integers(0, 256, (1, args.side, args.side, 3), dtype=np.uint8)
-    pixels = args.side * args.side
 
     t0 = time.perf_counter()
     old = old_kserve_json(image)
@@ -94,7 +93,7 @@ async def main() -> None:
             return fn()
 
         async def pooled(fn: Callable[[], Any] = fn) -> Any:
-            return await encode_off_loop(pixels, fn)
+            return await encode_off_loop(image, fn)
 
         stall_inline, _ = await worst_stall(inline, args.rounds)
         stall_pool, wall = await worst_stall(pooled, args.rounds)

@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import anyio.to_thread
 from anyio import CapacityLimiter
+from numpy.typing import NDArray
 
 __all__ = ["INLINE_PIXELS", "encode_off_loop"]
 
@@ -34,9 +35,9 @@ def _pool() -> CapacityLimiter:
     return _POOL
 
 
-async def encode_off_loop(pixels: int, fn: Callable[[], T]) -> T:
-    """``fn()`` — inline when the answer has fewer than :data:`INLINE_PIXELS` pixels,
-    else on the encoding pool."""
-    if pixels < INLINE_PIXELS:
+async def encode_off_loop(images: NDArray[Any], fn: Callable[[], T]) -> T:
+    """``fn()``, which encodes ``images`` (``uint8[..., 3]``): inline when they hold
+    fewer than :data:`INLINE_PIXELS` pixels, else on the encoding pool."""
+    if images.size // 3 < INLINE_PIXELS:
         return fn()
     return await anyio.to_thread.run_sync(fn, limiter=_pool())

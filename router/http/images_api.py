@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import re
 import time
-from typing import Any, Literal
+from typing import Literal
 
-from numpy.typing import NDArray
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -74,11 +73,6 @@ def _size(size: str | None) -> tuple[int | None, int | None]:
     return int(match.group(1)), int(match.group(2))
 
 
-def _pixels(images: NDArray[Any]) -> int:
-    """Pixels in a ``[batch, height, width, 3]`` answer: what encoding it costs."""
-    return int(images.shape[0] * images.shape[1] * images.shape[2]) if images.ndim == 4 else int(images.size)
-
-
 async def openai_images(request: Request) -> Response:
     started = time.monotonic()
     body = parse_json_model(await read_body(request), OpenAIImagesRequest, request.headers.get("content-type"))
@@ -95,7 +89,7 @@ async def openai_images(request: Request) -> Response:
     )
     served = await serve(request, facts, image_request, started)
     images = served.result.images
-    data = await encode_off_loop(_pixels(images), lambda: [{"b64_json": b64_png(image)} for image in images])
+    data = await encode_off_loop(images, lambda: [{"b64_json": b64_png(image)} for image in images])
     return JSONResponse({"created": int(time.time()), "data": data}, headers=served_headers(served))
 
 
@@ -115,10 +109,10 @@ async def generate(request: Request) -> Response:
     results = served.result.images
     if not as_json:
         headers["X-Router-Seed"] = str(seeds[0])
-        png = await encode_off_loop(_pixels(results[:1]), lambda: encode_png(results[0]))
+        png = await encode_off_loop(results[:1], lambda: encode_png(results[0]))
         return Response(png, media_type="image/png", headers=headers)
     images = await encode_off_loop(
-        _pixels(results),
+        results,
         lambda: [{"b64_png": b64_png(image), "seed": seed} for image, seed in zip(results, seeds, strict=False)],
     )
     payload = {"images": images, "route": served.route.name, "model": served.model_tag}

@@ -154,7 +154,7 @@ async def infer(request: Request) -> Response:
         return encode_response(alias, version, decoded.id, "IMAGE", images, binary)
 
     # a binary answer is one copy of the tensor: only JSON text scales badly enough to move
-    payload, head = encode() if binary else await encode_off_loop(images.size // 3, encode)
+    payload, head = encode() if binary else await encode_off_loop(images, encode)
     headers = served_headers(served)
     if head is None:
         return Response(payload, media_type="application/json", headers=headers)
