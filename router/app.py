@@ -38,7 +38,8 @@ log = logging.getLogger("router.app")
 
 def _routes() -> list[Route]:
     k = kserve_api
-    return [
+    return [  # the hot path first: Starlette tries routes in order, ~1.5 µs each
+        Route("/v2/models/{model}/infer", k.infer, methods=["POST"]),
         Route("/healthz", admin_api.healthz, methods=["GET"]),
         Route("/readyz", admin_api.readyz, methods=["GET"]),
         Route("/v1/images/generations", images_api.openai_images, methods=["POST"]),
@@ -51,7 +52,6 @@ def _routes() -> list[Route]:
         Route("/v2/models/{model}/versions/{version}", k.model_metadata, methods=["GET"]),
         Route("/v2/models/{model}/ready", k.model_ready, methods=["GET"]),
         Route("/v2/models/{model}/versions/{version}/ready", k.model_ready, methods=["GET"]),
-        Route("/v2/models/{model}/infer", k.infer, methods=["POST"]),
         Route("/v2/models/{model}/versions/{version}/infer", k.infer, methods=["POST"]),
         Route("/admin/reload", admin_api.admin_reload, methods=["POST"]),
         Route("/admin/config", admin_api.admin_config, methods=["GET"]),

@@ -2,7 +2,7 @@
 
 Both directions are here, for both sides of the gateway: the HTTP edge decodes client
 requests and encodes responses; the Triton backend encodes requests and decodes
-responses. It is a pure leaf module (numpy, json and orjson only).
+responses. It is a pure leaf module (numpy and orjson only).
 
 A request is a JSON header, optionally followed by raw tensor bytes; the header's
 length is given by ``Inference-Header-Content-Length`` and each binary input names
@@ -14,7 +14,6 @@ tensor.
 
 from __future__ import annotations
 
-import json
 import math
 import struct
 from dataclasses import dataclass, field
@@ -26,7 +25,14 @@ from numpy.typing import NDArray
 
 from router.errors import InvalidRequest
 
-__all__ = ["InferRequest", "decode_request", "encode_request", "encode_response", "wants_binary"]
+__all__ = [
+    "InferRequest",
+    "decode_request",
+    "decode_response",
+    "encode_request",
+    "encode_response",
+    "wants_binary",
+]
 
 _NUMERIC = {
     "BOOL": np.bool_,
@@ -137,11 +143,9 @@ def decode_request(body: bytes, header_length: int | None) -> InferRequest:
         raise InvalidRequest("Inference-Header-Content-Length is out of range")
     head = body if header_length is None else body[:header_length]
     try:
-        header = json.loads(head)
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        raise InvalidRequest("inference header is not valid JSON") from None
-    except RecursionError:  # json's decoder recurses per nesting level
-        raise InvalidRequest("inference header is nested too deeply") from None
+        header = orjson.loads(head)  # bounded nesting (1024) and strict UTF-8, in C
+    except orjson.JSONDecodeError as exc:
+        raise InvalidRequest(f"inference header is not valid JSON: {exc}") from None
     if not isinstance(header, dict) or not isinstance(header.get("inputs"), list):
         raise InvalidRequest("inference header needs an 'inputs' list", field="inputs")
     parameters = _object(header.get("parameters"), "parameters")
@@ -234,3 +238,39 @@ def encode_request(
         header["parameters"] = parameters
     head = orjson.dumps(header)  # the stdlib encoder was ~9% of the gateway's busy CPU here
     return b"".join([head, *blobs]), len(head)
+
+
+def decode_response(body: bytes, header_length: int | None, output: str) -> tuple[NDArray[Any], str]:
+    """One UINT8 output tensor and the model version from Triton's answer (JSON or
+    binary). Raises ``ValueError`` on anything malformed: a backend's bug, not the
+    client's, so the caller maps it to a backend error."""
+    head = body if header_length is None else body[:header_length]
+    header = orjson.loads(head)
+    if not isinstance(header, dict) or not isinstance(header.get("outputs"), list):
+        raise ValueError("no outputs list")
+    offset = len(head)
+    for spec in header["outputs"]:
+        parameters = spec.get("parameters") if isinstance(spec, dict) else None
+        if not isinstance(spec, dict) or not isinstance(parameters or {}, dict):
+            raise ValueError("an output is not an object with object parameters")
+        size = (parameters or {}).get("binary_data_size")
+        if size is not None and (not isinstance(size, int) or isinstance(size, bool) or size < 0):
+            raise ValueError("binary_data_size is not a size")
+        if spec.get("name") != output:
+            offset += size or 0
+            continue
+        if spec.get("datatype") != "UINT8":
+            raise ValueError(f"{output} is {spec.get('datatype')}, not UINT8")
+        shape = spec.get("shape")
+        if not isinstance(shape, list) or not all(_dimension(d) for d in shape):
+            raise ValueError(f"{output} has no valid shape")
+        if size is None:
+            array = np.asarray(_flat(spec.get("data", []), output), dtype=np.uint8)
+        else:
+            if offset + size > len(body):
+                raise ValueError(f"{output}: binary_data_size exceeds the body")
+            array = np.frombuffer(body, dtype=np.uint8, count=size, offset=offset)
+        if array.size != math.prod(shape):
+            raise ValueError(f"{output}: {array.size} values do not fit shape {shape}")
+        return array.reshape(shape), str(header.get("model_version", ""))
+    raise ValueError(f"no {output} output")

@@ -12,10 +12,11 @@ writes every line at once.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import sys
 from typing import Any, TextIO
+
+import orjson
 
 __all__ = ["AccessLog"]
 
@@ -32,7 +33,7 @@ class AccessLog:
         self.dropped = 0  # lines that could not be written
 
     def record(self, entry: dict[str, Any]) -> None:
-        self._lines.append(json.dumps(entry, separators=(",", ":")))
+        self._lines.append(orjson.dumps(entry).decode())  # compact, like separators=(",", ":")
         if len(self._lines) >= self.max_lines or self.flush_interval_s <= 0:
             self.flush()
         elif self._timer is None:

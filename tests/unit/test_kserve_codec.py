@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 
 import numpy as np
@@ -13,7 +14,7 @@ from tritonclient.http._utils import _get_inference_request
 
 from router.errors import InvalidRequest
 from router.http.kserve_api import parse_infer
-from router.kserve import decode_request, encode_response, wants_binary
+from router.kserve import decode_request, decode_response, encode_response, wants_binary
 
 
 def _client_body(binary: bool) -> tuple[bytes, int | None]:
@@ -44,6 +45,29 @@ def test_encoded_response_is_read_by_tritonclient() -> None:
     body, header_length = encode_response("draft", "1", None, "IMAGE", image, binary=False)
     assert header_length is None
     np.testing.assert_array_equal(httpclient.InferResult.from_response_body(body).as_numpy("IMAGE"), image)
+
+
+@pytest.mark.parametrize("binary", [True, False])
+def test_decode_response_reads_what_the_encoder_writes(binary: bool) -> None:
+    image = np.arange(2 * 4 * 4 * 3, dtype=np.uint8).reshape(2, 4, 4, 3)
+    body, header_length = encode_response("draft", "3", "abc", "IMAGE", image, binary=binary)
+    decoded, version = decode_response(body, header_length, "IMAGE")
+    np.testing.assert_array_equal(decoded, image)
+    assert version == "3"
+
+
+def test_decode_response_skips_other_binary_outputs() -> None:
+    head = json.dumps(
+        {
+            "model_version": "1",
+            "outputs": [
+                {"name": "MASK", "datatype": "UINT8", "shape": [2], "parameters": {"binary_data_size": 2}},
+                {"name": "IMAGE", "datatype": "UINT8", "shape": [3], "parameters": {"binary_data_size": 3}},
+            ],
+        }
+    ).encode()
+    decoded, _ = decode_response(head + b"\x01\x02\x07\x08\x09", len(head), "IMAGE")
+    assert decoded.tolist() == [7, 8, 9]
 
 
 _OVERRUN = b'{"inputs": [{"name": "P", "datatype": "BYTES", "shape": [1], "parameters": {"binary_data_size": 99}}]}'
@@ -99,6 +123,21 @@ _input = st.fixed_dictionaries(
         "parameters": st.fixed_dictionaries({}, optional={"binary_data_size": st.integers(-3, 40) | _json}) | _json,
     },
 )
+
+
+def _json_for_responses() -> st.SearchStrategy[object]:
+    output = st.fixed_dictionaries(
+        {"name": st.sampled_from(["IMAGE", "X"]) | _json},
+        optional={
+            "datatype": st.sampled_from(["UINT8", "INT8"]) | _json,
+            "shape": st.lists(st.integers(-1, 3), max_size=4) | _json,
+            "data": st.lists(st.integers(-1, 300), max_size=4) | _json,
+            "parameters": st.fixed_dictionaries({}, optional={"binary_data_size": st.integers(-2, 30) | _json}) | _json,
+        },
+    )
+    return output | _json
+
+
 _header = st.fixed_dictionaries(
     {"inputs": st.lists(_input, max_size=4) | _json},
     optional={"outputs": st.lists(_json, max_size=2) | _json, "parameters": _json, "id": _json},
@@ -139,3 +178,15 @@ def test_malformed_bodies_found_by_measuring_are_400s(body: bytes) -> None:
     """Each of these got a 500 (or a 503 after a backend overflow) before."""
     with pytest.raises(InvalidRequest):
         parse_infer(body, None)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(header=st.fixed_dictionaries({"outputs": st.lists(_json_for_responses(), max_size=3)}) | _json_for_responses(),
+       tail=st.binary(max_size=24))  # fmt: skip
+def test_decode_response_fails_only_with_value_error(header: object, tail: bytes) -> None:
+    """A broken Triton answer is the backend's fault: a ``ValueError`` the backend maps
+    to a backend error, never an exception that escapes as a 500."""
+    head = json.dumps(header).encode()
+    for length in (len(head), None):
+        with contextlib.suppress(ValueError):
+            decode_response(head + tail if length else head, length, "IMAGE")
