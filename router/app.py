@@ -24,7 +24,7 @@ from starlette.routing import Route
 from router.config import load_file
 from router.errors import NotFound
 from router.gateway import Gateway
-from router.http import admin_api, images_api, kserve_api, status_page
+from router.http import admin_api, image_files, images_api, kserve_api, status_page
 from router.http.errors import RequestIdMiddleware, exception_handlers
 from router.http.observe import ObserveMiddleware
 from router.reload import RoutesReloader
@@ -44,6 +44,7 @@ def _routes() -> list[Route]:
         Route("/readyz", admin_api.readyz, methods=["GET"]),
         Route("/v1/images/generations", images_api.openai_images, methods=["POST"]),
         Route("/api/v1/generate", images_api.generate, methods=["POST"]),
+        Route("/v1/images/{name}", image_files.image_file, methods=["GET", "HEAD"]),
         Route("/v2", k.server_metadata, methods=["GET"]),
         Route("/v2/health/live", k.live, methods=["GET"]),
         Route("/v2/health/ready", k.ready, methods=["GET"]),
@@ -56,6 +57,8 @@ def _routes() -> list[Route]:
         Route("/admin/reload", admin_api.admin_reload, methods=["POST"]),
         Route("/admin/config", admin_api.admin_config, methods=["GET"]),
         Route("/admin/explain", admin_api.admin_explain, methods=["POST"]),
+        Route("/admin/cache", admin_api.admin_cache, methods=["GET"]),
+        Route("/admin/cache/purge", admin_api.admin_cache_purge, methods=["POST"]),
         Route("/admin/", status_page.status_page, methods=["GET"]),
         Route("/admin/status.json", status_page.status_json, methods=["GET"]),
         Route("/admin/login", status_page.login_form, methods=["GET"]),

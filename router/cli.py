@@ -20,7 +20,7 @@ from types import FrameType
 from typing import IO
 
 from router import __version__
-from router.errors import ConfigError, RouterError, TritonStartupError
+from router.errors import CacheStoreError, ConfigError, RouterError, TritonStartupError
 from router.triton import TritonConfig, TritonServer
 
 __all__ = ["main"]
@@ -253,6 +253,9 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_CONFIG
     except FileNotFoundError as exc:
         print(f"error: {exc.filename}: no such file", file=sys.stderr)
+        return EXIT_CONFIG
+    except CacheStoreError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
         return EXIT_CONFIG
     except RouterError as exc:
         print(f"error: {exc.message}", file=sys.stderr)

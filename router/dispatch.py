@@ -22,6 +22,15 @@ queue should have drained, not a ``504`` that blames the budget. With ``hedge`` 
 route, the next tier is asked too when the first has not answered in time, and the
 first good answer wins.
 
+On a route with a ``cache`` block, the result cache takes part (see
+:mod:`router.cache`): every tier of the chain is looked up at once on arrival (one
+store round trip, bounded), and a tier whose result is stored is a tier that answers
+at once — its forecast is zero, so the budget policy serves it wherever the walk down
+the chain reaches it. A tier about to be generated is first matched against identical
+generations in flight (this replica's, and through a lease in a shared store, other
+replicas'); a generation runs as a task of its own, so a waiter that leaves never
+cancels it, and its result is stored whoever is still waiting.
+
 Guarantee: a call returns or raises no later than ``budget + one scheduling tick``.
 """
 
@@ -43,6 +52,8 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from router.admission import AdmissionGate
 from router.backends.base import ImageRequest, ImageResult
 from router.backends.pool import BackendPool
+from router.cache import CacheKey, Entry, ResultCache
+from router.cache.flight import Flights
 from router.config.table import Model, Route, RoutingTable
 from router.errors import AllTiersFailed, BackendError, BackendRejected, BackendTimeout, BudgetExhausted, Overloaded
 from router.policy.budget import OVERLOAD_REASONS, Attempt, chain_for, plan_attempt
@@ -51,10 +62,25 @@ from router.policy.split import Choice
 from router.stats import LatencyStats
 from router.telemetry import Metrics, Tracing
 
-__all__ = ["Dispatcher", "Served"]
+__all__ = ["CachePlan", "Dispatcher", "Served"]
 
 log = logging.getLogger("router.dispatch")
 DEFAULT_PRIORITY = 2
+INSTANT = Forecast(0.0, 0.0, 0.0, 0.0, 0.0, 0)  # a stored result: it answers at once
+VERSION_TRUST_S = 10.0  # an unpinned model's served version is re-read after this long
+VERSION_WAIT_S = 0.05  # the most a request waits to learn an unpinned model's version
+LEASE_POLL_S = 0.025  # how often a replica waiting on another's generation looks for it
+
+
+@dataclass(frozen=True, slots=True)
+class CachePlan:
+    """What one request may do with the result cache (the gateway decides it from the
+    route's ``cache`` block, the seedless policy and ``Cache-Control``)."""
+
+    lookup: bool
+    store: bool
+    ttl_s: float
+    skipped: str | None = None  # why the lookup was skipped: the answer's X-Cache then
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +97,9 @@ class Served:
     backend_s: float
     total_s: float
     hedged: bool = False
+    cache: str | None = None  # X-Cache: HIT, MISS, COALESCED, BYPASS (None: route not cached)
+    age_s: float = 0.0  # of a stored result
+    seeds: tuple[int, ...] | None = None  # what the images were made with
 
     @property
     def model_tag(self) -> str:
@@ -89,6 +118,7 @@ class _Progress:
     backend_s: float = 0.0
     first_attempt_at: float | None = None
     drain_s: float | None = None  # when an overloaded tier should have room again
+    cache: str | None = None  # X-Cache of the answer
 
     def skip(self, skipped: tuple[tuple[str, str], ...], forecasts: dict[str, Forecast], remaining_s: float) -> None:
         """Note skipped tiers; for overloaded ones, how long until their queue drains
@@ -120,6 +150,11 @@ class Dispatcher:
         self.clock = clock
         self.margin_s = margin_s
         self._gates: dict[str, AdmissionGate] = {}
+        self.cache: ResultCache | None = None  # set by the gateway from the table
+        self.flights: Flights[ImageResult] = Flights()
+        self.owner = f"{id(self):x}-{time.time_ns():x}"  # this replica, in store leases
+        self._versions: dict[str, tuple[str, float]] = {}  # lane key -> (served version, seen at)
+        self._refreshing: dict[str, asyncio.Task[None]] = {}
 
     # -- per-model state ---------------------------------------------------------------
 
@@ -217,16 +252,30 @@ class Dispatcher:
         request: ImageRequest,
         priority: int | None = None,
         started: float | None = None,
+        cache: CachePlan | None = None,
     ) -> Served:
         start = self.clock() if started is None else started
         progress = _Progress(start, start + route.budget_ms / 1000)
         chain = list(chain_for(choice.arm.model, route.fallback))
         hedge = route.hedge_after_ms is not None or route.hedge_p95
+        keys: dict[str, CacheKey] = {}
+        hits: dict[str, Entry] = {}
+        if cache is not None and self.cache is not None and request.seeds is not None:
+            progress.cache = cache.skipped or "MISS"
+            trusted: set[str] = set()
+            if cache.lookup:
+                wait = min(VERSION_WAIT_S, progress.deadline - self.clock())
+                checks = await asyncio.gather(*(self._trusted(table.models[n], wait) for n in chain))
+                trusted = {name for name, ok in zip(chain, checks, strict=True) if ok}
+            keys = {name: self._key(route, table.models[name], request) for name in chain}
+            if trusted:
+                lookups = {name: key for name, key in keys.items() if name in trusted}
+                hits = await self.cache.lookup(lookups, progress.deadline - self.clock())
         while chain:
             remaining = progress.deadline - self.clock()
             known: dict[str, Forecast] = {}
             for name in list(chain):
-                forecast = self.forecast(table.models[name])
+                forecast = INSTANT if name in hits else self.forecast(table.models[name])
                 if forecast is None:
                     chain.remove(name)
                     progress.reasons.append((name, "circuit_open"))
@@ -239,23 +288,161 @@ class Dispatcher:
             attempt = plan.attempt
             chain = chain[chain.index(attempt.model) + 1 :]
             model = table.models[attempt.model]
+            if model.name in hits:
+                return self._stored(route, choice, model, hits[model.name], progress, "HIT")
+            key = keys.get(model.name)
+            if key is not None:
+                shared = await self._shared(route, choice, model, key, progress)
+                if isinstance(shared, Served):
+                    return shared
+            else:
+                shared = None
             refused = await self._admit(model, priority or DEFAULT_PRIORITY, attempt, progress)
             if refused is not None:
+                await self._release(key, shared)
                 progress.skip(((model.name, refused),), known, remaining)
                 continue
             later = [m for m in chain if known[m].floor_s <= remaining]
             if hedge and later:
+                await self._release(key, shared)
                 served = await self._hedged(table, route, choice, request, priority, attempt, later, progress)
                 if served is not None:
                     return served
                 chain = [m for m in chain if m not in {r[0] for r in progress.reasons}]
                 continue
             timeout = min(attempt.timeout_s, progress.deadline - self.clock())  # after any queueing
-            outcome = await self._timed(model, request, timeout, priority, progress)
+            if key is not None and cache is not None:
+                outcome = await self._generation(model, request, timeout, priority, progress, key, cache, shared)
+            else:
+                outcome = await self._timed(model, request, timeout, priority, progress)
             if not isinstance(outcome, str):
-                return self._served(route, choice, model, outcome, progress)
+                return self._served(route, choice, model, outcome, progress, request.seeds)
             progress.reasons.append((model.name, outcome))
         raise self._failure(route, progress)
+
+    # -- the result cache ------------------------------------------------------------
+
+    def _key(self, route: Route, model: Model, request: ImageRequest) -> CacheKey:
+        version = model.version or self._versions.get(model.lane_key, ("", 0.0))[0]
+        assert request.seeds is not None
+        return CacheKey.of(
+            route.name, model.name, model.remote_name, version, request.prompts, request.seeds,
+            request.steps, request.width, request.height,
+        )  # fmt: skip
+
+    async def _trusted(self, model: Model, wait_s: float) -> bool:
+        """Whether ``model``'s key names the version the backend serves now: pinned in
+        routes.yaml, or read from an answer or the model's metadata in the last
+        :data:`VERSION_TRUST_S` (re-read in the background half way). An unknown or
+        stale version is read now, waiting at most ``wait_s``; still unknown means no
+        lookup — a stale version must not serve hits forever."""
+        if model.version:
+            return True
+        seen = self._versions.get(model.lane_key)
+        age = self.clock() - seen[1] if seen is not None else math.inf
+        if age < VERSION_TRUST_S / 2:
+            return True
+        task = self._refreshing.get(model.lane_key)
+        if task is None:
+            task = self._refreshing[model.lane_key] = asyncio.ensure_future(self._refresh_version(model))
+            task.add_done_callback(lambda _: self._refreshing.pop(model.lane_key, None))
+        if age < VERSION_TRUST_S:
+            return True
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(max(0.0, wait_s)):
+                await asyncio.shield(task)
+        seen = self._versions.get(model.lane_key)
+        return seen is not None and self.clock() - seen[1] < VERSION_TRUST_S
+
+    async def _refresh_version(self, model: Model) -> None:
+        try:
+            meta = await asyncio.wait_for(self.pool.get(model.backend).model_metadata(model), 2.0)
+        except Exception:  # noqa: BLE001 - unknown stays unknown: no lookups until an answer says
+            return
+        versions = [str(v) for v in meta.get("versions", []) if str(v).isdigit()]
+        if versions:
+            self._seen_version(model, max(versions, key=int))
+
+    def _seen_version(self, model: Model, version: str) -> None:
+        self._versions[model.lane_key] = (version, self.clock())
+
+    def _stored(
+        self, route: Route, choice: Choice, model: Model, entry: Entry, progress: _Progress, how: str
+    ) -> Served:
+        progress.cache = how
+        served = self._served(route, choice, model, ImageResult(entry.images, entry.version), progress, entry.seeds)
+        return replace(served, age_s=max(0.0, self.cache_clock() - entry.created) if how == "HIT" else 0.0)
+
+    def cache_clock(self) -> float:
+        return self.wall_clock()
+
+    async def _shared(
+        self, route: Route, choice: Choice, model: Model, key: CacheKey, progress: _Progress
+    ) -> Served | bool | None:
+        """Join an identical generation in flight: this replica's (a task), or another
+        replica's (its lease in a shared store; wait for its entry). A :class:`Served`
+        when one answered; ``True`` when this request holds the lease and generates;
+        ``None``/``False`` otherwise (generate without a lease)."""
+        flight = self.flights.running(str(key))
+        if flight is not None:
+            self.flights.coalesced += 1
+            outcome = await self.flights.wait(flight, progress.deadline - self.clock())
+            if not isinstance(outcome, str):
+                progress.cache = "COALESCED"
+                return self._served(route, choice, model, outcome, progress, None)
+            return None  # the leader failed: make our own attempt, if there is time
+        if self.cache is None or self.cache.store.kind != "redis":
+            return None
+        ttl = max(0.05, progress.deadline - self.clock())
+        held = await self.cache.lease(key, self.owner, ttl)
+        if held is not False:
+            return held  # True: ours; None: the store cannot say, generate anyway
+        self.cache.stats.lease_waits += 1
+        while self.clock() + LEASE_POLL_S < progress.deadline:
+            await asyncio.sleep(LEASE_POLL_S)
+            found = await self.cache.lookup({model.name: key}, progress.deadline - self.clock())
+            if model.name in found:
+                return self._stored(route, choice, model, found[model.name], progress, "COALESCED")
+            if not await self.cache.leased(key):
+                break  # the other replica gave up or failed: generate here
+        return None
+
+    async def _release(self, key: CacheKey | None, shared: Served | bool | None) -> None:
+        if shared is True and key is not None and self.cache is not None:
+            await self.cache.release(key, self.owner)
+
+    async def _generation(
+        self,
+        model: Model,
+        request: ImageRequest,
+        timeout_s: float,
+        priority: int | None,
+        progress: _Progress,
+        key: CacheKey,
+        plan: CachePlan,
+        shared: Served | bool | None,
+    ) -> ImageResult | str:
+        """The call as a flight others may join; its result is stored even if this
+        request has left by then."""
+
+        async def call() -> ImageResult | str:
+            try:
+                outcome = await self._timed(model, request, timeout_s, priority, progress)
+                if not isinstance(outcome, str) and self.cache is not None:
+                    served_version = outcome.model_version or model.version or ""
+                    if not model.version:
+                        self._seen_version(model, served_version)
+                    if plan.store:
+                        stored = replace(key, version=served_version)  # the version that made it
+                        entry = Entry(outcome.images, model.name, served_version, key.route,
+                                      request.seeds or (), self.wall_clock())  # fmt: skip
+                        self.cache.save(stored, entry, plan.ttl_s)
+                return outcome
+            finally:
+                await self._release(key, shared)
+
+        task = self.flights.start(str(key), call)
+        return await self.flights.wait(task, timeout_s + self.margin_s)
 
     async def _timed(
         self,
@@ -341,7 +528,8 @@ class Dispatcher:
                     else:
                         if hedged and self.metrics is not None:
                             self.metrics.hedges.labels(route.name, model.name).inc()
-                        return replace(self._served(route, choice, model, outcome, progress), hedged=hedged)
+                        served = self._served(route, choice, model, outcome, progress, request.seeds)
+                        return replace(served, hedged=hedged)
             return None
         finally:
             for task in tasks:
@@ -350,7 +538,15 @@ class Dispatcher:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
 
-    def _served(self, route: Route, choice: Choice, model: Model, result: ImageResult, progress: _Progress) -> Served:
+    def _served(
+        self,
+        route: Route,
+        choice: Choice,
+        model: Model,
+        result: ImageResult,
+        progress: _Progress,
+        seeds: tuple[int, ...] | None,
+    ) -> Served:
         now = self.clock()
         passed_over = tuple(r for r in progress.reasons if r[0] != model.name)
         if passed_over:
@@ -365,6 +561,8 @@ class Dispatcher:
             queue_s=(progress.first_attempt_at or now) - progress.start,
             backend_s=progress.backend_s,
             total_s=now - progress.start,
+            cache=progress.cache,
+            seeds=seeds,
         )
 
     def _note_downgrades(self, route: Route, reasons: tuple[tuple[str, str], ...], served_by: str | None) -> None:

@@ -9,10 +9,12 @@ ever handles these::
     RouterError                      500 internal_error
     ├── ConfigError                  500 config_invalid      (routes.yaml; carries every issue)
     ├── TritonStartupError           500 triton_startup      (launcher; never reaches a client)
+    ├── CacheStoreError              500 cache_store_unusable (startup/reload; never reaches a client)
     ├── ClientError                  400 bad_request
     │   ├── InvalidRequest           400 invalid_request     (names the field)
     │   ├── Unauthorized             401 unauthorized
     │   ├── NotFound                 404 not_found
+    │   │   └── ImageNotFound        404 image_not_found     (an image URL unknown, expired or purged)
     │   ├── UnknownModel             404 model_not_found
     │   ├── MethodNotAllowed         405 method_not_allowed
     │   ├── PayloadTooLarge          413 payload_too_large
@@ -37,9 +39,11 @@ __all__ = [
     "BackendTimeout",
     "BackendUnavailable",
     "BudgetExhausted",
+    "CacheStoreError",
     "ClientError",
     "ConfigError",
     "ConfigIssue",
+    "ImageNotFound",
     "InvalidRequest",
     "MethodNotAllowed",
     "NotFound",
@@ -95,6 +99,12 @@ class ConfigError(RouterError):
         self.issues = issues
 
 
+class CacheStoreError(RouterError):
+    """The configured cache store cannot be used (an unwritable directory)."""
+
+    code = "cache_store_unusable"
+
+
 class TritonStartupError(RouterError):
     """The Triton server could not be started or did not become ready."""
 
@@ -123,6 +133,12 @@ class Unauthorized(ClientError):
 class NotFound(ClientError):
     status = 404
     code = "not_found"
+
+
+class ImageNotFound(NotFound):
+    """An image URL whose id is malformed, unknown, expired or purged."""
+
+    code = "image_not_found"
 
 
 class UnknownModel(ClientError):

@@ -11,15 +11,20 @@ reads it once on arrival and finishes on that table even if a reload happens.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import dataclasses
 import random
+import secrets
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from router.backends import ImageBackend, ImageRequest, make_backend
 from router.backends.pool import BackendPool
-from router.config.table import Backend, Route, RoutingTable
-from router.dispatch import Dispatcher, Served
+from router.cache import ResultCache, derive_seeds, open_store
+from router.config.table import Backend, CacheConfig, Route, RoutingTable
+from router.dispatch import CachePlan, Dispatcher, Served
 from router.errors import InvalidRequest
 from router.policy.explain import explain
 from router.policy.match import RequestFacts, select_route
@@ -62,6 +67,22 @@ class Gateway:
         self.dispatcher = Dispatcher(self.pool, self.stats, clock, metrics=metrics, tracing=tracing)
         self._table = table
         self.pool.sync(table.backends)
+        self.cache: ResultCache | None = None
+        self._sync_cache(table.cache)
+
+    def _sync_cache(self, config: CacheConfig | None) -> None:
+        """Open the table's store (raising :class:`~router.errors.CacheStoreError`
+        before anything changes when it cannot be used); close a replaced one."""
+        old = self.cache
+        if old is not None and config is not None and _same_store(old.config, config):
+            self.cache = ResultCache(config, old.store, old.wall_clock)
+            self.cache.stats = old.stats
+        else:
+            self.cache = ResultCache(config, open_store(config)) if config is not None else None
+            if old is not None:
+                with contextlib.suppress(RuntimeError):  # no loop (tests, shutdown): nothing to close
+                    asyncio.get_running_loop().create_task(old.aclose())
+        self.dispatcher.cache = self.cache
 
     @property
     def table(self) -> RoutingTable:
@@ -69,6 +90,7 @@ class Gateway:
 
     def swap(self, table: RoutingTable) -> None:
         """Make ``table`` active; requests already running keep theirs."""
+        self._sync_cache(table.cache)  # first: a store that cannot be opened refuses the table
         self.pool.sync(table.backends)
         self._table = table
 
@@ -81,15 +103,28 @@ class Gateway:
         canary: str | None = None,
         priority: int | None = None,
         started: float | None = None,
+        cache_control: str | None = None,
+        random_seeds: bool = True,
     ) -> Served:
+        """Route, pick an arm and serve. A request without seeds gets them here, once
+        the route is known: derived from the prompt on a ``seedless: share`` cache
+        route, random where ``random_seeds`` (the OpenAI and JSON APIs), else left to
+        the model (KServe, as Triton would)."""
         table = self._table
         route = select_route(table, facts)
         _check_limits(route, request)
+        plan = None
+        if route.cache is not None and self.cache is not None:
+            plan, request = _cache_plan(route, request, cache_control)
+        elif request.seeds is None and random_seeds:
+            request = dataclasses.replace(request, seeds=_random_seeds(len(request.prompts)))
         key = sticky_key(route, facts.headers, query or {}, facts.fields)
         choice = choose_arm(route, key, self.rng, canary)
         if self.metrics is not None and route.is_split:
             self.metrics.canary.labels(route.name, choice.arm.model, "true" if choice.arm.canary else "false").inc()
-        return await self.dispatcher.serve(table, route, choice, request, priority or route.priority, started=started)
+        return await self.dispatcher.serve(
+            table, route, choice, request, priority or route.priority, started=started, cache=plan
+        )
 
     def explain(self, facts: RequestFacts, query: Mapping[str, str] | None = None) -> dict[str, Any]:
         """What the active table would do with ``facts``, with live forecasts (no backend call)."""
@@ -111,6 +146,23 @@ class Gateway:
             "backends": self.backend_snapshots(),
             "retries": {name: getattr(b, "retries", 0) for name, b in self.pool.items()},
             "digest": self._table.digest,
+            "cache": self._cache_state(),
+        }
+
+    def _cache_state(self) -> dict[str, Any] | None:
+        if self.cache is None:
+            return None
+        stats = self.cache.stats
+        return {
+            "store": dict(self.cache.store.counts),
+            "circuit": self.cache.store.state,
+            "writes": stats.writes,
+            "write_bytes": stats.write_bytes,
+            "dropped_writes": stats.dropped_writes,
+            "too_large": stats.too_large,
+            "corrupt": stats.corrupt,
+            "coalesced": self.dispatcher.flights.coalesced,
+            "lease_waits": stats.lease_waits,
         }
 
     async def ready(self) -> bool:
@@ -122,3 +174,36 @@ class Gateway:
 
     async def aclose(self) -> None:
         await self.pool.aclose()
+        if self.cache is not None:
+            await self.cache.aclose()
+
+
+def _same_store(a: CacheConfig, b: CacheConfig) -> bool:
+    return (a.store, a.max_bytes, a.timeout_s) == (b.store, b.max_bytes, b.timeout_s)
+
+
+def _random_seeds(n: int) -> tuple[int, ...]:
+    base = secrets.randbelow(2**31)
+    return tuple(base + i for i in range(n))
+
+
+def _cache_plan(route: Route, request: ImageRequest, cache_control: str | None) -> tuple[CachePlan, ImageRequest]:
+    """What this request may do with the cache, and its seeds (see ``seedless``).
+    ``Cache-Control: no-cache`` skips the lookup and stores the fresh result;
+    ``no-store`` does neither."""
+    assert route.cache is not None
+    directives = {d.strip().split("=", 1)[0].lower() for d in (cache_control or "").split(",")}
+    lookup, store, skipped = True, True, None
+    if request.seeds is None:
+        if route.cache.seedless == "share":
+            request = dataclasses.replace(
+                request, seeds=derive_seeds(request.prompts, request.steps, request.width, request.height)
+            )
+        else:  # fresh: a new image every time, kept under its random seed
+            request = dataclasses.replace(request, seeds=_random_seeds(len(request.prompts)))
+            lookup = False
+    if "no-store" in directives:
+        lookup, store, skipped = False, False, "BYPASS"
+    elif "no-cache" in directives:
+        lookup, skipped = False, "BYPASS"
+    return CachePlan(lookup, store, route.cache.ttl_s, skipped), request

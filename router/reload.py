@@ -27,7 +27,7 @@ import watchfiles
 
 from router.config import compile_text
 from router.config.table import RoutingTable
-from router.errors import ConfigError, ConfigIssue
+from router.errors import CacheStoreError, ConfigError, ConfigIssue
 
 __all__ = ["ReloadResult", "RoutesReloader"]
 
@@ -91,7 +91,14 @@ class RoutesReloader:
             self.counts["failure"] += 1
             log.error("routes reload rejected, keeping %s:\n%s", self.active.digest, exc)
             return self.last
-        self._apply(table)
+        try:
+            self._apply(table)
+        except CacheStoreError as exc:  # e.g. a cache directory that cannot be written
+            issue = ConfigIssue(str(self.path), 1, 1, "cache.store", exc.message)
+            self.last = ReloadResult(False, now, digest, issues=[issue])
+            self.counts["failure"] += 1
+            log.error("routes reload rejected, keeping %s: %s", self.active.digest, issue)
+            return self.last
         self.active, self.loaded_at = table, now
         self.last = ReloadResult(True, now, table.digest, changed=True)
         self.counts["success"] += 1

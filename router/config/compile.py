@@ -10,6 +10,7 @@ whole file is valid, so a bad edit can never half-replace a running table.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 from collections.abc import Mapping
@@ -19,17 +20,27 @@ from typing import Any
 from pydantic import ValidationError
 
 from router.config.regex import Pattern, RegexError, compile_regex
-from router.config.schema import MatchSpec, OpenAIBackendSpec, RoutesFile, RouteSpec, Strict, TritonBackendSpec
+from router.config.schema import (
+    CacheSpec,
+    MatchSpec,
+    OpenAIBackendSpec,
+    RoutesFile,
+    RouteSpec,
+    Strict,
+    TritonBackendSpec,
+)
 from router.config.source import Located, PathKey, read_yaml
 from router.config.table import (
     Arm,
     Backend,
+    CacheConfig,
     CircuitPolicy,
     HeaderRule,
     Matcher,
     Model,
     RetryPolicy,
     Route,
+    RouteCache,
     RouteLimits,
     RoutingTable,
 )
@@ -86,7 +97,7 @@ class _Validated:
     invalid_default: bool = False
 
 
-_SECTIONS = ("backends", "models", "routes", "default_route")
+_SECTIONS = ("backends", "models", "routes", "default_route", "cache")
 
 
 def _validate(src: Located, data: dict[str, Any]) -> _Validated:
@@ -127,6 +138,8 @@ def _validate(src: Located, data: dict[str, Any]) -> _Validated:
             kept["default_route"] = data["default_route"]
         else:
             out.invalid_default = True
+    if "cache" in data and valid({"cache": data["cache"]}):
+        kept["cache"] = data["cache"]
     out.spec = RoutesFile.model_validate(kept)
     return out
 
@@ -307,6 +320,31 @@ class _Compiler:
             limits=RouteLimits(spec.limits.max_n, spec.limits.max_steps, spec.limits.max_side),
             hedge_after_ms=spec.hedge.after_ms if spec.hedge else None,
             hedge_p95=bool(spec.hedge and spec.hedge.after == "p95"),
+            cache=self.route_cache(spec),
+        )
+
+    def route_cache(self, spec: RouteSpec) -> RouteCache | None:
+        if spec.cache is None:
+            return None
+        store = self.spec.cache or CacheSpec()
+        return RouteCache(spec.cache.ttl_s or store.ttl_s, spec.cache.seedless, spec.cache.upgrade)
+
+    def cache_config(self, routes: list[Route]) -> CacheConfig | None:
+        """The store, when some route opts in (the embedded default: a disk store)."""
+        spec = self.spec.cache
+        if spec is None and not any(r.cache for r in routes):
+            return None
+        spec = spec or CacheSpec()
+        if spec.max_entry_bytes > spec.max_bytes:
+            self.fail(("cache", "max_entry_bytes"), "must not exceed max_bytes")
+        return CacheConfig(
+            spec.store,
+            spec.max_bytes,
+            spec.max_entry_bytes,
+            spec.ttl_s,
+            spec.timeout_ms / 1000,
+            spec.public_url.rstrip("/") if spec.public_url else None,
+            spec.image_max_age_s,
         )
 
     def compile_routes(self) -> list[Route]:
@@ -359,6 +397,7 @@ class _Compiler:
         self.compile_models()
         routes = self.compile_routes()
         default = self.default(routes)
+        cache = self.cache_config([*routes, *([default] if default else [])])
         if self.issues or default is None:
             return None
         return RoutingTable(
@@ -368,6 +407,7 @@ class _Compiler:
             backends=dict(self.backends),
             digest="",
             source=self.src.file,
+            cache=cache,
         )
 
 
@@ -386,4 +426,4 @@ def compile_text(text: str, file: str = "routes.yaml", env: Mapping[str, str] | 
     if issues or table is None:
         raise ConfigError(sorted(issues, key=lambda i: (i.line, i.column)))
     digest = hashlib.sha256(text.encode()).hexdigest()[:16]
-    return RoutingTable(table.routes, table.default, table.models, table.backends, digest, file)
+    return dataclasses.replace(table, digest=digest)

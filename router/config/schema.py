@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Discriminator, Field, SecretStr, Tag
 
 __all__ = [
     "BackendSpec",
+    "CacheSpec",
     "CircuitSpec",
     "HeaderMatch",
     "HedgeSpec",
@@ -22,6 +23,7 @@ __all__ = [
     "ModelSpec",
     "OpenAIBackendSpec",
     "RetrySpec",
+    "RouteCacheSpec",
     "RouteSpec",
     "RoutesFile",
     "SplitArmSpec",
@@ -142,6 +144,31 @@ class LimitsSpec(Strict):
     max_side: int | None = Field(default=None, ge=8)
 
 
+class RouteCacheSpec(Strict):
+    """A route's opt-in to the result cache (see :mod:`router.cache`)."""
+
+    ttl_s: float | None = Field(default=None, gt=0, description="defaults to the store's ttl_s")
+    seedless: Literal["share", "fresh"] = Field(
+        default="share",
+        description="share: a request without a seed gets one derived from the prompt, so it can hit; "
+        "fresh: a random seed, no lookup, stored under that seed",
+    )
+    upgrade: bool = Field(default=False, description="after a downgraded answer, make the intended tier's image")
+
+
+class CacheSpec(Strict):
+    """Where results are kept: ``disk://PATH`` (one machine; relative to the working
+    directory) or ``redis://HOST:PORT/DB`` (shared by gateway replicas)."""
+
+    store: str = Field(default="disk://.router-cache", pattern=r"^(disk://.+|rediss?://.+)$")
+    max_bytes: int = Field(default=1 << 30, gt=0, description="disk store size bound (LRU eviction)")
+    max_entry_bytes: int = Field(default=16 << 20, gt=0)
+    ttl_s: float = Field(default=7 * 24 * 3600, gt=0)
+    timeout_ms: float = Field(default=20, gt=0, le=1000, description="the most a store call may delay a request")
+    public_url: str | None = Field(default=None, pattern=r"^https?://[^\s]+$")
+    image_max_age_s: int = Field(default=365 * 24 * 3600, ge=0, description="Cache-Control max-age of image URLs")
+
+
 class RouteSpec(Strict):
     name: Name | None = None
     match: str | MatchSpec | None = None
@@ -155,6 +182,7 @@ class RouteSpec(Strict):
     priority: int | None = Field(default=None, ge=1, le=3)
     hedge: HedgeSpec | None = None
     limits: LimitsSpec = Field(default_factory=LimitsSpec)
+    cache: RouteCacheSpec | None = None
 
 
 class RoutesFile(Strict):
@@ -164,3 +192,4 @@ class RoutesFile(Strict):
     routes: list[RouteSpec] = Field(default_factory=list)
     default_route: Name | RouteSpec | None = None
     default_budget_ms: float = Field(default=5000.0, gt=0)
+    cache: CacheSpec | None = None

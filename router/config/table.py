@@ -13,7 +13,18 @@ from pydantic import SecretStr
 
 from router.config.regex import Pattern
 
-__all__ = ["Arm", "Backend", "HeaderRule", "Matcher", "Model", "Route", "RouteLimits", "RoutingTable"]
+__all__ = [
+    "Arm",
+    "Backend",
+    "CacheConfig",
+    "HeaderRule",
+    "Matcher",
+    "Model",
+    "Route",
+    "RouteCache",
+    "RouteLimits",
+    "RoutingTable",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +117,26 @@ class RouteLimits:
 
 
 @dataclass(frozen=True, slots=True)
+class RouteCache:
+    ttl_s: float
+    seedless: str  # "share" | "fresh"
+    upgrade: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class CacheConfig:
+    """The result store (one per table; a reload that changes it swaps the store)."""
+
+    store: str = "disk://.router-cache"
+    max_bytes: int = 1 << 30
+    max_entry_bytes: int = 16 << 20
+    ttl_s: float = 7 * 24 * 3600
+    timeout_s: float = 0.02
+    public_url: str | None = None
+    image_max_age_s: int = 365 * 24 * 3600
+
+
+@dataclass(frozen=True, slots=True)
 class Route:
     name: str
     matcher: Matcher
@@ -117,6 +148,7 @@ class Route:
     limits: RouteLimits = field(default_factory=RouteLimits)
     hedge_after_ms: float | None = None
     hedge_p95: bool = False
+    cache: RouteCache | None = None
 
     @property
     def is_split(self) -> bool:
@@ -131,6 +163,7 @@ class RoutingTable:
     backends: Mapping[str, Backend]
     digest: str
     source: str
+    cache: CacheConfig | None = None  # None: no route opts in, no store is opened
 
     def route_named(self, name: str) -> Route | None:
         for route in (*self.routes, self.default):

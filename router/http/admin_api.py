@@ -17,12 +17,14 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from router.config.table import RoutingTable
-from router.errors import NotFound, Unauthorized
+from router.errors import InvalidRequest, NotFound, Unauthorized
 from router.http.common import gateway_of, parse_json_model, read_body
 from router.policy.match import RequestFacts
 from router.reload import RoutesReloader
 
 __all__ = [
+    "admin_cache",
+    "admin_cache_purge",
     "admin_config",
     "admin_explain",
     "admin_reload",
@@ -138,3 +140,40 @@ async def admin_explain(request: Request) -> Response:
     body = parse_json_model(await read_body(request), ExplainRequest, request.headers.get("content-type"))
     gateway = gateway_of(request)
     return JSONResponse(gateway.explain(RequestFacts.of(body.prompt, body.intent, body.model, body.headers)))
+
+
+def _no_cache() -> NotFound:
+    return NotFound("no cache store: no route in routes.yaml has a cache block")
+
+
+async def admin_cache(request: Request) -> Response:
+    """The cache: store, circuit, counts, stored entries and bytes."""
+    check_admin(request)
+    cache = gateway_of(request).cache
+    if cache is None:
+        raise _no_cache()
+    return JSONResponse(await cache.describe())
+
+
+class PurgeRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    model: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*(@[0-9]+)?$")
+    route: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    prompt: str | None = Field(default=None, min_length=1)
+    all: bool = False
+
+
+async def admin_cache_purge(request: Request) -> Response:
+    """Purge by ``model`` (``name`` or ``name@version``), ``route``, ``prompt`` (all
+    given must match), or ``{"all": true}``. An empty body purges nothing: a 400."""
+    check_admin(request)
+    body = parse_json_model(await read_body(request), PurgeRequest, request.headers.get("content-type"))
+    cache = gateway_of(request).cache
+    if cache is None:
+        raise _no_cache()
+    if not (body.all or body.model or body.route or body.prompt):
+        raise InvalidRequest("say what to purge: model, route, prompt, or all: true", field="all")
+    model, _, version = (body.model or "").partition("@")
+    removed = await cache.purge(model=model or None, version=version or None, route=body.route, prompt=body.prompt)
+    return JSONResponse({"removed": removed})

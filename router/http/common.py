@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import io
 import json
-import secrets
 from typing import Any, TypeVar
 
 from numpy.typing import NDArray
@@ -14,9 +14,11 @@ from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
 
 from router.backends.base import ImageRequest
+from router.cache import image_id
 from router.dispatch import Served
 from router.errors import InvalidRequest, PayloadTooLarge, UnsupportedMediaType
 from router.gateway import Gateway
+from router.http.encode import encode_off_loop
 from router.policy.match import RequestFacts
 
 __all__ = [
@@ -24,15 +26,17 @@ __all__ = [
     "MAX_PROMPT_CHARS",
     "b64_png",
     "canary_override",
+    "client_seeds",
     "encode_png",
+    "etag",
     "facts_for",
     "gateway_of",
     "parse_json_model",
-    "pick_seeds",
     "priority_of",
     "read_body",
     "serve",
     "served_headers",
+    "tag_images",
 ]
 
 MAX_BODY_BYTES = 1 << 20
@@ -83,7 +87,8 @@ def facts_for(request: Request, prompt: str, intent: str | None, model: str | No
 
 
 def served_headers(served: Served) -> dict[str, str]:
-    """The ``X-Router-*`` tags and ``Server-Timing`` for a served request."""
+    """The ``X-Router-*`` tags and ``Server-Timing`` for a served request, and on a
+    cached route ``X-Cache`` and ``Age`` (``ETag`` needs the pixels: :func:`etag`)."""
     headers = {
         "X-Router-Route": served.route.name,
         "X-Router-Model": served.model_tag,
@@ -98,7 +103,25 @@ def served_headers(served: Served) -> dict[str, str]:
         headers["X-Router-Fallback"] = ", ".join(f"{m}:{why}" for m, why in served.fallback)
     if served.hedged:
         headers["X-Router-Hedged"] = "true"
+    if served.cache is not None:
+        headers["X-Cache"] = served.cache
+        headers["Age"] = str(int(served.age_s))
     return headers
+
+
+def etag(images: NDArray[Any]) -> str:
+    """A strong validator of the images: their content hash (one image: its URL id)."""
+    ids = [image_id(image) for image in images]
+    if len(ids) == 1:
+        return f'"{ids[0]}"'
+    return '"' + hashlib.blake2b("".join(ids).encode(), digest_size=16).hexdigest() + '"'
+
+
+async def tag_images(served: Served, headers: dict[str, str]) -> None:
+    """Add the ``ETag`` of a cached route's answer (hashed off the loop when large)."""
+    if served.cache is not None:
+        images = served.result.images
+        headers["ETag"] = await encode_off_loop(images, lambda: etag(images))
 
 
 def encode_png(image: NDArray[Any]) -> bytes:
@@ -111,10 +134,10 @@ def b64_png(image: NDArray[Any]) -> str:
     return base64.b64encode(encode_png(image)).decode()
 
 
-def pick_seeds(seed: int | None, n: int) -> tuple[int, ...]:
-    """``n`` seeds: consecutive from the client's, or fresh random ones (reported back)."""
-    base = secrets.randbelow(2**31) if seed is None else seed
-    return tuple(base + i for i in range(n))
+def client_seeds(seed: int | None, n: int) -> tuple[int, ...] | None:
+    """``n`` consecutive seeds from the client's; ``None`` when it sent none (the
+    gateway then picks them by the route's rules, and the answer reports them)."""
+    return None if seed is None else tuple(seed + i for i in range(n))
 
 
 def gateway_of(request: Request) -> Gateway:
@@ -122,7 +145,9 @@ def gateway_of(request: Request) -> Gateway:
     return gateway
 
 
-async def serve(request: Request, facts: RequestFacts, image_request: ImageRequest, started: float) -> Served:
+async def serve(
+    request: Request, facts: RequestFacts, image_request: ImageRequest, started: float, random_seeds: bool = True
+) -> Served:
     """Hand a decoded request to the gateway with the routing extras every API shares:
     query parameters (for ``sticky: query:...``), ``X-Canary`` and ``X-Priority``."""
     return await gateway_of(request).generate(
@@ -132,6 +157,8 @@ async def serve(request: Request, facts: RequestFacts, image_request: ImageReque
         canary=canary_override(request),
         priority=priority_of(request),
         started=started,
+        cache_control=request.headers.get("cache-control"),
+        random_seeds=random_seeds,
     )
 
 

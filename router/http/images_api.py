@@ -1,13 +1,17 @@
 """``POST /v1/images/generations`` (OpenAI Images API) and ``POST /api/v1/generate``.
 
 The OpenAI endpoint accepts what the official SDK sends — ``prompt``, ``n``, ``size``,
-``response_format`` (``b64_json``; URLs are not hosted here, so ``url`` is a clear
-400), ``model`` as a logical name — and ignores the SDK's other optional fields.
-Routing extras may come in the body (``extra_body={"intent": ...}``) or as headers.
+``response_format`` (``b64_json``, or ``url``: served from the cache store by any
+replica, see :mod:`router.http.image_files`), ``output_format`` and
+``output_compression``, ``model`` as a logical name — and ignores the SDK's other
+optional fields. Routing extras may come in the body (``extra_body={"intent": ...}``)
+or as headers. ``/api/v1/generate`` answers one image as its bytes, in the ``format``
+asked for or the best one ``Accept`` allows, or JSON.
 """
 
 from __future__ import annotations
 
+import base64
 import re
 import time
 from typing import Literal
@@ -20,16 +24,17 @@ from router.backends.base import ImageRequest
 from router.errors import InvalidRequest
 from router.http.common import (
     MAX_PROMPT_CHARS,
-    b64_png,
-    encode_png,
+    client_seeds,
     facts_for,
     parse_json_model,
-    pick_seeds,
     read_body,
     serve,
     served_headers,
+    tag_images,
 )
 from router.http.encode import encode_off_loop
+from router.http.formats import DEFAULT_QUALITY, MIME, canonical, encode_image, negotiate
+from router.http.image_files import publish
 
 __all__ = ["generate", "openai_images"]
 
@@ -44,6 +49,8 @@ class OpenAIImagesRequest(BaseModel):
     n: int = Field(default=1, ge=1, le=16)
     size: str | None = None
     response_format: Literal["b64_json", "url"] | None = None
+    output_format: str | None = None
+    output_compression: int | None = Field(default=None, ge=0, le=100)
     intent: str | None = None
     seed: int | None = Field(default=None, ge=0, lt=2**62)
     steps: int | None = Field(default=None, ge=1, le=1000)
@@ -61,7 +68,9 @@ class GenerateRequest(BaseModel):
     width: int | None = Field(default=None, ge=8, le=4096)
     height: int | None = Field(default=None, ge=8, le=4096)
     n: int = Field(default=1, ge=1, le=16)
-    response: Literal["png", "json"] | None = None
+    response: Literal["png", "json", "image"] | None = None
+    format: str | None = None
+    quality: int | None = Field(default=None, ge=0, le=100)
 
 
 def _size(size: str | None) -> tuple[int | None, int | None]:
@@ -76,44 +85,74 @@ def _size(size: str | None) -> tuple[int | None, int | None]:
 async def openai_images(request: Request) -> Response:
     started = time.monotonic()
     body = parse_json_model(await read_body(request), OpenAIImagesRequest, request.headers.get("content-type"))
-    if body.response_format == "url":
-        raise InvalidRequest("response_format 'url' is not supported; use b64_json", field="response_format")
+    fmt = canonical(body.output_format, "output_format") if body.output_format else "png"
+    if fmt == "avif":  # OpenAI's own set; AVIF is offered by /api/v1/generate and image URLs
+        raise InvalidRequest("output_format: must be png, jpeg or webp", field="output_format")
+    quality = DEFAULT_QUALITY if body.output_compression is None else body.output_compression
     width, height = _size(body.size)
     facts = facts_for(request, body.prompt, body.intent, body.model)
     image_request = ImageRequest(
         prompts=(body.prompt,) * body.n,
-        seeds=pick_seeds(body.seed, body.n),
+        seeds=client_seeds(body.seed, body.n),
         steps=body.steps,
         width=width,
         height=height,
     )
     served = await serve(request, facts, image_request, started)
+    headers = served_headers(served)
+    await tag_images(served, headers)
     images = served.result.images
-    data = await encode_off_loop(images, lambda: [{"b64_json": b64_png(image)} for image in images])
-    return JSONResponse({"created": int(time.time()), "data": data}, headers=served_headers(served))
+    data: list[dict[str, str]] | None = None
+    if body.response_format == "url":
+        data = await publish(request, served, fmt, body.output_compression)
+    if data is None:  # b64_json, or no store could take the images: inline after all
+        data = await encode_off_loop(
+            images, lambda: [{"b64_json": base64.b64encode(encode_image(i, fmt, quality)).decode()} for i in images]
+        )
+    return JSONResponse({"created": int(time.time()), "data": data, "output_format": fmt}, headers=headers)
 
 
 async def generate(request: Request) -> Response:
     started = time.monotonic()
     body = parse_json_model(await read_body(request), GenerateRequest, request.headers.get("content-type"))
-    as_json = body.response == "json" or (
-        body.response is None and "application/json" in request.headers.get("accept", "")
-    )
+    accept = request.headers.get("accept", "")
+    as_json = body.response == "json" or (body.response is None and "application/json" in accept)
     if not as_json and body.n != 1:
         raise InvalidRequest("n > 1 needs a JSON response (response: json)", field="n")
-    seeds = pick_seeds(body.seed, body.n)
+    if body.format:
+        fmt = canonical(body.format, "format")
+    elif body.response == "png":
+        fmt = "png"
+    else:
+        fmt = negotiate(None if as_json else accept)
+    quality = DEFAULT_QUALITY if body.quality is None else body.quality
     facts = facts_for(request, body.prompt, body.intent, body.model)
-    image_request = ImageRequest((body.prompt,) * body.n, seeds, body.steps, body.width, body.height)
+    request_seeds = client_seeds(body.seed, body.n)
+    image_request = ImageRequest((body.prompt,) * body.n, request_seeds, body.steps, body.width, body.height)
     served = await serve(request, facts, image_request, started)
     headers = served_headers(served)
+    await tag_images(served, headers)
     results = served.result.images
+    seeds = served.seeds or ()
     if not as_json:
-        headers["X-Router-Seed"] = str(seeds[0])
-        png = await encode_off_loop(results[:1], lambda: encode_png(results[0]))
-        return Response(png, media_type="image/png", headers=headers)
-    images = await encode_off_loop(
-        results,
-        lambda: [{"b64_png": b64_png(image), "seed": seed} for image, seed in zip(results, seeds, strict=False)],
-    )
-    payload = {"images": images, "route": served.route.name, "model": served.model_tag}
+        if seeds:
+            headers["X-Router-Seed"] = str(seeds[0])
+        headers["Vary"] = "Accept"
+        data = await encode_off_loop(results[:1], lambda: encode_image(results[0], fmt, quality))
+        return Response(data, media_type=MIME[fmt], headers=headers)
+    key = "b64_png" if fmt == "png" else "b64"
+
+    def encode_all() -> list[dict[str, object]]:
+        out: list[dict[str, object]] = []
+        for i, image in enumerate(results):
+            item: dict[str, object] = {key: base64.b64encode(encode_image(image, fmt, quality)).decode()}
+            if i < len(seeds):
+                item["seed"] = seeds[i]
+            out.append(item)
+        return out
+
+    images = await encode_off_loop(results, encode_all)
+    payload = {"images": images, "format": fmt, "route": served.route.name, "model": served.model_tag}
+    if served.cache is not None:
+        payload["cache"] = served.cache
     return JSONResponse(payload, headers=headers)

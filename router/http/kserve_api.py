@@ -20,7 +20,15 @@ from router import __version__
 from router.backends.base import ImageRequest
 from router.errors import InvalidRequest
 from router.gateway import Gateway
-from router.http.common import MAX_PROMPT_CHARS, facts_for, gateway_of, read_body, serve, served_headers
+from router.http.common import (
+    MAX_PROMPT_CHARS,
+    facts_for,
+    gateway_of,
+    read_body,
+    serve,
+    served_headers,
+    tag_images,
+)
 from router.http.encode import encode_off_loop
 from router.kserve import InferRequest, decode_request, encode_response, wants_binary
 from router.policy.match import RequestFacts, select_route
@@ -145,7 +153,7 @@ async def infer(request: Request) -> Response:
     decoded, image_request = parse_infer(body, request.headers.get("inference-header-content-length"))
     intent = decoded.parameters.get("intent")
     facts = facts_for(request, image_request.prompts[0], intent if isinstance(intent, str) else None, alias)
-    served = await serve(request, facts, image_request, started)
+    served = await serve(request, facts, image_request, started, random_seeds=False)
     binary = wants_binary(decoded, "IMAGE")
     version = served.result.model_version or served.model.version or ""
     images = served.result.images
@@ -156,6 +164,7 @@ async def infer(request: Request) -> Response:
     # a binary answer is one copy of the tensor: only JSON text scales badly enough to move
     payload, head = encode() if binary else await encode_off_loop(images, encode)
     headers = served_headers(served)
+    await tag_images(served, headers)
     if head is None:
         return Response(payload, media_type="application/json", headers=headers)
     headers["Inference-Header-Content-Length"] = str(head)

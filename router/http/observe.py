@@ -33,6 +33,7 @@ _TAGS = {
     b"x-router-canary": "canary",
     b"x-router-fallback": "fallback",
     b"x-router-hedged": "hedged",
+    b"x-cache": "cache",
 }
 
 
@@ -93,6 +94,8 @@ class ObserveMiddleware:
             self.metrics.observe_request(
                 api, tags.get("route", ""), tags.get("model", ""), status, _outcome(status, tags), elapsed
             )
+            if "cache" in tags:
+                self.metrics.cache_result(tags.get("route", ""), tags.get("model", ""), tags["cache"])
         if self.access_log is not None:
             self.access_log.record(
                 {

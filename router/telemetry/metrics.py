@@ -69,6 +69,32 @@ class _StateCollector(Collector):
         )
         dropped.add_metric([], s.get("access_log_dropped", 0))
         yield dropped
+        cache = s.get("cache")
+        if cache:
+            store = CounterMetricFamily(
+                "router_cache_store_failures",
+                "Cache store calls that failed, timed out, or were skipped by its open circuit (each a miss)",
+                labels=["kind"],
+            )
+            for kind in ("errors", "timeouts", "skipped"):
+                store.add_metric([kind], cache["store"][kind])
+            yield store
+            yield GaugeMetricFamily(
+                "router_cache_store_circuit_open", "1 while the cache store's circuit is open",
+                value=0.0 if cache["circuit"] == "closed" else 1.0,
+            )  # fmt: skip
+            for name, help_text in (
+                ("writes", "Results and images written to the store"),
+                ("write_bytes", "Bytes written to the store"),
+                ("dropped_writes", "Writes dropped because too many were pending"),
+                ("too_large", "Results over max_entry_bytes, not stored"),
+                ("corrupt", "Unreadable entries found, removed and treated as misses"),
+                ("coalesced", "Requests that joined an identical generation in flight on this replica"),
+                ("lease_waits", "Requests that waited for another replica's generation"),
+            ):
+                counter = CounterMetricFamily(f"router_cache_{name}", help_text)
+                counter.add_metric([], cache[name])
+                yield counter
         info = GaugeMetricFamily("router_config_info", "The active routes.yaml (value 1)", labels=["digest"])
         info.add_metric([s.get("digest", "")], 1.0)
         yield info
@@ -101,6 +127,12 @@ class Metrics:
             "router_budget_exhausted", "Requests whose budget ran out", ["route"], registry=r
         )
         self.hedges = Counter("router_hedges", "Hedged requests, by which tier won", ["route", "winner"], registry=r)
+        self.cache_results = Counter(
+            "router_cache_results",
+            "Answers on cached routes by X-Cache (HIT, MISS, COALESCED, BYPASS) and the model that made the image",
+            ["route", "model", "result"],
+            registry=r,
+        )
         # labels() validates and locks on every call; a request's children are looked up once
         # per label set instead (bounded like the series themselves: routes x models x status).
         self._children: dict[tuple[str, str, str, int, str], tuple[Any, Any]] = {}
@@ -117,6 +149,9 @@ class Metrics:
             self._children[key] = children
         children[0].inc()
         children[1].observe(seconds)
+
+    def cache_result(self, route: str, model: str, result: str) -> None:
+        self.cache_results.labels(route, model, result).inc()
 
     def watch(self, state: State) -> None:
         """Export gauges and counters read from ``state()`` at scrape time."""

@@ -1,0 +1,92 @@
+"""What a cached result is called (pure).
+
+A key names everything that decides the pixels — the route, the served logical model,
+its backend model and version, the exact prompt bytes, the seeds, steps and size —
+and nothing that does not (the output format, the API the request came through). So
+a canary arm never reads the baseline's entry, a version bump or a model swap misses
+by construction, and the same image asked for as PNG over OpenAI and as a tensor over
+KServe is one entry. The route is part of the key because an entry lives by its
+route's rules (ttl, purge by route).
+
+Keys are readable up to the hashes, ``r:{route}|{model}|{remote}@{version}|{prompt}|{params}``,
+so a purge by route, model or prompt is a pattern over keys, with no index to keep
+in step (route and model names cannot hold ``|`` or glob characters).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+__all__ = ["CacheKey", "derive_seeds", "image_id", "prompt_hash"]
+
+
+def _digest(data: bytes, size: int = 16) -> str:
+    return hashlib.blake2b(data, digest_size=size).hexdigest()
+
+
+def prompt_hash(prompts: tuple[str, ...]) -> str:
+    """One prompt asked ``n`` times hashes as that prompt (a purge by prompt finds it)."""
+    if all(p == prompts[0] for p in prompts):
+        return _digest(prompts[0].encode("utf-8", "surrogatepass"), 8)
+    return _digest(b"\0".join(p.encode("utf-8", "surrogatepass") for p in prompts), 8)
+
+
+def _params(seeds: tuple[int, ...], count: int, steps: int | None, width: int | None, height: int | None) -> bytes:
+    fields = [count, -1 if steps is None else steps, -1 if width is None else width, -1 if height is None else height]
+    return struct.pack(f"<{len(fields) + len(seeds)}q", *fields, *seeds)
+
+
+@dataclass(frozen=True, slots=True)
+class CacheKey:
+    route: str
+    model: str
+    remote: str
+    version: str
+    prompt: str  # prompt_hash()
+    params: str
+
+    @classmethod
+    def of(
+        cls,
+        route: str,
+        model: str,
+        remote: str,
+        version: str | None,
+        prompts: tuple[str, ...],
+        seeds: tuple[int, ...],
+        steps: int | None,
+        width: int | None,
+        height: int | None,
+    ) -> CacheKey:
+        exact = b"\0".join(p.encode("utf-8", "surrogatepass") for p in prompts)
+        params = _digest(exact + _params(seeds, len(prompts), steps, width, height), 12)
+        return cls(route, model, remote, version or "", prompt_hash(prompts), params)
+
+    def __str__(self) -> str:
+        return f"r:{self.route}|{self.model}|{self.remote}@{self.version}|{self.prompt}|{self.params}"
+
+
+def derive_seeds(prompts: tuple[str, ...], steps: int | None, width: int | None, height: int | None) -> tuple[int, ...]:
+    """Seeds for a seedless request on a ``seedless: share`` route: the same prompt and
+    parameters always give the same seeds (so the same image, so a hit), and the
+    ``n`` images of one request still differ. Independent of the tier, so a downgrade
+    keeps the seed the answer reports."""
+    out = []
+    for i, prompt in enumerate(prompts):
+        data = prompt.encode("utf-8", "surrogatepass") + _params((i,), len(prompts), steps, width, height)
+        out.append(int.from_bytes(hashlib.blake2b(data, digest_size=4).digest(), "little") & 0x7FFFFFFF)
+    return tuple(out)
+
+
+def image_id(image: NDArray[Any]) -> str:
+    """The content hash of one image (its URL id and ``ETag``): the pixels and the shape."""
+    h = hashlib.blake2b(digest_size=16)
+    h.update(struct.pack("<3q", *image.shape))
+    h.update(np.ascontiguousarray(image).data)
+    return h.hexdigest()

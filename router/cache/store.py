@@ -1,0 +1,258 @@
+"""Where cached results live: local disk (one machine) or Redis (gateway replicas).
+
+Both implement :class:`Store`; :class:`GuardedStore` wraps either with what makes a
+cache safe in front of a latency budget: every call is bounded (``timeout_s``, 20 ms by
+default) and failures open a circuit, so a slow or dead store turns into misses —
+counted, never an error and never more than the bound of delay.
+
+The disk store is ``diskcache`` (SQLite index + files, LRU eviction under a byte
+bound, survives restarts, safe across processes). Its calls are synchronous, so they
+run on a small thread pool of their own, never on the event loop. The Redis store
+uses ``redis.asyncio``; entries expire by ttl and the server's own ``maxmemory`` policy
+evicts (``allkeys-lru`` is the setting to use; the docs say so).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fnmatch
+import functools
+import logging
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Protocol, TypeVar
+
+import diskcache
+import redis.asyncio as aioredis
+
+from router.config.table import CacheConfig, CircuitPolicy
+from router.errors import CacheStoreError
+from router.policy.circuit import CircuitBreaker
+
+__all__ = ["DiskStore", "GuardedStore", "RedisStore", "Store", "open_store"]
+
+log = logging.getLogger("router.cache")
+T = TypeVar("T")
+
+
+class Store(Protocol):
+    kind: str
+
+    async def get_many(self, keys: list[str]) -> list[bytes | None]: ...
+
+    async def set(self, key: str, value: bytes, ttl_s: float) -> None: ...
+
+    async def delete(self, keys: list[str]) -> None: ...
+
+    async def keys(self, pattern: str) -> list[str]:
+        """Keys matching a glob ``pattern`` (admin use: purge; not on the request path)."""
+        ...
+
+    async def lease(self, key: str, owner: str, ttl_s: float) -> bool:
+        """Take ``key`` for ``ttl_s`` unless someone holds it (atomic across replicas)."""
+        ...
+
+    async def release(self, key: str, owner: str) -> None: ...
+
+    async def stats(self) -> dict[str, Any]: ...
+
+    async def aclose(self) -> None: ...
+
+
+class DiskStore:
+    kind = "disk"
+
+    def __init__(self, path: Path, max_bytes: int) -> None:
+        self.path = path
+        self._cache = diskcache.Cache(
+            str(path), size_limit=max_bytes, eviction_policy="least-recently-used", statistics=False
+        )
+        self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="cache-disk")
+
+    async def _run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._pool, functools.partial(fn, *args, **kwargs))
+
+    async def get_many(self, keys: list[str]) -> list[bytes | None]:
+        def read() -> list[bytes | None]:
+            return [self._cache.get(k) for k in keys]
+
+        return await self._run(read)
+
+    async def set(self, key: str, value: bytes, ttl_s: float) -> None:
+        await self._run(self._cache.set, key, value, expire=ttl_s)
+
+    async def delete(self, keys: list[str]) -> None:
+        def remove() -> None:
+            for key in keys:
+                self._cache.delete(key)
+
+        await self._run(remove)
+
+    async def keys(self, pattern: str) -> list[str]:
+        def scan() -> list[str]:
+            return [str(k) for k in self._cache.iterkeys() if fnmatch.fnmatchcase(str(k), pattern)]
+
+        return await self._run(scan)
+
+    async def lease(self, key: str, owner: str, ttl_s: float) -> bool:
+        return bool(await self._run(self._cache.add, key, owner, expire=ttl_s))
+
+    async def release(self, key: str, owner: str) -> None:
+        def drop() -> None:
+            if self._cache.get(key) == owner:
+                self._cache.delete(key)
+
+        await self._run(drop)
+
+    async def stats(self) -> dict[str, Any]:
+        def read() -> dict[str, Any]:
+            return {"entries": len(self._cache), "bytes": self._cache.volume(), "path": str(self.path)}
+
+        return await self._run(read)
+
+    async def aclose(self) -> None:
+        await self._run(self._cache.close)
+        self._pool.shutdown(wait=False)
+
+
+_RELEASE = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end"
+
+
+class RedisStore:
+    kind = "redis"
+
+    def __init__(self, url: str, timeout_s: float) -> None:
+        self.url = url
+        # the guard bounds each call; the socket timeouts only stop a dead server from
+        # holding a connection forever
+        self._redis = aioredis.Redis.from_url(
+            url,
+            socket_timeout=max(1.0, timeout_s * 10),
+            socket_connect_timeout=max(0.5, timeout_s * 10),
+            health_check_interval=10,
+            max_connections=256,
+        )
+
+    async def get_many(self, keys: list[str]) -> list[bytes | None]:
+        values = [await self._redis.get(keys[0])] if len(keys) == 1 else await self._redis.mget(keys)
+        return [v if isinstance(v, bytes) else None for v in values]  # decode_responses is off
+
+    async def set(self, key: str, value: bytes, ttl_s: float) -> None:
+        await self._redis.set(key, value, px=max(1, int(ttl_s * 1000)))
+
+    async def delete(self, keys: list[str]) -> None:
+        if keys:
+            await self._redis.delete(*keys)
+
+    async def keys(self, pattern: str) -> list[str]:
+        return [
+            k.decode() if isinstance(k, bytes) else str(k) async for k in self._redis.scan_iter(pattern, count=1000)
+        ]
+
+    async def lease(self, key: str, owner: str, ttl_s: float) -> bool:
+        return bool(await self._redis.set(key, owner, nx=True, px=max(1, int(ttl_s * 1000))))
+
+    async def release(self, key: str, owner: str) -> None:
+        await self._redis.eval(_RELEASE, 1, key, owner)
+
+    async def stats(self) -> dict[str, Any]:
+        info = await self._redis.info("memory")
+        return {"entries": int(await self._redis.dbsize()), "bytes": int(info.get("used_memory", 0))}
+
+    async def aclose(self) -> None:
+        await self._redis.aclose()
+
+
+_CIRCUIT = CircuitPolicy(consecutive_failures=5, failure_ratio=0.5, min_requests=20, window_s=10.0, cooldown_s=2.0)
+
+
+class GuardedStore:
+    """A store whose every call on the request path takes at most ``timeout_s`` and
+    never raises: a failure, a timeout or an open circuit reads as a miss (or a write
+    not made), counted in :attr:`counts`."""
+
+    def __init__(self, store: Store, timeout_s: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.store = store
+        self.kind = store.kind
+        self.timeout_s = timeout_s
+        self.clock = clock
+        self.breaker = CircuitBreaker(_CIRCUIT)
+        self.counts = {"errors": 0, "timeouts": 0, "skipped": 0}
+        self.latency_s = 0.0  # of the last call, for the status page
+
+    async def _guard(self, call: Callable[[], Any], fallback: T, timeout_s: float | None = None) -> T:
+        now = self.clock()
+        if not self.breaker.allow(now):
+            self.counts["skipped"] += 1
+            return fallback
+        try:
+            async with asyncio.timeout(timeout_s or self.timeout_s):
+                result: T = await call()
+        except TimeoutError:
+            self.counts["timeouts"] += 1
+            self.breaker.record(self.clock(), False)
+            return fallback
+        except Exception as exc:  # noqa: BLE001 - a store fault is a miss, never the client's error
+            self.counts["errors"] += 1
+            if self.counts["errors"] == 1 or self.counts["errors"] % 1000 == 0:
+                log.warning("cache store %s failed (%d so far): %s: %s", self.kind, self.counts["errors"],
+                            type(exc).__name__, exc)  # fmt: skip
+            self.breaker.record(self.clock(), False)
+            return fallback
+        self.latency_s = self.clock() - now
+        self.breaker.record(self.clock(), True)
+        return result
+
+    @property
+    def state(self) -> str:
+        return self.breaker.state
+
+    async def get_many(self, keys: list[str], timeout_s: float | None = None) -> list[bytes | None]:
+        misses: list[bytes | None] = [None] * len(keys)
+        return await self._guard(lambda: self.store.get_many(keys), misses, timeout_s)
+
+    async def set(self, key: str, value: bytes, ttl_s: float) -> bool:
+        async def write() -> bool:
+            await self.store.set(key, value, ttl_s)
+            return True
+
+        return await self._guard(write, False, max(self.timeout_s, 1.0))  # off the request path
+
+    async def delete(self, keys: list[str]) -> None:
+        await self._guard(lambda: self.store.delete(keys), None, max(self.timeout_s, 1.0))
+
+    async def lease(self, key: str, owner: str, ttl_s: float) -> bool | None:
+        """``None`` when the store cannot say (then nobody coordinates: generate)."""
+        result: bool | None = await self._guard(lambda: self.store.lease(key, owner, ttl_s), None)
+        return result
+
+    async def release(self, key: str, owner: str) -> None:
+        await self._guard(lambda: self.store.release(key, owner), None, max(self.timeout_s, 1.0))
+
+    async def aclose(self) -> None:
+        try:
+            await self.store.aclose()
+        except Exception:
+            log.debug("closing the cache store failed", exc_info=True)
+
+
+def open_store(config: CacheConfig) -> GuardedStore:
+    """The store a table configures. An unusable disk path is a :class:`CacheStoreError`
+    naming it (``router serve`` exits 2), not a crash at the first request."""
+    url = config.store
+    if url.startswith("disk://"):
+        path = Path(url.removeprefix("disk://")).expanduser()
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+            probe = path / ".write-test"
+            probe.write_bytes(b"")
+            probe.unlink()
+            store: Store = DiskStore(path, config.max_bytes)
+        except Exception as exc:  # noqa: BLE001 - sqlite3 and OS errors alike
+            raise CacheStoreError(f"cache.store: cannot use {path} for the cache: {exc}", path=str(path)) from None
+    else:
+        store = RedisStore(url, config.timeout_s)
+    return GuardedStore(store, config.timeout_s)
