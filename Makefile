@@ -7,9 +7,10 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
 # System packages a fresh Debian machine lacks: the status-page browser test drives
-# Debian's chromium. `make test` installs them itself (as root, or through sudo), so the
-# README's one command really does all the set-up, not only CI's script.
-SYSDEPS := chromium
+# Debian's chromium, the shared-cache tests start Debian's redis-server. `make test`
+# installs them itself (as root, or through sudo), so the README's one command really
+# does all the set-up, not only CI's script.
+SYSDEPS := chromium redis-server
 SUDO    := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: up test lint bench install sysdeps clean

@@ -291,30 +291,28 @@ class Dispatcher:
             if model.name in hits:
                 return self._stored(route, choice, model, hits[model.name], progress, "HIT")
             key = keys.get(model.name)
-            if key is not None:
-                shared = await self._shared(route, choice, model, key, progress)
-                if isinstance(shared, Served):
-                    return shared
-            else:
-                shared = None
+            later = [m for m in chain if known[m].floor_s <= remaining]
+            if key is not None and cache is not None and not (hedge and later):
+                outcome = await self._through_flight(model, key, attempt, request, priority, progress, cache)
+                if isinstance(outcome, ImageResult):
+                    return self._served(route, choice, model, outcome, progress, request.seeds)
+                if outcome in OVERLOAD_REASONS:
+                    progress.skip(((model.name, outcome),), known, remaining)
+                else:
+                    progress.reasons.append((model.name, outcome))
+                continue
             refused = await self._admit(model, priority or DEFAULT_PRIORITY, attempt, progress)
             if refused is not None:
-                await self._release(key, shared)
                 progress.skip(((model.name, refused),), known, remaining)
                 continue
-            later = [m for m in chain if known[m].floor_s <= remaining]
             if hedge and later:
-                await self._release(key, shared)
                 served = await self._hedged(table, route, choice, request, priority, attempt, later, progress)
                 if served is not None:
                     return served
                 chain = [m for m in chain if m not in {r[0] for r in progress.reasons}]
                 continue
             timeout = min(attempt.timeout_s, progress.deadline - self.clock())  # after any queueing
-            if key is not None and cache is not None:
-                outcome = await self._generation(model, request, timeout, priority, progress, key, cache, shared)
-            else:
-                outcome = await self._timed(model, request, timeout, priority, progress)
+            outcome = await self._timed(model, request, timeout, priority, progress)
             if not isinstance(outcome, str):
                 return self._served(route, choice, model, outcome, progress, request.seeds)
             progress.reasons.append((model.name, outcome))
@@ -370,79 +368,104 @@ class Dispatcher:
         self, route: Route, choice: Choice, model: Model, entry: Entry, progress: _Progress, how: str
     ) -> Served:
         progress.cache = how
-        served = self._served(route, choice, model, ImageResult(entry.images, entry.version), progress, entry.seeds)
-        return replace(served, age_s=max(0.0, self.cache_clock() - entry.created) if how == "HIT" else 0.0)
+        result = ImageResult(entry.images, entry.version, stored_at=entry.created)
+        return self._served(route, choice, model, result, progress, entry.seeds)
 
-    def cache_clock(self) -> float:
-        return self.wall_clock()
+    async def _through_flight(
+        self,
+        model: Model,
+        key: CacheKey,
+        attempt: Attempt,
+        request: ImageRequest,
+        priority: int | None,
+        progress: _Progress,
+        plan: CachePlan,
+    ) -> ImageResult | str:
+        """This tier's image for ``key``, made once however many ask at the same time.
 
-    async def _shared(
-        self, route: Route, choice: Choice, model: Model, key: CacheKey, progress: _Progress
-    ) -> Served | bool | None:
-        """Join an identical generation in flight: this replica's (a task), or another
-        replica's (its lease in a shared store; wait for its entry). A :class:`Served`
-        when one answered; ``True`` when this request holds the lease and generates;
-        ``None``/``False`` otherwise (generate without a lease)."""
-        flight = self.flights.running(str(key))
-        if flight is not None:
-            self.flights.coalesced += 1
-            outcome = await self.flights.wait(flight, progress.deadline - self.clock())
-            if not isinstance(outcome, str):
-                progress.cache = "COALESCED"
-                return self._served(route, choice, model, outcome, progress, None)
-            return None  # the leader failed: make our own attempt, if there is time
-        if self.cache is None or self.cache.store.kind != "redis":
-            return None
-        ttl = max(0.05, progress.deadline - self.clock())
-        held = await self.cache.lease(key, self.owner, ttl)
-        if held is not False:
-            return held  # True: ours; None: the store cannot say, generate anyway
+        The first request claims the key *before* awaiting anything and runs
+        :meth:`_obtain` as a task of its own; the others wait for that task (each at most
+        its own time). When it fails, a waiter makes its own attempt if time is left."""
+        running = self.flights.running(str(key))
+        if running is None:
+            task = self.flights.start(
+                str(key), lambda: self._obtain(model, key, attempt, request, priority, progress, plan)
+            )
+            outcome = await self.flights.wait(task, progress.deadline - self.clock())
+            if isinstance(outcome, ImageResult) and outcome.stored_at is not None:
+                progress.cache = "COALESCED"  # another replica made it while we held back
+            return outcome
+        self.flights.coalesced += 1
+        outcome = await self.flights.wait(running, progress.deadline - self.clock())
+        if isinstance(outcome, ImageResult):
+            progress.cache = "COALESCED"
+            return outcome
+        if outcome == "timeout" or progress.deadline - self.clock() <= self.margin_s:
+            return outcome
+        refused = await self._admit(model, priority or DEFAULT_PRIORITY, attempt, progress)  # on our own
+        if refused is not None:
+            return refused
+        timeout = min(attempt.timeout_s, progress.deadline - self.clock())
+        return await self._timed(model, request, timeout, priority, progress)
+
+    async def _obtain(
+        self,
+        model: Model,
+        key: CacheKey,
+        attempt: Attempt,
+        request: ImageRequest,
+        priority: int | None,
+        progress: _Progress,
+        plan: CachePlan,
+    ) -> ImageResult | str:
+        """The flight's work: with a shared store, hold back while another replica holds
+        the key's lease (and take its stored result); else admit, generate, store."""
+        held: bool | None = None
+        write: asyncio.Task[None] | None = None
+        if self.cache is not None and self.cache.store.kind == "redis":
+            held = await self.cache.lease(key, self.owner, max(0.05, progress.deadline - self.clock()))
+            entry = None
+            if held is False:
+                entry = await self._wait_for_replica(model, key, progress)
+            elif held:  # another replica may have finished between our lookup and the lease
+                entry = (await self.cache.lookup({model.name: key}, progress.deadline - self.clock())).get(model.name)
+            if entry is not None:
+                if held:
+                    await self.cache.release(key, self.owner)
+                return ImageResult(entry.images, entry.version, stored_at=entry.created)
+        try:
+            refused = await self._admit(model, priority or DEFAULT_PRIORITY, attempt, progress)
+            if refused is not None:
+                return refused
+            timeout = min(attempt.timeout_s, progress.deadline - self.clock())
+            outcome = await self._timed(model, request, timeout, priority, progress)
+            if not isinstance(outcome, str) and self.cache is not None:
+                served_version = outcome.model_version or model.version or ""
+                if not model.version:
+                    self._seen_version(model, served_version)
+                if plan.store:
+                    stored = replace(key, version=served_version)  # the version that made it
+                    entry = Entry(outcome.images, model.name, served_version, key.route,
+                                  request.seeds or (), self.wall_clock())  # fmt: skip
+                    write = self.cache.save(stored, entry, plan.ttl_s)
+            return outcome
+        finally:
+            if held and self.cache is not None:
+                self.cache.release_after(write, key, self.owner)
+
+    async def _wait_for_replica(self, model: Model, key: CacheKey, progress: _Progress) -> Entry | None:
+        """Another replica is making ``key``: poll the store for its entry until it
+        lands, the lease goes (that replica gave up: generate here) or time is up."""
+        assert self.cache is not None
         self.cache.stats.lease_waits += 1
         while self.clock() + LEASE_POLL_S < progress.deadline:
             await asyncio.sleep(LEASE_POLL_S)
             found = await self.cache.lookup({model.name: key}, progress.deadline - self.clock())
             if model.name in found:
-                return self._stored(route, choice, model, found[model.name], progress, "COALESCED")
+                return found[model.name]
             if not await self.cache.leased(key):
-                break  # the other replica gave up or failed: generate here
+                break
         return None
-
-    async def _release(self, key: CacheKey | None, shared: Served | bool | None) -> None:
-        if shared is True and key is not None and self.cache is not None:
-            await self.cache.release(key, self.owner)
-
-    async def _generation(
-        self,
-        model: Model,
-        request: ImageRequest,
-        timeout_s: float,
-        priority: int | None,
-        progress: _Progress,
-        key: CacheKey,
-        plan: CachePlan,
-        shared: Served | bool | None,
-    ) -> ImageResult | str:
-        """The call as a flight others may join; its result is stored even if this
-        request has left by then."""
-
-        async def call() -> ImageResult | str:
-            try:
-                outcome = await self._timed(model, request, timeout_s, priority, progress)
-                if not isinstance(outcome, str) and self.cache is not None:
-                    served_version = outcome.model_version or model.version or ""
-                    if not model.version:
-                        self._seen_version(model, served_version)
-                    if plan.store:
-                        stored = replace(key, version=served_version)  # the version that made it
-                        entry = Entry(outcome.images, model.name, served_version, key.route,
-                                      request.seeds or (), self.wall_clock())  # fmt: skip
-                        self.cache.save(stored, entry, plan.ttl_s)
-                return outcome
-            finally:
-                await self._release(key, shared)
-
-        task = self.flights.start(str(key), call)
-        return await self.flights.wait(task, timeout_s + self.margin_s)
 
     async def _timed(
         self,
@@ -562,6 +585,7 @@ class Dispatcher:
             backend_s=progress.backend_s,
             total_s=now - progress.start,
             cache=progress.cache,
+            age_s=0.0 if result.stored_at is None else max(0.0, self.wall_clock() - result.stored_at),
             seeds=seeds,
         )
 

@@ -37,6 +37,7 @@ class ImageResult:
 
     images: NDArray[Any]
     model_version: str
+    stored_at: float | None = None  # wall time it was made, when it comes from the result cache
 
 
 class ImageBackend(Protocol):

@@ -87,30 +87,42 @@ class ResultCache:
             self._background(self.store.delete(corrupt))
         return found
 
-    def save(self, key: CacheKey, entry: Entry, ttl_s: float) -> None:
-        """Store ``entry`` after the answer has gone (never delays it)."""
+    def save(self, key: CacheKey, entry: Entry, ttl_s: float) -> asyncio.Task[None] | None:
+        """Store ``entry`` after the answer has gone (never delays it); the write's task."""
         data = entry.to_bytes()
         if len(data) > self.config.max_entry_bytes:
             self.stats.too_large += 1
-            return
-        self._write(str(key), data, ttl_s)
+            return None
+        return self._write(str(key), data, ttl_s)
 
-    def _write(self, key: str, data: bytes, ttl_s: float) -> None:
+    def _write(self, key: str, data: bytes, ttl_s: float) -> asyncio.Task[None] | None:
         async def write() -> None:
             if await self.store.set(key, data, ttl_s):
                 self.stats.writes += 1
                 self.stats.write_bytes += len(data)
 
-        self._background(write())
+        return self._background(write())
 
-    def _background(self, coro: Any) -> None:
+    def _background(self, coro: Any) -> asyncio.Task[None] | None:
         if len(self._writes) >= MAX_PENDING_WRITES:
             self.stats.dropped_writes += 1
             coro.close()
-            return
-        task = asyncio.ensure_future(coro)
+            return None
+        task: asyncio.Task[None] = asyncio.ensure_future(coro)
         self._writes.add(task)
         task.add_done_callback(self._writes.discard)
+        return task
+
+    def release_after(self, write: asyncio.Task[None] | None, key: CacheKey, owner: str) -> None:
+        """Give the lease back once the entry is written, so a replica waiting on it
+        finds the entry rather than an empty key it would generate again."""
+
+        async def release() -> None:
+            if write is not None:
+                await asyncio.wait([write])
+            await self.release(key, owner)
+
+        self._background(release())
 
     async def drain(self) -> None:
         """Wait for the background writes (tests, shutdown)."""

@@ -19,7 +19,7 @@ from starlette.responses import Response
 
 from router.cache import Entry, image_id
 from router.dispatch import Served
-from router.errors import ImageNotFound
+from router.errors import ImageNotFound, InvalidRequest
 from router.http.common import gateway_of
 from router.http.encode import encode_off_loop
 from router.http.formats import DEFAULT_QUALITY, MIME, canonical, encode_image
@@ -37,11 +37,14 @@ def _base_url(request: Request, public_url: str | None) -> str:
 
 async def publish(request: Request, served: Served, fmt: str, quality: int | None) -> list[dict[str, str]] | None:
     """Store each image of ``served`` for its URL and return OpenAI's ``data`` items;
-    ``None`` when there is no store or it would not take them (the caller answers
-    inline instead: a URL that points nowhere would be worse)."""
+    ``None`` when the store would not take them (the caller answers inline instead: a
+    URL that points nowhere would be worse). Without a store at all, a 400."""
     cache = gateway_of(request).cache
     if cache is None:
-        return None
+        raise InvalidRequest(
+            "response_format 'url' needs a cache store (a cache block in routes.yaml); use b64_json",
+            field="response_format",
+        )
     images = served.result.images
     ids = await encode_off_loop(images, lambda: [image_id(image) for image in images])
     version = served.result.model_version or served.model.version or ""
