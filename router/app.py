@@ -59,6 +59,8 @@ def _routes() -> list[Route]:
         Route("/admin/explain", admin_api.admin_explain, methods=["POST"]),
         Route("/admin/cache", admin_api.admin_cache, methods=["GET"]),
         Route("/admin/cache/purge", admin_api.admin_cache_purge, methods=["POST"]),
+        Route("/admin/pregenerate", admin_api.admin_pregenerate, methods=["POST"]),
+        Route("/admin/pregenerate", admin_api.admin_pregenerate_status, methods=["GET"]),
         Route("/admin/", status_page.status_page, methods=["GET"]),
         Route("/admin/status.json", status_page.status_json, methods=["GET"]),
         Route("/admin/login", status_page.login_form, methods=["GET"]),

@@ -5,6 +5,8 @@ router triton    Triton only (from the nvidia-pytriton wheel, or --tritonserver 
 router serve     the gateway only, for an existing Triton (TRITON_URL)
 router validate  check a routes file: every issue as file:line:col path: message
 router explain   which route and models a request would get
+router cache     stats or purge the result cache of a running gateway
+router pregen    fill the cache from a list of prompts, on idle capacity
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from pathlib import Path
 from types import FrameType
 from typing import IO
 
-from router import __version__
+from router import __version__, cli_admin
 from router.errors import CacheStoreError, ConfigError, RouterError, TritonStartupError
 from router.triton import TritonConfig, TritonServer
 
@@ -88,6 +90,7 @@ def _parser() -> argparse.ArgumentParser:
     explain.add_argument("--intent")
     explain.add_argument("--model")
     explain.add_argument("--header", action="append", default=[], metavar="K=V")
+    cli_admin.add_parsers(sub)
     return parser
 
 
@@ -238,6 +241,8 @@ COMMANDS = {
     "serve": cmd_serve,
     "validate": cmd_validate,
     "explain": cmd_explain,
+    "cache": cli_admin.cmd_cache,
+    "pregen": cli_admin.cmd_pregen,
 }
 
 

@@ -267,7 +267,7 @@ class Dispatcher:
                 wait = min(VERSION_WAIT_S, progress.deadline - self.clock())
                 checks = await asyncio.gather(*(self._trusted(table.models[n], wait) for n in chain))
                 trusted = {name for name, ok in zip(chain, checks, strict=True) if ok}
-            keys = {name: self._key(route, table.models[name], request) for name in chain}
+            keys = {name: self.cache_key(route, table.models[name], request) for name in chain}
             if trusted:
                 lookups = {name: key for name, key in keys.items() if name in trusted}
                 hits = await self.cache.lookup(lookups, progress.deadline - self.clock())
@@ -320,7 +320,7 @@ class Dispatcher:
 
     # -- the result cache ------------------------------------------------------------
 
-    def _key(self, route: Route, model: Model, request: ImageRequest) -> CacheKey:
+    def cache_key(self, route: Route, model: Model, request: ImageRequest) -> CacheKey:
         version = model.version or self._versions.get(model.lane_key, ("", 0.0))[0]
         assert request.seeds is not None
         return CacheKey.of(

@@ -23,9 +23,11 @@ from typing import Any
 from router.backends import ImageBackend, ImageRequest, make_backend
 from router.backends.pool import BackendPool
 from router.cache import ResultCache, derive_seeds, open_store
+from router.cache.hitters import HeavyHitters
 from router.config.table import Backend, CacheConfig, Route, RoutingTable
 from router.dispatch import CachePlan, Dispatcher, Served
 from router.errors import InvalidRequest
+from router.fill import UPGRADE_REASONS, Filler, FillJob
 from router.policy.explain import explain
 from router.policy.match import RequestFacts, select_route
 from router.policy.split import choose_arm, sticky_key
@@ -68,6 +70,8 @@ class Gateway:
         self._table = table
         self.pool.sync(table.backends)
         self.cache: ResultCache | None = None
+        self.fill = Filler(self.dispatcher, lambda: self._table)
+        self.hitters = HeavyHitters()
         self._sync_cache(table.cache)
 
     def _sync_cache(self, config: CacheConfig | None) -> None:
@@ -122,9 +126,61 @@ class Gateway:
         choice = choose_arm(route, key, self.rng, canary)
         if self.metrics is not None and route.is_split:
             self.metrics.canary.labels(route.name, choice.arm.model, "true" if choice.arm.canary else "false").inc()
-        return await self.dispatcher.serve(
+        served = await self.dispatcher.serve(
             table, route, choice, request, priority or route.priority, started=started, cache=plan
         )
+        if plan is not None and self.cache is not None:
+            self.cache.stats.count(route.name, served.model_tag, served.cache or "MISS")
+            self.hitters.add(route.name, request.prompts[0])
+            if plan.store and route.cache is not None and route.cache.upgrade:
+                self._upgrade(route, choice.arm.model, served, request)
+        return served
+
+    def _upgrade(self, route: Route, intended: str, served: Served, request: ImageRequest) -> None:
+        """Served below the intended tier because it was slow, busy or full: make the
+        intended tier's image on idle capacity, for the next identical request."""
+        if served.model.name == intended or not any(
+            model == intended and why in UPGRADE_REASONS for model, why in served.fallback
+        ):
+            return
+        model = self._table.models[intended]
+        key = self.dispatcher.cache_key(route, model, request)
+        self.fill.submit(FillJob("upgrade", route, intended, request, str(key)))
+
+    def pregenerate(self, items: list[dict[str, Any]]) -> dict[str, int]:
+        """Queue each item (``prompt``, optional ``route``, ``intent``, ``seed``,
+        ``steps``, ``width``, ``height``, ``n``) for every arm of the route it selects.
+        Items on routes without a cache, or with ``seedless: fresh`` and no seed (they
+        would never be looked up), are counted and skipped."""
+        table = self._table
+        counts = {"queued": 0, "duplicate": 0, "not_cached": 0, "fresh": 0}
+        for item in items:
+            facts = RequestFacts.of(item["prompt"], item.get("intent"), item.get("route"), {})
+            route = select_route(table, facts)
+            if route.cache is None or self.cache is None:
+                counts["not_cached"] += 1
+                continue
+            n = int(item.get("n") or 1)
+            seed = item.get("seed")
+            request = ImageRequest(
+                (item["prompt"],) * n,
+                None if seed is None else tuple(int(seed) + i for i in range(n)),
+                item.get("steps"),
+                item.get("width"),
+                item.get("height"),
+            )
+            if request.seeds is None and route.cache.seedless == "fresh":
+                counts["fresh"] += 1
+                continue
+            _check_limits(route, request)
+            _, request = _cache_plan(route, request, None)
+            for arm in route.arms:
+                if arm.weight <= 0:
+                    continue
+                key = self.dispatcher.cache_key(route, table.models[arm.model], request)
+                queued = self.fill.submit(FillJob("pregen", route, arm.model, request, str(key)))
+                counts["queued" if queued else "duplicate"] += 1
+        return counts
 
     def explain(self, facts: RequestFacts, query: Mapping[str, str] | None = None) -> dict[str, Any]:
         """What the active table would do with ``facts``, with live forecasts (no backend call)."""
@@ -163,6 +219,7 @@ class Gateway:
             "corrupt": stats.corrupt,
             "coalesced": self.dispatcher.flights.coalesced,
             "lease_waits": stats.lease_waits,
+            "fill": self.fill.describe(),
         }
 
     async def ready(self) -> bool:
@@ -173,6 +230,7 @@ class Gateway:
         return False
 
     async def aclose(self) -> None:
+        await self.fill.aclose()
         await self.pool.aclose()
         if self.cache is not None:
             await self.cache.aclose()

@@ -27,6 +27,8 @@ __all__ = [
     "admin_cache_purge",
     "admin_config",
     "admin_explain",
+    "admin_pregenerate",
+    "admin_pregenerate_status",
     "admin_reload",
     "admin_token",
     "check_admin",
@@ -149,10 +151,13 @@ def _no_cache() -> NotFound:
 async def admin_cache(request: Request) -> Response:
     """The cache: store, circuit, counts, stored entries and bytes."""
     check_admin(request)
-    cache = gateway_of(request).cache
-    if cache is None:
+    gateway = gateway_of(request)
+    if gateway.cache is None:
         raise _no_cache()
-    return JSONResponse(await cache.describe())
+    top = int(request.query_params.get("top", "50")) if request.query_params.get("top", "50").isdigit() else 50
+    return JSONResponse(
+        {**await gateway.cache.describe(), "fill": gateway.fill.describe(), "top_prompts": gateway.hitters.top(top)}
+    )
 
 
 class PurgeRequest(BaseModel):
@@ -177,3 +182,39 @@ async def admin_cache_purge(request: Request) -> Response:
     model, _, version = (body.model or "").partition("@")
     removed = await cache.purge(model=model or None, version=version or None, route=body.route, prompt=body.prompt)
     return JSONResponse({"removed": removed})
+
+
+class PregenItem(BaseModel):
+    model_config = ConfigDict(extra="ignore")  # top_prompts entries carry counts: accepted as they are
+
+    prompt: str = Field(min_length=1, max_length=4000)
+    route: str | None = None
+    intent: str | None = None
+    seed: int | None = Field(default=None, ge=0, lt=2**62)
+    steps: int | None = Field(default=None, ge=1, le=1000)
+    width: int | None = Field(default=None, ge=8, le=4096)
+    height: int | None = Field(default=None, ge=8, le=4096)
+    n: int = Field(default=1, ge=1, le=16)
+
+
+class PregenRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    items: list[PregenItem] = Field(min_length=1, max_length=100_000)
+
+
+async def admin_pregenerate(request: Request) -> Response:
+    """Queue prompts for generation on idle capacity (see :mod:`router.fill`); the
+    answer says how many were queued and why the others were not."""
+    check_admin(request)
+    body = parse_json_model(await read_body(request, 64 << 20), PregenRequest, request.headers.get("content-type"))
+    gateway = gateway_of(request)
+    if gateway.cache is None:
+        raise _no_cache()
+    counts = gateway.pregenerate([item.model_dump() for item in body.items])
+    return JSONResponse({**counts, "pending": gateway.fill.pending()}, status_code=202)
+
+
+async def admin_pregenerate_status(request: Request) -> Response:
+    check_admin(request)
+    return JSONResponse(gateway_of(request).fill.describe())

@@ -105,7 +105,11 @@ async def status_page(request: Request) -> Response:
 
 async def status_json(request: Request) -> Response:
     check_admin(request)
-    return JSONResponse(_status(gateway_of(request), request.app.state.reloader))
+    gateway = gateway_of(request)
+    status = _status(gateway, request.app.state.reloader)
+    if gateway.cache is not None:
+        status["cache"] = {**await gateway.cache.describe(), "fill": gateway.fill.describe()}
+    return JSONResponse(status)
 
 
 async def login_form(request: Request) -> Response:

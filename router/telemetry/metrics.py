@@ -95,6 +95,20 @@ class _StateCollector(Collector):
                 counter = CounterMetricFamily(f"router_cache_{name}", help_text)
                 counter.add_metric([], cache[name])
                 yield counter
+            fill = cache.get("fill", {})
+            yield GaugeMetricFamily(
+                "router_cache_fill_pending", "Upgrade and pre-generation jobs waiting for idle capacity",
+                value=fill.get("pending", 0),
+            )  # fmt: skip
+            jobs = CounterMetricFamily(
+                "router_cache_fill_jobs",
+                "Background jobs by kind (upgrade, pregen) and result",
+                labels=["kind", "result"],
+            )
+            for kind in ("upgrade", "pregen"):
+                for result, n in fill.get(kind, {}).items():
+                    jobs.add_metric([kind, result], n)
+            yield jobs
         info = GaugeMetricFamily("router_config_info", "The active routes.yaml (value 1)", labels=["digest"])
         info.add_metric([s.get("digest", "")], 1.0)
         yield info

@@ -11,6 +11,11 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
+import json
+import os
+import subprocess
+import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -23,7 +28,7 @@ from PIL import Image
 
 from router.triton import TritonServer
 from tests.integration.routes_common import TIERS
-from tests.procs import GatewayProcess, scrape
+from tests.procs import ADMIN_TOKEN, GatewayProcess, scrape
 
 pytestmark = pytest.mark.integration
 
@@ -248,3 +253,75 @@ def test_image_urls_formats_and_bad_input(gateway: GatewayProcess) -> None:
     assert wrong.status_code == 400 and wrong.json()["error"]["field"] == "output_format"
     far = openai(gateway, "thumb", output_compression=101)
     assert far.status_code == 400 and far.json()["error"]["field"] == "output_compression"
+
+
+UPGRADE = """
+  - name: upgrade
+    match: "prompt:(?i)\\\\bupgrade\\\\b"
+    model: quality
+    budget_ms: 1500
+    fallback: [draft]
+    cache: {upgrade: true}
+"""
+
+
+def test_a_downgraded_answer_is_upgraded_in_the_background(
+    start_gateway: Callable[..., GatewayProcess], tmp_path: Path
+) -> None:
+    gw = start_gateway(cached_routes(f"disk://{tmp_path / 'up'}", UPGRADE))
+    first = openai(gw, "upgrade me: a harbour at dusk", seed=21)
+    assert first.status_code == 200, first.text
+    assert first.headers["x-router-model"].startswith("draft")
+    assert first.headers["x-router-fallback"].startswith("quality:")
+    deadline = time.monotonic() + 60  # one quality generation on this CPU, at the lowest priority
+    while time.monotonic() < deadline:
+        fill = httpx.get(gw.url + "/admin/cache", headers=gw.admin).json()["fill"]
+        if fill["upgrade"]["done"] >= 1:
+            break
+        time.sleep(0.5)
+    else:
+        pytest.fail(f"no upgrade ran: {fill}")
+    again = openai(gw, "upgrade me: a harbour at dusk", seed=21)
+    assert again.headers["x-cache"] == "HIT" and again.headers["x-router-model"].startswith("quality")
+    assert "x-router-fallback" not in again.headers
+    assert fill["upgrade"]["queued"] == 1
+
+
+def test_pregen_from_the_cli_then_hits_and_the_top_prompts(gateway: GatewayProcess, tmp_path: Path) -> None:
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text(
+        'thumb of a red barn\nthumb of a blue barn\n# a comment\n{"prompt": "thumb of a barn", "seed": 3}\n'
+    )
+    env = {**os.environ, "ROUTER_ADMIN_TOKEN": ADMIN_TOKEN}
+    done = subprocess.run(
+        [sys.executable, "-m", "router.cli", "pregen", str(prompts), "--url", gateway.url],
+        env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "queued 3 of 3 prompts" in done.stdout
+    for body in (
+        {"prompt": "thumb of a red barn"},
+        {"prompt": "thumb of a blue barn"},
+        {"prompt": "thumb of a barn", "seed": 3},
+    ):
+        assert openai(gateway, **body).headers["x-cache"] == "HIT"  # type: ignore[arg-type]
+    for _ in range(3):
+        openai(gateway, "thumb of a red barn")
+    top = httpx.get(gateway.url + "/admin/cache", headers=gateway.admin).json()["top_prompts"]
+    assert top[0] == {"route": "thumbs", "prompt": "thumb of a red barn", "count": 4, "at_least": 4}
+    stats = subprocess.run(
+        [sys.executable, "-m", "router.cli", "cache", "stats", "--url", gateway.url],
+        env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert stats.returncode == 0 and json.loads(stats.stdout)["fill"]["pregen"]["done"] == 3
+    purge = subprocess.run(
+        [sys.executable, "-m", "router.cli", "cache", "purge", "--model", "draft", "--url", gateway.url],
+        env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert purge.returncode == 0 and purge.stdout.startswith("removed ")
+    assert openai(gateway, "thumb of a red barn").headers["x-cache"] == "MISS"
+    refused = subprocess.run(
+        [sys.executable, "-m", "router.cli", "cache", "purge", "--all", "--url", gateway.url],
+        env={**env, "ROUTER_ADMIN_TOKEN": "wrong"}, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert refused.returncode != 0 and "401" in refused.stderr

@@ -76,3 +76,26 @@ def test_status_page_renders_and_moves(start_gateway: Callable[..., GatewayProce
     assert shot.stat().st_size > 10_000
     if os.environ.get("UPDATE_DOCS_SCREENSHOT"):
         shutil.copy(shot, ROOT / "docs" / "status-page.png")
+
+
+def test_status_page_shows_the_cache(start_gateway: Callable[..., GatewayProcess], tmp_path: Path) -> None:
+    from tests.integration.test_cache import cached_routes, openai
+
+    if CHROMIUM is None:
+        pytest.fail("Debian's chromium is needed for this test: apt-get install chromium (make test does)")
+    gw = start_gateway(cached_routes(f"disk://{tmp_path / 'cache'}"))
+    assert openai(gw, "thumb of a page", seed=1).headers["x-cache"] == "MISS"
+    for _ in range(3):
+        assert openai(gw, "thumb of a page", seed=1).headers["x-cache"] == "HIT"
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page()
+        page.goto(gw.url + "/admin/login")
+        page.fill("input[name=token]", ADMIN_TOKEN)
+        page.click("input[type=submit]")
+        page.wait_for_selector("#cache tbody tr td:has-text('thumbs')")
+        row = page.locator("#cache tbody tr", has_text="thumbs")
+        cells = [c.strip() for c in row.locator("td").all_text_contents()]
+        assert cells == ["thumbs", "draft@1", "3", "1", "0", "0", "75.0%"]
+        assert "disk store" in (page.text_content("#cache-store") or "")
+        browser.close()

@@ -1,0 +1,112 @@
+"""``router cache`` and ``router pregen``: the cache's admin API from a terminal.
+
+They talk to a running gateway (``--url``, default ``http://127.0.0.1:8080``) with
+``ROUTER_ADMIN_TOKEN`` as the bearer token, exactly as a script with ``curl`` would:
+the gateway stays the one place that knows its store.
+
+``router pregen FILE`` reads prompts — one per line, or JSON lines with ``prompt`` and
+optional ``route``, ``intent``, ``seed``, ``steps``, ``width``, ``height``, ``n``, or a
+JSON list of such objects (``GET /admin/cache``'s ``top_prompts`` as they are) — queues
+them, and follows the queue with a progress bar until it is drained.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+from tqdm import tqdm
+
+__all__ = ["add_parsers", "cmd_cache", "cmd_pregen", "read_prompts"]
+
+
+def add_parsers(sub: Any) -> None:
+    cache = sub.add_parser("cache", help="the result cache of a running gateway: stats, purge")
+    cache.add_argument("action", choices=["stats", "purge"])
+    cache.add_argument("--url", default="http://127.0.0.1:8080", help="the gateway")
+    cache.add_argument("--model", help="purge: a model (name or name@version)")
+    cache.add_argument("--route", help="purge: a route")
+    cache.add_argument("--prompt", help="purge: one prompt")
+    cache.add_argument("--all", action="store_true", help="purge: everything")
+    pregen = sub.add_parser("pregen", help="generate the images for a list of prompts on idle capacity")
+    pregen.add_argument("file", type=Path, help="prompts: text lines, JSON lines or a JSON list ('-': stdin)")
+    pregen.add_argument("--url", default="http://127.0.0.1:8080", help="the gateway")
+    pregen.add_argument("--no-wait", action="store_true", help="queue them and return")
+
+
+def _client(url: str) -> httpx.Client:
+    token = os.environ.get("ROUTER_ADMIN_TOKEN")
+    if not token:
+        raise SystemExit("error: set ROUTER_ADMIN_TOKEN to the gateway's admin token")
+    return httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=60)
+
+
+def _check(response: httpx.Response) -> Any:
+    if response.status_code >= 400:
+        try:
+            error = response.json().get("error", {})
+            message = error.get("message", response.text) if isinstance(error, dict) else str(error)
+        except ValueError:
+            message = response.text
+        raise SystemExit(f"error: {response.status_code} {message}")
+    return response.json()
+
+
+def cmd_cache(args: argparse.Namespace) -> int:
+    with _client(args.url) as client:
+        if args.action == "stats":
+            print(json.dumps(_check(client.get("/admin/cache")), indent=2))
+            return 0
+        body = {k: v for k, v in (("model", args.model), ("route", args.route), ("prompt", args.prompt)) if v}
+        if args.all:
+            body["all"] = True
+        result = _check(client.post("/admin/cache/purge", json=body))
+        print(f"removed {result['removed']} entries")
+    return 0
+
+
+def read_prompts(text: str) -> list[dict[str, Any]]:
+    stripped = text.strip()
+    if stripped.startswith("["):
+        items = json.loads(stripped)
+        return [i if isinstance(i, dict) else {"prompt": str(i)} for i in items]
+    out: list[dict[str, Any]] = []
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        out.append(json.loads(line) if line.startswith("{") else {"prompt": line})
+    return out
+
+
+def cmd_pregen(args: argparse.Namespace) -> int:
+    text = sys.stdin.read() if str(args.file) == "-" else args.file.read_text(encoding="utf-8")
+    items = read_prompts(text)
+    if not items:
+        raise SystemExit("error: no prompts in the file")
+    with _client(args.url) as client:
+        queued = _check(client.post("/admin/pregenerate", json={"items": items}))
+        skipped = {k: v for k, v in queued.items() if k in ("duplicate", "not_cached", "fresh") and v}
+        print(f"queued {queued['queued']} of {len(items)} prompts" + (f" (skipped: {skipped})" if skipped else ""))
+        if args.no_wait or not queued["queued"]:
+            return 0
+        start = _check(client.get("/admin/pregenerate"))["pregen"]
+        finished_before = start["done"] + start["cached"] + start["failed"]
+        with tqdm(total=queued["queued"], unit="image", file=sys.stderr) as bar:
+            while True:
+                state = _check(client.get("/admin/pregenerate"))
+                p = state["pregen"]
+                finished = p["done"] + p["cached"] + p["failed"] - finished_before
+                bar.n = min(finished, queued["queued"])
+                bar.set_postfix(made=p["done"], cached=p["cached"], failed=p["failed"])
+                bar.refresh()
+                if finished >= queued["queued"] or (not state["pending"] and state["running"] is None):
+                    break
+                time.sleep(0.5)
+    return 0
