@@ -265,7 +265,10 @@ def decode_response(body: bytes, header_length: int | None, output: str) -> tupl
         if not isinstance(shape, list) or not all(_dimension(d) for d in shape):
             raise ValueError(f"{output} has no valid shape")
         if size is None:
-            array = np.asarray(_flat(spec.get("data", []), output), dtype=np.uint8)
+            try:
+                array = np.asarray(_flat(spec.get("data", []), output), dtype=np.uint8)
+            except (InvalidRequest, TypeError, OverflowError) as exc:  # not the client's fault here
+                raise ValueError(f"{output}: data is not a list of bytes: {exc}") from None
         else:
             if offset + size > len(body):
                 raise ValueError(f"{output}: binary_data_size exceeds the body")
