@@ -308,6 +308,8 @@ class Dispatcher:
             if hedge and later:
                 served = await self._hedged(table, route, choice, request, priority, attempt, later, progress)
                 if served is not None:
+                    if cache is not None and cache.store and self.cache is not None and served.model.name in keys:
+                        self._store(keys[served.model.name], served.model, served.result, request, cache)
                     return served
                 chain = [m for m in chain if m not in {r[0] for r in progress.reasons}]
                 continue
@@ -440,18 +442,24 @@ class Dispatcher:
             timeout = min(attempt.timeout_s, progress.deadline - self.clock())
             outcome = await self._timed(model, request, timeout, priority, progress)
             if not isinstance(outcome, str) and self.cache is not None:
-                served_version = outcome.model_version or model.version or ""
-                if not model.version:
-                    self._seen_version(model, served_version)
-                if plan.store:
-                    stored = replace(key, version=served_version)  # the version that made it
-                    entry = Entry(outcome.images, model.name, served_version, key.route,
-                                  request.seeds or (), self.wall_clock())  # fmt: skip
-                    write = self.cache.save(stored, entry, plan.ttl_s)
+                write = self._store(key, model, outcome, request, plan)
             return outcome
         finally:
             if held and self.cache is not None:
                 self.cache.release_after(write, key, self.owner)
+
+    def _store(
+        self, key: CacheKey, model: Model, result: ImageResult, request: ImageRequest, plan: CachePlan
+    ) -> asyncio.Task[None] | None:
+        """Keep a generated result (in the background), under the version that made it."""
+        assert self.cache is not None
+        served_version = result.model_version or model.version or ""
+        if not model.version:
+            self._seen_version(model, served_version)
+        if not plan.store:
+            return None
+        entry = Entry(result.images, model.name, served_version, key.route, request.seeds or (), self.wall_clock())
+        return self.cache.save(replace(key, version=served_version), entry, plan.ttl_s)
 
     async def _wait_for_replica(self, model: Model, key: CacheKey, progress: _Progress) -> Entry | None:
         """Another replica is making ``key``: poll the store for its entry until it

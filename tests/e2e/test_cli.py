@@ -178,3 +178,24 @@ def test_triton_does_not_outlive_a_killed_launcher() -> None:
     finally:
         assert process.stdout is not None
         process.stdout.close()
+
+
+def test_serve_refuses_an_unwritable_cache_directory(tmp_path: Path) -> None:
+    """A cache directory the gateway cannot write is found at start: exit 2 naming the
+    path, not a crash at the first request."""
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    (locked / "cache").write_text("a file where the cache directory should be")
+    routes = tmp_path / "routes.yaml"
+    routes.write_text(
+        "models: {draft: {backend: triton}}\n"
+        f"cache: {{store: 'disk://{locked / 'cache'}'}}\n"
+        "routes: [{model: draft, cache: {}}]\n"
+        "default_route: draft\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "router.cli", "serve", "--routes", str(routes), "--port", "0"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    assert str(locked / "cache") in done.stderr and "Traceback" not in done.stderr
