@@ -131,7 +131,8 @@ def test_routes_are_mounted_as_a_directory_and_appear_verbatim() -> None:
         config = by_kind(docs, "ConfigMap", "routes")
         expected = (values or {}).get("routes") or yaml.safe_load((CHART / "values.yaml").read_text())["routes"]
         assert config["data"]["routes.yaml"] == expected
-        compile_text(config["data"]["routes.yaml"], env={"TRITON_URL": "http://triton:8000"})  # a valid routes file
+        env = {"TRITON_URL": "http://triton:8000", "ROUTER_CACHE_STORE": "disk:///var/cache/router"}
+        compile_text(config["data"]["routes.yaml"], env=env)  # a valid routes file
 
 
 def test_gpu_canary_autoscaling_variant() -> None:
@@ -172,9 +173,65 @@ def test_gpu_canary_autoscaling_variant() -> None:
         ({"routes": ""}, "/routes"),
         ({"gateway": {"tracing": {"sampleRatio": 2}}}, "/gateway/tracing/sampleRatio"),
         ({"unknown": 1}, "additional properties 'unknown'"),
+        ({"cache": {"store": "memcached"}}, "/cache/store"),
+        ({"cache": {"disk": {"path": "relative/dir"}}}, "/cache/disk/path"),
     ],
 )
 def test_schema_rejects_bad_values_naming_the_key(bad: dict[str, Any], where: str) -> None:
     with Chart.load(CHART) as chart, pytest.raises(HelmValuesError) as info:
         chart.validate_schema(copy.deepcopy(bad))
     assert where in str(info.value)
+
+
+def _gateway_pod(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    pod: dict[str, Any] = by_kind(docs, "Deployment", "gateway")["spec"]["template"]["spec"]
+    return pod
+
+
+def test_the_cache_is_a_disk_volume_by_default_and_its_store_reaches_the_routes() -> None:
+    docs = render()
+    pod = _gateway_pod(docs)
+    env = {e["name"]: e.get("value") for e in pod["containers"][0]["env"]}
+    assert env["ROUTER_CACHE_STORE"] == "disk:///var/cache/router"
+    mount = next(m for m in pod["containers"][0]["volumeMounts"] if m["name"] == "cache")
+    assert mount["mountPath"] == "/var/cache/router" and not mount.get("readOnly")
+    volume = next(v for v in pod["volumes"] if v["name"] == "cache")
+    assert volume["emptyDir"]["sizeLimit"] == "2Gi"
+    assert not any(d["metadata"]["name"].endswith("-redis") for d in docs)
+    routes = by_kind(docs, "ConfigMap", "routes")["data"]["routes.yaml"]
+    table = compile_text(routes, env={"TRITON_URL": "http://t:8000", "ROUTER_CACHE_STORE": env["ROUTER_CACHE_STORE"]})
+    assert table.cache is not None and table.cache.store == "disk:///var/cache/router"
+    claimed = _gateway_pod(render({"cache": {"disk": {"existingClaim": "router-cache"}}}))
+    volume = next(v for v in claimed["volumes"] if v["name"] == "cache")
+    assert volume == {"name": "cache", "persistentVolumeClaim": {"claimName": "router-cache"}}
+
+
+@pytest.mark.parametrize(
+    ("redis", "url", "deployed"),
+    [
+        ({"url": "redis://redis-master.cache:6379/0"}, "redis://redis-master.cache:6379/0", False),
+        ({"deploy": True}, "redis://demo-image-router-redis:6379/0", True),
+    ],
+    ids=["existing", "deployed"],
+)
+def test_a_shared_redis_store(redis: dict[str, Any], url: str, deployed: bool) -> None:
+    values = {"cache": {"store": "redis", "redis": redis}}
+    report = lint(CHART, values, strict=True, kube_version=f"v{KUBERNETES}")
+    assert report["errors"] == [], report
+    docs = render(values)
+    pod = _gateway_pod(docs)
+    env = {e["name"]: e.get("value") for e in pod["containers"][0]["env"]}
+    assert env["ROUTER_CACHE_STORE"] == url
+    assert not any(v["name"] == "cache" for v in pod["volumes"]), "no disk volume with a shared store"
+    redis_docs = [d for d in docs if d["metadata"]["name"].endswith("-redis")]
+    assert len(redis_docs) == (2 if deployed else 0)
+    for doc in redis_docs:
+        kubernetes_validate.validate(doc, KUBERNETES, strict=True)
+    if deployed:
+        container = by_kind(docs, "Deployment", "redis")["spec"]["template"]["spec"]["containers"][0]
+        assert "allkeys-lru" in container["args"] and container["securityContext"]["runAsNonRoot"]
+
+
+def test_a_redis_store_without_a_redis_is_refused_at_render() -> None:
+    with pytest.raises(Exception, match=r"cache\.redis\.url"):
+        render({"cache": {"store": "redis"}})

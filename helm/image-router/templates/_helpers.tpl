@@ -51,3 +51,20 @@ capabilities:
 seccompProfile:
   type: RuntimeDefault
 {{- end }}
+
+{{- define "image-router.redisName" -}}{{ include "image-router.fullname" . }}-redis{{- end }}
+
+{{/* The cache store URL the gateway gets as ROUTER_CACHE_STORE. */}}
+{{- define "image-router.cacheStore" -}}
+{{- if eq .Values.cache.store "redis" -}}
+{{- if .Values.cache.redis.url -}}
+{{ .Values.cache.redis.url }}
+{{- else if .Values.cache.redis.deploy -}}
+redis://{{ include "image-router.redisName" . }}:6379/0
+{{- else -}}
+{{ fail "cache.store is redis: set cache.redis.url to an existing Redis, or cache.redis.deploy: true" }}
+{{- end -}}
+{{- else -}}
+disk://{{ .Values.cache.disk.path }}
+{{- end -}}
+{{- end }}
