@@ -16,8 +16,13 @@ queue is bounded: what does not fit is dropped and counted, never blocks a reque
   /admin/pregenerate``) are queued for every arm of the route they match.
 
 A job runs through the dispatcher like a request (lookup, coalescing, storing) on a
-one-tier copy of its route with a generous budget; live traffic meets it only as one
-more request at the lowest priority, at a moment the tier had nothing to do.
+one-tier copy of its route with a generous budget. Triton cannot stop a running
+generation, so a live request that arrives during a job waits for it: on a tier that
+has seen live traffic in the last :data:`LIVE_WINDOW_S`, jobs are paced so that they
+take at most ``background_share`` of its time (after a job of ``d`` seconds the tier is
+left alone for ``d * (1 / share - 1)``); a tier nobody else uses is filled back to
+back. Measured in ``bench/cache.py``: the share bounds how many live requests can meet
+a job, hence how far their p95 can move.
 """
 
 from __future__ import annotations
@@ -26,6 +31,8 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import math
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -43,6 +50,7 @@ UPGRADE_REASONS = frozenset({"slow", "busy", "full", "timeout", "queue_timeout",
 LOWEST_PRIORITY = 3
 IDLE_POLL_S = 0.05
 MIN_JOB_BUDGET_S = 30.0
+LIVE_WINDOW_S = 10.0  # a tier with live traffic this recently is paced
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +86,14 @@ class Filler:
     _wake: asyncio.Event | None = None
     _worker: asyncio.Task[None] | None = None
     current: FillJob | None = None
+    clock: Callable[[], float] = time.monotonic
+    _live: dict[str, float] = field(default_factory=dict)  # model -> last live request
+    _rest_until: dict[str, float] = field(default_factory=dict)  # model -> when a job may run again
+
+    def note_live(self, *models: str) -> None:
+        now = self.clock()
+        for model in models:
+            self._live[model] = now
 
     def pending(self) -> int:
         return len(self._queue)
@@ -108,6 +124,8 @@ class Filler:
         model = self.table().models.get(job.model)
         if model is None:
             return True  # gone from the table: let the job fail fast
+        if self.clock() < self._rest_until.get(job.model, 0.0):
+            return False
         forecast = self.dispatcher.forecast(model)
         gate = self.dispatcher.gate(model)
         free = gate.limit is None or (gate.inflight < gate.limit and gate.queued == 0)
@@ -127,10 +145,19 @@ class Filler:
             self._queue.popleft()
             self._waiting.discard(job.key)
             self.current = job
+            started = self.clock()
             try:
                 await self._one(job)
             finally:
                 self.current = None
+                self._pace(job.model, started)
+
+    def _pace(self, model: str, started: float) -> None:
+        now = self.clock()
+        cache = self.table().cache
+        share = cache.background_share if cache is not None else 1.0
+        if share < 1.0 and now - self._live.get(model, -math.inf) < LIVE_WINDOW_S:
+            self._rest_until[model] = now + (now - started) * (1 / share - 1)
 
     async def _one(self, job: FillJob) -> None:
         counts = self.counts[job.kind]

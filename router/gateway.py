@@ -80,7 +80,8 @@ class Gateway:
         old = self.cache
         if old is not None and config is not None and _same_store(old.config, config):
             self.cache = ResultCache(config, old.store, old.wall_clock)
-            self.cache.stats = old.stats
+            self.cache.stats, self.cache.hot = old.stats, old.hot
+            self.cache.hot.max_bytes = config.memory_bytes
         else:
             self.cache = ResultCache(config, open_store(config)) if config is not None else None
             if old is not None:
@@ -126,6 +127,7 @@ class Gateway:
         choice = choose_arm(route, key, self.rng, canary)
         if self.metrics is not None and route.is_split:
             self.metrics.canary.labels(route.name, choice.arm.model, "true" if choice.arm.canary else "false").inc()
+        self.fill.note_live(choice.arm.model, *route.fallback)
         served = await self.dispatcher.serve(
             table, route, choice, request, priority or route.priority, started=started, cache=plan
         )

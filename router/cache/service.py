@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from router.cache.entry import CorruptEntry, Entry
+from router.cache.hot import HotEntries
 from router.cache.keys import CacheKey, prompt_hash
 from router.cache.store import GuardedStore
 from router.config.table import CacheConfig
@@ -35,6 +36,7 @@ def redact(url: str) -> str:
 
 log = logging.getLogger("router.cache")
 MAX_PENDING_WRITES = 256  # background writes beyond this are dropped (counted), not queued
+SHARED_MEMORY_TTL_S = 5.0  # how stale a purge may leave another replica's memory
 
 
 @dataclass
@@ -59,26 +61,35 @@ class ResultCache:
         self.wall_clock = wall_clock
         self.stats = CacheStats()
         self._writes: set[asyncio.Task[None]] = set()
+        memory_ttl = SHARED_MEMORY_TTL_S if store.kind == "redis" else config.ttl_s
+        self.hot = HotEntries(config.memory_bytes, memory_ttl, time.monotonic)
 
     # -- results -----------------------------------------------------------------------
 
     async def lookup(self, keys: dict[str, CacheKey], timeout_s: float | None = None) -> dict[str, Entry]:
         """The cached entries among ``keys`` (tier name → key), in one store round trip
         bounded by the store's timeout (or ``timeout_s``, when less time is left)."""
-        if not keys:
-            return {}
-        names = list(keys)
+        found: dict[str, Entry] = {}
+        names = []
+        for name, key in keys.items():
+            entry = self.hot.get(str(key))
+            if entry is not None:
+                found[name] = entry
+            else:
+                names.append(name)
+        if not names or (found and next(iter(keys)) in found):
+            return found  # the first tier is in memory: nothing below it can be better
         timeout = self.store.timeout_s if timeout_s is None else min(timeout_s, self.store.timeout_s)
         if timeout <= 0:
-            return {}
+            return found
         values = await self.store.get_many([str(keys[n]) for n in names], timeout)
-        found: dict[str, Entry] = {}
         corrupt: list[str] = []
         for name, value in zip(names, values, strict=True):
             if value is None:
                 continue
             try:
-                found[name] = Entry.from_bytes(value)
+                found[name] = entry = Entry.from_bytes(value)
+                self.hot.put(str(keys[name]), entry, self.config.ttl_s)
             except CorruptEntry as exc:
                 self.stats.corrupt += 1
                 log.warning("corrupt cache entry %s removed: %s", keys[name], exc)
@@ -93,6 +104,7 @@ class ResultCache:
         if len(data) > self.config.max_entry_bytes:
             self.stats.too_large += 1
             return None
+        self.hot.put(str(key), entry, ttl_s)
         return self._write(str(key), data, ttl_s)
 
     def _write(self, key: str, data: bytes, ttl_s: float) -> asyncio.Task[None] | None:
@@ -178,6 +190,7 @@ class ResultCache:
         """Remove results (and, for a model or everything, its image records and their
         variants) matching every given condition; nothing given purges everything.
         Returns how many keys were removed. Admin use: it scans keys."""
+        self.hot.clear()
         store = self.store.store
         everything = model is None and route is None and prompt is None
         pattern = "r:{}|{}|*@{}|{}|*".format(
@@ -212,6 +225,7 @@ class ResultCache:
             "circuit": self.store.state,
             "store_errors": dict(self.store.counts),
             "stored": stored,
+            "memory": {"entries": len(self.hot), "bytes": self.hot.bytes, "hits": self.hot.hits},
             "writes": self.stats.writes,
             "write_bytes": self.stats.write_bytes,
             "dropped_writes": self.stats.dropped_writes,

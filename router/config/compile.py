@@ -345,6 +345,8 @@ class _Compiler:
             spec.timeout_ms / 1000,
             spec.public_url.rstrip("/") if spec.public_url else None,
             spec.image_max_age_s,
+            spec.memory_bytes,
+            spec.background_share,
         )
 
     def compile_routes(self) -> list[Route]:

@@ -167,6 +167,10 @@ class CacheSpec(Strict):
     timeout_ms: float = Field(default=20, gt=0, le=1000, description="the most a store call may delay a request")
     public_url: str | None = Field(default=None, pattern=r"^https?://[^\s]+$")
     image_max_age_s: int = Field(default=365 * 24 * 3600, ge=0, description="Cache-Control max-age of image URLs")
+    memory_bytes: int = Field(default=64 << 20, ge=0, description="recent entries kept in each gateway's memory")
+    background_share: float = Field(
+        default=0.05, gt=0, le=1, description="the most of a busy tier's time upgrades and pre-generation may take"
+    )
 
 
 class RouteSpec(Strict):

@@ -134,6 +134,8 @@ class CacheConfig:
     timeout_s: float = 0.02
     public_url: str | None = None
     image_max_age_s: int = 365 * 24 * 3600
+    memory_bytes: int = 64 << 20
+    background_share: float = 0.05
 
 
 @dataclass(frozen=True, slots=True)

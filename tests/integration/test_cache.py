@@ -193,7 +193,10 @@ def test_disk_store_survives_a_restart_and_a_model_swap_misses(
     assert r.headers["x-cache"] == "MISS"
 
 
-def test_corrupt_entry_is_a_miss_and_is_removed(gateway: GatewayProcess, tmp_path: Path) -> None:
+def test_corrupt_entry_is_a_miss_and_is_removed(start_gateway: Callable[..., GatewayProcess], tmp_path: Path) -> None:
+    # no memory layer: the second request must read the store
+    text = cached_routes(f"disk://{tmp_path / 'cache'}").replace("ttl_s: 600}", "ttl_s: 600, memory_bytes: 0}")
+    gateway = start_gateway(text)
     assert openai(gateway, "thumb of a cup", seed=2).headers["x-cache"] == "MISS"
     with diskcache.Cache(str(tmp_path / "cache")) as store:
         (key,) = [k for k in store.iterkeys() if "|" in str(k)]
@@ -207,7 +210,7 @@ def test_eviction_keeps_the_disk_store_under_max_bytes(
     start_gateway: Callable[..., GatewayProcess], tmp_path: Path
 ) -> None:
     text = cached_routes(f"disk://{tmp_path / 'small'}").replace("max_bytes: 50000000", "max_bytes: 400000")
-    text = text.replace("ttl_s: 600}", "ttl_s: 600, max_entry_bytes: 100000}")
+    text = text.replace("ttl_s: 600}", "ttl_s: 600, max_entry_bytes: 100000, memory_bytes: 0}")
     gw = start_gateway(text)
     for i in range(60):
         assert openai(gw, f"thumb number {i}", seed=1).status_code == 200

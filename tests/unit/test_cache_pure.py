@@ -1,0 +1,95 @@
+"""The cache's pure parts: keys, entries, the memory layer, heavy hitters, Accept."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from router.cache import CacheKey, CorruptEntry, Entry, derive_seeds, image_id
+from router.cache.hitters import HeavyHitters
+from router.cache.hot import HotEntries
+from router.http.formats import negotiate
+
+
+def key(**changes: object) -> str:
+    fields: dict[str, object] = dict(
+        route="r",
+        model="m",
+        remote="m",
+        version="1",
+        prompts=("a fox",),
+        seeds=(1,),
+        steps=None,
+        width=None,
+        height=None,
+    )
+    fields.update(changes)
+    return str(CacheKey.of(**fields))  # type: ignore[arg-type]
+
+
+def test_every_field_that_decides_the_pixels_is_in_the_key_and_nothing_else() -> None:
+    base = key()
+    for change in ({"model": "m2"}, {"remote": "x"}, {"version": "2"}, {"prompts": ("a fox ",)}, {"seeds": (2,)},
+                   {"steps": 4}, {"width": 64}, {"height": 64}, {"route": "r2"}, {"prompts": ("a fox", "a fox")}):  # fmt: skip
+        assert key(**change) != base, change
+    assert key() == base
+    assert base.startswith("r:r|m|m@1|")
+
+
+def test_derived_seeds_are_stable_per_prompt_and_differ_within_a_request() -> None:
+    assert derive_seeds(("a fox",), None, None, None) == derive_seeds(("a fox",), None, None, None)
+    two = derive_seeds(("a fox", "a fox"), None, None, None)
+    assert two[0] != two[1] and all(0 <= s < 2**31 for s in two)
+    assert derive_seeds(("a fox",), 4, None, None) != derive_seeds(("a fox",), None, None, None)
+
+
+def test_entries_round_trip_and_anything_else_is_corrupt() -> None:
+    images = np.arange(2 * 3 * 4 * 3, dtype=np.uint8).reshape(2, 3, 4, 3)
+    entry = Entry(images, "draft", "1", "thumbs", (5, 6), 123.5, {"k": "v"})
+    back = Entry.from_bytes(entry.to_bytes())
+    np.testing.assert_array_equal(back.images, images)
+    assert (back.model, back.version, back.route, back.seeds, back.created, back.meta) == (
+        "draft", "1", "thumbs", (5, 6), 123.5, {"k": "v"}
+    )  # fmt: skip
+    data = entry.to_bytes()
+    for bad in (b"", b"garbage", data[:-1], data[:10], b"RC1\0" + b"\xff" * 20):
+        with pytest.raises(CorruptEntry):
+            Entry.from_bytes(bad)
+    assert image_id(images[0]) != image_id(images[1]) and len(image_id(images[0])) == 32
+
+
+def test_memory_layer_is_bounded_by_bytes_and_age() -> None:
+    now = [0.0]
+    hot = HotEntries(max_bytes=5000, ttl_s=5.0, clock=lambda: now[0])
+    small = Entry(np.zeros((1, 10, 10, 3), np.uint8), "m", "1", "r", (1,), 0.0)  # 300 bytes + 256
+    for i in range(10):
+        hot.put(f"k{i}", small, ttl_s=60)
+    assert hot.bytes <= 5000 and hot.get("k0") is None and hot.get("k9") is small
+    now[0] = 5.0
+    assert hot.get("k9") is None, "older than the memory's own bound"
+    hot.put("big", Entry(np.zeros((1, 20, 20, 3), np.uint8), "m", "1", "r", (1,), 0.0), ttl_s=60)
+    assert hot.get("big") is None, "an entry over an eighth of the memory is not kept"
+
+
+def test_heavy_hitters_keep_the_frequent_prompts_in_bounded_memory() -> None:
+    hitters = HeavyHitters(capacity=10)
+    for i in range(2000):
+        hitters.add("r", "popular" if i % 3 == 0 else f"rare {i}")
+    top = hitters.top(1)[0]
+    assert top["prompt"] == "popular" and int(top["at_least"]) >= 600  # type: ignore[call-overload]
+    assert len(hitters.top(100)) == 10
+
+
+@pytest.mark.parametrize(
+    ("accept", "expected"),
+    [
+        (None, "png"),
+        ("image/webp,image/*;q=0.8", "webp"),
+        ("image/avif,image/webp,*/*", "avif"),
+        ("image/png;q=0.5, image/jpeg;q=0.9", "jpeg"),
+        ("text/html", "png"),
+        ("image/webp;q=0", "png"),
+    ],
+)
+def test_accept_negotiation(accept: str | None, expected: str) -> None:
+    assert negotiate(accept) == expected
