@@ -29,8 +29,11 @@ def key(**changes: object) -> str:
 
 def test_every_field_that_decides_the_pixels_is_in_the_key_and_nothing_else() -> None:
     base = key()
-    for change in ({"model": "m2"}, {"remote": "x"}, {"version": "2"}, {"prompts": ("a fox ",)}, {"seeds": (2,)},
-                   {"steps": 4}, {"width": 64}, {"height": 64}, {"route": "r2"}, {"prompts": ("a fox", "a fox")}):  # fmt: skip
+    changes: list[dict[str, object]] = [
+        {"model": "m2"}, {"remote": "x"}, {"version": "2"}, {"prompts": ("a fox ",)}, {"seeds": (2,)},
+        {"steps": 4}, {"width": 64}, {"height": 64}, {"route": "r2"}, {"prompts": ("a fox", "a fox")},
+    ]  # fmt: skip
+    for change in changes:
         assert key(**change) != base, change
     assert key() == base
     assert base.startswith("r:r|m|m@1|")
