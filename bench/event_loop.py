@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import json
 import sys
 import time
@@ -26,8 +27,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from router.http.common import b64_png, encode_png  # noqa: E402
 from router.http.encode import encode_off_loop  # noqa: E402
+from router.http.formats import encode_image  # noqa: E402
 from router.kserve import encode_response  # noqa: E402
 
 
@@ -80,8 +81,8 @@ async def main() -> None:
           f"orjson {t_new * 1000:.1f} ms ({t_old / t_new:.0f}x)")  # fmt: skip
 
     cases: dict[str, Callable[[], Any]] = {
-        "PNG": lambda: encode_png(image[0]),
-        "base64 PNG (OpenAI b64_json)": lambda: b64_png(image[0]),
+        "PNG": lambda: encode_image(image[0], "png"),
+        "base64 PNG (OpenAI b64_json)": lambda: base64.b64encode(encode_image(image[0], "png")).decode(),
         "KServe JSON, before (tolist + json.dumps)": lambda: old_kserve_json(image),
         "KServe JSON (orjson)": lambda: encode_response("m", "1", None, "IMAGE", image, binary=False),
     }

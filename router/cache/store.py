@@ -166,6 +166,7 @@ class RedisStore:
         await self._redis.aclose()
 
 
+LEASE_BOUND = 4  # a lease may take this many lookup bounds
 _CIRCUIT = CircuitPolicy(consecutive_failures=5, failure_ratio=0.5, min_requests=20, window_s=10.0, cooldown_s=2.0)
 
 
@@ -225,8 +226,12 @@ class GuardedStore:
         await self._guard(lambda: self.store.delete(keys), None, max(self.timeout_s, 1.0))
 
     async def lease(self, key: str, owner: str, ttl_s: float) -> bool | None:
-        """``None`` when the store cannot say (then nobody coordinates: generate)."""
-        result: bool | None = await self._guard(lambda: self.store.lease(key, owner, ttl_s), None)
+        """``None`` when the store cannot say (then nobody coordinates: generate). On
+        the generation path only, where a burst of identical requests is exactly when
+        the store is busiest: bounded by four times the lookup bound."""
+        result: bool | None = await self._guard(
+            lambda: self.store.lease(key, owner, ttl_s), None, self.timeout_s * LEASE_BOUND
+        )
         return result
 
     async def release(self, key: str, owner: str) -> None:

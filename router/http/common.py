@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import base64
 import hashlib
-import io
 import json
 from typing import Any, TypeVar
 
 from numpy.typing import NDArray
-from PIL import Image
 from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
 
@@ -19,15 +16,14 @@ from router.dispatch import Served
 from router.errors import InvalidRequest, PayloadTooLarge, UnsupportedMediaType
 from router.gateway import Gateway
 from router.http.encode import encode_off_loop
+from router.http.formats import encode_image
 from router.policy.match import RequestFacts
 
 __all__ = [
     "MAX_BODY_BYTES",
     "MAX_PROMPT_CHARS",
-    "b64_png",
     "canary_override",
     "client_seeds",
-    "encode_png",
     "etag",
     "facts_for",
     "gateway_of",
@@ -109,29 +105,42 @@ def served_headers(served: Served) -> dict[str, str]:
     return headers
 
 
-def etag(images: NDArray[Any]) -> str:
+def etag(ids: list[str]) -> str:
     """A strong validator of the images: their content hash (one image: its URL id)."""
-    ids = [image_id(image) for image in images]
     if len(ids) == 1:
         return f'"{ids[0]}"'
     return '"' + hashlib.blake2b("".join(ids).encode(), digest_size=16).hexdigest() + '"'
 
 
-async def tag_images(served: Served, headers: dict[str, str]) -> None:
-    """Add the ``ETag`` of a cached route's answer (hashed off the loop when large)."""
-    if served.cache is not None:
-        images = served.result.images
-        headers["ETag"] = await encode_off_loop(images, lambda: etag(images))
+async def tag_images(served: Served, headers: dict[str, str]) -> list[str] | None:
+    """On a cached route: add the answer's ``ETag`` and return the image ids (hashed off
+    the loop when large), which also name the images' encoded variants in memory."""
+    if served.cache is None:
+        return None
+    images = served.result.images
+    ids = await encode_off_loop(images, lambda: [image_id(image) for image in images])
+    headers["ETag"] = etag(ids)
+    return ids
 
 
-def encode_png(image: NDArray[Any]) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(image, mode="RGB").save(buffer, format="PNG", compress_level=1)
-    return buffer.getvalue()
-
-
-def b64_png(image: NDArray[Any]) -> str:
-    return base64.b64encode(encode_png(image)).decode()
+async def encode_images(
+    request: Request, images: NDArray[Any], ids: list[str] | None, fmt: str, quality: int
+) -> list[bytes]:
+    """Each image encoded as ``fmt``, off the loop when large; on a cached route the
+    encodings are kept in memory by image id, so a repeated answer is not encoded again."""
+    cache = gateway_of(request).cache
+    hot = cache.hot if cache is not None and ids is not None else None
+    out: list[bytes | None] = [None] * len(images)
+    if hot is not None and ids is not None:
+        out = [hot.get_variant(i, fmt, quality) for i in ids]
+    todo = [n for n, data in enumerate(out) if data is None]
+    if todo:
+        made = await encode_off_loop(images, lambda: [encode_image(images[n], fmt, quality) for n in todo])
+        for n, data in zip(todo, made, strict=True):
+            out[n] = data
+            if hot is not None and ids is not None:
+                hot.put_variant(ids[n], fmt, quality, data, 3600.0)
+    return [data for data in out if data is not None]
 
 
 def client_seeds(seed: int | None, n: int) -> tuple[int, ...] | None:

@@ -25,6 +25,7 @@ from router.errors import InvalidRequest
 from router.http.common import (
     MAX_PROMPT_CHARS,
     client_seeds,
+    encode_images,
     facts_for,
     parse_json_model,
     read_body,
@@ -32,8 +33,7 @@ from router.http.common import (
     served_headers,
     tag_images,
 )
-from router.http.encode import encode_off_loop
-from router.http.formats import DEFAULT_QUALITY, MIME, canonical, encode_image, negotiate
+from router.http.formats import DEFAULT_QUALITY, MIME, canonical, negotiate
 from router.http.image_files import publish
 
 __all__ = ["generate", "openai_images"]
@@ -100,15 +100,13 @@ async def openai_images(request: Request) -> Response:
     )
     served = await serve(request, facts, image_request, started)
     headers = served_headers(served)
-    await tag_images(served, headers)
-    images = served.result.images
+    ids = await tag_images(served, headers)
     data: list[dict[str, str]] | None = None
     if body.response_format == "url":
         data = await publish(request, served, fmt, body.output_compression)
     if data is None:  # b64_json, or no store could take the images: inline after all
-        data = await encode_off_loop(
-            images, lambda: [{"b64_json": base64.b64encode(encode_image(i, fmt, quality)).decode()} for i in images]
-        )
+        encoded = await encode_images(request, served.result.images, ids, fmt, quality)
+        data = [{"b64_json": base64.b64encode(e).decode()} for e in encoded]
     return JSONResponse({"created": int(time.time()), "data": data, "output_format": fmt}, headers=headers)
 
 
@@ -131,27 +129,22 @@ async def generate(request: Request) -> Response:
     image_request = ImageRequest((body.prompt,) * body.n, request_seeds, body.steps, body.width, body.height)
     served = await serve(request, facts, image_request, started)
     headers = served_headers(served)
-    await tag_images(served, headers)
+    ids = await tag_images(served, headers)
     results = served.result.images
     seeds = served.seeds or ()
     if not as_json:
         if seeds:
             headers["X-Router-Seed"] = str(seeds[0])
         headers["Vary"] = "Accept"
-        data = await encode_off_loop(results[:1], lambda: encode_image(results[0], fmt, quality))
+        (data,) = await encode_images(request, results[:1], ids[:1] if ids else None, fmt, quality)
         return Response(data, media_type=MIME[fmt], headers=headers)
     key = "b64_png" if fmt == "png" else "b64"
-
-    def encode_all() -> list[dict[str, object]]:
-        out: list[dict[str, object]] = []
-        for i, image in enumerate(results):
-            item: dict[str, object] = {key: base64.b64encode(encode_image(image, fmt, quality)).decode()}
-            if i < len(seeds):
-                item["seed"] = seeds[i]
-            out.append(item)
-        return out
-
-    images = await encode_off_loop(results, encode_all)
+    images: list[dict[str, object]] = []
+    for i, encoded in enumerate(await encode_images(request, results, ids, fmt, quality)):
+        item: dict[str, object] = {key: base64.b64encode(encoded).decode()}
+        if i < len(seeds):
+            item["seed"] = seeds[i]
+        images.append(item)
     payload = {"images": images, "format": fmt, "route": served.route.name, "model": served.model_tag}
     if served.cache is not None:
         payload["cache"] = served.cache
