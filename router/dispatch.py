@@ -54,6 +54,7 @@ from router.backends.base import ImageRequest, ImageResult
 from router.backends.pool import BackendPool
 from router.cache import CacheKey, Entry, ResultCache
 from router.cache.flight import Flights
+from router.cache.store import LEASE_BOUND
 from router.config.table import Model, Route, RoutingTable
 from router.errors import AllTiersFailed, BackendError, BackendRejected, BackendTimeout, BudgetExhausted, Overloaded
 from router.policy.budget import OVERLOAD_REASONS, Attempt, chain_for, plan_attempt
@@ -268,6 +269,8 @@ class Dispatcher:
                 checks = await asyncio.gather(*(self._trusted(table.models[n], wait) for n in chain))
                 trusted = {name for name, ok in zip(chain, checks, strict=True) if ok}
             keys = {name: self.cache_key(route, table.models[name], request) for name in chain}
+            if self.flights.running(str(keys[chain[0]])) is not None:
+                trusted = set()  # the intended tier is being made here: join it, no store call
             if trusted:
                 lookups = {name: key for name, key in keys.items() if name in trusted}
                 hits = await self.cache.lookup(lookups, progress.deadline - self.clock())
@@ -424,11 +427,16 @@ class Dispatcher:
         the key's lease (and take its stored result); else admit, generate, store."""
         held: bool | None = None
         write: asyncio.Task[None] | None = None
+        own_s = attempt.forecast.service_s if attempt.forecast is not None else 0.0
         if self.cache is not None and self.cache.store.kind == "redis":
-            held = await self.cache.lease(key, self.owner, max(0.05, progress.deadline - self.clock()))
+            # coordinating is worth waiting for, up to a quarter of a generation
+            bound = max(self.cache.store.timeout_s * LEASE_BOUND, 0.25 * own_s)
+            held = await self.cache.lease(key, self.owner, max(0.05, progress.deadline - self.clock()), bound)
+            if held is None:  # the store could not tell (busy, not down): ask once more
+                held = await self.cache.lease(key, self.owner, max(0.05, progress.deadline - self.clock()), bound)
             entry = None
             if held is False:
-                entry = await self._wait_for_replica(model, key, progress)
+                entry = await self._wait_for_replica(model, key, progress.deadline - own_s - self.margin_s)
             elif held:  # another replica may have finished between our lookup and the lease
                 entry = (await self.cache.lookup({model.name: key}, progress.deadline - self.clock())).get(model.name)
             if entry is not None:
@@ -461,14 +469,16 @@ class Dispatcher:
         entry = Entry(result.images, model.name, served_version, key.route, request.seeds or (), self.wall_clock())
         return self.cache.save(replace(key, version=served_version), entry, plan.ttl_s)
 
-    async def _wait_for_replica(self, model: Model, key: CacheKey, progress: _Progress) -> Entry | None:
+    async def _wait_for_replica(self, model: Model, key: CacheKey, give_up_at: float) -> Entry | None:
         """Another replica is making ``key``: poll the store for its entry until it
-        lands, the lease goes (that replica gave up: generate here) or time is up."""
+        lands, the lease goes (that replica gave up: generate here), or ``give_up_at`` —
+        the last moment this request can still make the image itself in its budget."""
         assert self.cache is not None
         self.cache.stats.lease_waits += 1
-        while self.clock() + LEASE_POLL_S < progress.deadline:
+        bound = self.cache.store.timeout_s * 4  # a waiting path: a busy store is not a miss here
+        while self.clock() + LEASE_POLL_S < give_up_at:
             await asyncio.sleep(LEASE_POLL_S)
-            found = await self.cache.lookup({model.name: key}, progress.deadline - self.clock())
+            found = await self.cache.lookup({model.name: key}, bound, bound)
             if model.name in found:
                 return found[model.name]
             if not await self.cache.leased(key):

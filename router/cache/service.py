@@ -66,9 +66,12 @@ class ResultCache:
 
     # -- results -----------------------------------------------------------------------
 
-    async def lookup(self, keys: dict[str, CacheKey], timeout_s: float | None = None) -> dict[str, Entry]:
+    async def lookup(
+        self, keys: dict[str, CacheKey], timeout_s: float | None = None, bound_s: float | None = None
+    ) -> dict[str, Entry]:
         """The cached entries among ``keys`` (tier name → key), in one store round trip
-        bounded by the store's timeout (or ``timeout_s``, when less time is left)."""
+        bounded by the store's timeout (``bound_s`` instead, on a path that is waiting
+        anyway), or ``timeout_s`` when less time is left."""
         found: dict[str, Entry] = {}
         names = []
         for name, key in keys.items():
@@ -79,7 +82,8 @@ class ResultCache:
                 names.append(name)
         if not names or (found and next(iter(keys)) in found):
             return found  # the first tier is in memory: nothing below it can be better
-        timeout = self.store.timeout_s if timeout_s is None else min(timeout_s, self.store.timeout_s)
+        bound = self.store.timeout_s if bound_s is None else bound_s
+        timeout = bound if timeout_s is None else min(timeout_s, bound)
         if timeout <= 0:
             return found
         values = await self.store.get_many([str(keys[n]) for n in names], timeout)
@@ -143,15 +147,17 @@ class ResultCache:
 
     # -- leases: one replica generates a key -------------------------------------------
 
-    async def lease(self, key: CacheKey, owner: str, ttl_s: float) -> bool | None:
-        return await self.store.lease(f"l:{key}", owner, ttl_s)
+    async def lease(self, key: CacheKey, owner: str, ttl_s: float, bound_s: float | None = None) -> bool | None:
+        return await self.store.lease(f"l:{key}", owner, ttl_s, bound_s)
 
     async def release(self, key: CacheKey, owner: str) -> None:
         await self.store.release(f"l:{key}", owner)
 
     async def leased(self, key: CacheKey) -> bool:
-        (value,) = await self.store.get_many([f"l:{key}"])
-        return value is not None
+        """Whether someone holds ``key``'s lease; a store that cannot tell says yes
+        (the caller keeps waiting for the holder rather than generating twice)."""
+        values = await self.store.try_get_many([f"l:{key}"], self.store.timeout_s * 4, circuit=False)
+        return values is None or values[0] is not None
 
     # -- images by URL -----------------------------------------------------------------
 

@@ -167,7 +167,7 @@ class RedisStore:
 
 
 LEASE_BOUND = 4  # a lease may take this many lookup bounds
-_CIRCUIT = CircuitPolicy(consecutive_failures=5, failure_ratio=0.5, min_requests=20, window_s=10.0, cooldown_s=2.0)
+_CIRCUIT = CircuitPolicy(consecutive_failures=10, failure_ratio=0.5, min_requests=20, window_s=10.0, cooldown_s=2.0)
 
 
 class GuardedStore:
@@ -184,9 +184,11 @@ class GuardedStore:
         self.counts = {"errors": 0, "timeouts": 0, "skipped": 0}
         self.latency_s = 0.0  # of the last call, for the status page
 
-    async def _guard(self, call: Callable[[], Any], fallback: T, timeout_s: float | None = None) -> T:
+    async def _guard(
+        self, call: Callable[[], Any], fallback: T, timeout_s: float | None = None, circuit: bool = True
+    ) -> T:
         now = self.clock()
-        if not self.breaker.allow(now):
+        if circuit and not self.breaker.allow(now):
             self.counts["skipped"] += 1
             return fallback
         try:
@@ -215,22 +217,37 @@ class GuardedStore:
         misses: list[bytes | None] = [None] * len(keys)
         return await self._guard(lambda: self.store.get_many(keys), misses, timeout_s)
 
+    async def try_get_many(
+        self, keys: list[str], timeout_s: float | None = None, circuit: bool = True
+    ) -> list[bytes | None] | None:
+        """Like :meth:`get_many`, but ``None`` when the store could not answer (a miss
+        and "could not tell" must differ where the answer decides to generate)."""
+        result: list[bytes | None] | None = await self._guard(
+            lambda: self.store.get_many(keys), None, timeout_s, circuit
+        )
+        return result
+
     async def set(self, key: str, value: bytes, ttl_s: float) -> bool:
         async def write() -> bool:
             await self.store.set(key, value, ttl_s)
             return True
 
-        return await self._guard(write, False, max(self.timeout_s, 1.0))  # off the request path
+        # off the request path, and asked even with the circuit open: a burst's timed-out
+        # lookups open it, and a replica waiting on this entry's lease must find it
+        return await self._guard(write, False, max(self.timeout_s, 1.0), circuit=False)
 
     async def delete(self, keys: list[str]) -> None:
         await self._guard(lambda: self.store.delete(keys), None, max(self.timeout_s, 1.0))
 
-    async def lease(self, key: str, owner: str, ttl_s: float) -> bool | None:
+    async def lease(self, key: str, owner: str, ttl_s: float, bound_s: float | None = None) -> bool | None:
         """``None`` when the store cannot say (then nobody coordinates: generate). On
         the generation path only, where a burst of identical requests is exactly when
-        the store is busiest: bounded by four times the lookup bound."""
+        the store is busiest: bounded by ``bound_s`` (default four times the lookup
+        bound), and asked even
+        while the circuit is open (a burst's timed-out lookups open it; a second
+        generation costs far more than the bounded wait)."""
         result: bool | None = await self._guard(
-            lambda: self.store.lease(key, owner, ttl_s), None, self.timeout_s * LEASE_BOUND
+            lambda: self.store.lease(key, owner, ttl_s), None, bound_s or self.timeout_s * LEASE_BOUND, circuit=False
         )
         return result
 

@@ -63,7 +63,8 @@ def test_identical_requests_on_two_replicas_are_one_generation(
     assert all(r.status_code == 200 for r in responses), {r.status_code for r in responses}
     assert len({r.content for r in responses}) == 1
     caches = [r.headers["x-cache"] for r in responses]
-    assert caches.count("MISS") == 1, caches
+    described = [httpx.get(gw.url + "/admin/cache", headers=gw.admin).json() for gw in replicas]
+    assert caches.count("MISS") == 1, (caches, [(d["store_errors"], d["results"]) for d in described])
     assert inferences(triton, "preview") == before + 1
 
 
