@@ -25,6 +25,7 @@ from router.config import load_file
 from router.errors import NotFound
 from router.gateway import Gateway
 from router.http import admin_api, image_files, images_api, kserve_api, status_page
+from router.http.encode import shutdown_processes
 from router.http.errors import RequestIdMiddleware, exception_handlers
 from router.http.observe import ObserveMiddleware
 from router.reload import RoutesReloader
@@ -126,6 +127,7 @@ def create_app(
                 with contextlib.suppress(asyncio.CancelledError):
                     await watcher
             await gateway.aclose()
+            shutdown_processes()
             tracing.shutdown()
             if access is not None:
                 access.flush()

@@ -15,8 +15,7 @@ from router.cache import image_id
 from router.dispatch import Served
 from router.errors import InvalidRequest, PayloadTooLarge, UnsupportedMediaType
 from router.gateway import Gateway
-from router.http.encode import encode_off_loop
-from router.http.formats import encode_image
+from router.http.encode import encode_images_off_loop, encode_off_loop
 from router.policy.match import RequestFacts
 
 __all__ = [
@@ -135,7 +134,7 @@ async def encode_images(
         out = [hot.get_variant(i, fmt, quality) for i in ids]
     todo = [n for n, data in enumerate(out) if data is None]
     if todo:
-        made = await encode_off_loop(images, lambda: [encode_image(images[n], fmt, quality) for n in todo])
+        made = await encode_images_off_loop(images[todo], fmt, quality)
         for n, data in zip(todo, made, strict=True):
             out[n] = data
             if hot is not None and ids is not None:

@@ -21,8 +21,8 @@ from router.cache import Entry, image_id
 from router.dispatch import Served
 from router.errors import ImageNotFound, InvalidRequest
 from router.http.common import gateway_of
-from router.http.encode import encode_off_loop
-from router.http.formats import DEFAULT_QUALITY, MIME, canonical, encode_image
+from router.http.encode import encode_images_off_loop, encode_off_loop
+from router.http.formats import DEFAULT_QUALITY, MIME, canonical
 
 __all__ = ["image_file", "publish"]
 
@@ -88,7 +88,6 @@ async def image_file(request: Request) -> Response:
         return Response(status_code=304, headers=headers)
     data = await cache.variant(name, fmt, quality)
     if data is None:
-        image = record.images[0]
-        data = await encode_off_loop(record.images, lambda: encode_image(image, fmt, quality))
+        (data,) = await encode_images_off_loop(record.images[:1], fmt, quality)
         cache.save_variant(name, fmt, quality, data, cache.config.ttl_s)
     return Response(data, media_type=MIME[fmt], headers=headers)

@@ -328,3 +328,17 @@ def test_pregen_from_the_cli_then_hits_and_the_top_prompts(gateway: GatewayProce
         env={**env, "ROUTER_ADMIN_TOKEN": "wrong"}, capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert refused.returncode != 0 and "401" in refused.stderr
+
+
+def test_a_large_avif_is_encoded_off_the_loop_in_a_worker_process(gateway: GatewayProcess, tmp_path: Path) -> None:
+    """A 768x768 image record (written into the store as a replica would) served as AVIF:
+    libavif holds the GIL for milliseconds at a time, so it runs in a worker process."""
+    from router.cache import Entry, image_id
+
+    big = np.random.default_rng(3).integers(0, 255, (768, 768, 3), dtype=np.uint8)
+    name = image_id(big)
+    with diskcache.Cache(str(tmp_path / "cache")) as store:
+        store.set(f"i:{name}", Entry(big[None], "draft", "1", "thumbs", (1,), time.time()).to_bytes())
+    r = httpx.get(f"{gateway.url}/v1/images/{name}.avif?q=40", timeout=60)
+    assert r.status_code == 200 and r.headers["content-type"] == "image/avif"
+    assert Image.open(io.BytesIO(r.content)).size == (768, 768)
