@@ -43,9 +43,11 @@ from router.cache import Entry, image_id  # noqa: E402
 from router.triton import TritonConfig, TritonServer  # noqa: E402
 from tests.procs import ADMIN_TOKEN, GatewayProcess, RedisProcess  # noqa: E402
 
+SHARE = 0.01  # background_share: the shipped default
+
 ROUTES = """
 backends: {{triton: {{url: "${{TRITON_URL}}"}}}}
-cache: {{store: "{store}", max_bytes: 2000000000}}
+cache: {{store: "{store}", max_bytes: 2000000000, background_share: {share}}}
 models:
   draft: {{backend: triton, triton_model: draft, latency_hint_ms: 150}}
   preview: {{backend: triton, triton_model: preview, latency_hint_ms: 700}}
@@ -237,12 +239,12 @@ def pregen_vs_live(gw: GatewayProcess) -> dict[str, tuple[float, float]]:
                 await asyncio.sleep(max(0.0, gaps.expovariate(4.0) - (time.perf_counter() - t0)))
         return latencies
 
-    base = asyncio.run(live(30, "alone"))
+    base = asyncio.run(live(60, "alone"))
     out["live, alone"] = (pct(base, 0.5), pct(base, 0.95))
     items = [{"prompt": f"cached pregen {i}"} for i in range(60)]
     r = httpx.post(gw.url + "/admin/pregenerate", json={"items": items}, headers=gw.admin, timeout=30)
     r.raise_for_status()
-    during = asyncio.run(live(30, "during"))
+    during = asyncio.run(live(60, "during"))
     state = httpx.get(gw.url + "/admin/pregenerate", headers=gw.admin).json()
     out[f"live, during pre-generation ({state['pregen']['done']} of 60 made meanwhile)"] = (
         pct(during, 0.5),
@@ -267,7 +269,7 @@ def main() -> None:
     def gateway(store: str, name: str) -> GatewayProcess:
         (tmp / name).mkdir()
         routes = tmp / name / "routes.yaml"
-        routes.write_text(ROUTES.format(store=store))
+        routes.write_text(ROUTES.format(store=store, share=SHARE))
         gw = GatewayProcess(routes, triton.http_url, tmp / f"{name}.log", ["--no-access-log"])
         started.append(gw)
         return gw

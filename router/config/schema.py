@@ -169,7 +169,7 @@ class CacheSpec(Strict):
     image_max_age_s: int = Field(default=365 * 24 * 3600, ge=0, description="Cache-Control max-age of image URLs")
     memory_bytes: int = Field(default=64 << 20, ge=0, description="recent entries kept in each gateway's memory")
     background_share: float = Field(
-        default=0.02, gt=0, le=1, description="the most of a busy tier's time upgrades and pre-generation may take"
+        default=0.01, gt=0, le=1, description="the most of a busy tier's time upgrades and pre-generation may take"
     )
 
 

@@ -135,7 +135,7 @@ class CacheConfig:
     public_url: str | None = None
     image_max_age_s: int = 365 * 24 * 3600
     memory_bytes: int = 64 << 20
-    background_share: float = 0.02
+    background_share: float = 0.01
 
 
 @dataclass(frozen=True, slots=True)
