@@ -265,9 +265,12 @@ class Dispatcher:
             progress.cache = cache.skipped or "MISS"
             trusted: set[str] = set()
             if cache.lookup:
-                wait = min(VERSION_WAIT_S, progress.deadline - self.clock())
-                checks = await asyncio.gather(*(self._trusted(table.models[n], wait) for n in chain))
-                trusted = {name for name, ok in zip(chain, checks, strict=True) if ok}
+                trusted = {name for name in chain if self._known_version(table.models[name])}
+                unsure = [name for name in chain if name not in trusted]
+                if unsure:  # rare: at start, or a stale unpinned version (no gather per request)
+                    wait = min(VERSION_WAIT_S, progress.deadline - self.clock())
+                    checks = await asyncio.gather(*(self._trusted(table.models[n], wait) for n in unsure))
+                    trusted |= {name for name, ok in zip(unsure, checks, strict=True) if ok}
             keys = {name: self.cache_key(route, table.models[name], request) for name in chain}
             if self.flights.running(str(keys[chain[0]])) is not None:
                 trusted = set()  # the intended tier is being made here: join it, no store call
@@ -333,6 +336,13 @@ class Dispatcher:
             request.steps, request.width, request.height,
         )  # fmt: skip
 
+    def _known_version(self, model: Model) -> bool:
+        """Pinned, or seen in the first half of its trust period: no await needed."""
+        if model.version:
+            return True
+        seen = self._versions.get(model.lane_key)
+        return seen is not None and self.clock() - seen[1] < VERSION_TRUST_S / 2
+
     async def _trusted(self, model: Model, wait_s: float) -> bool:
         """Whether ``model``'s key names the version the backend serves now: pinned in
         routes.yaml, or read from an answer or the model's metadata in the last
@@ -373,7 +383,7 @@ class Dispatcher:
         self, route: Route, choice: Choice, model: Model, entry: Entry, progress: _Progress, how: str
     ) -> Served:
         progress.cache = how
-        result = ImageResult(entry.images, entry.version, stored_at=entry.created)
+        result = ImageResult(entry.images, entry.version, stored_at=entry.created, memo=entry.meta)
         return self._served(route, choice, model, result, progress, entry.seeds)
 
     async def _through_flight(
@@ -442,7 +452,7 @@ class Dispatcher:
             if entry is not None:
                 if held:
                     await self.cache.release(key, self.owner)
-                return ImageResult(entry.images, entry.version, stored_at=entry.created)
+                return ImageResult(entry.images, entry.version, stored_at=entry.created, memo=entry.meta)
         try:
             refused = await self._admit(model, priority or DEFAULT_PRIORITY, attempt, progress)
             if refused is not None:

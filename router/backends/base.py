@@ -9,7 +9,7 @@ Every upstream (a Triton server, a hosted OpenAI-compatible API) implements
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from numpy.typing import NDArray
@@ -38,6 +38,9 @@ class ImageResult:
     images: NDArray[Any]
     model_version: str
     stored_at: float | None = None  # wall time it was made, when it comes from the result cache
+    # what the HTTP edge worked out about these pixels (their ids): shared with the cached
+    # entry in memory, so a hot hit does not hash them again
+    memo: dict[str, Any] = field(default_factory=dict)
 
 
 class ImageBackend(Protocol):

@@ -117,7 +117,11 @@ async def tag_images(served: Served, headers: dict[str, str]) -> list[str] | Non
     if served.cache is None:
         return None
     images = served.result.images
-    ids = await encode_off_loop(images, lambda: [image_id(image) for image in images])
+    memo = served.result.memo
+    ids: list[str] | None = memo.get("ids")
+    if ids is None or len(ids) != len(images):
+        ids = await encode_off_loop(images, lambda: [image_id(image) for image in images])
+        memo["ids"] = ids
     headers["ETag"] = etag(ids)
     return ids
 
