@@ -221,6 +221,7 @@ class Gateway:
             "corrupt": stats.corrupt,
             "coalesced": self.dispatcher.flights.coalesced,
             "lease_waits": stats.lease_waits,
+            "evictions": getattr(self.cache.store.store, "evictions", 0),
             "fill": self.fill.describe(),
         }
 

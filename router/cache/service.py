@@ -232,6 +232,7 @@ class ResultCache:
             "store_errors": dict(self.store.counts),
             "stored": stored,
             "memory": {"entries": len(self.hot), "bytes": self.hot.bytes, "hits": self.hot.hits},
+            "evictions": getattr(self.store.store, "evictions", None),
             "writes": self.stats.writes,
             "write_bytes": self.stats.write_bytes,
             "dropped_writes": self.stats.dropped_writes,

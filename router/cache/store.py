@@ -70,6 +70,7 @@ class DiskStore:
             str(path), size_limit=max_bytes, eviction_policy="least-recently-used", statistics=False
         )
         self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="cache-disk")
+        self.evictions = 0  # entries culled to stay under max_bytes (or expired) while writing
 
     async def _run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         loop = asyncio.get_running_loop()
@@ -82,7 +83,12 @@ class DiskStore:
         return await self._run(read)
 
     async def set(self, key: str, value: bytes, ttl_s: float) -> None:
-        await self._run(self._cache.set, key, value, expire=ttl_s)
+        def write() -> None:
+            before = len(self._cache) + (0 if key in self._cache else 1)
+            self._cache.set(key, value, expire=ttl_s)  # culls least recently used over size_limit
+            self.evictions += max(0, before - len(self._cache))
+
+        await self._run(write)
 
     async def delete(self, keys: list[str]) -> None:
         def remove() -> None:

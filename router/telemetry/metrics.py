@@ -91,6 +91,7 @@ class _StateCollector(Collector):
                 ("corrupt", "Unreadable entries found, removed and treated as misses"),
                 ("coalesced", "Requests that joined an identical generation in flight on this replica"),
                 ("lease_waits", "Requests that waited for another replica's generation"),
+                ("evictions", "Entries the disk store removed to stay under max_bytes (Redis: its evicted_keys)"),
             ):
                 counter = CounterMetricFamily(f"router_cache_{name}", help_text)
                 counter.add_metric([], cache[name])

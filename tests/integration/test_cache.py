@@ -214,8 +214,11 @@ def test_eviction_keeps_the_disk_store_under_max_bytes(
     gw = start_gateway(text)
     for i in range(60):
         assert openai(gw, f"thumb number {i}", seed=1).status_code == 200
-    stored = httpx.get(gw.url + "/admin/cache", headers=gw.admin).json()["stored"]
+    described = httpx.get(gw.url + "/admin/cache", headers=gw.admin).json()
+    stored = described["stored"]
     assert stored["bytes"] <= 400000 * 1.2, stored
+    assert described["evictions"] > 0
+    assert scrape(gw)[("router_cache_evictions_total", ())] == described["evictions"]
     assert openai(gw, "thumb number 0", seed=1).headers["x-cache"] == "MISS"  # least recently used: gone
     assert openai(gw, "thumb number 59", seed=1).headers["x-cache"] == "HIT"
 

@@ -193,3 +193,22 @@ async def test_a_hanging_store_costs_at_most_its_bound_and_a_failing_one_opens_i
         await gw.generate(RequestFacts(f"cat {i}", intent="roomy"), ImageRequest((f"cat {i}",), seeds=(1,)))
     counts = gw.cache.store.counts
     assert counts["errors"] >= 4 and counts["skipped"] >= 1 and gw.cache.store.state == "open"
+
+
+@virtual_time
+async def test_a_version_bump_misses_pinned_or_learned_from_the_backend(monkeypatch: pytest.MonkeyPatch) -> None:
+    gw, fake, store = cached_gateway({"quality": 0.01, "preview": 0.01, "draft": 0.01}, monkeypatch)
+    facts = RequestFacts("a cat", intent="roomy")
+    assert (await gw.generate(facts, REQ)).cache == "MISS"
+    await gw.cache.drain()  # type: ignore[union-attr]
+    assert (await gw.generate(facts, REQ)).cache == "HIT"
+    # the operator pins quality to version 2 in routes.yaml: the same request misses
+    pinned = ROUTES.replace('latency_hint_ms: 150, version: "1"', 'latency_hint_ms: 150, version: "2"')
+    gw.swap(compile_text(pinned, env={}))
+    assert (await gw.generate(facts, REQ)).cache == "MISS"
+    # unpinned: the key follows what the backend says it serves
+    gw.swap(compile_text(ROUTES.replace('latency_hint_ms: 150, version: "1"', "latency_hint_ms: 150"), env={}))
+    assert any("|quality|quality@1|" in key for key in store.data), "version 1's entry is still stored"
+    fake.metadata_versions = ["1", "2", "3"]  # Triton now serves version 3
+    served = await gw.generate(facts, REQ)
+    assert served.cache == "MISS" and fake.calls[-1][0] == "quality", "version 1's entry must not answer"

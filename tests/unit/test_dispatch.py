@@ -66,6 +66,7 @@ class FakeBackend:
         self.open_circuits: set[str] = set()
         self.cancelled: list[str] = []
         self.lanes: dict[str, Lane] = {}
+        self.metadata_versions: list[str] = []
 
     def lane(self, model: Model) -> Lane:
         return self.lanes.setdefault(model.name, Lane(model.latency_hint_ms / 1000, model.instances))
@@ -93,6 +94,9 @@ class FakeBackend:
 
     async def ready(self) -> bool:
         return True
+
+    async def model_metadata(self, model: Model) -> dict[str, Any]:
+        return {"name": model.name, "versions": self.metadata_versions}
 
     def snapshot(self) -> list[dict[str, Any]]:
         return []
