@@ -131,6 +131,17 @@ class _Progress:
                 self.drain_s = wait if self.drain_s is None else min(self.drain_s, wait)
 
 
+@dataclass(frozen=True, slots=True)
+class _Try:
+    """One tier about to be tried for one request."""
+
+    model: Model
+    attempt: Attempt
+    request: ImageRequest
+    priority: int | None
+    progress: _Progress
+
+
 class Dispatcher:
     def __init__(
         self,
@@ -299,7 +310,7 @@ class Dispatcher:
             key = keys.get(model.name)
             later = [m for m in chain if known[m].floor_s <= remaining]
             if key is not None and cache is not None and not (hedge and later):
-                outcome = await self._through_flight(model, key, attempt, request, priority, progress, cache)
+                outcome = await self._through_flight(_Try(model, attempt, request, priority, progress), key, cache)
                 if isinstance(outcome, ImageResult):
                     return self._served(route, choice, model, outcome, progress, request.seeds)
                 if outcome in OVERLOAD_REASONS:
@@ -386,26 +397,24 @@ class Dispatcher:
         result = ImageResult(entry.images, entry.version, stored_at=entry.created, memo=entry.meta)
         return self._served(route, choice, model, result, progress, entry.seeds)
 
-    async def _through_flight(
-        self,
-        model: Model,
-        key: CacheKey,
-        attempt: Attempt,
-        request: ImageRequest,
-        priority: int | None,
-        progress: _Progress,
-        plan: CachePlan,
-    ) -> ImageResult | str:
+    async def _admitted_call(self, t: _Try) -> ImageResult | str:
+        """Take an admission slot (or the reason there is none), then make the call."""
+        refused = await self._admit(t.model, t.priority or DEFAULT_PRIORITY, t.attempt, t.progress)
+        if refused is not None:
+            return refused
+        timeout = min(t.attempt.timeout_s, t.progress.deadline - self.clock())
+        return await self._timed(t.model, t.request, timeout, t.priority, t.progress)
+
+    async def _through_flight(self, t: _Try, key: CacheKey, plan: CachePlan) -> ImageResult | str:
         """This tier's image for ``key``, made once however many ask at the same time.
 
         The first request claims the key *before* awaiting anything and runs
         :meth:`_obtain` as a task of its own; the others wait for that task (each at most
         its own time). When it fails, a waiter makes its own attempt if time is left."""
+        progress = t.progress
         running = self.flights.running(str(key))
         if running is None:
-            task = self.flights.start(
-                str(key), lambda: self._obtain(model, key, attempt, request, priority, progress, plan)
-            )
+            task = self.flights.start(str(key), lambda: self._obtain(t, key, plan))
             outcome = await self.flights.wait(task, progress.deadline - self.clock())
             if isinstance(outcome, ImageResult) and outcome.stored_at is not None:
                 progress.cache = "COALESCED"  # another replica made it while we held back
@@ -417,27 +426,15 @@ class Dispatcher:
             return outcome
         if outcome == "timeout" or progress.deadline - self.clock() <= self.margin_s:
             return outcome
-        refused = await self._admit(model, priority or DEFAULT_PRIORITY, attempt, progress)  # on our own
-        if refused is not None:
-            return refused
-        timeout = min(attempt.timeout_s, progress.deadline - self.clock())
-        return await self._timed(model, request, timeout, priority, progress)
+        return await self._admitted_call(t)  # the leader failed: on our own
 
-    async def _obtain(
-        self,
-        model: Model,
-        key: CacheKey,
-        attempt: Attempt,
-        request: ImageRequest,
-        priority: int | None,
-        progress: _Progress,
-        plan: CachePlan,
-    ) -> ImageResult | str:
+    async def _obtain(self, t: _Try, key: CacheKey, plan: CachePlan) -> ImageResult | str:
         """The flight's work: with a shared store, hold back while another replica holds
         the key's lease (and take its stored result); else admit, generate, store."""
+        model, progress = t.model, t.progress
         held: bool | None = None
         write: asyncio.Task[None] | None = None
-        own_s = attempt.forecast.service_s if attempt.forecast is not None else 0.0
+        own_s = t.attempt.forecast.service_s if t.attempt.forecast is not None else 0.0
         if self.cache is not None and self.cache.store.kind == "redis":
             # coordinating is worth waiting for, up to a quarter of a generation
             bound = max(self.cache.store.timeout_s * LEASE_BOUND, 0.25 * own_s)
@@ -454,13 +451,9 @@ class Dispatcher:
                     await self.cache.release(key, self.owner)
                 return ImageResult(entry.images, entry.version, stored_at=entry.created, memo=entry.meta)
         try:
-            refused = await self._admit(model, priority or DEFAULT_PRIORITY, attempt, progress)
-            if refused is not None:
-                return refused
-            timeout = min(attempt.timeout_s, progress.deadline - self.clock())
-            outcome = await self._timed(model, request, timeout, priority, progress)
+            outcome = await self._admitted_call(t)
             if not isinstance(outcome, str) and self.cache is not None:
-                write = self._store(key, model, outcome, request, plan)
+                write = self._store(key, model, outcome, t.request, plan)
             return outcome
         finally:
             if held and self.cache is not None:
