@@ -54,7 +54,6 @@ from router.backends.base import ImageRequest, ImageResult
 from router.backends.pool import BackendPool
 from router.cache import CacheKey, Entry, ResultCache
 from router.cache.flight import Flights
-from router.cache.store import LEASE_BOUND
 from router.config.table import Model, Route, RoutingTable
 from router.errors import AllTiersFailed, BackendError, BackendRejected, BackendTimeout, BudgetExhausted, Overloaded
 from router.policy.budget import OVERLOAD_REASONS, Attempt, chain_for, plan_attempt
@@ -360,12 +359,10 @@ class Dispatcher:
         :data:`VERSION_TRUST_S` (re-read in the background half way). An unknown or
         stale version is read now, waiting at most ``wait_s``; still unknown means no
         lookup — a stale version must not serve hits forever."""
-        if model.version:
+        if self._known_version(model):
             return True
         seen = self._versions.get(model.lane_key)
         age = self.clock() - seen[1] if seen is not None else math.inf
-        if age < VERSION_TRUST_S / 2:
-            return True
         task = self._refreshing.get(model.lane_key)
         if task is None:
             task = self._refreshing[model.lane_key] = asyncio.ensure_future(self._refresh_version(model))
@@ -437,10 +434,11 @@ class Dispatcher:
         own_s = t.attempt.forecast.service_s if t.attempt.forecast is not None else 0.0
         if self.cache is not None and self.cache.store.kind == "redis":
             # coordinating is worth waiting for, up to a quarter of a generation
-            bound = max(self.cache.store.timeout_s * LEASE_BOUND, 0.25 * own_s)
-            held = await self.cache.lease(key, self.owner, max(0.05, progress.deadline - self.clock()), bound)
-            if held is None:  # the store could not tell (busy, not down): ask once more
+            bound = max(self.cache.store.wait_bound_s, 0.25 * own_s)
+            for _ in range(2):  # None: the store could not tell (busy, not down), so ask once more
                 held = await self.cache.lease(key, self.owner, max(0.05, progress.deadline - self.clock()), bound)
+                if held is not None:
+                    break
             entry = None
             if held is False:
                 entry = await self._wait_for_replica(model, key, progress.deadline - own_s - self.margin_s)
@@ -478,7 +476,7 @@ class Dispatcher:
         the last moment this request can still make the image itself in its budget."""
         assert self.cache is not None
         self.cache.stats.lease_waits += 1
-        bound = self.cache.store.timeout_s * 4  # a waiting path: a busy store is not a miss here
+        bound = self.cache.store.wait_bound_s  # a waiting path: a busy store is not a miss here
         while self.clock() + LEASE_POLL_S < give_up_at:
             await asyncio.sleep(LEASE_POLL_S)
             found = await self.cache.lookup({model.name: key}, bound, bound)

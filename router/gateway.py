@@ -21,6 +21,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from router.backends import ImageBackend, ImageRequest, make_backend
+from router.backends.base import consecutive_seeds
 from router.backends.pool import BackendPool
 from router.cache import ResultCache, derive_seeds, open_store
 from router.cache.hitters import HeavyHitters
@@ -127,7 +128,8 @@ class Gateway:
         choice = choose_arm(route, key, self.rng, canary)
         if self.metrics is not None and route.is_split:
             self.metrics.canary.labels(route.name, choice.arm.model, "true" if choice.arm.canary else "false").inc()
-        self.fill.note_live(choice.arm.model, *route.fallback)
+        if self.cache is not None:  # background work exists only with a cache: it paces by this
+            self.fill.note_live(choice.arm.model, *route.fallback)
         served = await self.dispatcher.serve(
             table, route, choice, request, priority or route.priority, started=started, cache=plan
         )
@@ -166,7 +168,7 @@ class Gateway:
             seed = item.get("seed")
             request = ImageRequest(
                 (item["prompt"],) * n,
-                None if seed is None else tuple(int(seed) + i for i in range(n)),
+                None if seed is None else consecutive_seeds(int(seed), n),
                 item.get("steps"),
                 item.get("width"),
                 item.get("height"),
@@ -210,20 +212,7 @@ class Gateway:
     def _cache_state(self) -> dict[str, Any] | None:
         if self.cache is None:
             return None
-        stats = self.cache.stats
-        return {
-            "store": dict(self.cache.store.counts),
-            "circuit": self.cache.store.state,
-            "writes": stats.writes,
-            "write_bytes": stats.write_bytes,
-            "dropped_writes": stats.dropped_writes,
-            "too_large": stats.too_large,
-            "corrupt": stats.corrupt,
-            "coalesced": self.dispatcher.flights.coalesced,
-            "lease_waits": stats.lease_waits,
-            "evictions": getattr(self.cache.store.store, "evictions", 0),
-            "fill": self.fill.describe(),
-        }
+        return {**self.cache.counters(), "coalesced": self.dispatcher.flights.coalesced, "fill": self.fill.describe()}
 
     async def ready(self) -> bool:
         """Ready when at least one configured backend answers ready."""
@@ -244,8 +233,7 @@ def _same_store(a: CacheConfig, b: CacheConfig) -> bool:
 
 
 def _random_seeds(n: int) -> tuple[int, ...]:
-    base = secrets.randbelow(2**31)
-    return tuple(base + i for i in range(n))
+    return consecutive_seeds(secrets.randbelow(2**31), n)
 
 
 def _cache_plan(route: Route, request: ImageRequest, cache_control: str | None) -> tuple[CachePlan, ImageRequest]:

@@ -17,7 +17,7 @@ from numpy.typing import NDArray
 from router.config.table import Model
 from router.policy.forecast import Forecast
 
-__all__ = ["ImageBackend", "ImageRequest", "ImageResult"]
+__all__ = ["ImageBackend", "ImageRequest", "ImageResult", "consecutive_seeds"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,6 +29,12 @@ class ImageRequest:
     steps: int | None = None
     width: int | None = None
     height: int | None = None
+
+
+def consecutive_seeds(base: int, n: int) -> tuple[int, ...]:
+    """The seeds of a request for ``n`` images: ``base``, ``base + 1``, …, so the images
+    differ and any one of them can be asked for again by its seed."""
+    return tuple(base + i for i in range(n))
 
 
 @dataclass(frozen=True, slots=True)

@@ -156,7 +156,7 @@ class ResultCache:
     async def leased(self, key: CacheKey) -> bool:
         """Whether someone holds ``key``'s lease; a store that cannot tell says yes
         (the caller keeps waiting for the holder rather than generating twice)."""
-        values = await self.store.try_get_many([f"l:{key}"], self.store.timeout_s * 4, circuit=False)
+        values = await self.store.try_get_many([f"l:{key}"], self.store.wait_bound_s, circuit=False)
         return values is None or values[0] is not None
 
     # -- images by URL -----------------------------------------------------------------
@@ -220,6 +220,20 @@ class ResultCache:
             await store.delete(doomed[start : start + 500])
         return len(doomed)
 
+    def counters(self) -> dict[str, Any]:
+        """The counts kept in this process (no store call): for metrics and the admin API."""
+        return {
+            "store_errors": dict(self.store.counts),
+            "circuit": self.store.state,
+            "writes": self.stats.writes,
+            "write_bytes": self.stats.write_bytes,
+            "dropped_writes": self.stats.dropped_writes,
+            "too_large": self.stats.too_large,
+            "corrupt": self.stats.corrupt,
+            "lease_waits": self.stats.lease_waits,
+            "evictions": getattr(self.store.store, "evictions", 0),  # the disk store's; Redis keeps its own
+        }
+
     async def describe(self) -> dict[str, Any]:
         try:
             stored = await asyncio.wait_for(self.store.store.stats(), 2.0)
@@ -228,16 +242,9 @@ class ResultCache:
         return {
             "store": redact(self.config.store),
             "kind": self.store.kind,
-            "circuit": self.store.state,
-            "store_errors": dict(self.store.counts),
             "stored": stored,
             "memory": {"entries": len(self.hot), "bytes": self.hot.bytes, "hits": self.hot.hits},
-            "evictions": getattr(self.store.store, "evictions", None),
-            "writes": self.stats.writes,
-            "write_bytes": self.stats.write_bytes,
-            "dropped_writes": self.stats.dropped_writes,
-            "too_large": self.stats.too_large,
-            "corrupt": self.stats.corrupt,
+            **self.counters(),
             "results": [
                 {"route": r, "model": m, "result": x, "count": n} for (r, m, x), n in sorted(self.stats.results.items())
             ],

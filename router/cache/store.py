@@ -219,9 +219,15 @@ class GuardedStore:
     def state(self) -> str:
         return self.breaker.state
 
+    @property
+    def wait_bound_s(self) -> float:
+        """The bound of a call on a path that waits anyway (a lease, a replica polling
+        for another's entry): a busy store there must not read as an answer."""
+        return self.timeout_s * LEASE_BOUND
+
     async def get_many(self, keys: list[str], timeout_s: float | None = None) -> list[bytes | None]:
-        misses: list[bytes | None] = [None] * len(keys)
-        return await self._guard(lambda: self.store.get_many(keys), misses, timeout_s)
+        """The values (``None``: a miss), every failure a miss too."""
+        return await self.try_get_many(keys, timeout_s) or [None] * len(keys)
 
     async def try_get_many(
         self, keys: list[str], timeout_s: float | None = None, circuit: bool = True
@@ -248,12 +254,11 @@ class GuardedStore:
     async def lease(self, key: str, owner: str, ttl_s: float, bound_s: float | None = None) -> bool | None:
         """``None`` when the store cannot say (then nobody coordinates: generate). On
         the generation path only, where a burst of identical requests is exactly when
-        the store is busiest: bounded by ``bound_s`` (default four times the lookup
-        bound), and asked even
-        while the circuit is open (a burst's timed-out lookups open it; a second
-        generation costs far more than the bounded wait)."""
+        the store is busiest: bounded by ``bound_s`` (default :attr:`wait_bound_s`),
+        and asked even while the circuit is open (a burst's timed-out lookups open it; a
+        second generation costs far more than the bounded wait)."""
         result: bool | None = await self._guard(
-            lambda: self.store.lease(key, owner, ttl_s), None, bound_s or self.timeout_s * LEASE_BOUND, circuit=False
+            lambda: self.store.lease(key, owner, ttl_s), None, bound_s or self.wait_bound_s, circuit=False
         )
         return result
 

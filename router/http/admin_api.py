@@ -18,7 +18,7 @@ from starlette.responses import JSONResponse, Response
 
 from router.config.table import RoutingTable
 from router.errors import InvalidRequest, NotFound, Unauthorized
-from router.http.common import gateway_of, parse_json_model, read_body
+from router.http.common import GenerationFields, gateway_of, parse_json_model, read_body
 from router.policy.match import RequestFacts
 from router.reload import RoutesReloader
 
@@ -184,17 +184,10 @@ async def admin_cache_purge(request: Request) -> Response:
     return JSONResponse({"removed": removed})
 
 
-class PregenItem(BaseModel):
+class PregenItem(GenerationFields):
     model_config = ConfigDict(extra="ignore")  # top_prompts entries carry counts: accepted as they are
 
-    prompt: str = Field(min_length=1, max_length=4000)
     route: str | None = None
-    intent: str | None = None
-    seed: int | None = Field(default=None, ge=0, lt=2**62)
-    steps: int | None = Field(default=None, ge=1, le=1000)
-    width: int | None = Field(default=None, ge=8, le=4096)
-    height: int | None = Field(default=None, ge=8, le=4096)
-    n: int = Field(default=1, ge=1, le=16)
 
 
 class PregenRequest(BaseModel):

@@ -7,10 +7,10 @@ import json
 from typing import Any, TypeVar
 
 from numpy.typing import NDArray
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, Field, ValidationError
 from starlette.requests import Request
 
-from router.backends.base import ImageRequest
+from router.backends.base import ImageRequest, ImageResult, consecutive_seeds
 from router.cache import image_id
 from router.dispatch import Served
 from router.errors import InvalidRequest, PayloadTooLarge, UnsupportedMediaType
@@ -21,11 +21,13 @@ from router.policy.match import RequestFacts
 __all__ = [
     "MAX_BODY_BYTES",
     "MAX_PROMPT_CHARS",
+    "GenerationFields",
     "canary_override",
     "client_seeds",
     "etag",
     "facts_for",
     "gateway_of",
+    "image_ids",
     "parse_json_model",
     "priority_of",
     "read_body",
@@ -55,6 +57,19 @@ async def read_body(request: Request, limit: int = MAX_BODY_BYTES) -> bytes:
             raise PayloadTooLarge(f"body is over the {limit}-byte limit", limit=limit)
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+class GenerationFields(BaseModel):
+    """What a generation asks for, with the same bounds wherever it is asked
+    (``/api/v1/generate``, pre-generation items)."""
+
+    prompt: str = Field(min_length=1, max_length=MAX_PROMPT_CHARS)
+    intent: str | None = None
+    seed: int | None = Field(default=None, ge=0, lt=2**62)
+    steps: int | None = Field(default=None, ge=1, le=1000)
+    width: int | None = Field(default=None, ge=8, le=4096)
+    height: int | None = Field(default=None, ge=8, le=4096)
+    n: int = Field(default=1, ge=1, le=16)
 
 
 def parse_json_model(body: bytes, model: type[M], content_type: str | None) -> M:
@@ -111,17 +126,23 @@ def etag(ids: list[str]) -> str:
     return '"' + hashlib.blake2b("".join(ids).encode(), digest_size=16).hexdigest() + '"'
 
 
-async def tag_images(served: Served, headers: dict[str, str]) -> list[str] | None:
-    """On a cached route: add the answer's ``ETag`` and return the image ids (hashed off
-    the loop when large), which also name the images' encoded variants in memory."""
-    if served.cache is None:
-        return None
-    images = served.result.images
-    memo = served.result.memo
-    ids: list[str] | None = memo.get("ids")
+async def image_ids(result: ImageResult) -> list[str]:
+    """The content hash of each image (hashed off the loop when large), worked out once
+    per result: a cached entry's are kept with it in memory."""
+    images = result.images
+    ids: list[str] | None = result.memo.get("ids")
     if ids is None or len(ids) != len(images):
         ids = await encode_off_loop(images, lambda: [image_id(image) for image in images])
-        memo["ids"] = ids
+        result.memo["ids"] = ids
+    return ids
+
+
+async def tag_images(served: Served, headers: dict[str, str]) -> list[str] | None:
+    """On a cached route: add the answer's ``ETag`` and return the image ids, which also
+    name the images' encoded variants in memory."""
+    if served.cache is None:
+        return None
+    ids = await image_ids(served.result)
     headers["ETag"] = etag(ids)
     return ids
 
@@ -149,7 +170,7 @@ async def encode_images(
 def client_seeds(seed: int | None, n: int) -> tuple[int, ...] | None:
     """``n`` consecutive seeds from the client's; ``None`` when it sent none (the
     gateway then picks them by the route's rules, and the answer reports them)."""
-    return None if seed is None else tuple(seed + i for i in range(n))
+    return None if seed is None else consecutive_seeds(seed, n)
 
 
 def gateway_of(request: Request) -> Gateway:

@@ -79,12 +79,10 @@ def _encode_all(images: NDArray[Any], fmt: str, quality: int) -> list[bytes]:
 async def encode_images_off_loop(images: NDArray[Any], fmt: str, quality: int) -> list[bytes]:
     """Each of ``images`` (``uint8[n, h, w, 3]``) encoded as ``fmt``: inline when small,
     on the thread pool, or — for an encoder that holds the GIL — in a worker process."""
-    if images.size // 3 < INLINE_PIXELS:
-        return _encode_all(images, fmt, quality)
-    if fmt in GIL_BOUND_FORMATS:
+    if fmt in GIL_BOUND_FORMATS and images.size // 3 >= INLINE_PIXELS:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(_processes(), _encode_all, images, fmt, quality)
-    return await anyio.to_thread.run_sync(_encode_all, images, fmt, quality, limiter=_pool())
+    return await encode_off_loop(images, lambda: _encode_all(images, fmt, quality))
 
 
 def shutdown_processes() -> None:

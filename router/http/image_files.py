@@ -17,11 +17,11 @@ import re
 from starlette.requests import Request
 from starlette.responses import Response
 
-from router.cache import Entry, image_id
+from router.cache import Entry
 from router.dispatch import Served
 from router.errors import ImageNotFound, InvalidRequest
-from router.http.common import gateway_of
-from router.http.encode import encode_images_off_loop, encode_off_loop
+from router.http.common import gateway_of, image_ids
+from router.http.encode import encode_images_off_loop
 from router.http.formats import DEFAULT_QUALITY, MIME, canonical
 
 __all__ = ["image_file", "publish"]
@@ -46,7 +46,7 @@ async def publish(request: Request, served: Served, fmt: str, quality: int | Non
             field="response_format",
         )
     images = served.result.images
-    ids = await encode_off_loop(images, lambda: [image_id(image) for image in images])
+    ids = await image_ids(served.result)  # the ETag's hashes, when the route is cached
     version = served.result.model_version or served.model.version or ""
     ttl = served.route.cache.ttl_s if served.route.cache else cache.config.ttl_s
     for i, (image, name) in enumerate(zip(images, ids, strict=True)):

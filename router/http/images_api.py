@@ -24,6 +24,7 @@ from router.backends.base import ImageRequest
 from router.errors import InvalidRequest
 from router.http.common import (
     MAX_PROMPT_CHARS,
+    GenerationFields,
     client_seeds,
     encode_images,
     facts_for,
@@ -57,17 +58,10 @@ class OpenAIImagesRequest(BaseModel):
     user: str | None = None
 
 
-class GenerateRequest(BaseModel):
+class GenerateRequest(GenerationFields):
     model_config = ConfigDict(extra="forbid")
 
-    prompt: str = Field(min_length=1, max_length=MAX_PROMPT_CHARS)
-    intent: str | None = None
     model: str | None = None
-    seed: int | None = Field(default=None, ge=0, lt=2**62)
-    steps: int | None = Field(default=None, ge=1, le=1000)
-    width: int | None = Field(default=None, ge=8, le=4096)
-    height: int | None = Field(default=None, ge=8, le=4096)
-    n: int = Field(default=1, ge=1, le=16)
     response: Literal["png", "json", "image"] | None = None
     format: str | None = None
     quality: int | None = Field(default=None, ge=0, le=100)

@@ -77,7 +77,7 @@ class _StateCollector(Collector):
                 labels=["kind"],
             )
             for kind in ("errors", "timeouts", "skipped"):
-                store.add_metric([kind], cache["store"][kind])
+                store.add_metric([kind], cache["store_errors"][kind])
             yield store
             yield GaugeMetricFamily(
                 "router_cache_store_circuit_open", "1 while the cache store's circuit is open",
