@@ -10,8 +10,10 @@ whatever is still in flight), in each mode on the same Triton:
   B  static fallback, as common gateways do it: each tier of the route's chain gets a
      fixed timeout (the route's budget less the later tiers' latency hints), then
      the next tier; an abandoned request is simply dropped by the client;
-  C  the gateway (`router serve`) with the shipped routes.yaml, KServe v2 model `auto`;
-  (D  C with the result cache: once the cache issue has landed.)
+  C  the gateway (`router serve`) with the shipped routes.yaml, KServe v2 model `auto`,
+     its `cache` blocks taken out: routing and budgets alone, comparable with the runs
+     before the cache (every request here carries its own random seed, so a cache
+     would have nothing to hit; a mode D with seedless, repeating traffic is to come).
 
 Per mode and class it reports p50/p95/p99 of the answered requests, the share answered
 within budget + 50 ms (of all sent), the share served at the intended tier, goodput
@@ -42,6 +44,7 @@ from typing import Any
 import httpx
 import numpy as np
 import tritonclient.http as httpclient
+import yaml
 from tritonclient.http._utils import _get_inference_request
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -186,6 +189,17 @@ async def replay(jobs: list[Job], send: Any) -> list[Outcome]:
                 return Outcome(job, 599, time.monotonic() - t0 - job.at, None)
 
         return list(await asyncio.gather(*(fire(j) for j in jobs)))
+
+
+def without_cache(routes_text: str) -> str:
+    """The routes with every ``cache`` block taken out (the top-level store, routes'
+    opt-ins): mode C measures routing and budgets, not the cache."""
+    data = yaml.safe_load(routes_text)
+    data.pop("cache", None)
+    for route in [*data.get("routes", []), data.get("default_route")]:
+        if isinstance(route, dict):
+            route.pop("cache", None)
+    return str(yaml.safe_dump(data, sort_keys=False))
 
 
 def compute_seconds(triton: str) -> float:
@@ -334,7 +348,7 @@ def main() -> None:
             server.wait_ready(300)
             triton = server.http_url
             routes = work / "routes.yaml"
-            routes.write_text(routes_text)
+            routes.write_text(without_cache(routes_text))
             gw = GatewayProcess(routes, triton, work / "gateway.log")
             results = []
             try:

@@ -81,6 +81,7 @@ class CachePlan:
     store: bool
     ttl_s: float
     skipped: str | None = None  # why the lookup was skipped: the answer's X-Cache then
+    repeatable: bool = True  # False: its seeds were drawn at random, no identical request can follow
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,7 +11,8 @@ queue is bounded: what does not fit is dropped and counted, never blocks a reque
   busy or full (``slow``, ``busy``, ``full``, ``timeout``, ``queue_timeout``,
   ``no_room``) on a route with ``cache: {upgrade: true}`` queues the intended tier's
   image for the same request, so the next identical request gets the intended tier
-  from the cache.
+  from the cache. Not for a seedless request on a ``seedless: fresh`` route: its seed
+  was drawn at random, so no identical request can follow.
 * **Pre-generation**: prompts an operator lists (``router pregen FILE``, ``POST
   /admin/pregenerate``) are queued for every arm of the route they match.
 

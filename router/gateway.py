@@ -136,7 +136,8 @@ class Gateway:
         if plan is not None and self.cache is not None:
             self.cache.stats.count(route.name, served.model_tag, served.cache or "MISS")
             self.hitters.add(route.name, request.prompts[0])
-            if plan.store and route.cache is not None and route.cache.upgrade:
+            # an upgrade only pays if an identical request can come: not for random seeds
+            if plan.store and plan.repeatable and route.cache is not None and route.cache.upgrade:
                 self._upgrade(route, choice.arm.model, served, request)
         return served
 
@@ -242,7 +243,7 @@ def _cache_plan(route: Route, request: ImageRequest, cache_control: str | None) 
     ``no-store`` does neither."""
     assert route.cache is not None
     directives = {d.strip().split("=", 1)[0].lower() for d in (cache_control or "").split(",")}
-    lookup, store, skipped = True, True, None
+    lookup, store, skipped, repeatable = True, True, None, True
     if request.seeds is None:
         if route.cache.seedless == "share":
             request = dataclasses.replace(
@@ -250,9 +251,9 @@ def _cache_plan(route: Route, request: ImageRequest, cache_control: str | None) 
             )
         else:  # fresh: a new image every time, kept under its random seed
             request = dataclasses.replace(request, seeds=_random_seeds(len(request.prompts)))
-            lookup = False
+            lookup, repeatable = False, False
     if "no-store" in directives:
         lookup, store, skipped = False, False, "BYPASS"
     elif "no-cache" in directives:
         lookup, skipped = False, "BYPASS"
-    return CachePlan(lookup, store, route.cache.ttl_s, skipped), request
+    return CachePlan(lookup, store, route.cache.ttl_s, skipped, repeatable), request

@@ -33,6 +33,12 @@ routes:
     budget_ms: 100
     fallback: [preview, draft]
     cache: {}
+  - name: fresh-up
+    match: fresh-up
+    model: quality
+    budget_ms: 100
+    fallback: [draft]
+    cache: {seedless: fresh, upgrade: true}
   - name: roomy
     match: roomy
     model: quality
@@ -212,3 +218,14 @@ async def test_a_version_bump_misses_pinned_or_learned_from_the_backend(monkeypa
     fake.metadata_versions = ["1", "2", "3"]  # Triton now serves version 3
     served = await gw.generate(facts, REQ)
     assert served.cache == "MISS" and fake.calls[-1][0] == "quality", "version 1's entry must not answer"
+
+
+@virtual_time
+async def test_an_upgrade_is_queued_only_where_an_identical_request_can_follow(monkeypatch: pytest.MonkeyPatch) -> None:
+    gw, _fake, _ = cached_gateway({"quality": 5.0, "preview": 0.03, "draft": 0.01}, monkeypatch)
+    facts = RequestFacts("a cat", intent="fresh-up")
+    seedless = await gw.generate(facts, ImageRequest(("a cat",)))
+    assert seedless.model.name == "draft" and gw.fill.counts["upgrade"].queued == 0, "a random seed never repeats"
+    seeded = await gw.generate(facts, REQ)
+    assert seeded.model.name == "draft" and gw.fill.counts["upgrade"].queued == 1
+    await gw.aclose()
