@@ -452,6 +452,7 @@ class Dispatcher:
         try:
             outcome = await self._admitted_call(t)
             if not isinstance(outcome, str) and self.cache is not None:
+                await outcome.pixels()  # a hosted result arrives encoded: decoded off the loop
                 write = self._store(key, model, outcome, t.request, plan)
             return outcome
         finally:

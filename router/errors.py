@@ -2,7 +2,7 @@
 
 Every error a client can see is a :class:`RouterError` with an HTTP ``status`` and a
 stable snake_case ``code`` (class attributes, so they are documented and tested in one
-place). Foreign exceptions (httpx, tritonclient, pydantic, YAML) are translated once,
+place). Foreign exceptions (tritonclient, sockets, pydantic, YAML) are translated once,
 where they enter — the backends and the config loader — so everything above them only
 ever handles these::
 

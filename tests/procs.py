@@ -43,7 +43,10 @@ class GatewayProcess:
         log: Path,
         extra: list[str] | None = None,
         env: dict[str, str] | None = None,
+        cwd: Path | None = None,
     ) -> None:
+        """``cwd``: where ``python -m router.cli`` runs, so which checkout's code serves
+        (a benchmark's baseline)."""
         self.routes = routes
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -52,7 +55,7 @@ class GatewayProcess:
         cmd = [sys.executable, "-m", "router.cli", "serve", "--routes", str(routes), "--port", str(self.port)]
         cmd += ["--log-level", "warning", *(extra or [])]
         self._log_file = open(log, "wb")  # noqa: SIM115 - closed in stop()
-        self.process = subprocess.Popen(cmd, env=env, stdout=self._log_file, stderr=subprocess.STDOUT)
+        self.process = subprocess.Popen(cmd, env=env, stdout=self._log_file, stderr=subprocess.STDOUT, cwd=cwd)
         self._wait()
 
     def _wait(self, timeout_s: float = 30.0) -> None:
@@ -145,3 +148,32 @@ class RedisProcess:
         if self.process is not None and self.process.poll() is None:
             self.process.terminate()
             self.process.wait(10)
+
+
+class HostedUpstream:
+    """``tests/hosted_upstream.py``: a stand-in hosted OpenAI-compatible image API."""
+
+    def __init__(self, directory: Path, fmt: str = "png", key: str = "sk-test") -> None:
+        self.log = directory / f"hosted-{fmt}.log"
+        self._log_file = open(self.log, "wb")  # noqa: SIM115 - closed in stop()
+        cmd = [sys.executable, str(ROOT / "tests" / "hosted_upstream.py"), "--format", fmt, "--key", key]
+        self.process = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=self._log_file)
+        assert self.process.stdout is not None
+        line = self.process.stdout.readline().decode()
+        if not line.startswith("listening on "):
+            self.stop()
+            raise RuntimeError(f"hosted upstream did not start:\n{tail(self.log)}")
+        self.port = int(line.split()[-1])
+        self.url = f"http://127.0.0.1:{self.port}/v1"
+
+    def last(self) -> dict[str, object]:
+        answer: dict[str, object] = httpx.get(f"http://127.0.0.1:{self.port}/last").json()
+        return answer
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(10)
+        if self.process.stdout is not None:
+            self.process.stdout.close()
+        self._log_file.close()

@@ -1,4 +1,4 @@
-"""Upstreams: the only package that imports tritonclient or httpx."""
+"""Upstreams: the only package that imports tritonclient (the CLI's admin commands use httpx)."""
 
 from __future__ import annotations
 

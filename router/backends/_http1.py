@@ -19,6 +19,7 @@ import asyncio
 import ssl as ssl_module
 from dataclasses import dataclass
 from typing import cast
+from urllib.parse import urlsplit
 
 import httptools
 
@@ -103,16 +104,33 @@ class _Connection(asyncio.Protocol):
 class Http1Pool:
     """Connections to one ``host:port``; at most ``max_connections`` at once."""
 
-    def __init__(self, host: str, port: int, max_connections: int = 256, tls: bool = False) -> None:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        max_connections: int = 256,
+        tls: bool = False,
+        connect_timeout_s: float | None = None,
+    ) -> None:
         self.host, self.port = host, port
         self._authority = f"{host}:{port}"
         self._ssl = ssl_module.create_default_context() if tls else None
         self._idle: list[_Connection] = []
         self._slots = asyncio.Semaphore(max_connections)
+        self._connect_timeout_s = connect_timeout_s
+
+    @classmethod
+    def for_url(cls, url: str, max_connections: int = 256, connect_timeout_s: float | None = None) -> Http1Pool:
+        """A pool for the host of ``http(s)://host[:port]/...`` (the path is the caller's)."""
+        parsed = urlsplit(url)
+        tls = parsed.scheme == "https"
+        port = parsed.port or (443 if tls else 80)
+        return cls(parsed.hostname or "127.0.0.1", port, max_connections, tls, connect_timeout_s)
 
     async def _connect(self) -> _Connection:
         loop = asyncio.get_running_loop()
-        _, conn = await loop.create_connection(_Connection, self.host, self.port, ssl=self._ssl)
+        async with asyncio.timeout(self._connect_timeout_s):
+            _, conn = await loop.create_connection(_Connection, self.host, self.port, ssl=self._ssl)
         return conn
 
     def _take_idle(self) -> _Connection | None:

@@ -9,15 +9,21 @@ Every upstream (a Triton server, a hosted OpenAI-compatible API) implements
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import asyncio
+import base64
+import io
+from dataclasses import dataclass
 from typing import Any, Protocol
 
+import numpy as np
 from numpy.typing import NDArray
+from PIL import Image
 
 from router.config.table import Model
+from router.errors import BackendError
 from router.policy.forecast import Forecast
 
-__all__ = ["ImageBackend", "ImageRequest", "ImageResult", "consecutive_seeds"]
+__all__ = ["EncodedImages", "ImageBackend", "ImageRequest", "ImageResult", "consecutive_seeds", "sniff_format"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,15 +44,90 @@ def consecutive_seeds(base: int, n: int) -> tuple[int, ...]:
 
 
 @dataclass(frozen=True, slots=True)
-class ImageResult:
-    """``images`` is ``uint8[batch, height, width, 3]``."""
+class EncodedImages:
+    """Images as an upstream sent them: base64 text of one format each (``png``,
+    ``jpeg`` or ``webp``). An edge asked for that format passes the text through
+    untouched; pixels are decoded only when something needs them (another format, a
+    tensor, the result cache)."""
 
-    images: NDArray[Any]
-    model_version: str
-    stored_at: float | None = None  # wall time it was made, when it comes from the result cache
-    # what the HTTP edge worked out about these pixels (their ids): shared with the cached
-    # entry in memory, so a hot hit does not hash them again
-    memo: dict[str, Any] = field(default_factory=dict)
+    b64: tuple[str, ...]
+    fmt: str
+
+    def blobs(self) -> list[bytes]:
+        return [base64.b64decode(text) for text in self.b64]
+
+
+_MAGIC = ((b"\x89PNG\r\n\x1a\n", "png"), (b"\xff\xd8\xff", "jpeg"), (b"RIFF", "webp"))
+
+
+def sniff_format(head: bytes) -> str | None:
+    """The image format of encoded bytes, by their magic number (``None``: not one
+    the gateway passes through)."""
+    for magic, fmt in _MAGIC:
+        if head.startswith(magic) and (fmt != "webp" or head[8:12] == b"WEBP"):
+            return fmt
+    return None
+
+
+def _decode(encoded: EncodedImages) -> NDArray[Any]:
+    try:
+        frames = [np.asarray(Image.open(io.BytesIO(blob)).convert("RGB")) for blob in encoded.blobs()]
+        stacked: NDArray[Any] = np.stack(frames).astype(np.uint8, copy=False)
+    except Exception as exc:  # PIL raises many kinds on a bad file
+        raise BackendError(f"upstream image not understood: {type(exc).__name__}: {exc}") from exc
+    return stacked
+
+
+class ImageResult:
+    """What a backend made: ``images`` is ``uint8[batch, height, width, 3]``.
+
+    A result may arrive encoded (:class:`EncodedImages`, from a hosted API): its pixels
+    are then decoded on first need, once. On the event loop use ``await pixels()``,
+    which decodes in a thread; ``images`` decodes where it is called."""
+
+    __slots__ = ("_pixels", "encoded", "memo", "model_version", "stored_at")
+
+    def __init__(
+        self,
+        images: NDArray[Any] | None,
+        model_version: str,
+        stored_at: float | None = None,
+        memo: dict[str, Any] | None = None,
+        encoded: EncodedImages | None = None,
+    ) -> None:
+        if images is None and encoded is None:
+            raise ValueError("an ImageResult needs pixels or encoded images")
+        self._pixels = images
+        self.model_version = model_version
+        self.stored_at = stored_at  # wall time it was made, when it comes from the result cache
+        # what the HTTP edge worked out about these pixels (their ids): shared with the
+        # cached entry in memory, so a hot hit does not hash them again
+        self.memo: dict[str, Any] = {} if memo is None else memo
+        self.encoded = encoded
+
+    def __len__(self) -> int:
+        return len(self._pixels) if self._pixels is not None else len(self.encoded.b64)  # type: ignore[union-attr]
+
+    @property
+    def images(self) -> NDArray[Any]:
+        if self._pixels is None:
+            assert self.encoded is not None
+            self._pixels = _decode(self.encoded)
+        return self._pixels
+
+    async def pixels(self) -> NDArray[Any]:
+        """The pixels, decoded off the event loop when they came encoded."""
+        if self._pixels is None:
+            assert self.encoded is not None
+            self._pixels = await asyncio.to_thread(_decode, self.encoded)
+        return self._pixels
+
+    def passthrough(self, fmt: str) -> tuple[str, ...] | None:
+        """The upstream's own base64 text when it is already ``fmt`` (and no pixels were
+        made here since), else ``None``."""
+        if self.encoded is not None and self.encoded.fmt == fmt:
+            return self.encoded.b64
+        return None
 
 
 class ImageBackend(Protocol):

@@ -3,35 +3,57 @@
 The API key comes from the config (``${ENV}``-interpolated) as a ``SecretStr`` and
 is only ever put in the ``Authorization`` header: never in logs, errors or the admin
 view. Only the configured base URL is contacted.
+
+The images come back as the upstream's base64 text (:class:`EncodedImages`), checked
+by their magic number but not decoded: an answer in the same format passes them
+through untouched, and pixels are made only when something needs them. Decoding and
+re-encoding every image cost 2.2-3.4 ms of gateway CPU per request. The call goes
+through the same small HTTP/1.1 client as Triton's infer calls (``_http1``), with
+the answer parsed by orjson.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
-import io
 import time
 from typing import Any
+from urllib.parse import urlsplit
 
-import httpx
-import numpy as np
-from PIL import Image
+import orjson
 
-from router.backends.base import ImageRequest, ImageResult
+from router.backends._http1 import Http1Pool
+from router.backends.base import EncodedImages, ImageRequest, ImageResult, sniff_format
 from router.config.table import Backend, Model
 from router.errors import BackendError, BackendRejected, BackendTimeout, BackendUnavailable
 from router.policy.circuit import CircuitBreaker
 from router.policy.forecast import Forecast, Lane
 
-__all__ = ["OpenAIImagesBackend", "map_httpx_error"]
+__all__ = ["OpenAIImagesBackend", "parse_images"]
 
 
-def map_httpx_error(exc: BaseException) -> BackendError:
-    if isinstance(exc, httpx.TimeoutException):
-        return BackendTimeout(f"upstream timed out: {type(exc).__name__}")
-    if isinstance(exc, httpx.TransportError):
-        return BackendUnavailable(f"connection failed: {type(exc).__name__}")
-    return BackendError(f"{type(exc).__name__}")
+def parse_images(body: bytes) -> EncodedImages:
+    """An ``images/generations`` answer as the images it holds, all of one format;
+    anything else is a :class:`BackendError` naming what was wrong."""
+    try:
+        items = orjson.loads(body)["data"]
+        texts = tuple(str(item["b64_json"]) for item in items)
+    except (ValueError, KeyError, TypeError) as exc:  # orjson's errors are ValueErrors
+        raise BackendError(f"upstream answer not understood: {type(exc).__name__}: {exc}") from exc
+    if not texts:
+        raise BackendError("upstream answer not understood: no images in data")
+    formats = set()
+    for text in texts:
+        try:
+            head = base64.b64decode(text[:24], validate=True)  # 18 bytes: every magic number
+        except ValueError:
+            raise BackendError("upstream answer not understood: b64_json is not base64") from None
+        formats.add(sniff_format(head))
+    if len(formats) != 1 or None in formats:
+        raise BackendError("upstream answer not understood: images are not all PNG, JPEG or WebP of one kind")
+    fmt = formats.pop()
+    assert fmt is not None
+    return EncodedImages(texts, fmt)
 
 
 class OpenAIImagesBackend:
@@ -39,15 +61,11 @@ class OpenAIImagesBackend:
         self.spec = spec
         self._breakers: dict[str, CircuitBreaker] = {}
         self._lanes: dict[str, Lane] = {}
-        headers = {}
+        self._headers = {"Content-Type": "application/json", "Accept": "application/json"}
         if spec.api_key is not None:
-            headers["Authorization"] = f"Bearer {spec.api_key.get_secret_value()}"
-        self._client = httpx.AsyncClient(
-            base_url=spec.url,
-            headers=headers,
-            timeout=httpx.Timeout(None, connect=spec.connect_timeout_s),
-            follow_redirects=False,
-        )
+            self._headers["Authorization"] = f"Bearer {spec.api_key.get_secret_value()}"
+        self._path = urlsplit(spec.url).path.rstrip("/") + "/images/generations"
+        self._pool = Http1Pool.for_url(spec.url, spec.max_connections, spec.connect_timeout_s)
 
     async def generate(
         self, model: Model, request: ImageRequest, timeout_s: float, priority: int | None = None
@@ -108,22 +126,21 @@ class OpenAIImagesBackend:
         if request.width and request.height:
             body["size"] = f"{request.width}x{request.height}"
         try:
-            response = await self._client.post("/images/generations", json=body, timeout=timeout_s)
-        except Exception as exc:
-            raise map_httpx_error(exc) from exc
-        if response.status_code >= 400:
-            kind: type[BackendError] = BackendRejected if response.status_code in (400, 422) else BackendUnavailable
-            if response.status_code not in (400, 422, 429) and response.status_code < 500:
+            async with asyncio.timeout(timeout_s):
+                response = await self._pool.request(self._path, orjson.dumps(body), self._headers)
+        except TimeoutError as exc:
+            raise BackendTimeout("upstream timed out") from exc
+        except OSError as exc:
+            raise BackendUnavailable(f"connection failed: {type(exc).__name__}") from exc
+        status = response.status
+        if status >= 400:
+            kind: type[BackendError] = BackendRejected if status in (400, 422) else BackendUnavailable
+            if status not in (400, 422, 429) and status < 500:
                 kind = BackendError
-            raise kind(f"upstream answered {response.status_code}", upstream_status=response.status_code)
-        try:
-            images = [
-                np.asarray(Image.open(io.BytesIO(base64.b64decode(item["b64_json"]))).convert("RGB"))
-                for item in response.json()["data"]
-            ]
-            return ImageResult(np.stack(images).astype(np.uint8), "")
-        except Exception as exc:
-            raise BackendError(f"upstream answer not understood: {type(exc).__name__}") from exc
+            raise kind(f"upstream answered {status}", upstream_status=status)
+        if status != 200:  # a redirect or an empty answer: not followed, not understood
+            raise BackendError(f"upstream answered {status}", upstream_status=status)
+        return ImageResult(None, "", encoded=parse_images(response.body))
 
     async def ready(self) -> bool:
         return True
@@ -139,4 +156,4 @@ class OpenAIImagesBackend:
         return [{"url": self.spec.url, "healthy": True, "model_circuits": circuits}]
 
     async def aclose(self) -> None:
-        await self._client.aclose()
+        await self._pool.aclose()

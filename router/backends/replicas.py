@@ -24,7 +24,6 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit
 
 from router.backends._http1 import Http1Pool
 from router.config.table import Backend, Model
@@ -85,18 +84,15 @@ class Replica:
         }
 
 
-def _pool(url: str, max_connections: int) -> Http1Pool:
-    parsed = urlsplit(url)
-    tls = parsed.scheme == "https"
-    return Http1Pool(parsed.hostname or "127.0.0.1", parsed.port or (443 if tls else 80), max_connections, tls)
-
-
 class ReplicaSet:
     def __init__(self, spec: Backend, clock: Callable[[], float]) -> None:
         self.spec = spec
         self.clock = clock
         self.replicas = [
-            Replica(url, _pool(url, spec.max_connections), CircuitBreaker(spec.circuit)) for url in spec.urls
+            Replica(
+                url, Http1Pool.for_url(url, spec.max_connections, spec.connect_timeout_s), CircuitBreaker(spec.circuit)
+            )
+            for url in spec.urls
         ]
         self._health: asyncio.Task[None] | None = None
 

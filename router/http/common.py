@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 from typing import Any, TypeVar
 
-from numpy.typing import NDArray
+import orjson
 from pydantic import BaseModel, Field, ValidationError
 from starlette.requests import Request
+from starlette.responses import JSONResponse
 
 from router.backends.base import ImageRequest, ImageResult, consecutive_seeds
 from router.cache import image_id
@@ -16,14 +18,18 @@ from router.dispatch import Served
 from router.errors import InvalidRequest, PayloadTooLarge, UnsupportedMediaType
 from router.gateway import Gateway
 from router.http.encode import encode_images_off_loop, encode_off_loop
+from router.http.formats import DEFAULT_QUALITY
 from router.policy.match import RequestFacts
 
 __all__ = [
     "MAX_BODY_BYTES",
     "MAX_PROMPT_CHARS",
+    "FastJSONResponse",
     "GenerationFields",
+    "b64_images",
     "canary_override",
     "client_seeds",
+    "encode_images",
     "etag",
     "facts_for",
     "gateway_of",
@@ -129,9 +135,9 @@ def etag(ids: list[str]) -> str:
 async def image_ids(result: ImageResult) -> list[str]:
     """The content hash of each image (hashed off the loop when large), worked out once
     per result: a cached entry's are kept with it in memory."""
-    images = result.images
     ids: list[str] | None = result.memo.get("ids")
-    if ids is None or len(ids) != len(images):
+    if ids is None or len(ids) != len(result):
+        images = await result.pixels()
         ids = await encode_off_loop(images, lambda: [image_id(image) for image in images])
         result.memo["ids"] = ids
     return ids
@@ -147,24 +153,62 @@ async def tag_images(served: Served, headers: dict[str, str]) -> list[str] | Non
     return ids
 
 
+def _passthrough(result: ImageResult, fmt: str, quality: int | None, count: int) -> list[str] | None:
+    """The upstream's own base64 images when they already are what was asked for: the
+    format, and no quality other than the upstream's own (PNG has none)."""
+    passed = result.passthrough(fmt) if quality is None or fmt == "png" else None
+    return None if passed is None else list(passed[:count])
+
+
 async def encode_images(
-    request: Request, images: NDArray[Any], ids: list[str] | None, fmt: str, quality: int
+    request: Request,
+    result: ImageResult,
+    ids: list[str] | None,
+    fmt: str,
+    quality: int | None,
+    count: int | None = None,
 ) -> list[bytes]:
-    """Each image encoded as ``fmt``, off the loop when large; on a cached route the
-    encodings are kept in memory by image id, so a repeated answer is not encoded again."""
+    """The first ``count`` images (all by default) encoded as ``fmt`` at ``quality``
+    (``None``: the default), off the loop when large. Images a hosted upstream sent in
+    that format already pass through; on a cached route the encodings are kept in
+    memory by image id, so a repeated answer is not encoded again."""
+    count = len(result) if count is None else count
+    passed = _passthrough(result, fmt, quality, count)
+    if passed is not None:
+        return [base64.b64decode(text) for text in passed]
+    quality = DEFAULT_QUALITY if quality is None else quality
     cache = gateway_of(request).cache
     hot = cache.hot if cache is not None and ids is not None else None
-    out: list[bytes | None] = [None] * len(images)
+    out: list[bytes | None] = [None] * count
     if hot is not None and ids is not None:
-        out = [hot.get_variant(i, fmt, quality) for i in ids]
+        out = [hot.get_variant(i, fmt, quality) for i in ids[:count]]
     todo = [n for n, data in enumerate(out) if data is None]
     if todo:
-        made = await encode_images_off_loop(images[todo], fmt, quality)
+        made = await encode_images_off_loop((await result.pixels())[todo], fmt, quality)
         for n, data in zip(todo, made, strict=True):
             out[n] = data
             if hot is not None and ids is not None:
                 hot.put_variant(ids[n], fmt, quality, data, 3600.0)
     return [data for data in out if data is not None]
+
+
+async def b64_images(
+    request: Request, result: ImageResult, ids: list[str] | None, fmt: str, quality: int | None
+) -> list[str]:
+    """Every image as base64 text of ``fmt``: a hosted upstream's own text when it can
+    pass through (not even decoded from base64), else :func:`encode_images`'s."""
+    passed = _passthrough(result, fmt, quality, len(result))
+    if passed is not None:
+        return passed
+    return [base64.b64encode(data).decode() for data in await encode_images(request, result, ids, fmt, quality)]
+
+
+class FastJSONResponse(JSONResponse):
+    """JSON rendered by orjson: an answer that carries images as base64 text is mostly
+    one long string, which the standard encoder scans character by character."""
+
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content)
 
 
 def client_seeds(seed: int | None, n: int) -> tuple[int, ...] | None:

@@ -45,7 +45,7 @@ async def publish(request: Request, served: Served, fmt: str, quality: int | Non
             "response_format 'url' needs a cache store (a cache block in routes.yaml); use b64_json",
             field="response_format",
         )
-    images = served.result.images
+    images = await served.result.pixels()
     ids = await image_ids(served.result)  # the ETag's hashes, when the route is cached
     version = served.result.model_version or served.model.version or ""
     ttl = served.route.cache.ttl_s if served.route.cache else cache.config.ttl_s

@@ -11,20 +11,21 @@ asked for or the best one ``Accept`` allows, or JSON.
 
 from __future__ import annotations
 
-import base64
 import re
 import time
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 
 from router.backends.base import ImageRequest
 from router.errors import InvalidRequest
 from router.http.common import (
     MAX_PROMPT_CHARS,
+    FastJSONResponse,
     GenerationFields,
+    b64_images,
     client_seeds,
     encode_images,
     facts_for,
@@ -34,7 +35,7 @@ from router.http.common import (
     served_headers,
     tag_images,
 )
-from router.http.formats import DEFAULT_QUALITY, MIME, canonical, negotiate
+from router.http.formats import MIME, canonical, negotiate
 from router.http.image_files import publish
 
 __all__ = ["generate", "openai_images"]
@@ -82,7 +83,6 @@ async def openai_images(request: Request) -> Response:
     fmt = canonical(body.output_format, "output_format") if body.output_format else "png"
     if fmt == "avif":  # OpenAI's own set; AVIF is offered by /api/v1/generate and image URLs
         raise InvalidRequest("output_format: must be png, jpeg or webp", field="output_format")
-    quality = DEFAULT_QUALITY if body.output_compression is None else body.output_compression
     width, height = _size(body.size)
     facts = facts_for(request, body.prompt, body.intent, body.model)
     image_request = ImageRequest(
@@ -99,9 +99,9 @@ async def openai_images(request: Request) -> Response:
     if body.response_format == "url":
         data = await publish(request, served, fmt, body.output_compression)
     if data is None:  # b64_json, or no store could take the images: inline after all
-        encoded = await encode_images(request, served.result.images, ids, fmt, quality)
-        data = [{"b64_json": base64.b64encode(e).decode()} for e in encoded]
-    return JSONResponse({"created": int(time.time()), "data": data, "output_format": fmt}, headers=headers)
+        texts = await b64_images(request, served.result, ids, fmt, body.output_compression)
+        data = [{"b64_json": text} for text in texts]
+    return FastJSONResponse({"created": int(time.time()), "data": data, "output_format": fmt}, headers=headers)
 
 
 async def generate(request: Request) -> Response:
@@ -117,29 +117,27 @@ async def generate(request: Request) -> Response:
         fmt = "png"
     else:
         fmt = negotiate(None if as_json else accept)
-    quality = DEFAULT_QUALITY if body.quality is None else body.quality
     facts = facts_for(request, body.prompt, body.intent, body.model)
     request_seeds = client_seeds(body.seed, body.n)
     image_request = ImageRequest((body.prompt,) * body.n, request_seeds, body.steps, body.width, body.height)
     served = await serve(request, facts, image_request, started)
     headers = served_headers(served)
     ids = await tag_images(served, headers)
-    results = served.result.images
     seeds = served.seeds or ()
     if not as_json:
         if seeds:
             headers["X-Router-Seed"] = str(seeds[0])
         headers["Vary"] = "Accept"
-        (data,) = await encode_images(request, results[:1], ids[:1] if ids else None, fmt, quality)
+        (data,) = await encode_images(request, served.result, ids, fmt, body.quality, count=1)
         return Response(data, media_type=MIME[fmt], headers=headers)
     key = "b64_png" if fmt == "png" else "b64"
     images: list[dict[str, object]] = []
-    for i, encoded in enumerate(await encode_images(request, results, ids, fmt, quality)):
-        item: dict[str, object] = {key: base64.b64encode(encoded).decode()}
+    for i, text in enumerate(await b64_images(request, served.result, ids, fmt, body.quality)):
+        item: dict[str, object] = {key: text}
         if i < len(seeds):
             item["seed"] = seeds[i]
         images.append(item)
     payload = {"images": images, "format": fmt, "route": served.route.name, "model": served.model_tag}
     if served.cache is not None:
         payload["cache"] = served.cache
-    return JSONResponse(payload, headers=headers)
+    return FastJSONResponse(payload, headers=headers)

@@ -156,7 +156,7 @@ async def infer(request: Request) -> Response:
     served = await serve(request, facts, image_request, started, random_seeds=False)
     binary = wants_binary(decoded, "IMAGE")
     version = served.result.model_version or served.model.version or ""
-    images = served.result.images
+    images = await served.result.pixels()
 
     def encode() -> tuple[bytes, int | None]:
         return encode_response(alias, version, decoded.id, "IMAGE", images, binary)

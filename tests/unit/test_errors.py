@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import base64
+import io
+
 import aiohttp
-import httpx
+import orjson
 import pytest
+from PIL import Image
 from tritonclient.utils import InferenceServerException
 
 import router.errors as errors
 from router.backends._http1 import StaleConnection
-from router.backends.openai import map_httpx_error
+from router.backends.base import ImageResult
+from router.backends.openai import parse_images
 from router.backends.triton import map_triton_error
 
 
@@ -51,18 +56,45 @@ def test_triton_failures_are_mapped(exc: BaseException, expected: type[errors.Ro
     assert type(mapped) is expected
 
 
+def _b64(fmt: str) -> str:
+    out = io.BytesIO()
+    Image.new("RGB", (4, 4), (200, 10, 10)).save(out, format=fmt)
+    return base64.b64encode(out.getvalue()).decode()
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG", "WEBP"])
+def test_a_hosted_answer_is_kept_encoded_in_its_own_format(fmt: str) -> None:
+    text = _b64(fmt)
+    encoded = parse_images(orjson.dumps({"data": [{"b64_json": text}, {"b64_json": text}]}))
+    assert encoded.fmt == fmt.lower() and encoded.b64 == (text, text)
+    result = ImageResult(None, "", encoded=encoded)
+    assert result.passthrough(fmt.lower()) == (text, text) and result.passthrough("avif") is None
+    assert len(result) == 2 and result.images.shape == (2, 4, 4, 3)  # decoded on demand
+
+
 @pytest.mark.parametrize(
-    ("exc", "expected"),
+    "body",
     [
-        (httpx.ConnectTimeout("t"), errors.BackendTimeout),
-        (httpx.ReadTimeout("t"), errors.BackendTimeout),
-        (httpx.ConnectError("refused"), errors.BackendUnavailable),
-        (httpx.RemoteProtocolError("bad"), errors.BackendUnavailable),
-        (httpx.DecodingError("d"), errors.BackendError),
+        b"not json",
+        b"[]",
+        b'{"data": []}',
+        b'{"data": [{"url": "https://x/y.png"}]}',
+        b'{"data": [{"b64_json": "%%%%"}]}',
+        b'{"data": [{"b64_json": "aGVsbG8gd29ybGQgaGVsbG8gd29ybGQ="}]}',  # base64, not an image
+        orjson.dumps({"data": [{"b64_json": _b64("PNG")}, {"b64_json": _b64("JPEG")}]}),
     ],
 )
-def test_httpx_failures_are_mapped(exc: BaseException, expected: type[errors.RouterError]) -> None:
-    assert type(map_httpx_error(exc)) is expected
+def test_a_hosted_answer_that_is_not_images_is_a_backend_error(body: bytes) -> None:
+    with pytest.raises(errors.BackendError, match="not understood"):
+        parse_images(body)
+
+
+def test_a_hosted_image_that_does_not_decode_fails_when_its_pixels_are_needed() -> None:
+    broken = base64.b64encode(b"\x89PNG\r\n\x1a\n" + b"\0" * 40).decode()
+    result = ImageResult(None, "", encoded=parse_images(orjson.dumps({"data": [{"b64_json": broken}]})))
+    assert result.passthrough("png") == (broken,)  # passed through as the upstream sent it
+    with pytest.raises(errors.BackendError, match="not understood"):
+        _ = result.images
 
 
 @pytest.mark.parametrize(
