@@ -1,17 +1,16 @@
 """Assembling the Starlette application and its lifecycle.
 
-``create_app`` wires config → gateway → reloader → HTTP routes. The lifespan starts
-the file watcher and the ``SIGHUP`` handler and, on shutdown, stops them and closes
-the backend clients.
+``create_app`` wires the process's :class:`~router.runtime.Runtime` (config → gateway
+→ reloader, telemetry) to the HTTP routes and, when asked, the gRPC edge. Its lifespan
+starts the runtime and the gRPC server and, on shutdown, stops the gRPC server
+(draining its calls) before the runtime closes the backend clients.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import os
-import signal
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -21,15 +20,13 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from router.config import load_file
 from router.errors import NotFound
-from router.gateway import Gateway
 from router.http import admin_api, image_files, images_api, kserve_api, status_page
-from router.http.encode import shutdown_processes
 from router.http.errors import RequestIdMiddleware, exception_handlers
 from router.http.observe import ObserveMiddleware
-from router.reload import RoutesReloader
-from router.telemetry import AccessLog, Metrics, Tracing
+from router.rpc import GrpcEdge, GrpcOptions
+from router.runtime import Runtime
+from router.telemetry import Metrics, Tracing
 from router.telemetry.metrics import CONTENT_TYPE
 
 __all__ = ["create_app"]
@@ -50,10 +47,15 @@ def _routes() -> list[Route]:
         Route("/v2/health/live", k.live, methods=["GET"]),
         Route("/v2/health/ready", k.ready, methods=["GET"]),
         Route("/v2/repository/index", k.repository_index, methods=["POST"]),
+        Route("/v2/models/stats", k.model_stats, methods=["GET"]),
         Route("/v2/models/{model}", k.model_metadata, methods=["GET"]),
         Route("/v2/models/{model}/versions/{version}", k.model_metadata, methods=["GET"]),
         Route("/v2/models/{model}/ready", k.model_ready, methods=["GET"]),
         Route("/v2/models/{model}/versions/{version}/ready", k.model_ready, methods=["GET"]),
+        Route("/v2/models/{model}/config", k.model_config, methods=["GET"]),
+        Route("/v2/models/{model}/versions/{version}/config", k.model_config, methods=["GET"]),
+        Route("/v2/models/{model}/stats", k.model_stats, methods=["GET"]),
+        Route("/v2/models/{model}/versions/{version}/stats", k.model_stats, methods=["GET"]),
         Route("/v2/models/{model}/versions/{version}/infer", k.infer, methods=["POST"]),
         Route("/admin/reload", admin_api.admin_reload, methods=["POST"]),
         Route("/admin/config", admin_api.admin_config, methods=["GET"]),
@@ -86,63 +88,57 @@ def create_app(
     access_log_flush_s: float = 1.0,
     metrics: bool = True,
     tracing: Tracing | None = None,
+    grpc: GrpcOptions | None = None,
 ) -> Starlette:
     """Build the gateway for ``routes_path`` (validated now: a bad file fails fast).
 
     Tracing comes from the ``OTEL_*`` environment unless given (tests pass one with an
     in-memory exporter). With metrics, the access log and tracing all off, the
     observability middleware is not installed at all (``/metrics`` is then 404): the
-    baseline the overhead benchmark compares against."""
-    path = Path(routes_path)
-    tracing = Tracing.from_env() if tracing is None else tracing
-    registry = Metrics() if metrics else None
-    access = AccessLog(flush_interval_s=access_log_flush_s) if access_log else None
-    gateway = Gateway(load_file(path), metrics=registry, tracing=tracing)
-    reloader = RoutesReloader(path, gateway.swap, gateway.table)
-    if registry is not None:
-        registry.watch(
-            lambda: {
-                **gateway.state(),
-                "reloads": reloader.counts,
-                "access_log_dropped": access.dropped if access is not None else 0,
-            }
-        )
+    baseline the overhead benchmark compares against. With ``grpc`` the KServe gRPC
+    edge serves beside HTTP, on the same loop and the same :class:`Runtime`."""
+    runtime = Runtime(
+        routes_path,
+        watch=watch,
+        access_log=access_log,
+        access_log_flush_s=access_log_flush_s,
+        metrics=metrics,
+        tracing=tracing,
+    )
     token = admin_token if admin_token is not None else os.environ.get("ROUTER_ADMIN_TOKEN")
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        stop = asyncio.Event()
-        watcher = asyncio.create_task(reloader.watch(stop)) if watch else None
-        loop = asyncio.get_running_loop()
-        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
-            loop.add_signal_handler(signal.SIGHUP, reloader.reload)
+        await runtime.start()
+        edge = None
         try:
+            if grpc is not None:
+                edge = GrpcEdge(runtime.gateway, runtime.recorder, runtime.tracing, grpc)
+                await edge.start()
+                app.state.grpc_port = edge.port
             yield
         finally:
-            stop.set()
-            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
-                loop.remove_signal_handler(signal.SIGHUP)
-            if watcher is not None:
-                watcher.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await watcher
-            await gateway.aclose()
-            shutdown_processes()
-            tracing.shutdown()
-            if access is not None:
-                access.flush()
+            if edge is not None:
+                await edge.stop()
+            await runtime.stop()
 
     middleware = [Middleware(RequestIdMiddleware)]
-    if registry is not None or access is not None or tracing.tracer is not None:
-        middleware.append(Middleware(ObserveMiddleware, metrics=registry, tracing=tracing, access_log=access))
+    if runtime.recorder.on or runtime.tracing.tracer is not None:
+        middleware.append(
+            Middleware(
+                ObserveMiddleware, metrics=runtime.metrics, tracing=runtime.tracing, access_log=runtime.access_log
+            )
+        )
     app = Starlette(
         routes=_routes(),
         middleware=middleware,
         exception_handlers=exception_handlers,
         lifespan=lifespan,
     )
-    app.state.gateway = gateway
-    app.state.reloader = reloader
+    app.state.runtime = runtime
+    app.state.gateway = runtime.gateway
+    app.state.reloader = runtime.reloader
     app.state.admin_token = token or None
-    app.state.metrics = registry
+    app.state.metrics = runtime.metrics
+    app.state.grpc_port = None
     return app

@@ -63,6 +63,10 @@ def _serve_args(p: argparse.ArgumentParser) -> None:
         help="write buffered access log lines this often (0: every line at once; default 1)",
     )
     p.add_argument("--no-metrics", action="store_true", help="no Prometheus metrics (/metrics is 404)")
+    p.add_argument(
+        "--grpc-port", type=int, default=8081, help="KServe v2 gRPC and gRPC health (default 8081; 0 picks one)"
+    )
+    p.add_argument("--no-grpc", action="store_true", help="HTTP only")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -159,15 +163,19 @@ def _run_gateway(args: argparse.Namespace) -> None:
     import uvicorn
 
     from router.app import create_app
+    from router.rpc import GrpcOptions
 
+    grpc = None if args.no_grpc else GrpcOptions(host=args.host, port=args.grpc_port)
     app = create_app(
         args.routes,
         watch=not args.no_watch,
         access_log=not args.no_access_log,
         access_log_flush_s=args.access_log_flush,
         metrics=not args.no_metrics,
+        grpc=grpc,
     )
-    print(f"gateway listening on http://{args.host}:{args.port}  (routes: {args.routes})", flush=True)
+    grpc_note = "" if grpc is None else f", gRPC on {args.host}:{args.grpc_port or '(a free port)'}"
+    print(f"gateway listening on http://{args.host}:{args.port}{grpc_note}  (routes: {args.routes})", flush=True)
     uvicorn.run(
         app,
         host=args.host,

@@ -115,6 +115,11 @@ class _Progress:
     start: float
     deadline: float
     reasons: list[tuple[str, str]] = field(default_factory=list)
+
+    @property
+    def budget_ms(self) -> float:
+        return round((self.deadline - self.start) * 1000, 1)
+
     attempts: int = 0
     backend_s: float = 0.0
     first_attempt_at: float | None = None
@@ -265,9 +270,13 @@ class Dispatcher:
         priority: int | None = None,
         started: float | None = None,
         cache: CachePlan | None = None,
+        budget_s: float | None = None,
     ) -> Served:
+        """``budget_s`` caps the route's budget: a client's own deadline (a gRPC
+        deadline, KServe's ``timeout`` parameter) when it is the shorter."""
         start = self.clock() if started is None else started
-        progress = _Progress(start, start + route.budget_ms / 1000)
+        budget = route.budget_ms / 1000 if budget_s is None else max(0.0, min(route.budget_ms / 1000, budget_s))
+        progress = _Progress(start, start + budget)
         chain = list(chain_for(choice.arm.model, route.fallback))
         hedge = route.hedge_after_ms is not None or route.hedge_p95
         keys: dict[str, CacheKey] = {}
@@ -630,7 +639,8 @@ class Dispatcher:
         if progress.attempts == 0 and any(why in OVERLOAD_REASONS for _, why in reasons):
             retry_after = max(1, math.ceil(progress.drain_s or 0.0))
             return Overloaded(
-                f"shed: the work queued ahead would make every tier miss the {route.budget_ms:g} ms budget ({detail})",
+                f"shed: the work queued ahead would make every tier miss the {progress.budget_ms:g} ms budget "
+                f"({detail})",
                 retry_after_s=retry_after,
                 route=route.name,
             )
@@ -639,7 +649,7 @@ class Dispatcher:
             if self.metrics is not None:
                 self.metrics.budget_exhausted.labels(route.name).inc()
             return BudgetExhausted(
-                f"no tier could answer within the {route.budget_ms:g} ms budget ({detail})",
+                f"no tier could answer within the {progress.budget_ms:g} ms budget ({detail})",
                 route=route.name,
                 attempts=progress.attempts,
             )

@@ -25,7 +25,7 @@ from router.backends.base import consecutive_seeds
 from router.backends.pool import BackendPool
 from router.cache import ResultCache, derive_seeds, open_store
 from router.cache.hitters import HeavyHitters
-from router.config.table import Backend, CacheConfig, Route, RoutingTable
+from router.config.table import Backend, CacheConfig, Model, Route, RoutingTable
 from router.dispatch import CachePlan, Dispatcher, Served
 from router.errors import InvalidRequest
 from router.fill import UPGRADE_REASONS, Filler, FillJob
@@ -111,6 +111,7 @@ class Gateway:
         started: float | None = None,
         cache_control: str | None = None,
         random_seeds: bool = True,
+        budget_s: float | None = None,
     ) -> Served:
         """Route, pick an arm and serve. A request without seeds gets them here, once
         the route is known: derived from the prompt on a ``seedless: share`` cache
@@ -131,7 +132,7 @@ class Gateway:
         if self.cache is not None:  # background work exists only with a cache: it paces by this
             self.fill.note_live(choice.arm.model, *route.fallback)
         served = await self.dispatcher.serve(
-            table, route, choice, request, priority or route.priority, started=started, cache=plan
+            table, route, choice, request, priority or route.priority, started=started, cache=plan, budget_s=budget_s
         )
         if plan is not None and self.cache is not None:
             self.cache.stats.count(route.name, served.model_tag, served.cache or "MISS")
@@ -196,6 +197,37 @@ class Gateway:
             return None if forecast is None else forecast.expected_s
 
         return explain(table, facts, forecast_s, query)
+
+    # -- what the KServe front doors (HTTP and gRPC) ask besides inference --------------
+
+    def resolve(self, alias: str) -> Model:
+        """The concrete model behind a logical name, by the same rules as inference (the
+        route it selects, first arm); an unknown name is a 404 ``model_not_found``."""
+        table = self._table
+        return table.models[select_route(table, RequestFacts(prompt="", model=alias)).arms[0].model]
+
+    def aliases(self) -> list[str]:
+        return self._table.aliases()
+
+    async def model_ready(self, alias: str) -> bool:
+        model = self.resolve(alias)
+        return await self.pool.get(model.backend).model_ready(model)
+
+    async def model_metadata(self, alias: str) -> dict[str, Any]:
+        """The resolved model's metadata, under the logical name it was asked by."""
+        model = self.resolve(alias)
+        meta = await self.pool.get(model.backend).model_metadata(model)
+        return {**meta, "name": alias}
+
+    async def model_config(self, alias: str) -> dict[str, Any]:
+        model = self.resolve(alias)
+        config = await self.pool.get(model.backend).model_config(model)
+        return {**config, "name": alias}
+
+    async def model_statistics(self, alias: str) -> dict[str, Any]:
+        model = self.resolve(alias)
+        stats = await self.pool.get(model.backend).model_statistics(model)
+        return {"model_stats": [{**entry, "name": alias} for entry in stats.get("model_stats", [])]}
 
     def backend_snapshots(self) -> dict[str, list[dict[str, Any]]]:
         return {name: backend.snapshot() for name, backend in self.pool.items()}

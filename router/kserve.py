@@ -31,6 +31,7 @@ __all__ = [
     "decode_response",
     "encode_request",
     "encode_response",
+    "tensor",
     "wants_binary",
 ]
 
@@ -104,7 +105,9 @@ def _bytes_elements(raw: bytes, count: int, name: str) -> list[bytes]:
     return out
 
 
-def _tensor(spec: dict[str, Any], binary: memoryview | None, name: str) -> NDArray[Any]:
+def tensor(spec: dict[str, Any], binary: memoryview | None, name: str) -> NDArray[Any]:
+    """One input tensor from its spec (``datatype``, ``shape``, JSON ``data``) or its raw
+    bytes (``binary``: Triton's binary extension, or gRPC's ``raw_input_contents``)."""
     datatype = spec.get("datatype")
     shape = spec.get("shape")
     if not isinstance(shape, list) or not all(_dimension(d) for d in shape):
@@ -171,7 +174,7 @@ def decode_request(body: bytes, header_length: int | None) -> InferRequest:
                 raise InvalidRequest(f"{name}: binary_data_size exceeds the body", field=name)
             binary = tail[offset : offset + size]
             offset += size
-        inputs[name] = _tensor(spec, binary, name)
+        inputs[name] = tensor(spec, binary, name)
     if offset != len(tail):
         raise InvalidRequest("body has binary data no input claims")
     rid = header.get("id")
@@ -187,7 +190,13 @@ def wants_binary(request: InferRequest, output: str) -> bool:
 
 
 def encode_response(
-    model_name: str, model_version: str, request_id: str | None, name: str, array: NDArray[Any], binary: bool
+    model_name: str,
+    model_version: str,
+    request_id: str | None,
+    name: str,
+    array: NDArray[Any],
+    binary: bool,
+    parameters: dict[str, Any] | None = None,
 ) -> tuple[bytes, int | None]:
     """Encode one UINT8 output tensor; returns the body and the JSON header length."""
     output: dict[str, Any] = {"name": name, "datatype": "UINT8", "shape": list(array.shape)}
@@ -199,6 +208,8 @@ def encode_response(
     header: dict[str, Any] = {"model_name": model_name, "model_version": model_version, "outputs": [output]}
     if request_id is not None:
         header["id"] = request_id
+    if parameters:
+        header["parameters"] = parameters
     head = orjson.dumps(header, option=orjson.OPT_SERIALIZE_NUMPY)
     if binary:
         return head + flat.tobytes(), len(head)

@@ -50,9 +50,12 @@ class GatewayProcess:
         self.routes = routes
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        self.grpc_port = free_port()
+        self.grpc_target = f"127.0.0.1:{self.grpc_port}"
         self.log = log
         env = {**os.environ, "TRITON_URL": triton_url, "ROUTER_ADMIN_TOKEN": ADMIN_TOKEN, **(env or {})}
         cmd = [sys.executable, "-m", "router.cli", "serve", "--routes", str(routes), "--port", str(self.port)]
+        cmd += ["--grpc-port", str(self.grpc_port)]
         cmd += ["--log-level", "warning", *(extra or [])]
         self._log_file = open(log, "wb")  # noqa: SIM115 - closed in stop()
         self.process = subprocess.Popen(cmd, env=env, stdout=self._log_file, stderr=subprocess.STDOUT, cwd=cwd)

@@ -143,6 +143,14 @@ class ImageBackend(Protocol):
 
     async def model_metadata(self, model: Model) -> dict[str, Any]: ...
 
+    async def model_config(self, model: Model) -> dict[str, Any]:
+        """The model's configuration as Triton's ``/v2/models/{m}/config`` gives it."""
+        ...
+
+    async def model_statistics(self, model: Model) -> dict[str, Any]:
+        """Triton's ``/v2/models/{m}/stats`` answer (``{"model_stats": [...]}``)."""
+        ...
+
     def available(self, model: Model) -> bool:
         """False while every endpoint that could serve ``model`` has an open circuit."""
         ...

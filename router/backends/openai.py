@@ -151,6 +151,12 @@ class OpenAIImagesBackend:
     async def model_metadata(self, model: Model) -> dict[str, Any]:
         return {"name": model.name, "versions": [], "platform": "openai", "inputs": [], "outputs": []}
 
+    async def model_config(self, model: Model) -> dict[str, Any]:
+        return {"name": model.name, "platform": "openai", "backend": "openai", "max_batch_size": 0}
+
+    async def model_statistics(self, model: Model) -> dict[str, Any]:
+        return {"model_stats": []}  # a hosted API publishes none
+
     def snapshot(self) -> list[dict[str, Any]]:
         circuits = {m: b.state for m, b in self._breakers.items()}
         return [{"url": self.spec.url, "healthy": True, "model_circuits": circuits}]

@@ -248,6 +248,20 @@ class TritonBackend:
             raise map_triton_error(exc) from exc
         return dict(meta)
 
+    async def model_config(self, model: Model) -> dict[str, Any]:
+        try:
+            config = await self._client().get_model_config(model.remote_name, model.version or "")
+        except Exception as exc:
+            raise map_triton_error(exc) from exc
+        return dict(config)
+
+    async def model_statistics(self, model: Model) -> dict[str, Any]:
+        try:
+            stats = await self._client().get_inference_statistics(model.remote_name, model.version or "")
+        except Exception as exc:
+            raise map_triton_error(exc) from exc
+        return dict(stats)
+
     def available(self, model: Model) -> bool:
         return self.replicas.available(model.name)
 

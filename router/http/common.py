@@ -19,6 +19,7 @@ from router.errors import InvalidRequest, PayloadTooLarge, UnsupportedMediaType
 from router.gateway import Gateway
 from router.http.encode import encode_images_off_loop, encode_off_loop
 from router.http.formats import DEFAULT_QUALITY
+from router.inference import MAX_PROMPT_CHARS, canary_choice, priority_level, served_tags
 from router.policy.match import RequestFacts
 
 __all__ = [
@@ -43,7 +44,6 @@ __all__ = [
 ]
 
 MAX_BODY_BYTES = 1 << 20
-MAX_PROMPT_CHARS = 4000  # every API; the models themselves refuse more than 4096 bytes
 M = TypeVar("M", bound=BaseModel)
 
 
@@ -105,23 +105,11 @@ def facts_for(request: Request, prompt: str, intent: str | None, model: str | No
 def served_headers(served: Served) -> dict[str, str]:
     """The ``X-Router-*`` tags and ``Server-Timing`` for a served request, and on a
     cached route ``X-Cache`` and ``Age`` (``ETag`` needs the pixels: :func:`etag`)."""
-    headers = {
-        "X-Router-Route": served.route.name,
-        "X-Router-Model": served.model_tag,
-        "X-Router-Attempts": str(served.attempts),
-        "X-Router-Canary": "true" if served.canary else "false",
-        "Server-Timing": (
-            f"queue;dur={served.queue_s * 1000:.1f}, backend;dur={served.backend_s * 1000:.1f}, "
-            f"total;dur={served.total_s * 1000:.1f}"
-        ),
-    }
-    if served.fallback:
-        headers["X-Router-Fallback"] = ", ".join(f"{m}:{why}" for m, why in served.fallback)
-    if served.hedged:
-        headers["X-Router-Hedged"] = "true"
-    if served.cache is not None:
-        headers["X-Cache"] = served.cache
-        headers["Age"] = str(int(served.age_s))
+    headers = served_tags(served)
+    headers["Server-Timing"] = (
+        f"queue;dur={served.queue_s * 1000:.1f}, backend;dur={served.backend_s * 1000:.1f}, "
+        f"total;dur={served.total_s * 1000:.1f}"
+    )
     return headers
 
 
@@ -223,31 +211,33 @@ def gateway_of(request: Request) -> Gateway:
 
 
 async def serve(
-    request: Request, facts: RequestFacts, image_request: ImageRequest, started: float, random_seeds: bool = True
+    request: Request,
+    facts: RequestFacts,
+    image_request: ImageRequest,
+    started: float,
+    random_seeds: bool = True,
+    priority: int | None = None,
+    budget_s: float | None = None,
 ) -> Served:
     """Hand a decoded request to the gateway with the routing extras every API shares:
-    query parameters (for ``sticky: query:...``), ``X-Canary`` and ``X-Priority``."""
+    query parameters (for ``sticky: query:...``), ``X-Canary`` and ``X-Priority`` (a
+    ``priority`` from the body's own parameters wins)."""
     return await gateway_of(request).generate(
         facts,
         image_request,
         query=request.query_params,
         canary=canary_override(request),
-        priority=priority_of(request),
+        priority=priority if priority is not None else priority_of(request),
         started=started,
         cache_control=request.headers.get("cache-control"),
         random_seeds=random_seeds,
+        budget_s=budget_s,
     )
 
 
 def canary_override(request: Request) -> str | None:
-    value = request.headers.get("x-canary", "").strip().lower()
-    return value if value in ("always", "never") else None
+    return canary_choice(request.headers.get("x-canary"))
 
 
 def priority_of(request: Request) -> int | None:
-    value = request.headers.get("x-priority")
-    if value is None:
-        return None
-    if value not in ("1", "2", "3"):
-        raise InvalidRequest("X-Priority must be 1 (highest), 2 or 3", field="X-Priority")
-    return int(value)
+    return priority_level(request.headers.get("x-priority"))

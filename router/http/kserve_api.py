@@ -3,41 +3,39 @@
 An unmodified ``tritonclient.http`` client pointed at the gateway works: the model in
 the URL is a *logical* name (a model alias or a route name) routed by the same rules
 as every other request — the prompt is read from the ``PROMPT`` tensor, the intent
-from ``X-Intent`` or the ``intent`` request parameter. The answer names the logical
-model and the version that served it, and carries the usual ``X-Router-*`` tags.
+from ``X-Intent`` or the ``intent`` request parameter. ``priority`` and ``timeout``
+are honoured as Triton honours them (:func:`router.inference.infer_options`). The
+answer names the logical model, carries the usual ``X-Router-*`` tags, and says in its
+``parameters`` which route, model and version served it. Bodies may come compressed
+(``Content-Encoding: gzip | deflate``, as ``tritonclient``'s
+``request_compression_algorithm`` sends them) and answers are compressed on
+``Accept-Encoding``. ``/config`` and ``/stats`` answer for the model a name resolves
+to, under that name, as Triton's own tools expect.
 """
 
 from __future__ import annotations
 
 import time
-from typing import Any
+import zlib
 
-from numpy.typing import NDArray
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from router import __version__
 from router.backends.base import ImageRequest
-from router.errors import InvalidRequest
-from router.gateway import Gateway
-from router.http.common import (
-    MAX_PROMPT_CHARS,
-    facts_for,
-    gateway_of,
-    read_body,
-    serve,
-    served_headers,
-    tag_images,
-)
+from router.errors import InvalidRequest, PayloadTooLarge
+from router.http.common import facts_for, gateway_of, read_body, serve, served_headers, tag_images
 from router.http.encode import encode_off_loop
+from router.inference import image_request, infer_options, served_parameters
 from router.kserve import InferRequest, decode_request, encode_response, wants_binary
-from router.policy.match import RequestFacts, select_route
 
 __all__ = [
     "infer",
     "live",
+    "model_config",
     "model_metadata",
     "model_ready",
+    "model_stats",
     "parse_infer",
     "ready",
     "repository_index",
@@ -45,13 +43,8 @@ __all__ = [
 ]
 
 MAX_INFER_BODY = 1 << 20
-_OPTIONAL = {"SEED": "seeds", "STEPS": "steps", "WIDTH": "width", "HEIGHT": "height"}
-
-
-def _resolve(gateway: Gateway, alias: str) -> str:
-    """The concrete model behind a logical name, by the same rules as inference (the
-    route it selects, first arm); an unknown name is a 404."""
-    return select_route(gateway.table, RequestFacts(prompt="", model=alias)).arms[0].model
+COMPRESS_MIN_BYTES = 1024  # smaller answers are sent as they are
+_WBITS = {"gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
 
 
 async def server_metadata(request: Request) -> Response:
@@ -69,68 +62,72 @@ async def ready(request: Request) -> Response:
 
 
 async def model_metadata(request: Request) -> Response:
+    return JSONResponse(await gateway_of(request).model_metadata(request.path_params["model"]))
+
+
+async def model_config(request: Request) -> Response:
+    return JSONResponse(await gateway_of(request).model_config(request.path_params["model"]))
+
+
+async def model_stats(request: Request) -> Response:
+    """One name's statistics, or (``/v2/models/stats``) every name's."""
     gateway = gateway_of(request)
-    alias = request.path_params["model"]
-    model = gateway.table.models[_resolve(gateway, alias)]
-    meta = await gateway.pool.get(model.backend).model_metadata(model)
-    meta["name"] = alias
-    return JSONResponse(meta)
+    alias = request.path_params.get("model")
+    if alias is not None:
+        return JSONResponse(await gateway.model_statistics(alias))
+    entries = []
+    for name in gateway.aliases():
+        entries += (await gateway.model_statistics(name))["model_stats"]
+    return JSONResponse({"model_stats": entries})
 
 
 async def model_ready(request: Request) -> Response:
-    gateway = gateway_of(request)
-    model = gateway.table.models[_resolve(gateway, request.path_params["model"])]
-    ok = await gateway.pool.get(model.backend).model_ready(model)
+    ok = await gateway_of(request).model_ready(request.path_params["model"])
     return Response(status_code=200 if ok else 503)
 
 
 async def repository_index(request: Request) -> Response:
-    names = gateway_of(request).table.aliases()
-    return JSONResponse([{"name": n, "state": "READY"} for n in names])
+    return JSONResponse([{"name": n, "state": "READY"} for n in gateway_of(request).aliases()])
 
 
-_RANGES = {"SEED": (-(2**63), 2**63 - 1), "STEPS": (1, 2**31 - 1), "WIDTH": (1, 2**31 - 1), "HEIGHT": (1, 2**31 - 1)}
-
-
-def _int_input(array: NDArray[Any] | None, name: str) -> NDArray[Any] | None:
-    """An optional integer input, within what the model contract's tensor type holds
-    (the model itself checks its own, narrower limits)."""
-    if array is None:
-        return None
-    if array.dtype.kind not in "iu" or array.size == 0:
-        raise InvalidRequest(f"{name}: expected an integer tensor", field=name)
-    low, high = _RANGES[name]
-    if int(array.min()) < low or int(array.max()) > high:
-        raise InvalidRequest(f"{name}: must be between {low} and {high}", field=name)
-    return array.reshape(-1)
-
-
-def _image_request(inputs: dict[str, NDArray[Any]]) -> ImageRequest:
-    prompt = inputs.get("PROMPT")
-    if prompt is None or prompt.dtype != object or prompt.size == 0:
-        raise InvalidRequest("PROMPT: a BYTES input is required", field="PROMPT")
+def _inflate(body: bytes, encoding: str, limit: int) -> bytes:
+    """A ``gzip`` or ``deflate`` body, refusing (413) one that inflates past ``limit``
+    before inflating the rest: a small bomb must not cost the memory it claims."""
+    wbits = _WBITS.get(encoding.strip().lower())
+    if wbits is None:
+        raise InvalidRequest(
+            f"Content-Encoding {encoding!r} is not supported (gzip, deflate)", field="Content-Encoding"
+        )
+    inflater = zlib.decompressobj(wbits)
     try:
-        prompts = tuple(p.decode("utf-8") for p in prompt.reshape(-1))
-    except UnicodeDecodeError:
-        raise InvalidRequest("PROMPT: not valid UTF-8", field="PROMPT") from None
-    if not all(p.strip() for p in prompts):
-        raise InvalidRequest("PROMPT: must not be empty", field="PROMPT")
-    if any(len(p) > MAX_PROMPT_CHARS for p in prompts):
-        raise InvalidRequest(f"PROMPT: longer than {MAX_PROMPT_CHARS} characters", field="PROMPT")
-    unknown = set(inputs) - {"PROMPT", *_OPTIONAL}
-    if unknown:
-        raise InvalidRequest(f"unknown input {sorted(unknown)[0]!r}", field=sorted(unknown)[0])
-    values: dict[str, Any] = {}
-    for name, attr in _OPTIONAL.items():
-        array = _int_input(inputs.get(name), name)
-        if array is None:
-            continue
-        if attr == "seeds":
-            seeds = array.tolist() if array.size == len(prompts) else [int(array[0])] * len(prompts)
-            values["seeds"] = tuple(int(s) for s in seeds)
-        else:
-            values[attr] = int(array[0])
-    return ImageRequest(prompts=prompts, **values)
+        out = inflater.decompress(body, limit + 1)
+    except zlib.error as exc:
+        raise InvalidRequest(f"body is not valid {encoding}: {exc}", field="Content-Encoding") from None
+    if len(out) > limit or inflater.unconsumed_tail:
+        raise PayloadTooLarge(f"body inflates past the {limit}-byte limit", limit=limit)
+    if not inflater.eof:
+        raise InvalidRequest(f"body is truncated {encoding}", field="Content-Encoding")
+    return out
+
+
+def _accepted_encoding(accept: str | None) -> str | None:
+    """The first of gzip, deflate the client accepts (q=0 refuses)."""
+    if not accept:
+        return None
+    offered = {}
+    for part in accept.lower().split(","):
+        name, _, params = part.strip().partition(";")
+        refused = params.replace(" ", "") in ("q=0", "q=0.0", "q=0.00", "q=0.000")
+        offered[name.strip()] = not refused
+    for encoding in ("gzip", "deflate"):
+        if offered.get(encoding):
+            return encoding
+    return None
+
+
+def _compress(data: bytes, encoding: str) -> bytes:
+    deflater = zlib.compressobj(6, zlib.DEFLATED, _WBITS[encoding])
+    return deflater.compress(data) + deflater.flush()
 
 
 def parse_infer(body: bytes, header_length: str | None) -> tuple[InferRequest, ImageRequest]:
@@ -143,28 +140,39 @@ def parse_infer(body: bytes, header_length: str | None) -> tuple[InferRequest, I
     for spec in decoded.outputs or []:
         if spec.get("name") != "IMAGE":
             raise InvalidRequest("the only output is IMAGE", field="outputs")
-    return decoded, _image_request(decoded.inputs)
+    return decoded, image_request(decoded.inputs)
 
 
 async def infer(request: Request) -> Response:
     started = time.monotonic()
     alias = request.path_params["model"]
     body = await read_body(request, MAX_INFER_BODY)
-    decoded, image_request = parse_infer(body, request.headers.get("inference-header-content-length"))
-    intent = decoded.parameters.get("intent")
-    facts = facts_for(request, image_request.prompts[0], intent if isinstance(intent, str) else None, alias)
-    served = await serve(request, facts, image_request, started, random_seeds=False)
+    content_encoding = request.headers.get("content-encoding")
+    if content_encoding and content_encoding.strip().lower() != "identity":
+        body = _inflate(body, content_encoding, MAX_INFER_BODY)
+    decoded, image_req = parse_infer(body, request.headers.get("inference-header-content-length"))
+    options = infer_options(decoded.parameters)
+    facts = facts_for(request, image_req.prompts[0], options.intent, alias)
+    served = await serve(
+        request, facts, image_req, started, random_seeds=False, priority=options.priority, budget_s=options.budget_s
+    )
     binary = wants_binary(decoded, "IMAGE")
     version = served.result.model_version or served.model.version or ""
     images = await served.result.pixels()
+    parameters = served_parameters(served)
 
     def encode() -> tuple[bytes, int | None]:
-        return encode_response(alias, version, decoded.id, "IMAGE", images, binary)
+        return encode_response(alias, version, decoded.id, "IMAGE", images, binary, parameters)
 
     # a binary answer is one copy of the tensor: only JSON text scales badly enough to move
     payload, head = encode() if binary else await encode_off_loop(images, encode)
     headers = served_headers(served)
     await tag_images(served, headers)
+    encoding = _accepted_encoding(request.headers.get("accept-encoding"))
+    if encoding is not None and len(payload) >= COMPRESS_MIN_BYTES:
+        payload = await encode_off_loop(images, lambda: _compress(payload, encoding))
+        headers["Content-Encoding"] = encoding
+        headers["Vary"] = "Accept-Encoding"
     if head is None:
         return Response(payload, media_type="application/json", headers=headers)
     headers["Inference-Header-Content-Length"] = str(head)

@@ -23,18 +23,11 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from router.telemetry import AccessLog, Metrics, Tracing
+from router.telemetry.requests import TAG_NAMES, Recorder
 
 __all__ = ["ObserveMiddleware", "api_of"]
 
-_TAGS = {
-    b"x-router-route": "route",
-    b"x-router-model": "model",
-    b"x-router-attempts": "attempts",
-    b"x-router-canary": "canary",
-    b"x-router-fallback": "fallback",
-    b"x-router-hedged": "hedged",
-    b"x-cache": "cache",
-}
+_TAGS = {name.encode(): short for name, short in TAG_NAMES.items()}
 
 
 _TRACE_HEADERS = (b"traceparent", b"tracestate", b"baggage")
@@ -51,24 +44,13 @@ def api_of(path: str) -> str | None:
     return None
 
 
-def _outcome(status: int, tags: dict[str, str]) -> str:
-    if status < 300:
-        return "downgraded" if "fallback" in tags else "ok"
-    if status == 429:
-        return "refused"
-    if status == 504:
-        return "budget_exhausted"
-    return "client_error" if status < 500 else "failed"
-
-
 class ObserveMiddleware:
     def __init__(
         self, app: ASGIApp, metrics: Metrics | None, tracing: Tracing, access_log: AccessLog | None = None
     ) -> None:
         self.app = app
-        self.metrics = metrics
+        self.recorder = Recorder(metrics, access_log)
         self.tracer = tracing.tracer
-        self.access_log = access_log
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         api = api_of(scope["path"]) if scope["type"] == "http" else None
@@ -89,26 +71,13 @@ class ObserveMiddleware:
         else:
             await self._traced(api, scope, receive, observe_send, seen)
         elapsed = time.perf_counter() - start
-        status, tags = seen["status"], seen["tags"]
-        if self.metrics is not None:
-            self.metrics.observe_request(
-                api, tags.get("route", ""), tags.get("model", ""), status, _outcome(status, tags), elapsed
-            )
-            if "cache" in tags:
-                self.metrics.cache_result(tags.get("route", ""), tags.get("model", ""), tags["cache"])
-        if self.access_log is not None:
-            self.access_log.record(
-                {
-                    "ts": round(time.time(), 3),
-                    "request_id": scope.get("state", {}).get("request_id", ""),
-                    "method": scope["method"],
-                    "path": scope["path"],
-                    "api": api,
-                    "status": status,
-                    "latency_ms": round(elapsed * 1000, 2),
-                    **tags,
-                }
-            )
+        if self.recorder.on:
+            fields = {
+                "request_id": scope.get("state", {}).get("request_id", ""),
+                "method": scope["method"],
+                "path": scope["path"],
+            }
+            self.recorder.finish(api, seen["status"], seen["tags"], elapsed, fields)
 
     async def _traced(self, api: str, scope: Scope, receive: Receive, send: Send, seen: dict[str, Any]) -> None:
         """The SERVER span, current while the request runs (attempt spans are its children)."""

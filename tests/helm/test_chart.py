@@ -105,6 +105,15 @@ def test_defaults_render_what_an_operator_expects() -> None:
     assert "nvidia.com/gpu" not in triton["containers"][0]["resources"].get("limits", {})
     assert "--model-control-mode=explicit" in triton["containers"][0]["args"]
     assert "OTEL_TRACES_EXPORTER" not in env, "tracing is off unless enabled"
+    # the gRPC front door: in the pod's args, as a named container port, and on the Service
+    assert "--grpc-port=8081" in container["args"]
+    assert {"name": "grpc", "containerPort": 8081, "protocol": "TCP"} in container["ports"]
+    service = by_kind(docs, "Service", "gateway")
+    grpc_port = next(p for p in service["spec"]["ports"] if p["name"] == "grpc")
+    assert grpc_port["port"] == 8081 and grpc_port["targetPort"] == "grpc" and grpc_port["appProtocol"] == "grpc"
+    off = by_kind(render({"gateway": {"grpc": {"enabled": False}}}), "Deployment", "gateway")
+    off_container = off["spec"]["template"]["spec"]["containers"][0]
+    assert "--no-grpc" in off_container["args"] and all(p["name"] != "grpc" for p in off_container["ports"])
 
 
 def test_the_disruption_budget_keeps_a_gateway_serving_and_selects_only_gateway_pods() -> None:

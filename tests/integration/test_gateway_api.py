@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -119,6 +120,48 @@ def test_unmodified_tritonclient_through_the_gateway(gw: GatewayProcess, triton:
     assert info.value.status() == "404"
     via.close()
     direct.close()
+
+
+def test_what_tritons_own_tools_call_besides_infer(gw: GatewayProcess) -> None:
+    """config and statistics under logical names, Triton's request parameters,
+    compressed bodies both ways, and what served the request in the answer."""
+    client = httpclient.InferenceServerClient(gw.url.removeprefix("http://"), network_timeout=60)
+    config = client.get_model_config("sketch")  # a route name resolves to its model
+    assert config["name"] == "sketch" and config["backend"] == "python" and config["max_batch_size"] > 0
+    stats = client.get_inference_statistics("draft")["model_stats"]
+    assert stats and {s["name"] for s in stats} == {"draft"}
+    everything = httpx.get(gw.url + "/v2/models/stats", timeout=30).json()["model_stats"]
+    assert {"draft", "quality", "sketch"} <= {s["name"] for s in everything}
+
+    p = httpclient.InferInput("PROMPT", [1, 1], "BYTES")
+    p.set_data_from_numpy(np.array([[b"a sketch of a gull"]], dtype=object))
+    for compression in ("gzip", "deflate"):
+        result = client.infer(
+            "auto",
+            [p],
+            request_compression_algorithm=compression,
+            response_compression_algorithm=compression,
+            priority=1,
+            timeout=5_000_000,
+        )
+        assert result.as_numpy("IMAGE") is not None
+        assert result.get_response()["parameters"]["router_route"] == "sketch"
+        assert result.get_response()["parameters"]["router_model"] == "draft"
+    client.close()
+
+    import gzip
+
+    body = json.dumps({"inputs": [{"name": "PROMPT", "shape": [1], "datatype": "BYTES", "data": ["x"]}]}).encode()
+    bomb = gzip.compress(body[:-1] + b" " * (4 << 20) + body[-1:])  # 4 MiB of spaces inflate from ~4 KiB
+    r = httpx.post(gw.url + "/v2/models/draft/infer", content=bomb, headers={"Content-Encoding": "gzip"})
+    assert r.status_code == 413 and r.json()["code"] == "payload_too_large"
+    r = httpx.post(gw.url + "/v2/models/draft/infer", content=b"not gzip", headers={"Content-Encoding": "gzip"})
+    assert r.status_code == 400 and "gzip" in r.json()["error"]
+    r = httpx.post(gw.url + "/v2/models/draft/infer", content=body, headers={"Content-Encoding": "br"})
+    assert r.status_code == 400 and "Content-Encoding" in r.json()["error"]
+    bad = json.dumps({"inputs": json.loads(body)["inputs"], "parameters": {"timeout": -5}}).encode()
+    r = httpx.post(gw.url + "/v2/models/draft/infer", content=bad)
+    assert r.status_code == 400 and "parameters.timeout" in r.json()["error"]
 
 
 @pytest.mark.parametrize(

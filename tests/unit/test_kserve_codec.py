@@ -190,3 +190,64 @@ def test_decode_response_fails_only_with_value_error(header: object, tail: bytes
     for length in (len(head), None):
         with contextlib.suppress(ValueError):
             decode_response(head + tail if length else head, length, "IMAGE")
+
+
+# -- the gRPC edge: protobuf messages and Triton's request parameters -------------------
+
+_DATATYPES = st.sampled_from(["BYTES", "INT64", "INT32", "UINT8", "FP32", "BOOL", "FP16", "", "STRING", "INT128"])
+
+
+@st.composite
+def _infer_messages(draw: st.DrawFn) -> object:
+    from tritonclient.grpc import service_pb2 as pb
+
+    message = pb.ModelInferRequest(model_name=draw(st.text(max_size=8)))
+    raw = draw(st.booleans())
+    for _ in range(draw(st.integers(0, 3))):
+        name = draw(st.sampled_from(["PROMPT", "SEED", "STEPS", "WIDTH", "X", ""]))
+        shape = draw(st.lists(st.integers(-2, 4), max_size=3))
+        spec = message.inputs.add(name=name, datatype=draw(_DATATYPES), shape=shape)
+        if raw:
+            message.raw_input_contents.append(draw(st.binary(max_size=24)))
+        else:
+            spec.contents.bytes_contents.extend(draw(st.lists(st.binary(max_size=6), max_size=3)))
+            spec.contents.int64_contents.extend(draw(st.lists(st.integers(-(2**63), 2**63 - 1), max_size=3)))
+    if draw(st.booleans()) and message.raw_input_contents:
+        message.raw_input_contents.append(b"extra")
+    return message
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(message=_infer_messages())
+def test_generated_grpc_messages_are_decoded_or_refused_with_invalid_request(message: object) -> None:
+    from router.inference import image_request
+    from router.rpc.tensors import decode_inputs
+
+    with contextlib.suppress(InvalidRequest):
+        image_request(decode_inputs(message))
+
+
+@pytest.mark.parametrize(
+    ("parameters", "priority", "budget_s"),
+    [
+        ({}, None, None),
+        ({"priority": 0, "timeout": 0}, None, None),  # Triton's "default" and "none"
+        ({"priority": 1, "timeout": 250_000}, 1, 0.25),
+        ({"priority": 9}, 3, None),  # past the gateway's levels: its lowest
+    ],
+)
+def test_priority_and_timeout_are_read_as_triton_reads_them(
+    parameters: dict[str, object], priority: int | None, budget_s: float | None
+) -> None:
+    from router.inference import infer_options
+
+    options = infer_options(parameters)
+    assert (options.priority, options.budget_s) == (priority, budget_s)
+
+
+@pytest.mark.parametrize("parameters", [{"priority": -1}, {"timeout": "soon"}, {"priority": True}, {"timeout": 1.5}])
+def test_bad_priority_or_timeout_is_a_400_naming_it(parameters: dict[str, object]) -> None:
+    from router.inference import infer_options
+
+    with pytest.raises(InvalidRequest, match="parameters"):
+        infer_options(parameters)

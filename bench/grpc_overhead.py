@@ -1,0 +1,107 @@
+"""gRPC front-door overhead: the same `noop` request over gRPC straight to Triton and
+through the gateway's gRPC port — the method of `bench/overhead.py` (HTTP), side by side
+with it in the same run.
+
+Starts a real Triton (noop only) and a real gateway (`router serve`, as shipped: metrics
+and the access log on), then from one and from 32 concurrent `tritonclient.grpc.aio`
+clients sends the same KServe request (PROMPT + SEED, IMAGE as raw output) and prints
+the added p50/p99 latency and the gateway's CPU time per request (user + system from
+/proc). The HTTP rows (`tritonclient`'s binary request through httpx) are measured in the
+same run, so the two front doors compare as ratios.
+
+    .venv/bin/python bench/grpc_overhead.py [--requests 2000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import tritonclient.grpc.aio as aiogrpc
+from tritonclient.grpc import InferInput
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from common import pct  # noqa: E402
+from overhead import cpu_seconds, measure, write_routes  # noqa: E402
+
+from router.triton import TritonConfig, TritonServer  # noqa: E402
+from tests.procs import GatewayProcess  # noqa: E402
+
+
+def grpc_inputs() -> list[InferInput]:
+    prompt = InferInput("PROMPT", [1, 1], "BYTES")
+    prompt.set_data_from_numpy(np.array([[b"a red fox in the snow"]], dtype=object))
+    seed = InferInput("SEED", [1, 1], "INT64")
+    seed.set_data_from_numpy(np.array([[7]], dtype=np.int64))
+    return [prompt, seed]
+
+
+async def measure_grpc(target: str, concurrency: int, total: int) -> list[float]:
+    client = aiogrpc.InferenceServerClient(target)
+    inputs = grpc_inputs()
+    latencies: list[float] = []
+    try:
+        for _ in range(50):  # warm-up: the channel, caches, estimates
+            await client.infer("noop", inputs)
+        queue = list(range(total))
+
+        async def worker() -> None:
+            while queue:
+                queue.pop()
+                t0 = time.perf_counter()
+                await client.infer("noop", inputs)
+                latencies.append(time.perf_counter() - t0)
+
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+    finally:
+        await client.close()
+    return latencies
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--requests", type=int, default=2000)
+    args = parser.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="bench-grpc-"))
+    routes = write_routes(tmp)
+    triton = TritonServer(TritonConfig(ROOT / "model_repository", ["noop"]), open(tmp / "triton.log", "wb"))  # noqa: SIM115
+    triton.start()
+    triton.wait_ready()
+    gateway = GatewayProcess(routes, triton.http_url, tmp / "gateway.log")
+    triton_grpc = f"127.0.0.1:{triton.config.grpc_port}"
+    try:
+        columns = ["protocol", "clients", "direct p50", "direct p99", "gateway p50", "gateway p99", "added p50"]
+        print("| " + " | ".join([*columns, "gateway CPU/req"]) + " |")
+        print("|---|---|---|---|---|---|---|---|")
+        for concurrency in (1, 32):
+            for protocol in ("gRPC", "HTTP"):
+                if protocol == "gRPC":
+                    direct = asyncio.run(measure_grpc(triton_grpc, concurrency, args.requests))
+                    before = cpu_seconds(gateway.process.pid)
+                    via = asyncio.run(measure_grpc(gateway.grpc_target, concurrency, args.requests))
+                else:
+                    direct = asyncio.run(measure(triton.http_url, concurrency, args.requests))
+                    before = cpu_seconds(gateway.process.pid)
+                    via = asyncio.run(measure(gateway.url, concurrency, args.requests))
+                cpu = (cpu_seconds(gateway.process.pid) - before) / (args.requests + 50)
+                print(
+                    f"| {protocol} | {concurrency} | {pct(direct, 0.5):.2f} ms | {pct(direct, 0.99):.2f} ms | "
+                    f"{pct(via, 0.5):.2f} ms | {pct(via, 0.99):.2f} ms | {pct(via, 0.5) - pct(direct, 0.5):+.2f} ms | "
+                    f"{cpu * 1000:.3f} ms |"
+                )
+        print(f"\n{args.requests} requests per cell, after 50 warm-up requests per cell.")
+    finally:
+        gateway.stop()
+        triton.stop()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,79 @@
+"""What one gateway process runs, whichever servers face its clients.
+
+The gateway (data plane), the ``routes.yaml`` reloader with its file watcher and
+``SIGHUP`` handler, metrics, the access log and tracing belong to the process, not to
+the HTTP server: the HTTP app (:mod:`router.app`) and the gRPC edge
+(:mod:`router.rpc`) are both handed this one :class:`Runtime`, and its
+:meth:`~Runtime.start` and :meth:`~Runtime.stop` run once, around both.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from pathlib import Path
+
+from router.config import load_file
+from router.gateway import Gateway
+from router.http.encode import shutdown_processes
+from router.reload import RoutesReloader
+from router.telemetry import AccessLog, Metrics, Tracing
+from router.telemetry.requests import Recorder
+
+__all__ = ["Runtime"]
+
+
+class Runtime:
+    def __init__(
+        self,
+        routes_path: str | Path,
+        *,
+        watch: bool = True,
+        access_log: bool = True,
+        access_log_flush_s: float = 1.0,
+        metrics: bool = True,
+        tracing: Tracing | None = None,
+    ) -> None:
+        """Validates ``routes_path`` now: a bad file fails fast, before any server."""
+        path = Path(routes_path)
+        self.watch = watch
+        self.tracing = Tracing.from_env() if tracing is None else tracing
+        self.metrics = Metrics() if metrics else None
+        self.access_log = AccessLog(flush_interval_s=access_log_flush_s) if access_log else None
+        self.recorder = Recorder(self.metrics, self.access_log)
+        self.gateway = Gateway(load_file(path), metrics=self.metrics, tracing=self.tracing)
+        self.reloader = RoutesReloader(path, self.gateway.swap, self.gateway.table)
+        if self.metrics is not None:
+            access = self.access_log
+            self.metrics.watch(
+                lambda: {
+                    **self.gateway.state(),
+                    "reloads": self.reloader.counts,
+                    "access_log_dropped": access.dropped if access is not None else 0,
+                }
+            )
+        self._stop = asyncio.Event()
+        self._watcher: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        """The file watcher and the ``SIGHUP`` handler, on the running loop."""
+        if self.watch:
+            self._watcher = asyncio.create_task(self.reloader.watch(self._stop))
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self.reloader.reload)
+
+    async def stop(self) -> None:
+        """After the servers stopped taking requests: close clients, flush signals."""
+        self._stop.set()
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
+        if self._watcher is not None:
+            self._watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watcher
+        await self.gateway.aclose()
+        shutdown_processes()
+        self.tracing.shutdown()
+        if self.access_log is not None:
+            self.access_log.flush()
