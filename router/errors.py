@@ -18,7 +18,8 @@ ever handles these::
     │   ├── UnknownModel             404 model_not_found
     │   ├── MethodNotAllowed         405 method_not_allowed
     │   ├── PayloadTooLarge          413 payload_too_large
-    │   └── UnsupportedMediaType     415 unsupported_media_type
+    │   ├── UnsupportedMediaType     415 unsupported_media_type
+    │   └── ClientGone               499 client_closed_request (the client left first: nginx's 499)
     ├── BackendError                 502 backend_error       (one attempt failed)
     │   ├── BackendRejected          400 backend_rejected    (the model refused the input)
     │   ├── BackendUnavailable       503 backend_unavailable (refused, 5xx, queue full)
@@ -159,6 +160,14 @@ class PayloadTooLarge(ClientError):
 class UnsupportedMediaType(ClientError):
     status = 415
     code = "unsupported_media_type"
+
+
+class ClientGone(ClientError):
+    """The client closed the connection (or cancelled the call) before its answer: the
+    work for it was cancelled. Only logs and metrics see this; nobody reads the answer."""
+
+    status = 499
+    code = "client_closed_request"
 
 
 class BackendError(RouterError):

@@ -31,6 +31,7 @@ __all__ = [
     "decode_response",
     "encode_request",
     "encode_response",
+    "raw_tensor",
     "tensor",
     "wants_binary",
 ]
@@ -225,13 +226,18 @@ def _serialize_bytes(values: NDArray[Any]) -> bytes:
     return b"".join(parts)
 
 
+def raw_tensor(datatype: str, array: NDArray[Any]) -> bytes:
+    """A tensor's raw bytes as both protocols carry them (BYTES: length-prefixed)."""
+    return _serialize_bytes(array) if datatype == "BYTES" else np.ascontiguousarray(array).tobytes()
+
+
 def encode_request(
     inputs: list[tuple[str, str, NDArray[Any]]], parameters: dict[str, Any], binary_outputs: list[str]
 ) -> tuple[bytes, int]:
     """Encode an infer request with every input as binary data; returns body, header length."""
     specs, blobs = [], []
     for name, datatype, array in inputs:
-        raw = _serialize_bytes(array) if datatype == "BYTES" else np.ascontiguousarray(array).tobytes()
+        raw = raw_tensor(datatype, array)
         specs.append(
             {
                 "name": name,

@@ -25,6 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from router.backends._grpc import GrpcChannel
 from router.backends._http1 import Http1Pool
 from router.config.table import Backend, Model
 from router.policy.circuit import CircuitBreaker
@@ -40,6 +41,7 @@ class Replica:
     url: str
     pool: Http1Pool
     breaker: CircuitBreaker
+    grpc: GrpcChannel | None = None  # inference over gRPC (the backend's protocol: grpc)
     healthy: bool = True
     outstanding: int = 0
     served: int = 0
@@ -88,11 +90,15 @@ class ReplicaSet:
     def __init__(self, spec: Backend, clock: Callable[[], float]) -> None:
         self.spec = spec
         self.clock = clock
+        targets = spec.grpc_targets or ("",) * len(spec.urls)
         self.replicas = [
             Replica(
-                url, Http1Pool.for_url(url, spec.max_connections, spec.connect_timeout_s), CircuitBreaker(spec.circuit)
+                url,
+                Http1Pool.for_url(url, spec.max_connections, spec.connect_timeout_s),
+                CircuitBreaker(spec.circuit),
+                GrpcChannel(target) if spec.protocol == "grpc" else None,
             )
-            for url in spec.urls
+            for url, target in zip(spec.urls, targets, strict=True)
         ]
         self._health: asyncio.Task[None] | None = None
 
@@ -168,6 +174,8 @@ class ReplicaSet:
                 await self._health
         for replica in self.replicas:
             await replica.pool.aclose()
+            if replica.grpc is not None:
+                await replica.grpc.aclose()
 
     def snapshot(self) -> list[dict[str, Any]]:
         return [r.snapshot() for r in self.replicas]

@@ -22,6 +22,7 @@ from typing import Any
 from urllib.parse import quote
 
 import aiohttp
+import grpc
 import numpy as np
 import tritonclient.http.aio as aioclient
 from numpy.typing import NDArray
@@ -29,6 +30,7 @@ from opentelemetry import propagate, trace
 from tenacity import AsyncRetrying, RetryCallState, stop_after_attempt, wait_random_exponential
 from tritonclient.utils import InferenceServerException
 
+from router.backends._grpc import GrpcChannel, decode_image, infer_message, is_unreachable, map_grpc_error
 from router.backends._http1 import Http1Response, StaleConnection
 from router.backends.base import ImageRequest, ImageResult
 from router.backends.replicas import Replica, ReplicaSet
@@ -92,6 +94,14 @@ def _error_message(body: bytes) -> str:
     except (ValueError, AttributeError):
         message = None
     return str(message) if message else body[:200].decode("utf-8", "replace")
+
+
+class _Unreachable(Exception):
+    """The replica could not be reached: its mapped error, and why, for taking it out."""
+
+    def __init__(self, error: BackendError, why: str) -> None:
+        self.error = error
+        self.why = why
 
 
 class TritonBackend:
@@ -178,6 +188,51 @@ class TritonBackend:
     async def _infer(
         self, replica: Replica, model: Model, request: ImageRequest, timeout_s: float, priority: int | None
     ) -> ImageResult:
+        """One call on ``replica`` (over its protocol), with the replica's bookkeeping:
+        its lane, circuits and health."""
+        replica.outstanding += 1
+        lane = replica.lane(model)
+        t0 = self.clock()
+        ticket = lane.send(t0)
+        try:
+            if replica.grpc is not None:
+                result = await self._call_grpc(replica.grpc, model, request, timeout_s, priority)
+            else:
+                result = await self._call_http(replica, model, request, timeout_s, priority)
+        except _Unreachable as exc:
+            lane.done(ticket, self.clock(), ok=False)
+            replica.failed += 1
+            replica.breaker.record(self.clock(), False)
+            self.replicas.mark_down(replica, exc.why)
+            raise exc.error from exc.__cause__
+        except asyncio.CancelledError:
+            if replica.grpc is not None:  # the call is cancelled in Triton too: it stops
+                lane.cancel(ticket, self.clock())
+            else:  # HTTP: Triton computes it anyway
+                lane.abandon(ticket, self.clock())
+            if self.clock() - t0 >= 0.9 * timeout_s:  # ran out its time here: count it
+                replica.failed += 1
+                replica.model_breaker(model.name).record(self.clock(), False)
+            raise
+        except BackendError as failure:  # Triton answered, with an error
+            if isinstance(failure, BackendTimeout):  # timed out in Triton's queue: what is
+                lane.abandon(ticket, self.clock())  # ahead of it runs on, as if we gave up
+            else:
+                lane.done(ticket, self.clock(), ok=False)
+            counts_against = not isinstance(failure, BackendRejected) and not failure.retryable
+            replica.model_breaker(model.name).record(self.clock(), not counts_against)
+            raise
+        finally:
+            replica.outstanding -= 1
+        lane.done(ticket, self.clock(), ok=True)
+        replica.served += 1
+        replica.breaker.record(self.clock(), True)
+        replica.model_breaker(model.name).record(self.clock(), True)
+        return result
+
+    async def _call_http(
+        self, replica: Replica, model: Model, request: ImageRequest, timeout_s: float, priority: int | None
+    ) -> ImageResult:
         parameters: dict[str, Any] = {"timeout": max(1, int(timeout_s * 1_000_000))}
         if priority:
             parameters["priority"] = priority
@@ -191,42 +246,36 @@ class TritonBackend:
         }
         if trace.get_current_span().get_span_context().is_valid:  # tracing on: W3C traceparent
             propagate.inject(headers)
-        replica.outstanding += 1
-        lane = replica.lane(model)
-        t0 = self.clock()
-        ticket = lane.send(t0)
         try:
             response = await replica.pool.request(path + "/infer", body, headers)
         except OSError as exc:
-            lane.done(ticket, self.clock(), ok=False)
-            replica.failed += 1
-            replica.breaker.record(self.clock(), False)
-            self.replicas.mark_down(replica, f"{type(exc).__name__}: {exc}")
-            raise map_triton_error(exc) from exc
-        except asyncio.CancelledError:
-            lane.abandon(ticket, self.clock())
-            if self.clock() - t0 >= 0.9 * timeout_s:  # ran out its time here: count it
-                replica.failed += 1
-                replica.model_breaker(model.name).record(self.clock(), False)
-            raise
-        finally:
-            replica.outstanding -= 1
+            raise _Unreachable(map_triton_error(exc), f"{type(exc).__name__}: {exc}") from exc
         if response.status != 200:
-            failure = map_triton_error(
-                InferenceServerException(_error_message(response.body), status=str(response.status))
-            )
-            if isinstance(failure, BackendTimeout):  # timed out in Triton's queue: what is
-                lane.abandon(ticket, self.clock())  # ahead of it runs on, as if we gave up
-            else:
-                lane.done(ticket, self.clock(), ok=False)
-            counts_against = not isinstance(failure, BackendRejected) and not failure.retryable
-            replica.model_breaker(model.name).record(self.clock(), not counts_against)
-            raise failure
-        lane.done(ticket, self.clock(), ok=True)
-        replica.served += 1
-        replica.breaker.record(self.clock(), True)
-        replica.model_breaker(model.name).record(self.clock(), True)
+            raise map_triton_error(InferenceServerException(_error_message(response.body), status=str(response.status)))
         return _result(model, response)
+
+    async def _call_grpc(
+        self, channel: GrpcChannel, model: Model, request: ImageRequest, timeout_s: float, priority: int | None
+    ) -> ImageResult:
+        """Over gRPC: when the awaiting task is cancelled (the budget's timeout, a hedge's
+        loser, the client gone), grpc.aio cancels the call and Triton drops the work."""
+        message = infer_message(model.remote_name, model.version or "", _inputs(request), timeout_s, priority)
+        metadata: dict[str, str] = {}
+        if trace.get_current_span().get_span_context().is_valid:
+            propagate.inject(metadata)
+        try:
+            response = await channel.infer(message, timeout_s, list(metadata.items()))
+        except grpc.aio.AioRpcError as exc:
+            if is_unreachable(exc):
+                raise _Unreachable(map_grpc_error(exc), f"gRPC {exc.code().name}: {exc.details()}") from exc
+            raise map_grpc_error(exc) from exc
+        try:
+            images, version = decode_image(response)
+        except ValueError as exc:
+            raise BackendError(f"{model.remote_name} sent an answer that is not KServe v2: {exc}") from exc
+        if images.ndim != 4:
+            raise BackendError(f"{model.remote_name} returned no valid IMAGE tensor")
+        return ImageResult(images, version or model.version or "")
 
     async def ready(self) -> bool:
         self.replicas.start()

@@ -16,6 +16,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 from pydantic import ValidationError
 
@@ -192,6 +193,9 @@ class _Compiler:
         urls = tuple(u.rstrip("/") for u in (b.urls or [b.url or ""]))
         if len(set(urls)) != len(urls):
             self.fail(("backends", name, "urls"), "replica URLs must be distinct")
+        if b.grpc_urls is not None and len(b.grpc_urls) != len(urls):
+            self.fail(("backends", name, "grpc_urls"), f"give one host:port per replica URL ({len(urls)})")
+        grpc_targets = tuple(b.grpc_urls or (f"{urlsplit(u).hostname}:{b.grpc_port}" for u in urls))
         r, c = b.retry, b.circuit
         self.backends[name] = Backend(
             name,
@@ -199,6 +203,8 @@ class _Compiler:
             urls[0],
             max_connections=b.max_connections,
             replicas=urls,
+            protocol=b.protocol,
+            grpc_targets=grpc_targets,
             health_interval_s=b.health_interval_ms / 1000,
             health_timeout_s=b.health_timeout_ms / 1000,
             retry=RetryPolicy(

@@ -60,12 +60,18 @@ class CircuitSpec(Strict):
 
 
 class TritonBackendSpec(Strict):
-    """A Triton server, or several replicas of one (KServe v2 over HTTP)."""
+    """A Triton server, or several replicas of one. Inference goes over ``protocol``:
+    ``http`` (KServe v2 with binary tensors) or ``grpc``, where abandoning a call (a
+    timeout, a hedge's loser, a client gone) cancels it in Triton. Health checks and
+    metadata always use the HTTP ``url``; the gRPC endpoint of each replica is its
+    host at ``grpc_port``, or the matching entry of ``grpc_urls`` (``host:port``)."""
 
     type: Literal["triton"] = "triton"
     url: URL | None = None
     urls: list[URL] | None = Field(default=None, min_length=1)
-    protocol: Literal["http"] = "http"
+    protocol: Literal["http", "grpc"] = "http"
+    grpc_port: int = Field(default=8001, ge=1, le=65535)
+    grpc_urls: list[Annotated[str, Field(pattern=r"^[^\s/:]+:\d{1,5}$")]] | None = Field(default=None, min_length=1)
     max_connections: int = Field(default=256, gt=0)
     health_interval_ms: float = Field(default=1000, gt=0)
     health_timeout_ms: float = Field(default=500, gt=0)

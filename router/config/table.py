@@ -56,6 +56,8 @@ class Backend:
     connect_timeout_s: float = 2.0
     max_connections: int = 256
     replicas: tuple[str, ...] = ()
+    protocol: str = "http"  # Triton inference: "http" | "grpc"
+    grpc_targets: tuple[str, ...] = ()  # host:port per replica, aligned with urls
     health_interval_s: float = 1.0
     health_timeout_s: float = 0.5
     retry: RetryPolicy = field(default_factory=RetryPolicy)

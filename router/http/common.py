@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import json
+from collections.abc import Awaitable
 from typing import Any, TypeVar
 
 import orjson
@@ -15,7 +17,7 @@ from starlette.responses import JSONResponse
 from router.backends.base import ImageRequest, ImageResult, consecutive_seeds
 from router.cache import image_id
 from router.dispatch import Served
-from router.errors import InvalidRequest, PayloadTooLarge, UnsupportedMediaType
+from router.errors import ClientGone, InvalidRequest, PayloadTooLarge, UnsupportedMediaType
 from router.gateway import Gateway
 from router.http.encode import encode_images_off_loop, encode_off_loop
 from router.http.formats import DEFAULT_QUALITY
@@ -222,7 +224,7 @@ async def serve(
     """Hand a decoded request to the gateway with the routing extras every API shares:
     query parameters (for ``sticky: query:...``), ``X-Canary`` and ``X-Priority`` (a
     ``priority`` from the body's own parameters wins)."""
-    return await gateway_of(request).generate(
+    call = gateway_of(request).generate(
         facts,
         image_request,
         query=request.query_params,
@@ -233,6 +235,50 @@ async def serve(
         random_seeds=random_seeds,
         budget_s=budget_s,
     )
+    return await _while_connected(request, call)
+
+
+WATCH_AFTER_S = 0.05  # a request done sooner never pays for a watcher
+
+
+async def _while_connected(request: Request, call: Awaitable[Served]) -> Served:
+    """``call``, cancelled if the client disconnects first: its attempts are cancelled
+    with it (over gRPC to Triton, the work itself stops), and the request ends as
+    :class:`ClientGone` (499) in the metrics and the access log.
+
+    The body has been read, so the next ASGI message can only be ``http.disconnect``;
+    a small task waits for it — started only once the request has run for
+    :data:`WATCH_AFTER_S`: a task for every request cost the `noop` request measurable
+    CPU (0.58-0.82 against 0.55-0.61 ms in one A/B run; with the delay 0.51-0.59 against
+    0.52-0.53), and abandoning a request that fast saves nothing."""
+    task = asyncio.current_task()
+    assert task is not None
+    watcher: asyncio.Task[None] | None = None
+    gone = False
+
+    async def watch() -> None:
+        nonlocal gone
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+        gone = True
+        task.cancel()
+
+    def start() -> None:
+        nonlocal watcher
+        watcher = asyncio.ensure_future(watch())
+
+    timer = asyncio.get_running_loop().call_later(WATCH_AFTER_S, start)
+    try:
+        return await call
+    except asyncio.CancelledError:
+        if not gone:
+            raise
+        task.uncancel()
+        raise ClientGone("the client closed the connection before its answer") from None
+    finally:
+        timer.cancel()
+        if watcher is not None:
+            watcher.cancel()
 
 
 def canary_override(request: Request) -> str | None:

@@ -24,6 +24,10 @@ __all__ = ["MAX_PROMPT_BYTES", "Generation", "InvalidInput", "Limits", "parse_re
 MAX_PROMPT_BYTES = 4096
 
 
+class Cancelled(Exception):
+    """The client (or the gateway) gave up on this request: stop, answer CANCELLED."""
+
+
 class InvalidInput(ValueError):
     """A request that breaks the contract; the message names the tensor."""
 

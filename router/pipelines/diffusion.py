@@ -13,12 +13,15 @@ The module never imports Triton: it is tested and benchmarked as a plain library
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
+
+from router.pipelines.contract import Cancelled
 
 __all__ = ["PRESETS", "ImagePipeline", "Preset", "build_random_pipeline"]
 
@@ -183,9 +186,26 @@ class ImagePipeline:
         vae_scale = getattr(pipe, "vae_scale_factor", 8)
         self.size_multiple = int(vae_scale)
 
-    def generate(self, prompt: str, seed: int, steps: int, width: int, height: int) -> NDArray[Any]:
-        """Return one image as ``uint8[height, width, 3]``."""
+    def generate(
+        self,
+        prompt: str,
+        seed: int,
+        steps: int,
+        width: int,
+        height: int,
+        cancelled: Callable[[], bool] | None = None,
+    ) -> NDArray[Any]:
+        """Return one image as ``uint8[height, width, 3]``.
+
+        ``cancelled`` is asked after every denoising step; when it says so the pipeline
+        stops there (raising :class:`Cancelled`): abandoned work costs at most one step,
+        not the rest of the image and its VAE decode."""
         import torch
+
+        def check(pipe: Any, step: int, timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:
+            if cancelled is not None and cancelled():
+                raise Cancelled(f"cancelled after step {step + 1} of {steps}")
+            return tensors
 
         generator = torch.Generator(device="cpu").manual_seed(seed)
         with torch.inference_mode():
@@ -197,6 +217,7 @@ class ImagePipeline:
                 guidance_scale=1.0,
                 generator=generator,
                 output_type="np",
+                callback_on_step_end=check if cancelled is not None else None,
             )
         image = np.asarray(out.images[0])
         return np.ascontiguousarray((image.clip(0.0, 1.0) * 255.0).round().astype(np.uint8))

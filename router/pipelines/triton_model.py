@@ -7,20 +7,24 @@ them all. ``checkpoint`` (a local directory, relative paths resolved against the
 directory) switches from seeded random weights to a ``from_pretrained`` load.
 
 Each request in a batch is validated and answered on its own: one bad request gets a
-400 (``INVALID_ARG``) and never fails its batch-mates or the model process.
+400 (``INVALID_ARG``) and never fails its batch-mates or the model process. A request
+its client cancelled (Triton marks it when a gRPC call is cancelled or its deadline
+passes) is not started, or stops after the denoising step it is in, and is answered
+``CANCELLED``: abandoned work must not keep the model busy while live requests wait.
 """
 
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 from numpy.typing import NDArray
 
-from router.pipelines.contract import Generation, InvalidInput, Limits, parse_request
+from router.pipelines.contract import Cancelled, Generation, InvalidInput, Limits, parse_request
 
 __all__ = ["NoopGenerator", "TritonPythonModel", "build_generator"]
 
@@ -30,7 +34,7 @@ INPUT_NAMES = ("PROMPT", "SEED", "STEPS", "WIDTH", "HEIGHT")
 class Generator(Protocol):
     limits: Limits
 
-    def __call__(self, job: Generation) -> NDArray[Any]: ...
+    def __call__(self, job: Generation, cancelled: Callable[[], bool] | None = None) -> NDArray[Any]: ...
 
 
 class NoopGenerator:
@@ -38,7 +42,7 @@ class NoopGenerator:
 
     limits = Limits(width=8, height=8, steps=1, max_side=64, max_steps=1000)
 
-    def __call__(self, job: Generation) -> NDArray[Any]:
+    def __call__(self, job: Generation, cancelled: Callable[[], bool] | None = None) -> NDArray[Any]:
         ys, xs = np.mgrid[0 : job.height, 0 : job.width]
         image = np.stack([xs * 4 % 256, ys * 4 % 256, np.full_like(xs, 128)], axis=-1)
         return np.asarray(image, dtype=np.uint8)
@@ -70,8 +74,8 @@ class DiffusionGenerator:
         # One warm-up image so the first real request does not pay for lazy setup.
         self.pipeline.generate("warm-up", 0, preset.steps, preset.width, preset.height)
 
-    def __call__(self, job: Generation) -> NDArray[Any]:
-        return self.pipeline.generate(job.prompt, job.seed, job.steps, job.width, job.height)
+    def __call__(self, job: Generation, cancelled: Callable[[], bool] | None = None) -> NDArray[Any]:
+        return self.pipeline.generate(job.prompt, job.seed, job.steps, job.width, job.height, cancelled)
 
 
 def build_generator(params: dict[str, str], model_dir: Path, device: str) -> Generator:
@@ -116,13 +120,20 @@ class TritonPythonModel:
                     tensor = pb_utils.get_input_tensor_by_name(request, name)
                     inputs[name] = None if tensor is None else tensor.as_numpy()
                 jobs = parse_request(inputs, self.generator.limits)
-                images = [self.generator(job) for job in jobs]
+                images = []
+                for job in jobs:
+                    if request.is_cancelled():  # given up while queued, or between images
+                        raise Cancelled("cancelled before it started")
+                    images.append(self.generator(job, request.is_cancelled))
                 if len({image.shape for image in images}) > 1:
                     raise InvalidInput("WIDTH/HEIGHT: rows of one request must share a size")
                 out = pb_utils.Tensor("IMAGE", np.stack(images))
                 responses.append(pb_utils.InferenceResponse(output_tensors=[out]))
             except InvalidInput as exc:
                 error = pb_utils.TritonError(str(exc), pb_utils.TritonError.INVALID_ARG)
+                responses.append(pb_utils.InferenceResponse(error=error))
+            except Cancelled as exc:
+                error = pb_utils.TritonError(str(exc), pb_utils.TritonError.CANCELLED)
                 responses.append(pb_utils.InferenceResponse(error=error))
             except Exception as exc:  # noqa: BLE001 - one request fails, the process lives
                 error = pb_utils.TritonError(f"{type(exc).__name__}: {exc}", pb_utils.TritonError.INTERNAL)

@@ -172,6 +172,21 @@ class Lane:
         self._backoff = min(_MAX_BACKOFF, self._backoff * 2)
         self._promote(now, exact=True)
 
+    def cancel(self, ticket: Ticket, now: float) -> None:
+        """The gateway gave up on ``ticket`` and the server dropped it (a cancelled gRPC
+        call: Triton drops it queued and the model stops within one step): it leaves
+        the queue, or frees its instance now instead of running on as abandoned work."""
+        self._expire(now)
+        if ticket in self._queued:
+            self._queued.remove(ticket)
+            return
+        if ticket not in self._running:
+            return
+        self._running.remove(ticket)
+        ran = now - (ticket.started if ticket.started is not None else ticket.sent)
+        self.estimate.censored(ran, now)
+        self._promote(now, exact=False)  # within a step of now, not at it: no sample
+
     # -- the forecast ----------------------------------------------------------------
 
     def forecast(self, now: float, extra_ahead: int = 0) -> Forecast:

@@ -105,6 +105,25 @@ def test_abandoned_work_keeps_the_instance_busy_queued_or_running() -> None:
     assert lane.forecast(clock.now).ahead == 0
 
 
+def test_cancelled_work_frees_its_place_at_once() -> None:
+    """Over gRPC the gateway's cancel reaches Triton: a queued request leaves the queue and
+    a running one stops within a step, so neither is still ahead of the next request."""
+    clock = Clock()
+    lane = Lane(prior_s=1.0)
+    running = lane.send(clock.now)
+    queued = lane.send(clock.now)
+    waiting = lane.send(clock.now)
+    clock.now += 0.5
+    lane.cancel(queued, clock.now)
+    assert lane.forecast(clock.now).ahead == 2 and lane.forecast(clock.now).expected_s == pytest.approx(1.5 + 1.0)
+    lane.cancel(running, clock.now)  # the waiting one runs now: one ahead, about 1 s
+    f = lane.forecast(clock.now)
+    assert f.ahead == 1 and f.expected_s == pytest.approx(1.0 + 1.0)
+    lane.done(waiting, clock.now + 1.0, ok=True)
+    assert lane.forecast(clock.now + 1.0).ahead == 0
+    assert lane.estimate.typical_s == pytest.approx(1.0), "a guessed start gives no sample"
+
+
 def test_the_service_sample_excludes_the_time_spent_queued() -> None:
     clock = Clock()
     lane = Lane(prior_s=1.0)

@@ -1,0 +1,131 @@
+"""Abandoned work is cancelled in Triton when the backend speaks gRPC.
+
+The proof is the model's own process: the CPU time of the quality model's Python
+backend stub, read from /proc, after the gateway gave up on a request at 0.3 s. Over
+gRPC it stops growing within one denoising step; over HTTP Triton computes the whole
+image for nobody (the contrast is asserted too, so the measurement itself is shown to
+see the difference).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import grpc
+import httpx
+import numpy as np
+import tritonclient.grpc as grpcclient
+
+from router.triton import TritonServer
+from tests.procs import GatewayProcess
+
+Start = Callable[..., GatewayProcess]
+
+ROUTES = """
+backends:
+  triton: {{url: "${{TRITON_URL}}", protocol: {protocol}, grpc_urls: ["127.0.0.1:{grpc_port}"]}}
+models:
+  quality: {{backend: triton, triton_model: quality, latency_hint_ms: 200}}
+  draft: {{backend: triton, triton_model: draft, latency_hint_ms: 150}}
+routes:
+  - name: abandon
+    match: {{intent: abandon}}
+    model: quality
+    budget_ms: 300
+default_route: {{model: draft, budget_ms: 10000}}
+"""
+
+
+def _quality_cpu_s() -> float:
+    """CPU seconds used so far by the quality model's backend process(es)."""
+    pids = subprocess.run(
+        ["pgrep", "-f", "triton_python_backend_stub.*/quality/"], capture_output=True, text=True
+    ).stdout.split()
+    total = 0.0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except FileNotFoundError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
+def _quiet(timeout_s: float = 30.0) -> float:
+    """Wait until the quality model is idle (no CPU for 0.6 s); its CPU time then."""
+    deadline = time.monotonic() + timeout_s
+    last = _quality_cpu_s()
+    while time.monotonic() < deadline:
+        time.sleep(0.6)
+        now = _quality_cpu_s()
+        if now - last < 0.02:
+            return now
+        last = now
+    raise AssertionError("the quality model never went idle")
+
+
+def _spent_after_abandoning(gw: GatewayProcess) -> float:
+    """Model CPU spent on one quality request the gateway abandons at its 300 ms budget."""
+    before = _quiet()
+    r = httpx.post(gw.url + "/api/v1/generate", json={"prompt": "a castle", "intent": "abandon", "seed": 1}, timeout=30)
+    assert r.status_code == 504 and r.json()["error"]["code"] == "budget_exhausted", r.text
+    return _quiet() - before
+
+
+def test_an_abandoned_quality_request_stops_within_a_step_over_grpc(start_gateway: Start, triton: TritonServer) -> None:
+    full_before = _quiet()
+    client = grpcclient.InferenceServerClient(f"127.0.0.1:{triton.config.grpc_port}")
+    p = grpcclient.InferInput("PROMPT", [1, 1], "BYTES")
+    p.set_data_from_numpy(np.array([[b"a castle"]], dtype=object))
+    client.infer("quality", [p])  # one whole image, for scale
+    client.close()
+    full = _quiet() - full_before
+
+    port = triton.config.grpc_port
+    over_grpc = _spent_after_abandoning(start_gateway(ROUTES.format(protocol="grpc", grpc_port=port), name="grpc.yaml"))
+    over_http = _spent_after_abandoning(start_gateway(ROUTES.format(protocol="http", grpc_port=port), name="http.yaml"))
+    print(f"\nquality model CPU: whole {full:.2f} s; abandoned at 0.3 s: gRPC {over_grpc:.2f}, HTTP {over_http:.2f} s")
+    assert over_grpc < 0.3 + 0.35 * full, "stopped within about a step of the 0.3 s budget"
+    assert over_http > 0.8 * full, "over HTTP Triton computes the whole image anyway"
+
+
+def test_a_grpc_backend_serves_the_same_images_and_a_gone_client_cancels(
+    start_gateway: Start, triton: TritonServer
+) -> None:
+    # two files: a gateway watches its routes file, and would reload the other's
+    via_grpc = start_gateway(ROUTES.format(protocol="grpc", grpc_port=triton.config.grpc_port), name="grpc.yaml")
+    via_http = start_gateway(ROUTES.format(protocol="http", grpc_port=triton.config.grpc_port), name="http.yaml")
+    ask = {"prompt": "a lighthouse", "seed": 5, "model": "draft"}
+    a = httpx.post(via_grpc.url + "/api/v1/generate", json=ask, timeout=30)
+    b = httpx.post(via_http.url + "/api/v1/generate", json=ask, timeout=30)
+    assert a.status_code == b.status_code == 200 and a.content == b.content
+    assert a.headers["x-router-model"].startswith("draft")
+
+    # a gRPC client that gives up: the gateway's call to Triton is cancelled with it
+    before = _quiet()
+    channel = grpc.insecure_channel(via_grpc.grpc_target)
+    stub = grpcclient.service_pb2_grpc.GRPCInferenceServiceStub(channel)
+    request = grpcclient.service_pb2.ModelInferRequest(model_name="quality")
+    request.inputs.add(name="PROMPT", datatype="BYTES", shape=[1, 1]).contents.bytes_contents.append(b"a castle")
+    future = stub.ModelInfer.future(request, timeout=30)
+    time.sleep(0.4)
+    future.cancel()
+    spent = _quiet() - before
+    channel.close()
+    assert spent < 1.2, f"the model ran on for {spent:.2f} s after its client left (gRPC)"
+
+    # an HTTP client that disconnects: the same
+    before = _quiet()
+    with contextlib.suppress(httpx.ReadTimeout):
+        httpx.post(via_grpc.url + "/api/v1/generate", json={"prompt": "a castle", "model": "quality"}, timeout=0.4)
+    spent = _quiet() - before
+    assert spent < 1.2, f"the model ran on for {spent:.2f} s after its client left (HTTP)"
+    via_grpc.stop()  # flushes the access log
+    lines = [json.loads(line) for line in via_grpc.log.read_text().splitlines() if line.startswith("{")]
+    assert [line["api"] for line in lines if line["status"] == 499] == ["grpc", "generate"]
