@@ -1,13 +1,13 @@
-"""gRPC front-door overhead: the same `noop` request over gRPC straight to Triton and
-through the gateway's gRPC port — the method of `bench/overhead.py` (HTTP), side by side
-with it in the same run.
+"""gRPC overhead, both sides: the gRPC front door against direct Triton gRPC, and the
+gateway's backend protocol (HTTP or gRPC to Triton) — the method of `bench/overhead.py`.
 
-Starts a real Triton (noop only) and a real gateway (`router serve`, as shipped: metrics
-and the access log on), then from one and from 32 concurrent `tritonclient.grpc.aio`
-clients sends the same KServe request (PROMPT + SEED, IMAGE as raw output) and prints
-the added p50/p99 latency and the gateway's CPU time per request (user + system from
-/proc). The HTTP rows (`tritonclient`'s binary request through httpx) are measured in the
-same run, so the two front doors compare as ratios.
+Starts a real Triton (noop only) and two real gateways (`router serve`, as shipped:
+metrics and the access log on) whose Triton backend differs only in `protocol`. From one
+and from 32 concurrent clients it sends the same KServe request (PROMPT + SEED, IMAGE
+as raw/binary output): `tritonclient.grpc.aio` to the gRPC front door, `tritonclient`'s
+binary HTTP request through httpx to the HTTP one, and the same straight to Triton. It
+prints the added p50 and the gateway's CPU time per request (user + system from /proc)
+for every pair of front door and backend protocol, all in one run, so they compare as ratios.
 
     .venv/bin/python bench/grpc_overhead.py [--requests 2000]
 """
@@ -75,31 +75,40 @@ def main() -> None:
     triton = TritonServer(TritonConfig(ROOT / "model_repository", ["noop"]), open(tmp / "triton.log", "wb"))  # noqa: SIM115
     triton.start()
     triton.wait_ready()
-    gateway = GatewayProcess(routes, triton.http_url, tmp / "gateway.log")
     triton_grpc = f"127.0.0.1:{triton.config.grpc_port}"
+    grpc_routes = tmp / "grpc-backend" / "routes.yaml"
+    grpc_routes.parent.mkdir()
+    grpc_backend = f'triton: {{url: "${{TRITON_URL}}", protocol: grpc, grpc_urls: ["{triton_grpc}"]}}'
+    grpc_routes.write_text(routes.read_text().replace('triton: {url: "${TRITON_URL}"}', grpc_backend))
+    gateways = {
+        "http": GatewayProcess(routes, triton.http_url, tmp / "gateway.log"),
+        "grpc": GatewayProcess(grpc_routes, triton.http_url, tmp / "gateway-grpc.log"),
+    }
     try:
-        columns = ["protocol", "clients", "direct p50", "direct p99", "gateway p50", "gateway p99", "added p50"]
+        columns = ["front door", "backend", "clients", "direct p50", "gateway p50", "gateway p99", "added p50"]
         print("| " + " | ".join([*columns, "gateway CPU/req"]) + " |")
         print("|---|---|---|---|---|---|---|---|")
         for concurrency in (1, 32):
-            for protocol in ("gRPC", "HTTP"):
-                if protocol == "gRPC":
+            for front in ("gRPC", "HTTP"):
+                if front == "gRPC":
                     direct = asyncio.run(measure_grpc(triton_grpc, concurrency, args.requests))
-                    before = cpu_seconds(gateway.process.pid)
-                    via = asyncio.run(measure_grpc(gateway.grpc_target, concurrency, args.requests))
                 else:
                     direct = asyncio.run(measure(triton.http_url, concurrency, args.requests))
+                for backend, gateway in gateways.items():
                     before = cpu_seconds(gateway.process.pid)
-                    via = asyncio.run(measure(gateway.url, concurrency, args.requests))
-                cpu = (cpu_seconds(gateway.process.pid) - before) / (args.requests + 50)
-                print(
-                    f"| {protocol} | {concurrency} | {pct(direct, 0.5):.2f} ms | {pct(direct, 0.99):.2f} ms | "
-                    f"{pct(via, 0.5):.2f} ms | {pct(via, 0.99):.2f} ms | {pct(via, 0.5) - pct(direct, 0.5):+.2f} ms | "
-                    f"{cpu * 1000:.3f} ms |"
-                )
+                    if front == "gRPC":
+                        via = asyncio.run(measure_grpc(gateway.grpc_target, concurrency, args.requests))
+                    else:
+                        via = asyncio.run(measure(gateway.url, concurrency, args.requests))
+                    cpu = (cpu_seconds(gateway.process.pid) - before) / (args.requests + 50)
+                    print(
+                        f"| {front} | {backend} | {concurrency} | {pct(direct, 0.5):.2f} ms | {pct(via, 0.5):.2f} ms | "
+                        f"{pct(via, 0.99):.2f} ms | {pct(via, 0.5) - pct(direct, 0.5):+.2f} ms | {cpu * 1000:.3f} ms |"
+                    )
         print(f"\n{args.requests} requests per cell, after 50 warm-up requests per cell.")
     finally:
-        gateway.stop()
+        for gateway in gateways.values():
+            gateway.stop()
         triton.stop()
 
 

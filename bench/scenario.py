@@ -349,7 +349,8 @@ def main() -> None:
             triton = server.http_url
             routes = work / "routes.yaml"
             routes.write_text(without_cache(routes_text))
-            gw = GatewayProcess(routes, triton, work / "gateway.log")
+            grpc = f"127.0.0.1:{server.config.grpc_port}"
+            gw = GatewayProcess(routes, triton, work / "gateway.log", triton_grpc=grpc)
             results = []
             try:
                 senders = {

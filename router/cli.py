@@ -206,6 +206,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     try:
         _start(server, log_path)
         os.environ["TRITON_URL"] = server.http_url
+        os.environ["TRITON_GRPC_URL"] = f"{server.config.host}:{server.config.grpc_port}"
         _run_gateway(args)
     finally:
         server.stop()

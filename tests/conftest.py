@@ -41,7 +41,8 @@ def start_gateway(triton: TritonServer, tmp_path: Path) -> Iterator[Callable[...
         routes = tmp_path / name
         routes.write_text(routes_text)
         log = tmp_path / f"gateway{len(started)}.log"
-        gateway = GatewayProcess(routes, triton.http_url, log, extra, env)
+        grpc = f"127.0.0.1:{triton.config.grpc_port}"
+        gateway = GatewayProcess(routes, triton.http_url, log, extra, env, triton_grpc=grpc)
         started.append(gateway)
         return gateway
 

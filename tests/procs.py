@@ -44,6 +44,7 @@ class GatewayProcess:
         extra: list[str] | None = None,
         env: dict[str, str] | None = None,
         cwd: Path | None = None,
+        triton_grpc: str | None = None,
     ) -> None:
         """``cwd``: where ``python -m router.cli`` runs, so which checkout's code serves
         (a benchmark's baseline)."""
@@ -54,6 +55,8 @@ class GatewayProcess:
         self.grpc_target = f"127.0.0.1:{self.grpc_port}"
         self.log = log
         env = {**os.environ, "TRITON_URL": triton_url, "ROUTER_ADMIN_TOKEN": ADMIN_TOKEN, **(env or {})}
+        if triton_grpc is not None:  # for routes that say protocol: grpc (the shipped file)
+            env["TRITON_GRPC_URL"] = triton_grpc
         cmd = [sys.executable, "-m", "router.cli", "serve", "--routes", str(routes), "--port", str(self.port)]
         cmd += ["--grpc-port", str(self.grpc_port)]
         cmd += ["--log-level", "warning", *(extra or [])]

@@ -368,3 +368,59 @@ def test_a_catastrophic_route_regex_cannot_freeze_the_gateway(
     assert tally.answered == len(prompts) * 3 and tally.errors == 0, tally.statuses
     assert tally.worst_s < 1.0, f"a hostile prompt took {tally.worst_s:.3f}s"
     assert max(health) < 0.5, health
+
+
+def test_a_replica_sigkilled_during_a_grpc_stream_the_stream_goes_on(
+    replicas: list[TritonServer], tmp_path: Path
+) -> None:
+    """A tritonclient.grpc stream through the gateway's gRPC front door, the backend on
+    gRPC too: one replica is SIGKILLed mid-stream, every request is still answered on
+    the same stream, through the other."""
+    import queue
+
+    import numpy as np
+    import tritonclient.grpc as grpcclient
+
+    a, b = replicas
+    routes = REPLICATED.replace(
+        '    urls: ["${REPLICA_A}", "${REPLICA_B}"]\n',
+        '    urls: ["${REPLICA_A}", "${REPLICA_B}"]\n    protocol: grpc\n    grpc_urls: ["${GRPC_A}", "${GRPC_B}"]\n',
+    )
+    env = {
+        "REPLICA_A": a.http_url,
+        "REPLICA_B": b.http_url,
+        "GRPC_A": f"127.0.0.1:{a.config.grpc_port}",
+        "GRPC_B": f"127.0.0.1:{b.config.grpc_port}",
+    }
+    gw = start(tmp_path, routes, env)
+    answers: queue.Queue[tuple[object, object]] = queue.Queue()
+    client = grpcclient.InferenceServerClient(gw.grpc_target)
+    try:
+        client.start_stream(callback=lambda result, error: answers.put((result, error)))
+        sent = 0
+        t0 = time.monotonic()
+        killed = False
+        while time.monotonic() - t0 < 3.0:
+            if not killed and time.monotonic() - t0 > 1.0:
+                signal_group(a, signal.SIGKILL)
+                killed = True
+            prompt = grpcclient.InferInput("PROMPT", [1, 1], "BYTES")
+            prompt.set_data_from_numpy(np.array([[f"a cat {sent}".encode()]], dtype=object))
+            client.async_stream_infer("auto", [prompt], request_id=str(sent))
+            sent += 1
+            time.sleep(0.05)
+        ids, errors = set(), []
+        for _ in range(sent):
+            result, error = answers.get(timeout=30)
+            if error is not None:
+                errors.append(str(error))
+            else:
+                ids.add(result.get_response().id)  # type: ignore[attr-defined]
+        client.stop_stream()
+        assert sent > 40 and errors == [], errors[:3]
+        assert ids == {str(i) for i in range(sent)}
+        assert replica(gw, a.http_url)["healthy"] is False and replica(gw, b.http_url)["served"] > 0
+        healthy_afterwards(gw)
+    finally:
+        client.close()
+        gw.stop()

@@ -99,6 +99,7 @@ def test_defaults_render_what_an_operator_expects() -> None:
     assert pod["securityContext"]["runAsUser"] != 0
     env = {e["name"]: e for e in container["env"]}
     assert env["TRITON_URL"]["value"] == "http://demo-image-router-triton:8000"
+    assert env["TRITON_GRPC_URL"]["value"] == "demo-image-router-triton:8001"
     assert env["ROUTER_ADMIN_TOKEN"]["valueFrom"]["secretKeyRef"]["name"] == "demo-image-router-admin"
     assert not any(d["kind"] == "HorizontalPodAutoscaler" for d in docs)
     triton = by_kind(docs, "Deployment", "triton")["spec"]["template"]["spec"]
@@ -140,7 +141,11 @@ def test_routes_are_mounted_as_a_directory_and_appear_verbatim() -> None:
         config = by_kind(docs, "ConfigMap", "routes")
         expected = (values or {}).get("routes") or yaml.safe_load((CHART / "values.yaml").read_text())["routes"]
         assert config["data"]["routes.yaml"] == expected
-        env = {"TRITON_URL": "http://triton:8000", "ROUTER_CACHE_STORE": "disk:///var/cache/router"}
+        env = {
+            "TRITON_URL": "http://triton:8000",
+            "TRITON_GRPC_URL": "triton:8001",
+            "ROUTER_CACHE_STORE": "disk:///var/cache/router",
+        }
         compile_text(config["data"]["routes.yaml"], env=env)  # a valid routes file
 
 
@@ -208,8 +213,12 @@ def test_the_cache_is_a_disk_volume_by_default_and_its_store_reaches_the_routes(
     assert volume["emptyDir"]["sizeLimit"] == "2Gi"
     assert not any(d["metadata"]["name"].endswith("-redis") for d in docs)
     routes = by_kind(docs, "ConfigMap", "routes")["data"]["routes.yaml"]
-    table = compile_text(routes, env={"TRITON_URL": "http://t:8000", "ROUTER_CACHE_STORE": env["ROUTER_CACHE_STORE"]})
+    store = env["ROUTER_CACHE_STORE"]
+    table = compile_text(
+        routes, env={"TRITON_URL": "http://t:8000", "TRITON_GRPC_URL": "t:8001", "ROUTER_CACHE_STORE": store}
+    )
     assert table.cache is not None and table.cache.store == "disk:///var/cache/router"
+    assert table.backends["triton"].protocol == "grpc" and table.backends["triton"].grpc_targets == ("t:8001",)
     claimed = _gateway_pod(render({"cache": {"disk": {"existingClaim": "router-cache"}}}))
     volume = next(v for v in claimed["volumes"] if v["name"] == "cache")
     assert volume == {"name": "cache", "persistentVolumeClaim": {"claimName": "router-cache"}}
