@@ -67,6 +67,13 @@ def _serve_args(p: argparse.ArgumentParser) -> None:
         "--grpc-port", type=int, default=8081, help="KServe v2 gRPC and gRPC health (default 8081; 0 picks one)"
     )
     p.add_argument("--no-grpc", action="store_true", help="HTTP only")
+    p.add_argument(
+        "--grpc-max-rpcs",
+        type=int,
+        default=2048,
+        metavar="N",
+        help="gRPC calls and streams handled at once; more get RESOURCE_EXHAUSTED at once (default 2048)",
+    )
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -165,7 +172,9 @@ def _run_gateway(args: argparse.Namespace) -> None:
     from router.app import create_app
     from router.rpc import GrpcOptions
 
-    grpc = None if args.no_grpc else GrpcOptions(host=args.host, port=args.grpc_port)
+    grpc = None
+    if not args.no_grpc:
+        grpc = GrpcOptions(host=args.host, port=args.grpc_port, max_concurrent_rpcs=args.grpc_max_rpcs)
     app = create_app(
         args.routes,
         watch=not args.no_watch,

@@ -157,7 +157,8 @@ class Gateway:
         """Queue each item (``prompt``, optional ``route``, ``intent``, ``seed``,
         ``steps``, ``width``, ``height``, ``n``) for every arm of the route it selects.
         Items on routes without a cache, or with ``seedless: fresh`` and no seed (they
-        would never be looked up), are counted and skipped."""
+        would never be looked up), are counted and skipped; ``pending`` is how many jobs
+        now wait for idle capacity."""
         table = self._table
         counts = {"queued": 0, "duplicate": 0, "not_cached": 0, "fresh": 0}
         for item in items:
@@ -186,6 +187,7 @@ class Gateway:
                 key = self.dispatcher.cache_key(route, table.models[arm.model], request)
                 queued = self.fill.submit(FillJob("pregen", route, arm.model, request, str(key)))
                 counts["queued" if queued else "duplicate"] += 1
+        counts["pending"] = self.fill.pending()
         return counts
 
     def explain(self, facts: RequestFacts, query: Mapping[str, str] | None = None) -> dict[str, Any]:
@@ -228,6 +230,30 @@ class Gateway:
         model = self.resolve(alias)
         stats = await self.pool.get(model.backend).model_statistics(model)
         return {"model_stats": [{**entry, "name": alias} for entry in stats.get("model_stats", [])]}
+
+    # -- what the admin API and the status page read ---------------------------------
+
+    def latency(self) -> dict[str, Any]:
+        """Answered latencies and outcomes per model over the last minute."""
+        return self.stats.snapshot()
+
+    def models(self) -> dict[str, Any]:
+        """Per model: in flight, queued for admission, and the live forecast."""
+        return self.dispatcher.snapshot()
+
+    def recent_downgrades(self, limit: int = 20) -> list[dict[str, Any]]:
+        """The latest downgrades, newest first."""
+        return list(self.dispatcher.recent_downgrades)[::-1][:limit]
+
+    async def cache_status(self, top: int | None = None) -> dict[str, Any] | None:
+        """The cache's store, counts and background work (``top``: also the most asked
+        prompts); ``None`` without a cache."""
+        if self.cache is None:
+            return None
+        status = {**await self.cache.describe(), "fill": self.fill.describe()}
+        if top is not None:
+            status["top_prompts"] = self.hitters.top(top)
+        return status
 
     def backend_snapshots(self) -> dict[str, list[dict[str, Any]]]:
         return {name: backend.snapshot() for name, backend in self.pool.items()}

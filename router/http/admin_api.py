@@ -121,8 +121,8 @@ async def admin_config(request: Request) -> Response:
         {
             **reloader.status(),
             "table": describe(gateway.table),
-            "latency": gateway.stats.snapshot(),
-            "models": gateway.dispatcher.snapshot(),
+            "latency": gateway.latency(),
+            "models": gateway.models(),
             "backends": gateway.backend_snapshots(),
         }
     )
@@ -151,13 +151,11 @@ def _no_cache() -> NotFound:
 async def admin_cache(request: Request) -> Response:
     """The cache: store, circuit, counts, stored entries and bytes."""
     check_admin(request)
-    gateway = gateway_of(request)
-    if gateway.cache is None:
-        raise _no_cache()
     top = int(request.query_params.get("top", "50")) if request.query_params.get("top", "50").isdigit() else 50
-    return JSONResponse(
-        {**await gateway.cache.describe(), "fill": gateway.fill.describe(), "top_prompts": gateway.hitters.top(top)}
-    )
+    status = await gateway_of(request).cache_status(top)
+    if status is None:
+        raise _no_cache()
+    return JSONResponse(status)
 
 
 class PurgeRequest(BaseModel):
@@ -205,7 +203,7 @@ async def admin_pregenerate(request: Request) -> Response:
     if gateway.cache is None:
         raise _no_cache()
     counts = gateway.pregenerate([item.model_dump() for item in body.items])
-    return JSONResponse({**counts, "pending": gateway.fill.pending()}, status_code=202)
+    return JSONResponse(counts, status_code=202)
 
 
 async def admin_pregenerate_status(request: Request) -> Response:

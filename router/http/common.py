@@ -235,7 +235,9 @@ async def serve(
         random_seeds=random_seeds,
         budget_s=budget_s,
     )
-    return await _while_connected(request, call)
+    served = await _while_connected(request, call)
+    request.state.served = served  # what the observability middleware records
+    return served
 
 
 WATCH_AFTER_S = 0.05  # a request done sooner never pays for a watcher

@@ -64,6 +64,7 @@ def request_id(request: Request) -> str:
 def error_response(request: Request, exc: RouterError, headers: dict[str, str] | None = None) -> Response:
     """The JSON error; a refusal that got as far as a route is tagged with it, too."""
     rid = request_id(request)
+    request.state.error = exc  # what the observability middleware records
     headers = dict(headers or {})
     if "route" in exc.details:
         headers["X-Router-Route"] = str(exc.details["route"])

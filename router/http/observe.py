@@ -1,8 +1,10 @@
 """One middleware for the per-request signals: server span, metrics, access log.
 
 It wraps only the image APIs (health probes, ``/metrics`` and the admin pages are not
-traffic). What served the request is read back from the ``X-Router-*`` tags the
-handlers already set, so routing code knows nothing about observability. With tracing
+traffic). What served the request comes from the data plane: the handler leaves the
+gateway's :class:`~router.dispatch.Served` (or the error) in the request's state, and
+the same tags the gRPC edge records are made from it (:mod:`router.telemetry.requests`);
+only the status is read from the response. With tracing
 off no span is created; with metrics, access log and tracing all off the app does not
 install this middleware at all.
 
@@ -22,15 +24,28 @@ from opentelemetry import propagate, trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from router.inference import served_tags
 from router.telemetry import AccessLog, Metrics, Tracing
 from router.telemetry.requests import TAG_NAMES, Recorder
 
-__all__ = ["ObserveMiddleware", "api_of"]
-
-_TAGS = {name.encode(): short for name, short in TAG_NAMES.items()}
-
+__all__ = ["ObserveMiddleware", "api_of", "tags_of"]
 
 _TRACE_HEADERS = (b"traceparent", b"tracestate", b"baggage")
+
+
+def tags_of(state: dict[str, Any]) -> dict[str, str]:
+    """What served the request (by the names metrics and logs use), from what the
+    handler left in its state: the gateway's answer, or the route of its error."""
+    served = state.get("served")
+    if served is not None:
+        return {TAG_NAMES[k.lower()]: v for k, v in served_tags(served).items() if k.lower() in TAG_NAMES}
+    error = state.get("error")
+    if error is not None and "route" in error.details:
+        tags = {"route": str(error.details["route"])}
+        if "attempts" in error.details:
+            tags["attempts"] = str(error.details["attempts"])
+        return tags
+    return {}
 
 
 def api_of(path: str) -> str | None:
@@ -58,12 +73,12 @@ class ObserveMiddleware:
             await self.app(scope, receive, send)
             return
         start = time.perf_counter()
-        seen: dict[str, Any] = {"status": 500, "tags": {}}
+        seen: dict[str, Any] = {"status": 500}
 
         async def observe_send(message: Message) -> None:
             if message["type"] == "http.response.start":
                 seen["status"] = message["status"]
-                seen["tags"] = {_TAGS[k]: v.decode("latin-1") for k, v in message.get("headers", []) if k in _TAGS}
+                seen["tags"] = tags_of(scope.get("state", {}))
             await send(message)
 
         if self.tracer is None:
@@ -77,7 +92,9 @@ class ObserveMiddleware:
                 "method": scope["method"],
                 "path": scope["path"],
             }
-            self.recorder.finish(api, seen["status"], seen["tags"], elapsed, fields)
+            self.recorder.finish(
+                api, seen["status"], seen.get("tags") or tags_of(scope.get("state", {})), elapsed, fields
+            )
 
     async def _traced(self, api: str, scope: Scope, receive: Receive, send: Send, seen: dict[str, Any]) -> None:
         """The SERVER span, current while the request runs (attempt spans are its children)."""
@@ -99,7 +116,8 @@ class ObserveMiddleware:
             await self.app(scope, receive, send)
         finally:
             otel_context.detach(token)
-            attributes: dict[str, str | int] = {f"router.{key}": value for key, value in seen["tags"].items()}
+            tags = seen.get("tags") or tags_of(scope.get("state", {}))
+            attributes: dict[str, str | int] = {f"router.{key}": value for key, value in tags.items()}
             attributes["http.response.status_code"] = seen["status"]
             attributes["router.request_id"] = scope.get("state", {}).get("request_id", "")
             span.set_attributes(attributes)

@@ -72,7 +72,7 @@ def _canaries(table: dict[str, Any], latency: dict[str, dict[str, float]]) -> li
 
 def _status(gateway: Gateway, reloader: RoutesReloader) -> dict[str, Any]:
     table = describe(gateway.table)
-    latency = gateway.stats.snapshot()
+    latency = gateway.latency()
     state = gateway.state()
     models = {
         name: {**latency.get(name, {}), **state["models"].get(name, {})} for name in sorted(set(gateway.table.models))
@@ -82,7 +82,7 @@ def _status(gateway: Gateway, reloader: RoutesReloader) -> dict[str, Any]:
         "routes": table["routes"],
         "models": models,
         "canaries": _canaries(table, latency),
-        "recent_downgrades": list(gateway.dispatcher.recent_downgrades)[::-1][:20],
+        "recent_downgrades": gateway.recent_downgrades(20),
         "backends": state["backends"],
     }
 
@@ -107,8 +107,9 @@ async def status_json(request: Request) -> Response:
     check_admin(request)
     gateway = gateway_of(request)
     status = _status(gateway, request.app.state.reloader)
-    if gateway.cache is not None:
-        status["cache"] = {**await gateway.cache.describe(), "fill": gateway.fill.describe()}
+    cache = await gateway.cache_status()
+    if cache is not None:
+        status["cache"] = cache
     return JSONResponse(status)
 
 

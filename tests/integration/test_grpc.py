@@ -212,3 +212,35 @@ def test_grpc_health_checking_for_kubernetes_probes(gw: GatewayProcess) -> None:
     named = stub.Check(health_pb2.HealthCheckRequest(service="inference.GRPCInferenceService"), timeout=5)
     assert named.status == health_pb2.HealthCheckResponse.SERVING
     channel.close()
+
+
+def test_too_many_streams_get_a_status_and_the_gateway_keeps_serving(start_gateway: Start) -> None:
+    gw = start_gateway(ROUTING, extra=["--grpc-max-rpcs", "4"])
+
+    async def run() -> tuple[int, int]:
+        channels = [grpc.aio.insecure_channel(gw.grpc_target) for _ in range(10)]
+        calls = []
+        for channel in channels:  # streams that stay open, sending nothing
+            stub = grpcclient.service_pb2_grpc.GRPCInferenceServiceStub(channel)
+            calls.append(stub.ModelStreamInfer())
+        refused = held = 0
+        for call in calls:
+            try:
+                await asyncio.wait_for(call.read(), 1.0)
+            except TimeoutError:
+                held += 1  # accepted and waiting for requests
+            except grpc.aio.AioRpcError as exc:
+                assert exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+                refused += 1
+        for call in calls:
+            call.cancel()
+        for channel in channels:
+            await channel.close()
+        return held, refused
+
+    held, refused = asyncio.run(run())
+    assert held <= 4 and refused >= 6, (held, refused)
+    time.sleep(0.5)
+    client = grpcclient.InferenceServerClient(gw.grpc_target)
+    assert client.infer("draft", _inputs("after the flood")).as_numpy("IMAGE") is not None
+    client.close()

@@ -253,3 +253,47 @@ def test_tracing_is_configured_by_the_standard_otel_variables(
         return
     assert '"service.name": "imgs-under-test"' in text, text[-2000:]
     assert '"router.model": "draft"' in text and '"kind": "SpanKind.CLIENT"' in text
+
+
+def test_a_grpc_request_continues_the_clients_trace(triton: TritonServer, tmp_path: Path) -> None:
+    """The gRPC front door: ``traceparent`` metadata is continued by a SERVER span whose
+    children are the attempts, tagged like an HTTP request's."""
+    import numpy as np
+    import tritonclient.grpc as grpcclient
+
+    from router.rpc import GrpcOptions
+
+    routes = tmp_path / "routes.yaml"
+    routes.write_text(TIERS.replace("${TRITON_URL}", triton.http_url) + "default_route: {name: main, model: noop}\n")
+    exporter = InMemorySpanExporter()
+    grpc_port = free_port()
+    app = create_app(
+        routes,
+        watch=False,
+        tracing=Tracing.with_processor(SimpleSpanProcessor(exporter)),
+        grpc=GrpcOptions(host="127.0.0.1", port=grpc_port),
+    )
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=free_port(), log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.05)
+    try:
+        client = grpcclient.InferenceServerClient(f"127.0.0.1:{grpc_port}")
+        prompt = grpcclient.InferInput("PROMPT", [1, 1], "BYTES")
+        prompt.set_data_from_numpy(np.array([[b"a fox"]], dtype=object))
+        parent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+        client.infer("auto", [prompt], headers={"traceparent": parent})
+        client.close()
+        spans = exporter.get_finished_spans()
+        server_spans = [s for s in spans if s.name == "grpc ModelInfer"]
+        assert len(server_spans) == 1
+        span = server_spans[0]
+        assert span.context.trace_id == int("0af7651916cd43dd8448eb211c80319c", 16)
+        assert span.attributes["router.route"] == "main" and span.attributes["router.model"] == "noop@1"
+        attempts = [s for s in spans if s.name.startswith("attempt ")]
+        assert attempts and all(a.parent is not None and a.parent.span_id == span.context.span_id for a in attempts)
+    finally:
+        server.should_exit = True
+        thread.join(10)
