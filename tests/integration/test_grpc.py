@@ -151,7 +151,9 @@ def test_errors_map_to_grpc_status_codes_and_the_gateway_keeps_serving(gw: Gatew
         stub.ModelInfer(lying, timeout=10)
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "PROMPT" in (err.value.details() or "")
     with pytest.raises(grpc.RpcError) as err:  # the stable code rides in the trailing metadata
-        stub.ModelInfer(pb.ModelInferRequest(model_name="nope"), timeout=10)
+        unknown = pb.ModelInferRequest(model_name="nope")
+        unknown.inputs.add(name="PROMPT", datatype="BYTES", shape=[1]).contents.bytes_contents.append(b"x")
+        stub.ModelInfer(unknown, timeout=10)
     assert err.value.code() == grpc.StatusCode.NOT_FOUND
     assert dict(err.value.trailing_metadata() or ())["x-router-error-code"] == "model_not_found"
     channel.close()
