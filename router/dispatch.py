@@ -56,8 +56,10 @@ from router.cache import CacheKey, Entry, ResultCache
 from router.cache.flight import Flights
 from router.config.table import Model, Route, RoutingTable
 from router.errors import AllTiersFailed, BackendError, BackendRejected, BackendTimeout, BudgetExhausted, Overloaded
+from router.imaging import upscaled
 from router.policy.budget import OVERLOAD_REASONS, Attempt, chain_for, plan_attempt
 from router.policy.forecast import Forecast
+from router.policy.size import fitted_size
 from router.policy.split import Choice
 from router.stats import LatencyStats
 from router.telemetry import Metrics, Tracing
@@ -221,9 +223,17 @@ class Dispatcher:
         answered latencies for the status page, the canary verdict and hedging."""
         name = model.name
         t0 = self.clock()
+        target = None
+        if request.upscale and model.native_side and request.width and request.height:
+            fitted = fitted_size(request.width, request.height, model.native_side)
+            if fitted is not None:  # made at the tier's native size, then upscaled to what was asked
+                target = (request.width, request.height)
+                request = replace(request, width=fitted[0], height=fitted[1])
         try:
             async with asyncio.timeout(timeout_s):
                 result = await self.pool.get(model.backend).generate(model, request, timeout_s, priority)
+                if target is not None:
+                    result = await upscaled(result, *target)
         except (TimeoutError, BackendTimeout):
             self.stats.record_outcome(name, False)
             return "timeout"
@@ -478,7 +488,10 @@ class Dispatcher:
             self._seen_version(model, served_version)
         if not plan.store:
             return None
-        entry = Entry(result.images, model.name, served_version, key.route, request.seeds or (), self.wall_clock())
+        kept = {k: v for k, v in result.memo.items() if k == "upscaled_from"}  # a hit is tagged the same
+        entry = Entry(
+            result.images, model.name, served_version, key.route, request.seeds or (), self.wall_clock(), kept
+        )
         return self.cache.save(replace(key, version=served_version), entry, plan.ttl_s)
 
     async def _wait_for_replica(self, model: Model, key: CacheKey, give_up_at: float) -> Entry | None:

@@ -25,13 +25,14 @@ from router.backends.base import consecutive_seeds
 from router.backends.pool import BackendPool
 from router.cache import ResultCache, derive_seeds, open_store
 from router.cache.hitters import HeavyHitters
-from router.config.table import Backend, CacheConfig, Model, Route, RoutingTable
+from router.config.table import Arm, Backend, CacheConfig, Model, Route, RoutingTable
 from router.dispatch import CachePlan, Dispatcher, Served
 from router.errors import InvalidRequest
 from router.fill import UPGRADE_REASONS, Filler, FillJob
 from router.policy.explain import explain
 from router.policy.match import RequestFacts, select_route
-from router.policy.split import choose_arm, sticky_key
+from router.policy.size import MAX_UPSCALED_SIDE
+from router.policy.split import Choice, choose_arm, sticky_key
 from router.stats import LatencyStats
 from router.telemetry import Metrics, Tracing
 
@@ -40,6 +41,11 @@ __all__ = ["Gateway"]
 
 def _check_limits(route: Route, request: ImageRequest) -> None:
     limits = route.limits
+    if route.resize == "upscale":
+        for name in ("width", "height"):
+            value = getattr(request, name)
+            if value is not None and value > MAX_UPSCALED_SIDE:
+                raise InvalidRequest(f"{name} must be at most {MAX_UPSCALED_SIDE} (upscaled)", field=name)
     if len(request.prompts) > limits.max_n:
         raise InvalidRequest(f"n must be at most {limits.max_n} on route {route.name!r}", field="n")
     if limits.max_steps is not None and request.steps is not None and request.steps > limits.max_steps:
@@ -120,6 +126,8 @@ class Gateway:
         table = self._table
         route = select_route(table, facts)
         _check_limits(route, request)
+        if route.resize == "upscale" and not request.upscale:
+            request = dataclasses.replace(request, upscale=True)
         plan = None
         if route.cache is not None and self.cache is not None:
             plan, request = _cache_plan(route, request, cache_control)
@@ -141,6 +149,45 @@ class Gateway:
             if plan.store and plan.repeatable and route.cache is not None and route.cache.upgrade:
                 self._upgrade(route, choice.arm.model, served, request)
         return served
+
+    # -- progressive previews (a stream: the faster tiers' images first) ----------------
+
+    def with_seeds(self, facts: RequestFacts, request: ImageRequest) -> ImageRequest:
+        """``request`` with its seeds decided now, by the rules :meth:`generate` applies
+        (derived from the prompt on a ``seedless: share`` route, else random), so a
+        preview and the final image are made from the same seed."""
+        if request.seeds is not None:
+            return request
+        route = select_route(self._table, facts)
+        if route.cache is not None and route.cache.seedless == "share":
+            return dataclasses.replace(
+                request, seeds=derive_seeds(request.prompts, request.steps, request.width, request.height)
+            )
+        return dataclasses.replace(request, seeds=_random_seeds(len(request.prompts)))
+
+    def preview_tiers(self, facts: RequestFacts, count: int) -> list[str]:
+        """Up to ``count`` tiers below the one ``facts`` route to, fastest first: the
+        models of its fallback chain, from the end."""
+        route = select_route(self._table, facts)
+        return list(reversed(route.fallback))[:count]
+
+    async def preview(
+        self, facts: RequestFacts, request: ImageRequest, model: str, *, started: float | None = None
+    ) -> Served:
+        """``request`` made by ``model`` alone, on the route ``facts`` select (its budget,
+        cache and priority, no fallback): a progressive preview of what that route serves."""
+        table = self._table
+        route = select_route(table, facts)
+        _check_limits(route, request)
+        if route.resize == "upscale":
+            request = dataclasses.replace(request, upscale=True)
+        route = dataclasses.replace(route, arms=(Arm(model, 1.0),), fallback=(), hedge_after_ms=None, hedge_p95=False)
+        plan = None
+        if route.cache is not None and self.cache is not None:
+            plan, request = _cache_plan(route, request, None)
+        return await self.dispatcher.serve(
+            table, route, Choice(route.arms[0], False), request, route.priority, started=started, cache=plan
+        )
 
     def _upgrade(self, route: Route, intended: str, served: Served, request: ImageRequest) -> None:
         """Served below the intended tier because it was slow, busy or full: make the

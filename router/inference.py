@@ -141,6 +141,10 @@ def served_tags(served: Served) -> dict[str, str]:
         tags["X-Router-Fallback"] = ", ".join(f"{m}:{why}" for m, why in served.fallback)
     if served.hedged:
         tags["X-Router-Hedged"] = "true"
+    made = served.result.memo.get("upscaled_from")
+    if made is not None:
+        size = served.result.dimensions()
+        tags["X-Router-Upscaled"] = f"{made}->{size[0]}x{size[1]}" if size else made
     if served.cache is not None:
         tags["X-Cache"] = served.cache
         tags["Age"] = str(int(served.age_s))

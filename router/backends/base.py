@@ -35,6 +35,7 @@ class ImageRequest:
     steps: int | None = None
     width: int | None = None
     height: int | None = None
+    upscale: bool = False  # a size over a tier's max_side is made smaller and upscaled (resize: upscale)
 
 
 def consecutive_seeds(base: int, n: int) -> tuple[int, ...]:
@@ -121,6 +122,19 @@ class ImageResult:
             assert self.encoded is not None
             self._pixels = await asyncio.to_thread(_decode, self.encoded)
         return self._pixels
+
+    def dimensions(self) -> tuple[int, int] | None:
+        """``(width, height)`` of the images, without decoding an encoded one (its
+        header is read from the first few kilobytes); ``None`` if that cannot tell."""
+        if self._pixels is not None:
+            return int(self._pixels.shape[2]), int(self._pixels.shape[1])
+        assert self.encoded is not None
+        head = self.encoded.b64[0][:65536]
+        try:
+            width, height = Image.open(io.BytesIO(base64.b64decode(head[: len(head) // 4 * 4]))).size
+        except Exception:  # noqa: BLE001 - a header not within the first bytes: unknown
+            return None
+        return int(width), int(height)
 
     def passthrough(self, fmt: str) -> tuple[str, ...] | None:
         """The upstream's own base64 text when it is already ``fmt`` (and no pixels were

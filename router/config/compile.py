@@ -234,6 +234,7 @@ class _Compiler:
                 m.max_concurrency,
                 m.max_queue,
                 m.instances,
+                m.native_side,
             )
 
     def model_ref(self, name: str, path: PathKey) -> bool:
@@ -284,6 +285,7 @@ class _Compiler:
             intents=_as_set(match.intent),
             headers=tuple(headers),
             models=_as_set(match.model),
+            qualities=_as_set(match.quality),
         )
 
     def route(self, spec: RouteSpec, path: PathKey, name: str) -> Route | None:
@@ -327,6 +329,7 @@ class _Compiler:
             hedge_after_ms=spec.hedge.after_ms if spec.hedge else None,
             hedge_p95=bool(spec.hedge and spec.hedge.after == "p95"),
             cache=self.route_cache(spec),
+            resize=spec.resize,
         )
 
     def route_cache(self, spec: RouteSpec) -> RouteCache | None:
@@ -406,6 +409,7 @@ class _Compiler:
         routes = self.compile_routes()
         default = self.default(routes)
         cache = self.cache_config([*routes, *([default] if default else [])])
+        aliases = self.aliases(routes)
         if self.issues or default is None:
             return None
         return RoutingTable(
@@ -416,7 +420,20 @@ class _Compiler:
             digest="",
             source=self.src.file,
             cache=cache,
+            model_aliases=aliases,
         )
+
+    def aliases(self, routes: list[Route]) -> dict[str, str]:
+        """Each alias must stand for ``auto``, a logical model or a route, and must not
+        hide one."""
+        route_names = {r.name for r in routes} | {"default"}
+        for name, target in self.spec.aliases.items():
+            path: PathKey = ("aliases", name)
+            if name in self.models or name in route_names:
+                self.fail(path, f"{name!r} is already a model or route name")
+            elif target != "auto" and target not in self.models and target not in route_names:
+                self.fail(path, f"unknown target {target!r}: give auto, a model or a route")
+        return dict(self.spec.aliases)
 
 
 def compile_text(text: str, file: str = "routes.yaml", env: Mapping[str, str] | None = None) -> RoutingTable:

@@ -112,6 +112,9 @@ class ModelSpec(Strict):
     max_concurrency: int | None = Field(default=None, gt=0)
     max_queue: int = Field(default=0, ge=0, description="requests that may wait when the model is full")
     instances: int = Field(default=1, gt=0, description="requests one replica runs at once (instance_group count)")
+    native_side: int | None = Field(
+        default=None, ge=8, description="the side the tier is made for: larger sizes are upscaled on resize: upscale"
+    )
 
 
 class HeaderMatch(Strict):
@@ -126,6 +129,8 @@ class MatchSpec(Strict):
     intent: str | list[str] | None = None
     headers: dict[str, str | HeaderMatch] | None = None
     model: str | list[str] | None = None
+    # the quality a client asked for (OpenAI's `quality`: low, medium, high, auto, …)
+    quality: str | list[str] | None = None
 
 
 class SplitArmSpec(Strict):
@@ -193,6 +198,9 @@ class RouteSpec(Strict):
     hedge: HedgeSpec | None = None
     limits: LimitsSpec = Field(default_factory=LimitsSpec)
     cache: RouteCacheSpec | None = None
+    # a size over a tier's native_side: left to the tier (which refuses what it cannot
+    # make: 400, param size), or made at its native size and upscaled (Lanczos)
+    resize: Literal["reject", "upscale"] = "reject"
 
 
 class RoutesFile(Strict):
@@ -203,3 +211,6 @@ class RoutesFile(Strict):
     default_route: Name | RouteSpec | None = None
     default_budget_ms: float = Field(default=5000.0, gt=0)
     cache: CacheSpec | None = None
+    # other names for what a client may put in `model` (OpenAI's model names, say):
+    # each stands for a logical model, a route, or `auto` (route by the rules)
+    aliases: dict[Annotated[str, Field(min_length=1, max_length=128)], Name] = Field(default_factory=dict)

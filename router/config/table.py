@@ -80,6 +80,7 @@ class Model:
     max_concurrency: int | None = None
     max_queue: int = 0
     instances: int = 1  # requests one replica executes at once (Triton's instance_group count)
+    native_side: int | None = None  # the side it is made for (None: unknown): upscaled past it
 
     @property
     def lane_key(self) -> str:
@@ -102,6 +103,7 @@ class Matcher:
     intents: frozenset[str] | None = None
     headers: tuple[HeaderRule, ...] = ()
     models: frozenset[str] | None = None
+    qualities: frozenset[str] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,6 +155,7 @@ class Route:
     hedge_after_ms: float | None = None
     hedge_p95: bool = False
     cache: RouteCache | None = None
+    resize: str = "reject"  # "reject" | "upscale": a size over a tier's native_side
 
     @property
     def is_split(self) -> bool:
@@ -168,6 +171,7 @@ class RoutingTable:
     digest: str
     source: str
     cache: CacheConfig | None = None  # None: no route opts in, no store is opened
+    model_aliases: Mapping[str, str] = field(default_factory=dict)  # name -> model, route or "auto"
 
     def route_named(self, name: str) -> Route | None:
         for route in (*self.routes, self.default):
@@ -177,5 +181,5 @@ class RoutingTable:
 
     def aliases(self) -> list[str]:
         """Names a client may put in ``model``: logical models and route names."""
-        names = dict.fromkeys([*self.models, *(r.name for r in self.routes), self.default.name])
+        names = dict.fromkeys([*self.models, *(r.name for r in self.routes), self.default.name, *self.model_aliases])
         return list(names)

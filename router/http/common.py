@@ -100,8 +100,10 @@ def parse_json_model(body: bytes, model: type[M], content_type: str | None) -> M
         raise InvalidRequest(f"{field}: {first['msg']}", field=field) from None
 
 
-def facts_for(request: Request, prompt: str, intent: str | None, model: str | None) -> RequestFacts:
-    return RequestFacts.of(prompt, intent, model, request.headers)
+def facts_for(
+    request: Request, prompt: str, intent: str | None, model: str | None, extra: dict[str, str] | None = None
+) -> RequestFacts:
+    return RequestFacts.of(prompt, intent, model, request.headers, extra)
 
 
 def served_headers(served: Served) -> dict[str, str]:

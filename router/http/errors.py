@@ -74,7 +74,8 @@ def error_response(request: Request, exc: RouterError, headers: dict[str, str] |
         body: dict[str, Any] = {"error": exc.message, "code": exc.code, "request_id": rid}
     else:
         kind = "invalid_request_error" if exc.status < 500 else "server_error"
-        body = {"error": {**exc.to_dict(), "type": kind, "request_id": rid}}
+        # OpenAI's shape: `param` names the offending field (the SDK's BadRequestError.param)
+        body = {"error": {**exc.to_dict(), "type": kind, "param": exc.details.get("field"), "request_id": rid}}
     return JSONResponse(body, status_code=exc.status, headers=headers)
 
 

@@ -13,14 +13,15 @@ from __future__ import annotations
 
 import re
 import time
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.requests import Request
 from starlette.responses import Response
 
 from router.backends.base import ImageRequest
-from router.errors import InvalidRequest
+from router.dispatch import Served
+from router.errors import BackendRejected, InvalidRequest
 from router.http.common import (
     MAX_PROMPT_CHARS,
     FastJSONResponse,
@@ -37,26 +38,80 @@ from router.http.common import (
 )
 from router.http.formats import MIME, canonical, negotiate
 from router.http.image_files import publish
+from router.http.stream import stream_images, wants_stream
 
 __all__ = ["generate", "openai_images"]
 
 _SIZE = re.compile(r"^(\d{1,5})x(\d{1,5})$")
+_OPENAI_FIELDS = {"WIDTH": "size", "HEIGHT": "size", "STEPS": "steps", "SEED": "seed", "PROMPT": "prompt"}
 
 
 class OpenAIImagesRequest(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    """Every field of OpenAI's ``images/generations`` (SDK 3.54), and this gateway's
+    extras (``intent``, ``seed``, ``steps``). A field is honoured, or refused by name;
+    unknown fields are refused too, so nothing a client sends is silently ignored. The
+    table is in docs/openai.md."""
+
+    model_config = ConfigDict(extra="forbid")
 
     prompt: str = Field(min_length=1, max_length=MAX_PROMPT_CHARS)
     model: str | None = None
-    n: int = Field(default=1, ge=1, le=16)
+    n: int = Field(default=1, ge=1, le=10)
     size: str | None = None
-    response_format: Literal["b64_json", "url"] | None = None
+    quality: Literal["auto", "low", "medium", "high", "xhigh", "max", "standard", "hd"] | None = None
+    background: Literal["auto", "opaque", "transparent"] | None = None
+    moderation: Literal["auto", "low"] | None = None
     output_format: str | None = None
     output_compression: int | None = Field(default=None, ge=0, le=100)
+    response_format: Literal["b64_json", "url"] | None = None
+    stream: bool | None = None
+    partial_images: int | None = Field(default=None, ge=0, le=3)
+    user: str | None = Field(default=None, max_length=256)
+    safety_identifier: str | None = Field(default=None, max_length=256)
+    # OpenAI's GIF, SVG and planning controls and the retired models' `style`: refused
+    style: Any = None
+    complexity: Any = None
+    frame_count: Any = None
+    frame_duration_ms: Any = None
+    svg: Any = None
+    # this gateway's extras
     intent: str | None = None
     seed: int | None = Field(default=None, ge=0, lt=2**62)
     steps: int | None = Field(default=None, ge=1, le=1000)
-    user: str | None = None
+
+    def check(self) -> str:
+        """Refuse what cannot be honoured here, naming the field; the output format."""
+        refused = {
+            "style": "style is for retired models; describe the style in the prompt",
+            "complexity": "complexity is not supported: a route's tiers decide the work per image",
+            "frame_count": "GIF output is not supported",
+            "frame_duration_ms": "GIF output is not supported",
+            "svg": "SVG output is not supported",
+        }
+        for name, why in refused.items():
+            if getattr(self, name) is not None:
+                raise InvalidRequest(f"{name}: {why}", field=name)
+        if self.background == "transparent":
+            raise InvalidRequest(
+                "background: transparent is not supported: the tiers make opaque images", field="background"
+            )
+        fmt = canonical(self.output_format, "output_format") if self.output_format else "png"
+        if fmt == "avif":  # OpenAI's own set; AVIF is offered by /api/v1/generate and image URLs
+            raise InvalidRequest("output_format: must be png, jpeg or webp", field="output_format")
+        if fmt == "png" and self.output_compression is not None:
+            raise InvalidRequest("output_compression: only for jpeg and webp", field="output_compression")
+        if self.partial_images and not self.stream:
+            raise InvalidRequest("partial_images: needs stream: true", field="partial_images")
+        if self.stream and self.n != 1:
+            raise InvalidRequest("n: a stream carries one image", field="n")
+        if self.stream and self.response_format == "url":
+            raise InvalidRequest("response_format: a stream carries base64 images", field="response_format")
+        return fmt
+
+    @property
+    def end_user(self) -> str | None:
+        """``safety_identifier``, or the deprecated ``user`` when it is empty."""
+        return self.safety_identifier or self.user or None
 
 
 class GenerateRequest(GenerationFields):
@@ -66,6 +121,7 @@ class GenerateRequest(GenerationFields):
     response: Literal["png", "json", "image"] | None = None
     format: str | None = None
     quality: int | None = Field(default=None, ge=0, le=100)
+    partial_images: int = Field(default=0, ge=0, le=3)  # with Accept: text/event-stream
 
 
 def _size(size: str | None) -> tuple[int | None, int | None]:
@@ -80,11 +136,12 @@ def _size(size: str | None) -> tuple[int | None, int | None]:
 async def openai_images(request: Request) -> Response:
     started = time.monotonic()
     body = parse_json_model(await read_body(request), OpenAIImagesRequest, request.headers.get("content-type"))
-    fmt = canonical(body.output_format, "output_format") if body.output_format else "png"
-    if fmt == "avif":  # OpenAI's own set; AVIF is offered by /api/v1/generate and image URLs
-        raise InvalidRequest("output_format: must be png, jpeg or webp", field="output_format")
+    fmt = body.check()
     width, height = _size(body.size)
-    facts = facts_for(request, body.prompt, body.intent, body.model)
+    extra: dict[str, str] = {"quality": body.quality or "auto"}
+    if body.end_user:
+        extra["user"] = body.end_user
+    facts = facts_for(request, body.prompt, body.intent, body.model, extra)
     image_request = ImageRequest(
         prompts=(body.prompt,) * body.n,
         seeds=client_seeds(body.seed, body.n),
@@ -92,7 +149,18 @@ async def openai_images(request: Request) -> Response:
         width=width,
         height=height,
     )
-    served = await serve(request, facts, image_request, started)
+    described = {"background": "opaque", "quality": body.quality or "auto", "output_format": fmt}
+    if body.end_user:
+        described["safety_identifier"] = body.end_user
+    if body.stream:
+        return await stream_images(request, facts, image_request, started, fmt, body.output_compression,
+                                   body.partial_images or 0, described)  # fmt: skip
+    try:
+        served = await serve(request, facts, image_request, started)
+    except (BackendRejected, InvalidRequest) as exc:  # a limit of the route or the model: the OpenAI field
+        field = exc.details.get("field") or _OPENAI_FIELDS.get(exc.message.split(":", 1)[0].strip(), "prompt")
+        exc.details["field"] = {"width": "size", "height": "size"}.get(field, field)
+        raise
     headers = served_headers(served)
     ids = await tag_images(served, headers)
     data: list[dict[str, str]] | None = None
@@ -101,13 +169,29 @@ async def openai_images(request: Request) -> Response:
     if data is None:  # b64_json, or no store could take the images: inline after all
         texts = await b64_images(request, served.result, ids, fmt, body.output_compression)
         data = [{"b64_json": text} for text in texts]
-    return FastJSONResponse({"created": int(time.time()), "data": data, "output_format": fmt}, headers=headers)
+    answer = {"created": int(time.time()), "data": data, **described, "size": _size_of(served)}
+    return FastJSONResponse(answer, headers=headers)
+
+
+def _size_of(served: Served) -> str:
+    """``WIDTHxHEIGHT`` of the images served."""
+    size = served.result.dimensions()
+    return f"{size[0]}x{size[1]}" if size is not None else "auto"
 
 
 async def generate(request: Request) -> Response:
     started = time.monotonic()
     body = parse_json_model(await read_body(request), GenerateRequest, request.headers.get("content-type"))
     accept = request.headers.get("accept", "")
+    if wants_stream(request):
+        if body.n != 1:
+            raise InvalidRequest("n: a stream carries one image", field="n")
+        fmt = canonical(body.format, "format") if body.format else "png"
+        facts = facts_for(request, body.prompt, body.intent, body.model)
+        image_request = ImageRequest((body.prompt,), client_seeds(body.seed, 1), body.steps, body.width, body.height)
+        described = {"background": "opaque", "quality": "auto", "output_format": fmt}
+        return await stream_images(request, facts, image_request, started, fmt, body.quality, body.partial_images,
+                                   described)  # fmt: skip
     as_json = body.response == "json" or (body.response is None and "application/json" in accept)
     if not as_json and body.n != 1:
         raise InvalidRequest("n > 1 needs a JSON response (response: json)", field="n")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from router.config.table import Arm, Matcher, Route, RoutingTable
 from router.errors import UnknownModel
@@ -25,18 +25,28 @@ class RequestFacts:
     fields: Mapping[str, str] = field(default_factory=dict)
 
     @classmethod
-    def of(cls, prompt: str, intent: str | None, model: str | None, headers: Mapping[str, str]) -> RequestFacts:
+    def of(
+        cls,
+        prompt: str,
+        intent: str | None,
+        model: str | None,
+        headers: Mapping[str, str],
+        extra: Mapping[str, str] | None = None,
+    ) -> RequestFacts:
         """Facts as every entry point builds them: header names lower-cased, the intent
-        from the request or else ``X-Intent``, and both offered to ``sticky: field:``."""
+        from the request or else ``X-Intent``, and both offered to ``sticky: field:``
+        with the API's own ``extra`` fields (OpenAI's ``quality`` and ``user``)."""
         lowered = {k.lower(): v for k, v in headers.items()}
         intent = intent or lowered.get("x-intent")
-        return cls(prompt, intent, model, lowered, {"intent": intent or "", "model": model or ""})
+        return cls(prompt, intent, model, lowered, {"intent": intent or "", "model": model or "", **(extra or {})})
 
 
 def matches(matcher: Matcher, facts: RequestFacts) -> bool:
     if matcher.models is not None and facts.model not in matcher.models:
         return False
     if matcher.intents is not None and facts.intent not in matcher.intents:
+        return False
+    if matcher.qualities is not None and facts.fields.get("quality") not in matcher.qualities:
         return False
     for rule in matcher.headers:
         value = facts.headers.get(rule.name)
@@ -62,6 +72,8 @@ def select_route(table: RoutingTable, facts: RequestFacts) -> Route:
     Anything else is a 404 rather than a silent reroute, so a typo never serves the
     wrong tier.
     """
+    if facts.model is not None and facts.model in table.model_aliases:  # another name for a model, route or auto
+        facts = replace(facts, model=table.model_aliases[facts.model])
     alias = None if facts.model in NO_ALIAS else facts.model
     for route in table.routes:
         if alias is not None and route.matcher.models is None:
@@ -76,4 +88,4 @@ def select_route(table: RoutingTable, facts: RequestFacts) -> Route:
     named = table.route_named(alias)
     if named is not None:
         return named
-    raise UnknownModel(f"model {alias!r} is not served here", model=alias, available=table.aliases())
+    raise UnknownModel(f"model {alias!r} is not served here", field="model", model=alias, available=table.aliases())

@@ -214,3 +214,13 @@ def test_a_stale_tier_is_probed_when_its_floor_fits_and_the_fallback_keeps_its_r
 
 def test_chain_has_no_repeats() -> None:
     assert chain_for("preview", ["preview", "draft", "draft"]) == ("preview", "draft")
+
+
+def test_a_size_past_the_native_side_keeps_its_aspect_in_multiples_of_8() -> None:
+    from router.policy.size import fitted_size
+
+    assert fitted_size(256, 256, 256) is None
+    assert fitted_size(1024, 1024, 128) == (128, 128)
+    assert fitted_size(1536, 1024, 64) == (64, 40)
+    assert fitted_size(1024, 1536, 256) == (168, 256)
+    assert fitted_size(4000, 10, 64) == (64, 8)  # never below one multiple

@@ -1,0 +1,185 @@
+"""The OpenAI Images API as the official SDK uses it, against the shipped routes.yaml and
+the real Triton: every request field changes what is served or is refused by name
+(``BadRequestError.param``), the model names clients already send work, and
+``stream=True`` sends the draft tier's image as a partial image before the routed one."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+from PIL import Image
+
+from router.triton import TritonServer
+from tests.procs import ROOT, GatewayProcess
+
+Start = Callable[..., GatewayProcess]
+
+
+@pytest.fixture(scope="module")
+def gw(triton: TritonServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
+    """The shipped routes.yaml, its cache in a directory of its own."""
+    directory = tmp_path_factory.mktemp("openai")
+    routes = directory / "routes.yaml"
+    routes.write_text((ROOT / "routes.yaml").read_text().replace("disk://.router-cache", f"disk://{directory}/cache"))
+    gateway = GatewayProcess(
+        routes, triton.http_url, directory / "gateway.log", triton_grpc=f"127.0.0.1:{triton.config.grpc_port}"
+    )
+    yield gateway
+    gateway.stop()
+
+
+def _client(gw: GatewayProcess) -> openai.OpenAI:
+    return openai.OpenAI(base_url=gw.url + "/v1", api_key="unused", max_retries=0)
+
+
+def _image(b64: str | None) -> Image.Image:
+    assert b64
+    return Image.open(io.BytesIO(base64.b64decode(b64)))
+
+
+@pytest.mark.parametrize(
+    ("fields", "param"),
+    [
+        ({"background": "transparent"}, "background"),
+        ({"style": "vivid"}, "style"),
+        ({"output_format": "gif"}, "output_format"),
+        ({"output_format": "svg"}, "output_format"),
+        ({"frame_count": 4}, "frame_count"),
+        ({"frame_duration_ms": 100}, "frame_duration_ms"),
+        ({"complexity": "high"}, "complexity"),
+        ({"svg": {"model": "x"}}, "svg"),
+        ({"quality": "ultra"}, "quality"),
+        ({"n": 11}, "n"),
+        ({"size": "huge"}, "size"),
+        ({"output_compression": 50}, "output_compression"),  # PNG has no compression level
+        ({"partial_images": 2}, "partial_images"),  # without stream
+        ({"moderation": "none"}, "moderation"),
+        ({"response_format": "jpeg"}, "response_format"),
+        ({"bogus_field": 1}, "bogus_field"),
+        ({"model": "gpt-image-9000"}, "model"),
+        ({"size": "4096x4096"}, "size"),  # beyond every tier, on a route that does not upscale
+    ],
+)
+def test_every_refused_field_is_named_in_param(gw: GatewayProcess, fields: dict[str, Any], param: str) -> None:
+    client = _client(gw)
+    with pytest.raises((openai.BadRequestError, openai.NotFoundError)) as info:
+        client.images.generate(prompt="a sketch of a boat", extra_body=fields)
+    assert info.value.param == param, info.value.body
+
+
+def test_quality_selects_a_tier_through_the_routes_and_the_answer_says_what_it_was(gw: GatewayProcess) -> None:
+    client = _client(gw)
+    served = {}
+    for quality in ("low", "medium", "high", "standard", "hd"):
+        raw = client.images.with_raw_response.generate(prompt="a lighthouse", quality=quality, extra_body={"seed": 3})
+        answer = raw.parse()
+        served[quality] = raw.headers["x-router-model"].split("@")[0]
+        assert answer.quality == quality and answer.output_format == "png" and answer.background == "opaque"
+        width, height = _image(answer.data[0].b64_json).size  # type: ignore[index]
+        assert answer.size == f"{width}x{height}"
+        assert answer.usage is None  # no tokens here: not made up (docs/openai.md)
+    assert served["low"] == "draft" and served["medium"] == served["standard"] == "preview"
+    assert served["high"] == served["hd"] == "quality" or served["high"] in ("preview", "draft")
+
+
+def test_formats_users_and_model_names_clients_already_send(gw: GatewayProcess) -> None:
+    client = _client(gw)
+    webp = client.images.generate(prompt="a sketch of a kite", output_format="webp", output_compression=80)
+    assert webp.output_format == "webp" and _image(webp.data[0].b64_json).format == "WEBP"  # type: ignore[index]
+    jpeg = client.images.generate(prompt="a sketch of a kite", output_format="jpeg")
+    assert _image(jpeg.data[0].b64_json).format == "JPEG"  # type: ignore[index]
+    for name in ("gpt-image-1", "gpt-image-1-mini", "gpt-image-2", "dall-e-3", "dall-e-2", "chatgpt-image-latest"):
+        raw = client.images.with_raw_response.generate(model=name, prompt="a sketch of a fox")
+        assert raw.http_response.status_code == 200, name
+    answer = client.images.generate(prompt="a sketch of a fox", safety_identifier="user-hash-42")
+    assert answer.safety_identifier == "user-hash-42"
+    legacy = client.images.generate(prompt="a sketch of a fox", user="legacy-user")
+    assert legacy.safety_identifier == "legacy-user"
+
+
+def test_a_1024_request_on_an_upscaling_route_is_made_at_the_tiers_largest_and_upscaled(gw: GatewayProcess) -> None:
+    client = _client(gw)
+    raw = client.images.with_raw_response.generate(prompt="a lighthouse at night", size="1024x1024", quality="medium")
+    answer = raw.parse()
+    image = _image(answer.data[0].b64_json)  # type: ignore[index]
+    assert image.size == (1024, 1024) and answer.size == "1024x1024"
+    assert raw.headers["x-router-upscaled"] in ("128x128->1024x1024", "64x64->1024x1024"), raw.headers
+    wide = client.images.with_raw_response.generate(prompt="a lighthouse at night", size="1536x1024", quality="low")
+    assert _image(wide.parse().data[0].b64_json).size == (1536, 1024)  # type: ignore[index]
+    assert wide.headers["x-router-upscaled"] == "64x40->1536x1024"
+    with pytest.raises(openai.BadRequestError) as info:  # past what an upscaling route makes
+        client.images.generate(prompt="a lighthouse at night", size="4096x4096", quality="low")
+    assert info.value.param == "size"
+
+
+def test_a_stream_sends_the_draft_as_a_partial_image_then_the_routed_image(gw: GatewayProcess) -> None:
+    client = _client(gw)
+    t0 = time.monotonic()
+    events = []
+    for event in client.images.generate(
+        prompt="a photo of a harbour", stream=True, partial_images=1, extra_body={"seed": 11}
+    ):
+        events.append((time.monotonic() - t0, event))
+    kinds = [e.type for _, e in events]
+    assert kinds == ["image_generation.partial_image", "image_generation.completed"], kinds
+    first_s, partial = events[0]
+    _, completed = events[1]
+    assert partial.partial_image_index == 0 and first_s < 2.0, first_s  # the draft tier, well inside its p95
+    small, final = _image(partial.b64_json), _image(completed.b64_json)
+    assert small.size[0] < final.size[0], (small.size, final.size)
+    assert completed.output_format == "png" and completed.model_extra["router_model"].startswith("quality")
+
+
+def test_a_stream_whose_routed_tier_misses_its_budget_completes_with_the_partial_image(
+    start_gateway: Start, tmp_path: Path
+) -> None:
+    routes = (ROOT / "routes.yaml").read_text().replace("disk://.router-cache", f"disk://{tmp_path}/cache")
+    photo = "budget_ms: 4000\n    fallback: [preview, draft]"
+    routes = routes.replace(photo, "budget_ms: 400\n    fallback: [draft]", 1)
+    gw = start_gateway(routes, name="tight.yaml")
+    client = _client(gw)
+    events = list(client.images.generate(prompt="a photo of a cliff", stream=True, partial_images=1))
+    # quality cannot make 400 ms: the routed answer is the draft tier's, tagged downgraded. The
+    # draft preview is the same generation (same tier, seed and cache key: made once), so it
+    # is not sent twice when it is ready no sooner than the answer.
+    kinds = [e.type for e in events]
+    assert kinds in (["image_generation.completed"], ["image_generation.partial_image", "image_generation.completed"])
+    completed = events[-1]
+    assert completed.model_extra and completed.model_extra.get("router_downgraded") is True
+    assert completed.model_extra["router_model"].startswith("draft")
+    assert "quality:" in completed.model_extra["router_fallback"]
+    if len(events) == 2:
+        assert completed.b64_json == events[0].b64_json
+
+
+def test_the_async_sdk_streams_too(gw: GatewayProcess) -> None:
+    async def run() -> list[str]:
+        client = openai.AsyncOpenAI(base_url=gw.url + "/v1", api_key="unused", max_retries=0)
+        stream = await client.images.generate(prompt="a sketch of a crane", stream=True, partial_images=0)
+        kinds = [event.type async for event in stream]
+        await client.close()
+        return kinds
+
+    assert asyncio.run(run()) == ["image_generation.completed"]
+
+
+def test_generate_offers_the_same_stream(gw: GatewayProcess) -> None:
+    with httpx.stream(
+        "POST",
+        gw.url + "/api/v1/generate",
+        json={"prompt": "a photo of a bridge", "seed": 2, "partial_images": 1},
+        headers={"Accept": "text/event-stream"},
+        timeout=60,
+    ) as r:
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+        kinds = [line.split(":", 1)[1].strip() for line in r.iter_lines() if line.startswith("event:")]
+    assert kinds == ["image_generation.partial_image", "image_generation.completed"]
