@@ -21,7 +21,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from router.errors import NotFound
-from router.http import admin_api, image_files, images_api, kserve_api, status_page
+from router.http import admin_api, edits, image_files, images_api, kserve_api, status_page
 from router.http.errors import RequestIdMiddleware, exception_handlers
 from router.http.observe import ObserveMiddleware
 from router.rpc import GrpcEdge, GrpcOptions
@@ -41,6 +41,8 @@ def _routes() -> list[Route]:
         Route("/healthz", admin_api.healthz, methods=["GET"]),
         Route("/readyz", admin_api.readyz, methods=["GET"]),
         Route("/v1/images/generations", images_api.openai_images, methods=["POST"]),
+        Route("/v1/images/edits", edits.openai_edits, methods=["POST"]),
+        Route("/v1/images/variations", edits.openai_variations, methods=["POST"]),
         Route("/api/v1/generate", images_api.generate, methods=["POST"]),
         Route("/v1/images/{name}", image_files.image_file, methods=["GET", "HEAD"]),
         Route("/v2", k.server_metadata, methods=["GET"]),

@@ -129,7 +129,7 @@ class Gateway:
         if route.resize == "upscale" and not request.upscale:
             request = dataclasses.replace(request, upscale=True)
         plan = None
-        if route.cache is not None and self.cache is not None:
+        if route.cache is not None and self.cache is not None and request.init_image is None:
             plan, request = _cache_plan(route, request, cache_control)
         elif request.seeds is None and random_seeds:
             request = dataclasses.replace(request, seeds=_random_seeds(len(request.prompts)))

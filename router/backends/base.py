@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
@@ -35,7 +35,11 @@ class ImageRequest:
     steps: int | None = None
     width: int | None = None
     height: int | None = None
-    upscale: bool = False  # a size over a tier's max_side is made smaller and upscaled (resize: upscale)
+    upscale: bool = False  # a size over a tier's native_side is made at it and upscaled (resize: upscale)
+    # image-to-image (edits, variations): the picture to start from, where to repaint
+    init_image: NDArray[Any] | None = field(default=None, compare=False)  # uint8[h, w, 3]
+    mask: NDArray[Any] | None = field(default=None, compare=False)  # uint8[h, w], non-zero = repaint
+    strength: float | None = None
 
 
 def consecutive_seeds(base: int, n: int) -> tuple[int, ...]:

@@ -72,6 +72,8 @@ class OpenAIImagesBackend:
     ) -> ImageResult:
         if len(set(request.prompts)) > 1:
             raise BackendRejected("a hosted backend takes one prompt per request")
+        if request.init_image is not None:
+            raise BackendRejected("INIT_IMAGE: a hosted backend here makes images from prompts only")
         breaker = self._breaker(model)
         if not breaker.allow(time.monotonic()):
             raise BackendUnavailable(f"circuit open for {model.name}")

@@ -85,6 +85,12 @@ def _inputs(request: ImageRequest) -> list[tuple[str, str, NDArray[Any]]]:
     for name, value in (("STEPS", request.steps), ("WIDTH", request.width), ("HEIGHT", request.height)):
         if value is not None:
             inputs.append((name, "INT32", np.full((batch, 1), value, dtype="<i4")))
+    if request.init_image is not None:  # one picture for every prompt of the batch
+        inputs.append(("INIT_IMAGE", "UINT8", np.repeat(request.init_image[None], batch, axis=0)))
+        if request.mask is not None:
+            inputs.append(("MASK", "UINT8", np.repeat(request.mask[None], batch, axis=0)))
+        if request.strength is not None:
+            inputs.append(("STRENGTH", "FP32", np.full((batch, 1), request.strength, dtype="<f4")))
     return inputs
 
 

@@ -39,8 +39,9 @@ from router.http.common import (
 from router.http.formats import MIME, canonical, negotiate
 from router.http.image_files import publish
 from router.http.stream import stream_images, wants_stream
+from router.policy.match import RequestFacts
 
-__all__ = ["generate", "openai_images"]
+__all__ = ["OpenAIImagesRequest", "generate", "openai_answer", "openai_images", "openai_size"]
 
 _SIZE = re.compile(r"^(\d{1,5})x(\d{1,5})$")
 _OPENAI_FIELDS = {"WIDTH": "size", "HEIGHT": "size", "STEPS": "steps", "SEED": "seed", "PROMPT": "prompt"}
@@ -113,6 +114,20 @@ class OpenAIImagesRequest(BaseModel):
         """``safety_identifier``, or the deprecated ``user`` when it is empty."""
         return self.safety_identifier or self.user or None
 
+    def routing_fields(self) -> dict[str, str]:
+        """What the routing rules may match on or stick by (``quality``, ``user``)."""
+        fields: dict[str, str] = {"quality": self.quality or "auto"}
+        if self.end_user:
+            fields["user"] = self.end_user
+        return fields
+
+    def described(self, fmt: str) -> dict[str, str]:
+        """The fields an OpenAI answer repeats about the images."""
+        out: dict[str, str] = {"background": "opaque", "quality": self.quality or "auto", "output_format": fmt}
+        if self.end_user:
+            out["safety_identifier"] = self.end_user
+        return out
+
 
 class GenerateRequest(GenerationFields):
     model_config = ConfigDict(extra="forbid")
@@ -124,7 +139,7 @@ class GenerateRequest(GenerationFields):
     partial_images: int = Field(default=0, ge=0, le=3)  # with Accept: text/event-stream
 
 
-def _size(size: str | None) -> tuple[int | None, int | None]:
+def openai_size(size: str | None) -> tuple[int | None, int | None]:
     if size is None or size == "auto":
         return None, None
     match = _SIZE.match(size)
@@ -137,11 +152,7 @@ async def openai_images(request: Request) -> Response:
     started = time.monotonic()
     body = parse_json_model(await read_body(request), OpenAIImagesRequest, request.headers.get("content-type"))
     fmt = body.check()
-    width, height = _size(body.size)
-    extra: dict[str, str] = {"quality": body.quality or "auto"}
-    if body.end_user:
-        extra["user"] = body.end_user
-    facts = facts_for(request, body.prompt, body.intent, body.model, extra)
+    width, height = openai_size(body.size)
     image_request = ImageRequest(
         prompts=(body.prompt,) * body.n,
         seeds=client_seeds(body.seed, body.n),
@@ -149,12 +160,25 @@ async def openai_images(request: Request) -> Response:
         width=width,
         height=height,
     )
-    described = {"background": "opaque", "quality": body.quality or "auto", "output_format": fmt}
-    if body.end_user:
-        described["safety_identifier"] = body.end_user
+    facts = facts_for(request, body.prompt, body.intent, body.model, body.routing_fields())
+    described = body.described(fmt)
     if body.stream:
         return await stream_images(request, facts, image_request, started, fmt, body.output_compression,
                                    body.partial_images or 0, described)  # fmt: skip
+    return await openai_answer(request, body, facts, image_request, started, fmt)
+
+
+async def openai_answer(
+    request: Request,
+    body: OpenAIImagesRequest,
+    facts: RequestFacts,
+    image_request: ImageRequest,
+    started: float,
+    fmt: str,
+) -> Response:
+    """Serve ``image_request`` and answer as OpenAI does: the images (base64 or URLs)
+    and what they are; an error from a limit names the OpenAI field."""
+    described = body.described(fmt)
     try:
         served = await serve(request, facts, image_request, started)
     except (BackendRejected, InvalidRequest) as exc:  # a limit of the route or the model: the OpenAI field

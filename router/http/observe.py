@@ -50,7 +50,7 @@ def tags_of(state: dict[str, Any]) -> dict[str, str]:
 
 def api_of(path: str) -> str | None:
     """Which image API a path belongs to (``None``: not image traffic)."""
-    if path == "/v1/images/generations":
+    if path in ("/v1/images/generations", "/v1/images/edits", "/v1/images/variations"):
         return "openai"
     if path == "/api/v1/generate":
         return "generate"

@@ -1,7 +1,10 @@
 """The tensor contract every image model in ``model_repository/`` implements.
 
 Inputs: ``PROMPT`` (BYTES, required), ``SEED`` (INT64), ``STEPS`` / ``WIDTH`` /
-``HEIGHT`` (INT32), all optional and all ``[batch, 1]``. Output: ``IMAGE`` (UINT8,
+``HEIGHT`` (INT32), all optional and all ``[batch, 1]``; for image-to-image, optional
+``INIT_IMAGE`` (UINT8 ``[batch, h, w, 3]``: the picture to start from), ``MASK`` (UINT8
+``[batch, h, w]``: non-zero where to repaint; inpainting) and ``STRENGTH`` (FP32
+``[batch, 1]``, in (0, 1]: how far from the picture). Output: ``IMAGE`` (UINT8,
 ``[batch, H, W, 3]``).
 
 Triton does not enforce required inputs once a model has optional ones, and it cannot
@@ -17,6 +20,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 from numpy.typing import NDArray
 
 __all__ = ["MAX_PROMPT_BYTES", "Generation", "InvalidInput", "Limits", "parse_request"]
@@ -47,13 +51,17 @@ class Limits:
 
 @dataclass(frozen=True)
 class Generation:
-    """One image to make."""
+    """One image to make: from noise, or from ``init_image`` (image-to-image; with
+    ``mask``, only where the mask is set: inpainting) at ``strength``."""
 
     prompt: str
     seed: int
     steps: int
     width: int
     height: int
+    init_image: NDArray[Any] | None = None  # uint8[h, w, 3]
+    mask: NDArray[Any] | None = None  # uint8[h, w]: non-zero = paint here
+    strength: float = 0.75  # how far from the init image: 0 keeps it, 1 ignores it
 
 
 def _column(inputs: Mapping[str, NDArray[Any] | None], name: str, batch: int) -> list[int] | None:
@@ -100,6 +108,51 @@ def _check_side(name: str, value: int, limits: Limits) -> int:
     return value
 
 
+MAX_IMAGE_SIDE = 4096
+
+
+def _row(array: NDArray[Any], i: int) -> NDArray[Any]:
+    """Row ``i`` of a batched tensor, or its only row (one image for every prompt)."""
+    row: NDArray[Any] = array[i] if array.shape[0] > 1 else array[0]
+    return row
+
+
+def _images(
+    inputs: Mapping[str, NDArray[Any] | None], batch: int
+) -> tuple[NDArray[Any] | None, NDArray[Any] | None, list[float]]:
+    """``INIT_IMAGE`` (uint8[batch, h, w, 3]), ``MASK`` (uint8[batch, h, w], same h and
+    w) and ``STRENGTH`` (float[batch, 1], in (0, 1]), checked."""
+    image, mask, strength = inputs.get("INIT_IMAGE"), inputs.get("MASK"), inputs.get("STRENGTH")
+    if image is not None:
+        if image.dtype != np.uint8 or image.ndim != 4 or image.shape[3] != 3 or image.shape[0] not in (1, batch):
+            raise InvalidInput(
+                f"INIT_IMAGE: expected uint8[{batch}, height, width, 3], got {image.dtype}{list(image.shape)}"
+            )
+        if not (8 <= image.shape[1] <= MAX_IMAGE_SIDE and 8 <= image.shape[2] <= MAX_IMAGE_SIDE):
+            raise InvalidInput(f"INIT_IMAGE: sides must be within [8, {MAX_IMAGE_SIDE}]")
+    if mask is not None:
+        if image is None:
+            raise InvalidInput("MASK: needs INIT_IMAGE")
+        if (
+            mask.dtype != np.uint8
+            or mask.ndim != 3
+            or mask.shape[1:] != image.shape[1:3]
+            or mask.shape[0] not in (1, batch)
+        ):
+            raise InvalidInput(
+                f"MASK: expected uint8[{batch}, {image.shape[1]}, {image.shape[2]}], got {list(mask.shape)}"
+            )
+    values = [0.75] * batch
+    if strength is not None:
+        if image is None:
+            raise InvalidInput("STRENGTH: needs INIT_IMAGE")
+        flat = strength.reshape(-1).astype(float)
+        if flat.size not in (1, batch) or not all(0.0 < v <= 1.0 for v in flat):
+            raise InvalidInput("STRENGTH: one value per prompt, each in (0, 1]")
+        values = [float(flat[0])] * batch if flat.size == 1 else [float(v) for v in flat]
+    return image, mask, values
+
+
 def parse_request(inputs: Mapping[str, NDArray[Any] | None], limits: Limits) -> list[Generation]:
     """Validate one Triton request's tensors; return one :class:`Generation` per row.
 
@@ -112,6 +165,7 @@ def parse_request(inputs: Mapping[str, NDArray[Any] | None], limits: Limits) -> 
     steps = _column(inputs, "STEPS", batch) or [limits.steps] * batch
     widths = _column(inputs, "WIDTH", batch) or [limits.width] * batch
     heights = _column(inputs, "HEIGHT", batch) or [limits.height] * batch
+    images, masks, strengths = _images(inputs, batch)
     out = []
     for i, prompt in enumerate(prompts):
         if not 0 <= seeds[i] < 2**63:
@@ -120,5 +174,7 @@ def parse_request(inputs: Mapping[str, NDArray[Any] | None], limits: Limits) -> 
             raise InvalidInput(f"STEPS: {steps[i]} is outside [1, {limits.max_steps}]")
         width = _check_side("WIDTH", widths[i], limits)
         height = _check_side("HEIGHT", heights[i], limits)
-        out.append(Generation(prompt, seeds[i], steps[i], width, height))
+        image = _row(images, i) if images is not None else None
+        mask = _row(masks, i) if masks is not None else None
+        out.append(Generation(prompt, seeds[i], steps[i], width, height, image, mask, strengths[i]))
     return out

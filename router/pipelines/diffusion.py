@@ -185,6 +185,19 @@ class ImagePipeline:
         self.device = device
         vae_scale = getattr(pipe, "vae_scale_factor", 8)
         self.size_multiple = int(vae_scale)
+        self._variants: dict[str, Any] = {}
+
+    def _variant(self, kind: str) -> Any:
+        """The image-to-image or inpainting pipeline on this pipeline's own weights
+        (diffusers' ``from_pipe``: no copy), made on first use."""
+        pipe = self._variants.get(kind)
+        if pipe is None:
+            from diffusers import AutoPipelineForImage2Image, AutoPipelineForInpainting
+
+            auto = AutoPipelineForImage2Image if kind == "img2img" else AutoPipelineForInpainting
+            pipe = self._variants[kind] = auto.from_pipe(self.pipe)
+            pipe.set_progress_bar_config(disable=True)
+        return pipe
 
     def generate(
         self,
@@ -194,8 +207,13 @@ class ImagePipeline:
         width: int,
         height: int,
         cancelled: Callable[[], bool] | None = None,
+        init_image: NDArray[Any] | None = None,
+        mask: NDArray[Any] | None = None,
+        strength: float = 0.75,
     ) -> NDArray[Any]:
-        """Return one image as ``uint8[height, width, 3]``.
+        """Return one image as ``uint8[height, width, 3]``: from noise, or from
+        ``init_image`` (resized to ``width`` x ``height``) at ``strength``, repainting
+        only where ``mask`` is set when one is given.
 
         ``cancelled`` is asked after every denoising step; when it says so the pipeline
         stops there (raising :class:`Cancelled`): abandoned work costs at most one step,
@@ -208,16 +226,27 @@ class ImagePipeline:
             return tensors
 
         generator = torch.Generator(device="cpu").manual_seed(seed)
+        common = {
+            "prompt": prompt,
+            "num_inference_steps": steps,
+            "guidance_scale": 1.0,
+            "generator": generator,
+            "output_type": "np",
+            "callback_on_step_end": check if cancelled is not None else None,
+        }
         with torch.inference_mode():
-            out = self.pipe(
-                prompt=prompt,
-                num_inference_steps=steps,
-                width=width,
-                height=height,
-                guidance_scale=1.0,
-                generator=generator,
-                output_type="np",
-                callback_on_step_end=check if cancelled is not None else None,
-            )
+            if init_image is None:
+                out = self.pipe(width=width, height=height, **common)
+            else:
+                from PIL import Image
+
+                start = Image.fromarray(init_image).convert("RGB").resize((width, height), Image.Resampling.LANCZOS)
+                if mask is None:
+                    out = self._variant("img2img")(image=start, strength=strength, **common)
+                else:
+                    where = Image.fromarray(mask).resize((width, height), Image.Resampling.NEAREST)
+                    out = self._variant("inpaint")(
+                        image=start, mask_image=where, strength=strength, width=width, height=height, **common
+                    )
         image = np.asarray(out.images[0])
         return np.ascontiguousarray((image.clip(0.0, 1.0) * 255.0).round().astype(np.uint8))

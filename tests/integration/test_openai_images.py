@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 import openai
 import pytest
 from PIL import Image
@@ -183,3 +184,69 @@ def test_generate_offers_the_same_stream(gw: GatewayProcess) -> None:
         assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
         kinds = [line.split(":", 1)[1].strip() for line in r.iter_lines() if line.startswith("event:")]
     assert kinds == ["image_generation.partial_image", "image_generation.completed"]
+
+
+def _png(size: tuple[int, int], alpha_right: bool = False) -> bytes:
+    """A test picture: a gradient; with ``alpha_right`` an RGBA mask transparent on the right."""
+    width, height = size
+    ramp = np.linspace(0, 255, width, dtype=np.uint8)[None, :, None].repeat(height, 0).repeat(3, 2)
+    picture = Image.fromarray(ramp)
+    if alpha_right:
+        alpha = np.full((height, width), 255, np.uint8)
+        alpha[:, width // 2 :] = 0
+        picture = Image.fromarray(np.dstack([ramp, alpha]), "RGBA")
+    out = io.BytesIO()
+    picture.save(out, format="PNG")
+    return out.getvalue()
+
+
+def test_edits_with_and_without_a_mask_and_variations(gw: GatewayProcess) -> None:
+    client = _client(gw)
+    source = _png((64, 64))
+    plain = client.images.edit(image=("in.png", source, "image/png"), prompt="a sketch in blue", extra_body={"seed": 4})
+    edited = np.asarray(_image(plain.data[0].b64_json).convert("RGB"))  # type: ignore[index]
+    assert edited.shape == (64, 64, 3)
+    again = client.images.edit(image=("in.png", source, "image/png"), prompt="a sketch in blue", extra_body={"seed": 4})
+    assert again.data[0].b64_json == plain.data[0].b64_json  # type: ignore[index]  # same picture, seed: same edit
+
+    masked = client.images.edit(
+        image=("in.png", source, "image/png"),
+        mask=("mask.png", _png((64, 64), alpha_right=True), "image/png"),
+        prompt="a sketch of a red door",
+        extra_body={"seed": 4, "strength": 1.0},
+    )
+    painted = np.asarray(_image(masked.data[0].b64_json).convert("RGB")).astype(int)  # type: ignore[index]
+    original = np.asarray(Image.open(io.BytesIO(source)).convert("RGB")).astype(int)
+    left, right = np.abs(painted - original)[:, :24].mean(), np.abs(painted - original)[:, 40:].mean()
+    assert right > left, (left, right)  # repainted where the mask is transparent, kept nearer elsewhere
+
+    with pytest.warns(DeprecationWarning):  # the SDK marks variations deprecated; clients still call them
+        variation = client.images.create_variation(image=("in.png", source, "image/png"), n=2, size="64x64")
+    assert len(variation.data or []) == 2
+    with pytest.warns(DeprecationWarning):
+        raw = client.images.with_raw_response.create_variation(image=("in.png", source, "image/png"))
+    assert raw.http_response.status_code == 200 and raw.headers["x-router-route"]
+
+
+@pytest.mark.parametrize(
+    ("files", "param"),
+    [
+        ({"image": ("x.png", b"not a picture", "image/png")}, "image"),
+        (
+            {"image": ("x.png", _png((64, 64)), "image/png"), "mask": ("m.png", _png((32, 32), True), "image/png")},
+            "mask",
+        ),
+        ({"image": ("x.png", _png((64, 64)), "image/png"), "mask": ("m.png", _png((64, 64)), "image/png")}, "mask"),
+    ],
+)
+def test_bad_pictures_are_named(gw: GatewayProcess, files: dict[str, Any], param: str) -> None:
+    r = httpx.post(gw.url + "/v1/images/edits", data={"prompt": "x"}, files=files, timeout=30)
+    assert r.status_code == 400 and r.json()["error"]["param"] == param, r.text
+
+
+def test_an_edit_without_an_image_or_with_two_is_refused(gw: GatewayProcess) -> None:
+    r = httpx.post(gw.url + "/v1/images/edits", data={"prompt": "x"}, files={"other": ("a", b"b")}, timeout=30)
+    assert r.status_code == 400 and r.json()["error"]["param"] == "other"
+    two = [("image[]", ("a.png", _png((64, 64)), "image/png")), ("image[]", ("b.png", _png((64, 64)), "image/png"))]
+    r = httpx.post(gw.url + "/v1/images/edits", data={"prompt": "x"}, files=two, timeout=30)
+    assert r.status_code == 400 and r.json()["error"]["param"] == "image"

@@ -158,6 +158,19 @@ def test_local_checkpoint_is_loaded_with_from_pretrained(
         diff = np.abs(loaded.astype(int) - builtin.astype(int))
         assert diff.max() <= 1
         assert (diff > 0).mean() < 0.001
+        # image-to-image and inpainting come from the loaded checkpoint too (from_pipe)
+        for with_mask in (False, True):
+            inputs = _inputs(b"a red fox", SEED=7, STEPS=4)
+            picture = httpclient.InferInput("INIT_IMAGE", [1, 64, 64, 3], "UINT8")
+            picture.set_data_from_numpy(builtin)
+            inputs.append(picture)
+            if with_mask:
+                mask = httpclient.InferInput("MASK", [1, 64, 64], "UINT8")
+                mask.set_data_from_numpy(np.full((1, 64, 64), 255, np.uint8))
+                inputs.append(mask)
+            edited = [client.infer(name, inputs).as_numpy("IMAGE") for name in ("draft_checkpoint", "draft")]
+            assert edited[0] is not None and edited[1] is not None and edited[0].shape == (1, 64, 64, 3)
+            assert np.abs(edited[0].astype(int) - edited[1].astype(int)).max() <= 1
     finally:
         client.unload_model("draft_checkpoint")
 

@@ -54,3 +54,28 @@ def test_noop_image_is_fixed_and_sized() -> None:
     image = gen(job)
     assert image.shape == (8, 8, 3) and image.dtype == np.uint8
     assert image.tobytes() == gen(job).tobytes()
+
+
+def test_image_inputs_are_checked_and_broadcast_to_every_prompt() -> None:
+    from router.pipelines.contract import InvalidInput, Limits, parse_request
+
+    limits = Limits(width=64, height=64, steps=4, max_side=256, max_steps=16)
+    picture = np.zeros((1, 32, 48, 3), np.uint8)
+    mask = np.zeros((1, 32, 48), np.uint8)
+    jobs = parse_request(
+        {"PROMPT": np.array([[b"a"], [b"b"]], dtype=object), "INIT_IMAGE": picture, "MASK": mask,
+         "STRENGTH": np.array([[0.5]], np.float32)},
+        limits,
+    )  # fmt: skip
+    assert [j.init_image.shape for j in jobs if j.init_image is not None] == [(32, 48, 3), (32, 48, 3)]
+    assert all(j.mask is not None and j.strength == 0.5 for j in jobs)
+    bad = [
+        ({"INIT_IMAGE": np.zeros((1, 32, 48), np.uint8)}, "INIT_IMAGE"),
+        ({"INIT_IMAGE": np.zeros((1, 32, 48, 3), np.float32)}, "INIT_IMAGE"),
+        ({"MASK": mask}, "MASK: needs INIT_IMAGE"),
+        ({"INIT_IMAGE": picture, "MASK": np.zeros((1, 16, 16), np.uint8)}, "MASK"),
+        ({"INIT_IMAGE": picture, "STRENGTH": np.array([[0.0]], np.float32)}, "STRENGTH"),
+    ]
+    for extra, message in bad:
+        with pytest.raises(InvalidInput, match=message):
+            parse_request({"PROMPT": np.array([[b"a"]], dtype=object), **extra}, limits)
