@@ -19,7 +19,7 @@ from pathlib import Path
 
 import httpx
 
-from router.triton.launcher import free_port
+from router.triton.launcher import free_port, free_ports
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL_REPOSITORY = ROOT / "model_repository"
@@ -49,9 +49,8 @@ class GatewayProcess:
         """``cwd``: where ``python -m router.cli`` runs, so which checkout's code serves
         (a benchmark's baseline)."""
         self.routes = routes
-        self.port = free_port()
+        self.port, self.grpc_port = free_ports(2)
         self.url = f"http://127.0.0.1:{self.port}"
-        self.grpc_port = free_port()
         self.grpc_target = f"127.0.0.1:{self.grpc_port}"
         self.log = log
         env = {**os.environ, "TRITON_URL": triton_url, "ROUTER_ADMIN_TOKEN": ADMIN_TOKEN, **(env or {})}
@@ -62,7 +61,11 @@ class GatewayProcess:
         cmd += ["--log-level", "warning", *(extra or [])]
         self._log_file = open(log, "wb")  # noqa: SIM115 - closed in stop()
         self.process = subprocess.Popen(cmd, env=env, stdout=self._log_file, stderr=subprocess.STDOUT, cwd=cwd)
-        self._wait()
+        try:
+            self._wait()
+        except BaseException:
+            self.stop()  # kill it and close its log: nothing left behind for the next test
+            raise
 
     def _wait(self, timeout_s: float = 30.0) -> None:
         deadline = time.monotonic() + timeout_s

@@ -8,6 +8,7 @@ picked free on the chosen host, so tests never hard-code one.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import shutil
 import signal
@@ -45,9 +46,17 @@ def _die_with_parent() -> None:
 
 def free_port(host: str = "127.0.0.1") -> int:
     """A TCP port that was free on ``host`` a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
+    return free_ports(1, host)[0]
+
+
+def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
+    """``count`` distinct TCP ports that were free on ``host`` a moment ago (held open
+    together while they are picked: one at a time, the kernel may hand out one twice)."""
+    with contextlib.ExitStack() as stack:
+        socks = [stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) for _ in range(count)]
+        for sock in socks:
+            sock.bind((host, 0))
+        return [int(sock.getsockname()[1]) for sock in socks]
 
 
 def repository_models(repository: Path) -> list[str]:
@@ -129,9 +138,9 @@ class TritonServer:
         if self._process is not None:
             raise TritonStartupError("already started")
         cfg = self.config
-        for name in ("http_port", "grpc_port", "metrics_port"):
-            if getattr(cfg, name) == 0:
-                setattr(cfg, name, free_port(cfg.host))
+        names = [n for n in ("http_port", "grpc_port", "metrics_port") if getattr(cfg, n) == 0]
+        for name, port in zip(names, free_ports(len(names), cfg.host), strict=True):
+            setattr(cfg, name, port)
         install = self._install()
         # A neutral working directory: the stub puts it first on sys.path.
         self._workdir = Path(tempfile.mkdtemp(prefix="router-triton-"))

@@ -250,3 +250,25 @@ def test_an_edit_without_an_image_or_with_two_is_refused(gw: GatewayProcess) -> 
     two = [("image[]", ("a.png", _png((64, 64)), "image/png")), ("image[]", ("b.png", _png((64, 64)), "image/png"))]
     r = httpx.post(gw.url + "/v1/images/edits", data={"prompt": "x"}, files=two, timeout=30)
     assert r.status_code == 400 and r.json()["error"]["param"] == "image"
+
+
+def test_background_moderation_and_the_user_as_a_sticky_key(start_gateway: Start, tmp_path: Path) -> None:
+    routes = (ROOT / "routes.yaml").read_text().replace("disk://.router-cache", f"disk://{tmp_path}/cache")
+    routes = routes.replace(
+        "  - name: quality-low\n",
+        "  - name: ab\n    match: { intent: ab }\n    split:\n      - { model: draft, weight: 50 }\n"
+        "      - { model: preview, weight: 50, canary: true }\n    sticky: field:user\n    budget_ms: 3000\n"
+        "  - name: quality-low\n",
+        1,
+    )
+    gw = start_gateway(routes, name="sticky.yaml")
+    client = _client(gw)
+    answer = client.images.generate(prompt="a boat", background="opaque", moderation="low")
+    assert answer.background == "opaque"
+    for user in ("alice", "bob", "carol", "dave"):
+        arms = set()
+        for _ in range(3):
+            ask = {"prompt": "a boat", "safety_identifier": user, "extra_body": {"intent": "ab"}}
+            raw = client.images.with_raw_response.generate(**ask)  # type: ignore[arg-type]
+            arms.add(raw.headers["x-router-model"])
+        assert len(arms) == 1, (user, arms)  # a user stays on one side of the split
