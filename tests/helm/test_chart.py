@@ -158,19 +158,38 @@ def test_gpu_canary_autoscaling_variant() -> None:
     assert triton["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == 2
     assert triton["nodeSelector"]["nvidia.com/gpu.present"] == "true"
     assert any(t["key"] == "nvidia.com/gpu" for t in triton["tolerations"])
-    assert triton["volumes"][1]["persistentVolumeClaim"]["claimName"] == "models-pvc"
+    volumes = {v["name"]: v for v in triton["volumes"]}
+    assert volumes["models"]["persistentVolumeClaim"]["claimName"] == "models-pvc"
     assert [a for a in triton["containers"][0]["args"] if a.startswith("--load-model")] == [
         "--load-model=draft",
         "--load-model=quality",
     ]
-    monitor = by_kind(docs, "ServiceMonitor")
-    assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
-    assert [e["port"] for e in monitor["spec"]["endpoints"]] == ["http", "metrics"]
+    # one ServiceMonitor per component: each selects exactly one Service, whose port it names
+    services = [d for d in docs if d["kind"] == "Service"]
+    for component, port in (("gateway", "http"), ("triton", "metrics")):
+        monitor = by_kind(docs, "ServiceMonitor", component)
+        assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
+        selector = monitor["spec"]["selector"]["matchLabels"]
+        selected = [svc for svc in services if all(svc["metadata"]["labels"].get(k) == v for k, v in selector.items())]
+        assert len(selected) == 1, (component, [svc["metadata"]["name"] for svc in selected])
+        assert [e["port"] for e in monitor["spec"]["endpoints"]] == [port]
+        assert port in {p["name"] for p in selected[0]["spec"]["ports"]}, "every scraped port exists on its Service"
     dashboard = by_kind(docs, "ConfigMap", "dashboard")
     assert dashboard["metadata"]["labels"]["grafana_dashboard"] == "1"
     assert yaml.safe_load(dashboard["data"]["image-router.json"])["uid"] == "image-router"
-    secret = by_kind(docs, "Secret")
+    secret = by_kind(docs, "Secret", "router-admin")
     assert secret["data"]["admin-token"] == "dDBrZW4="  # base64("t0ken")
+    rolled = by_kind(
+        render({**VARIANT, "gateway": {**VARIANT["gateway"], "adminToken": "new"}}), "Deployment", "gateway"
+    )
+    checksum = by_kind(docs, "Deployment", "gateway")["spec"]["template"]["metadata"]["annotations"][
+        "checksum/admin-token"
+    ]
+    assert rolled["spec"]["template"]["metadata"]["annotations"]["checksum/admin-token"] != checksum, (
+        "a new token rolls"
+    )
+    generated = by_kind(render(), "Deployment", "gateway")["spec"]["template"]["metadata"]
+    assert "checksum/admin-token" not in (generated.get("annotations") or {}), "a generated token never rolls the pods"
     gateway = by_kind(docs, "Deployment", "gateway")["spec"]["template"]["spec"]["containers"][0]
     env = {e["name"]: e.get("value") for e in gateway["env"]}
     assert env["OTEL_TRACES_EXPORTER"] == "otlp" and env["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://otel-collector:4318"
@@ -253,3 +272,89 @@ def test_a_shared_redis_store(redis: dict[str, Any], url: str, deployed: bool) -
 def test_a_redis_store_without_a_redis_is_refused_at_render() -> None:
     with pytest.raises(Exception, match=r"cache\.redis\.url"):
         render({"cache": {"store": "redis"}})
+
+
+def test_the_gpu_variant_runs_the_models_on_the_gpu_and_upgrades_in_place() -> None:
+    """What Triton is told: each model's configs/gpu.pbtxt, which must say KIND_GPU where
+    config.pbtxt says KIND_CPU and nothing else; a GPU resource that can be a MIG slice."""
+    values = {
+        "triton": {"gpu": {"enabled": True, "resourceName": "nvidia.com/mig-1g.10gb", "runtimeClassName": "nvidia"}}
+    }
+    deployment = by_kind(render(values), "Deployment", "triton")
+    pod = deployment["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    assert "--model-config-name=gpu" in container["args"]
+    assert container["resources"]["limits"]["nvidia.com/mig-1g.10gb"] == 1 and pod["runtimeClassName"] == "nvidia"
+    assert deployment["spec"]["strategy"]["rollingUpdate"] == {"maxSurge": 0, "maxUnavailable": 1}
+    repository = CHART.parents[1] / "model_repository"
+    for model in ("draft", "preview", "quality", "noop"):
+        cpu = (repository / model / "config.pbtxt").read_text()
+        gpu = (repository / model / "configs" / "gpu.pbtxt").read_text()
+        assert "kind: KIND_CPU" in cpu and "kind: KIND_GPU" in gpu and "KIND_CPU" not in gpu
+
+        def settings(text: str) -> list[str]:
+            return [line for line in text.splitlines() if line.strip() and not line.startswith("#")]
+
+        assert settings(gpu) == [line.replace("KIND_CPU", "KIND_GPU") for line in settings(cpu)], (
+            f"{model}: the GPU variant differs from config.pbtxt in more than its instance kind"
+        )
+    cpu_pod = by_kind(render(), "Deployment", "triton")
+    assert "--model-config-name=gpu" not in cpu_pod["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert "strategy" not in cpu_pod["spec"], "CPU pods may surge"
+
+
+def test_triton_is_locked_down() -> None:
+    docs = render()
+    pod = by_kind(docs, "Deployment", "triton")["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    assert pod["securityContext"]["runAsNonRoot"] and pod["securityContext"]["runAsUser"] != 0
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert {m["mountPath"] for m in container["volumeMounts"]} >= {"/dev/shm", "/tmp"}
+    restricted = [
+        a for a in container["args"] if a.startswith(("--http-restricted-api=", "--grpc-restricted-protocol="))
+    ]
+    assert len(restricted) == 2 and all("model-repository" in a and "$(TRITON_ADMIN_KEY)" in a for a in restricted)
+    key = next(e for e in container["env"] if e["name"] == "TRITON_ADMIN_KEY")["valueFrom"]["secretKeyRef"]
+    assert by_kind(docs, "Secret", key["name"])["data"][key["key"]]
+    assert pod["terminationGracePeriodSeconds"] > int(
+        next(a for a in container["args"] if a.startswith("--exit-timeout-secs=")).split("=")[1]
+    )
+    assert pod["serviceAccountName"] == by_kind(docs, "ServiceAccount", "triton")["metadata"]["name"]
+    policy = by_kind(docs, "NetworkPolicy", "triton")
+    triton_labels = by_kind(docs, "Deployment", "triton")["spec"]["template"]["metadata"]["labels"]
+    gateway_labels = by_kind(docs, "Deployment", "gateway")["spec"]["template"]["metadata"]["labels"]
+    assert all(triton_labels.get(k) == v for k, v in policy["spec"]["podSelector"]["matchLabels"].items())
+    api, metrics = policy["spec"]["ingress"]
+    peer = api["from"][0]["podSelector"]["matchLabels"]
+    assert all(gateway_labels.get(k) == v for k, v in peer.items()) and not all(
+        triton_labels.get(k) == v for k, v in peer.items()
+    ), "only gateway pods"
+    assert {p["port"] for p in api["ports"]} == {"http", "grpc"} and [p["port"] for p in metrics["ports"]] == [
+        "metrics"
+    ]
+
+
+def test_new_routes_are_validated_before_any_pod_sees_them() -> None:
+    """A bad routes value fails the upgrade: unparseable YAML at render time, anything
+    else in a pre-upgrade hook Job running `router validate` with the gateway's env."""
+    docs = render()
+    job = by_kind(docs, "Job", "validate")
+    assert job["metadata"]["annotations"]["helm.sh/hook"] == "pre-install,pre-upgrade"
+    hook_config = by_kind(docs, "ConfigMap", "validate")
+    assert int(hook_config["metadata"]["annotations"]["helm.sh/hook-weight"]) < int(
+        job["metadata"]["annotations"]["helm.sh/hook-weight"]
+    ), "the routes exist before the Job runs"
+    routes = by_kind(docs, "ConfigMap", "image-router-routes")
+    assert hook_config["data"]["routes.yaml"] == routes["data"]["routes.yaml"], "it checks what the pods will read"
+    container = job["spec"]["template"]["spec"]["containers"][0]
+    assert container["args"] == ["validate", "/etc/router/routes.yaml"] and job["spec"]["backoffLimit"] == 0
+    gateway = by_kind(docs, "Deployment", "gateway")["spec"]["template"]["spec"]["containers"][0]
+    gateway_env = {e["name"]: e.get("value") for e in gateway["env"] if "value" in e}
+    job_env = {e["name"]: e["value"] for e in container["env"]}
+    assert job_env == {k: gateway_env[k] for k in job_env} and set(job_env) >= {"TRITON_URL", "ROUTER_CACHE_STORE"}
+    compile_text(hook_config["data"]["routes.yaml"], env=job_env)  # what the Job would run: valid as shipped
+    for broken in ("models: {draft: [unclosed", "just a string"):
+        with pytest.raises(Exception, match=r"routes: not valid YAML"):
+            render({"routes": broken})
+    with pytest.raises(Exception, match=r"routes: expected a routes\.yaml mapping"):
+        render({"routes": "colour: blue"})

@@ -37,6 +37,28 @@ app.kubernetes.io/component: {{ .component }}
 {{- default (printf "%s-admin" (include "image-router.fullname" .)) .Values.gateway.existingSecret }}
 {{- end }}
 
+{{/* What routes.yaml's ${VARS} read: the gateway and the validation hook set the same. */}}
+{{- define "image-router.routesEnv" -}}
+- name: TRITON_URL
+  value: {{ include "image-router.tritonURL" . | quote }}
+- name: TRITON_GRPC_URL
+  value: {{ printf "%s:%v" (include "image-router.tritonName" .) .Values.triton.ports.grpc | quote }}
+- name: ROUTER_CACHE_STORE
+  value: {{ include "image-router.cacheStore" . | quote }}
+{{- end }}
+
+{{/* routes must at least be a YAML mapping: a file that does not parse fails the render
+(the pre-upgrade hook then runs `router validate` on everything else). */}}
+{{- define "image-router.checkRoutes" -}}
+{{- $parsed := fromYaml .Values.routes }}
+{{- if hasKey $parsed "Error" }}
+{{- fail (printf "routes: not valid YAML: %s" (get $parsed "Error")) }}
+{{- end }}
+{{- if not (or (hasKey $parsed "default_route") (hasKey $parsed "routes") (hasKey $parsed "models")) }}
+{{- fail "routes: expected a routes.yaml mapping (models, routes, default_route)" }}
+{{- end }}
+{{- end }}
+
 {{- define "image-router.tritonURL" -}}
 http://{{ include "image-router.tritonName" . }}:{{ .Values.triton.ports.http }}
 {{- end }}
