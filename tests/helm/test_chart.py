@@ -4,6 +4,7 @@ manifest validated against the Kubernetes API schemas (kubernetes-validate)."""
 from __future__ import annotations
 
 import copy
+import re
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ from router.config import compile_text
 CHART = Path(__file__).resolve().parents[2] / "helm" / "image-router"
 KUBERNETES = "1.37.0"
 # Custom resources have no schema in the Kubernetes API; they are checked by shape below.
-CUSTOM_KINDS = {"ServiceMonitor"}
+CUSTOM_KINDS = {"ServiceMonitor", "PrometheusRule", "ScaledObject"}
 
 CANARY_ROUTES = """\
 backends:
@@ -51,7 +52,11 @@ VARIANT: dict[str, Any] = {
         "modelRepository": {"source": "volume", "existingClaim": "models-pvc"},
         "models": ["draft", "quality"],
     },
-    "metrics": {"serviceMonitor": {"enabled": True}, "grafanaDashboard": {"enabled": True}},
+    "metrics": {
+        "serviceMonitor": {"enabled": True},
+        "grafanaDashboard": {"enabled": True},
+        "prometheusRule": {"enabled": True},
+    },
 }
 
 
@@ -93,7 +98,13 @@ def test_defaults_render_what_an_operator_expects() -> None:
     container = pod["containers"][0]
     assert gateway["spec"]["replicas"] == 2
     assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
-    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    # ready when the gateway serves, not when Triton does: its Service never empties on a
+    # Triton restart, and clients get the gateway's own errors, not a proxy's 502s
+    assert container["readinessProbe"]["httpGet"]["path"] == "/healthz"
+    assert all(container[p]["timeoutSeconds"] <= 2 for p in ("livenessProbe", "readinessProbe"))
+    assert container["lifecycle"]["preStop"]["exec"]["command"] == ["sleep", "5"]
+    spread = pod["topologySpreadConstraints"][0]
+    assert spread["topologyKey"] == "kubernetes.io/hostname" and spread["whenUnsatisfiable"] == "ScheduleAnyway"
     security = container["securityContext"]
     assert security["readOnlyRootFilesystem"] and security["runAsNonRoot"] and not security["allowPrivilegeEscalation"]
     assert pod["securityContext"]["runAsUser"] != 0
@@ -123,6 +134,7 @@ def test_the_disruption_budget_keeps_a_gateway_serving_and_selects_only_gateway_
     gateway = by_kind(docs, "Deployment", "gateway")
     triton = by_kind(docs, "Deployment", "triton")
     assert pdb["spec"]["minAvailable"] == 1 and gateway["spec"]["replicas"] > pdb["spec"]["minAvailable"]
+    assert pdb["spec"]["unhealthyPodEvictionPolicy"] == "AlwaysAllow", "a crash-looping pod never blocks a drain"
     selector = pdb["spec"]["selector"]["matchLabels"]
     assert selector == gateway["spec"]["selector"]["matchLabels"]
     triton_labels = triton["spec"]["template"]["metadata"]["labels"]
@@ -202,7 +214,7 @@ def test_gpu_canary_autoscaling_variant() -> None:
     [
         ({"gateway": {"replicaCount": "three"}}, "/gateway/replicaCount"),
         ({"gateway": {"port": 70000}}, "/gateway/port"),
-        ({"triton": {"modelRepository": {"source": "s3"}}}, "/triton/modelRepository/source"),
+        ({"triton": {"modelRepository": {"source": "gcs"}}}, "/triton/modelRepository/source"),
         ({"routes": ""}, "/routes"),
         ({"gateway": {"tracing": {"sampleRatio": 2}}}, "/gateway/tracing/sampleRatio"),
         ({"unknown": 1}, "additional properties 'unknown'"),
@@ -358,3 +370,70 @@ def test_new_routes_are_validated_before_any_pod_sees_them() -> None:
             render({"routes": broken})
     with pytest.raises(Exception, match=r"routes: expected a routes\.yaml mapping"):
         render({"routes": "colour: blue"})
+
+
+def test_slo_alerts_query_only_series_the_gateway_exports() -> None:
+    from tests.unit.test_dashboard import exported_names
+
+    rule = by_kind(render(VARIANT), "PrometheusRule")
+    alerts = {r["alert"]: r for group in rule["spec"]["groups"] for r in group["rules"]}
+    assert set(alerts) == {
+        "ImageRouterBudgetMissed", "ImageRouterErrors", "ImageRouterDowngrading",
+        "ImageRouterReloadFailed", "ImageRouterRoutesDiffer", "ImageRouterCircuitOpen",
+    }  # fmt: skip
+    exported = exported_names()
+    for name, rule_ in alerts.items():
+        series = set(re.findall(r"\b(router_[a-z_]+)\b", rule_["expr"]))
+        assert series and series <= exported, (name, series - exported)
+        assert 'job=~"demo-image-router-gateway.*"' in rule_["expr"], name
+    assert "0.01" in alerts["ImageRouterBudgetMissed"]["expr"]
+
+
+def test_triton_scales_on_the_gateways_queue_depth() -> None:
+    from tests.unit.test_dashboard import exported_names
+
+    with pytest.raises(Exception, match="prometheusAddress is required"):
+        render({"triton": {"autoscaling": {"enabled": True}}})
+    values = {
+        "triton": {"autoscaling": {"enabled": True, "prometheusAddress": "http://prometheus:9090", "maxReplicas": 6}}
+    }
+    docs = render(values)
+    scaled = by_kind(docs, "ScaledObject")
+    assert scaled["spec"]["scaleTargetRef"]["name"] == by_kind(docs, "Deployment", "triton")["metadata"]["name"]
+    assert scaled["spec"]["maxReplicaCount"] == 6
+    trigger = scaled["spec"]["triggers"][0]
+    assert trigger["type"] == "prometheus" and trigger["metadata"]["serverAddress"] == "http://prometheus:9090"
+    series = set(re.findall(r"\b(router_[a-z_]+)\b", trigger["metadata"]["query"]))
+    assert series == {"router_model_inflight", "router_model_queued"} and series <= exported_names()
+
+
+def test_s3_models_an_ingress_and_extra_volumes() -> None:
+    values = {
+        "triton": {
+            "modelRepository": {"source": "s3", "path": "s3://models-bucket/repo", "credentialsSecret": "s3-keys"},
+            "extraVolumes": [{"name": "cache", "emptyDir": {}}],
+            "extraVolumeMounts": [{"name": "cache", "mountPath": "/cache"}],
+        },
+        "ingress": {
+            "enabled": True,
+            "className": "nginx",
+            "hosts": [{"host": "images.example.com"}],
+            "tls": [{"secretName": "images-tls", "hosts": ["images.example.com"]}],
+        },
+    }
+    report = lint(CHART, values, strict=True, kube_version=f"v{KUBERNETES}")
+    assert report["errors"] == [], report
+    docs = render(values)
+    for doc in docs:
+        if doc["kind"] not in CUSTOM_KINDS:
+            kubernetes_validate.validate(doc, KUBERNETES, strict=True)
+    container = by_kind(docs, "Deployment", "triton")["spec"]["template"]["spec"]["containers"][0]
+    assert "--model-repository=s3://models-bucket/repo" in container["args"]
+    keys = {e["name"]: e["valueFrom"]["secretKeyRef"]["name"] for e in container["env"] if "valueFrom" in e}
+    assert keys["AWS_ACCESS_KEY_ID"] == keys["AWS_SECRET_ACCESS_KEY"] == "s3-keys"
+    assert {"name": "cache", "mountPath": "/cache"} in container["volumeMounts"]
+    ingress = by_kind(docs, "Ingress")
+    rule = ingress["spec"]["rules"][0]
+    assert rule["host"] == "images.example.com" and ingress["spec"]["tls"][0]["secretName"] == "images-tls"
+    backend = rule["http"]["paths"][0]["backend"]["service"]
+    assert backend == {"name": by_kind(docs, "Service", "gateway")["metadata"]["name"], "port": {"name": "http"}}
