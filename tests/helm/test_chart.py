@@ -437,3 +437,10 @@ def test_s3_models_an_ingress_and_extra_volumes() -> None:
     assert rule["host"] == "images.example.com" and ingress["spec"]["tls"][0]["secretName"] == "images-tls"
     backend = rule["http"]["paths"][0]["backend"]["service"]
     assert backend == {"name": by_kind(docs, "Service", "gateway")["metadata"]["name"], "port": {"name": "http"}}
+
+
+def test_the_chart_works_as_a_subchart() -> None:
+    """A parent chart hands every subchart its `global` values: the schema must take them."""
+    docs = render({"global": {"imageRegistry": "registry.example.com", "storageClass": "fast"}})
+    assert by_kind(docs, "Deployment", "gateway")
+
