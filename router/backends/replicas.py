@@ -21,9 +21,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+import socket
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 from router.backends._grpc import GrpcChannel
 from router.backends._http1 import Http1Pool
@@ -86,21 +88,33 @@ class Replica:
         }
 
 
+Resolver = Callable[[str, int], Awaitable[list[str]]]
+
+
+async def resolve_addresses(host: str, port: int) -> list[str]:
+    """Every address ``host`` resolves to (a headless Service: one per ready pod)."""
+    infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    return sorted({str(info[4][0]) for info in infos})
+
+
 class ReplicaSet:
-    def __init__(self, spec: Backend, clock: Callable[[], float]) -> None:
+    def __init__(self, spec: Backend, clock: Callable[[], float], resolve: Resolver = resolve_addresses) -> None:
         self.spec = spec
         self.clock = clock
+        self._resolve = resolve
         targets = spec.grpc_targets or ("",) * len(spec.urls)
-        self.replicas = [
-            Replica(
-                url,
-                Http1Pool.for_url(url, spec.max_connections, spec.connect_timeout_s),
-                CircuitBreaker(spec.circuit),
-                GrpcChannel(target) if spec.protocol == "grpc" else None,
-            )
-            for url, target in zip(spec.urls, targets, strict=True)
-        ]
+        self.replicas = [self._replica(url, target) for url, target in zip(spec.urls, targets, strict=True)]
         self._health: asyncio.Task[None] | None = None
+        self._discovery: asyncio.Task[None] | None = None
+        self._retired: list[Replica] = []
+
+    def _replica(self, url: str, grpc_target: str) -> Replica:
+        return Replica(
+            url,
+            Http1Pool.for_url(url, self.spec.max_connections, self.spec.connect_timeout_s),
+            CircuitBreaker(self.spec.circuit),
+            GrpcChannel(grpc_target) if self.spec.protocol == "grpc" else None,
+        )
 
     def available(self, model: str) -> bool:
         """Whether some replica could take ``model`` now (health and circuits)."""
@@ -144,9 +158,55 @@ class ReplicaSet:
 
     def start(self) -> None:
         """Start checking (needs a running loop; idempotent). One replica needs no checks:
-        there is nowhere else to send, and its failures reach the dispatcher directly."""
-        if self._health is None and len(self.replicas) > 1:
-            self._health = asyncio.get_running_loop().create_task(self._check_forever())
+        there is nowhere else to send, and its failures reach the dispatcher directly —
+        unless replicas are discovered, when one may become several at any time."""
+        loop = asyncio.get_running_loop()
+        if self._health is None and (len(self.replicas) > 1 or self.spec.discover):
+            self._health = loop.create_task(self._check_forever())
+        if self._discovery is None and self.spec.discover:
+            self._discovery = loop.create_task(self._discover_forever())
+
+    # -- discovery (discover: dns) ----------------------------------------------------
+
+    async def _discover_forever(self) -> None:
+        while True:
+            try:
+                await self.discover()
+            except Exception as exc:  # noqa: BLE001 - DNS down: keep the replicas we have
+                log.warning("discovering replicas failed, keeping %d: %s", len(self.replicas), exc)
+            await asyncio.sleep(self.spec.discover_interval_s)
+
+    async def discover(self) -> None:
+        """One replica per address each configured host resolves to: a new address (a pod
+        that became ready) is added, one that is gone (a pod that went away) removed;
+        those that stay keep their lanes, circuits and counts."""
+        wanted: dict[str, str] = {}
+        for url in self.spec.urls:
+            parsed = urlsplit(url)
+            port = parsed.port or (443 if parsed.scheme == "https" else 80)
+            for address in await self._resolve(parsed.hostname or "", port):
+                host = f"[{address}]" if ":" in address else address
+                grpc = f"{host}:{self.spec.grpc_port}" if self.spec.protocol == "grpc" else ""
+                wanted[f"{parsed.scheme}://{host}:{port}"] = grpc
+        if not wanted:
+            return  # resolving to nothing is a DNS hiccup as often as an empty Service
+        current = {r.url: r for r in self.replicas}
+        if set(wanted) == set(current):
+            return
+        kept = [r for url, r in current.items() if url in wanted]
+        added = [self._replica(url, wanted[url]) for url in wanted if url not in current]
+        gone = [r for url, r in current.items() if url not in wanted]
+        self.replicas = kept + added  # one assignment: a request sees the old list or the new
+        self._retired.extend(gone)
+        log.warning("replicas now %s (added %d, removed %d)", [r.url for r in self.replicas], len(added), len(gone))
+        for replica in [r for r in self._retired if r.outstanding == 0]:
+            self._retired.remove(replica)
+            await self._close(replica)
+
+    async def _close(self, replica: Replica) -> None:
+        await replica.pool.aclose()
+        if replica.grpc is not None:
+            await replica.grpc.aclose()
 
     async def _check_forever(self) -> None:
         while True:
@@ -168,14 +228,13 @@ class ReplicaSet:
         replica.healthy = ok or len(self.replicas) == 1
 
     async def aclose(self) -> None:
-        if self._health is not None:
-            self._health.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._health
-        for replica in self.replicas:
-            await replica.pool.aclose()
-            if replica.grpc is not None:
-                await replica.grpc.aclose()
+        for task in (self._health, self._discovery):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        for replica in [*self.replicas, *self._retired]:
+            await self._close(replica)
 
     def snapshot(self) -> list[dict[str, Any]]:
         return [r.snapshot() for r in self.replicas]

@@ -195,6 +195,8 @@ class _Compiler:
             self.fail(("backends", name, "urls"), "replica URLs must be distinct")
         if b.grpc_urls is not None and len(b.grpc_urls) != len(urls):
             self.fail(("backends", name, "grpc_urls"), f"give one host:port per replica URL ({len(urls)})")
+        if b.discover and b.grpc_urls is not None:
+            self.fail(("backends", name, "grpc_urls"), "with discover, give grpc_port: addresses are discovered")
         grpc_targets = tuple(b.grpc_urls or (f"{urlsplit(u).hostname}:{b.grpc_port}" for u in urls))
         r, c = b.retry, b.circuit
         self.backends[name] = Backend(
@@ -205,6 +207,9 @@ class _Compiler:
             replicas=urls,
             protocol=b.protocol,
             grpc_targets=grpc_targets,
+            grpc_port=b.grpc_port,
+            discover=b.discover == "dns",
+            discover_interval_s=b.discover_interval_ms / 1000,
             health_interval_s=b.health_interval_ms / 1000,
             health_timeout_s=b.health_timeout_ms / 1000,
             retry=RetryPolicy(

@@ -72,6 +72,10 @@ class TritonBackendSpec(Strict):
     protocol: Literal["http", "grpc"] = "http"
     grpc_port: int = Field(default=8001, ge=1, le=65535)
     grpc_urls: list[Annotated[str, Field(pattern=r"^[^\s/:]+:\d{1,5}$")]] | None = Field(default=None, min_length=1)
+    # `dns`: every address the url's host resolves to is a replica, re-resolved every
+    # discover_interval_ms (a Kubernetes headless Service: one replica per ready pod)
+    discover: Literal["dns"] | None = None
+    discover_interval_ms: float = Field(default=5000, gt=0)
     max_connections: int = Field(default=256, gt=0)
     health_interval_ms: float = Field(default=1000, gt=0)
     health_timeout_ms: float = Field(default=500, gt=0)

@@ -58,6 +58,9 @@ class Backend:
     replicas: tuple[str, ...] = ()
     protocol: str = "http"  # Triton inference: "http" | "grpc"
     grpc_targets: tuple[str, ...] = ()  # host:port per replica, aligned with urls
+    grpc_port: int = 8001  # with discover: each discovered address's gRPC port
+    discover: bool = False  # replicas: every address the urls' hosts resolve to, kept current
+    discover_interval_s: float = 5.0
     health_interval_s: float = 1.0
     health_timeout_s: float = 0.5
     retry: RetryPolicy = field(default_factory=RetryPolicy)

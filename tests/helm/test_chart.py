@@ -109,7 +109,7 @@ def test_defaults_render_what_an_operator_expects() -> None:
     assert security["readOnlyRootFilesystem"] and security["runAsNonRoot"] and not security["allowPrivilegeEscalation"]
     assert pod["securityContext"]["runAsUser"] != 0
     env = {e["name"]: e for e in container["env"]}
-    assert env["TRITON_URL"]["value"] == "http://demo-image-router-triton:8000"
+    assert env["TRITON_URL"]["value"] == "http://demo-image-router-triton-headless:8000"
     assert env["TRITON_GRPC_URL"]["value"] == "demo-image-router-triton:8001"
     assert env["ROUTER_ADMIN_TOKEN"]["valueFrom"]["secretKeyRef"]["name"] == "demo-image-router-admin"
     assert not any(d["kind"] == "HorizontalPodAutoscaler" for d in docs)
@@ -182,7 +182,15 @@ def test_gpu_canary_autoscaling_variant() -> None:
         monitor = by_kind(docs, "ServiceMonitor", component)
         assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
         selector = monitor["spec"]["selector"]["matchLabels"]
-        selected = [svc for svc in services if all(svc["metadata"]["labels"].get(k) == v for k, v in selector.items())]
+        absent = [
+            e["key"] for e in monitor["spec"]["selector"].get("matchExpressions", []) if e["operator"] == "DoesNotExist"
+        ]
+        selected = [
+            svc
+            for svc in services
+            if all(svc["metadata"]["labels"].get(k) == v for k, v in selector.items())
+            and not any(k in svc["metadata"]["labels"] for k in absent)
+        ]
         assert len(selected) == 1, (component, [svc["metadata"]["name"] for svc in selected])
         assert [e["port"] for e in monitor["spec"]["endpoints"]] == [port]
         assert port in {p["name"] for p in selected[0]["spec"]["ports"]}, "every scraped port exists on its Service"
@@ -249,7 +257,8 @@ def test_the_cache_is_a_disk_volume_by_default_and_its_store_reaches_the_routes(
         routes, env={"TRITON_URL": "http://t:8000", "TRITON_GRPC_URL": "t:8001", "ROUTER_CACHE_STORE": store}
     )
     assert table.cache is not None and table.cache.store == "disk:///var/cache/router"
-    assert table.backends["triton"].protocol == "grpc" and table.backends["triton"].grpc_targets == ("t:8001",)
+    triton = table.backends["triton"]
+    assert triton.protocol == "grpc" and triton.discover and triton.grpc_port == 8001
     claimed = _gateway_pod(render({"cache": {"disk": {"existingClaim": "router-cache"}}}))
     volume = next(v for v in claimed["volumes"] if v["name"] == "cache")
     assert volume == {"name": "cache", "persistentVolumeClaim": {"claimName": "router-cache"}}
@@ -444,3 +453,20 @@ def test_the_chart_works_as_a_subchart() -> None:
     docs = render({"global": {"imageRegistry": "registry.example.com", "storageClass": "fast"}})
     assert by_kind(docs, "Deployment", "gateway")
 
+
+def test_every_triton_pod_is_a_replica_of_its_own() -> None:
+    """The gateway's Triton URL is a headless Service over exactly Triton's pods, and the
+    routes discover its addresses: per-pod balancing, health checks and circuits."""
+    docs = render()
+    headless = by_kind(docs, "Service", "triton-headless")
+    assert headless["spec"]["clusterIP"] == "None" and headless["spec"]["publishNotReadyAddresses"] is False
+    triton_pods = by_kind(docs, "Deployment", "triton")["spec"]["template"]["metadata"]["labels"]
+    assert all(triton_pods.get(k) == v for k, v in headless["spec"]["selector"].items())
+    env = {
+        e["name"]: e.get("value")
+        for e in by_kind(docs, "Deployment", "gateway")["spec"]["template"]["spec"]["containers"][0]["env"]
+    }
+    assert env["TRITON_URL"] == f"http://{headless['metadata']['name']}:8000"
+    routes = by_kind(docs, "ConfigMap", "image-router-routes")["data"]["routes.yaml"]
+    table = compile_text(routes, env={k: v for k, v in env.items() if v is not None})
+    assert table.backends["triton"].discover and table.backends["triton"].urls == (env["TRITON_URL"],)

@@ -254,3 +254,30 @@ def test_kserve_prompt_length_is_limited(gw: GatewayProcess) -> None:
         client.infer("draft", [p])
     client.close()
     assert info.value.status() == "400" and "longer than 4000" in info.value.message()
+
+
+def test_replicas_discovered_from_dns_serve(start_gateway: Start, triton: TritonServer) -> None:
+    """``discover: dns`` against a real Triton: the host is resolved to its addresses (a
+    headless Service's pods in Kubernetes; here localhost), each one a replica."""
+    import time
+
+    port = triton.http_url.rsplit(":", 1)[1]
+    routes = (
+        "backends:\n"
+        f'  triton: {{url: "http://localhost:{port}", discover: dns, discover_interval_ms: 200}}\n'
+        "models:\n  noop: {backend: triton, triton_model: noop, latency_hint_ms: 20}\n"
+        "default_route: {model: noop, budget_ms: 5000}\n"
+    )
+    gw = start_gateway(routes, name="discover.yaml")
+    deadline = time.monotonic() + 10
+    urls: list[str] = []
+    while time.monotonic() < deadline:
+        assert httpx.post(gw.url + "/api/v1/generate", json={"prompt": "x"}, timeout=10).status_code == 200
+        config = httpx.get(gw.url + "/admin/config", headers=gw.admin, timeout=10).json()
+        urls = [r["url"] for r in config["backends"]["triton"]]
+        if f"http://127.0.0.1:{port}" in urls:
+            break
+        time.sleep(0.2)
+    assert f"http://127.0.0.1:{port}" in urls and f"http://localhost:{port}" not in urls, urls
+    for _ in range(5):  # an address nothing listens on (::1, where localhost has one) is taken out
+        assert httpx.post(gw.url + "/api/v1/generate", json={"prompt": "y"}, timeout=10).status_code == 200

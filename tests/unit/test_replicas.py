@@ -99,3 +99,37 @@ def test_a_replica_whose_estimate_went_bad_still_gets_requests_when_idle() -> No
     assert rs.choose(DRAFT, set()) is r0
     forecast = rs.forecast(DRAFT)
     assert forecast is not None and forecast.expected_s == 0.1, "the budget reads the best replica"
+
+
+def test_discovered_replicas_follow_the_addresses_and_keep_their_state() -> None:
+    """``discover: dns``: each address of the host is a replica (a headless Service's
+    pods); a new pod is added, a gone one removed, the others keep lanes and counts."""
+    import asyncio
+
+    answers = [["10.0.0.1", "10.0.0.2"], ["10.0.0.2", "10.0.0.3"], [], ["fd00::7"]]
+
+    async def resolve(host: str, port: int) -> list[str]:
+        assert (host, port) == ("triton-headless", 8000)
+        return answers.pop(0)
+
+    spec = Backend("t", "triton", "http://triton-headless:8000", replicas=("http://triton-headless:8000",),
+                   protocol="grpc", grpc_port=8001, discover=True)  # fmt: skip
+
+    async def run() -> None:
+        rs = ReplicaSet(spec, Clock(), resolve)
+        assert [r.url for r in rs.replicas] == ["http://triton-headless:8000"]  # until the first answer
+        await rs.discover()
+        assert [r.url for r in rs.replicas] == ["http://10.0.0.1:8000", "http://10.0.0.2:8000"]
+        survivor = rs.replicas[1]
+        survivor.served = 7
+        assert survivor.grpc is not None and survivor.grpc.target == "10.0.0.2:8001"
+        await rs.discover()
+        assert [r.url for r in rs.replicas] == ["http://10.0.0.2:8000", "http://10.0.0.3:8000"]
+        assert rs.replicas[0] is survivor and survivor.served == 7
+        await rs.discover()  # resolving to nothing: keep what we have
+        assert [r.url for r in rs.replicas] == ["http://10.0.0.2:8000", "http://10.0.0.3:8000"]
+        await rs.discover()
+        assert [r.url for r in rs.replicas] == ["http://[fd00::7]:8000"]
+        await rs.aclose()
+
+    asyncio.run(run())

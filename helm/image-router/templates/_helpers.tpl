@@ -59,8 +59,9 @@ app.kubernetes.io/component: {{ .component }}
 {{- end }}
 {{- end }}
 
+{{/* The headless Service: one address per ready pod (routes discover them). */}}
 {{- define "image-router.tritonURL" -}}
-http://{{ include "image-router.tritonName" . }}:{{ .Values.triton.ports.http }}
+http://{{ include "image-router.tritonName" . }}-headless:{{ .Values.triton.ports.http }}
 {{- end }}
 
 {{/* A restricted-profile security context for containers. */}}
