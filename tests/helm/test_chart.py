@@ -319,6 +319,10 @@ def test_the_gpu_variant_runs_the_models_on_the_gpu_and_upgrades_in_place() -> N
         assert settings(gpu) == [line.replace("KIND_CPU", "KIND_GPU") for line in settings(cpu)], (
             f"{model}: the GPU variant differs from config.pbtxt in more than its instance kind"
         )
+    # the GPU node selector can be removed (null deletes a default in Helm's values)
+    unpinned = {"triton": {"gpu": {"enabled": True, "nodeSelector": {"nvidia.com/gpu.present": None}}}}
+    unpinned_pod = by_kind(render(unpinned), "Deployment", "triton")["spec"]["template"]["spec"]
+    assert "nvidia.com/gpu.present" not in (unpinned_pod.get("nodeSelector") or {})
     cpu_pod = by_kind(render(), "Deployment", "triton")
     assert "--model-config-name=gpu" not in cpu_pod["spec"]["template"]["spec"]["containers"][0]["args"]
     assert "strategy" not in cpu_pod["spec"], "CPU pods may surge"
