@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -34,7 +32,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from router.triton import TritonConfig, TritonServer  # noqa: E402
-from tests.procs import GatewayProcess  # noqa: E402
+from tests.procs import GatewayProcess, wait_model_idle  # noqa: E402
 
 ROUTES = """
 backends:
@@ -52,25 +50,8 @@ default_route: {{model: draft, budget_ms: 10000}}
 """
 
 
-def quality_cpu_s() -> float:
-    pids = subprocess.run(
-        ["pgrep", "-f", "triton_python_backend_stub.*/quality/"], capture_output=True, text=True
-    ).stdout.split()
-    total = 0.0
-    for pid in pids:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    return total
-
-
 def quiet() -> float:
-    last = quality_cpu_s()
-    while True:
-        time.sleep(0.6)
-        now = quality_cpu_s()
-        if now - last < 0.02:
-            return now
-        last = now
+    return wait_model_idle("quality", timeout_s=120)
 
 
 async def burst(url: str, waves: int, per_wave: int) -> list[tuple[int, str, float]]:

@@ -186,3 +186,32 @@ class HostedUpstream:
         if self.process.stdout is not None:
             self.process.stdout.close()
         self._log_file.close()
+
+
+def model_cpu_s(model: str) -> float:
+    """CPU seconds used so far by a Triton model's Python backend process(es): what a
+    model really computed, whatever its clients saw."""
+    pids = subprocess.run(
+        ["pgrep", "-f", f"triton_python_backend_stub.*/{model}/"], capture_output=True, text=True
+    ).stdout.split()
+    total = 0.0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except FileNotFoundError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
+def wait_model_idle(model: str, timeout_s: float = 30.0) -> float:
+    """Wait until the model uses no CPU for 0.6 s; its CPU time then."""
+    deadline = time.monotonic() + timeout_s
+    last = model_cpu_s(model)
+    while time.monotonic() < deadline:
+        time.sleep(0.6)
+        now = model_cpu_s(model)
+        if now - last < 0.02:
+            return now
+        last = now
+    raise AssertionError(f"the {model} model never went idle")

@@ -296,26 +296,22 @@ class TritonBackend:
         except Exception:  # noqa: BLE001
             return False
 
-    async def model_metadata(self, model: Model) -> dict[str, Any]:
+    async def _about(self, method: str, model: Model) -> dict[str, Any]:
+        """One of tritonclient's per-model control calls, its failures mapped."""
         try:
-            meta = await self._client().get_model_metadata(model.remote_name, model.version or "")
+            answer = await getattr(self._client(), method)(model.remote_name, model.version or "")
         except Exception as exc:
             raise map_triton_error(exc) from exc
-        return dict(meta)
+        return dict(answer)
+
+    async def model_metadata(self, model: Model) -> dict[str, Any]:
+        return await self._about("get_model_metadata", model)
 
     async def model_config(self, model: Model) -> dict[str, Any]:
-        try:
-            config = await self._client().get_model_config(model.remote_name, model.version or "")
-        except Exception as exc:
-            raise map_triton_error(exc) from exc
-        return dict(config)
+        return await self._about("get_model_config", model)
 
     async def model_statistics(self, model: Model) -> dict[str, Any]:
-        try:
-            stats = await self._client().get_inference_statistics(model.remote_name, model.version or "")
-        except Exception as exc:
-            raise map_triton_error(exc) from exc
-        return dict(stats)
+        return await self._about("get_inference_statistics", model)
 
     def available(self, model: Model) -> bool:
         return self.replicas.available(model.name)

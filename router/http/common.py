@@ -43,6 +43,7 @@ __all__ = [
     "serve",
     "served_headers",
     "tag_images",
+    "validated",
 ]
 
 MAX_BODY_BYTES = 1 << 20
@@ -92,6 +93,11 @@ def parse_json_model(body: bytes, model: type[M], content_type: str | None) -> M
         raise InvalidRequest("body is not valid JSON: nested too deeply") from None
     if not isinstance(data, dict):
         raise InvalidRequest("body must be a JSON object")
+    return validated(model, data)
+
+
+def validated(model: type[M], data: dict[str, Any]) -> M:
+    """``data`` as ``model``; the first error is a 400 naming its field."""
     try:
         return model.model_validate(data)
     except ValidationError as exc:

@@ -21,14 +21,14 @@ from typing import Any, Literal
 import numpy as np
 from numpy.typing import NDArray
 from PIL import Image, UnidentifiedImageError
-from pydantic import Field, ValidationError
+from pydantic import Field
 from starlette.datastructures import UploadFile
 from starlette.requests import Request
 from starlette.responses import Response
 
 from router.backends.base import ImageRequest
 from router.errors import InvalidRequest, PayloadTooLarge, UnsupportedMediaType
-from router.http.common import client_seeds, facts_for
+from router.http.common import client_seeds, facts_for, validated
 from router.http.images_api import OpenAIImagesRequest, openai_answer, openai_size
 
 __all__ = ["openai_edits", "openai_variations"]
@@ -74,15 +74,6 @@ async def _form(request: Request) -> tuple[dict[str, Any], list[UploadFile], Upl
     return fields, images, mask
 
 
-def _parse(model: type[OpenAIEditsRequest], fields: dict[str, Any]) -> OpenAIEditsRequest:
-    try:
-        return model.model_validate(fields)
-    except ValidationError as exc:
-        first = exc.errors(include_url=False)[0]
-        name = ".".join(str(p) for p in first["loc"]) or None
-        raise InvalidRequest(f"{name}: {first['msg']}", field=name) from None
-
-
 async def _picture(upload: UploadFile, part: str) -> Image.Image:
     data = await upload.read(MAX_IMAGE_BYTES + 1)
     if len(data) > MAX_IMAGE_BYTES:
@@ -112,7 +103,7 @@ def _mask_of(mask: Image.Image, image: Image.Image) -> NDArray[Any]:
 async def _image_edit(request: Request, model: type[OpenAIEditsRequest], default_strength: float) -> Response:
     started = time.monotonic()
     fields, images, mask_file = await _form(request)
-    body = _parse(model, fields)
+    body = validated(model, fields)
     fmt = body.check()
     if body.stream:
         raise InvalidRequest("stream: edits and variations are not streamed here", field="stream")

@@ -163,9 +163,7 @@ class Lane:
             return
         if ticket not in self._running:
             return
-        self._running.remove(ticket)
-        ran = now - (ticket.started if ticket.started is not None else ticket.sent)
-        self.estimate.censored(ran, now)
+        ran = self._stop(ticket, now)
         typical = self.estimate.typical_s
         if self.servers is not None:
             self._ghosts.append(now + max(typical - ran, _OVERRUN_SHARE * typical))
@@ -182,10 +180,16 @@ class Lane:
             return
         if ticket not in self._running:
             return
+        self._stop(ticket, now)
+        self._promote(now, exact=False)  # within a step of now, not at it: no sample
+
+    def _stop(self, ticket: Ticket, now: float) -> float:
+        """Take a running ticket out; how long it ran (a lower bound on its service
+        time, which the estimate is told)."""
         self._running.remove(ticket)
         ran = now - (ticket.started if ticket.started is not None else ticket.sent)
         self.estimate.censored(ran, now)
-        self._promote(now, exact=False)  # within a step of now, not at it: no sample
+        return ran
 
     # -- the forecast ----------------------------------------------------------------
 

@@ -11,11 +11,8 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
-import subprocess
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import grpc
 import httpx
@@ -23,7 +20,7 @@ import numpy as np
 import tritonclient.grpc as grpcclient
 
 from router.triton import TritonServer
-from tests.procs import GatewayProcess
+from tests.procs import GatewayProcess, wait_model_idle
 
 Start = Callable[..., GatewayProcess]
 
@@ -42,32 +39,8 @@ default_route: {{model: draft, budget_ms: 10000}}
 """
 
 
-def _quality_cpu_s() -> float:
-    """CPU seconds used so far by the quality model's backend process(es)."""
-    pids = subprocess.run(
-        ["pgrep", "-f", "triton_python_backend_stub.*/quality/"], capture_output=True, text=True
-    ).stdout.split()
-    total = 0.0
-    for pid in pids:
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except FileNotFoundError:
-            continue
-        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    return total
-
-
-def _quiet(timeout_s: float = 30.0) -> float:
-    """Wait until the quality model is idle (no CPU for 0.6 s); its CPU time then."""
-    deadline = time.monotonic() + timeout_s
-    last = _quality_cpu_s()
-    while time.monotonic() < deadline:
-        time.sleep(0.6)
-        now = _quality_cpu_s()
-        if now - last < 0.02:
-            return now
-        last = now
-    raise AssertionError("the quality model never went idle")
+def _quiet() -> float:
+    return wait_model_idle("quality")
 
 
 def _spent_after_abandoning(gw: GatewayProcess) -> float:
