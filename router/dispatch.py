@@ -103,6 +103,8 @@ class Served:
     cache: str | None = None  # X-Cache: HIT, MISS, COALESCED, BYPASS (None: route not cached)
     age_s: float = 0.0  # of a stored result
     seeds: tuple[int, ...] | None = None  # what the images were made with
+    tenant: str | None = None  # who asked (a tenant's name; None: open mode, no key)
+    limit_headers: dict[str, str] = field(default_factory=dict)  # the tenant's x-ratelimit-*
 
     @property
     def model_tag(self) -> str:

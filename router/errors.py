@@ -25,6 +25,8 @@ ever handles these::
     │   ├── BackendUnavailable       503 backend_unavailable (refused, 5xx, queue full)
     │   └── BackendTimeout           504 backend_timeout     (attempt ran out of time)
     ├── Overloaded                   429 overloaded          (every tier at its concurrency limit)
+    ├── RateLimited                  429 rate_limited        (a tenant's rate, daily images or concurrency)
+    ├── Forbidden                    403 forbidden           (a tenant asked for a route it may not use)
     ├── AllTiersFailed               503 all_tiers_failed    (every tier of the chain failed)
     └── BudgetExhausted              504 budget_exhausted    (the route's budget ran out)
 """
@@ -208,6 +210,24 @@ class Overloaded(RouterError):
     def __init__(self, message: str, retry_after_s: int = 1, **details: Any) -> None:
         super().__init__(message, **details)
         self.retry_after_s = retry_after_s
+
+
+class RateLimited(RouterError):
+    """A tenant is over its limit; ``Retry-After`` and the ``x-ratelimit-*`` headers say
+    which and until when (the openai SDK retries on them)."""
+
+    status = 429
+    code = "rate_limited"
+
+    def __init__(self, message: str, retry_after_s: int = 1, headers: dict[str, str] | None = None, **details: Any):
+        super().__init__(message, **details)
+        self.retry_after_s = retry_after_s
+        self.headers = headers or {}
+
+
+class Forbidden(RouterError):
+    status = 403
+    code = "forbidden"
 
 
 class AllTiersFailed(RouterError):

@@ -14,10 +14,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import math
 import random
 import secrets
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from router.backends import ImageBackend, ImageRequest, make_backend
@@ -25,18 +26,39 @@ from router.backends.base import consecutive_seeds
 from router.backends.pool import BackendPool
 from router.cache import ResultCache, derive_seeds, open_store
 from router.cache.hitters import HeavyHitters
-from router.config.table import Arm, Backend, CacheConfig, Model, Route, RoutingTable
+from router.config.table import Arm, Backend, CacheConfig, Model, Route, RoutingTable, Tenant
 from router.dispatch import CachePlan, Dispatcher, Served
-from router.errors import InvalidRequest
+from router.errors import Forbidden, InvalidRequest, RateLimited, Unauthorized
 from router.fill import UPGRADE_REASONS, Filler, FillJob
 from router.policy.explain import explain
 from router.policy.match import RequestFacts, select_route
 from router.policy.size import MAX_UPSCALED_SIDE
 from router.policy.split import Choice, choose_arm, sticky_key
+from router.policy.tenants import TenantState, find_tenant
 from router.stats import LatencyStats
 from router.telemetry import Metrics, Tracing
 
 __all__ = ["Gateway"]
+
+
+_LIMIT_NAMES = {"rate": "request rate", "images": "daily images", "concurrency": "concurrency"}
+
+
+def _tenant_steering(
+    tenant: Tenant, facts: RequestFacts, canary: str | None, priority: int | None
+) -> tuple[RequestFacts, str | None, int | None]:
+    """What a tenant may steer: X-Canary and X-Priority only when allowed (ignored
+    otherwise), an X-Intent header only when allowed, and never a priority above its
+    ceiling (a smaller number is a higher priority)."""
+    if "x-canary" not in tenant.overrides:
+        canary = None
+    if "x-priority" not in tenant.overrides:
+        priority = None
+    if tenant.priority_ceiling is not None and priority is not None:
+        priority = max(priority, tenant.priority_ceiling)
+    if "x-intent" not in tenant.overrides and facts.intent and facts.intent == facts.headers.get("x-intent"):
+        facts = dataclasses.replace(facts, intent=None, fields={**facts.fields, "intent": ""})
+    return facts, canary, priority
 
 
 def _check_limits(route: Route, request: ImageRequest) -> None:
@@ -79,6 +101,7 @@ class Gateway:
         self.cache: ResultCache | None = None
         self.fill = Filler(self.dispatcher, lambda: self._table)
         self.hitters = HeavyHitters()
+        self._tenant_state: dict[str, TenantState] = {}
         self._sync_cache(table.cache)
 
     def _sync_cache(self, config: CacheConfig | None) -> None:
@@ -118,14 +141,71 @@ class Gateway:
         cache_control: str | None = None,
         random_seeds: bool = True,
         budget_s: float | None = None,
+        tenant: Tenant | None = None,
     ) -> Served:
         """Route, pick an arm and serve. A request without seeds gets them here, once
         the route is known: derived from the prompt on a ``seedless: share`` cache
         route, random where ``random_seeds`` (the OpenAI and JSON APIs), else left to
         the model (KServe, as Triton would)."""
         table = self._table
+        if tenant is not None:  # what a tenant may not steer is ignored, its ceiling kept
+            facts, canary, priority = _tenant_steering(tenant, facts, canary, priority)
         route = select_route(table, facts)
+        if tenant is not None and tenant.routes is not None and not ({route.name, facts.model} & tenant.routes):
+            raise Forbidden(f"tenant {tenant.name!r} may not use route {route.name!r}", route=route.name)
         _check_limits(route, request)
+        if tenant is not None:
+            return await self._as_tenant(tenant, len(request.prompts), lambda: self._generate(
+                table, route, facts, request, query, canary, priority, started, cache_control, random_seeds, budget_s
+            ))  # fmt: skip
+        return await self._generate(
+            table, route, facts, request, query, canary, priority, started, cache_control, random_seeds, budget_s
+        )
+
+    async def _as_tenant(self, tenant: Tenant, images: int, call: Callable[[], Awaitable[Served]]) -> Served:
+        """``call`` within ``tenant``'s limits on this replica; its answer carries them."""
+        state = self._tenant_state.setdefault(tenant.name, TenantState())
+        decision = state.admit(tenant, images, self.clock(), time.time())
+        if not decision.allowed:
+            raise RateLimited(
+                f"tenant {tenant.name!r} is over its {_LIMIT_NAMES[decision.reason]} limit",
+                retry_after_s=max(1, math.ceil(decision.retry_after_s)),
+                headers=decision.headers,
+            )
+        try:
+            served = await call()
+        finally:
+            state.done()
+        return dataclasses.replace(served, tenant=tenant.name, limit_headers=decision.headers)
+
+    def authenticate(self, authorization: str | None) -> Tenant | None:
+        """The tenant an ``Authorization: Bearer <key>`` names. In ``keys`` mode a missing,
+        malformed or unknown key is a 401; in ``open`` mode a request without a known key
+        is anonymous (``None``)."""
+        table = self._table
+        scheme, _, key = (authorization or "").strip().partition(" ")
+        key = key.strip()
+        tenant = find_tenant(table.tenants, key) if scheme.lower() == "bearer" and key else None
+        if tenant is None and table.tenant_mode == "keys":
+            if not authorization:
+                raise Unauthorized("an API key is required: send Authorization: Bearer <key>")
+            raise Unauthorized("the API key is not valid")
+        return tenant
+
+    async def _generate(
+        self,
+        table: RoutingTable,
+        route: Route,
+        facts: RequestFacts,
+        request: ImageRequest,
+        query: Mapping[str, str] | None,
+        canary: str | None,
+        priority: int | None,
+        started: float | None,
+        cache_control: str | None,
+        random_seeds: bool,
+        budget_s: float | None,
+    ) -> Served:
         if route.resize == "upscale" and not request.upscale:
             request = dataclasses.replace(request, upscale=True)
         plan = None

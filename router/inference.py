@@ -148,6 +148,9 @@ def served_tags(served: Served) -> dict[str, str]:
     if served.cache is not None:
         tags["X-Cache"] = served.cache
         tags["Age"] = str(int(served.age_s))
+    if served.tenant is not None:
+        tags["X-Router-Tenant"] = served.tenant
+    tags.update(served.limit_headers)
     return tags
 
 

@@ -44,6 +44,8 @@ from router.config.table import (
     RouteCache,
     RouteLimits,
     RoutingTable,
+    Tenant,
+    key_digest,
 )
 from router.errors import ConfigError, ConfigIssue
 
@@ -415,6 +417,7 @@ class _Compiler:
         default = self.default(routes)
         cache = self.cache_config([*routes, *([default] if default else [])])
         aliases = self.aliases(routes)
+        mode, tenants = self.tenants([*routes, *([default] if default else [])])
         if self.issues or default is None:
             return None
         return RoutingTable(
@@ -426,7 +429,49 @@ class _Compiler:
             source=self.src.file,
             cache=cache,
             model_aliases=aliases,
+            tenant_mode=mode,
+            tenants=tenants,
         )
+
+    def tenants(self, routes: list[Route]) -> tuple[str, tuple[Tenant, ...]]:
+        """The tenants, their keys hashed; a key given twice or a route or model that does
+        not exist is an error at its line."""
+        spec = self.spec.tenants
+        if spec is None:
+            return "open", ()
+        if spec.mode == "keys" and not spec.tenants:
+            self.fail(("tenants", "mode"), "keys mode needs at least one tenant")
+        known = {r.name for r in routes} | set(self.models)
+        seen: dict[str, str] = {}
+        out = []
+        for name, t in spec.tenants.items():
+            digests = []
+            for i, key in enumerate(t.keys):
+                value = key.get_secret_value().strip()
+                if len(value) < 16:
+                    self.fail(("tenants", "tenants", name, "keys", i), "a key needs at least 16 characters")
+                digest = key_digest(value)
+                if digest in seen:
+                    self.fail(("tenants", "tenants", name, "keys", i), f"the same key as tenant {seen[digest]!r}")
+                seen[digest] = name
+                digests.append(digest)
+            for i, route in enumerate(t.routes or []):
+                if route not in known:
+                    self.fail(("tenants", "tenants", name, "routes", i), f"unknown route or model {route!r}")
+            out.append(
+                Tenant(
+                    name,
+                    tuple(digests),
+                    t.requests_per_s,
+                    t.burst,
+                    t.images_per_day,
+                    t.max_concurrency,
+                    t.priority_ceiling,
+                    frozenset(t.routes) if t.routes is not None else None,
+                    frozenset(o.lower() for o in t.overrides),
+                )
+            )
+        return spec.mode, tuple(out)
 
     def aliases(self, routes: list[Route]) -> dict[str, str]:
         """Each alias must stand for ``auto``, a logical model or a route, and must not

@@ -207,6 +207,27 @@ class RouteSpec(Strict):
     resize: Literal["reject", "upscale"] = "reject"
 
 
+class TenantSpec(Strict):
+    """One tenant: its API keys (``${ENV}`` or a mounted Secret file's contents; kept
+    only as hashes) and what it may do."""
+
+    keys: list[SecretStr] = Field(min_length=1)
+    requests_per_s: float | None = Field(default=None, gt=0)
+    burst: int = Field(default=1, ge=1)
+    images_per_day: int | None = Field(default=None, ge=1)
+    max_concurrency: int | None = Field(default=None, ge=1)
+    priority_ceiling: int | None = Field(default=None, ge=1, le=3)
+    routes: list[Name] | None = None  # routes and models it may use
+    overrides: list[Literal["X-Priority", "X-Canary", "X-Intent"]] = Field(default_factory=list)
+
+
+class TenantsSpec(Strict):
+    """``open``: anyone who reaches the port (as before); ``keys``: an API key of a tenant."""
+
+    mode: Literal["open", "keys"] = "open"
+    tenants: dict[Name, TenantSpec] = Field(default_factory=dict)
+
+
 class RoutesFile(Strict):
     version: Literal[1] = 1
     backends: dict[Name, BackendSpec] | None = None
@@ -218,3 +239,4 @@ class RoutesFile(Strict):
     # other names for what a client may put in `model` (OpenAI's model names, say):
     # each stands for a logical model, a route, or `auto` (route by the rules)
     aliases: dict[Annotated[str, Field(min_length=1, max_length=128)], Name] = Field(default_factory=dict)
+    tenants: TenantsSpec | None = None

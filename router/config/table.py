@@ -6,6 +6,7 @@ reference and a request keeps the table it started with until it finishes.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -165,6 +166,24 @@ class Route:
         return len(self.arms) > 1
 
 
+def key_digest(key: str) -> str:
+    """How a tenant's API key is kept and looked up: never as itself."""
+    return hashlib.sha256(key.encode("utf-8")).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class Tenant:
+    name: str
+    key_digests: tuple[str, ...]
+    requests_per_s: float | None = None
+    burst: int = 1
+    images_per_day: int | None = None
+    max_concurrency: int | None = None
+    priority_ceiling: int | None = None  # the highest priority (lowest number) it may ask for
+    routes: frozenset[str] | None = None  # routes and models it may use (None: all)
+    overrides: frozenset[str] = frozenset()  # lower-case headers it may send to steer routing
+
+
 @dataclass(frozen=True, slots=True)
 class RoutingTable:
     routes: tuple[Route, ...]
@@ -175,6 +194,8 @@ class RoutingTable:
     source: str
     cache: CacheConfig | None = None  # None: no route opts in, no store is opened
     model_aliases: Mapping[str, str] = field(default_factory=dict)  # name -> model, route or "auto"
+    tenant_mode: str = "open"  # "open" | "keys"
+    tenants: tuple[Tenant, ...] = ()
 
     def route_named(self, name: str) -> Route | None:
         for route in (*self.routes, self.default):

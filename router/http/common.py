@@ -16,6 +16,7 @@ from starlette.responses import JSONResponse
 
 from router.backends.base import ImageRequest, ImageResult, consecutive_seeds
 from router.cache import image_id
+from router.config.table import Tenant
 from router.dispatch import Served
 from router.errors import ClientGone, InvalidRequest, PayloadTooLarge, UnsupportedMediaType
 from router.gateway import Gateway
@@ -43,6 +44,7 @@ __all__ = [
     "serve",
     "served_headers",
     "tag_images",
+    "tenant_of",
     "validated",
 ]
 
@@ -232,7 +234,9 @@ async def serve(
     """Hand a decoded request to the gateway with the routing extras every API shares:
     query parameters (for ``sticky: query:...``), ``X-Canary`` and ``X-Priority`` (a
     ``priority`` from the body's own parameters wins)."""
-    call = gateway_of(request).generate(
+    gateway = gateway_of(request)
+    tenant = tenant_of(request)
+    call = gateway.generate(
         facts,
         image_request,
         query=request.query_params,
@@ -242,6 +246,7 @@ async def serve(
         cache_control=request.headers.get("cache-control"),
         random_seeds=random_seeds,
         budget_s=budget_s,
+        tenant=tenant,
     )
     served = await _while_connected(request, call)
     request.state.served = served  # what the observability middleware records
@@ -289,6 +294,16 @@ async def _while_connected(request: Request, call: Awaitable[Served]) -> Served:
         timer.cancel()
         if watcher is not None:
             watcher.cancel()
+
+
+def tenant_of(request: Request) -> Tenant | None:
+    """Who is calling (``Authorization: Bearer``), worked out once per request; each API
+    handler asks first, so a caller without a valid key learns nothing about its body."""
+    try:
+        known: Tenant | None = request.state.tenant
+    except AttributeError:
+        known = request.state.tenant = gateway_of(request).authenticate(request.headers.get("authorization"))
+    return known
 
 
 def canary_override(request: Request) -> str | None:

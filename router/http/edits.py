@@ -28,7 +28,7 @@ from starlette.responses import Response
 
 from router.backends.base import ImageRequest
 from router.errors import InvalidRequest, PayloadTooLarge, UnsupportedMediaType
-from router.http.common import client_seeds, facts_for, validated
+from router.http.common import client_seeds, facts_for, tenant_of, validated
 from router.http.images_api import OpenAIImagesRequest, openai_answer, openai_size
 
 __all__ = ["openai_edits", "openai_variations"]
@@ -102,6 +102,7 @@ def _mask_of(mask: Image.Image, image: Image.Image) -> NDArray[Any]:
 
 async def _image_edit(request: Request, model: type[OpenAIEditsRequest], default_strength: float) -> Response:
     started = time.monotonic()
+    tenant_of(request)
     fields, images, mask_file = await _form(request)
     body = validated(model, fields)
     fmt = body.check()

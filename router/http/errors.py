@@ -21,7 +21,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from router.errors import MethodNotAllowed, NotFound, Overloaded, RouterError
+from router.errors import MethodNotAllowed, NotFound, Overloaded, RateLimited, RouterError
 
 __all__ = ["RequestIdMiddleware", "error_response", "exception_handlers", "request_id"]
 
@@ -83,6 +83,8 @@ async def _router_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, RouterError)
     if isinstance(exc, Overloaded):
         return error_response(request, exc, {"Retry-After": str(exc.retry_after_s)})
+    if isinstance(exc, RateLimited):
+        return error_response(request, exc, {**exc.headers, "Retry-After": str(exc.retry_after_s)})
     return error_response(request, exc)
 
 

@@ -35,6 +35,7 @@ from router.http.common import (
     serve,
     served_headers,
     tag_images,
+    tenant_of,
 )
 from router.http.formats import MIME, canonical, negotiate
 from router.http.image_files import publish
@@ -150,6 +151,7 @@ def openai_size(size: str | None) -> tuple[int | None, int | None]:
 
 async def openai_images(request: Request) -> Response:
     started = time.monotonic()
+    tenant_of(request)
     body = parse_json_model(await read_body(request), OpenAIImagesRequest, request.headers.get("content-type"))
     fmt = body.check()
     width, height = openai_size(body.size)
@@ -205,6 +207,7 @@ def _size_of(served: Served) -> str:
 
 async def generate(request: Request) -> Response:
     started = time.monotonic()
+    tenant_of(request)
     body = parse_json_model(await read_body(request), GenerateRequest, request.headers.get("content-type"))
     accept = request.headers.get("accept", "")
     if wants_stream(request):

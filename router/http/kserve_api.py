@@ -24,7 +24,7 @@ from starlette.responses import JSONResponse, Response
 from router import __version__
 from router.backends.base import ImageRequest
 from router.errors import InvalidRequest, PayloadTooLarge
-from router.http.common import facts_for, gateway_of, read_body, serve, served_headers, tag_images
+from router.http.common import facts_for, gateway_of, read_body, serve, served_headers, tag_images, tenant_of
 from router.http.encode import encode_off_loop
 from router.inference import image_request, infer_options, served_parameters
 from router.kserve import InferRequest, decode_request, encode_response, wants_binary
@@ -145,6 +145,7 @@ def parse_infer(body: bytes, header_length: str | None) -> tuple[InferRequest, I
 
 async def infer(request: Request) -> Response:
     started = time.monotonic()
+    tenant_of(request)  # a caller without a valid key learns nothing about its body
     alias = request.path_params["model"]
     body = await read_body(request, MAX_INFER_BODY)
     content_encoding = request.headers.get("content-encoding")

@@ -28,7 +28,7 @@ from starlette.responses import Response, StreamingResponse
 from router.backends.base import ImageRequest
 from router.dispatch import Served
 from router.errors import RouterError
-from router.http.common import b64_images, gateway_of
+from router.http.common import b64_images, gateway_of, tenant_of
 from router.inference import served_tags
 from router.policy.match import RequestFacts
 
@@ -59,11 +59,12 @@ async def stream_images(
     described: dict[str, str],
 ) -> Response:
     gateway = gateway_of(request)
+    tenant = tenant_of(request)
     image_request = gateway.with_seeds(facts, image_request)
     previews = gateway.preview_tiers(facts, partial_images)
     query, cache_control = request.query_params, request.headers.get("cache-control")
     main = asyncio.ensure_future(
-        gateway.generate(facts, image_request, query=query, started=started, cache_control=cache_control)
+        gateway.generate(facts, image_request, query=query, started=started, cache_control=cache_control, tenant=tenant)
     )
     partials = [
         asyncio.ensure_future(gateway.preview(facts, image_request, model, started=started)) for model in previews

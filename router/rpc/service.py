@@ -292,6 +292,7 @@ class KServeService:
             budget_s = left if budget_s is None else min(budget_s, left)
         alias = request.model_name
         facts = RequestFacts.of(image_req.prompts[0], options.intent, alias, metadata)
+        tenant = self.gateway.authenticate(metadata.get("authorization"))
         served = await self.gateway.generate(
             facts,
             image_req,
@@ -302,6 +303,7 @@ class KServeService:
             cache_control=metadata.get("cache-control"),
             random_seeds=False,
             budget_s=budget_s,
+            tenant=tenant,
         )
         images = await served.result.pixels()
         version = served.result.model_version or served.model.version or ""

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import grpc
 
-from router.errors import Overloaded, RouterError
+from router.errors import Overloaded, RateLimited, RouterError
 
 __all__ = ["grpc_status", "trailing_metadata"]
 
@@ -47,7 +47,9 @@ def trailing_metadata(exc: RouterError) -> tuple[tuple[str, str], ...]:
     metadata: list[tuple[str, str]] = [("x-router-error-code", exc.code)]
     if "route" in exc.details:
         metadata.append(("x-router-route", str(exc.details["route"])))
-    if isinstance(exc, Overloaded):
+    if isinstance(exc, Overloaded | RateLimited):
         metadata.append(("grpc-retry-pushback-ms", str(exc.retry_after_s * 1000)))
         metadata.append(("retry-after", str(exc.retry_after_s)))
+    if isinstance(exc, RateLimited):
+        metadata.extend(exc.headers.items())
     return tuple(metadata)

@@ -27,6 +27,7 @@ TAG_NAMES = {
     "x-router-fallback": "fallback",
     "x-router-hedged": "hedged",
     "x-cache": "cache",
+    "x-router-tenant": "tenant",
 }
 
 

@@ -1,0 +1,105 @@
+"""Who may call, and how much: tenant keys and per-tenant limits (pure; ``now`` passed in).
+
+Keys are kept only as SHA-256 digests and a presented key is hashed before it is looked
+up, so neither the lookup's timing nor a memory dump gives a key away; the digests are
+then compared with :func:`hmac.compare_digest`.
+
+Limits, per gateway replica (a replica counts what it serves; shared limits across
+replicas need the shared store, which is not wired here yet):
+
+- requests per second with a burst: a token bucket (GCRA's arithmetic: one timestamp
+  per tenant, no timer);
+- images per day: a counter per UTC day;
+- requests in flight at once.
+
+Every check returns what the answer's OpenAI-style ``x-ratelimit-*`` headers say.
+"""
+
+from __future__ import annotations
+
+import hmac
+import math
+from dataclasses import dataclass, field
+
+from router.config.table import Tenant, key_digest
+
+__all__ = ["Decision", "TenantState", "find_tenant"]
+
+
+def find_tenant(tenants: tuple[Tenant, ...], presented: str) -> Tenant | None:
+    digest = key_digest(presented)
+    for tenant in tenants:
+        for known in tenant.key_digests:
+            if hmac.compare_digest(known, digest):
+                return tenant
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """Whether a request may go ahead, and what to tell the client."""
+
+    allowed: bool
+    reason: str = ""  # "rate" | "images" | "concurrency" when refused
+    retry_after_s: float = 0.0
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+def _reset(seconds: float) -> str:
+    """OpenAI's reset format: ``1s``, ``6m0s``, ``1h2m3s``."""
+    seconds = max(0.0, seconds)
+    if seconds < 60:
+        return f"{seconds:.3g}s" if seconds < 1 else f"{math.ceil(seconds)}s"
+    total = math.ceil(seconds)
+    hours, rest = divmod(total, 3600)
+    minutes, secs = divmod(rest, 60)
+    return (f"{hours}h" if hours else "") + f"{minutes}m{secs}s"
+
+
+@dataclass
+class TenantState:
+    """One tenant's counters on this replica."""
+
+    tat: float = 0.0  # GCRA's theoretical arrival time
+    day: int = -1
+    images_today: int = 0
+    inflight: int = 0
+
+    def admit(self, tenant: Tenant, images: int, now: float, wall: float) -> Decision:
+        """Count a request for ``images`` images at ``now`` (monotonic) / ``wall``
+        (seconds since the epoch, for the day) if the limits allow it."""
+        headers: dict[str, str] = {}
+        day = int(wall // 86400)
+        if day != self.day:
+            self.day, self.images_today = day, 0
+        if tenant.max_concurrency is not None and self.inflight >= tenant.max_concurrency:
+            return Decision(False, "concurrency", 1.0, headers)
+        new_tat = self.tat
+        if tenant.requests_per_s:
+            interval = 1.0 / tenant.requests_per_s
+            tolerance = interval * max(1, tenant.burst)
+            new_tat = max(self.tat, now) + interval
+            remaining = int((now + tolerance - new_tat) // interval)
+            headers["x-ratelimit-limit-requests"] = str(max(1, tenant.burst))
+            if new_tat - now > tolerance:
+                headers["x-ratelimit-remaining-requests"] = "0"
+                headers["x-ratelimit-reset-requests"] = _reset(self.tat - now)
+                return Decision(False, "rate", new_tat - tolerance - now, headers)
+            headers["x-ratelimit-remaining-requests"] = str(max(0, remaining))
+            headers["x-ratelimit-reset-requests"] = _reset(new_tat - now)
+        if tenant.images_per_day is not None:
+            until_midnight = (day + 1) * 86400 - wall
+            headers["x-ratelimit-limit-images"] = str(tenant.images_per_day)
+            if self.images_today + images > tenant.images_per_day:
+                headers["x-ratelimit-remaining-images"] = str(max(0, tenant.images_per_day - self.images_today))
+                headers["x-ratelimit-reset-images"] = _reset(until_midnight)
+                return Decision(False, "images", until_midnight, headers)
+            headers["x-ratelimit-remaining-images"] = str(tenant.images_per_day - self.images_today - images)
+            headers["x-ratelimit-reset-images"] = _reset(until_midnight)
+            self.images_today += images
+        self.tat = new_tat
+        self.inflight += 1
+        return Decision(True, headers=headers)
+
+    def done(self) -> None:
+        self.inflight = max(0, self.inflight - 1)

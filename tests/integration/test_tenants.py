@@ -1,0 +1,147 @@
+"""Tenants with API keys (``tenants: {mode: keys}``) against real processes: who may
+call, through every API; limits with OpenAI's rate-limit headers; what a tenant may
+steer; keys never shown."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import grpc
+import httpx
+import numpy as np
+import openai
+import pytest
+import tritonclient.grpc as grpcclient
+import tritonclient.http as httpclient
+from tritonclient.utils import InferenceServerException
+
+from tests.integration.routes_common import TIERS
+from tests.procs import GatewayProcess
+
+Start = Callable[..., GatewayProcess]
+
+ACME_KEY = "sk-acme-0123456789abcdef"
+BETA_KEY = "sk-beta-0123456789abcdef"
+ROUTES = (
+    TIERS
+    + """
+tenants:
+  mode: keys
+  tenants:
+    acme:
+      keys: ["${ACME_KEY}"]
+      requests_per_s: 1
+      burst: 3
+      routes: [cheap, ab]
+    beta:
+      keys: ["${BETA_KEY}"]
+      overrides: [X-Canary]
+routes:
+  - name: cheap
+    match: {intent: cheap}
+    model: noop
+  - name: ab
+    match: {intent: ab}
+    split:
+      - {model: noop, weight: 100}
+      - {model: noop-canary, weight: 0, canary: true}
+  - name: other
+    match: {intent: other}
+    model: noop
+default_route: {name: main, model: noop, budget_ms: 5000}
+"""
+)
+
+
+@pytest.fixture()
+def gw(start_gateway: Start) -> GatewayProcess:
+    return start_gateway(ROUTES, env={"ACME_KEY": ACME_KEY, "BETA_KEY": BETA_KEY})
+
+
+def _post(gw: GatewayProcess, key: str | None, body: dict[str, object], **headers: str) -> httpx.Response:
+    if key is not None:
+        headers["Authorization"] = f"Bearer {key}"
+    return httpx.post(gw.url + "/api/v1/generate", json=body, headers=headers, timeout=30)
+
+
+def test_every_api_wants_a_key_and_says_so_in_its_own_shape(gw: GatewayProcess) -> None:
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(base_url=gw.url + "/v1", api_key="sk-wrong-key-xxxxxxxxxxxx", max_retries=0).images.generate(
+            prompt="x"
+        )
+    answer = openai.OpenAI(base_url=gw.url + "/v1", api_key=BETA_KEY, max_retries=0).images.generate(prompt="x")
+    assert answer.data
+
+    r = httpx.post(gw.url + "/v2/models/noop/infer", json={"inputs": []}, timeout=10)
+    assert r.status_code == 401 and isinstance(r.json()["error"], str)  # Triton's own shape
+    client = httpclient.InferenceServerClient(gw.url.removeprefix("http://"))
+    prompt = httpclient.InferInput("PROMPT", [1, 1], "BYTES")
+    prompt.set_data_from_numpy(np.array([[b"x"]], dtype=object))
+    with pytest.raises(InferenceServerException) as info:
+        client.infer("noop", [prompt])
+    assert info.value.status() == "401"
+    assert client.infer("noop", [prompt], headers={"Authorization": f"Bearer {BETA_KEY}"}).as_numpy("IMAGE") is not None
+    client.close()
+
+    grpc_client = grpcclient.InferenceServerClient(gw.grpc_target)
+    g = grpcclient.InferInput("PROMPT", [1, 1], "BYTES")
+    g.set_data_from_numpy(np.array([[b"x"]], dtype=object))
+    with pytest.raises(InferenceServerException) as ginfo:
+        grpc_client.infer("noop", [g])
+    assert ginfo.value.status() == str(grpc.StatusCode.UNAUTHENTICATED)
+    assert grpc_client.infer("noop", [g], headers={"authorization": f"Bearer {BETA_KEY}"}).as_numpy("IMAGE") is not None
+    grpc_client.close()
+
+
+@pytest.mark.parametrize(
+    "authorization",
+    ["", "Bearer", "bearer x", "Bearer  x y", "Basic " + ACME_KEY, ACME_KEY, "Bearer " + ACME_KEY[:-1],
+     "Bearer " + ACME_KEY + "x", "Bearer %00%ff", "Bearer " + "a" * 5000],
+)  # fmt: skip
+def test_malformed_or_unknown_keys_are_401_never_an_error(gw: GatewayProcess, authorization: str) -> None:
+    headers = {"Authorization": authorization} if authorization else {}
+    r = httpx.post(gw.url + "/api/v1/generate", json={"prompt": "x"}, headers=headers, timeout=10)
+    assert r.status_code == 401 and r.json()["error"]["code"] == "unauthorized"
+    assert ACME_KEY not in r.text
+
+
+def test_limits_answer_with_openai_headers_then_429(gw: GatewayProcess) -> None:
+    statuses, remaining = [], []
+    for _ in range(5):
+        r = _post(gw, ACME_KEY, {"prompt": "x", "intent": "cheap"})
+        statuses.append(r.status_code)
+        remaining.append(r.headers.get("x-ratelimit-remaining-requests"))
+        if r.status_code == 429:
+            assert r.json()["error"]["code"] == "rate_limited" and int(r.headers["retry-after"]) >= 1
+            assert r.headers["x-ratelimit-limit-requests"] == "3"
+    assert statuses[:3] == [200, 200, 200] and 429 in statuses[3:], statuses
+    assert remaining[:3] == ["2", "1", "0"], remaining
+    assert _post(gw, ACME_KEY, {"prompt": "x", "intent": "cheap"}).headers.get("x-router-tenant") in (None, "acme")
+    with pytest.raises(openai.RateLimitError):  # the SDK's own class, so its retry logic applies
+        openai.OpenAI(base_url=gw.url + "/v1", api_key=ACME_KEY, max_retries=0).images.generate(
+            prompt="x", extra_body={"intent": "cheap"}
+        )
+
+
+def test_routes_and_overrides_a_tenant_may_not_use(gw: GatewayProcess) -> None:
+    r = _post(gw, ACME_KEY, {"prompt": "x", "intent": "other"})
+    assert r.status_code == 403 and r.json()["error"]["code"] == "forbidden"
+    # X-Canary: beta may send it, acme may not (ignored, not refused)
+    assert (
+        _post(gw, BETA_KEY, {"prompt": "x", "intent": "ab"}, **{"X-Canary": "always"}).headers["x-router-canary"]
+        == "true"
+    )
+    acme = _post(gw, ACME_KEY, {"prompt": "x", "intent": "ab"}, **{"X-Canary": "always"})
+    assert acme.status_code == 200 and acme.headers["x-router-canary"] == "false"
+    assert acme.headers["x-router-tenant"] == "acme"
+
+
+def test_keys_are_never_shown(gw: GatewayProcess) -> None:
+    config = httpx.get(gw.url + "/admin/config", headers=gw.admin, timeout=10).text
+    assert ACME_KEY not in config and BETA_KEY not in config
+    _post(gw, "sk-not-a-key-0123456789", {"prompt": "x"})
+    _post(gw, BETA_KEY, {"prompt": "x"})
+    gw.stop()
+    log = gw.log.read_text()
+    assert ACME_KEY not in log and BETA_KEY not in log and "sk-not-a-key" not in log
+    assert '"tenant":"beta"' in log  # the access log says who, never with what
