@@ -34,7 +34,7 @@ from router.policy.explain import explain
 from router.policy.match import RequestFacts, select_route
 from router.policy.size import MAX_UPSCALED_SIDE
 from router.policy.split import Choice, choose_arm, sticky_key
-from router.policy.tenants import TenantState, find_tenant
+from router.policy.tenants import Decision, TenantState, find_tenant, limit_args, shared_decision
 from router.stats import LatencyStats
 from router.telemetry import Metrics, Tracing
 
@@ -165,7 +165,9 @@ class Gateway:
     async def _as_tenant(self, tenant: Tenant, images: int, call: Callable[[], Awaitable[Served]]) -> Served:
         """``call`` within ``tenant``'s limits on this replica; its answer carries them."""
         state = self._tenant_state.setdefault(tenant.name, TenantState())
-        decision = state.admit(tenant, images, self.clock(), time.time())
+        decision = await self._shared_limits(tenant, images, state)
+        if decision is None:  # no shared store, or it did not answer: this replica counts
+            decision = state.admit(tenant, images, self.clock(), time.time())
         if not decision.allowed:
             raise RateLimited(
                 f"tenant {tenant.name!r} is over its {_LIMIT_NAMES[decision.reason]} limit",
@@ -177,6 +179,29 @@ class Gateway:
         finally:
             state.done()
         return dataclasses.replace(served, tenant=tenant.name, limit_headers=decision.headers)
+
+    async def _shared_limits(self, tenant: Tenant, images: int, state: TenantState) -> Decision | None:
+        """``tenant``'s rate and daily images counted for every replica at once in the
+        shared store (Redis), in one round trip; ``None`` when there is none or it did
+        not answer within its bound — a store fault never fails a request."""
+        if (
+            self.cache is None
+            or self.cache.store.kind != "redis"
+            or not (tenant.requests_per_s or tenant.images_per_day)
+        ):
+            return None
+        refused = state.busy(tenant)
+        if refused is not None:
+            return refused
+        wall = time.time()
+        keys = [f"t:{tenant.name}:rate", f"t:{tenant.name}:images:{int(wall // 86400)}"]
+        reply = await self.cache.store.limit(keys, limit_args(tenant, images))
+        if reply is None:
+            return None
+        decision = shared_decision(tenant, reply, wall)
+        if decision.allowed:
+            state.inflight += 1
+        return decision
 
     def authenticate(self, authorization: str | None) -> Tenant | None:
         """The tenant an ``Authorization: Bearer <key>`` names. In ``keys`` mode a missing,

@@ -164,6 +164,12 @@ class RedisStore:
     async def release(self, key: str, owner: str) -> None:
         await self._redis.eval(_RELEASE, 1, key, owner)
 
+    async def limit(self, keys: list[str], args: list[int]) -> list[int]:
+        """One tenant's request rate and daily images, checked and counted atomically for
+        every replica (:data:`_LIMIT`)."""
+        reply = await self._redis.eval(_LIMIT, len(keys), *keys, *args)
+        return [int(v) for v in reply]
+
     async def stats(self) -> dict[str, Any]:
         info = await self._redis.info("memory")
         return {"entries": int(await self._redis.dbsize()), "bytes": int(info.get("used_memory", 0))}
@@ -172,6 +178,34 @@ class RedisStore:
         await self._redis.aclose()
 
 
+# A tenant's limits in one round trip, on Redis's own clock (no skew between replicas):
+# GCRA for the request rate (one timestamp per tenant), a counter per UTC day for
+# images. KEYS: rate key, day key. ARGV: interval ms (0: no rate), tolerance ms, images,
+# images per day (-1: none). Reply: allowed, reason (1 rate, 2 images), ms (rate
+# refused: the stored arrival time ahead of now; else the new one), images used today.
+_LIMIT = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local interval, tolerance = tonumber(ARGV[1]), tonumber(ARGV[2])
+local images, per_day = tonumber(ARGV[3]), tonumber(ARGV[4])
+local new_tat = now
+if interval > 0 then
+  local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
+  if tat < now then tat = now end
+  new_tat = tat + interval
+  if new_tat - now > tolerance then return {0, 1, tat - now, 0} end
+end
+local used = 0
+if per_day >= 0 then
+  used = tonumber(redis.call('GET', KEYS[2]) or '0')
+  if used + images > per_day then return {0, 2, new_tat - now, used} end
+  redis.call('INCRBY', KEYS[2], images)
+  redis.call('EXPIRE', KEYS[2], 172800)
+  used = used + images
+end
+if interval > 0 then redis.call('SET', KEYS[1], new_tat, 'PX', tolerance + interval) end
+return {1, 0, new_tat - now, used}
+"""
 LEASE_BOUND = 4  # a lease may take this many lookup bounds
 _CIRCUIT = CircuitPolicy(consecutive_failures=10, failure_ratio=0.5, min_requests=20, window_s=10.0, cooldown_s=2.0)
 
@@ -264,6 +298,15 @@ class GuardedStore:
 
     async def release(self, key: str, owner: str) -> None:
         await self._guard(lambda: self.store.release(key, owner), None, max(self.timeout_s, 1.0))
+
+    async def limit(self, keys: list[str], args: list[int]) -> list[int] | None:
+        """The shared limits' reply, or ``None`` when only this replica can count (no
+        shared store, or it did not answer in time: the caller counts locally)."""
+        limit = getattr(self.store, "limit", None)
+        if limit is None:
+            return None
+        reply: list[int] | None = await self._guard(lambda: limit(keys, args), None)
+        return reply
 
     async def aclose(self) -> None:
         try:

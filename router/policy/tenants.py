@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 from router.config.table import Tenant, key_digest
 
-__all__ = ["Decision", "TenantState", "find_tenant"]
+__all__ = ["Decision", "TenantState", "find_tenant", "limit_args", "shared_decision"]
 
 
 def find_tenant(tenants: tuple[Tenant, ...], presented: str) -> Tenant | None:
@@ -54,6 +54,38 @@ def _reset(seconds: float) -> str:
     hours, rest = divmod(total, 3600)
     minutes, secs = divmod(rest, 60)
     return (f"{hours}h" if hours else "") + f"{minutes}m{secs}s"
+
+
+def limit_args(tenant: Tenant, images: int) -> list[int]:
+    """The shared store's arguments for ``tenant`` (see ``router.cache.store._LIMIT``)."""
+    interval = round(1000 / tenant.requests_per_s) if tenant.requests_per_s else 0
+    per_day = tenant.images_per_day if tenant.images_per_day is not None else -1
+    return [interval, interval * max(1, tenant.burst), images, per_day]
+
+
+def shared_decision(tenant: Tenant, reply: list[int], wall: float) -> Decision:
+    """What the shared store's reply means, with the same headers as a local count."""
+    allowed, reason, ahead_ms, used = reply
+    interval_ms, tolerance_ms, _, per_day = limit_args(tenant, 0)
+    headers: dict[str, str] = {}
+    if interval_ms:
+        headers["x-ratelimit-limit-requests"] = str(max(1, tenant.burst))
+        if allowed:
+            headers["x-ratelimit-remaining-requests"] = str(max(0, (tolerance_ms - ahead_ms) // interval_ms))
+            headers["x-ratelimit-reset-requests"] = _reset(ahead_ms / 1000)
+        elif reason == 1:
+            headers["x-ratelimit-remaining-requests"] = "0"
+            headers["x-ratelimit-reset-requests"] = _reset(ahead_ms / 1000)
+    until_midnight = (int(wall // 86400) + 1) * 86400 - wall
+    if per_day >= 0:
+        headers["x-ratelimit-limit-images"] = str(per_day)
+        headers["x-ratelimit-remaining-images"] = str(max(0, per_day - used))
+        headers["x-ratelimit-reset-images"] = _reset(until_midnight)
+    if allowed:
+        return Decision(True, headers=headers)
+    if reason == 1:
+        return Decision(False, "rate", max(0.001, (ahead_ms + interval_ms - tolerance_ms) / 1000), headers)
+    return Decision(False, "images", until_midnight, headers)
 
 
 @dataclass
@@ -100,6 +132,12 @@ class TenantState:
         self.tat = new_tat
         self.inflight += 1
         return Decision(True, headers=headers)
+
+    def busy(self, tenant: Tenant) -> Decision | None:
+        """Refused for concurrency (counted on this replica only), else ``None``."""
+        if tenant.max_concurrency is not None and self.inflight >= tenant.max_concurrency:
+            return Decision(False, "concurrency", 1.0)
+        return None
 
     def done(self) -> None:
         self.inflight = max(0, self.inflight - 1)

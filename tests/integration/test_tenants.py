@@ -5,6 +5,7 @@ steer; keys never shown."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 import grpc
 import httpx
@@ -145,3 +146,62 @@ def test_keys_are_never_shown(gw: GatewayProcess) -> None:
     log = gw.log.read_text()
     assert ACME_KEY not in log and BETA_KEY not in log and "sk-not-a-key" not in log
     assert '"tenant":"beta"' in log  # the access log says who, never with what
+
+
+SHARED = (
+    TIERS
+    + """
+cache: {store: "${REDIS_URL}"}
+tenants:
+  mode: keys
+  tenants:
+    acme: {keys: ["${ACME_KEY}"], requests_per_s: 20, burst: 1}
+default_route: {name: main, model: noop, budget_ms: 5000, cache: {seedless: fresh}}
+"""
+)
+
+
+def test_two_replicas_sharing_redis_hold_a_tenant_to_its_rate_and_survive_redis_dying(
+    start_gateway: Start, tmp_path: Path
+) -> None:
+    import asyncio
+    import time
+
+    from tests.procs import RedisProcess
+
+    redis = RedisProcess(tmp_path).start()
+    env = {"ACME_KEY": ACME_KEY, "REDIS_URL": redis.url}
+    replicas = [start_gateway(SHARED, name=f"shared{i}.yaml", env=env) for i in range(2)]
+
+    async def hammer(seconds: float) -> list[int]:
+        statuses: list[int] = []
+        headers = {"Authorization": f"Bearer {ACME_KEY}"}
+        async with httpx.AsyncClient(timeout=30) as client:
+            stop = time.monotonic() + seconds
+
+            async def one_client(url: str) -> None:
+                while time.monotonic() < stop:
+                    r = await client.post(url + "/api/v1/generate", json={"prompt": "x", "seed": 1}, headers=headers)
+                    statuses.append(r.status_code)
+
+            await asyncio.gather(*(one_client(gw.url) for gw in replicas for _ in range(2)))
+        return statuses
+
+    try:
+        asyncio.run(hammer(0.5))  # warm: connections, the store
+        time.sleep(1.0)  # the bucket refills
+        t0 = time.monotonic()
+        statuses = asyncio.run(hammer(3.0))
+        elapsed = time.monotonic() - t0
+        allowed = statuses.count(200)
+        expected = 20 * elapsed + 1  # the rate over the window, plus the one burst slot
+        print(f"\nshared limit: {allowed} allowed of {len(statuses)} in {elapsed:.2f} s, expected {expected:.1f}")
+        assert set(statuses) <= {200, 429}, set(statuses)
+        assert statuses.count(429) > allowed, "the replicas together asked for far more than the limit"
+        assert abs(allowed - expected) <= 0.05 * expected + 2, (allowed, expected)  # 5%, and the window's edges
+
+        redis.kill()  # the store dies: each replica counts on its own, and nothing fails
+        after = asyncio.run(hammer(1.5))
+        assert after and set(after) <= {200, 429} and after.count(200) > 0, set(after)
+    finally:
+        redis.stop()

@@ -42,3 +42,17 @@ def test_images_per_day_and_concurrency() -> None:
     assert not over.allowed and over.reason == "images" and over.retry_after_s > 86000
     next_day = state.admit(tenant, 2, 0.0, 86400 * 4 + 1)
     assert next_day.allowed and next_day.headers["x-ratelimit-remaining-images"] == "3"
+
+
+def test_the_shared_stores_reply_reads_like_a_local_count() -> None:
+    from router.policy.tenants import limit_args, shared_decision
+
+    tenant = Tenant("t", (), requests_per_s=2, burst=3, images_per_day=10)
+    assert limit_args(tenant, 1) == [500, 1500, 1, 10]
+    ok = shared_decision(tenant, [1, 0, 1000, 4], 0.0)  # 1 s of the 1.5 s tolerance used
+    assert ok.allowed and ok.headers["x-ratelimit-remaining-requests"] == "1"
+    assert ok.headers["x-ratelimit-remaining-images"] == "6"
+    rate = shared_decision(tenant, [0, 1, 1400, 0], 0.0)  # the stored arrival is 1.4 s ahead
+    assert not rate.allowed and rate.reason == "rate" and abs(rate.retry_after_s - 0.4) < 1e-9
+    images = shared_decision(tenant, [0, 2, 500, 10], 100.0)
+    assert not images.allowed and images.reason == "images" and images.headers["x-ratelimit-remaining-images"] == "0"
