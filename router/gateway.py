@@ -102,6 +102,7 @@ class Gateway:
         self.fill = Filler(self.dispatcher, lambda: self._table)
         self.hitters = HeavyHitters()
         self._tenant_state: dict[str, TenantState] = {}
+        self._tenant_counts: dict[tuple[str, str], int] = {}
         self._sync_cache(table.cache)
 
     def _sync_cache(self, config: CacheConfig | None) -> None:
@@ -152,6 +153,7 @@ class Gateway:
             facts, canary, priority = _tenant_steering(tenant, facts, canary, priority)
         route = select_route(table, facts)
         if tenant is not None and tenant.routes is not None and not ({route.name, facts.model} & tenant.routes):
+            self._count_tenant(tenant.name, "forbidden")
             raise Forbidden(f"tenant {tenant.name!r} may not use route {route.name!r}", route=route.name)
         _check_limits(route, request)
         if tenant is not None:
@@ -162,6 +164,27 @@ class Gateway:
             table, route, facts, request, query, canary, priority, started, cache_control, random_seeds, budget_s
         )
 
+    def _count_tenant(self, tenant: str, outcome: str) -> None:
+        """Per tenant and outcome: labels bounded by the configured tenants (+ unknown)."""
+        key = (tenant, outcome)
+        self._tenant_counts[key] = self._tenant_counts.get(key, 0) + 1
+        if self.metrics is not None:
+            self.metrics.tenant_requests.labels(tenant, outcome).inc()
+
+    def tenant_status(self) -> list[dict[str, Any]]:
+        """What the status page shows per tenant: its limits, in flight, and outcomes."""
+        out = []
+        for tenant in self._table.tenants:
+            state = self._tenant_state.get(tenant.name)
+            counts = {o: n for (t, o), n in self._tenant_counts.items() if t == tenant.name}
+            out.append({
+                "name": tenant.name, "requests_per_s": tenant.requests_per_s, "burst": tenant.burst,
+                "images_per_day": tenant.images_per_day, "max_concurrency": tenant.max_concurrency,
+                "inflight": state.inflight if state else 0, "images_today": state.images_today if state else 0,
+                **counts,
+            })  # fmt: skip
+        return out
+
     async def _as_tenant(self, tenant: Tenant, images: int, call: Callable[[], Awaitable[Served]]) -> Served:
         """``call`` within ``tenant``'s limits on this replica; its answer carries them."""
         state = self._tenant_state.setdefault(tenant.name, TenantState())
@@ -169,6 +192,7 @@ class Gateway:
         if decision is None:  # no shared store, or it did not answer: this replica counts
             decision = state.admit(tenant, images, self.clock(), time.time())
         if not decision.allowed:
+            self._count_tenant(tenant.name, "rate_limited")
             raise RateLimited(
                 f"tenant {tenant.name!r} is over its {_LIMIT_NAMES[decision.reason]} limit",
                 retry_after_s=max(1, math.ceil(decision.retry_after_s)),
@@ -178,6 +202,7 @@ class Gateway:
             served = await call()
         finally:
             state.done()
+        self._count_tenant(tenant.name, "served")
         return dataclasses.replace(served, tenant=tenant.name, limit_headers=decision.headers)
 
     async def _shared_limits(self, tenant: Tenant, images: int, state: TenantState) -> Decision | None:
@@ -212,6 +237,7 @@ class Gateway:
         key = key.strip()
         tenant = find_tenant(table.tenants, key) if scheme.lower() == "bearer" and key else None
         if tenant is None and table.tenant_mode == "keys":
+            self._count_tenant("unknown", "unauthorized")
             if not authorization:
                 raise Unauthorized("an API key is required: send Authorization: Bearer <key>")
             raise Unauthorized("the API key is not valid")

@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
+import time
 from typing import Any
 
+import orjson
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -38,12 +41,40 @@ __all__ = [
 ]
 
 
+audit_log = logging.getLogger("router.audit")
 SESSION_COOKIE = "router_admin"
 
 
-def session_value(token: str) -> str:
-    """What the status page's cookie holds: a MAC of the token, not the token itself."""
-    return hmac.new(token.encode(), b"router-admin-session", hashlib.sha256).hexdigest()
+SESSION_S = 12 * 3600  # a status-page session lasts a working day
+
+
+def session_value(token: str, expires: int) -> str:
+    """What the status page's cookie holds: when it expires and a MAC of that with the
+    token — never the token itself, and worthless after ``expires`` (epoch seconds)."""
+    mac = hmac.new(token.encode(), f"router-admin-session:{expires}".encode(), hashlib.sha256).hexdigest()
+    return f"{expires}.{mac}"
+
+
+def _valid_session(token: str, cookie: str) -> bool:
+    expires, _, _ = cookie.partition(".")
+    if not expires.isdigit() or int(expires) < time.time():
+        return False
+    return hmac.compare_digest(cookie.encode(), session_value(token, int(expires)).encode())
+
+
+def audit(request: Request, action: str, **details: Any) -> None:
+    """One line per admin action that changes something (reload, purge, pre-generation,
+    sign-in): when, what, and from where — the admin token is one shared secret, so
+    "who" is the client's address and how it signed in."""
+    how = "bearer" if request.headers.get("authorization") else "session"
+    client = request.client.host if request.client else ""
+    forwarded = request.headers.get("x-forwarded-for", "")
+    line = {"ts": round(time.time(), 3), "audit": action, "from": forwarded or client, "auth": how, **details}
+    runtime = getattr(request.app.state, "runtime", None)
+    if runtime is not None and runtime.access_log is not None:  # beside the access log's lines
+        runtime.access_log.record(line)
+    else:  # the access log is off: on stderr, where the gateway's own warnings go
+        audit_log.warning(orjson.dumps(line).decode())
 
 
 def admin_token(request: Request) -> str:
@@ -61,7 +92,7 @@ def check_admin(request: Request) -> None:
     if hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
         return
     cookie = request.cookies.get(SESSION_COOKIE, "")
-    if cookie and hmac.compare_digest(cookie.encode(), session_value(token).encode()):
+    if cookie and _valid_session(token, cookie):
         return
     raise Unauthorized("admin API needs Authorization: Bearer <ROUTER_ADMIN_TOKEN>")
 
@@ -81,6 +112,7 @@ async def admin_reload(request: Request) -> Response:
     check_admin(request)
     reloader: RoutesReloader = request.app.state.reloader
     result = reloader.reload()
+    audit(request, "reload", ok=result.ok)
     return JSONResponse(result.to_dict(), status_code=200 if result.ok else 422)
 
 
@@ -179,6 +211,7 @@ async def admin_cache_purge(request: Request) -> Response:
         raise InvalidRequest("say what to purge: model, route, prompt, or all: true", field="all")
     model, _, version = (body.model or "").partition("@")
     removed = await cache.purge(model=model or None, version=version or None, route=body.route, prompt=body.prompt)
+    audit(request, "purge", model=body.model, route=body.route, prompt=bool(body.prompt), all=body.all, removed=removed)
     return JSONResponse({"removed": removed})
 
 
@@ -203,6 +236,7 @@ async def admin_pregenerate(request: Request) -> Response:
     if gateway.cache is None:
         raise _no_cache()
     counts = gateway.pregenerate([item.model_dump() for item in body.items])
+    audit(request, "pregenerate", items=len(body.items), queued=counts.get("queued", 0))
     return JSONResponse(counts, status_code=202)
 
 

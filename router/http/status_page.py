@@ -11,6 +11,7 @@ reload. The verdict is a pure function (:func:`canary_verdict`).
 from __future__ import annotations
 
 import hmac
+import time
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
@@ -20,7 +21,7 @@ from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Re
 
 from router.errors import NotFound, RouterError
 from router.gateway import Gateway
-from router.http.admin_api import SESSION_COOKIE, admin_token, check_admin, describe, session_value
+from router.http.admin_api import SESSION_COOKIE, SESSION_S, admin_token, audit, check_admin, describe, session_value
 from router.http.common import gateway_of, read_body
 from router.reload import RoutesReloader
 
@@ -83,6 +84,7 @@ def _status(gateway: Gateway, reloader: RoutesReloader) -> dict[str, Any]:
         "models": models,
         "canaries": _canaries(table, latency),
         "recent_downgrades": gateway.recent_downgrades(20),
+        "tenants": gateway.tenant_status(),
         "backends": state["backends"],
     }
 
@@ -125,5 +127,9 @@ async def login(request: Request) -> Response:
     if not hmac.compare_digest(given.encode(), token.encode()):
         return HTMLResponse(LOGIN.replace("{error}", "<p style=color:#b00>Wrong token.</p>"), status_code=401)
     response = RedirectResponse("/admin/", status_code=303)
-    response.set_cookie(SESSION_COOKIE, session_value(token), httponly=True, samesite="strict", path="/admin")
+    expires = int(time.time()) + SESSION_S
+    secure = request.url.scheme == "https" or request.headers.get("x-forwarded-proto", "") == "https"
+    response.set_cookie(SESSION_COOKIE, session_value(token, expires), max_age=SESSION_S, httponly=True,
+                        samesite="strict", path="/admin", secure=secure)  # fmt: skip
+    audit(request, "sign-in")
     return response

@@ -142,6 +142,13 @@ class Metrics:
             "router_budget_exhausted", "Requests whose budget ran out", ["route"], registry=r
         )
         self.hedges = Counter("router_hedges", "Hedged requests, by which tier won", ["route", "winner"], registry=r)
+        self.tenant_requests = Counter(
+            "router_tenant_requests",
+            "Image requests by tenant (configured names only, and 'unknown' for a bad key) and outcome "
+            "(served, rate_limited, forbidden, unauthorized)",
+            ["tenant", "outcome"],
+            registry=r,
+        )
         self.cache_results = Counter(
             "router_cache_results",
             "Answers on cached routes by X-Cache (HIT, MISS, COALESCED, BYPASS) and the model that made the image",

@@ -281,3 +281,34 @@ def test_replicas_discovered_from_dns_serve(start_gateway: Start, triton: Triton
     assert f"http://127.0.0.1:{port}" in urls and f"http://localhost:{port}" not in urls, urls
     for _ in range(5):  # an address nothing listens on (::1, where localhost has one) is taken out
         assert httpx.post(gw.url + "/api/v1/generate", json={"prompt": "y"}, timeout=10).status_code == 200
+
+
+def test_admin_sessions_expire_and_admin_actions_are_audited(start_gateway: Start) -> None:
+    import json as json_module
+    import time
+
+    from router.http.admin_api import SESSION_COOKIE, session_value
+    from tests.procs import ADMIN_TOKEN
+
+    gw = start_gateway(ROUTING, name="admin.yaml")
+    signed_in = httpx.post(
+        gw.url + "/admin/login",
+        content=f"token={ADMIN_TOKEN}",
+        headers={"content-type": "application/x-www-form-urlencoded", "x-forwarded-proto": "https"},
+    )
+    cookie = signed_in.headers["set-cookie"].lower()
+    assert signed_in.status_code == 303 and "max-age=43200" in cookie and "secure" in cookie and "httponly" in cookie
+    plain = httpx.post(gw.url + "/admin/login", content=f"token={ADMIN_TOKEN}",
+                       headers={"content-type": "application/x-www-form-urlencoded"})  # fmt: skip
+    assert "secure" not in plain.headers["set-cookie"].lower(), "Secure only behind TLS"
+    fresh = session_value(ADMIN_TOKEN, int(time.time()) + 60)
+    stale = session_value(ADMIN_TOKEN, int(time.time()) - 1)
+    assert httpx.get(gw.url + "/admin/status.json", cookies={SESSION_COOKIE: fresh}).status_code == 200
+    assert httpx.get(gw.url + "/admin/status.json", cookies={SESSION_COOKIE: stale}).status_code == 401
+    assert httpx.get(gw.url + "/admin/status.json", cookies={SESSION_COOKIE: fresh[:-1] + "0"}).status_code == 401
+    assert httpx.post(gw.url + "/admin/reload", headers=gw.admin).status_code == 200
+    gw.stop()
+    lines = [json_module.loads(line) for line in gw.log.read_text().splitlines() if line.startswith('{"ts"')]
+    actions = [(line["audit"], line["auth"]) for line in lines if "audit" in line]
+    assert actions == [("sign-in", "session"), ("sign-in", "session"), ("reload", "bearer")], actions
+    assert ADMIN_TOKEN not in gw.log.read_text()

@@ -17,7 +17,7 @@ import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
 from tests.integration.routes_common import TIERS
-from tests.procs import GatewayProcess
+from tests.procs import GatewayProcess, scrape
 
 Start = Callable[..., GatewayProcess]
 
@@ -122,6 +122,19 @@ def test_limits_answer_with_openai_headers_then_429(gw: GatewayProcess) -> None:
         openai.OpenAI(base_url=gw.url + "/v1", api_key=ACME_KEY, max_retries=0).images.generate(
             prompt="x", extra_body={"intent": "cheap"}
         )
+    # per tenant: a metric with labels bounded by the configured tenants, and the status page
+    _post(gw, "sk-unknown-key-0123456789", {"prompt": "x"})
+    series = scrape(gw)
+    counts = {
+        dict(labels)["tenant"] + ":" + dict(labels)["outcome"]: v
+        for (name, labels), v in series.items()
+        if name == "router_tenant_requests_total"
+    }
+    assert counts["acme:served"] >= 3 and counts["acme:rate_limited"] >= 1 and counts["unknown:unauthorized"] >= 1
+    assert not any("sk-" in k for k in counts)
+    status = httpx.get(gw.url + "/admin/status.json", headers=gw.admin, timeout=10).json()
+    acme = next(t for t in status["tenants"] if t["name"] == "acme")
+    assert acme["served"] >= 3 and acme["rate_limited"] >= 1 and acme["requests_per_s"] == 1
 
 
 def test_routes_and_overrides_a_tenant_may_not_use(gw: GatewayProcess) -> None:
