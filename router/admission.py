@@ -1,8 +1,15 @@
 """Admission: at most ``limit`` requests in flight per model, a bounded priority queue.
 
-A request that finds the model full may wait — in priority order (1 first), then
-arrival order — but only while fewer than ``max_queue`` are already waiting; the
-caller bounds the wait by its deadline. Nothing here grows without bound.
+A request that finds the model full may wait — in priority order (1 first), then by
+fair share between tenants, then arrival order — but only while fewer than
+``max_queue`` are already waiting; the caller bounds the wait by its deadline. Nothing
+here grows without bound.
+
+Fair share is weighted fair queuing with equal weights (start-time tags): each waiter's
+tag is one more than the later of the gate's virtual time (the tag last admitted) and
+its tenant's previous tag. A tenant that sends ten times as much only lines up behind
+itself: a light tenant's next request is tagged near the virtual time and goes ahead
+of the heavy tenant's backlog. Requests without a tenant share one.
 """
 
 from __future__ import annotations
@@ -19,12 +26,21 @@ class AdmissionGate:
         self.limit = limit
         self.max_queue = max_queue
         self.inflight = 0
-        self._waiters: list[tuple[int, int, asyncio.Future[None]]] = []
+        self._waiters: list[tuple[int, float, int, asyncio.Future[bool]]] = []
         self._order = itertools.count()
+        self._virtual = 0.0  # the tag of the waiter admitted last
+        self._last_tag: dict[str, float] = {}  # per tenant (bounded by the configured tenants)
 
     @property
     def queued(self) -> int:
         return sum(1 for *_, f in self._waiters if not f.done())
+
+    def ahead_of(self, priority: int, tenant: str) -> int:
+        """How many waiting requests a new one of ``tenant`` at ``priority`` would wait
+        behind: only those it would not overtake (a heavy tenant's backlog is not ahead
+        of a light tenant's next request)."""
+        tag = max(self._virtual, self._last_tag.get(tenant, 0.0)) + 1.0
+        return sum(1 for p, t, _, f in self._waiters if not f.done() and (p, t) < (priority, tag))
 
     def try_acquire(self) -> bool:
         if self.limit is None or (self.inflight < self.limit and not self.queued):
@@ -32,24 +48,47 @@ class AdmissionGate:
             return True
         return False
 
-    def can_queue(self) -> bool:
-        return self.queued < self.max_queue
+    def _tag(self, tenant: str) -> float:
+        return max(self._virtual, self._last_tag.get(tenant, 0.0)) + 1.0
 
-    async def acquire(self, priority: int) -> None:
-        """Wait for a slot (the caller cancels on its deadline)."""
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        heapq.heappush(self._waiters, (priority, next(self._order), future))
+    def _last_in_line(self) -> tuple[int, float, int, asyncio.Future[bool]] | None:
+        waiting = [w for w in self._waiters if not w[3].done()]
+        return max(waiting, key=lambda w: (w[0], w[1], w[2])) if waiting else None
+
+    def can_queue(self, priority: int | None = None, tenant: str | None = None) -> bool:
+        """Room in the queue — or, when it is full, a place ahead of the last in line,
+        who is then displaced (so a heavy tenant's backlog cannot fill the queue against
+        a light tenant's request)."""
+        if self.queued < self.max_queue:
+            return True
+        last = self._last_in_line()
+        if priority is None or tenant is None or last is None:
+            return False
+        return (priority, self._tag(tenant)) < (last[0], last[1])
+
+    async def acquire(self, priority: int, tenant: str = "") -> bool:
+        """Wait for a slot (the caller cancels on its deadline): ``True`` when admitted,
+        ``False`` when displaced from a full queue by a request that goes ahead of it."""
+        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        tag = self._tag(tenant)
+        if self.queued >= self.max_queue:
+            last = self._last_in_line()
+            if last is not None and (priority, tag) < (last[0], last[1]):
+                last[3].set_result(False)
+        self._last_tag[tenant] = tag
+        heapq.heappush(self._waiters, (priority, tag, next(self._order), future))
         try:
-            await future
+            return await future
         except asyncio.CancelledError:
-            if future.done() and not future.cancelled():
+            if future.done() and not future.cancelled() and future.result():
                 self.release()  # granted just as we gave up: pass it on
             raise
 
     def release(self) -> None:
         while self._waiters:
-            _, _, future = heapq.heappop(self._waiters)
+            _, tag, _, future = heapq.heappop(self._waiters)
             if not future.done():
-                future.set_result(None)  # the slot passes straight to the waiter
+                self._virtual = max(self._virtual, tag)
+                future.set_result(True)  # the slot passes straight to the waiter
                 return
         self.inflight -= 1

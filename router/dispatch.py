@@ -119,6 +119,7 @@ class _Progress:
     start: float
     deadline: float
     reasons: list[tuple[str, str]] = field(default_factory=list)
+    tenant: str = ""  # whose request: the admission queue shares fairly between tenants
 
     @property
     def budget_ms(self) -> float:
@@ -207,12 +208,16 @@ class Dispatcher:
 
         return p95
 
-    def forecast(self, model: Model) -> Forecast | None:
+    def forecast(self, model: Model, priority: int | None = None, tenant: str | None = None) -> Forecast | None:
         """The backend's forecast for ``model``, behind this gateway's own admission
-        queue when the model's gate is full (``None``: no usable endpoint)."""
+        queue when the model's gate is full (``None``: no usable endpoint). Given the
+        request's priority and tenant, only the waiters it would not overtake count."""
         gate = self.gate(model)
         full = gate.limit is not None and (gate.inflight >= gate.limit or gate.queued > 0)
-        return self.pool.get(model.backend).forecast(model, gate.queued + 1 if full else 0)
+        if not full:
+            return self.pool.get(model.backend).forecast(model, 0)
+        ahead = gate.queued if priority is None or tenant is None else gate.ahead_of(priority, tenant)
+        return self.pool.get(model.backend).forecast(model, ahead + 1)
 
     # -- one attempt -----------------------------------------------------------------
 
@@ -261,12 +266,13 @@ class Dispatcher:
         gate = self.gate(model)
         if gate.try_acquire():
             return None
-        if not attempt.last or not gate.can_queue():
+        if not attempt.last or not gate.can_queue(priority, progress.tenant):
             return "full"
         floor = attempt.forecast.service_floor_s if attempt.forecast is not None else 0.0
         try:
             async with asyncio.timeout(max(0.0, progress.deadline - self.clock() - floor)):
-                await gate.acquire(priority)
+                if not await gate.acquire(priority, progress.tenant):
+                    return "full"  # displaced from the queue by a request that goes ahead
         except TimeoutError:
             return "queue_timeout"
         return None
@@ -283,12 +289,13 @@ class Dispatcher:
         started: float | None = None,
         cache: CachePlan | None = None,
         budget_s: float | None = None,
+        tenant: str = "",
     ) -> Served:
         """``budget_s`` caps the route's budget: a client's own deadline (a gRPC
         deadline, KServe's ``timeout`` parameter) when it is the shorter."""
         start = self.clock() if started is None else started
         budget = route.budget_ms / 1000 if budget_s is None else max(0.0, min(route.budget_ms / 1000, budget_s))
-        progress = _Progress(start, start + budget)
+        progress = _Progress(start, start + budget, tenant=tenant)
         chain = list(chain_for(choice.arm.model, route.fallback))
         hedge = route.hedge_after_ms is not None or route.hedge_p95
         keys: dict[str, CacheKey] = {}
@@ -313,7 +320,11 @@ class Dispatcher:
             remaining = progress.deadline - self.clock()
             known: dict[str, Forecast] = {}
             for name in list(chain):
-                forecast = INSTANT if name in hits else self.forecast(table.models[name])
+                forecast = (
+                    INSTANT
+                    if name in hits
+                    else self.forecast(table.models[name], priority or DEFAULT_PRIORITY, progress.tenant)
+                )
                 if forecast is None:
                     chain.remove(name)
                     progress.reasons.append((name, "circuit_open"))

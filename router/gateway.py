@@ -158,7 +158,8 @@ class Gateway:
         _check_limits(route, request)
         if tenant is not None:
             return await self._as_tenant(tenant, len(request.prompts), lambda: self._generate(
-                table, route, facts, request, query, canary, priority, started, cache_control, random_seeds, budget_s
+                table, route, facts, request, query, canary, priority, started, cache_control, random_seeds, budget_s,
+                tenant.name,
             ))  # fmt: skip
         return await self._generate(
             table, route, facts, request, query, canary, priority, started, cache_control, random_seeds, budget_s
@@ -256,6 +257,7 @@ class Gateway:
         cache_control: str | None,
         random_seeds: bool,
         budget_s: float | None,
+        tenant: str = "",
     ) -> Served:
         if route.resize == "upscale" and not request.upscale:
             request = dataclasses.replace(request, upscale=True)
@@ -271,7 +273,15 @@ class Gateway:
         if self.cache is not None:  # background work exists only with a cache: it paces by this
             self.fill.note_live(choice.arm.model, *route.fallback)
         served = await self.dispatcher.serve(
-            table, route, choice, request, priority or route.priority, started=started, cache=plan, budget_s=budget_s
+            table,
+            route,
+            choice,
+            request,
+            priority or route.priority,
+            started=started,
+            cache=plan,
+            budget_s=budget_s,
+            tenant=tenant,
         )
         if plan is not None and self.cache is not None:
             self.cache.stats.count(route.name, served.model_tag, served.cache or "MISS")

@@ -56,3 +56,60 @@ def test_the_shared_stores_reply_reads_like_a_local_count() -> None:
     assert not rate.allowed and rate.reason == "rate" and abs(rate.retry_after_s - 0.4) < 1e-9
     images = shared_decision(tenant, [0, 2, 500, 10], 100.0)
     assert not images.allowed and images.reason == "images" and images.headers["x-ratelimit-remaining-images"] == "0"
+
+
+def test_a_heavy_tenant_queues_behind_itself_not_ahead_of_a_light_one() -> None:
+    """Weighted fair queuing in the admission gate: with heavy's backlog of 10 waiting,
+    light's requests are admitted every other slot, not after all of heavy's."""
+    import asyncio
+
+    from router.admission import AdmissionGate
+
+    async def run() -> list[str]:
+        gate = AdmissionGate(limit=1, max_queue=100)
+        assert gate.try_acquire()
+        order: list[str] = []
+
+        async def wait(tenant: str, priority: int = 2) -> None:
+            await gate.acquire(priority, tenant)
+            order.append(tenant)
+
+        tasks = [asyncio.create_task(wait("heavy")) for _ in range(10)]
+        await asyncio.sleep(0)
+        tasks += [asyncio.create_task(wait("light")) for _ in range(3)]
+        tasks.append(asyncio.create_task(wait("urgent", priority=1)))  # priority still comes first
+        await asyncio.sleep(0)
+        for _ in range(len(tasks)):
+            gate.release()
+            await asyncio.sleep(0)
+        await asyncio.gather(*tasks)
+        return order
+
+    order = asyncio.run(run())
+    assert order[0] == "urgent"
+    light = [i for i, name in enumerate(order) if name == "light"]
+    assert light == [2, 4, 6], order  # interleaved with heavy, one each
+
+
+def test_a_full_queue_displaces_the_last_in_line_for_a_request_that_goes_ahead() -> None:
+    import asyncio
+
+    from router.admission import AdmissionGate
+
+    async def run() -> tuple[list[bool], bool]:
+        gate = AdmissionGate(limit=1, max_queue=3)
+        assert gate.try_acquire()
+        heavy = [asyncio.create_task(gate.acquire(2, "heavy")) for _ in range(3)]
+        await asyncio.sleep(0)
+        assert not gate.can_queue(2, "heavy") and gate.can_queue(2, "light")
+        light = asyncio.create_task(gate.acquire(2, "light"))
+        await asyncio.sleep(0)
+        for _ in range(3):
+            gate.release()
+            await asyncio.sleep(0)
+        await asyncio.gather(*heavy, light)
+        displaced = heavy[2].result() is False
+        return [t.result() for t in heavy[:2]], displaced and light.result()
+
+    admitted, light_in = asyncio.run(run())
+    assert admitted == [True, True] and light_in
