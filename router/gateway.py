@@ -58,6 +58,11 @@ def _tenant_steering(
         priority = max(priority, tenant.priority_ceiling)
     if "x-intent" not in tenant.overrides and facts.intent and facts.intent == facts.headers.get("x-intent"):
         facts = dataclasses.replace(facts, intent=None, fields={**facts.fields, "intent": ""})
+    # its sticky identity: the tenant, and the OpenAI user within it (users of two
+    # tenants never share a cohort by sharing a name)
+    user = facts.fields.get("user")
+    identity = {"tenant": tenant.name, "user": f"{tenant.name}:{user}" if user else tenant.name}
+    facts = dataclasses.replace(facts, fields={**facts.fields, **identity})
     return facts, canary, priority
 
 

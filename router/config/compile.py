@@ -15,6 +15,7 @@ import hashlib
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -446,13 +447,23 @@ class _Compiler:
         out = []
         for name, t in spec.tenants.items():
             digests = []
-            for i, key in enumerate(t.keys):
-                value = key.get_secret_value().strip()
+            presented: list[tuple[PathKey, str]] = [
+                (("tenants", "tenants", name, "keys", i), key.get_secret_value()) for i, key in enumerate(t.keys)
+            ]
+            for i, path in enumerate(t.key_files):
+                try:
+                    presented.append((("tenants", "tenants", name, "key_files", i), Path(path).read_text()))
+                except OSError as exc:
+                    self.fail(("tenants", "tenants", name, "key_files", i), f"cannot read {path}: {exc.strerror}")
+            if not presented:
+                self.fail(("tenants", "tenants", name), "give keys or key_files")
+            for where, raw in presented:
+                value = raw.strip()
                 if len(value) < 16:
-                    self.fail(("tenants", "tenants", name, "keys", i), "a key needs at least 16 characters")
+                    self.fail(where, "a key needs at least 16 characters")
                 digest = key_digest(value)
                 if digest in seen:
-                    self.fail(("tenants", "tenants", name, "keys", i), f"the same key as tenant {seen[digest]!r}")
+                    self.fail(where, f"the same key as tenant {seen[digest]!r}")
                 seen[digest] = name
                 digests.append(digest)
             for i, route in enumerate(t.routes or []):

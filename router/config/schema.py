@@ -211,7 +211,9 @@ class TenantSpec(Strict):
     """One tenant: its API keys (``${ENV}`` or a mounted Secret file's contents; kept
     only as hashes) and what it may do."""
 
-    keys: list[SecretStr] = Field(min_length=1)
+    keys: list[SecretStr] = Field(default_factory=list)
+    # files holding one key each (a mounted Kubernetes Secret), read at every (re)load
+    key_files: list[str] = Field(default_factory=list)
     requests_per_s: float | None = Field(default=None, gt=0)
     burst: int = Field(default=1, ge=1)
     images_per_day: int | None = Field(default=None, ge=1)

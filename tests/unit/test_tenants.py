@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from router.config.table import Tenant, key_digest
 from router.policy.tenants import TenantState, find_tenant
 
@@ -113,3 +115,39 @@ def test_a_full_queue_displaces_the_last_in_line_for_a_request_that_goes_ahead()
 
     admitted, light_in = asyncio.run(run())
     assert admitted == [True, True] and light_in
+
+
+def test_keys_from_mounted_files_and_errors_at_their_line(tmp_path: Path) -> None:
+    import pytest
+
+    from router.config import compile_text
+    from router.errors import ConfigError
+
+    key_file = tmp_path / "acme-key"
+    key_file.write_text("sk-from-a-secret-file-0123\n")
+    text = f"""
+models: {{noop: {{backend: triton}}}}
+backends: {{triton: {{url: "http://t:8000"}}}}
+tenants:
+  mode: keys
+  tenants:
+    acme: {{key_files: ["{key_file}"]}}
+    beta: {{key_files: ["{tmp_path}/missing"]}}
+default_route: noop
+"""
+    with pytest.raises(ConfigError) as info:
+        compile_text(text)
+    assert "routes.yaml:8" in str(info.value) and "cannot read" in str(info.value)
+    table = compile_text(text.replace(f'    beta: {{key_files: ["{tmp_path}/missing"]}}\n', ""))
+    assert find_tenant(table.tenants, "sk-from-a-secret-file-0123") is not None
+
+
+def test_a_tenants_sticky_identity_is_scoped_to_it() -> None:
+    from router.gateway import _tenant_steering
+    from router.policy.match import RequestFacts
+
+    facts = RequestFacts.of("x", None, None, {}, {"user": "alice"})
+    scoped, _, _ = _tenant_steering(Tenant("acme", ()), facts, None, None)
+    assert scoped.fields["user"] == "acme:alice" and scoped.fields["tenant"] == "acme"
+    anonymous_user, _, _ = _tenant_steering(Tenant("acme", ()), RequestFacts.of("x", None, None, {}), None, None)
+    assert anonymous_user.fields["user"] == "acme"
