@@ -34,7 +34,7 @@ from router.policy.explain import explain
 from router.policy.match import RequestFacts, select_route
 from router.policy.size import MAX_UPSCALED_SIDE
 from router.policy.split import Choice, choose_arm, sticky_key
-from router.policy.tenants import Decision, TenantState, find_tenant, limit_args, shared_decision
+from router.policy.tenants import Decision, TenantState, bearer_key, find_tenant, limit_args, shared_decision
 from router.stats import LatencyStats
 from router.telemetry import Metrics, Tracing
 
@@ -239,9 +239,8 @@ class Gateway:
         malformed or unknown key is a 401; in ``open`` mode a request without a known key
         is anonymous (``None``)."""
         table = self._table
-        scheme, _, key = (authorization or "").strip().partition(" ")
-        key = key.strip()
-        tenant = find_tenant(table.tenants, key) if scheme.lower() == "bearer" and key else None
+        key = bearer_key(authorization)
+        tenant = find_tenant(table.tenants, key) if key is not None else None
         if tenant is None and table.tenant_mode == "keys":
             self._count_tenant("unknown", "unauthorized")
             if not authorization:

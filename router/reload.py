@@ -118,9 +118,11 @@ class RoutesReloader:
         name = self.path.name
 
         def relevant(change: watchfiles.Change, path: str) -> bool:
-            # The file itself, or the kubelet's ``..data`` / ``..<timestamp>`` entries.
+            # The file itself, a file it reads (a tenants file beside it), or the
+            # kubelet's ``..data`` / ``..<timestamp>`` entries.
             base = Path(path).name
-            return base == name or base.startswith("..")
+            read_too = {Path(source).name for source in self.active.sources}
+            return base == name or base in read_too or base.startswith("..")
 
         async for _changes in watchfiles.awatch(
             directory,

@@ -29,6 +29,7 @@ from router.config.schema import (
     RoutesFile,
     RouteSpec,
     Strict,
+    TenantsSpec,
     TritonBackendSpec,
 )
 from router.config.source import Located, PathKey, read_yaml
@@ -155,8 +156,11 @@ def _as_set(value: str | list[str] | None) -> frozenset[str] | None:
 
 
 class _Compiler:
-    def __init__(self, src: Located, validated: _Validated, env: Mapping[str, str]) -> None:
+    def __init__(
+        self, src: Located, validated: _Validated, env: Mapping[str, str], tenants_src: Located | None = None
+    ) -> None:
         self.src = src
+        self.tenants_src = tenants_src
         self.spec = validated.spec
         self.validated = validated
         self.env = env
@@ -165,6 +169,9 @@ class _Compiler:
         self.models: dict[str, Model] = {}
 
     def fail(self, path: PathKey, message: str) -> None:
+        if path[:1] == ("tenants",) and self.tenants_src is not None:  # at the tenants file's line
+            self.issues.append(self.tenants_src.issue(path[1:], message))
+            return
         self.issues.append(self.src.issue(path, message))
 
     def regex(self, pattern: str, path: PathKey) -> Pattern | None:
@@ -505,11 +512,37 @@ def compile_text(text: str, file: str = "routes.yaml", env: Mapping[str, str] | 
         raise ConfigError(src.issues)
     if not isinstance(src.data, dict):
         raise ConfigError([src.issue((), "the top level must be a mapping")])
+    tenants_src, tenants_text, tenant_issues = _tenants_file(src, src.data, Path(file).parent, env)
     validated = _validate(src, src.data)
-    compiler = _Compiler(src, validated, env)
+    compiler = _Compiler(src, validated, env, tenants_src)
     table = compiler.run()
-    issues = src.issues + validated.issues + compiler.issues
+    issues = src.issues + tenant_issues + validated.issues + compiler.issues
     if issues or table is None:
-        raise ConfigError(sorted(issues, key=lambda i: (i.line, i.column)))
-    digest = hashlib.sha256(text.encode()).hexdigest()[:16]
-    return dataclasses.replace(table, digest=digest)
+        raise ConfigError(sorted(issues, key=lambda i: (i.file != file, i.line, i.column)))
+    digest = hashlib.sha256((text + tenants_text).encode()).hexdigest()[:16]
+    sources = (tenants_src.file,) if tenants_src is not None else ()
+    return dataclasses.replace(table, digest=digest, sources=sources)
+
+
+def _tenants_file(
+    src: Located, data: dict[str, Any], base: Path, env: Mapping[str, str]
+) -> tuple[Located | None, str, list[ConfigIssue]]:
+    """``tenants: {file: tenants.yaml}``: the tenants from a file of their own (beside
+    routes.yaml unless absolute; reloaded with it), its issues at its own lines."""
+    ref = data.get("tenants")
+    if not (isinstance(ref, dict) and set(ref) == {"file"} and isinstance(ref["file"], str)):
+        return None, "", []
+    path = Path(ref["file"]) if Path(ref["file"]).is_absolute() else base / ref["file"]
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        del data["tenants"]
+        return None, "", [src.issue(("tenants", "file"), f"cannot read {path}: {exc.strerror}")]
+    tenants = read_yaml(text, str(path), env)
+    try:
+        TenantsSpec.model_validate(tenants.data)
+    except ValidationError as exc:
+        del data["tenants"]
+        return tenants, text, tenants.issues + _schema_issues(tenants, exc)
+    data["tenants"] = tenants.data
+    return tenants, text, tenants.issues

@@ -196,6 +196,7 @@ class RoutingTable:
     model_aliases: Mapping[str, str] = field(default_factory=dict)  # name -> model, route or "auto"
     tenant_mode: str = "open"  # "open" | "keys"
     tenants: tuple[Tenant, ...] = ()
+    sources: tuple[str, ...] = ()  # other files it was read from (a tenants file): watched too
 
     def route_named(self, name: str) -> Route | None:
         for route in (*self.routes, self.default):

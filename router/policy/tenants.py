@@ -23,7 +23,14 @@ from dataclasses import dataclass, field
 
 from router.config.table import Tenant, key_digest
 
-__all__ = ["Decision", "TenantState", "find_tenant", "limit_args", "shared_decision"]
+__all__ = ["Decision", "TenantState", "bearer_key", "find_tenant", "limit_args", "shared_decision"]
+
+
+def bearer_key(authorization: str | None) -> str | None:
+    """The key of ``Authorization: Bearer <key>`` (scheme case-insensitive), else None."""
+    scheme, _, key = (authorization or "").strip().partition(" ")
+    key = key.strip()
+    return key if scheme.lower() == "bearer" and key and " " not in key else None
 
 
 def find_tenant(tenants: tuple[Tenant, ...], presented: str) -> Tenant | None:

@@ -218,3 +218,23 @@ def test_two_replicas_sharing_redis_hold_a_tenant_to_its_rate_and_survive_redis_
         assert after and set(after) <= {200, 429} and after.count(200) > 0, set(after)
     finally:
         redis.stop()
+
+
+def test_a_tenants_file_beside_the_routes_is_hot_reloaded(start_gateway: Start, tmp_path: Path) -> None:
+    import time
+
+    tenants = tmp_path / "tenants.yaml"
+    tenants.write_text(f'mode: keys\ntenants:\n  acme: {{keys: ["{ACME_KEY}"]}}\n')
+    gw = start_gateway(TIERS + "tenants: {file: tenants.yaml}\ndefault_route: {model: noop}\n", name="with-file.yaml")
+    assert _post(gw, ACME_KEY, {"prompt": "x"}).status_code == 200
+    assert _post(gw, BETA_KEY, {"prompt": "x"}).status_code == 401
+    tenants.write_text(f'mode: keys\ntenants:\n  acme: {{keys: ["{ACME_KEY}"]}}\n  beta: {{keys: ["{BETA_KEY}"]}}\n')
+    deadline = time.monotonic() + 10
+    while _post(gw, BETA_KEY, {"prompt": "x"}).status_code != 200:
+        assert time.monotonic() < deadline, "the edited tenants file was not picked up"
+        time.sleep(0.2)
+    tenants.write_text("mode: keys\ntenants:\n  acme: {keys: [short]}\n")  # broken: the running tenants stay
+    time.sleep(1.5)
+    assert _post(gw, BETA_KEY, {"prompt": "x"}).status_code == 200
+    status = httpx.get(gw.url + "/admin/config", headers=gw.admin, timeout=10).json()
+    assert status["last_reload"]["ok"] is False and "tenants.yaml:3" in str(status["last_reload"])

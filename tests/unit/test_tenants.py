@@ -151,3 +151,45 @@ def test_a_tenants_sticky_identity_is_scoped_to_it() -> None:
     assert scoped.fields["user"] == "acme:alice" and scoped.fields["tenant"] == "acme"
     anonymous_user, _, _ = _tenant_steering(Tenant("acme", ()), RequestFacts.of("x", None, None, {}), None, None)
     assert anonymous_user.fields["user"] == "acme"
+
+
+def test_tenants_from_a_file_of_their_own_with_errors_at_its_lines(tmp_path: Path) -> None:
+    import pytest
+
+    from router.config import load_file
+    from router.errors import ConfigError
+
+    (tmp_path / "routes.yaml").write_text(
+        "models: {noop: {backend: triton}}\nbackends: {triton: {url: 'http://t:8000'}}\n"
+        "tenants: {file: tenants.yaml}\ndefault_route: noop\n"
+    )
+    (tmp_path / "tenants.yaml").write_text("mode: keys\ntenants:\n  acme:\n    keys: [sk-acme-0123456789abcd]\n")
+    table = load_file(tmp_path / "routes.yaml")
+    assert table.tenant_mode == "keys" and find_tenant(table.tenants, "sk-acme-0123456789abcd") is not None
+    assert table.sources == (str(tmp_path / "tenants.yaml"),)
+    (tmp_path / "tenants.yaml").write_text("mode: keys\ntenants:\n  acme:\n    keys: [short]\n    routes: [nowhere]\n")
+    with pytest.raises(ConfigError) as info:
+        load_file(tmp_path / "routes.yaml")
+    text = str(info.value)
+    assert "tenants.yaml:4" in text and "16 characters" in text and "tenants.yaml:5" in text, text
+    (tmp_path / "tenants.yaml").write_text("mode: nobody\n")
+    with pytest.raises(ConfigError, match=r"tenants\.yaml:1"):
+        load_file(tmp_path / "routes.yaml")
+
+
+def test_generated_authorization_headers_find_a_tenant_only_with_its_exact_key() -> None:
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from router.policy.tenants import bearer_key
+
+    @settings(max_examples=500, deadline=None)
+    @given(st.one_of(st.text(max_size=80), st.builds(lambda k: f"Bearer {k}", st.text(max_size=60))))
+    def check(header: str) -> None:
+        key = bearer_key(header)
+        tenant = find_tenant((ACME,), key) if key is not None else None
+        assert tenant is None or key == "sk-acme"
+
+    check()
+    assert bearer_key("Bearer sk-acme") == "sk-acme" and bearer_key("bearer  sk-acme ") == "sk-acme"
+    assert bearer_key("Basic sk-acme") is None and bearer_key("Bearer a b") is None and bearer_key(None) is None
