@@ -66,6 +66,15 @@ def _tenant_steering(
     return facts, canary, priority
 
 
+def _on_route(route: Route, request: ImageRequest) -> ImageRequest:
+    """``request`` checked against ``route``'s limits, and marked for upscaling where the
+    route upscales: what every generation on a route (answer or preview) starts with."""
+    _check_limits(route, request)
+    if route.resize == "upscale" and not request.upscale:
+        return dataclasses.replace(request, upscale=True)
+    return request
+
+
 def _check_limits(route: Route, request: ImageRequest) -> None:
     limits = route.limits
     if route.resize == "upscale":
@@ -160,7 +169,7 @@ class Gateway:
         if tenant is not None and tenant.routes is not None and not ({route.name, facts.model} & tenant.routes):
             self._count_tenant(tenant.name, "forbidden")
             raise Forbidden(f"tenant {tenant.name!r} may not use route {route.name!r}", route=route.name)
-        _check_limits(route, request)
+        request = _on_route(route, request)
         if tenant is not None:
             return await self._as_tenant(tenant, len(request.prompts), lambda: self._generate(
                 table, route, facts, request, query, canary, priority, started, cache_control, random_seeds, budget_s,
@@ -221,9 +230,8 @@ class Gateway:
             or not (tenant.requests_per_s or tenant.images_per_day)
         ):
             return None
-        refused = state.busy(tenant)
-        if refused is not None:
-            return refused
+        if state.busy(tenant):
+            return Decision(False, "concurrency", 1.0)
         wall = time.time()
         keys = [f"t:{tenant.name}:rate", f"t:{tenant.name}:images:{int(wall // 86400)}"]
         reply = await self.cache.store.limit(keys, limit_args(tenant, images))
@@ -231,7 +239,7 @@ class Gateway:
             return None
         decision = shared_decision(tenant, reply, wall)
         if decision.allowed:
-            state.inflight += 1
+            state.enter()
         return decision
 
     def authenticate(self, authorization: str | None) -> Tenant | None:
@@ -263,8 +271,6 @@ class Gateway:
         budget_s: float | None,
         tenant: str = "",
     ) -> Served:
-        if route.resize == "upscale" and not request.upscale:
-            request = dataclasses.replace(request, upscale=True)
         plan = None
         if route.cache is not None and self.cache is not None and request.init_image is None:
             plan, request = _cache_plan(route, request, cache_control)
@@ -323,9 +329,7 @@ class Gateway:
         cache and priority, no fallback): a progressive preview of what that route serves."""
         table = self._table
         route = select_route(table, facts)
-        _check_limits(route, request)
-        if route.resize == "upscale":
-            request = dataclasses.replace(request, upscale=True)
+        request = _on_route(route, request)
         route = dataclasses.replace(route, arms=(Arm(model, 1.0),), fallback=(), hedge_after_ms=None, hedge_p95=False)
         plan = None
         if route.cache is not None and self.cache is not None:

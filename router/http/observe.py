@@ -78,7 +78,6 @@ class ObserveMiddleware:
         async def observe_send(message: Message) -> None:
             if message["type"] == "http.response.start":
                 seen["status"] = message["status"]
-                seen["tags"] = tags_of(scope.get("state", {}))
             await send(message)
 
         if self.tracer is None:
@@ -92,9 +91,9 @@ class ObserveMiddleware:
                 "method": scope["method"],
                 "path": scope["path"],
             }
-            self.recorder.finish(
-                api, seen["status"], seen.get("tags") or tags_of(scope.get("state", {})), elapsed, fields
-            )
+            # what served it is known once the handler is done (a stream: at its end)
+            tags = seen["tags"] if "tags" in seen else tags_of(scope.get("state", {}))
+            self.recorder.finish(api, seen["status"], tags, elapsed, fields)
 
     async def _traced(self, api: str, scope: Scope, receive: Receive, send: Send, seen: dict[str, Any]) -> None:
         """The SERVER span, current while the request runs (attempt spans are its children)."""
@@ -116,7 +115,7 @@ class ObserveMiddleware:
             await self.app(scope, receive, send)
         finally:
             otel_context.detach(token)
-            tags = seen.get("tags") or tags_of(scope.get("state", {}))
+            tags = seen["tags"] = tags_of(scope.get("state", {}))
             attributes: dict[str, str | int] = {f"router.{key}": value for key, value in tags.items()}
             attributes["http.response.status_code"] = seen["status"]
             attributes["router.request_id"] = scope.get("state", {}).get("request_id", "")

@@ -111,7 +111,7 @@ class TenantState:
         day = int(wall // 86400)
         if day != self.day:
             self.day, self.images_today = day, 0
-        if tenant.max_concurrency is not None and self.inflight >= tenant.max_concurrency:
+        if self.busy(tenant):
             return Decision(False, "concurrency", 1.0, headers)
         new_tat = self.tat
         if tenant.requests_per_s:
@@ -137,14 +137,16 @@ class TenantState:
             headers["x-ratelimit-reset-images"] = _reset(until_midnight)
             self.images_today += images
         self.tat = new_tat
-        self.inflight += 1
+        self.enter()
         return Decision(True, headers=headers)
 
-    def busy(self, tenant: Tenant) -> Decision | None:
-        """Refused for concurrency (counted on this replica only), else ``None``."""
-        if tenant.max_concurrency is not None and self.inflight >= tenant.max_concurrency:
-            return Decision(False, "concurrency", 1.0)
-        return None
+    def busy(self, tenant: Tenant) -> bool:
+        """At its concurrency limit (counted on this replica only)."""
+        return tenant.max_concurrency is not None and self.inflight >= tenant.max_concurrency
+
+    def enter(self) -> None:
+        """One more of its requests is running here (see :meth:`done`)."""
+        self.inflight += 1
 
     def done(self) -> None:
         self.inflight = max(0, self.inflight - 1)
