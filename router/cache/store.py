@@ -51,7 +51,9 @@ class Store(Protocol):
         ...
 
     async def lease(self, key: str, owner: str, ttl_s: float) -> bool:
-        """Take ``key`` for ``ttl_s`` unless someone holds it (atomic across replicas)."""
+        """Take ``key`` for ``ttl_s`` unless someone else holds it (atomic across
+        replicas). Re-entrant: the holder asking again renews it, so a call that timed
+        out here but took effect in the store is not read as another's lease on retry."""
         ...
 
     async def release(self, key: str, owner: str) -> None: ...
@@ -104,7 +106,16 @@ class DiskStore:
         return await self._run(scan)
 
     async def lease(self, key: str, owner: str, ttl_s: float) -> bool:
-        return bool(await self._run(self._cache.add, key, owner, expire=ttl_s))
+        def take() -> bool:
+            with self._cache.transact():
+                if self._cache.add(key, owner, expire=ttl_s):
+                    return True
+                if self._cache.get(key) == owner:
+                    self._cache.set(key, owner, expire=ttl_s)
+                    return True
+                return False
+
+        return await self._run(take)
 
     async def release(self, key: str, owner: str) -> None:
         def drop() -> None:
@@ -124,6 +135,11 @@ class DiskStore:
         self._pool.shutdown(wait=False)
 
 
+_LEASE = """
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 1 end
+if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('PEXPIRE', KEYS[1], ARGV[2]) return 1 end
+return 0
+"""
 _RELEASE = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end"
 
 
@@ -159,7 +175,7 @@ class RedisStore:
         ]
 
     async def lease(self, key: str, owner: str, ttl_s: float) -> bool:
-        return bool(await self._redis.set(key, owner, nx=True, px=max(1, int(ttl_s * 1000))))
+        return bool(await self._redis.eval(_LEASE, 1, key, owner, max(1, int(ttl_s * 1000))))
 
     async def release(self, key: str, owner: str) -> None:
         await self._redis.eval(_RELEASE, 1, key, owner)
