@@ -21,7 +21,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from router.errors import NotFound
-from router.http import admin_api, edits, image_files, images_api, kserve_api, status_page
+from router.http import admin_api, canary_api, edits, image_files, images_api, kserve_api, status_page
 from router.http.errors import RequestIdMiddleware, exception_handlers
 from router.http.observe import ObserveMiddleware
 from router.rpc import GrpcEdge, GrpcOptions
@@ -66,6 +66,9 @@ def _routes() -> list[Route]:
         Route("/admin/cache/purge", admin_api.admin_cache_purge, methods=["POST"]),
         Route("/admin/pregenerate", admin_api.admin_pregenerate, methods=["POST"]),
         Route("/admin/pregenerate", admin_api.admin_pregenerate_status, methods=["GET"]),
+        Route("/admin/canary", canary_api.canary_list, methods=["GET"]),
+        Route("/admin/canary/{route}", canary_api.canary_one, methods=["GET"]),
+        Route("/admin/canary/{route}/{action}", canary_api.canary_action, methods=["POST"]),
         Route("/admin/", status_page.status_page, methods=["GET"]),
         Route("/admin/status.json", status_page.status_json, methods=["GET"]),
         Route("/admin/login", status_page.login_form, methods=["GET"]),

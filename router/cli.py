@@ -261,6 +261,7 @@ COMMANDS = {
     "explain": cmd_explain,
     "cache": cli_admin.cmd_cache,
     "pregen": cli_admin.cmd_pregen,
+    "canary": cli_admin.cmd_canary,
 }
 
 

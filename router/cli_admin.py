@@ -1,4 +1,4 @@
-"""``router cache`` and ``router pregen``: the cache's admin API from a terminal.
+"""``router cache``, ``router pregen`` and ``router canary``: the admin API from a terminal.
 
 They talk to a running gateway (``--url``, default ``http://127.0.0.1:8080``) with
 ``ROUTER_ADMIN_TOKEN`` as the bearer token, exactly as a script with ``curl`` would:
@@ -23,7 +23,7 @@ from typing import Any
 import httpx
 from tqdm import tqdm
 
-__all__ = ["add_parsers", "cmd_cache", "cmd_pregen", "read_prompts"]
+__all__ = ["add_canary_parser", "add_parsers", "cmd_cache", "cmd_canary", "cmd_pregen", "read_prompts"]
 
 
 def add_parsers(sub: Any) -> None:
@@ -38,6 +38,50 @@ def add_parsers(sub: Any) -> None:
     pregen.add_argument("file", type=Path, help="prompts: text lines, JSON lines or a JSON list ('-': stdin)")
     pregen.add_argument("--url", default="http://127.0.0.1:8080", help="the gateway")
     pregen.add_argument("--no-wait", action="store_true", help="queue them and return")
+    add_canary_parser(sub)
+
+
+def add_canary_parser(sub: Any) -> None:
+    canary = sub.add_parser(
+        "canary", help="canary rollouts of a running gateway: status, pause, resume, promote, abort"
+    )
+    canary.add_argument("action", choices=["status", "pause", "resume", "promote", "abort"])
+    canary.add_argument("route", nargs="?", help="the route whose canary (status: all when left out)")
+    canary.add_argument("--url", default="http://127.0.0.1:8080", help="the gateway")
+    canary.add_argument("--json", action="store_true", help="status: the full JSON (decisions, analysis)")
+
+
+def _rollout_line(r: dict[str, Any]) -> str:
+    where = f"step {r['step'] + 1}/{len(r['steps'])}" if r.get("step") is not None and r["step"] >= 0 else "shadow"
+    store = "" if r["store"] == "ok" else "  PAUSED: shared store unavailable"
+    last = r["decisions"][-1] if r["decisions"] else None
+    said = (
+        f"  last: {last['action']} by {last['by']}" + (f" ({last['reason']})" if last.get("reason") else "")
+        if last
+        else ""
+    )
+    return f"{r['route']}: {r['canary']} at {r['weight']:g}% ({r['status']}, {where}) vs {r['baseline']}{store}{said}"
+
+
+def cmd_canary(args: argparse.Namespace) -> int:
+    with _client(args.url) as client:
+        if args.action == "status":
+            path = f"/admin/canary/{args.route}" if args.route else "/admin/canary"
+            result = _check(client.get(path))
+            rollouts = [result] if args.route else result["rollouts"]
+            if args.json:
+                for r in rollouts:
+                    r.pop("gallery", None)
+                print(json.dumps(rollouts if not args.route else rollouts[0], indent=2))
+            elif not rollouts:
+                print("no rollouts in routes.yaml")
+            for r in rollouts if not args.json else []:
+                print(_rollout_line(r))
+            return 0
+        if not args.route:
+            raise SystemExit(f"error: router canary {args.action} needs a ROUTE")
+        print(_rollout_line(_check(client.post(f"/admin/canary/{args.route}/{args.action}"))))
+    return 0
 
 
 def _client(url: str) -> httpx.Client:

@@ -208,6 +208,14 @@ class Dispatcher:
 
         return p95
 
+    def idle(self, model: Model) -> bool:
+        """Nothing ahead of a new request on ``model`` and a free admission slot nobody
+        waits for: background work sent now takes no slot a live request was waiting for."""
+        gate = self.gate(model)
+        free = gate.limit is None or (gate.inflight < gate.limit and gate.queued == 0)
+        forecast = self.forecast(model)
+        return free and forecast is not None and forecast.ahead == 0
+
     def forecast(self, model: Model, priority: int | None = None, tenant: str | None = None) -> Forecast | None:
         """The backend's forecast for ``model``, behind this gateway's own admission
         queue when the model's gate is full (``None``: no usable endpoint). Given the

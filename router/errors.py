@@ -19,6 +19,7 @@ ever handles these::
     │   ├── MethodNotAllowed         405 method_not_allowed
     │   ├── PayloadTooLarge          413 payload_too_large
     │   ├── UnsupportedMediaType     415 unsupported_media_type
+    │   ├── Conflict                 409 conflict            (an admin action the state does not allow)
     │   └── ClientGone               499 client_closed_request (the client left first: nginx's 499)
     ├── BackendError                 502 backend_error       (one attempt failed)
     │   ├── BackendRejected          400 backend_rejected    (the model refused the input)
@@ -28,6 +29,7 @@ ever handles these::
     ├── RateLimited                  429 rate_limited        (a tenant's rate, daily images or concurrency)
     ├── Forbidden                    403 forbidden           (a tenant asked for a route it may not use)
     ├── AllTiersFailed               503 all_tiers_failed    (every tier of the chain failed)
+    ├── StoreUnavailable             503 store_unavailable   (an admin action needs the shared store)
     └── BudgetExhausted              504 budget_exhausted    (the route's budget ran out)
 """
 
@@ -46,12 +48,14 @@ __all__ = [
     "ClientError",
     "ConfigError",
     "ConfigIssue",
+    "Conflict",
     "ImageNotFound",
     "InvalidRequest",
     "MethodNotAllowed",
     "NotFound",
     "PayloadTooLarge",
     "RouterError",
+    "StoreUnavailable",
     "TritonStartupError",
     "Unauthorized",
     "UnknownModel",
@@ -164,6 +168,13 @@ class UnsupportedMediaType(ClientError):
     code = "unsupported_media_type"
 
 
+class Conflict(ClientError):
+    """An admin action that the current state does not allow (resume a running rollout)."""
+
+    status = 409
+    code = "conflict"
+
+
 class ClientGone(ClientError):
     """The client closed the connection (or cancelled the call) before its answer: the
     work for it was cancelled. Only logs and metrics see this; nobody reads the answer."""
@@ -233,6 +244,13 @@ class Forbidden(RouterError):
 class AllTiersFailed(RouterError):
     status = 503
     code = "all_tiers_failed"
+
+
+class StoreUnavailable(RouterError):
+    """The shared store did not answer an admin action that must be recorded there."""
+
+    status = 503
+    code = "store_unavailable"
 
 
 class BudgetExhausted(RouterError):

@@ -127,10 +127,7 @@ class Filler:
             return True  # gone from the table: let the job fail fast
         if self.clock() < self._rest_until.get(job.model, 0.0):
             return False
-        forecast = self.dispatcher.forecast(model)
-        gate = self.dispatcher.gate(model)
-        free = gate.limit is None or (gate.inflight < gate.limit and gate.queued == 0)
-        return forecast is not None and forecast.ahead == 0 and free
+        return self.dispatcher.idle(model)
 
     async def _run(self) -> None:
         while True:

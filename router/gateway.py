@@ -28,13 +28,14 @@ from router.cache import ResultCache, derive_seeds, open_store
 from router.cache.hitters import HeavyHitters
 from router.config.table import Arm, Backend, CacheConfig, Model, Route, RoutingTable, Tenant
 from router.dispatch import CachePlan, Dispatcher, Served
-from router.errors import Forbidden, InvalidRequest, RateLimited, Unauthorized
+from router.errors import Forbidden, InvalidRequest, RateLimited, RouterError, Unauthorized
 from router.fill import UPGRADE_REASONS, Filler, FillJob
 from router.policy.explain import explain
 from router.policy.match import RequestFacts, select_route
 from router.policy.size import MAX_UPSCALED_SIDE
 from router.policy.split import Choice, choose_arm, sticky_key
 from router.policy.tenants import Decision, TenantState, bearer_key, find_tenant, limit_args, shared_decision
+from router.rollouts import RolloutController
 from router.stats import LatencyStats
 from router.telemetry import Metrics, Tracing
 
@@ -118,6 +119,9 @@ class Gateway:
         self._tenant_state: dict[str, TenantState] = {}
         self._tenant_counts: dict[tuple[str, str], int] = {}
         self._sync_cache(table.cache)
+        self.rollouts = RolloutController(
+            lambda: self._table, lambda: self.cache.store if self.cache else None, self.dispatcher, clock=clock
+        )
 
     def _sync_cache(self, config: CacheConfig | None) -> None:
         """Open the table's store (raising :class:`~router.errors.CacheStoreError`
@@ -143,6 +147,7 @@ class Gateway:
         self._sync_cache(table.cache)  # first: a store that cannot be opened refuses the table
         self.pool.sync(table.backends)
         self._table = table
+        self.rollouts.sync(table)
 
     async def generate(
         self,
@@ -276,23 +281,34 @@ class Gateway:
             plan, request = _cache_plan(route, request, cache_control)
         elif request.seeds is None and random_seeds:
             request = dataclasses.replace(request, seeds=_random_seeds(len(request.prompts)))
+        rollout = self.rollouts.live and route.name in self.rollouts.live
+        if rollout:
+            route = self.rollouts.route_for(route)  # the rollout's live weight
         key = sticky_key(route, facts.headers, query or {}, facts.fields)
         choice = choose_arm(route, key, self.rng, canary)
         if self.metrics is not None and route.is_split:
             self.metrics.canary.labels(route.name, choice.arm.model, "true" if choice.arm.canary else "false").inc()
         if self.cache is not None:  # background work exists only with a cache: it paces by this
             self.fill.note_live(choice.arm.model, *route.fallback)
-        served = await self.dispatcher.serve(
-            table,
-            route,
-            choice,
-            request,
-            priority or route.priority,
-            started=started,
-            cache=plan,
-            budget_s=budget_s,
-            tenant=tenant,
-        )
+        try:
+            served = await self.dispatcher.serve(
+                table,
+                route,
+                choice,
+                request,
+                priority or route.priority,
+                started=started,
+                cache=plan,
+                budget_s=budget_s,
+                tenant=tenant,
+            )
+        except RouterError as exc:
+            if rollout:
+                self.rollouts.observe(route, choice.arm, None, exc)
+            raise
+        if rollout:
+            self.rollouts.observe(route, choice.arm, served)
+            self.rollouts.mirror(route, choice.arm, request, served)
         if plan is not None and self.cache is not None:
             self.cache.stats.count(route.name, served.model_tag, served.cache or "MISS")
             self.hitters.add(route.name, request.prompts[0])
@@ -377,7 +393,7 @@ class Gateway:
                 continue
             _check_limits(route, request)
             _, request = _cache_plan(route, request, None)
-            for arm in route.arms:
+            for arm in self.rollouts.route_for(route).arms:
                 if arm.weight <= 0:
                     continue
                 key = self.dispatcher.cache_key(route, table.models[arm.model], request)
@@ -462,6 +478,7 @@ class Gateway:
             "retries": {name: getattr(b, "retries", 0) for name, b in self.pool.items()},
             "digest": self._table.digest,
             "cache": self._cache_state(),
+            "rollouts": self.rollouts.state(),
         }
 
     def _cache_state(self) -> dict[str, Any] | None:
@@ -477,6 +494,7 @@ class Gateway:
         return False
 
     async def aclose(self) -> None:
+        await self.rollouts.aclose()
         await self.fill.aclose()
         await self.pool.aclose()
         if self.cache is not None:

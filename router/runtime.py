@@ -60,6 +60,7 @@ class Runtime:
         """The file watcher and the ``SIGHUP`` handler, on the running loop."""
         if self.watch:
             self._watcher = asyncio.create_task(self.reloader.watch(self._stop))
+        self.gateway.rollouts.start()
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
             asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self.reloader.reload)
 

@@ -58,6 +58,16 @@ class Store(Protocol):
 
     async def release(self, key: str, owner: str) -> None: ...
 
+    async def add_counts(self, key: str, counts: dict[str, int], ttl_s: float) -> None:
+        """Add ``counts`` to the integer fields of ``key`` (atomic across replicas)."""
+        ...
+
+    async def counts(self, key: str) -> dict[str, int]: ...
+
+    async def swap(self, key: str, expected: bytes | None, value: bytes, ttl_s: float) -> bool:
+        """Set ``key`` to ``value`` only if it still holds ``expected`` (``None``: absent)."""
+        ...
+
     async def stats(self) -> dict[str, Any]: ...
 
     async def aclose(self) -> None: ...
@@ -124,6 +134,30 @@ class DiskStore:
 
         await self._run(drop)
 
+    async def add_counts(self, key: str, counts: dict[str, int], ttl_s: float) -> None:
+        def add() -> None:
+            with self._cache.transact():
+                current = self._cache.get(key) or {}
+                for name, n in counts.items():
+                    current[name] = current.get(name, 0) + n
+                self._cache.set(key, current, expire=ttl_s)
+
+        await self._run(add)
+
+    async def counts(self, key: str) -> dict[str, int]:
+        value = await self._run(self._cache.get, key)
+        return dict(value) if isinstance(value, dict) else {}
+
+    async def swap(self, key: str, expected: bytes | None, value: bytes, ttl_s: float) -> bool:
+        def cas() -> bool:
+            with self._cache.transact():
+                if self._cache.get(key) != expected:
+                    return False
+                self._cache.set(key, value, expire=ttl_s)
+                return True
+
+        return await self._run(cas)
+
     async def stats(self) -> dict[str, Any]:
         def read() -> dict[str, Any]:
             return {"entries": len(self._cache), "bytes": self._cache.volume(), "path": str(self.path)}
@@ -139,6 +173,11 @@ _LEASE = """
 if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 1 end
 if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('PEXPIRE', KEYS[1], ARGV[2]) return 1 end
 return 0
+"""
+_SWAP = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+return 1
 """
 _RELEASE = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end"
 
@@ -179,6 +218,23 @@ class RedisStore:
 
     async def release(self, key: str, owner: str) -> None:
         await self._redis.eval(_RELEASE, 1, key, owner)
+
+    async def add_counts(self, key: str, counts: dict[str, int], ttl_s: float) -> None:
+        async with self._redis.pipeline(transaction=True) as pipe:
+            for name, n in counts.items():
+                pipe.hincrby(key, name, n)
+            pipe.pexpire(key, max(1, int(ttl_s * 1000)))
+            await pipe.execute()
+
+    async def counts(self, key: str) -> dict[str, int]:
+        values = await self._redis.hgetall(key)
+        return {(k.decode() if isinstance(k, bytes) else str(k)): int(v) for k, v in values.items()}
+
+    async def swap(self, key: str, expected: bytes | None, value: bytes, ttl_s: float) -> bool:
+        ttl = max(1, int(ttl_s * 1000))
+        if expected is None:
+            return bool(await self._redis.set(key, value, nx=True, px=ttl))
+        return bool(await self._redis.eval(_SWAP, 1, key, expected, value, ttl))
 
     async def limit(self, keys: list[str], args: list[int]) -> list[int]:
         """One tenant's request rate and daily images, checked and counted atomically for
@@ -314,6 +370,38 @@ class GuardedStore:
 
     async def release(self, key: str, owner: str) -> None:
         await self._guard(lambda: self.store.release(key, owner), None, max(self.timeout_s, 1.0))
+
+    # -- the control plane (rollouts): off the request path, so bounded by ``bound_s``
+    # and asked even with the circuit open; ``None`` / ``False`` when the store did not answer
+
+    async def get(self, key: str, bound_s: float) -> tuple[bytes | None] | None:
+        """``(value,)``, or ``None`` when the store could not answer (absent ≠ unknown)."""
+        values = await self.try_get_many([key], bound_s, circuit=False)
+        return None if values is None else (values[0],)
+
+    async def add_counts(self, key: str, counts: dict[str, int], ttl_s: float, bound_s: float) -> bool:
+        async def add() -> bool:
+            await self.store.add_counts(key, counts, ttl_s)
+            return True
+
+        return await self._guard(add, False, bound_s, circuit=False)
+
+    async def read_counts(self, key: str, bound_s: float) -> dict[str, int] | None:
+        result: dict[str, int] | None = await self._guard(lambda: self.store.counts(key), None, bound_s, circuit=False)
+        return result
+
+    async def swap(self, key: str, expected: bytes | None, value: bytes, ttl_s: float, bound_s: float) -> bool | None:
+        result: bool | None = await self._guard(
+            lambda: self.store.swap(key, expected, value, ttl_s), None, bound_s, circuit=False
+        )
+        return result
+
+    async def hold(self, key: str, owner: str, ttl_s: float, bound_s: float) -> bool | None:
+        """A lease for a control-plane job (one replica decides a rollout's steps)."""
+        result: bool | None = await self._guard(
+            lambda: self.store.lease(key, owner, ttl_s), None, bound_s, circuit=False
+        )
+        return result
 
     async def limit(self, keys: list[str], args: list[int]) -> list[int] | None:
         """The shared limits' reply, or ``None`` when only this replica can count (no

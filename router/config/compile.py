@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -28,12 +29,14 @@ from router.config.schema import (
     OpenAIBackendSpec,
     RoutesFile,
     RouteSpec,
+    SplitArmSpec,
     Strict,
     TenantsSpec,
     TritonBackendSpec,
 )
 from router.config.source import Located, PathKey, read_yaml
 from router.config.table import (
+    Analysis,
     Arm,
     Backend,
     CacheConfig,
@@ -42,10 +45,12 @@ from router.config.table import (
     Matcher,
     Model,
     RetryPolicy,
+    Rollout,
     Route,
     RouteCache,
     RouteLimits,
     RoutingTable,
+    Shadow,
     Tenant,
     key_digest,
 )
@@ -309,9 +314,16 @@ class _Compiler:
             self.fail(path, "give exactly one of model, split")
             return None
         if spec.split is not None:
-            arms = tuple(Arm(a.model, a.weight, a.canary) for a in spec.split)
+            arms = tuple(
+                Arm(a.model, a.weight, a.canary, self.rollout(a, path + ("split", i), name))
+                for i, a in enumerate(spec.split)
+            )
             for i, arm in enumerate(arms):
                 ok &= self.model_ref(arm.model, path + ("split", i, "model"))
+            if sum(1 for a in arms if a.rollout is not None) > 1:
+                self.fail(path + ("split",), "at most one arm may carry a rollout")
+            if any(a.rollout for a in arms) and all(a.canary for a in arms):
+                self.fail(path + ("split",), "a rollout needs a baseline arm (one without canary: true)")
             if sum(a.weight for a in arms) <= 0:
                 self.fail(path + ("split",), "weights must not all be 0")
                 ok = False
@@ -347,6 +359,48 @@ class _Compiler:
             resize=spec.resize,
         )
 
+    def rollout(self, arm: SplitArmSpec, path: PathKey, route: str) -> Rollout | None:
+        spec = arm.rollout
+        if spec is None:
+            return None
+        path = path + ("rollout",)
+        if not arm.canary:
+            self.fail(path, "a rollout belongs on the canary arm: add canary: true")
+        for i, step in enumerate(spec.steps):
+            if not 0 < step <= 100:
+                self.fail(path + ("steps", i), "a step is a percentage of traffic: above 0, at most 100")
+            elif i and step <= spec.steps[i - 1]:
+                self.fail(path + ("steps", i), "steps must increase")
+        if spec.steps and spec.steps[0] >= 100 and spec.shadow is None:
+            self.fail(path + ("steps", 0), "the first step must be below 100 (or add a shadow stage): "
+                      "a canary is judged against a baseline serving beside it")  # fmt: skip
+        intervals = spec.interval_s if isinstance(spec.interval_s, list) else [spec.interval_s] * len(spec.steps)
+        if len(intervals) != len(spec.steps):
+            self.fail(path + ("interval_s",), f"give one interval, or one per step ({len(spec.steps)})")
+        for i, interval in enumerate(intervals):
+            if interval <= 0:
+                self.fail(path + ("interval_s", i), "must be greater than 0")
+        a = spec.analysis
+        analysis = Analysis(
+            a.min_samples,
+            a.confidence,
+            a.max_error_rate_increase,
+            a.max_p95_ratio,
+            a.max_downgrade_rate_increase,
+            a.max_degenerate_rate_increase,
+        )
+        identity = json.dumps([route, arm.model, spec.model_dump(mode="json")], sort_keys=True)
+        return Rollout(
+            steps=tuple(spec.steps),
+            intervals_s=tuple(intervals),
+            analysis=analysis,
+            digest=hashlib.sha256(identity.encode()).hexdigest()[:12],
+            shadow=Shadow(spec.shadow.fraction, spec.shadow.duration_s) if spec.shadow else None,
+            on_failure=spec.on_failure,
+            on_success=spec.on_success,
+            webhook=spec.webhook,
+        )
+
     def route_cache(self, spec: RouteSpec) -> RouteCache | None:
         if spec.cache is None:
             return None
@@ -356,7 +410,8 @@ class _Compiler:
     def cache_config(self, routes: list[Route]) -> CacheConfig | None:
         """The store, when some route opts in (the embedded default: a disk store)."""
         spec = self.spec.cache
-        if spec is None and not any(r.cache for r in routes):
+        # a rollout keeps its state in the same store (a local one without a cache block)
+        if spec is None and not any(r.cache or r.rollout_arm for r in routes):
             return None
         spec = spec or CacheSpec()
         if spec.max_entry_bytes > spec.max_bytes:

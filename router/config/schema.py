@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, SecretStr, Tag
 
 __all__ = [
+    "AnalysisSpec",
     "BackendSpec",
     "CacheSpec",
     "CircuitSpec",
@@ -23,9 +24,11 @@ __all__ = [
     "ModelSpec",
     "OpenAIBackendSpec",
     "RetrySpec",
+    "RolloutSpec",
     "RouteCacheSpec",
     "RouteSpec",
     "RoutesFile",
+    "ShadowSpec",
     "SplitArmSpec",
     "Strict",
     "TritonBackendSpec",
@@ -137,10 +140,46 @@ class MatchSpec(Strict):
     quality: str | list[str] | None = None
 
 
+class AnalysisSpec(Strict):
+    """When a canary is worse than its baseline, judged on both arms' answers in the
+    current step (every replica's), each with a one-sided test at ``confidence``
+    (see :mod:`router.policy.rollout`): nothing is judged below ``min_samples`` per arm."""
+
+    min_samples: int = Field(default=50, ge=5)
+    confidence: float = Field(default=0.95, ge=0.5, lt=1)
+    max_error_rate_increase: float = Field(default=0.01, ge=0, le=1)
+    max_p95_ratio: float = Field(default=1.5, gt=1)
+    max_downgrade_rate_increase: float = Field(default=0.05, ge=0, le=1)
+    # blank, constant or otherwise degenerate images (a broken checkpoint, a safety filter)
+    max_degenerate_rate_increase: float = Field(default=0.02, ge=0, le=1)
+
+
+class ShadowSpec(Strict):
+    """A first stage at weight 0: ``fraction`` of the baseline's seeded requests are
+    mirrored to the canary when it has idle capacity; users never see the results."""
+
+    fraction: float = Field(default=0.1, gt=0, le=1)
+    duration_s: float = Field(default=600.0, gt=0)
+
+
+class RolloutSpec(Strict):
+    """A canary that moves itself: through ``steps`` (percent of traffic), each held at
+    least its interval and until analysis passes; rolled back (or paused) when it fails."""
+
+    steps: list[float] = Field(min_length=1, max_length=20)
+    interval_s: float | list[float] = 600.0
+    analysis: AnalysisSpec = Field(default_factory=AnalysisSpec)
+    shadow: ShadowSpec | None = None
+    on_failure: Literal["rollback", "pause"] = "rollback"
+    on_success: Literal["promote", "hold"] = "promote"
+    webhook: str | None = Field(default=None, pattern=r"^https?://[^\s]+$")
+
+
 class SplitArmSpec(Strict):
     model: Name
     weight: float = Field(default=1.0, ge=0)
     canary: bool = False
+    rollout: RolloutSpec | None = None
 
 
 class HedgeSpec(Strict):

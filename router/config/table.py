@@ -15,16 +15,20 @@ from pydantic import SecretStr
 from router.config.regex import Pattern
 
 __all__ = [
+    "Analysis",
     "Arm",
     "Backend",
     "CacheConfig",
     "HeaderRule",
     "Matcher",
     "Model",
+    "Rollout",
     "Route",
     "RouteCache",
     "RouteLimits",
     "RoutingTable",
+    "Shadow",
+    "Tenant",
 ]
 
 
@@ -111,10 +115,42 @@ class Matcher:
 
 
 @dataclass(frozen=True, slots=True)
+class Analysis:
+    min_samples: int = 50
+    confidence: float = 0.95
+    max_error_rate_increase: float = 0.01
+    max_p95_ratio: float = 1.5
+    max_downgrade_rate_increase: float = 0.05
+    max_degenerate_rate_increase: float = 0.02
+
+
+@dataclass(frozen=True, slots=True)
+class Shadow:
+    fraction: float
+    duration_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class Rollout:
+    """A canary arm's progressive rollout (see :mod:`router.rollouts`). ``digest`` is
+    of its spec: editing the rollout in routes.yaml restarts it."""
+
+    steps: tuple[float, ...]
+    intervals_s: tuple[float, ...]  # one per step
+    analysis: Analysis
+    digest: str
+    shadow: Shadow | None = None
+    on_failure: str = "rollback"  # | "pause"
+    on_success: str = "promote"  # | "hold"
+    webhook: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Arm:
     model: str
     weight: float
     canary: bool = False
+    rollout: Rollout | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,6 +200,14 @@ class Route:
     @property
     def is_split(self) -> bool:
         return len(self.arms) > 1
+
+    @property
+    def rollout_arm(self) -> Arm | None:
+        """The canary arm that carries a rollout (at most one per route)."""
+        for arm in self.arms:
+            if arm.rollout is not None:
+                return arm
+        return None
 
 
 def key_digest(key: str) -> str:

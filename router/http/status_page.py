@@ -4,8 +4,10 @@ A browser cannot send a Bearer header when it navigates, so ``/admin/login`` tak
 token in a form and sets an HttpOnly, SameSite=Strict cookie holding a MAC of it. The
 page is static HTML whose script polls ``/admin/status.json`` every two seconds:
 routes and splits, live p50/p95/p99 and error rate per model, each canary beside its
-baseline with a verdict, recent downgrades, and the active config with its last
-reload. The verdict is a pure function (:func:`canary_verdict`).
+baseline with a verdict, each rollout (its weight over time as a chart, its decisions
+with the numbers they were made on, and a gallery of both arms' recent images, shadow
+pairs side by side), recent downgrades, and the active config with its last reload.
+The verdict is a pure function (:func:`canary_verdict`).
 """
 
 from __future__ import annotations
@@ -85,6 +87,7 @@ def _status(gateway: Gateway, reloader: RoutesReloader) -> dict[str, Any]:
         "canaries": _canaries(table, latency),
         "recent_downgrades": gateway.recent_downgrades(20),
         "tenants": gateway.tenant_status(),
+        "rollouts": gateway.rollouts.describe(),
         "backends": state["backends"],
     }
 

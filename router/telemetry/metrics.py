@@ -110,9 +110,39 @@ class _StateCollector(Collector):
                 for result, n in fill.get(kind, {}).items():
                     jobs.add_metric([kind, result], n)
             yield jobs
+        yield from _rollout_metrics(s.get("rollouts", []))
         info = GaugeMetricFamily("router_config_info", "The active routes.yaml (value 1)", labels=["digest"])
         info.add_metric([s.get("digest", "")], 1.0)
         yield info
+
+
+def _rollout_metrics(rollouts: list[dict[str, Any]]) -> Iterable[GaugeMetricFamily | CounterMetricFamily]:
+    """Each rollout's live weight and state as this replica serves it, the decisions
+    this replica made (sum over replicas: each decision is made once), shadow requests."""
+    if not rollouts:
+        return
+    weight = GaugeMetricFamily("router_rollout_weight", "A canary's live weight (percent)", labels=["route", "model"])
+    status = GaugeMetricFamily("router_rollout_status", "1 for a rollout's current status", labels=["route", "status"])
+    paused = GaugeMetricFamily(
+        "router_rollout_store_paused", "1 while a rollout is paused because the shared store does not answer",
+        labels=["route"],
+    )  # fmt: skip
+    decisions = CounterMetricFamily(
+        "router_rollout_decisions", "Rollout decisions made by this replica, by action", labels=["route", "action"]
+    )
+    shadow = CounterMetricFamily(
+        "router_rollout_shadow_requests", "Shadow-stage mirrors by result (mirrored, skipped_busy, failed)",
+        labels=["route", "result"],
+    )  # fmt: skip
+    for r in rollouts:
+        weight.add_metric([r["route"], r["canary"]], r["weight"])
+        status.add_metric([r["route"], r["status"]], 1.0)
+        paused.add_metric([r["route"]], 0.0 if r["store_ok"] else 1.0)
+        for action, n in r["decided"].items():
+            decisions.add_metric([r["route"], action], n)
+        for result, n in r["shadow"].items():
+            shadow.add_metric([r["route"], result], n)
+    yield from (weight, status, paused, decisions, shadow)
 
 
 class Metrics:

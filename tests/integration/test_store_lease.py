@@ -43,3 +43,22 @@ def test_a_lease_has_one_holder_renews_for_it_and_expires(store: Store) -> None:
         await store.aclose()
 
     asyncio.run(scenario())
+
+
+def test_counts_add_up_and_a_swap_needs_the_value_it_expects(store: Store) -> None:
+    """What a rollout keeps: per-window counters every replica adds to, and a state only
+    one replica can move from the value it read."""
+
+    async def scenario() -> None:
+        await store.add_counts("c", {"requests": 2, "h3": 1}, 60)
+        await asyncio.gather(*(store.add_counts("c", {"requests": 1, "errors": 1}, 60) for _ in range(5)))
+        assert await store.counts("c") == {"requests": 7, "h3": 1, "errors": 5}
+        assert await store.counts("missing") == {}
+        assert await store.swap("s", None, b"v1", 60)
+        assert not await store.swap("s", None, b"other", 60), "absent was expected: it is not"
+        assert not await store.swap("s", b"v0", b"v2", 60)
+        assert await store.swap("s", b"v1", b"v2", 60)
+        assert await store.get_many(["s"]) == [b"v2"]
+        await store.aclose()
+
+    asyncio.run(scenario())

@@ -1,0 +1,45 @@
+"""``/admin/canary``: the rollouts, and an operator's hand on them (same token as the
+rest of the admin API; ``router canary`` is its command line).
+
+``GET /admin/canary`` lists every rollout (state, live weight, decisions with their
+numbers, the latest analysis, the gallery); ``GET /admin/canary/{route}`` one of them;
+``POST /admin/canary/{route}/{pause|resume|promote|abort}`` changes it in the shared
+store, so every replica follows within a tick. Each change is an audit line.
+"""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from router.errors import InvalidRequest, NotFound
+from router.http.admin_api import audit, check_admin
+from router.http.common import gateway_of
+
+__all__ = ["ACTIONS", "canary_action", "canary_list", "canary_one"]
+
+ACTIONS = ("pause", "resume", "promote", "abort")
+
+
+async def canary_list(request: Request) -> Response:
+    check_admin(request)
+    return JSONResponse({"rollouts": gateway_of(request).rollouts.describe()})
+
+
+async def canary_one(request: Request) -> Response:
+    check_admin(request)
+    route = request.path_params["route"]
+    for rollout in gateway_of(request).rollouts.describe():
+        if rollout["route"] == route:
+            return JSONResponse(rollout)
+    raise NotFound(f"route {route!r} has no rollout")
+
+
+async def canary_action(request: Request) -> Response:
+    check_admin(request)
+    route, action = request.path_params["route"], request.path_params["action"]
+    if action not in ACTIONS:
+        raise InvalidRequest(f"action must be one of {', '.join(ACTIONS)}", field="action")
+    result = await gateway_of(request).rollouts.command(route, action)
+    audit(request, f"canary {action}", route=route, weight=result["weight"], status=result["status"])
+    return JSONResponse(result)

@@ -1,0 +1,483 @@
+"""The rollout controller: each replica's part in running its canaries' rollouts.
+
+Every replica, on every request of a rollout's route, serves the live weight and counts
+what each arm did (:meth:`RolloutController.observe`); on every tick it adds those
+counts to the current window's counters in the shared store and reads the rollout's
+state back, so all replicas serve the weight the store holds. One replica at a time —
+the holder of a lease with expiry — also sums the window's counters, analyses them
+(:func:`router.policy.rollout.analyse`) and writes the next state with a
+compare-and-swap on the state it read: a step is decided once even if two replicas
+briefly both think they hold the lease.
+
+Without the store (Redis down) the rollout pauses where it is: a replica keeps serving
+the last weight it read, decides nothing, and says so (status page, metrics); counts
+wait in memory and are added when the store is back. A replica that starts without the
+store serves the canary nothing until it can read the state: it never guesses a weight.
+
+The state key holds the rollout spec's digest, so editing the rollout in routes.yaml
+starts a new one; a restarted gateway reads the state and goes on where it was.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import random
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from router.backends import ImageRequest
+from router.cache.store import GuardedStore
+from router.config.table import Arm, Rollout, Route, RoutingTable
+from router.dispatch import Dispatcher, Served
+from router.errors import Conflict, NotFound, RouterError, StoreUnavailable
+from router.policy.rollout import ArmCounts, InvalidCommand, RolloutState, analyse, command, decide, initial
+from router.policy.split import Choice
+from router.rollouts.health import degenerate, difference, thumbnail
+from router.rollouts.webhook import Webhooks
+
+__all__ = ["RolloutController"]
+
+log = logging.getLogger("router.rollouts")
+STATE_TTL_S = 90 * 86400.0
+COUNTS_TTL_S = 7 * 86400.0
+STORE_BOUND_S = 1.0  # a control-plane store call: off the request path
+GALLERY_SIZE = 12
+THUMB_EVERY_S = 2.0  # per arm: the gallery costs a thumbnail every few seconds, not per request
+LOWEST_PRIORITY = 3
+# a fallback for these reasons is a downgrade (the tier was slow or busy); any other is an error
+DOWNGRADE_REASONS = frozenset({"slow", "busy", "full", "timeout", "queue_timeout", "no_room", "cancelled"})
+MAX_SHADOWS = 4  # mirrored requests in flight at once, per rollout
+
+
+def tick_s(rollout: Rollout) -> float:
+    """How often a rollout is looked at: a tenth of its shortest stage, 0.2 s to 2 s."""
+    stages = [*rollout.intervals_s, *([rollout.shadow.duration_s] if rollout.shadow else [])]
+    return min(2.0, max(0.2, min(stages) / 10))
+
+
+def reweighted(route: Route, canary: Arm, weight: float) -> Route:
+    """``route`` with the canary at ``weight`` percent and the baselines sharing the rest
+    in their file's proportions (so a sticky user only ever moves to the canary as the
+    weight rises, and every canary user moves back when it falls to 0)."""
+    bases = [a for a in route.arms if a is not canary]
+    total = sum(a.weight for a in bases)
+    arms = tuple(
+        dataclasses.replace(a, weight=weight)
+        if a is canary
+        else dataclasses.replace(a, weight=(100.0 - weight) * (a.weight / total if total > 0 else 1 / len(bases)))
+        for a in route.arms
+    )
+    return dataclasses.replace(route, arms=arms)
+
+
+@dataclass
+class _Live:
+    """One rollout as this replica knows it."""
+
+    route: str
+    rollout: Rollout
+    canary: str
+    baseline: str
+    state: RolloutState | None = None
+    raw: bytes | None = None  # the state's bytes as read: what a swap expects
+    store_ok: bool = True
+    store_down_since: float | None = None
+    pending: dict[tuple[int, str], ArmCounts] = field(default_factory=dict)
+    shadow: dict[str, int] = field(default_factory=lambda: {"mirrored": 0, "skipped_busy": 0, "failed": 0})
+    shadows_running: int = 0
+    decided: dict[str, int] = field(default_factory=dict)  # by this replica, per action
+    gallery: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=GALLERY_SIZE))
+    last_thumb: dict[str, float] = field(default_factory=dict)
+    verdict: dict[str, Any] | None = None  # the latest analysis this replica made
+
+    @property
+    def key(self) -> str:
+        return f"ro:{self.route}:{self.rollout.digest}"
+
+    @property
+    def weight(self) -> float:
+        return self.state.weight if self.state is not None else 0.0
+
+    def count(self, arm: str) -> ArmCounts | None:
+        if self.state is None:
+            return None
+        return self.pending.setdefault((self.state.window, arm), ArmCounts())
+
+
+class RolloutController:
+    def __init__(
+        self,
+        table: Callable[[], RoutingTable],
+        store: Callable[[], GuardedStore | None],
+        dispatcher: Dispatcher,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
+        rng: random.Random | None = None,
+        owner: str = "",
+    ) -> None:
+        self.table = table
+        self.store = store
+        self.dispatcher = dispatcher
+        self.clock = clock
+        self.wall = wall
+        self.rng = rng or random.Random()
+        self.owner = owner or f"{id(self):x}-{time.time_ns():x}"
+        self.live: dict[str, _Live] = {}
+        self.webhooks = Webhooks()
+        self._routes: dict[tuple[int, float], Route] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._wake = asyncio.Event()
+        self._runner: asyncio.Task[None] | None = None
+        self.sync(table())
+
+    # -- the table ------------------------------------------------------------------
+
+    def sync(self, table: RoutingTable) -> None:
+        """Follow a (re)loaded table: new rollouts start being read, edited ones start
+        over (a new digest), removed ones are forgotten."""
+        live: dict[str, _Live] = {}
+        for route in (*table.routes, table.default):
+            arm = route.rollout_arm
+            if arm is None or arm.rollout is None:
+                continue
+            old = self.live.get(route.name)
+            if old is not None and old.rollout.digest == arm.rollout.digest and old.canary == arm.model:
+                old.rollout = arm.rollout
+                live[route.name] = old
+            else:
+                baseline = next(a.model for a in route.arms if not a.canary)
+                live[route.name] = _Live(route.name, arm.rollout, arm.model, baseline)
+        self.live = live
+        self._routes.clear()
+        self._wake.set()
+
+    def route_for(self, route: Route) -> Route:
+        """``route`` as served now: with its rollout's live weight."""
+        live = self.live.get(route.name)
+        arm = route.rollout_arm
+        if live is None or arm is None or arm.rollout is None or arm.rollout.digest != live.rollout.digest:
+            return route
+        key = (id(route), live.weight)
+        served = self._routes.get(key)
+        if served is None:
+            if len(self._routes) > 256:
+                self._routes.clear()
+            served = self._routes[key] = reweighted(route, arm, live.weight)
+        return served
+
+    # -- what each request did --------------------------------------------------------
+
+    def observe(self, route: Route, arm: Arm, served: Served | None, error: RouterError | None = None) -> None:
+        """Count one answer (or failure) of a rollout route against the arm chosen."""
+        live = self.live.get(route.name)
+        if live is None or (arm.canary and arm.model != live.canary):
+            return
+        if served is not None and served.cache in ("HIT", "COALESCED"):
+            return  # a stored image says nothing about the model now
+        if error is not None and error.status < 500:
+            return  # the client's error, not the arm's
+        side = "c" if arm.model == live.canary and arm.canary else "b"
+        counts = live.count(side)
+        if counts is None:
+            return
+        counts.requests += 1
+        if served is None:
+            counts.errors += 1
+            return
+        if served.model.name != arm.model:
+            reasons = {why for model, why in served.fallback if model == arm.model}
+            if reasons and reasons <= DOWNGRADE_REASONS:
+                counts.downgrades += 1
+            else:
+                counts.errors += 1
+            return
+        counts.add_latency(served.total_s)
+        if served.result.encoded is None:  # pixels at hand (a hosted answer is not decoded for this)
+            images = served.result.images
+            counts.images += len(images)
+            counts.degenerate += sum(degenerate(image) for image in images)
+            self._keep(live, "canary" if side == "c" else "baseline", arm.model, served, images[0])
+
+    def _keep(self, live: _Live, side: str, model: str, served: Served, image: Any, pair: Any = None) -> None:
+        now = self.clock()
+        if pair is None and now - live.last_thumb.get(side, -THUMB_EVERY_S) < THUMB_EVERY_S:
+            return
+        live.last_thumb[side] = now
+        seed = served.seeds[0] if served.seeds else None
+
+        async def add() -> None:
+            entry = {"side": side, "model": model, "seed": seed, "at": self.wall(),
+                     "image": await asyncio.to_thread(thumbnail, image)}  # fmt: skip
+            if pair is not None:
+                entry["baseline_image"] = await asyncio.to_thread(thumbnail, pair[0])
+                entry["baseline_model"], entry["difference"] = pair[1], round(pair[2], 4)
+            live.gallery.append(entry)
+
+        self._background(add())
+
+    def mirror(self, route: Route, arm: Arm, request: ImageRequest, served: Served) -> None:
+        """In the shadow stage: send ``fraction`` of the baseline's seeded answers to the
+        canary too, only while the canary has an idle slot (never ahead of live work)."""
+        live = self.live.get(route.name)
+        arm_rollout = route.rollout_arm
+        if (
+            live is None
+            or live.state is None
+            or live.state.status != "shadow"
+            or arm_rollout is None
+            or arm_rollout.rollout is None
+            or arm_rollout.rollout.shadow is None
+            or arm.model != live.baseline
+            or served.model.name != live.baseline
+            or served.cache in ("HIT", "COALESCED")
+            or request.seeds is None
+            or self.rng.random() >= arm_rollout.rollout.shadow.fraction
+        ):
+            return
+        table = self.table()
+        model = table.models.get(live.canary)
+        if model is None or live.shadows_running >= MAX_SHADOWS or not self.dispatcher.idle(model):
+            live.shadow["skipped_busy"] += 1
+            return
+        live.shadows_running += 1
+        self._background(self._shadow(live, table, route, request, served))
+
+    async def _shadow(
+        self, live: _Live, table: RoutingTable, route: Route, request: ImageRequest, base: Served
+    ) -> None:
+        canary = Arm(live.canary, 1.0)
+        alone = dataclasses.replace(route, arms=(canary,), fallback=(), hedge_after_ms=None, hedge_p95=False)
+        window = live.state.window if live.state is not None else -1
+        counts = live.pending.setdefault((window, "s"), ArmCounts())
+        try:
+            served = await self.dispatcher.serve(table, alone, Choice(canary, False), request, LOWEST_PRIORITY)
+        except RouterError as exc:
+            live.shadow["failed"] += 1
+            counts.requests += 1
+            if exc.status >= 500:
+                counts.errors += 1
+            return
+        finally:
+            live.shadows_running -= 1
+        live.shadow["mirrored"] += 1
+        counts.requests += 1
+        counts.add_latency(served.total_s)
+        images, theirs = await served.result.pixels(), await base.result.pixels()
+        counts.images += len(images)
+        counts.degenerate += sum(degenerate(image) for image in images)
+        diff = difference(images[0], theirs[0])
+        counts.pairs += 1
+        counts.diff_millionths += round(diff * 1e6)
+        self._keep(live, "pair", live.canary, served, images[0], (theirs[0], live.baseline, diff))
+
+    def _background(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # -- the ticks ----------------------------------------------------------------------
+
+    def start(self) -> None:
+        if self._runner is None:
+            self._runner = asyncio.get_running_loop().create_task(self._run())
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await self.tick()
+            except Exception:  # a bug here must not stop the rollouts for good
+                log.exception("rollout tick failed")
+            self._wake.clear()
+            period = min((tick_s(live.rollout) for live in self.live.values()), default=5.0)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), period)
+
+    async def tick(self) -> None:
+        store = self.store()
+        for live in list(self.live.values()):
+            if store is None:
+                self._store_down(live)
+                continue
+            await self._tick_one(live, store)
+
+    def _store_down(self, live: _Live) -> None:
+        if live.store_ok:
+            log.warning("rollout of %s paused at %.4g%%: the shared store does not answer", live.route, live.weight)
+            live.store_ok, live.store_down_since = False, self.wall()
+
+    async def _flush(self, live: _Live, store: GuardedStore) -> None:
+        for key in list(live.pending):
+            counts = live.pending.pop(key)
+            fields = counts.fields()
+            if fields and not await store.add_counts(f"{live.key}:w{key[0]}:{key[1]}", fields, COUNTS_TTL_S,
+                                                     STORE_BOUND_S):  # fmt: skip
+                live.pending.setdefault(key, ArmCounts()).merge(counts)  # kept for the next tick
+
+    async def _read(self, live: _Live, store: GuardedStore) -> bool:
+        got = await store.get(live.key, STORE_BOUND_S)
+        if got is None:
+            self._store_down(live)
+            return False
+        raw = got[0]
+        if raw is None and live.state is not None:
+            # the store lost it (a Redis restarted without persistence, a failover to an
+            # empty replica): what this replica last read goes back, not a fresh start
+            restored = await store.swap(live.key, None, live.state.to_bytes(), STATE_TTL_S, STORE_BOUND_S)
+            if restored is None:
+                self._store_down(live)
+                return False
+            if restored:
+                log.warning("rollout of %s: the store had lost its state; restored", live.route)
+            live.store_ok, live.store_down_since = True, None
+            return False  # read back next tick (restored here or by another replica)
+        if raw is None:
+            state = initial(live.rollout, self.wall())
+            state.decisions = [{"at": state.started, "action": "start", "by": "controller", "from_weight": 0.0,
+                                "weight": state.weight, "step": state.step, "status": state.status}]  # fmt: skip
+            created = await store.swap(live.key, None, state.to_bytes(), STATE_TTL_S, STORE_BOUND_S)
+            if created is None:
+                self._store_down(live)
+                return False
+            if not created:
+                return False  # another replica started it first: read it next tick
+            raw = state.to_bytes()
+            self._decided(live, state.decisions[-1])
+        try:
+            live.state, live.raw = RolloutState.from_bytes(raw), raw
+        except (ValueError, TypeError) as exc:
+            log.error("rollout state of %s is unreadable (%s): left as it is", live.route, exc)
+            return False
+        if not live.store_ok:
+            log.warning("rollout of %s: the shared store is back", live.route)
+        live.store_ok, live.store_down_since = True, None
+        return True
+
+    async def _tick_one(self, live: _Live, store: GuardedStore) -> None:
+        await self._flush(live, store)
+        if not await self._read(live, store):
+            return
+        state = live.state
+        assert state is not None
+        if not state.active:
+            return
+        held = await store.hold(f"{live.key}:lease", self.owner, 3 * tick_s(live.rollout), STORE_BOUND_S)
+        if held is None:
+            self._store_down(live)
+            return
+        if not held:
+            return
+        canary_side = "s" if (state.status == "shadow" or state.paused_from == "shadow") else "c"
+        base = await store.read_counts(f"{live.key}:w{state.judged_against}:b", STORE_BOUND_S)
+        canary = await store.read_counts(f"{live.key}:w{state.window}:{canary_side}", STORE_BOUND_S)
+        if base is None or canary is None:
+            self._store_down(live)
+            return
+        now = self.wall()
+        b, c = ArmCounts.from_fields(base), ArmCounts.from_fields(canary)
+        verdict = analyse(live.rollout.analysis, b, c)
+        live.verdict = {"at": now, "window": state.window, **verdict.as_dict(),
+                        "arms": {"baseline": b.summary(), "canary": c.summary()}}  # fmt: skip
+        nxt = decide(live.rollout, state, verdict, now)
+        if nxt is None:
+            return
+        nxt.decisions[-1]["arms"] = {"baseline": b.summary(), "canary": c.summary()}
+        data = nxt.to_bytes()
+        if await store.swap(live.key, live.raw, data, STATE_TTL_S, STORE_BOUND_S):
+            live.state, live.raw = nxt, data
+            self._decided(live, nxt.decisions[-1])
+
+    def _decided(self, live: _Live, record: dict[str, Any]) -> None:
+        action = str(record["action"])
+        live.decided[action] = live.decided.get(action, 0) + 1
+        log.warning(
+            "rollout of %s: %s to %.4g%% (%s)", live.route, action, record["weight"], record.get("reason", record["by"])
+        )
+        if live.rollout.webhook:
+            payload = {"route": live.route, "canary_model": live.canary, "baseline_model": live.baseline,
+                       "rollout": live.rollout.digest, **record}  # fmt: skip
+            self.webhooks.post(live.rollout.webhook, payload)
+
+    # -- operators ------------------------------------------------------------------------
+
+    async def command(self, route: str, action: str) -> dict[str, Any]:
+        """``pause``, ``resume``, ``promote`` or ``abort``, written to the shared store
+        (so every replica follows) and recorded as a decision by the operator."""
+        live = self.live.get(route)
+        if live is None:
+            raise NotFound(f"route {route!r} has no rollout")
+        store = self.store()
+        for _ in range(5):  # lost a race with the deciding replica: read again
+            got = None if store is None else await store.get(live.key, STORE_BOUND_S)
+            if got is None or store is None:
+                raise StoreUnavailable("the shared store does not answer: the rollout cannot be changed now")
+            if got[0] is None:
+                raise Conflict(f"the rollout of {route!r} has not started yet")
+            state = RolloutState.from_bytes(got[0])
+            try:
+                nxt = command(state, action, self.wall())
+            except InvalidCommand as exc:
+                raise Conflict(str(exc)) from exc
+            data = nxt.to_bytes()
+            swapped = await store.swap(live.key, got[0], data, STATE_TTL_S, STORE_BOUND_S)
+            if swapped is None:
+                raise StoreUnavailable("the shared store does not answer: the rollout cannot be changed now")
+            if swapped:
+                live.state, live.raw = nxt, data
+                self._routes.clear()
+                self._decided(live, nxt.decisions[-1])
+                return self.describe_one(live)
+        raise Conflict("the rollout kept changing: try again")
+
+    # -- what the admin API, the status page and the metrics read ---------------------------
+
+    def describe_one(self, live: _Live) -> dict[str, Any]:
+        state = live.state
+        return {
+            "route": live.route,
+            "canary": live.canary,
+            "baseline": live.baseline,
+            "digest": live.rollout.digest,
+            "steps": list(live.rollout.steps),
+            "status": state.status if state is not None else "unknown",
+            "weight": live.weight,
+            "step": state.step if state is not None else None,
+            "started": state.started if state is not None else None,
+            "step_started": state.step_started if state is not None else None,
+            "store": "ok" if live.store_ok else "unavailable",
+            "paused_by_store": not live.store_ok,
+            "store_down_since": live.store_down_since,
+            "decisions": list(state.decisions) if state is not None else [],
+            "analysis": live.verdict,
+            "shadow": dict(live.shadow) if live.rollout.shadow else None,
+            "decided_here": dict(live.decided),
+            "gallery": list(live.gallery),
+        }
+
+    def describe(self) -> list[dict[str, Any]]:
+        return [self.describe_one(live) for live in self.live.values()]
+
+    def state(self) -> list[dict[str, Any]]:
+        """For the metrics collector (no I/O, no images)."""
+        return [
+            {"route": live.route, "canary": live.canary, "weight": live.weight,
+             "status": live.state.status if live.state else "unknown", "store_ok": live.store_ok,
+             "decided": dict(live.decided), "shadow": dict(live.shadow)}
+            for live in self.live.values()
+        ]  # fmt: skip
+
+    async def aclose(self) -> None:
+        if self._runner is not None:
+            self._runner.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._runner
+            self._runner = None
+        for task in list(self._tasks):
+            task.cancel()
+        await self.webhooks.aclose()
