@@ -12,6 +12,7 @@ import hashlib
 import hmac
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -19,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from router.config.table import RoutingTable
+from router.config.table import Route, RoutingTable
 from router.errors import InvalidRequest, NotFound, Unauthorized
 from router.http.common import GenerationFields, gateway_of, parse_json_model, read_body
 from router.policy.match import RequestFacts
@@ -116,8 +117,9 @@ async def admin_reload(request: Request) -> Response:
     return JSONResponse(result.to_dict(), status_code=200 if result.ok else 422)
 
 
-def describe(table: RoutingTable) -> dict[str, Any]:
-    """The active table as JSON; secrets are never included."""
+def describe(table: RoutingTable, serving: Callable[[Route], Route] | None = None) -> dict[str, Any]:
+    """The active table as JSON; secrets are never included. ``serving`` gives a route
+    as it is served now (a rollout's live weight instead of the file's)."""
     return {
         "digest": table.digest,
         "source": table.source,
@@ -135,7 +137,10 @@ def describe(table: RoutingTable) -> dict[str, Any]:
         "routes": [
             {
                 "name": r.name,
-                "arms": [{"model": a.model, "weight": a.weight, "canary": a.canary} for a in r.arms],
+                "arms": [
+                    {"model": a.model, "weight": a.weight, "canary": a.canary, "rollout": a.rollout is not None}
+                    for a in (serving(r) if serving is not None else r).arms
+                ],
                 "budget_ms": r.budget_ms,
                 "fallback": list(r.fallback),
                 "sticky": None if r.sticky is None else ":".join(r.sticky),
@@ -152,7 +157,7 @@ async def admin_config(request: Request) -> Response:
     return JSONResponse(
         {
             **reloader.status(),
-            "table": describe(gateway.table),
+            "table": describe(gateway.table, gateway.rollouts.route_for),
             "latency": gateway.latency(),
             "models": gateway.models(),
             "backends": gateway.backend_snapshots(),

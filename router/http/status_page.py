@@ -74,7 +74,7 @@ def _canaries(table: dict[str, Any], latency: dict[str, dict[str, float]]) -> li
 
 
 def _status(gateway: Gateway, reloader: RoutesReloader) -> dict[str, Any]:
-    table = describe(gateway.table)
+    table = describe(gateway.table, gateway.rollouts.route_for)
     latency = gateway.latency()
     state = gateway.state()
     models = {

@@ -157,6 +157,10 @@ class RolloutController:
         self.live = live
         self._routes.clear()
         self._wake.set()
+        store = self.store()
+        if live and store is not None and store.kind != "redis":
+            log.warning("rollouts keep their state in a %s store: shared only by gateways on this machine "
+                        "(several machines need cache: {store: redis://...})", store.kind)  # fmt: skip
 
     def route_for(self, route: Route) -> Route:
         """``route`` as served now: with its rollout's live weight."""

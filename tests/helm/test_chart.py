@@ -393,6 +393,7 @@ def test_slo_alerts_query_only_series_the_gateway_exports() -> None:
     assert set(alerts) == {
         "ImageRouterBudgetMissed", "ImageRouterErrors", "ImageRouterDowngrading",
         "ImageRouterReloadFailed", "ImageRouterRoutesDiffer", "ImageRouterCircuitOpen",
+        "ImageRouterRolloutRolledBack", "ImageRouterRolloutStorePaused",
     }  # fmt: skip
     exported = exported_names()
     for name, rule_ in alerts.items():
@@ -474,3 +475,22 @@ def test_every_triton_pod_is_a_replica_of_its_own() -> None:
     routes = by_kind(docs, "ConfigMap", "image-router-routes")["data"]["routes.yaml"]
     table = compile_text(routes, env={k: v for k, v in env.items() if v is not None})
     assert table.backends["triton"].discover and table.backends["triton"].urls == (env["TRITON_URL"],)
+
+
+def test_a_rollout_on_several_pods_needs_the_shared_store() -> None:
+    """On per-pod disk stores every gateway pod would run a rollout of its own (its own
+    weight, its own decisions): the chart refuses to render that."""
+    routes = """
+models: {a: {backend: triton}, b: {backend: triton}}
+backends: {triton: {url: "${TRITON_URL}"}}
+routes:
+  - name: r
+    split: [{model: a}, {model: b, canary: true, rollout: {steps: [5, 50]}}]
+default_route: a
+"""
+    with pytest.raises(Exception, match="canary rollout with more than one gateway pod needs cache.store: redis"):
+        render({"routes": routes})
+    one = render({"routes": routes, "gateway": {"replicaCount": 1, "podDisruptionBudget": {"enabled": False}}})
+    assert by_kind(one, "ConfigMap", "routes")
+    shared = render({"routes": routes, "cache": {"store": "redis", "redis": {"deploy": True}}})
+    assert by_kind(shared, "Deployment", "gateway")["spec"]["replicas"] == 2

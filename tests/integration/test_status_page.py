@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -99,3 +100,56 @@ def test_status_page_shows_the_cache(start_gateway: Callable[..., GatewayProcess
         assert cells == ["thumbs", "draft@1", "3", "1", "0", "0", "75.0%"]
         assert "disk store" in (page.text_content("#cache-store") or "")
         browser.close()
+
+
+def test_status_page_shows_a_rollout(start_gateway: Callable[..., GatewayProcess], tmp_path: Path) -> None:
+    """A rollout on one machine (the local disk store, no Redis): the page charts its
+    weight, lists its decisions with their numbers, and shows both arms' images."""
+    from tests.integration.routes_common import TIERS
+
+    if CHROMIUM is None:
+        pytest.fail("Debian's chromium is needed for this test: apt-get install chromium (make test does)")
+    routes = (
+        TIERS
+        + f"""
+cache: {{store: "disk://{tmp_path / "state"}"}}
+routes:
+  - name: rollout
+    split:
+      - {{model: noop, weight: 100}}
+      - model: noop-canary
+        canary: true
+        rollout: {{steps: [50, 100], interval_s: 1.5, analysis: {{min_samples: 10}}}}
+default_route: draft
+"""
+    )
+    gw = start_gateway(routes)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        for i in range(10):
+            httpx.post(gw.url + "/api/v1/generate", json={"prompt": f"p{i}"}, timeout=30)
+        if httpx.get(gw.url + "/admin/canary/rollout", headers=gw.admin).json()["status"] == "promoted":
+            break
+    state = httpx.get(gw.url + "/admin/canary/rollout", headers=gw.admin).json()
+    assert state["status"] == "promoted"
+    assert [d["action"] for d in state["decisions"]] == ["start", "advance", "promote"]
+    shot = tmp_path / "rollout.png"
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        page.goto(gw.url + "/admin/login")
+        page.fill("input[name=token]", ADMIN_TOKEN)
+        page.click("input[type=submit]")
+        page.wait_for_selector(".rollout[data-route='rollout'] svg path")
+        card = page.locator(".rollout[data-route='rollout']")
+        assert card.locator(".weight").text_content() == "100.0%"
+        assert card.locator(".status").text_content() == "promoted"
+        assert card.locator(".decisions tbody tr").count() == 3
+        assert "p95_ratio" in (card.locator(".decisions").text_content() or "")
+        assert card.locator(".gallery img").count() >= 2
+        path = card.locator("svg path").get_attribute("d") or ""
+        assert path.count("L") >= 6, "the chart steps up at each decision"
+        page.screenshot(path=str(shot), full_page=True)
+        browser.close()
+    if os.environ.get("UPDATE_DOCS_SCREENSHOT"):
+        shutil.copy(shot, ROOT / "docs" / "rollout-page.png")

@@ -20,6 +20,17 @@ def exported_names() -> set[str]:
             "retries": {"b": 0},
             "reloads": {"success": 0},
             "digest": "d",
+            "rollouts": [
+                {
+                    "route": "r",
+                    "canary": "c",
+                    "weight": 5.0,
+                    "status": "running",
+                    "store_ok": True,
+                    "decided": {"advance": 1},
+                    "shadow": {"mirrored": 0},
+                }
+            ],
         }
     )
     names = set()

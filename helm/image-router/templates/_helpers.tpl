@@ -57,6 +57,17 @@ app.kubernetes.io/component: {{ .component }}
 {{- if not (or (hasKey $parsed "default_route") (hasKey $parsed "routes") (hasKey $parsed "models")) }}
 {{- fail "routes: expected a routes.yaml mapping (models, routes, default_route)" }}
 {{- end }}
+{{- $rollout := false }}
+{{- range $route := (get $parsed "routes" | default list) }}
+{{- if kindIs "map" $route }}
+{{- range $arm := (get $route "split" | default list) }}
+{{- if and (kindIs "map" $arm) (hasKey $arm "rollout") }}{{- $rollout = true }}{{- end }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- if and $rollout (eq .Values.cache.store "disk") (or (gt (int .Values.gateway.replicaCount) 1) .Values.gateway.autoscaling.enabled) }}
+{{- fail "routes: a canary rollout with more than one gateway pod needs cache.store: redis (on disk every pod would run a rollout of its own)" }}
+{{- end }}
 {{- end }}
 
 {{/* The headless Service: one address per ready pod (routes discover them). */}}
