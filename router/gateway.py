@@ -304,10 +304,10 @@ class Gateway:
             )
         except RouterError as exc:
             if rollout:
-                self.rollouts.observe(route, choice.arm, None, exc)
+                self.rollouts.observe(route, choice.arm, None, exc, request.prompts[0])
             raise
         if rollout:
-            self.rollouts.observe(route, choice.arm, served)
+            self.rollouts.observe(route, choice.arm, served, prompt=request.prompts[0])
             self.rollouts.mirror(route, choice.arm, request, served)
         if plan is not None and self.cache is not None:
             self.cache.stats.count(route.name, served.model_tag, served.cache or "MISS")

@@ -178,7 +178,9 @@ class RolloutController:
 
     # -- what each request did --------------------------------------------------------
 
-    def observe(self, route: Route, arm: Arm, served: Served | None, error: RouterError | None = None) -> None:
+    def observe(
+        self, route: Route, arm: Arm, served: Served | None, error: RouterError | None = None, prompt: str = ""
+    ) -> None:
         """Count one answer (or failure) of a rollout route against the arm chosen."""
         live = self.live.get(route.name)
         if live is None or (arm.canary and arm.model != live.canary):
@@ -207,9 +209,11 @@ class RolloutController:
             images = served.result.images
             counts.images += len(images)
             counts.degenerate += sum(degenerate(image) for image in images)
-            self._keep(live, "canary" if side == "c" else "baseline", arm.model, served, images[0])
+            self._keep(live, "canary" if side == "c" else "baseline", arm.model, served, images[0], prompt)
 
-    def _keep(self, live: _Live, side: str, model: str, served: Served, image: Any, pair: Any = None) -> None:
+    def _keep(
+        self, live: _Live, side: str, model: str, served: Served, image: Any, prompt: str, pair: Any = None
+    ) -> None:
         now = self.clock()
         if pair is None and now - live.last_thumb.get(side, -THUMB_EVERY_S) < THUMB_EVERY_S:
             return
@@ -217,7 +221,7 @@ class RolloutController:
         seed = served.seeds[0] if served.seeds else None
 
         async def add() -> None:
-            entry = {"side": side, "model": model, "seed": seed, "at": self.wall(),
+            entry = {"side": side, "model": model, "seed": seed, "prompt": prompt[:80], "at": self.wall(),
                      "image": await asyncio.to_thread(thumbnail, image)}  # fmt: skip
             if pair is not None:
                 entry["baseline_image"] = await asyncio.to_thread(thumbnail, pair[0])
@@ -279,7 +283,7 @@ class RolloutController:
         diff = difference(images[0], theirs[0])
         counts.pairs += 1
         counts.diff_millionths += round(diff * 1e6)
-        self._keep(live, "pair", live.canary, served, images[0], (theirs[0], live.baseline, diff))
+        self._keep(live, "pair", live.canary, served, images[0], request.prompts[0], (theirs[0], live.baseline, diff))
 
     def _background(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)

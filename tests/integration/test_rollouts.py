@@ -331,6 +331,12 @@ def test_operators_pause_resume_and_abort_from_the_command_line(
     assert "last: abort by operator" in status.stdout
     full = json.loads(canary("status", "pictures", "--json").stdout)
     assert [d["by"] for d in full["decisions"]] == ["controller", "operator", "operator", "operator"]
+    # editing the rollout in routes.yaml starts it over (both replicas, hot-reloaded)
+    routes_file = gateways[0].routes
+    routes_file.write_text(routes_file.read_text().replace("interval_s: 3", "interval_s: 4"))
+    restarted = watch(gateways, lambda s: all(r["status"] == "running" and r["weight"] == 20 for r in s), 15)[-1][1]
+    assert [d["action"] for d in restarted[0]["decisions"]] == ["start"]
+    assert restarted[0]["digest"] != full["digest"]
     assert httpx.post(gateways[1].url + "/admin/canary/pictures/jump", headers=ADMIN).status_code == 400
     assert httpx.post(gateways[1].url + "/admin/canary/pictures/abort").status_code == 401
     assert httpx.post(gateways[1].url + "/admin/canary/nothing/abort", headers=ADMIN).status_code == 404
