@@ -7,24 +7,23 @@ from pathlib import Path
 
 import pytest
 
-from router.triton import TritonConfig, TritonServer
-from tests.procs import MODEL_REPOSITORY, GatewayProcess, tail
+from router.triton import TritonServer
+from tests.procs import MODEL_REPOSITORY, GatewayProcess, RedisProcess, serving
 
 
 @pytest.fixture(scope="session")
 def triton(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonServer]:
     """The project's own model_repository/ served by a real tritonserver (all four models)."""
-    log_path = tmp_path_factory.mktemp("triton") / "triton.log"
-    with open(log_path, "wb") as log:
-        server = TritonServer(TritonConfig(MODEL_REPOSITORY), log=log)
-        server.start()
-        try:
-            server.wait_ready(timeout_s=300)
-        except Exception:  # noqa: BLE001 - any startup failure: show Triton's log
-            server.stop()
-            pytest.fail(f"Triton did not start:\n{tail(log_path)}")
+    with serving(MODEL_REPOSITORY, tmp_path_factory.mktemp("triton") / "triton.log") as server:
         yield server
-        server.stop()
+
+
+@pytest.fixture()
+def redis(tmp_path: Path) -> Iterator[RedisProcess]:
+    """A real ``redis-server`` on an ephemeral port for one test."""
+    server = RedisProcess(tmp_path).start()
+    yield server
+    server.stop()
 
 
 @pytest.fixture()

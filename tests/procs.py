@@ -19,11 +19,30 @@ from pathlib import Path
 
 import httpx
 
+from router.triton import TritonConfig, TritonServer
 from router.triton.launcher import free_port, free_ports
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL_REPOSITORY = ROOT / "model_repository"
 ADMIN_TOKEN = "test-admin-token"
+
+
+@contextlib.contextmanager
+def serving(repository: Path, log_path: Path, models: list[str] | None = None) -> Iterator[TritonServer]:
+    """A real ``tritonserver`` on ``repository``, ready; its log's tail is the error
+    when it does not start. Stopped on the way out."""
+    with open(log_path, "wb") as log:
+        server = TritonServer(TritonConfig(repository, models or []), log=log)
+        server.start()
+        try:
+            server.wait_ready(timeout_s=300)
+        except Exception as exc:
+            server.stop()
+            raise RuntimeError(f"Triton did not start:\n{tail(log_path)}") from exc
+        try:
+            yield server
+        finally:
+            server.stop()
 
 
 def tail(path: Path, lines: int = 40) -> str:

@@ -488,7 +488,7 @@ routes:
     split: [{model: a}, {model: b, canary: true, rollout: {steps: [5, 50]}}]
 default_route: a
 """
-    with pytest.raises(Exception, match="canary rollout with more than one gateway pod needs cache.store: redis"):
+    with pytest.raises(Exception, match=r"canary rollout with more than one gateway pod needs cache\.store: redis"):
         render({"routes": routes})
     one = render({"routes": routes, "gateway": {"replicaCount": 1, "podDisruptionBudget": {"enabled": False}}})
     assert by_kind(one, "ConfigMap", "routes")

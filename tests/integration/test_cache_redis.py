@@ -10,8 +10,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 
 import httpx
 import pytest
@@ -21,13 +20,6 @@ from tests.integration.test_cache import cached_routes, inferences, openai
 from tests.procs import GatewayProcess, RedisProcess, scrape
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture()
-def redis(tmp_path: Path) -> Iterator[RedisProcess]:
-    server = RedisProcess(tmp_path).start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture()

@@ -27,8 +27,8 @@ from typing import Any, ClassVar
 import httpx
 import pytest
 
-from router.triton import TritonConfig, TritonServer
-from tests.procs import ADMIN_TOKEN, GatewayProcess, RedisProcess, tail
+from router.triton import TritonServer
+from tests.procs import ADMIN_TOKEN, GatewayProcess, RedisProcess, serving
 from tests.rollout_models import write_repository
 
 pytestmark = pytest.mark.integration
@@ -40,24 +40,8 @@ TICK_S = 0.3  # a tenth of the 3 s steps below
 @pytest.fixture(scope="module")
 def variants(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonServer]:
     root = tmp_path_factory.mktemp("variants")
-    log_path = root / "triton.log"
-    with open(log_path, "wb") as log:
-        server = TritonServer(TritonConfig(write_repository(root / "repository")), log=log)
-        server.start()
-        try:
-            server.wait_ready(timeout_s=300)
-        except Exception:  # noqa: BLE001 - any startup failure: show Triton's log
-            server.stop()
-            pytest.fail(f"Triton did not start:\n{tail(log_path)}")
+    with serving(write_repository(root / "repository"), root / "triton.log") as server:
         yield server
-        server.stop()
-
-
-@pytest.fixture()
-def redis(tmp_path: Path) -> Iterator[RedisProcess]:
-    server = RedisProcess(tmp_path).start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture()
