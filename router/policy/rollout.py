@@ -23,7 +23,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from router.config.table import Analysis, Rollout
+from router.config.table import Analysis, Arm, Rollout, Route
 from router.policy.significance import binomial_tail, newcombe_lower, z_for
 
 __all__ = [
@@ -36,6 +36,7 @@ __all__ = [
     "command",
     "decide",
     "initial",
+    "reweighted",
 ]
 
 # latency histogram buckets: upper bounds from 5 ms, 10 % apart, to ~3 minutes
@@ -301,3 +302,18 @@ def command(state: RolloutState, action: str, now: float, by: str = "operator") 
             raise InvalidCommand("the rollout is already rolled back")
         return _moved(state, now, "abort", by, None, status="rolled_back", weight=0.0, paused_from=None)
     raise InvalidCommand(f"unknown action {action!r}: pause, resume, promote or abort")
+
+
+def reweighted(route: Route, canary: Arm, weight: float) -> Route:
+    """``route`` with the canary at ``weight`` percent and the baselines sharing the rest
+    in their file's proportions (so a sticky user only ever moves to the canary as the
+    weight rises, and every canary user moves back when it falls to 0)."""
+    bases = [a for a in route.arms if a is not canary]
+    total = sum(a.weight for a in bases)
+    arms = tuple(
+        dataclasses.replace(a, weight=weight)
+        if a is canary
+        else dataclasses.replace(a, weight=(100.0 - weight) * (a.weight / total if total > 0 else 1 / len(bases)))
+        for a in route.arms
+    )
+    return dataclasses.replace(route, arms=arms)

@@ -36,7 +36,16 @@ from router.cache.store import GuardedStore
 from router.config.table import Arm, Rollout, Route, RoutingTable
 from router.dispatch import Dispatcher, Served
 from router.errors import Conflict, NotFound, RouterError, StoreUnavailable
-from router.policy.rollout import ArmCounts, InvalidCommand, RolloutState, analyse, command, decide, initial
+from router.policy.rollout import (
+    ArmCounts,
+    InvalidCommand,
+    RolloutState,
+    analyse,
+    command,
+    decide,
+    initial,
+    reweighted,
+)
 from router.policy.split import Choice
 from router.rollouts.health import degenerate, difference, thumbnail
 from router.rollouts.webhook import Webhooks
@@ -59,21 +68,6 @@ def tick_s(rollout: Rollout) -> float:
     """How often a rollout is looked at: a tenth of its shortest stage, 0.2 s to 2 s."""
     stages = [*rollout.intervals_s, *([rollout.shadow.duration_s] if rollout.shadow else [])]
     return min(2.0, max(0.2, min(stages) / 10))
-
-
-def reweighted(route: Route, canary: Arm, weight: float) -> Route:
-    """``route`` with the canary at ``weight`` percent and the baselines sharing the rest
-    in their file's proportions (so a sticky user only ever moves to the canary as the
-    weight rises, and every canary user moves back when it falls to 0)."""
-    bases = [a for a in route.arms if a is not canary]
-    total = sum(a.weight for a in bases)
-    arms = tuple(
-        dataclasses.replace(a, weight=weight)
-        if a is canary
-        else dataclasses.replace(a, weight=(100.0 - weight) * (a.weight / total if total > 0 else 1 / len(bases)))
-        for a in route.arms
-    )
-    return dataclasses.replace(route, arms=arms)
 
 
 @dataclass
@@ -105,7 +99,8 @@ class _Live:
         return self.state.weight if self.state is not None else 0.0
 
     def count(self, arm: str) -> ArmCounts | None:
-        if self.state is None:
+        """This window's counts of ``arm`` (``None`` when nothing is being judged)."""
+        if self.state is None or not self.state.active:
             return None
         return self.pending.setdefault((self.state.window, arm), ArmCounts())
 
@@ -263,11 +258,11 @@ class RolloutController:
         canary = Arm(live.canary, 1.0)
         alone = dataclasses.replace(route, arms=(canary,), fallback=(), hedge_after_ms=None, hedge_p95=False)
         window = live.state.window if live.state is not None else -1
-        counts = live.pending.setdefault((window, "s"), ArmCounts())
         try:
             served = await self.dispatcher.serve(table, alone, Choice(canary, False), request, LOWEST_PRIORITY)
         except RouterError as exc:
             live.shadow["failed"] += 1
+            counts = live.pending.setdefault((window, "s"), ArmCounts())  # after the await: a flush may have run
             counts.requests += 1
             if exc.status >= 500:
                 counts.errors += 1
@@ -275,9 +270,10 @@ class RolloutController:
         finally:
             live.shadows_running -= 1
         live.shadow["mirrored"] += 1
+        images, theirs = await served.result.pixels(), await base.result.pixels()
+        counts = live.pending.setdefault((window, "s"), ArmCounts())
         counts.requests += 1
         counts.add_latency(served.total_s)
-        images, theirs = await served.result.pixels(), await base.result.pixels()
         counts.images += len(images)
         counts.degenerate += sum(degenerate(image) for image in images)
         diff = difference(images[0], theirs[0])

@@ -144,3 +144,28 @@ def test_operator_commands() -> None:
         with pytest.raises(InvalidCommand):
             command(st, action, 4)
     assert RolloutState.from_bytes(resumed.to_bytes()) == resumed
+
+
+def test_live_weights_move_sticky_users_only_towards_the_canary() -> None:
+    """Two baselines (60/40 in the file) and a rollout's canary: as the live weight
+    rises, a user either stays where they were or moves to the canary, never between
+    baselines or back; at 0 every user is on a baseline, at 100 on the canary."""
+    from router.config.table import Arm, Matcher, Route
+    from router.policy.rollout import reweighted
+    from router.policy.split import choose_arm
+
+    canary = Arm("v2", 1.0, True, ROLLOUT)
+    route = Route("r", Matcher(), (Arm("a", 60), Arm("b", 40), canary), 1000.0, sticky=("header", "x-user-id"))
+    users = [f"user-{i}" for i in range(2000)]
+    rng = random.Random(0)
+    before = {u: choose_arm(reweighted(route, canary, 0.0), u, rng).arm.model for u in users}
+    assert set(before.values()) == {"a", "b"}
+    assert 0.55 < sum(v == "a" for v in before.values()) / len(users) < 0.65
+    for weight in (1, 5, 25, 50, 100):
+        now = {u: choose_arm(reweighted(route, canary, float(weight)), u, rng).arm.model for u in users}
+        moved = {u for u in users if now[u] != before[u]}
+        assert all(now[u] == "v2" for u in moved), "only moves to the canary"
+        share = sum(v == "v2" for v in now.values()) / len(users)
+        assert abs(share - weight / 100) < 0.03, (weight, share)
+        before = now
+    assert set(before.values()) == {"v2"}
