@@ -36,6 +36,8 @@ __all__ = [
     "command",
     "decide",
     "initial",
+    "look",
+    "look_alpha",
     "reweighted",
 ]
 
@@ -44,6 +46,7 @@ LATENCY_BOUNDS = tuple(0.005 * 1.1**i for i in range(111))
 MAX_DECISIONS = 200  # kept in the state (the newest); the webhook and metrics see all
 QUANTILE_TAIL = 0.05  # the p95's tail share, for the sign test
 MIN_P95_SAMPLES = 20  # baseline latencies before its p95 is a bound to test against
+CHECKS = 4  # error, downgrade and degenerate rates, p95: one step's error rate is shared by them
 
 
 @dataclass
@@ -153,14 +156,34 @@ def _rate_check(name: str, k_c: int, n_c: int, k_b: int, n_b: int, margin: float
     return Check(name, k_c / n_c if n_c else 0.0, k_b / n_b if n_b else 0.0, margin, lower, lower > margin)
 
 
-def analyse(analysis: Analysis, base: ArmCounts, canary: ArmCounts) -> Verdict:
-    """Whether ``canary`` is worse than ``base`` by any of the analysis' thresholds
-    (see :mod:`router.policy.significance` for the tests); ``wait`` below
-    ``min_samples`` requests on either arm."""
+def look(analysis: Analysis, base: ArmCounts, canary: ArmCounts) -> int | None:
+    """Which look at the data the counts so far make: 0 once the smaller arm has
+    ``min_samples``, 1 at twice that, ``k`` at 2**k times (``None`` before the first).
+    A step is judged at these looks only, however often the controller ticks."""
+    n = min(base.requests, canary.requests)
+    if n < analysis.min_samples:
+        return None
+    return int(math.log2(n / analysis.min_samples))
+
+
+def look_alpha(analysis: Analysis, k: int) -> float:
+    """What one check may spend at look ``k``: ``(1 - confidence) / 2**(k+1) / CHECKS``.
+    Summed over every look and check of a step that is at most ``1 - confidence``
+    (Bonferroni), so a healthy canary is wrongly failed in a step at most that often,
+    whether the step lasts a minute or a week."""
+    return (1 - analysis.confidence) / float(2 ** (k + 1)) / CHECKS
+
+
+def analyse(analysis: Analysis, base: ArmCounts, canary: ArmCounts, k: int | None = None) -> Verdict:
+    """Whether ``canary`` is worse than ``base`` by any of the analysis' thresholds at
+    look ``k`` (default: the look the counts make; see :mod:`router.policy.significance`
+    for the tests); ``wait`` below ``min_samples`` requests on either arm."""
     samples = (base.requests, canary.requests)
-    if min(samples) < analysis.min_samples:
+    k = look(analysis, base, canary) if k is None else k
+    if k is None:
         return Verdict("wait", f"{min(samples)} of {analysis.min_samples} samples on the smaller arm", (), samples)
-    z = z_for(analysis.confidence)
+    alpha = look_alpha(analysis, k)
+    z = z_for(1 - alpha)
     checks = [
         _rate_check("error_rate", canary.errors, canary.requests, base.errors, base.requests,
                     analysis.max_error_rate_increase, z),
@@ -177,12 +200,12 @@ def analyse(analysis: Analysis, base: ArmCounts, canary: ArmCounts) -> Verdict:
         above = canary.surely_above(bound)
         tail = binomial_tail(above, canary.timed, QUANTILE_TAIL)
         p95 = canary.quantile(0.95) or 0.0
-        checks.append(Check("p95_ratio", p95 / base_p95, 1.0, analysis.max_p95_ratio, tail,
-                            tail < 1 - analysis.confidence))  # fmt: skip
+        checks.append(Check("p95_ratio", p95 / base_p95, 1.0, analysis.max_p95_ratio, tail, tail < alpha))
     failed = [c.name for c in checks if c.failed]
+    reason = f"look {k} at alpha {alpha:.2g} per check: "
     if failed:
-        return Verdict("fail", "worse than the baseline: " + ", ".join(failed), tuple(checks), samples)
-    return Verdict("pass", "no check failed", tuple(checks), samples)
+        return Verdict("fail", reason + "worse than the baseline: " + ", ".join(failed), tuple(checks), samples)
+    return Verdict("pass", reason + "no check failed", tuple(checks), samples)
 
 
 @dataclass

@@ -40,10 +40,12 @@ from router.policy.rollout import (
     ArmCounts,
     InvalidCommand,
     RolloutState,
+    Verdict,
     analyse,
     command,
     decide,
     initial,
+    look,
     reweighted,
 )
 from router.policy.split import Choice
@@ -89,6 +91,7 @@ class _Live:
     gallery: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=GALLERY_SIZE))
     last_thumb: dict[str, float] = field(default_factory=dict)
     verdict: dict[str, Any] | None = None  # the latest analysis this replica made
+    looks: dict[int, tuple[int, Verdict]] = field(default_factory=dict)  # window -> the last look, its verdict
 
     @property
     def key(self) -> str:
@@ -385,7 +388,7 @@ class RolloutController:
             return
         now = self.wall()
         b, c = ArmCounts.from_fields(base), ArmCounts.from_fields(canary)
-        verdict = analyse(live.rollout.analysis, b, c)
+        verdict = self._judge(live, state.window, b, c)
         live.verdict = {"at": now, "window": state.window, **verdict.as_dict(),
                         "arms": {"baseline": b.summary(), "canary": c.summary()}}  # fmt: skip
         nxt = decide(live.rollout, state, verdict, now)
@@ -396,6 +399,20 @@ class RolloutController:
         if await store.swap(live.key, live.raw, data, STATE_TTL_S, STORE_BOUND_S):
             live.state, live.raw = nxt, data
             self._decided(live, nxt.decisions[-1])
+
+    def _judge(self, live: _Live, window: int, base: ArmCounts, canary: ArmCounts) -> Verdict:
+        """The analysis at the look the counts have reached; between looks, the last
+        look's verdict (a step is judged at a few looks, not at every tick: see
+        :func:`router.policy.rollout.look_alpha`)."""
+        analysis = live.rollout.analysis
+        k = look(analysis, base, canary)
+        last = live.looks.get(window)
+        if k is None or last is None or k > last[0]:
+            verdict = analyse(analysis, base, canary, k)
+            if k is not None:
+                live.looks = {window: (k, verdict)}
+            return verdict
+        return last[1]
 
     def _decided(self, live: _Live, record: dict[str, Any]) -> None:
         action = str(record["action"])

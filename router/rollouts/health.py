@@ -38,7 +38,7 @@ def degenerate(image: NDArray[Any]) -> bool:
         grey = flat[:, 0].astype(np.uint16) + flat[:, 1] + flat[:, 2]  # a bincount of these: no sort
     else:
         grey = sample.ravel()
-    return int(np.bincount(grey).max()) / grey.size > MAX_MODAL_SHARE
+    return bool(int(np.bincount(grey).max()) / grey.size > MAX_MODAL_SHARE)
 
 
 def difference(a: NDArray[Any], b: NDArray[Any]) -> float:
