@@ -399,6 +399,7 @@ class _Compiler:
             on_failure=spec.on_failure,
             on_success=spec.on_success,
             webhook=spec.webhook,
+            webhook_secret=spec.webhook_secret.get_secret_value() if spec.webhook_secret else None,
         )
 
     def route_cache(self, spec: RouteSpec) -> RouteCache | None:

@@ -173,6 +173,8 @@ class RolloutSpec(Strict):
     on_failure: Literal["rollback", "pause"] = "rollback"
     on_success: Literal["promote", "hold"] = "promote"
     webhook: str | None = Field(default=None, pattern=r"^https?://[^\s]+$")
+    # signs each POST: X-Router-Signature-256: sha256=HMAC(secret, body), as GitHub does
+    webhook_secret: SecretStr | None = None
 
 
 class SplitArmSpec(Strict):

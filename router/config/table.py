@@ -143,6 +143,7 @@ class Rollout:
     on_failure: str = "rollback"  # | "pause"
     on_success: str = "promote"  # | "hold"
     webhook: str | None = None
+    webhook_secret: str | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True, slots=True)

@@ -95,6 +95,9 @@ def shared_decision(tenant: Tenant, reply: list[int], wall: float) -> Decision:
     return Decision(False, "images", until_midnight, headers)
 
 
+EPSILON_S = 1e-6  # slack in GCRA's comparisons: a monotonic clock of days or years carries rounding
+
+
 @dataclass
 class TenantState:
     """One tenant's counters on this replica."""
@@ -118,9 +121,9 @@ class TenantState:
             interval = 1.0 / tenant.requests_per_s
             tolerance = interval * max(1, tenant.burst)
             new_tat = max(self.tat, now) + interval
-            remaining = int((now + tolerance - new_tat) // interval)
+            remaining = int((now + tolerance - new_tat + EPSILON_S) // interval)
             headers["x-ratelimit-limit-requests"] = str(max(1, tenant.burst))
-            if new_tat - now > tolerance:
+            if new_tat - now > tolerance + EPSILON_S:  # rounding: now + interval - now may exceed interval
                 headers["x-ratelimit-remaining-requests"] = "0"
                 headers["x-ratelimit-reset-requests"] = _reset(self.tat - now)
                 return Decision(False, "rate", new_tat - tolerance - now, headers)

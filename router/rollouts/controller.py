@@ -423,7 +423,7 @@ class RolloutController:
         if live.rollout.webhook:
             payload = {"route": live.route, "canary_model": live.canary, "baseline_model": live.baseline,
                        "rollout": live.rollout.digest, **record}  # fmt: skip
-            self.webhooks.post(live.rollout.webhook, payload)
+            self.webhooks.post(live.rollout.webhook, payload, live.rollout.webhook_secret)
 
     # -- operators ------------------------------------------------------------------------
 

@@ -14,6 +14,8 @@ was waiting for.
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import json
 import subprocess
 import sys
@@ -206,12 +208,19 @@ def test_a_bad_canary_is_rolled_back_within_3_minutes(
     assert all(status == 200 for _, _, status, *_ in load.answers)
 
 
+HOOK_SECRET = "a-webhook-secret-for-tests"
+
+
 class Webhook(BaseHTTPRequestHandler):
+    """Keeps every POST whose signature is right."""
+
     received: ClassVar[list[dict[str, Any]]] = []
 
     def do_POST(self) -> None:
         body = self.rfile.read(int(self.headers["content-length"]))
-        Webhook.received.append(json.loads(body))
+        expected = "sha256=" + hmac.new(HOOK_SECRET.encode(), body, hashlib.sha256).hexdigest()
+        if hmac.compare_digest(self.headers.get("x-router-signature-256", ""), expected):
+            Webhook.received.append(json.loads(body))
         self.send_response(204)
         self.end_headers()
 
@@ -226,7 +235,8 @@ def test_a_healthy_canary_is_promoted_through_every_step(
     server = HTTPServer(("127.0.0.1", 0), Webhook)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     hook = f"http://127.0.0.1:{server.server_address[1]}/rollouts"
-    rollout = ROLLOUT.replace("}}", f"}}, webhook: '{hook}'}}")
+    secret = f"${{HOOK_SECRET:-{HOOK_SECRET}}}"  # from the environment, as a Secret would give it
+    rollout = ROLLOUT.replace("}}", f"}}, webhook: '{hook}', webhook_secret: '{secret}'}}")
     gateways = replicas(routes(redis.url, "good", rollout))
     try:
         with Load(gateways) as load:
@@ -254,7 +264,7 @@ def test_a_healthy_canary_is_promoted_through_every_step(
                 on_canary.add(user)
     assert any(a[3] for a in load.answers) and all(a[2] == 200 for a in load.answers)
     hooks = [(h["action"], h["weight"]) for h in Webhook.received]
-    assert sorted(hooks) == sorted((d["action"], d["weight"]) for d in decisions), "one POST per decision"
+    assert sorted(hooks) == sorted((d["action"], d["weight"]) for d in decisions), "one signed POST per decision"
     assert all(h["route"] == "pictures" and h["canary_model"] == "good" for h in Webhook.received)
     metrics = httpx.get(gateways[0].url + "/metrics").text
     assert 'router_rollout_weight{model="good",route="pictures"} 100.0' in metrics

@@ -32,6 +32,24 @@ def test_a_burst_then_the_rate_and_openai_headers() -> None:
     assert later.allowed
 
 
+def test_the_rate_holds_on_a_clock_of_days() -> None:
+    """A monotonic clock counts from boot, and ``now + interval - now`` may round above
+    ``interval``: with a burst of 1 the local count then refused every request (found
+    when the two-replica test's fallback to local counting answered only 429s on this
+    machine, 9 hours after boot). Any rate, burst and clock magnitude must admit an
+    idle tenant's first request and exactly ``burst`` at once."""
+    for rate, burst in ((20.0, 1), (3.0, 1), (7.0, 2), (0.1, 1)):
+        tenant = Tenant("t", (), requests_per_s=rate, burst=burst)
+        for now in (12.5, 33_255.54, 1e6 + 0.123, 9.87e7 + 0.5):
+            state = TenantState()
+            admitted = 0
+            for _ in range(burst + 2):
+                admitted += state.admit(tenant, 1, now, 0.0).allowed
+                state.done()
+            assert admitted == burst, (rate, burst, now)
+            assert state.admit(tenant, 1, now + 1 / rate, 0.0).allowed, (rate, burst, now)
+
+
 def test_images_per_day_and_concurrency() -> None:
     tenant = Tenant("t", (), images_per_day=5, max_concurrency=1)
     state = TenantState()
