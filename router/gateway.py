@@ -410,7 +410,7 @@ class Gateway:
             forecast = self.dispatcher.forecast(table.models[name])
             return None if forecast is None else forecast.expected_s
 
-        return explain(table, facts, forecast_s, query)
+        return explain(table, facts, forecast_s, query, self.rollouts.route_for)
 
     # -- what the KServe front doors (HTTP and gRPC) ask besides inference --------------
 

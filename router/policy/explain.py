@@ -6,7 +6,7 @@ import random
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from router.config.table import RoutingTable
+from router.config.table import Route, RoutingTable
 from router.policy.budget import chain_for
 from router.policy.match import RequestFacts, select_route
 from router.policy.split import choose_arm, sticky_key
@@ -19,11 +19,15 @@ def explain(
     facts: RequestFacts,
     forecast_s: Callable[[str], float | None],
     query: Mapping[str, str] | None = None,
+    serving: Callable[[Route], Route] | None = None,
 ) -> dict[str, Any]:
     """Matched route, candidate models with weights, the sticky choice and the chain,
     with each tier's forecast: seconds until a request sent now would finish there
-    (``None``: no usable endpoint)."""
+    (``None``: no usable endpoint). ``serving`` gives the route as served now (a
+    rollout's live weights instead of the file's)."""
     route = select_route(table, facts)
+    if serving is not None:
+        route = serving(route)
     key = sticky_key(route, facts.headers, query or {}, facts.fields)
     choice = choose_arm(route, key, random.Random(0), facts.headers.get("x-canary"))
     total = sum(a.weight for a in route.arms) or 1.0
@@ -31,7 +35,13 @@ def explain(
         "route": route.name,
         "budget_ms": route.budget_ms,
         "candidates": [
-            {"model": a.model, "weight": a.weight, "share": round(a.weight / total, 4), "canary": a.canary}
+            {
+                "model": a.model,
+                "weight": a.weight,
+                "share": round(a.weight / total, 4),
+                "canary": a.canary,
+                "rollout": a.rollout is not None,
+            }
             for a in route.arms
         ],
         "sticky": None if route.sticky is None else ":".join(route.sticky),

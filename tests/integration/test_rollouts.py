@@ -309,6 +309,11 @@ def test_operators_pause_resume_and_abort_from_the_command_line(
         return subprocess.run([sys.executable, "-m", "router.cli", "canary", *args, "--url", gateways[0].url],
                               capture_output=True, text=True, env=env, timeout=30)  # fmt: skip
 
+    explained = httpx.post(gateways[1].url + "/admin/explain", json={"prompt": "a picture"}, headers=ADMIN).json()
+    assert [(c["model"], c["weight"], c["rollout"]) for c in explained["candidates"]] == [
+        ("base", 80.0, False),
+        ("good", 20.0, True),
+    ], "explain shows the live weights"
     paused = canary("pause", "pictures")
     assert paused.returncode == 0 and "paused" in paused.stdout, paused.stderr
     with Load(gateways):
