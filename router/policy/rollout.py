@@ -224,6 +224,15 @@ class RolloutState:
     # at 100 % the baseline serves nothing: the canary is judged against the baseline of
     # the last window that had one
     baseline_window: int | None = None
+    # a change takes effect on every replica at once: at ``effective_at`` (wall time, a
+    # few ticks after the decision, by when every replica has read it); until then the
+    # replicas serve ``previous_weight``
+    effective_at: float = 0.0
+    previous_weight: float = 0.0
+
+    def weight_at(self, wall: float) -> float:
+        """The weight served at ``wall``."""
+        return self.weight if wall >= self.effective_at else self.previous_weight
 
     @property
     def judged_against(self) -> int:
@@ -243,10 +252,12 @@ class RolloutState:
         return self.status in ("shadow", "running", "paused")
 
 
-def initial(rollout: Rollout, now: float) -> RolloutState:
+def initial(rollout: Rollout, now: float, delay_s: float = 0.0) -> RolloutState:
+    """The first stage, in effect ``delay_s`` from ``now`` (see :attr:`RolloutState.effective_at`)."""
+    at = now + delay_s
     if rollout.shadow is not None:
-        return RolloutState(rollout.digest, "shadow", -1, 0.0, now, now)
-    return RolloutState(rollout.digest, "running", 0, rollout.steps[0], now, now)
+        return RolloutState(rollout.digest, "shadow", -1, 0.0, now, at, effective_at=at)
+    return RolloutState(rollout.digest, "running", 0, rollout.steps[0], now, at, effective_at=at)
 
 
 def interval_s(rollout: Rollout, state: RolloutState) -> float:
@@ -257,15 +268,17 @@ def interval_s(rollout: Rollout, state: RolloutState) -> float:
 
 
 def _moved(
-    state: RolloutState, now: float, action: str, by: str, verdict: Verdict | None, **change: Any
+    state: RolloutState, now: float, delay_s: float, action: str, by: str, verdict: Verdict | None, **change: Any
 ) -> RolloutState:
-    baseline = state.judged_against
-    new = dataclasses.replace(state, **change, step_started=now, window=state.window + 1, baseline_window=baseline)
+    baseline, serving, at = state.judged_against, state.weight_at(now), now + delay_s
+    new = dataclasses.replace(state, **change, step_started=at, window=state.window + 1, baseline_window=baseline,
+                              effective_at=at, previous_weight=serving)  # fmt: skip
     record: dict[str, Any] = {
         "at": now,
+        "effective_at": at,
         "action": action,
         "by": by,
-        "from_weight": state.weight,
+        "from_weight": serving,
         "weight": new.weight,
         "step": new.step,
         "status": new.status,
@@ -276,7 +289,9 @@ def _moved(
     return new
 
 
-def decide(rollout: Rollout, state: RolloutState, verdict: Verdict, now: float) -> RolloutState | None:
+def decide(
+    rollout: Rollout, state: RolloutState, verdict: Verdict, now: float, delay_s: float = 0.0
+) -> RolloutState | None:
     """The next state after ``verdict`` on the current window, or ``None`` (no change).
 
     A failure acts at once, whenever it is found (a bad canary is not left for the rest
@@ -287,43 +302,45 @@ def decide(rollout: Rollout, state: RolloutState, verdict: Verdict, now: float) 
         return None
     if verdict.outcome == "fail":
         if rollout.on_failure == "rollback":
-            return _moved(state, now, "rollback", "analysis", verdict, status="rolled_back", weight=0.0)
+            return _moved(state, now, delay_s, "rollback", "analysis", verdict, status="rolled_back", weight=0.0)
         if state.status != "paused":
-            return _moved(state, now, "pause", "analysis", verdict, status="paused", paused_from=state.status)
+            return _moved(state, now, delay_s, "pause", "analysis", verdict, status="paused", paused_from=state.status)
         return None
     if state.status == "paused" or verdict.outcome != "pass" or now - state.step_started < interval_s(rollout, state):
         return None
     nxt = state.step + 1
     if nxt < len(rollout.steps):
-        return _moved(state, now, "advance", "analysis", verdict, status="running", step=nxt, weight=rollout.steps[nxt])
+        return _moved(
+            state, now, delay_s, "advance", "analysis", verdict, status="running", step=nxt, weight=rollout.steps[nxt]
+        )
     if rollout.on_success == "promote":
-        return _moved(state, now, "promote", "analysis", verdict, status="promoted", weight=100.0)
-    return _moved(state, now, "hold", "analysis", verdict, status="held")
+        return _moved(state, now, delay_s, "promote", "analysis", verdict, status="promoted", weight=100.0)
+    return _moved(state, now, delay_s, "hold", "analysis", verdict, status="held")
 
 
 class InvalidCommand(ValueError):
     """An operator's action that does not apply to the rollout's state."""
 
 
-def command(state: RolloutState, action: str, now: float, by: str = "operator") -> RolloutState:
+def command(state: RolloutState, action: str, now: float, by: str = "operator", delay_s: float = 0.0) -> RolloutState:
     """An operator's ``pause``, ``resume``, ``promote`` (to 100 % now) or ``abort``
     (back to 0 now), recorded like any decision."""
     if action == "pause":
         if state.status not in ("shadow", "running"):
             raise InvalidCommand(f"cannot pause a rollout that is {state.status}")
-        return _moved(state, now, "pause", by, None, status="paused", paused_from=state.status)
+        return _moved(state, now, delay_s, "pause", by, None, status="paused", paused_from=state.status)
     if action == "resume":
         if state.status != "paused":
             raise InvalidCommand(f"cannot resume a rollout that is {state.status}")
-        return _moved(state, now, "resume", by, None, status=state.paused_from or "running", paused_from=None)
+        return _moved(state, now, delay_s, "resume", by, None, status=state.paused_from or "running", paused_from=None)
     if action == "promote":
         if state.status in ("promoted", "rolled_back"):
             raise InvalidCommand(f"cannot promote a rollout that is {state.status}")
-        return _moved(state, now, "promote", by, None, status="promoted", weight=100.0, paused_from=None)
+        return _moved(state, now, delay_s, "promote", by, None, status="promoted", weight=100.0, paused_from=None)
     if action == "abort":
         if state.status == "rolled_back":
             raise InvalidCommand("the rollout is already rolled back")
-        return _moved(state, now, "abort", by, None, status="rolled_back", weight=0.0, paused_from=None)
+        return _moved(state, now, delay_s, "abort", by, None, status="rolled_back", weight=0.0, paused_from=None)
     raise InvalidCommand(f"unknown action {action!r}: pause, resume, promote or abort")
 
 

@@ -3,7 +3,10 @@
 Every replica, on every request of a rollout's route, serves the live weight and counts
 what each arm did (:meth:`RolloutController.observe`); on every tick it adds those
 counts to the current window's counters in the shared store and reads the rollout's
-state back, so all replicas serve the weight the store holds. One replica at a time —
+state back, so all replicas serve the weight the store holds. A new weight takes
+effect at a wall time two ticks after its decision (:func:`switch_s`), by when every
+replica has read it: the replicas switch together, and a sticky user sent to one and
+then another never flips back and forth between them. One replica at a time —
 the holder of a lease with expiry — also sums the window's counters, analyses them
 (:func:`router.policy.rollout.analyse`) and writes the next state with a
 compare-and-swap on the state it read: a step is decided once even if two replicas
@@ -64,12 +67,20 @@ LOWEST_PRIORITY = 3
 # a fallback for these reasons is a downgrade (the tier was slow or busy); any other is an error
 DOWNGRADE_REASONS = frozenset({"slow", "busy", "full", "timeout", "queue_timeout", "no_room", "cancelled"})
 MAX_SHADOWS = 4  # mirrored requests in flight at once, per rollout
+SWITCH_TICKS = 2
 
 
 def tick_s(rollout: Rollout) -> float:
     """How often a rollout is looked at: a tenth of its shortest stage, 0.2 s to 2 s."""
     stages = [*rollout.intervals_s, *([rollout.shadow.duration_s] if rollout.shadow else [])]
     return min(2.0, max(0.2, min(stages) / 10))
+
+
+def switch_s(rollout: Rollout) -> float:
+    """How long after a decision its weight takes effect, on every replica at once: two
+    ticks, by when each has read it (so no sticky user flips between replicas that
+    disagree). The replicas' wall clocks must agree to well within this (NTP does)."""
+    return SWITCH_TICKS * tick_s(rollout)
 
 
 @dataclass
@@ -97,9 +108,9 @@ class _Live:
     def key(self) -> str:
         return f"ro:{self.route}:{self.rollout.digest}"
 
-    @property
-    def weight(self) -> float:
-        return self.state.weight if self.state is not None else 0.0
+    def weight(self, wall: float) -> float:
+        """The weight served at ``wall`` (0 before the state was ever read)."""
+        return self.state.weight_at(wall) if self.state is not None else 0.0
 
     def count(self, arm: str) -> ArmCounts | None:
         """This window's counts of ``arm`` (``None`` when nothing is being judged)."""
@@ -166,12 +177,13 @@ class RolloutController:
         arm = route.rollout_arm
         if live is None or arm is None or arm.rollout is None or arm.rollout.digest != live.rollout.digest:
             return route
-        key = (id(route), live.weight)
+        weight = live.weight(self.wall())
+        key = (id(route), weight)
         served = self._routes.get(key)
         if served is None:
             if len(self._routes) > 256:
                 self._routes.clear()
-            served = self._routes[key] = reweighted(route, arm, live.weight)
+            served = self._routes[key] = reweighted(route, arm, weight)
         return served
 
     # -- what each request did --------------------------------------------------------
@@ -316,7 +328,9 @@ class RolloutController:
 
     def _store_down(self, live: _Live) -> None:
         if live.store_ok:
-            log.warning("rollout of %s paused at %.4g%%: the shared store does not answer", live.route, live.weight)
+            log.warning(
+                "rollout of %s paused at %.4g%%: the shared store does not answer", live.route, live.weight(self.wall())
+            )
             live.store_ok, live.store_down_since = False, self.wall()
 
     async def _flush(self, live: _Live, store: GuardedStore) -> None:
@@ -345,9 +359,10 @@ class RolloutController:
             live.store_ok, live.store_down_since = True, None
             return False  # read back next tick (restored here or by another replica)
         if raw is None:
-            state = initial(live.rollout, self.wall())
-            state.decisions = [{"at": state.started, "action": "start", "by": "controller", "from_weight": 0.0,
-                                "weight": state.weight, "step": state.step, "status": state.status}]  # fmt: skip
+            state = initial(live.rollout, self.wall(), switch_s(live.rollout))
+            state.decisions = [{"at": state.started, "effective_at": state.effective_at, "action": "start",
+                                "by": "controller", "from_weight": 0.0, "weight": state.weight, "step": state.step,
+                                "status": state.status}]  # fmt: skip
             created = await store.swap(live.key, None, state.to_bytes(), STATE_TTL_S, STORE_BOUND_S)
             if created is None:
                 self._store_down(live)
@@ -391,7 +406,7 @@ class RolloutController:
         verdict = self._judge(live, state.window, b, c)
         live.verdict = {"at": now, "window": state.window, **verdict.as_dict(),
                         "arms": {"baseline": b.summary(), "canary": c.summary()}}  # fmt: skip
-        nxt = decide(live.rollout, state, verdict, now)
+        nxt = decide(live.rollout, state, verdict, now, switch_s(live.rollout))
         if nxt is None:
             return
         nxt.decisions[-1]["arms"] = {"baseline": b.summary(), "canary": c.summary()}
@@ -442,7 +457,7 @@ class RolloutController:
                 raise Conflict(f"the rollout of {route!r} has not started yet")
             state = RolloutState.from_bytes(got[0])
             try:
-                nxt = command(state, action, self.wall())
+                nxt = command(state, action, self.wall(), delay_s=switch_s(live.rollout))
             except InvalidCommand as exc:
                 raise Conflict(str(exc)) from exc
             data = nxt.to_bytes()
@@ -467,7 +482,9 @@ class RolloutController:
             "digest": live.rollout.digest,
             "steps": list(live.rollout.steps),
             "status": state.status if state is not None else "unknown",
-            "weight": live.weight,
+            "weight": live.weight(self.wall()),
+            "effective_at": state.effective_at if state is not None else None,
+            "next_weight": state.weight if state is not None else None,
             "step": state.step if state is not None else None,
             "started": state.started if state is not None else None,
             "step_started": state.step_started if state is not None else None,
@@ -487,7 +504,7 @@ class RolloutController:
     def state(self) -> list[dict[str, Any]]:
         """For the metrics collector (no I/O, no images)."""
         return [
-            {"route": live.route, "canary": live.canary, "weight": live.weight,
+            {"route": live.route, "canary": live.canary, "weight": live.weight(self.wall()),
              "status": live.state.status if live.state else "unknown", "store_ok": live.store_ok,
              "decided": dict(live.decided), "shadow": dict(live.shadow)}
             for live in self.live.values()

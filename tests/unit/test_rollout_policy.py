@@ -166,6 +166,20 @@ def test_a_failure_rolls_back_at_once_or_pauses() -> None:
     assert paused is not None and (paused.status, paused.weight) == ("paused", 5)
 
 
+def test_a_change_takes_effect_at_one_moment_for_every_replica() -> None:
+    """Decided at t=100 with a 0.6 s switch: until 100.6 every replica still serves the
+    old weight, then the new one; the record says when."""
+    state = initial(ROLLOUT, 0.0, delay_s=0.6)
+    assert (state.weight_at(0.5), state.weight_at(0.6)) == (0.0, 5)
+    nxt = decide(ROLLOUT, state, PASS, 100.0, delay_s=0.6)
+    assert nxt is not None
+    assert (nxt.weight_at(100.59), nxt.weight_at(100.6)) == (5, 25)
+    assert nxt.decisions[-1]["effective_at"] == 100.6 and nxt.decisions[-1]["from_weight"] == 5
+    assert decide(ROLLOUT, nxt, PASS, 160.0) is None, "a step's interval counts from when it took effect"
+    back = decide(ROLLOUT, nxt, FAIL, 100.3, delay_s=0.6)  # failed before the switch: from what is served
+    assert back is not None and back.previous_weight == 5 and back.weight_at(100.9) == 0
+
+
 def test_shadow_comes_first_at_weight_zero() -> None:
     shadowed = Rollout(steps=(10, 100), intervals_s=(5, 5), analysis=Analysis(), digest="s", shadow=Shadow(0.5, 30))
     state = initial(shadowed, 0)
