@@ -25,18 +25,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import logging
 import random
 import time
-from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 from router.backends import ImageRequest
 from router.cache.store import GuardedStore
-from router.config.table import Arm, Rollout, Route, RoutingTable
+from router.config.table import Arm, Route, RoutingTable
 from router.dispatch import Dispatcher, Served
 from router.errors import Conflict, NotFound, RouterError, StoreUnavailable
 from router.policy.rollout import (
@@ -51,8 +48,9 @@ from router.policy.rollout import (
     look,
     reweighted,
 )
-from router.policy.split import Choice
-from router.rollouts.health import degenerate, difference, thumbnail
+from router.rollouts.health import thumbnail
+from router.rollouts.live import THUMB_EVERY_S, LiveRollout, switch_s, tick_s
+from router.rollouts.shadow import Shadows
 from router.rollouts.webhook import Webhooks
 
 __all__ = ["RolloutController"]
@@ -61,62 +59,6 @@ log = logging.getLogger("router.rollouts")
 STATE_TTL_S = 90 * 86400.0
 COUNTS_TTL_S = 7 * 86400.0
 STORE_BOUND_S = 1.0  # a control-plane store call: off the request path
-GALLERY_SIZE = 12
-THUMB_EVERY_S = 2.0  # per arm: the gallery costs a thumbnail every few seconds, not per request
-LOWEST_PRIORITY = 3
-# a fallback for these reasons is a downgrade (the tier was slow or busy); any other is an error
-DOWNGRADE_REASONS = frozenset({"slow", "busy", "full", "timeout", "queue_timeout", "no_room", "cancelled"})
-MAX_SHADOWS = 4  # mirrored requests in flight at once, per rollout
-SWITCH_TICKS = 2
-
-
-def tick_s(rollout: Rollout) -> float:
-    """How often a rollout is looked at: a tenth of its shortest stage, 0.2 s to 2 s."""
-    stages = [*rollout.intervals_s, *([rollout.shadow.duration_s] if rollout.shadow else [])]
-    return min(2.0, max(0.2, min(stages) / 10))
-
-
-def switch_s(rollout: Rollout) -> float:
-    """How long after a decision its weight takes effect, on every replica at once: two
-    ticks, by when each has read it (so no sticky user flips between replicas that
-    disagree). The replicas' wall clocks must agree to well within this (NTP does)."""
-    return SWITCH_TICKS * tick_s(rollout)
-
-
-@dataclass
-class _Live:
-    """One rollout as this replica knows it."""
-
-    route: str
-    rollout: Rollout
-    canary: str
-    baseline: str
-    state: RolloutState | None = None
-    raw: bytes | None = None  # the state's bytes as read: what a swap expects
-    store_ok: bool = True
-    store_down_since: float | None = None
-    pending: dict[tuple[int, str], ArmCounts] = field(default_factory=dict)
-    shadow: dict[str, int] = field(default_factory=lambda: {"mirrored": 0, "skipped_busy": 0, "failed": 0})
-    shadows_running: int = 0
-    decided: dict[str, int] = field(default_factory=dict)  # by this replica, per action
-    gallery: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=GALLERY_SIZE))
-    last_thumb: dict[str, float] = field(default_factory=dict)
-    verdict: dict[str, Any] | None = None  # the latest analysis this replica made
-    looks: dict[int, tuple[int, Verdict]] = field(default_factory=dict)  # window -> the last look, its verdict
-
-    @property
-    def key(self) -> str:
-        return f"ro:{self.route}:{self.rollout.digest}"
-
-    def weight(self, wall: float) -> float:
-        """The weight served at ``wall`` (0 before the state was ever read)."""
-        return self.state.weight_at(wall) if self.state is not None else 0.0
-
-    def count(self, arm: str) -> ArmCounts | None:
-        """This window's counts of ``arm`` (``None`` when nothing is being judged)."""
-        if self.state is None or not self.state.active:
-            return None
-        return self.pending.setdefault((self.state.window, arm), ArmCounts())
 
 
 class RolloutController:
@@ -138,8 +80,9 @@ class RolloutController:
         self.wall = wall
         self.rng = rng or random.Random()
         self.owner = owner or f"{id(self):x}-{time.time_ns():x}"
-        self.live: dict[str, _Live] = {}
+        self.live: dict[str, LiveRollout] = {}
         self.webhooks = Webhooks()
+        self.shadows = Shadows(dispatcher, table, self.rng, self._background, self._keep)
         self._routes: dict[tuple[int, float], Route] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._wake = asyncio.Event()
@@ -151,7 +94,7 @@ class RolloutController:
     def sync(self, table: RoutingTable) -> None:
         """Follow a (re)loaded table: new rollouts start being read, edited ones start
         over (a new digest), removed ones are forgotten."""
-        live: dict[str, _Live] = {}
+        live: dict[str, LiveRollout] = {}
         for route in (*table.routes, table.default):
             arm = route.rollout_arm
             if arm is None or arm.rollout is None:
@@ -162,7 +105,7 @@ class RolloutController:
                 live[route.name] = old
             else:
                 baseline = next(a.model for a in route.arms if not a.canary)
-                live[route.name] = _Live(route.name, arm.rollout, arm.model, baseline)
+                live[route.name] = LiveRollout(route.name, arm.rollout, arm.model, baseline)
         self.live = live
         self._routes.clear()
         self._wake.set()
@@ -199,30 +142,13 @@ class RolloutController:
             return  # a stored image says nothing about the model now
         if error is not None and error.status < 500:
             return  # the client's error, not the arm's
-        side = "c" if arm.model == live.canary and arm.canary else "b"
-        counts = live.count(side)
-        if counts is None:
-            return
-        counts.requests += 1
-        if served is None:
-            counts.errors += 1
-            return
-        if served.model.name != arm.model:
-            reasons = {why for model, why in served.fallback if model == arm.model}
-            if reasons and reasons <= DOWNGRADE_REASONS:
-                counts.downgrades += 1
-            else:
-                counts.errors += 1
-            return
-        counts.add_latency(served.total_s)
-        if served.result.encoded is None:  # pixels at hand (a hosted answer is not decoded for this)
-            images = served.result.images
-            counts.images += len(images)
-            counts.degenerate += sum(degenerate(image) for image in images)
-            self._keep(live, "canary" if side == "c" else "baseline", arm.model, served, images[0], prompt)
+        image = live.observe(arm, served)
+        if image is not None and served is not None:
+            self._keep(live, "canary" if arm.model == live.canary and arm.canary else "baseline", arm.model, served,
+                       image, prompt)  # fmt: skip
 
     def _keep(
-        self, live: _Live, side: str, model: str, served: Served, image: Any, prompt: str, pair: Any = None
+        self, live: LiveRollout, side: str, model: str, served: Served, image: Any, prompt: str, pair: Any = None
     ) -> None:
         now = self.clock()
         if pair is None and now - live.last_thumb.get(side, -THUMB_EVERY_S) < THUMB_EVERY_S:
@@ -241,60 +167,11 @@ class RolloutController:
         self._background(add())
 
     def mirror(self, route: Route, arm: Arm, request: ImageRequest, served: Served) -> None:
-        """In the shadow stage: send ``fraction`` of the baseline's seeded answers to the
-        canary too, only while the canary has an idle slot (never ahead of live work)."""
+        """In the shadow stage, maybe make ``served``'s request again on the canary
+        (see :mod:`router.rollouts.shadow`)."""
         live = self.live.get(route.name)
-        arm_rollout = route.rollout_arm
-        if (
-            live is None
-            or live.state is None
-            or live.state.status != "shadow"
-            or arm_rollout is None
-            or arm_rollout.rollout is None
-            or arm_rollout.rollout.shadow is None
-            or arm.model != live.baseline
-            or served.model.name != live.baseline
-            or served.cache in ("HIT", "COALESCED")
-            or request.seeds is None
-            or self.rng.random() >= arm_rollout.rollout.shadow.fraction
-        ):
-            return
-        table = self.table()
-        model = table.models.get(live.canary)
-        if model is None or live.shadows_running >= MAX_SHADOWS or not self.dispatcher.idle(model):
-            live.shadow["skipped_busy"] += 1
-            return
-        live.shadows_running += 1
-        self._background(self._shadow(live, table, route, request, served))
-
-    async def _shadow(
-        self, live: _Live, table: RoutingTable, route: Route, request: ImageRequest, base: Served
-    ) -> None:
-        canary = Arm(live.canary, 1.0)
-        alone = dataclasses.replace(route, arms=(canary,), fallback=(), hedge_after_ms=None, hedge_p95=False)
-        window = live.state.window if live.state is not None else -1
-        try:
-            served = await self.dispatcher.serve(table, alone, Choice(canary, False), request, LOWEST_PRIORITY)
-        except RouterError as exc:
-            live.shadow["failed"] += 1
-            counts = live.pending.setdefault((window, "s"), ArmCounts())  # after the await: a flush may have run
-            counts.requests += 1
-            if exc.status >= 500:
-                counts.errors += 1
-            return
-        finally:
-            live.shadows_running -= 1
-        live.shadow["mirrored"] += 1
-        images, theirs = await served.result.pixels(), await base.result.pixels()
-        counts = live.pending.setdefault((window, "s"), ArmCounts())
-        counts.requests += 1
-        counts.add_latency(served.total_s)
-        counts.images += len(images)
-        counts.degenerate += sum(degenerate(image) for image in images)
-        diff = difference(images[0], theirs[0])
-        counts.pairs += 1
-        counts.diff_millionths += round(diff * 1e6)
-        self._keep(live, "pair", live.canary, served, images[0], request.prompts[0], (theirs[0], live.baseline, diff))
+        if live is not None:
+            self.shadows.mirror(live, route, arm, request, served)
 
     def _background(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)
@@ -326,14 +203,14 @@ class RolloutController:
                 continue
             await self._tick_one(live, store)
 
-    def _store_down(self, live: _Live) -> None:
+    def _store_down(self, live: LiveRollout) -> None:
         if live.store_ok:
             log.warning(
                 "rollout of %s paused at %.4g%%: the shared store does not answer", live.route, live.weight(self.wall())
             )
             live.store_ok, live.store_down_since = False, self.wall()
 
-    async def _flush(self, live: _Live, store: GuardedStore) -> None:
+    async def _flush(self, live: LiveRollout, store: GuardedStore) -> None:
         for key in list(live.pending):
             counts = live.pending.pop(key)
             fields = counts.fields()
@@ -341,7 +218,7 @@ class RolloutController:
                                                      STORE_BOUND_S):  # fmt: skip
                 live.pending.setdefault(key, ArmCounts()).merge(counts)  # kept for the next tick
 
-    async def _read(self, live: _Live, store: GuardedStore) -> bool:
+    async def _read(self, live: LiveRollout, store: GuardedStore) -> bool:
         got = await store.get(live.key, STORE_BOUND_S)
         if got is None:
             self._store_down(live)
@@ -381,7 +258,7 @@ class RolloutController:
         live.store_ok, live.store_down_since = True, None
         return True
 
-    async def _tick_one(self, live: _Live, store: GuardedStore) -> None:
+    async def _tick_one(self, live: LiveRollout, store: GuardedStore) -> None:
         await self._flush(live, store)
         if not await self._read(live, store):
             return
@@ -415,7 +292,7 @@ class RolloutController:
             live.state, live.raw = nxt, data
             self._decided(live, nxt.decisions[-1])
 
-    def _judge(self, live: _Live, window: int, base: ArmCounts, canary: ArmCounts) -> Verdict:
+    def _judge(self, live: LiveRollout, window: int, base: ArmCounts, canary: ArmCounts) -> Verdict:
         """The analysis at the look the counts have reached; between looks, the last
         look's verdict (a step is judged at a few looks, not at every tick: see
         :func:`router.policy.rollout.look_alpha`)."""
@@ -429,7 +306,7 @@ class RolloutController:
             return verdict
         return last[1]
 
-    def _decided(self, live: _Live, record: dict[str, Any]) -> None:
+    def _decided(self, live: LiveRollout, record: dict[str, Any]) -> None:
         action = str(record["action"])
         live.decided[action] = live.decided.get(action, 0) + 1
         log.warning(
@@ -473,42 +350,15 @@ class RolloutController:
 
     # -- what the admin API, the status page and the metrics read ---------------------------
 
-    def describe_one(self, live: _Live) -> dict[str, Any]:
-        state = live.state
-        return {
-            "route": live.route,
-            "canary": live.canary,
-            "baseline": live.baseline,
-            "digest": live.rollout.digest,
-            "steps": list(live.rollout.steps),
-            "status": state.status if state is not None else "unknown",
-            "weight": live.weight(self.wall()),
-            "effective_at": state.effective_at if state is not None else None,
-            "next_weight": state.weight if state is not None else None,
-            "step": state.step if state is not None else None,
-            "started": state.started if state is not None else None,
-            "step_started": state.step_started if state is not None else None,
-            "store": "ok" if live.store_ok else "unavailable",
-            "paused_by_store": not live.store_ok,
-            "store_down_since": live.store_down_since,
-            "decisions": list(state.decisions) if state is not None else [],
-            "analysis": live.verdict,
-            "shadow": dict(live.shadow) if live.rollout.shadow else None,
-            "decided_here": dict(live.decided),
-            "gallery": list(live.gallery),
-        }
+    def describe_one(self, live: LiveRollout) -> dict[str, Any]:
+        return live.describe(self.wall())
 
     def describe(self) -> list[dict[str, Any]]:
-        return [self.describe_one(live) for live in self.live.values()]
+        return [live.describe(self.wall()) for live in self.live.values()]
 
     def state(self) -> list[dict[str, Any]]:
         """For the metrics collector (no I/O, no images)."""
-        return [
-            {"route": live.route, "canary": live.canary, "weight": live.weight(self.wall()),
-             "status": live.state.status if live.state else "unknown", "store_ok": live.store_ok,
-             "decided": dict(live.decided), "shadow": dict(live.shadow)}
-            for live in self.live.values()
-        ]  # fmt: skip
+        return [live.metrics(self.wall()) for live in self.live.values()]
 
     async def aclose(self) -> None:
         if self._runner is not None:
