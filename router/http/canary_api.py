@@ -12,7 +12,7 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from router.errors import InvalidRequest, NotFound
+from router.errors import Forbidden, InvalidRequest, NotFound
 from router.http.admin_api import audit, check_admin
 from router.http.common import gateway_of
 
@@ -36,7 +36,12 @@ async def canary_one(request: Request) -> Response:
 
 
 async def canary_action(request: Request) -> Response:
+    """A signed-in browser (the session cookie, not a bearer token) must also send
+    ``X-Router-Admin``: a header another site's form cannot set, so a page elsewhere
+    cannot abort a rollout in an operator's name (the cookie is SameSite=Strict too)."""
     check_admin(request)
+    if not request.headers.get("authorization") and not request.headers.get("x-router-admin"):
+        raise Forbidden("from a browser session, send the X-Router-Admin header (the status page does)")
     route, action = request.path_params["route"], request.path_params["action"]
     if action not in ACTIONS:
         raise InvalidRequest(f"action must be one of {', '.join(ACTIONS)}", field="action")

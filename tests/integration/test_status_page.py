@@ -150,6 +150,51 @@ default_route: draft
         path = card.locator("svg path").get_attribute("d") or ""
         assert path.count("L") >= 6, "the chart steps up at each decision"
         page.screenshot(path=str(shot), full_page=True)
+        assert card.locator("button[data-action]").count() == 0, "a promoted rollout offers no action"
         browser.close()
     if os.environ.get("UPDATE_DOCS_SCREENSHOT"):
         shutil.copy(shot, ROOT / "docs" / "rollout-page.png")
+
+
+def test_an_operator_aborts_a_rollout_from_the_status_page(
+    start_gateway: Callable[..., GatewayProcess], tmp_path: Path
+) -> None:
+    """The page's buttons act on the rollout (with a confirmation); a cookie alone,
+    without the page's header, cannot."""
+    from tests.integration.routes_common import TIERS
+
+    if CHROMIUM is None:
+        pytest.fail("Debian's chromium is needed for this test: apt-get install chromium (make test does)")
+    routes = (
+        TIERS
+        + f"""
+cache: {{store: "disk://{tmp_path / "state"}"}}
+routes:
+  - name: slowly
+    split:
+      - {{model: noop, weight: 100}}
+      - {{model: noop-canary, canary: true, rollout: {{steps: [10, 50], interval_s: 3600}}}}
+default_route: draft
+"""
+    )
+    gw = start_gateway(routes)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page()
+        page.goto(gw.url + "/admin/login")
+        page.fill("input[name=token]", ADMIN_TOKEN)
+        page.click("input[type=submit]")
+        card = page.locator(".rollout[data-route='slowly']")
+        card.locator("button[data-action='abort']").wait_for()
+        assert sorted(card.locator("button[data-action]").all_text_contents()) == ["abort", "pause", "promote"]
+        forged = page.evaluate("async () => (await fetch('/admin/canary/slowly/promote', {method: 'POST'})).status")
+        assert forged == 403, "the session cookie alone does not act"
+        page.on("dialog", lambda dialog: dialog.accept())
+        card.locator("button[data-action='abort']").click()
+        page.wait_for_function(
+            "() => document.querySelector(\".rollout[data-route='slowly'] .status\").textContent === 'rolled_back'"
+        )
+        browser.close()
+    state = httpx.get(gw.url + "/admin/canary/slowly", headers=gw.admin).json()
+    assert state["weight"] == 0 and state["decisions"][-1]["action"] == "abort"
+    assert state["decisions"][-1]["by"] == "operator"
