@@ -359,8 +359,9 @@ class GuardedStore:
 
     async def lease(self, key: str, owner: str, ttl_s: float, bound_s: float | None = None) -> bool | None:
         """``None`` when the store cannot say (then nobody coordinates: generate). On
-        the generation path only, where a burst of identical requests is exactly when
-        the store is busiest: bounded by ``bound_s`` (default :attr:`wait_bound_s`),
+        the generation path (and for a rollout's deciding replica), where a burst of
+        identical requests is exactly when the store is busiest: bounded by ``bound_s``
+        (default :attr:`wait_bound_s`),
         and asked even while the circuit is open (a burst's timed-out lookups open it; a
         second generation costs far more than the bounded wait)."""
         result: bool | None = await self._guard(
@@ -371,13 +372,9 @@ class GuardedStore:
     async def release(self, key: str, owner: str) -> None:
         await self._guard(lambda: self.store.release(key, owner), None, max(self.timeout_s, 1.0))
 
-    # -- the control plane (rollouts): off the request path, so bounded by ``bound_s``
-    # and asked even with the circuit open; ``None`` / ``False`` when the store did not answer
-
-    async def get(self, key: str, bound_s: float) -> tuple[bytes | None] | None:
-        """``(value,)``, or ``None`` when the store could not answer (absent ≠ unknown)."""
-        values = await self.try_get_many([key], bound_s, circuit=False)
-        return None if values is None else (values[0],)
+    # -- the control plane (rollouts; with try_get_many and lease above): off the request
+    # path, so bounded by ``bound_s`` and asked even with the circuit open; ``None`` /
+    # ``False`` when the store did not answer
 
     async def add_counts(self, key: str, counts: dict[str, int], ttl_s: float, bound_s: float) -> bool:
         async def add() -> bool:
@@ -393,13 +390,6 @@ class GuardedStore:
     async def swap(self, key: str, expected: bytes | None, value: bytes, ttl_s: float, bound_s: float) -> bool | None:
         result: bool | None = await self._guard(
             lambda: self.store.swap(key, expected, value, ttl_s), None, bound_s, circuit=False
-        )
-        return result
-
-    async def hold(self, key: str, owner: str, ttl_s: float, bound_s: float) -> bool | None:
-        """A lease for a control-plane job (one replica decides a rollout's steps)."""
-        result: bool | None = await self._guard(
-            lambda: self.store.lease(key, owner, ttl_s), None, bound_s, circuit=False
         )
         return result
 

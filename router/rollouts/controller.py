@@ -136,16 +136,11 @@ class RolloutController:
     ) -> None:
         """Count one answer (or failure) of a rollout route against the arm chosen."""
         live = self.live.get(route.name)
-        if live is None or (arm.canary and arm.model != live.canary):
+        if live is None:
             return
-        if served is not None and served.cache in ("HIT", "COALESCED"):
-            return  # a stored image says nothing about the model now
-        if error is not None and error.status < 500:
-            return  # the client's error, not the arm's
-        image = live.observe(arm, served)
-        if image is not None and served is not None:
-            self._keep(live, "canary" if arm.model == live.canary and arm.canary else "baseline", arm.model, served,
-                       image, prompt)  # fmt: skip
+        kept = live.observe(arm, served, error)
+        if kept is not None and served is not None:
+            self._keep(live, kept[0], arm.model, served, kept[1], prompt)
 
     def _keep(
         self, live: LiveRollout, side: str, model: str, served: Served, image: Any, prompt: str, pair: Any = None
@@ -219,7 +214,7 @@ class RolloutController:
                 live.pending.setdefault(key, ArmCounts()).merge(counts)  # kept for the next tick
 
     async def _read(self, live: LiveRollout, store: GuardedStore) -> bool:
-        got = await store.get(live.key, STORE_BOUND_S)
+        got = await store.try_get_many([live.key], STORE_BOUND_S, circuit=False)
         if got is None:
             self._store_down(live)
             return False
@@ -266,7 +261,7 @@ class RolloutController:
         assert state is not None
         if not state.active:
             return
-        held = await store.hold(f"{live.key}:lease", self.owner, 3 * tick_s(live.rollout), STORE_BOUND_S)
+        held = await store.lease(f"{live.key}:lease", self.owner, 3 * tick_s(live.rollout), STORE_BOUND_S)
         if held is None:
             self._store_down(live)
             return
@@ -327,7 +322,7 @@ class RolloutController:
             raise NotFound(f"route {route!r} has no rollout")
         store = self.store()
         for _ in range(5):  # lost a race with the deciding replica: read again
-            got = None if store is None else await store.get(live.key, STORE_BOUND_S)
+            got = None if store is None else await store.try_get_many([live.key], STORE_BOUND_S, circuit=False)
             if got is None or store is None:
                 raise StoreUnavailable("the shared store does not answer: the rollout cannot be changed now")
             if got[0] is None:

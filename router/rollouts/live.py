@@ -74,16 +74,18 @@ class LiveRollout:
             return None
         return self.pending.setdefault((self.state.window, arm), ArmCounts())
 
-    def observe(self, arm: Arm, served: Served | None, error: RouterError | None = None) -> Any:
-        """Count one answer (or failure) against the arm chosen; the first image when
-        it is one for the gallery to consider (the arm's own fresh answer)."""
+    def observe(self, arm: Arm, served: Served | None, error: RouterError | None = None) -> tuple[str, Any] | None:
+        """Count one answer (or failure) against the arm chosen; the gallery side
+        (``canary`` or ``baseline``) and first image when it is one for the gallery to
+        consider (the arm's own fresh answer)."""
         if arm.canary and arm.model != self.canary:
             return None
         if served is not None and served.cache in ("HIT", "COALESCED"):
             return None  # a stored image says nothing about the model now
         if error is not None and error.status < 500:
             return None  # the client's error, not the arm's
-        counts = self.count("c" if arm.model == self.canary and arm.canary else "b")
+        canary = arm.model == self.canary and arm.canary
+        counts = self.count("c" if canary else "b")
         if counts is None:
             return None
         counts.requests += 1
@@ -103,7 +105,7 @@ class LiveRollout:
         images = served.result.images
         counts.images += len(images)
         counts.degenerate += sum(degenerate(image) for image in images)
-        return images[0]
+        return ("canary" if canary else "baseline"), images[0]
 
     def describe(self, wall: float) -> dict[str, Any]:
         """What the admin API and the status page show."""
