@@ -26,10 +26,9 @@ from starlette.datastructures import UploadFile
 from starlette.requests import Request
 from starlette.responses import Response
 
-from router.backends.base import ImageRequest
 from router.errors import InvalidRequest, PayloadTooLarge, UnsupportedMediaType
-from router.http.common import client_seeds, facts_for, tenant_of, validated
-from router.http.images_api import OpenAIImagesRequest, openai_answer, openai_size
+from router.http.common import facts_for, tenant_of, validated
+from router.http.images_api import OpenAIImagesRequest, openai_answer
 
 __all__ = ["openai_edits", "openai_variations"]
 
@@ -115,17 +114,7 @@ async def _image_edit(request: Request, model: type[OpenAIEditsRequest], default
     picture = await _picture(images[0], "image")
     mask = _mask_of(await _picture(mask_file, "mask"), picture) if mask_file is not None else None
     strength = body.strength or (_FIDELITY[body.input_fidelity] if body.input_fidelity else default_strength)
-    width, height = openai_size(body.size)
-    image_request = ImageRequest(
-        prompts=(body.prompt,) * body.n,
-        seeds=client_seeds(body.seed, body.n),
-        steps=body.steps,
-        width=width,
-        height=height,
-        init_image=np.asarray(picture.convert("RGB")),
-        mask=mask,
-        strength=strength,
-    )
+    image_request = body.image_request(init_image=np.asarray(picture.convert("RGB")), mask=mask, strength=strength)
     facts = facts_for(request, body.prompt, body.intent, body.model, body.routing_fields())
     return await openai_answer(request, body, facts, image_request, started, fmt)
 

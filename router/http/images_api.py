@@ -115,6 +115,19 @@ class OpenAIImagesRequest(BaseModel):
         """``safety_identifier``, or the deprecated ``user`` when it is empty."""
         return self.safety_identifier or self.user or None
 
+    def image_request(self, **extra: Any) -> ImageRequest:
+        """What to generate: ``n`` of the prompt at the asked size, with the client's
+        seeds (``extra``: an edit's picture, mask and strength)."""
+        width, height = openai_size(self.size)
+        return ImageRequest(
+            prompts=(self.prompt,) * self.n,
+            seeds=client_seeds(self.seed, self.n),
+            steps=self.steps,
+            width=width,
+            height=height,
+            **extra,
+        )
+
     def routing_fields(self) -> dict[str, str]:
         """What the routing rules may match on or stick by (``quality``, ``user``)."""
         fields: dict[str, str] = {"quality": self.quality or "auto"}
@@ -154,14 +167,7 @@ async def openai_images(request: Request) -> Response:
     tenant_of(request)
     body = parse_json_model(await read_body(request), OpenAIImagesRequest, request.headers.get("content-type"))
     fmt = body.check()
-    width, height = openai_size(body.size)
-    image_request = ImageRequest(
-        prompts=(body.prompt,) * body.n,
-        seeds=client_seeds(body.seed, body.n),
-        steps=body.steps,
-        width=width,
-        height=height,
-    )
+    image_request = body.image_request()
     facts = facts_for(request, body.prompt, body.intent, body.model, body.routing_fields())
     described = body.described(fmt)
     if body.stream:
