@@ -39,6 +39,7 @@ __all__ = [
     "look",
     "look_alpha",
     "reweighted",
+    "started",
 ]
 
 # latency histogram buckets: upper bounds from 5 ms, 10 % apart, to ~3 minutes
@@ -267,22 +268,34 @@ def interval_s(rollout: Rollout, state: RolloutState) -> float:
     return rollout.intervals_s[min(state.step, len(rollout.intervals_s) - 1)]
 
 
+def _record(new: RolloutState, now: float, action: str, by: str, from_weight: float) -> dict[str, Any]:
+    """One entry of the decision log: what changed, when it takes effect, and who said so."""
+    return {
+        "at": now,
+        "effective_at": new.effective_at,
+        "action": action,
+        "by": by,
+        "from_weight": from_weight,
+        "weight": new.weight,
+        "step": new.step,
+        "status": new.status,
+    }
+
+
+def started(rollout: Rollout, now: float, delay_s: float = 0.0) -> RolloutState:
+    """:func:`initial` with its ``start`` in the decision log: what the controller writes."""
+    state = initial(rollout, now, delay_s)
+    state.decisions = [_record(state, now, "start", "controller", 0.0)]
+    return state
+
+
 def _moved(
     state: RolloutState, now: float, delay_s: float, action: str, by: str, verdict: Verdict | None, **change: Any
 ) -> RolloutState:
     baseline, serving, at = state.judged_against, state.weight_at(now), now + delay_s
     new = dataclasses.replace(state, **change, step_started=at, window=state.window + 1, baseline_window=baseline,
                               effective_at=at, previous_weight=serving)  # fmt: skip
-    record: dict[str, Any] = {
-        "at": now,
-        "effective_at": at,
-        "action": action,
-        "by": by,
-        "from_weight": serving,
-        "weight": new.weight,
-        "step": new.step,
-        "status": new.status,
-    }
+    record = _record(new, now, action, by, serving)
     if verdict is not None:
         record.update(verdict.as_dict())
     new.decisions = [*state.decisions, record][-MAX_DECISIONS:]

@@ -44,9 +44,9 @@ from router.policy.rollout import (
     analyse,
     command,
     decide,
-    initial,
     look,
     reweighted,
+    started,
 )
 from router.rollouts.health import thumbnail
 from router.rollouts.live import THUMB_EVERY_S, LiveRollout, switch_s, tick_s
@@ -231,10 +231,7 @@ class RolloutController:
             live.store_ok, live.store_down_since = True, None
             return False  # read back next tick (restored here or by another replica)
         if raw is None:
-            state = initial(live.rollout, self.wall(), switch_s(live.rollout))
-            state.decisions = [{"at": state.started, "effective_at": state.effective_at, "action": "start",
-                                "by": "controller", "from_weight": 0.0, "weight": state.weight, "step": state.step,
-                                "status": state.status}]  # fmt: skip
+            state = started(live.rollout, self.wall(), switch_s(live.rollout))
             created = await store.swap(live.key, None, state.to_bytes(), STATE_TTL_S, STORE_BOUND_S)
             if created is None:
                 self._store_down(live)
@@ -276,12 +273,12 @@ class RolloutController:
         now = self.wall()
         b, c = ArmCounts.from_fields(base), ArmCounts.from_fields(canary)
         verdict = self._judge(live, state.window, b, c)
-        live.verdict = {"at": now, "window": state.window, **verdict.as_dict(),
-                        "arms": {"baseline": b.summary(), "canary": c.summary()}}  # fmt: skip
+        arms = {"baseline": b.summary(), "canary": c.summary()}
+        live.verdict = {"at": now, "window": state.window, **verdict.as_dict(), "arms": arms}
         nxt = decide(live.rollout, state, verdict, now, switch_s(live.rollout))
         if nxt is None:
             return
-        nxt.decisions[-1]["arms"] = {"baseline": b.summary(), "canary": c.summary()}
+        nxt.decisions[-1]["arms"] = arms
         data = nxt.to_bytes()
         if await store.swap(live.key, live.raw, data, STATE_TTL_S, STORE_BOUND_S):
             live.state, live.raw = nxt, data
