@@ -134,6 +134,7 @@ def create_app(
                 ObserveMiddleware, metrics=runtime.metrics, tracing=runtime.tracing, access_log=runtime.access_log
             )
         )
+    middleware.append(Middleware(kserve_api.InferLane))  # innermost: observed like every request
     app = Starlette(
         routes=_routes(),
         middleware=middleware,

@@ -50,6 +50,7 @@ _NUMERIC = {
     "FP32": np.float32,
     "FP64": np.float64,
 }
+_LITTLE_ENDIAN = {name: np.dtype(kind).newbyteorder("<") for name, kind in _NUMERIC.items()}
 
 
 @dataclass
@@ -125,9 +126,9 @@ def tensor(spec: dict[str, Any], binary: memoryview | None, name: str) -> NDArra
                 raise InvalidRequest(f"{name}: BYTES data must be strings", field=name)
             elements = [v.encode("utf-8", "surrogatepass") for v in data]
         return np.array(elements, dtype=object).reshape(shape)
-    if not isinstance(datatype, str) or datatype not in _NUMERIC:
+    dtype = _LITTLE_ENDIAN.get(datatype) if isinstance(datatype, str) else None
+    if dtype is None:
         raise InvalidRequest(f"{name}: unsupported datatype {datatype!r}", field=name)
-    dtype = np.dtype(_NUMERIC[datatype]).newbyteorder("<")
     if binary is not None:
         if len(binary) != count * dtype.itemsize:
             raise InvalidRequest(f"{name}: {len(binary)} bytes do not fit shape {shape}", field=name)

@@ -125,6 +125,9 @@ class ReplicaSet:
         """When a request sent now would finish on the best usable replica, with
         ``extra_ahead`` more requests spread over the usable replicas first."""
         now = self.clock()
+        if len(self.replicas) == 1:  # the usual case, asked on every request: no min()
+            only = self.replicas[0]
+            return only.lane(model).forecast(now, extra_ahead) if only.usable(model.name, now) else None
         usable = [r for r in self.replicas if r.usable(model.name, now)]
         if not usable:
             return None
@@ -144,7 +147,11 @@ class ReplicaSet:
         candidates = [r for r in self.replicas if r not in exclude and r.usable(model.name, now)]
         if not candidates:
             return None
-        best = min(candidates, key=lambda r: (r.lane(model).ahead(now), r.served))
+        best = (
+            candidates[0]
+            if len(candidates) == 1
+            else min(candidates, key=lambda r: (r.lane(model).ahead(now), r.served))
+        )
         if best.model_breaker(model.name).allow(now) and best.breaker.allow(now):
             return best
         return None
@@ -160,11 +167,10 @@ class ReplicaSet:
         """Start checking (needs a running loop; idempotent). One replica needs no checks:
         there is nowhere else to send, and its failures reach the dispatcher directly —
         unless replicas are discovered, when one may become several at any time."""
-        loop = asyncio.get_running_loop()
         if self._health is None and (len(self.replicas) > 1 or self.spec.discover):
-            self._health = loop.create_task(self._check_forever())
+            self._health = asyncio.get_running_loop().create_task(self._check_forever())
         if self._discovery is None and self.spec.discover:
-            self._discovery = loop.create_task(self._discover_forever())
+            self._discovery = asyncio.get_running_loop().create_task(self._discover_forever())
 
     # -- discovery (discover: dns) ----------------------------------------------------
 

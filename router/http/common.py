@@ -37,6 +37,7 @@ __all__ = [
     "etag",
     "facts_for",
     "gateway_of",
+    "header",
     "image_ids",
     "parse_json_model",
     "priority_of",
@@ -52,9 +53,31 @@ MAX_BODY_BYTES = 1 << 20
 M = TypeVar("M", bound=BaseModel)
 
 
+def _headers(request: Request) -> dict[str, str]:
+    """The request's headers as one dict (ASGI names are lower-case; the first of a
+    repeated header wins, as with Starlette's ``Headers.get``), made once per request
+    and kept in its scope: each ``Headers.get`` decodes and scans every header, and a
+    request is asked for up to ten of them."""
+    scope = request.scope
+    made: dict[str, str] | None = scope.get("router.headers")
+    if made is None:
+        made = {}
+        for key, value in scope["headers"]:
+            name = key.decode("latin-1")
+            if name not in made:
+                made[name] = value.decode("latin-1")
+        scope["router.headers"] = made
+    return made
+
+
+def header(request: Request, name: str) -> str | None:
+    """One request header (``name`` in lower case)."""
+    return _headers(request).get(name)
+
+
 async def read_body(request: Request, limit: int = MAX_BODY_BYTES) -> bytes:
     """The request body, refusing (413) anything over ``limit`` before buffering it."""
-    declared = request.headers.get("content-length")
+    declared = header(request, "content-length")
     if declared is not None:
         if not declared.isdigit():
             raise InvalidRequest("Content-Length is not a number", field="Content-Length")
@@ -111,7 +134,7 @@ def validated(model: type[M], data: dict[str, Any]) -> M:
 def facts_for(
     request: Request, prompt: str, intent: str | None, model: str | None, extra: dict[str, str] | None = None
 ) -> RequestFacts:
-    return RequestFacts.of(prompt, intent, model, request.headers, extra)
+    return RequestFacts.of(prompt, intent, model, _headers(request), extra)
 
 
 def served_headers(served: Served) -> dict[str, str]:
@@ -239,11 +262,11 @@ async def serve(
     call = gateway.generate(
         facts,
         image_request,
-        query=request.query_params,
+        query=request.query_params if request.scope.get("query_string") else None,  # most send none: not parsed
         canary=canary_override(request),
         priority=priority if priority is not None else priority_of(request),
         started=started,
-        cache_control=request.headers.get("cache-control"),
+        cache_control=header(request, "cache-control"),
         random_seeds=random_seeds,
         budget_s=budget_s,
         tenant=tenant,
@@ -299,16 +322,16 @@ async def _while_connected(request: Request, call: Awaitable[Served]) -> Served:
 def tenant_of(request: Request) -> Tenant | None:
     """Who is calling (``Authorization: Bearer``), worked out once per request; each API
     handler asks first, so a caller without a valid key learns nothing about its body."""
-    try:
-        known: Tenant | None = request.state.tenant
-    except AttributeError:
-        known = request.state.tenant = gateway_of(request).authenticate(request.headers.get("authorization"))
+    state = request.scope.setdefault("state", {})  # what ``request.state.tenant`` reads
+    if "tenant" not in state:
+        state["tenant"] = gateway_of(request).authenticate(header(request, "authorization"))
+    known: Tenant | None = state["tenant"]
     return known
 
 
 def canary_override(request: Request) -> str | None:
-    return canary_choice(request.headers.get("x-canary"))
+    return canary_choice(header(request, "x-canary"))
 
 
 def priority_of(request: Request) -> int | None:
-    return priority_level(request.headers.get("x-priority"))
+    return priority_level(header(request, "x-priority"))

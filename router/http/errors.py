@@ -12,8 +12,8 @@ plain 500: no traceback ever reaches a client.
 from __future__ import annotations
 
 import logging
+import os
 import re
-import uuid
 from typing import Any
 
 from starlette.exceptions import HTTPException
@@ -23,7 +23,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from router.errors import MethodNotAllowed, NotFound, Overloaded, RateLimited, RouterError
 
-__all__ = ["RequestIdMiddleware", "error_response", "exception_handlers", "request_id"]
+__all__ = ["RequestIdMiddleware", "error_response", "exception_handlers", "request_id", "respond_to"]
 
 log = logging.getLogger("router.http")
 _SANE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
@@ -45,7 +45,7 @@ class RequestIdMiddleware:
                 candidate = value.decode("latin-1")
                 rid = candidate if _SANE_ID.match(candidate) else None
                 break
-        rid = rid or uuid.uuid4().hex
+        rid = rid or os.urandom(16).hex()  # uuid4's shape without its object
         scope.setdefault("state", {})["request_id"] = rid
         header = (b"x-request-id", rid.encode())
 
@@ -109,3 +109,14 @@ exception_handlers: dict[Any, Any] = {
     HTTPException: _http_exception,
     Exception: _unexpected,
 }
+
+
+async def respond_to(request: Request, exc: Exception) -> Response:
+    """The answer to ``exc`` from the handler Starlette would pick (the nearest class in
+    its MRO), for code that calls a handler below Starlette's own exception layers."""
+    for cls in type(exc).__mro__:
+        handler = exception_handlers.get(cls)
+        if handler is not None:
+            response: Response = await handler(request, exc)
+            return response
+    raise exc  # pragma: no cover - Exception itself has a handler

@@ -1,0 +1,79 @@
+"""The KServe infer lane below Starlette's router: the same paths, errors and ids."""
+
+from __future__ import annotations
+
+import pytest
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response
+from starlette.routing import Route
+from starlette.testclient import TestClient
+
+from router.errors import InvalidRequest
+from router.http import kserve_api
+from router.http.errors import RequestIdMiddleware, exception_handlers
+
+
+@pytest.mark.parametrize(
+    ("path", "params"),
+    [
+        ("/v2/models/noop/infer", {"model": "noop"}),
+        ("/v2/models/noop/versions/2/infer", {"model": "noop", "version": "2"}),
+        ("/v2/models//infer", None),
+        ("/v2/models/infer", None),
+        ("/v2/models/noop/versions//infer", None),
+        ("/v2/models/noop/ready", None),
+        ("/v2/models/a/b/infer", None),
+        ("/v1/models/noop/infer", None),
+    ],
+)
+def test_the_lane_takes_exactly_the_paths_of_the_infer_routes(path: str, params: dict[str, str] | None) -> None:
+    assert kserve_api._infer_path(path) == params
+
+
+def _app() -> Starlette:
+    async def elsewhere(request: Request) -> Response:
+        return PlainTextResponse("router")
+
+    return Starlette(
+        routes=[Route("/v2/models/{model}/infer", elsewhere, methods=["GET", "POST"]), Route("/other", elsewhere)],
+        middleware=[Middleware(RequestIdMiddleware), Middleware(kserve_api.InferLane)],
+        exception_handlers=exception_handlers,
+    )
+
+
+def test_errors_in_the_lane_are_answered_by_the_app_s_handlers(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[dict[str, str]] = []
+
+    async def refuse(request: Request) -> Response:
+        seen.append(request.path_params)
+        raise InvalidRequest("PROMPT: a BYTES input is required", field="PROMPT")
+
+    monkeypatch.setattr(kserve_api, "infer", refuse)
+    client = TestClient(_app())
+    r = client.post("/v2/models/noop/versions/3/infer", content=b"{}", headers={"X-Request-Id": "abc"})
+    assert seen == [{"model": "noop", "version": "3"}]
+    assert r.status_code == 400
+    assert r.json() == {"error": "PROMPT: a BYTES input is required", "code": "invalid_request", "request_id": "abc"}
+    assert r.headers["x-request-id"] == "abc"
+
+
+def test_a_crash_in_the_lane_is_a_logged_500_without_its_traceback(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def crash(request: Request) -> Response:
+        raise RuntimeError("secret detail")
+
+    monkeypatch.setattr(kserve_api, "infer", crash)
+    r = TestClient(_app(), raise_server_exceptions=False).post("/v2/models/noop/infer", content=b"{}")
+    assert r.status_code == 500
+    assert r.json()["code"] == "internal_error" and "secret" not in r.text
+    assert "secret detail" in caplog.text  # logged here, with its traceback
+
+
+def test_everything_else_goes_on_to_the_router() -> None:
+    client = TestClient(_app())
+    assert client.get("/v2/models/noop/infer").text == "router"  # not a POST
+    assert client.get("/other").text == "router"
+    assert client.post("/v2/models/noop/ready").status_code == 404
