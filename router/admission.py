@@ -39,7 +39,7 @@ class AdmissionGate:
         """How many waiting requests a new one of ``tenant`` at ``priority`` would wait
         behind: only those it would not overtake (a heavy tenant's backlog is not ahead
         of a light tenant's next request)."""
-        tag = max(self._virtual, self._last_tag.get(tenant, 0.0)) + 1.0
+        tag = self._tag(tenant)
         return sum(1 for p, t, _, f in self._waiters if not f.done() and (p, t) < (priority, tag))
 
     def try_acquire(self) -> bool:
@@ -51,9 +51,14 @@ class AdmissionGate:
     def _tag(self, tenant: str) -> float:
         return max(self._virtual, self._last_tag.get(tenant, 0.0)) + 1.0
 
-    def _last_in_line(self) -> tuple[int, float, int, asyncio.Future[bool]] | None:
+    def _displaced_by(self, priority: int, tag: float) -> asyncio.Future[bool] | None:
+        """The last waiter in line, when a new one at ``priority`` and ``tag`` would go
+        ahead of it (else ``None``)."""
         waiting = [w for w in self._waiters if not w[3].done()]
-        return max(waiting, key=lambda w: (w[0], w[1], w[2])) if waiting else None
+        if not waiting:
+            return None
+        last = max(waiting, key=lambda w: (w[0], w[1], w[2]))
+        return last[3] if (priority, tag) < (last[0], last[1]) else None
 
     def can_queue(self, priority: int | None = None, tenant: str | None = None) -> bool:
         """Room in the queue — or, when it is full, a place ahead of the last in line,
@@ -61,10 +66,9 @@ class AdmissionGate:
         a light tenant's request)."""
         if self.queued < self.max_queue:
             return True
-        last = self._last_in_line()
-        if priority is None or tenant is None or last is None:
+        if priority is None or tenant is None:
             return False
-        return (priority, self._tag(tenant)) < (last[0], last[1])
+        return self._displaced_by(priority, self._tag(tenant)) is not None
 
     async def acquire(self, priority: int, tenant: str = "") -> bool:
         """Wait for a slot (the caller cancels on its deadline): ``True`` when admitted,
@@ -72,9 +76,9 @@ class AdmissionGate:
         future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         tag = self._tag(tenant)
         if self.queued >= self.max_queue:
-            last = self._last_in_line()
-            if last is not None and (priority, tag) < (last[0], last[1]):
-                last[3].set_result(False)
+            displaced = self._displaced_by(priority, tag)
+            if displaced is not None:
+                displaced.set_result(False)
         self._last_tag[tenant] = tag
         heapq.heappush(self._waiters, (priority, tag, next(self._order), future))
         try:

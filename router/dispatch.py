@@ -107,6 +107,12 @@ class Served:
     limit_headers: dict[str, str] = field(default_factory=dict)  # the tenant's x-ratelimit-*
 
     @property
+    def stored(self) -> bool:
+        """The image came from the result store (a hit, or a flight another request or
+        replica made), not from a model for this request."""
+        return self.cache in ("HIT", "COALESCED")
+
+    @property
     def model_tag(self) -> str:
         version = self.result.model_version or self.model.version
         return f"{self.model.name}@{version}" if version else self.model.name

@@ -181,7 +181,7 @@ class Filler:
             counts.failed += 1
             log.exception("%s job failed", job.kind)
             return
-        if served.cache in ("HIT", "COALESCED"):
+        if served.stored:
             counts.cached += 1
         else:
             counts.done += 1

@@ -26,7 +26,7 @@ from router.backends.base import consecutive_seeds
 from router.backends.pool import BackendPool
 from router.cache import ResultCache, derive_seeds, open_store
 from router.cache.hitters import HeavyHitters
-from router.config.table import Arm, Backend, CacheConfig, Model, Route, RoutingTable, Tenant
+from router.config.table import Backend, CacheConfig, Model, Route, RoutingTable, Tenant
 from router.dispatch import CachePlan, Dispatcher, Served
 from router.errors import Forbidden, InvalidRequest, RateLimited, RouterError, Unauthorized
 from router.fill import UPGRADE_REASONS, Filler, FillJob
@@ -346,7 +346,7 @@ class Gateway:
         table = self._table
         route = select_route(table, facts)
         request = _on_route(route, request)
-        route = dataclasses.replace(route, arms=(Arm(model, 1.0),), fallback=(), hedge_after_ms=None, hedge_p95=False)
+        route = route.alone(model)
         plan = None
         if route.cache is not None and self.cache is not None:
             plan, request = _cache_plan(route, request, None)

@@ -380,15 +380,7 @@ class _Compiler:
         for i, interval in enumerate(intervals):
             if interval <= 0:
                 self.fail(path + ("interval_s", i), "must be greater than 0")
-        a = spec.analysis
-        analysis = Analysis(
-            a.min_samples,
-            a.confidence,
-            a.max_error_rate_increase,
-            a.max_p95_ratio,
-            a.max_downgrade_rate_increase,
-            a.max_degenerate_rate_increase,
-        )
+        analysis = Analysis(**spec.analysis.model_dump())  # the same fields, in the same units
         identity = json.dumps([route, arm.model, spec.model_dump(mode="json")], sort_keys=True)
         return Rollout(
             steps=tuple(spec.steps),

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from pydantic import SecretStr
 
@@ -201,6 +201,11 @@ class Route:
     @property
     def is_split(self) -> bool:
         return len(self.arms) > 1
+
+    def alone(self, model: str) -> Route:
+        """This route served by ``model`` alone: its budget, cache and priority, but no
+        other arm, fallback or hedge (a progressive preview, a rollout's shadow)."""
+        return replace(self, arms=(Arm(model, 1.0),), fallback=(), hedge_after_ms=None, hedge_p95=False)
 
     @property
     def rollout_arm(self) -> Arm | None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from router.errors import Forbidden, InvalidRequest, NotFound
+from router.errors import Forbidden, InvalidRequest
 from router.http.admin_api import audit, check_admin
 from router.http.common import gateway_of
 
@@ -28,11 +28,7 @@ async def canary_list(request: Request) -> Response:
 
 async def canary_one(request: Request) -> Response:
     check_admin(request)
-    route = request.path_params["route"]
-    for rollout in gateway_of(request).rollouts.describe():
-        if rollout["route"] == route:
-            return JSONResponse(rollout)
-    raise NotFound(f"route {route!r} has no rollout")
+    return JSONResponse(gateway_of(request).rollouts.describe_one(request.path_params["route"]))
 
 
 async def canary_action(request: Request) -> Response:

@@ -337,12 +337,15 @@ class RolloutController:
                 live.state, live.raw = nxt, data
                 self._routes.clear()
                 self._decided(live, nxt.decisions[-1])
-                return self.describe_one(live)
+                return live.describe(self.wall())
         raise Conflict("the rollout kept changing: try again")
 
     # -- what the admin API, the status page and the metrics read ---------------------------
 
-    def describe_one(self, live: LiveRollout) -> dict[str, Any]:
+    def describe_one(self, route: str) -> dict[str, Any]:
+        live = self.live.get(route)
+        if live is None:
+            raise NotFound(f"route {route!r} has no rollout")
         return live.describe(self.wall())
 
     def describe(self) -> list[dict[str, Any]]:

@@ -17,7 +17,7 @@ from router.errors import RouterError
 from router.policy.rollout import ArmCounts, RolloutState, Verdict
 from router.rollouts.health import degenerate
 
-__all__ = ["DOWNGRADE_REASONS", "THUMB_EVERY_S", "LiveRollout", "switch_s", "tick_s"]
+__all__ = ["DOWNGRADE_REASONS", "THUMB_EVERY_S", "LiveRollout", "count_images", "switch_s", "tick_s"]
 
 GALLERY_SIZE = 12
 THUMB_EVERY_S = 2.0  # per arm: the gallery costs a thumbnail every few seconds, not per request
@@ -37,6 +37,12 @@ def switch_s(rollout: Rollout) -> float:
     ticks, by when each has read it (so no sticky user flips between replicas that
     disagree). The replicas' wall clocks must agree to well within this (NTP does)."""
     return SWITCH_TICKS * tick_s(rollout)
+
+
+def count_images(counts: ArmCounts, images: Any) -> None:
+    """The images of one answer an arm made, and how many of them are degenerate."""
+    counts.images += len(images)
+    counts.degenerate += sum(degenerate(image) for image in images)
 
 
 @dataclass
@@ -80,7 +86,7 @@ class LiveRollout:
         consider (the arm's own fresh answer)."""
         if arm.canary and arm.model != self.canary:
             return None
-        if served is not None and served.cache in ("HIT", "COALESCED"):
+        if served is not None and served.stored:
             return None  # a stored image says nothing about the model now
         if error is not None and error.status < 500:
             return None  # the client's error, not the arm's
@@ -103,8 +109,7 @@ class LiveRollout:
         if served.result.encoded is not None:
             return None  # a hosted answer is not decoded for this
         images = served.result.images
-        counts.images += len(images)
-        counts.degenerate += sum(degenerate(image) for image in images)
+        count_images(counts, images)
         return ("canary" if canary else "baseline"), images[0]
 
     def describe(self, wall: float) -> dict[str, Any]:

@@ -10,7 +10,6 @@ was waiting for.
 
 from __future__ import annotations
 
-import dataclasses
 import random
 from collections.abc import Callable
 from typing import Any
@@ -21,8 +20,8 @@ from router.dispatch import Dispatcher, Served
 from router.errors import RouterError
 from router.policy.rollout import ArmCounts
 from router.policy.split import Choice
-from router.rollouts.health import degenerate, difference
-from router.rollouts.live import LiveRollout
+from router.rollouts.health import difference
+from router.rollouts.live import LiveRollout, count_images
 
 __all__ = ["MAX_SHADOWS", "Shadows"]
 
@@ -58,7 +57,7 @@ class Shadows:
             or arm_rollout.rollout.shadow is None
             or arm.model != live.baseline
             or served.model.name != live.baseline
-            or served.cache in ("HIT", "COALESCED")
+            or served.stored
             or request.seeds is None
             or self.rng.random() >= arm_rollout.rollout.shadow.fraction
         ):
@@ -74,11 +73,10 @@ class Shadows:
     async def _shadow(
         self, live: LiveRollout, table: RoutingTable, route: Route, request: ImageRequest, base: Served
     ) -> None:
-        canary = Arm(live.canary, 1.0)
-        alone = dataclasses.replace(route, arms=(canary,), fallback=(), hedge_after_ms=None, hedge_p95=False)
+        alone = route.alone(live.canary)
         window = live.state.window if live.state is not None else -1
         try:
-            served = await self.dispatcher.serve(table, alone, Choice(canary, False), request, LOWEST_PRIORITY)
+            served = await self.dispatcher.serve(table, alone, Choice(alone.arms[0], False), request, LOWEST_PRIORITY)
         except RouterError as exc:
             live.shadow["failed"] += 1
             counts = live.pending.setdefault((window, "s"), ArmCounts())  # after the await: a flush may have run
@@ -93,8 +91,7 @@ class Shadows:
         counts = live.pending.setdefault((window, "s"), ArmCounts())
         counts.requests += 1
         counts.add_latency(served.total_s)
-        counts.images += len(images)
-        counts.degenerate += sum(degenerate(image) for image in images)
+        count_images(counts, images)
         diff = difference(images[0], theirs[0])
         counts.pairs += 1
         counts.diff_millionths += round(diff * 1e6)
