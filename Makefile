@@ -46,6 +46,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/observability_overhead.py --ratio 0.1 --ratio 0.01
 	$(BIN)/python bench/scenario.py --json bench/results/scenario.json --plots docs
 	$(BIN)/python bench/peers.py
+	$(BIN)/python bench/cpu_breakdown.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,127 @@
+"""Where a KServe request's CPU goes inside the running gateway.
+
+Starts a real Triton (`noop` only) and the gateway twice (`router serve`, as shipped:
+metrics and access log on): once as it is, for its CPU per request from `/proc`, and
+once with `bench/probe/sitecustomize.py` on its `PYTHONPATH`, which sums the event-loop
+thread's CPU time inside each span below while the same KServe v2 binary `noop`
+requests (what `tritonclient.http` sends) come from one client. Prints, per request,
+each span's CPU with what it calls ("inclusive") and without the spans listed under it
+("own"). The gap between the two runs' totals is the probe's own cost.
+
+    .venv/bin/python bench/cpu_breakdown.py [--requests 3000]
+
+The hardening issue's goal was the gateway's CPU per request at most 1.5x Envoy's
+(`bench/peers.py`); this says which of the gateway's layers that CPU is spent in.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from overhead import cpu_seconds, measure, write_routes  # noqa: E402
+
+from router.triton import TritonConfig, TritonServer  # noqa: E402
+from tests.procs import GatewayProcess  # noqa: E402
+
+# (depth, label, target): each span nests in the nearest one above it with less depth;
+# a target is patched where its callers look it up
+SPANS = [
+    (0, "ASGI app (below uvicorn's protocol)", "app"),
+    (1, "Starlette's ServerErrorMiddleware", "starlette.middleware.errors:ServerErrorMiddleware.__call__"),
+    (2, "request id", "router.http.errors:RequestIdMiddleware.__call__"),
+    (3, "observability middleware", "router.http.observe:ObserveMiddleware.__call__"),
+    (4, "metrics and access log (Recorder.finish)", "router.telemetry.requests:Recorder.finish"),
+    (4, "infer lane", "router.http.kserve_api:InferLane.__call__"),
+    (5, "infer handler", "router.http.kserve_api:infer"),
+    (6, "reading the body", "router.http.kserve_api:read_body"),
+    (6, "decoding the KServe body (parse_infer)", "router.http.kserve_api:parse_infer"),
+    (7, "reading the tensors (decode_request)", "router.http.kserve_api:decode_request"),
+    (7, "the generation they ask for (image_request)", "router.http.kserve_api:image_request"),
+    (6, "serve: tenant, canary, dispatch", "router.http.kserve_api:serve"),
+    (7, "Dispatcher.serve: routing, budget plan, cache", "router.dispatch:Dispatcher.serve"),
+    (8, "Dispatcher._call: admission, timeout", "router.dispatch:Dispatcher._call"),
+    (9, "TritonBackend._infer: replica, lane, circuits", "router.backends.triton:TritonBackend._infer"),
+    (10, "TritonBackend._call_http: encode, decode", "router.backends.triton:TritonBackend._call_http"),
+    (11, "encoding Triton's request (encode_request)", "router.backends.triton:encode_request"),
+    (11, "the HTTP/1.1 round trip to Triton", "router.backends._http1:Http1Pool.request"),
+    (11, "decoding Triton's answer (_result)", "router.backends.triton:_result"),
+    (6, "encoding the answer (encode_response)", "router.http.kserve_api:encode_response"),
+    (5, "sending the answer (Response.__call__)", "starlette.responses:Response.__call__"),
+    (6, "uvicorn's send: headers, body", "uvicorn.protocols.http.httptools_impl:RequestResponseCycle.send"),
+]
+
+
+def own_times(inclusive: list[float]) -> list[float]:
+    """Each span's time less its direct children's (the spans nested one level under it)."""
+    own = list(inclusive)
+    for i, (depth, _, _) in enumerate(SPANS):
+        for j in range(i + 1, len(SPANS)):
+            if SPANS[j][0] <= depth:
+                break
+            if SPANS[j][0] == depth + 1:
+                own[i] -= inclusive[j]
+    return own
+
+
+def run(triton_url: str, tmp: Path, requests: int, probe: bool) -> tuple[float, dict[str, list[float]]]:
+    """CPU per request from /proc (seconds), and the probe's sums (empty without it)."""
+    warm = 200
+    out = tmp / f"probe-{probe}.json"
+    env = {}
+    if probe:
+        env = {
+            "PYTHONPATH": str(ROOT / "bench" / "probe"),
+            "ROUTER_PROBE_OUT": str(out),
+            "ROUTER_PROBE_TARGETS": json.dumps([target for _, _, target in SPANS if target != "app"]),
+            # measure() sends 50 warm-up requests of its own before each run
+            "ROUTER_PROBE_SKIP": str(warm + 50 + 50),
+            "ROUTER_PROBE_COUNT": str(requests),
+        }
+    gateway = GatewayProcess(write_routes(tmp / f"run-{probe}"), triton_url, tmp / f"gateway-{probe}.log", env=env)
+    try:
+        asyncio.run(measure(gateway.url, 1, warm))
+        before = cpu_seconds(gateway.process.pid)
+        asyncio.run(measure(gateway.url, 1, requests))
+        cpu = (cpu_seconds(gateway.process.pid) - before) / (requests + 50)
+    finally:
+        gateway.stop()
+    return cpu, (json.loads(out.read_text()) if probe else {})
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--requests", type=int, default=3000)
+    args = parser.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="bench-cpu-breakdown-"))
+    triton = TritonServer(TritonConfig(ROOT / "model_repository", ["noop"]), open(tmp / "triton.log", "wb"))  # noqa: SIM115
+    triton.start()
+    try:
+        triton.wait_ready()
+        for sub in ("run-False", "run-True"):
+            (tmp / sub).mkdir()
+        plain, _ = run(triton.http_url, tmp, args.requests, probe=False)
+        probed, sums = run(triton.http_url, tmp, args.requests, probe=True)
+    finally:
+        triton.stop()
+    calls = sums["app"][0]
+    inclusive = [sums.get(target, [0, 0.0])[1] / calls * 1e6 for _, _, target in SPANS]
+    own = own_times(inclusive)
+    print(f"gateway CPU per request: {plain * 1e6:.0f} µs as shipped, {probed * 1e6:.0f} µs with the probe\n")
+    print("| span | calls per request | inclusive | own |")
+    print("|---|---|---|---|")
+    for (depth, label, target), inc, mine in zip(SPANS, inclusive, own, strict=True):
+        per = sums.get(target, [0, 0.0])[0] / calls
+        print(f"| {'· ' * depth}{label} | {per:g} | {inc:.1f} µs | {mine:.1f} µs |")
+    print(f"\n{calls} KServe `noop` requests at one client, after {200 + 100} warm-up requests.")
+
+
+if __name__ == "__main__":
+    main()
