@@ -28,8 +28,9 @@ sys.path.insert(0, str(ROOT))
 
 from overhead import cpu_seconds, measure, write_routes  # noqa: E402
 
-from router.triton import TritonConfig, TritonServer  # noqa: E402
-from tests.procs import GatewayProcess  # noqa: E402
+from tests.procs import GatewayProcess, serving  # noqa: E402
+
+WARM = 200  # requests before the measured ones, besides the 50 measure() sends before each run
 
 # (depth, label, target): each span nests in the nearest one above it with less depth;
 # a target is patched where its callers look it up
@@ -73,21 +74,21 @@ def own_times(inclusive: list[float]) -> list[float]:
 
 def run(triton_url: str, tmp: Path, requests: int, probe: bool) -> tuple[float, dict[str, list[float]]]:
     """CPU per request from /proc (seconds), and the probe's sums (empty without it)."""
-    warm = 200
-    out = tmp / f"probe-{probe}.json"
+    where = tmp / ("probed" if probe else "plain")
+    where.mkdir()
+    out = where / "probe.json"
     env = {}
     if probe:
         env = {
             "PYTHONPATH": str(ROOT / "bench" / "probe"),
             "ROUTER_PROBE_OUT": str(out),
             "ROUTER_PROBE_TARGETS": json.dumps([target for _, _, target in SPANS if target != "app"]),
-            # measure() sends 50 warm-up requests of its own before each run
-            "ROUTER_PROBE_SKIP": str(warm + 50 + 50),
+            "ROUTER_PROBE_SKIP": str(WARM + 50 + 50),
             "ROUTER_PROBE_COUNT": str(requests),
         }
-    gateway = GatewayProcess(write_routes(tmp / f"run-{probe}"), triton_url, tmp / f"gateway-{probe}.log", env=env)
+    gateway = GatewayProcess(write_routes(where), triton_url, where / "gateway.log", env=env)
     try:
-        asyncio.run(measure(gateway.url, 1, warm))
+        asyncio.run(measure(gateway.url, 1, WARM))
         before = cpu_seconds(gateway.process.pid)
         asyncio.run(measure(gateway.url, 1, requests))
         cpu = (cpu_seconds(gateway.process.pid) - before) / (requests + 50)
@@ -101,16 +102,9 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=3000)
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="bench-cpu-breakdown-"))
-    triton = TritonServer(TritonConfig(ROOT / "model_repository", ["noop"]), open(tmp / "triton.log", "wb"))  # noqa: SIM115
-    triton.start()
-    try:
-        triton.wait_ready()
-        for sub in ("run-False", "run-True"):
-            (tmp / sub).mkdir()
+    with serving(ROOT / "model_repository", tmp / "triton.log", ["noop"]) as triton:
         plain, _ = run(triton.http_url, tmp, args.requests, probe=False)
         probed, sums = run(triton.http_url, tmp, args.requests, probe=True)
-    finally:
-        triton.stop()
     calls = sums["app"][0]
     inclusive = [sums.get(target, [0, 0.0])[1] / calls * 1e6 for _, _, target in SPANS]
     own = own_times(inclusive)
@@ -120,7 +114,7 @@ def main() -> None:
     for (depth, label, target), inc, mine in zip(SPANS, inclusive, own, strict=True):
         per = sums.get(target, [0, 0.0])[0] / calls
         print(f"| {'· ' * depth}{label} | {per:g} | {inc:.1f} µs | {mine:.1f} µs |")
-    print(f"\n{calls} KServe `noop` requests at one client, after {200 + 100} warm-up requests.")
+    print(f"\n{calls} KServe `noop` requests at one client, after {WARM + 100} warm-up requests.")
 
 
 if __name__ == "__main__":

@@ -72,11 +72,12 @@ def cmd_canary(args: argparse.Namespace) -> int:
             if args.json:
                 for r in rollouts:
                     r.pop("gallery", None)
-                print(json.dumps(rollouts if not args.route else rollouts[0], indent=2))
+                print(json.dumps(rollouts[0] if args.route else rollouts, indent=2))
             elif not rollouts:
                 print("no rollouts in routes.yaml")
-            for r in rollouts if not args.json else []:
-                print(_rollout_line(r))
+            else:
+                for r in rollouts:
+                    print(_rollout_line(r))
             return 0
         if not args.route:
             raise SystemExit(f"error: router canary {args.action} needs a ROUTE")

@@ -281,7 +281,7 @@ class Gateway:
             plan, request = _cache_plan(route, request, cache_control)
         elif request.seeds is None and random_seeds:
             request = dataclasses.replace(request, seeds=_random_seeds(len(request.prompts)))
-        rollout = self.rollouts.live and route.name in self.rollouts.live
+        rollout = route.name in self.rollouts.live
         if rollout:
             route = self.rollouts.route_for(route)  # the rollout's live weight
         key = sticky_key(route, facts.headers, query or {}, facts.fields)

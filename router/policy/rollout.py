@@ -48,6 +48,7 @@ MAX_DECISIONS = 200  # kept in the state (the newest); the webhook and metrics s
 QUANTILE_TAIL = 0.05  # the p95's tail share, for the sign test
 MIN_P95_SAMPLES = 20  # baseline latencies before its p95 is a bound to test against
 CHECKS = 4  # error, downgrade and degenerate rates, p95: one step's error rate is shared by them
+_COUNTERS = ("requests", "errors", "downgrades", "images", "degenerate", "diff_millionths", "pairs")
 
 
 @dataclass
@@ -78,12 +79,12 @@ class ArmCounts:
         for key, value in values.items():
             if key.startswith("h") and key[1:].isdigit() and int(key[1:]) < len(counts.latency):
                 counts.latency[int(key[1:])] = int(value)
-            elif key in ("requests", "errors", "downgrades", "images", "degenerate", "diff_millionths", "pairs"):
+            elif key in _COUNTERS:
                 setattr(counts, key, int(value))
         return counts
 
     def merge(self, other: ArmCounts) -> None:
-        for name in ("requests", "errors", "downgrades", "images", "degenerate", "diff_millionths", "pairs"):
+        for name in _COUNTERS:
             setattr(self, name, getattr(self, name) + getattr(other, name))
         self.latency = [a + b for a, b in zip(self.latency, other.latency, strict=True)]
 
@@ -311,7 +312,7 @@ def decide(
     of its interval); a pass moves on only once the stage's interval is over; ``wait``
     (too few samples) holds the stage until there are enough. An operator's pause stops
     every move forward, but not a rollback."""
-    if state.status not in ("shadow", "running", "paused"):
+    if not state.active:
         return None
     if verdict.outcome == "fail":
         if rollout.on_failure == "rollback":
