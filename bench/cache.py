@@ -40,6 +40,7 @@ from common import pct  # noqa: E402
 from overhead import cpu_seconds  # noqa: E402
 
 from router.cache import Entry, image_id  # noqa: E402
+from router.cache.keys import image_key  # noqa: E402
 from router.triton import TritonConfig, TritonServer  # noqa: E402
 from tests.procs import ADMIN_TOKEN, GatewayProcess, RedisProcess  # noqa: E402
 
@@ -186,7 +187,7 @@ def encoding_vs_hits(gw: GatewayProcess, store_dir: Path) -> dict[str, tuple[flo
     big = np.random.default_rng(1).integers(0, 255, (768, 768, 3), dtype=np.uint8)
     name = image_id(big)
     with diskcache.Cache(str(store_dir)) as store:
-        store.set(f"i:{name}", Entry(big[None], "draft", "1", "cached", (1,), time.time()).to_bytes())
+        store.set(image_key(name), Entry(big[None], "draft", "1", "cached", (1,), time.time()).to_bytes())
     body, headers = kserve_body("cached kserve hit")
     out: dict[str, tuple[float, float]] = {}
 

@@ -44,6 +44,7 @@ backends:
 models:
   remote: {backend: hosted, remote_model: img-1, latency_hint_ms: 50}
 default_route: {model: remote, budget_ms: 10000}
+env: [HOSTED_URL, HOSTED_KEY]
 """
 
 

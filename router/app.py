@@ -4,6 +4,10 @@
 → reloader, telemetry) to the HTTP routes and, when asked, the gRPC edge. Its lifespan
 starts the runtime and the gRPC server and, on shutdown, stops the gRPC server
 (draining its calls) before the runtime closes the backend clients.
+
+In ``tenants: {mode: keys}`` the read-outs are closed (:func:`_readout`): usage
+(``/metrics``, model statistics) needs the admin token, model metadata, config,
+readiness and the repository index any valid key (docs/security.md).
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 from starlette.applications import Starlette
@@ -22,6 +26,7 @@ from starlette.routing import Route
 
 from router.errors import NotFound
 from router.http import admin_api, canary_api, edits, image_files, images_api, kserve_api, status_page
+from router.http.admin_api import SignInThrottle, check_readout
 from router.http.errors import RequestIdMiddleware, exception_handlers
 from router.http.observe import ObserveMiddleware
 from router.rpc import GrpcEdge, GrpcOptions
@@ -32,10 +37,23 @@ from router.telemetry.metrics import CONTENT_TYPE
 __all__ = ["create_app"]
 
 log = logging.getLogger("router.app")
+Endpoint = Callable[[Request], Awaitable[Response]]
+
+
+def _readout(endpoint: Endpoint, admin_only: bool = False) -> Endpoint:
+    """``endpoint`` behind :func:`~router.http.admin_api.check_readout`: in keys mode,
+    a key (or, ``admin_only``, the admin token) before anything is read."""
+
+    async def call(request: Request) -> Response:
+        check_readout(request, admin_only)
+        return await endpoint(request)
+
+    return call
 
 
 def _routes() -> list[Route]:
     k = kserve_api
+    stats = _readout(k.model_stats, admin_only=True)  # usage counts: the operator's
     return [  # the hot path first: Starlette tries routes in order, ~1.5 µs each
         Route("/v2/models/{model}/infer", k.infer, methods=["POST"]),
         Route("/healthz", admin_api.healthz, methods=["GET"]),
@@ -48,16 +66,16 @@ def _routes() -> list[Route]:
         Route("/v2", k.server_metadata, methods=["GET"]),
         Route("/v2/health/live", k.live, methods=["GET"]),
         Route("/v2/health/ready", k.ready, methods=["GET"]),
-        Route("/v2/repository/index", k.repository_index, methods=["POST"]),
-        Route("/v2/models/stats", k.model_stats, methods=["GET"]),
-        Route("/v2/models/{model}", k.model_metadata, methods=["GET"]),
-        Route("/v2/models/{model}/versions/{version}", k.model_metadata, methods=["GET"]),
-        Route("/v2/models/{model}/ready", k.model_ready, methods=["GET"]),
-        Route("/v2/models/{model}/versions/{version}/ready", k.model_ready, methods=["GET"]),
-        Route("/v2/models/{model}/config", k.model_config, methods=["GET"]),
-        Route("/v2/models/{model}/versions/{version}/config", k.model_config, methods=["GET"]),
-        Route("/v2/models/{model}/stats", k.model_stats, methods=["GET"]),
-        Route("/v2/models/{model}/versions/{version}/stats", k.model_stats, methods=["GET"]),
+        Route("/v2/repository/index", _readout(k.repository_index), methods=["POST"]),
+        Route("/v2/models/stats", stats, methods=["GET"]),
+        Route("/v2/models/{model}", _readout(k.model_metadata), methods=["GET"]),
+        Route("/v2/models/{model}/versions/{version}", _readout(k.model_metadata), methods=["GET"]),
+        Route("/v2/models/{model}/ready", _readout(k.model_ready), methods=["GET"]),
+        Route("/v2/models/{model}/versions/{version}/ready", _readout(k.model_ready), methods=["GET"]),
+        Route("/v2/models/{model}/config", _readout(k.model_config), methods=["GET"]),
+        Route("/v2/models/{model}/versions/{version}/config", _readout(k.model_config), methods=["GET"]),
+        Route("/v2/models/{model}/stats", stats, methods=["GET"]),
+        Route("/v2/models/{model}/versions/{version}/stats", stats, methods=["GET"]),
         Route("/v2/models/{model}/versions/{version}/infer", k.infer, methods=["POST"]),
         Route("/admin/reload", admin_api.admin_reload, methods=["POST"]),
         Route("/admin/config", admin_api.admin_config, methods=["GET"]),
@@ -73,7 +91,7 @@ def _routes() -> list[Route]:
         Route("/admin/status.json", status_page.status_json, methods=["GET"]),
         Route("/admin/login", status_page.login_form, methods=["GET"]),
         Route("/admin/login", status_page.login, methods=["POST"]),
-        Route("/metrics", _metrics, methods=["GET"]),
+        Route("/metrics", _readout(_metrics, admin_only=True), methods=["GET"]),
     ]
 
 
@@ -145,6 +163,7 @@ def create_app(
     app.state.gateway = runtime.gateway
     app.state.reloader = runtime.reloader
     app.state.admin_token = token or None
+    app.state.sign_ins = SignInThrottle()
     app.state.metrics = runtime.metrics
     app.state.grpc_port = None
     return app

@@ -22,7 +22,7 @@ from types import FrameType
 from typing import IO
 
 from router import __version__, cli_admin
-from router.errors import CacheStoreError, ConfigError, RouterError, TritonStartupError
+from router.errors import CacheStoreError, ConfigError, RouterError, StateStoreError, TritonStartupError
 from router.triton import TritonConfig, TritonServer
 
 __all__ = ["main"]
@@ -67,6 +67,26 @@ def _serve_args(p: argparse.ArgumentParser) -> None:
         "--grpc-port", type=int, default=8081, help="KServe v2 gRPC and gRPC health (default 8081; 0 picks one)"
     )
     p.add_argument("--no-grpc", action="store_true", help="HTTP only")
+    p.add_argument(
+        "--forwarded-allow-ips",
+        default=os.environ.get("FORWARDED_ALLOW_IPS", ""),
+        metavar="IPS",
+        help="proxies whose X-Forwarded-For/-Proto are believed (comma-separated, '*' for any; default: none)",
+    )
+    p.add_argument(
+        "--max-head-bytes",
+        type=int,
+        default=64 << 10,
+        metavar="BYTES",
+        help="a request line and headers over this are a 431 and the connection closed (default 65536)",
+    )
+    p.add_argument(
+        "--head-timeout",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="a request head not complete this long after its first byte is a 408 and closed (default 10)",
+    )
     p.add_argument(
         "--grpc-max-rpcs",
         type=int,
@@ -115,6 +135,7 @@ def _triton_server(args: argparse.Namespace, log: IO[bytes] | None = None) -> Tr
         metrics_port=args.triton_metrics_port,
         tritonserver=args.tritonserver,
         backend_directory=args.backend_directory,
+        model_load_api=False,  # nobody on this machine may load a model into it later
     )
     return TritonServer(config, log)
 
@@ -171,6 +192,7 @@ def _run_gateway(args: argparse.Namespace) -> None:
 
     from router.app import create_app
     from router.rpc import GrpcOptions
+    from router.serving import bounded_protocol
 
     grpc = None
     if not args.no_grpc:
@@ -192,8 +214,10 @@ def _run_gateway(args: argparse.Namespace) -> None:
         log_level=args.log_level,
         access_log=False,
         loop="auto",
-        http="auto",
+        http=bounded_protocol(args.max_head_bytes, args.head_timeout),
         timeout_graceful_shutdown=10,
+        proxy_headers=bool(args.forwarded_allow_ips),  # none named: X-Forwarded-* is never believed
+        forwarded_allow_ips=args.forwarded_allow_ips or None,
     )
 
 
@@ -236,8 +260,10 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
+    from router.ask import Ask
+    from router.backends.base import ImageRequest
     from router.config import load_file
-    from router.policy.explain import explain, hint_forecast
+    from router.decide import explain, hint_forecast
     from router.policy.match import RequestFacts
 
     headers = {}
@@ -249,7 +275,8 @@ def cmd_explain(args: argparse.Namespace) -> int:
         headers[key.strip()] = value
     facts = RequestFacts.of(args.prompt, args.intent, args.model, headers)
     table = load_file(args.file)
-    print(json.dumps(explain(table, facts, hint_forecast(table)), indent=2))
+    ask = Ask.of(facts, ImageRequest((args.prompt,)), None)
+    print(json.dumps(explain(table, ask, hint_forecast(table)), indent=2))
     return 0
 
 
@@ -278,7 +305,7 @@ def main(argv: list[str] | None = None) -> int:
     except FileNotFoundError as exc:
         print(f"error: {exc.filename}: no such file", file=sys.stderr)
         return EXIT_CONFIG
-    except CacheStoreError as exc:
+    except (CacheStoreError, StateStoreError) as exc:
         print(f"error: {exc.message}", file=sys.stderr)
         return EXIT_CONFIG
     except RouterError as exc:

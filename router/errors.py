@@ -10,6 +10,7 @@ ever handles these::
     ├── ConfigError                  500 config_invalid      (routes.yaml; carries every issue)
     ├── TritonStartupError           500 triton_startup      (launcher; never reaches a client)
     ├── CacheStoreError              500 cache_store_unusable (startup/reload; never reaches a client)
+    ├── StateStoreError              500 state_store_unusable (startup/reload: a state store that could lose state)
     ├── ClientError                  400 bad_request
     │   ├── InvalidRequest           400 invalid_request     (names the field)
     │   ├── Unauthorized             401 unauthorized
@@ -55,6 +56,7 @@ __all__ = [
     "NotFound",
     "PayloadTooLarge",
     "RouterError",
+    "StateStoreError",
     "StoreUnavailable",
     "TritonStartupError",
     "Unauthorized",
@@ -110,6 +112,13 @@ class CacheStoreError(RouterError):
     """The configured cache store cannot be used (an unwritable directory)."""
 
     code = "cache_store_unusable"
+
+
+class StateStoreError(RouterError):
+    """The configured state store cannot be trusted to keep what it is given: an
+    unusable SQLite path, a bad URL, or a Redis whose eviction policy may drop keys."""
+
+    code = "state_store_unusable"
 
 
 class TritonStartupError(RouterError):

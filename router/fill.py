@@ -40,9 +40,10 @@ from dataclasses import dataclass, field
 
 from router.backends.base import ImageRequest
 from router.config.table import Arm, Route, RoutingTable
-from router.dispatch import CachePlan, Dispatcher
+from router.decide import background
+from router.dispatch import Dispatcher
 from router.errors import RouterError
-from router.policy.split import Choice
+from router.served import CachePlan
 
 __all__ = ["UPGRADE_REASONS", "FillJob", "Filler"]
 
@@ -159,6 +160,11 @@ class Filler:
 
     async def _one(self, job: FillJob) -> None:
         counts = self.counts[job.kind]
+        table = self.table()
+        if job.model not in table.models:  # a reload removed it since the job was queued
+            counts.failed += 1
+            log.info("%s of %s for route %s skipped: the model is gone", job.kind, job.model, job.route.name)
+            return
         route = dataclasses.replace(
             job.route,
             arms=(Arm(job.model, 1.0),),
@@ -170,9 +176,7 @@ class Filler:
         ttl = job.route.cache.ttl_s if job.route.cache else 3600.0
         plan = CachePlan(lookup=True, store=True, ttl_s=ttl)
         try:
-            served = await self.dispatcher.serve(
-                self.table(), route, Choice(route.arms[0], False), job.request, LOWEST_PRIORITY, cache=plan
-            )
+            served = await self.dispatcher.serve(background(table, route, job.request, LOWEST_PRIORITY, plan))
         except RouterError as exc:
             counts.failed += 1
             log.info("%s of %s for route %s failed: %s", job.kind, job.model, job.route.name, exc.message)

@@ -1,5 +1,11 @@
 """Image arithmetic the gateway does itself, off the event loop: upscaling a tier's
-image to the size a client asked for (``resize: upscale``)."""
+image to the size a client asked for (``resize: upscale``).
+
+Upscaling is the one place the gateway makes pixels, so it is bounded twice: by the
+output pixels of one request (:data:`~router.policy.size.MAX_UPSCALED_PIXELS`, checked
+when the request is routed and again here) and by :data:`UPSCALE_SLOTS` resizes at
+once, so concurrent requests queue instead of multiplying the process's memory.
+"""
 
 from __future__ import annotations
 
@@ -11,8 +17,13 @@ from numpy.typing import NDArray
 from PIL import Image
 
 from router.backends.base import ImageResult
+from router.errors import BackendRejected
+from router.policy.size import upscale_refusal
 
-__all__ = ["upscaled"]
+__all__ = ["UPSCALE_SLOTS", "upscaled"]
+
+UPSCALE_SLOTS = 2  # of the machine's cores, at most this many resize at once
+_slots: asyncio.Semaphore | None = None
 
 
 def _resize(images: NDArray[Any], width: int, height: int) -> NDArray[Any]:
@@ -21,10 +32,22 @@ def _resize(images: NDArray[Any], width: int, height: int) -> NDArray[Any]:
     return stacked
 
 
+def _semaphore() -> asyncio.Semaphore:
+    global _slots
+    if _slots is None:
+        _slots = asyncio.Semaphore(UPSCALE_SLOTS)
+    return _slots
+
+
 async def upscaled(result: ImageResult, width: int, height: int) -> ImageResult:
     """``result`` resized to ``width`` x ``height`` with a Lanczos filter (in a thread: a
-    1024x1024 image takes tens of milliseconds); ``memo["upscaled_from"]`` says from what."""
+    1024x1024 image takes tens of milliseconds); ``memo["upscaled_from"]`` says from what.
+    Over the output-pixel bound it is refused (a 400), never attempted."""
     pixels = await result.pixels()
+    refusal = upscale_refusal(width, height, len(pixels))
+    if refusal is not None:
+        raise BackendRejected(refusal, field="n")
     made = f"{pixels.shape[2]}x{pixels.shape[1]}"
-    images = await asyncio.to_thread(_resize, pixels, width, height)
+    async with _semaphore():
+        images = await asyncio.to_thread(_resize, pixels, width, height)
     return ImageResult(images, result.model_version, memo={"upscaled_from": made})

@@ -17,8 +17,8 @@ from typing import Any
 from numpy.typing import NDArray
 
 from router.backends.base import ImageRequest
-from router.dispatch import Served
 from router.errors import InvalidRequest
+from router.served import Served
 
 __all__ = [
     "MAX_PROMPT_CHARS",
@@ -152,6 +152,8 @@ def served_tags(served: Served) -> dict[str, str]:
         tags["Age"] = str(int(served.age_s))
     if served.tenant is not None:
         tags["X-Router-Tenant"] = served.tenant
+    if served.priority is not None:
+        tags["X-Router-Priority"] = str(served.priority)
     tags.update(served.limit_headers)
     return tags
 
@@ -162,10 +164,12 @@ def served_parameters(served: Served) -> dict[str, str]:
     params = {
         "router_route": served.route.name,
         "router_model": served.model.name,
-        "router_version": served.result.model_version or served.model.version or "",
+        "router_version": served.version,
     }
     if served.fallback:
         params["router_fallback"] = ", ".join(f"{m}:{why}" for m, why in served.fallback)
     if served.cache is not None:
         params["router_cache"] = served.cache
+    if served.priority is not None:
+        params["router_priority"] = str(served.priority)
     return params

@@ -284,7 +284,10 @@ def decode_response(body: bytes, header_length: int | None, output: str) -> tupl
             raise ValueError(f"{output} has no valid shape")
         if size is None:
             try:
-                array = np.asarray(_flat(spec.get("data", []), output), dtype=np.uint8)
+                values = _flat(spec.get("data", []), output)
+                if not all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 255 for v in values):
+                    raise TypeError("a value is not a byte (0-255)")
+                array = np.asarray(values, dtype=np.uint8)
             except (InvalidRequest, TypeError, OverflowError) as exc:  # not the client's fault here
                 raise ValueError(f"{output}: data is not a list of bytes: {exc}") from None
         else:

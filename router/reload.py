@@ -1,21 +1,25 @@
 """Replacing the routing table from ``routes.yaml`` without a restart.
 
 Three triggers share one code path (:meth:`RoutesReloader.reload`): file watching,
-``SIGHUP`` and ``POST /admin/reload``. The file is read and validated completely
-first; only a valid table is swapped in. An invalid one is recorded (with every
-issue) for ``GET /admin/config`` while the previous table keeps serving.
+``SIGHUP`` and ``POST /admin/reload``. Every source is read first — routes.yaml, the
+tenants file, each tenant's ``key_files`` (:func:`router.config.sources.read_sources`)
+— and "changed" is decided from one digest over all of them: a rotated key is a
+change though routes.yaml is not, and reading the same files again is none. A changed
+set is validated completely; only a valid table is swapped in. An invalid one is
+recorded (with every issue) for ``GET /admin/config`` while the previous table keeps
+serving. Only a swap counts as a success.
 
-Watching covers the Kubernetes ConfigMap case: the kubelet never writes the file in
-place, it points the ``..data`` symlink at a new directory. We watch the *directory*
-that holds the file and compare content digests, so a symlink swap, an editor's
+Watching covers the Kubernetes ConfigMap and Secret case: the kubelet never writes a
+file in place, it points the ``..data`` symlink at a new directory. We watch the
+*directory* of every source and compare digests, so a symlink swap, an editor's
 rename-into-place and an in-place write are all seen, and events that change nothing
-do not reload.
+do not reload. When a reload brings a source in another directory, the watch moves.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
+import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -25,9 +29,10 @@ from typing import Any
 
 import watchfiles
 
-from router.config import compile_text
+from router.config.compile import compile_sources
+from router.config.sources import read_sources
 from router.config.table import RoutingTable
-from router.errors import CacheStoreError, ConfigError, ConfigIssue
+from router.errors import CacheStoreError, ConfigError, ConfigIssue, StateStoreError
 
 __all__ = ["ReloadResult", "RoutesReloader"]
 
@@ -67,25 +72,27 @@ class RoutesReloader:
         self.loaded_at = wall_clock()
         self.last: ReloadResult = ReloadResult(True, self.loaded_at, active.digest)
         self.counts = {"success": 0, "failure": 0}
+        self._seen: tuple[str, ...] = ()
         self._lock = asyncio.Lock()
 
     def reload(self) -> ReloadResult:
         """Read, validate and (if valid and different) swap in the file's table."""
         now = self._clock()
         try:
-            text = self.path.read_text(encoding="utf-8")
+            sources = read_sources(self.path)
         except OSError as exc:
             issue = ConfigIssue(str(self.path), 1, 1, "", f"cannot read: {exc.strerror or exc}")
             self.last = ReloadResult(False, now, None, issues=[issue])
             self.counts["failure"] += 1
             log.error("routes reload failed: %s", issue)
             return self.last
-        digest = hashlib.sha256(text.encode()).hexdigest()[:16]
+        self._seen = sources.paths  # watched from now on, even if this reload fails
+        digest = sources.digest
         if digest == self.active.digest:
             self.last = ReloadResult(True, now, digest, changed=False)
             return self.last
         try:
-            table = compile_text(text, file=str(self.path))
+            table = compile_sources(sources)
         except ConfigError as exc:
             self.last = ReloadResult(False, now, digest, issues=exc.issues)
             self.counts["failure"] += 1
@@ -93,8 +100,9 @@ class RoutesReloader:
             return self.last
         try:
             self._apply(table)
-        except CacheStoreError as exc:  # e.g. a cache directory that cannot be written
-            issue = ConfigIssue(str(self.path), 1, 1, "cache.store", exc.message)
+        except (CacheStoreError, StateStoreError) as exc:  # an unwritable cache, a Redis that may evict state
+            where = "state.store" if isinstance(exc, StateStoreError) else "cache.store"
+            issue = ConfigIssue(str(self.path), 1, 1, where, exc.message)
             self.last = ReloadResult(False, now, digest, issues=[issue])
             self.counts["failure"] += 1
             log.error("routes reload rejected, keeping %s: %s", self.active.digest, issue)
@@ -112,25 +120,36 @@ class RoutesReloader:
             "last_reload": self.last.to_dict(),
         }
 
+    def watched(self) -> tuple[Path, ...]:
+        """The directories of routes.yaml and of every file the active table read or the
+        last reload tried to (a key file whose Secret is not mounted yet is seen when
+        it is)."""
+        paths = [self.path, *(Path(p) for p in (*self.active.sources, *self._seen))]
+        return tuple(sorted({p.absolute().parent for p in paths if p.absolute().parent.is_dir()}))
+
     async def watch(self, stop: asyncio.Event) -> None:
-        """Reload on every change in the file's directory until ``stop`` is set."""
-        directory = self.path.absolute().parent
-        name = self.path.name
+        """Reload on every change in a source's directory until ``stop`` is set; when a
+        reload changes the set of directories, watch the new set."""
 
         def relevant(change: watchfiles.Change, path: str) -> bool:
-            # The file itself, a file it reads (a tenants file beside it), or the
-            # kubelet's ``..data`` / ``..<timestamp>`` entries.
+            # a source itself, or the kubelet's ``..data`` / ``..<timestamp>`` entries
             base = Path(path).name
-            read_too = {Path(source).name for source in self.active.sources}
-            return base == name or base in read_too or base.startswith("..")
+            names = {self.path.name, *(Path(source).name for source in (*self.active.sources, *self._seen))}
+            return base in names or base.startswith("..")
 
-        async for _changes in watchfiles.awatch(
-            directory,
-            stop_event=stop,
-            watch_filter=relevant,
-            debounce=200,
-            step=50,
-            recursive=False,  # the ConfigMap swap renames ..data in this directory itself
-            rust_timeout=1000,
-        ):
-            self.reload()
+        while not stop.is_set():
+            directories = self.watched()
+            changes = watchfiles.awatch(
+                *directories,
+                stop_event=stop,
+                watch_filter=relevant,
+                debounce=200,
+                step=50,
+                recursive=False,  # a ConfigMap or Secret swap renames ..data in the directory itself
+                rust_timeout=1000,
+            )
+            async with contextlib.aclosing(changes):
+                async for _changes in changes:
+                    self.reload()
+                    if self.watched() != directories:
+                        break  # a source moved to another directory: watch anew

@@ -12,7 +12,8 @@ against real HTTP:
 - ``garbage``: answer 200 with ``b64_json`` that is not an image
 
 ``GET /last`` returns the last answer's body verbatim, so a test can check that the
-gateway passed the images through byte for byte.
+gateway passed the images through byte for byte; ``GET /last-request`` the last request
+body it was sent (which fields the gateway passed on).
 
     python tests/hosted_upstream.py --port 0 [--format png] [--key sk-test]
 
@@ -36,6 +37,7 @@ from PIL import Image
 FORMAT = "png"
 KEY = "sk-test"
 LAST = b"{}"
+LAST_REQUEST = b"{}"
 
 
 @lru_cache(maxsize=256)
@@ -61,12 +63,15 @@ class Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         if self.path == "/last":
             self._answer(200, LAST)
+        elif self.path == "/last-request":
+            self._answer(200, LAST_REQUEST)
         else:
             self._answer(404, b'{"error": {"message": "not found"}}')
 
     def do_POST(self) -> None:
-        global LAST
-        request = json.loads(self.rfile.read(int(self.headers.get("content-length", "0"))))
+        global LAST, LAST_REQUEST
+        LAST_REQUEST = self.rfile.read(int(self.headers.get("content-length", "0")))
+        request = json.loads(LAST_REQUEST)
         if self.path != "/v1/images/generations":
             self._answer(404, b'{"error": {"message": "not found"}}')
             return

@@ -73,6 +73,7 @@ class GatewayProcess:
         self.grpc_target = f"127.0.0.1:{self.grpc_port}"
         self.log = log
         env = {**os.environ, "TRITON_URL": triton_url, "ROUTER_ADMIN_TOKEN": ADMIN_TOKEN, **(env or {})}
+        env.setdefault("ROUTER_STATE_DIR", str(log.parent / "state"))  # the test's own state, never the cwd's
         if triton_grpc is not None:  # for routes that say protocol: grpc (the shipped file)
             env["TRITON_GRPC_URL"] = triton_grpc
         cmd = [sys.executable, "-m", "router.cli", "serve", "--routes", str(routes), "--port", str(self.port)]
@@ -121,7 +122,7 @@ def scrape(gw: GatewayProcess) -> dict[tuple[str, tuple[tuple[str, str], ...]], 
     """A gateway's /metrics as {(sample name, sorted labels): value}."""
     from prometheus_client.parser import text_string_to_metric_families
 
-    text = httpx.get(gw.url + "/metrics", timeout=10).text
+    text = httpx.get(gw.url + "/metrics", headers=gw.admin, timeout=10).text  # keys mode: admin only
     return {
         (sample.name, tuple(sorted(sample.labels.items()))): sample.value
         for family in text_string_to_metric_families(text)
@@ -142,10 +143,13 @@ def running_gateway(triton_url: str, directory: Path, routes_text: str) -> Itera
 
 
 class RedisProcess:
-    """A real ``redis-server`` (Debian's package) on an ephemeral port, no persistence."""
+    """A real ``redis-server`` (Debian's package) on an ephemeral port, no persistence;
+    run as a cache (``allkeys-lru``) unless ``policy`` says otherwise (a state store
+    needs ``noeviction``)."""
 
-    def __init__(self, directory: Path, port: int | None = None) -> None:
+    def __init__(self, directory: Path, port: int | None = None, policy: str = "allkeys-lru") -> None:
         self.directory = directory
+        self.policy = policy
         self.port = port or free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self.log = directory / f"redis-{self.port}.log"
@@ -154,7 +158,7 @@ class RedisProcess:
     def start(self) -> RedisProcess:
         binary = shutil.which("redis-server") or "/usr/bin/redis-server"
         cmd = [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-               "--dir", str(self.directory), "--maxmemory", "256mb", "--maxmemory-policy", "allkeys-lru",
+               "--dir", str(self.directory), "--maxmemory", "256mb", "--maxmemory-policy", self.policy,
                "--logfile", str(self.log)]  # fmt: skip
         self.process = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 10
@@ -197,6 +201,10 @@ class HostedUpstream:
     def last(self) -> dict[str, object]:
         answer: dict[str, object] = httpx.get(f"http://127.0.0.1:{self.port}/last").json()
         return answer
+
+    def last_request(self) -> dict[str, object]:
+        sent: dict[str, object] = httpx.get(f"http://127.0.0.1:{self.port}/last-request").json()
+        return sent
 
     def stop(self) -> None:
         if self.process.poll() is None:

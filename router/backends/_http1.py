@@ -23,7 +23,7 @@ from urllib.parse import urlsplit
 
 import httptools
 
-__all__ = ["Http1Pool", "Http1Response", "StaleConnection"]
+__all__ = ["AnswerTooLarge", "Http1Pool", "Http1Response", "StaleConnection"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,8 +37,15 @@ class StaleConnection(ConnectionError):
     """Closed by the server before any byte of an answer: safe to send again."""
 
 
+class AnswerTooLarge(Exception):
+    """The answer's body passed the pool's ``max_body_bytes``: the connection is closed
+    at once, before the rest is read (an upstream cannot make the gateway buffer more)."""
+
+
 class _Connection(asyncio.Protocol):
-    def __init__(self) -> None:
+    def __init__(self, max_body_bytes: int | None = None) -> None:
+        self.max_body_bytes = max_body_bytes
+        self._size = 0
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpResponseParser(self)
         self.waiter: asyncio.Future[Http1Response] | None = None
@@ -73,6 +80,11 @@ class _Connection(asyncio.Protocol):
         self._headers[name.decode("latin-1").lower()] = value.decode("latin-1")
 
     def on_body(self, body: bytes) -> None:
+        self._size += len(body)
+        if self.max_body_bytes is not None and self._size > self.max_body_bytes:
+            self._fail(AnswerTooLarge(f"answer body over {self.max_body_bytes} bytes"))
+            self.abort()
+            return
         self._body.append(body)
 
     def on_message_complete(self) -> None:
@@ -95,7 +107,7 @@ class _Connection(asyncio.Protocol):
     async def roundtrip(self, data: bytes) -> Http1Response:
         assert self.transport is not None
         self.used = True
-        self._headers, self._body, self._started = {}, [], False
+        self._headers, self._body, self._started, self._size = {}, [], False, 0
         self.waiter = asyncio.get_running_loop().create_future()
         self.transport.write(data)
         return await self.waiter
@@ -111,8 +123,10 @@ class Http1Pool:
         max_connections: int = 256,
         tls: bool = False,
         connect_timeout_s: float | None = None,
+        max_body_bytes: int | None = None,
     ) -> None:
         self.host, self.port = host, port
+        self.max_body_bytes = max_body_bytes
         self._authority = f"{host}:{port}"
         self._ssl = ssl_module.create_default_context() if tls else None
         self._idle: list[_Connection] = []
@@ -120,17 +134,25 @@ class Http1Pool:
         self._connect_timeout_s = connect_timeout_s
 
     @classmethod
-    def for_url(cls, url: str, max_connections: int = 256, connect_timeout_s: float | None = None) -> Http1Pool:
+    def for_url(
+        cls,
+        url: str,
+        max_connections: int = 256,
+        connect_timeout_s: float | None = None,
+        max_body_bytes: int | None = None,
+    ) -> Http1Pool:
         """A pool for the host of ``http(s)://host[:port]/...`` (the path is the caller's)."""
         parsed = urlsplit(url)
         tls = parsed.scheme == "https"
         port = parsed.port or (443 if tls else 80)
-        return cls(parsed.hostname or "127.0.0.1", port, max_connections, tls, connect_timeout_s)
+        return cls(parsed.hostname or "127.0.0.1", port, max_connections, tls, connect_timeout_s, max_body_bytes)
 
     async def _connect(self) -> _Connection:
         loop = asyncio.get_running_loop()
         async with asyncio.timeout(self._connect_timeout_s):
-            _, conn = await loop.create_connection(_Connection, self.host, self.port, ssl=self._ssl)
+            _, conn = await loop.create_connection(
+                lambda: _Connection(self.max_body_bytes), self.host, self.port, ssl=self._ssl
+            )
         return conn
 
     def _take_idle(self) -> _Connection | None:

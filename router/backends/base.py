@@ -40,6 +40,9 @@ class ImageRequest:
     init_image: NDArray[Any] | None = field(default=None, compare=False)  # uint8[h, w, 3]
     mask: NDArray[Any] | None = field(default=None, compare=False)  # uint8[h, w], non-zero = repaint
     strength: float | None = None
+    # the client gave ``seeds`` (not drawn by the gateway): a tier that cannot honour
+    # them refuses the request by name rather than drop them (router/backends/openai.py)
+    seeded: bool = field(default=False, compare=False)
 
 
 def consecutive_seeds(base: int, n: int) -> tuple[int, ...]:

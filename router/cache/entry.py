@@ -4,6 +4,11 @@ Raw ``uint8`` pixels, not PNG: a hit over KServe returns the tensor without deco
 anything, and the encoded variants an API asks for (PNG, WebP, AVIF, JPEG) are made
 off the event loop and cached under their own keys. Anything that does not parse is a
 :class:`CorruptEntry` — the caller counts it, deletes it and treats it as a miss.
+
+A result carries the digest of the key it was written under (``key``,
+:func:`router.cache.keys.key_digest`), so one read back under another key — copied or
+swapped in a shared store — is told apart from the real thing (see
+:meth:`router.cache.ResultCache.lookup`).
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ class Entry:
     seeds: tuple[int, ...]
     created: float  # wall-clock seconds
     meta: dict[str, Any] = field(default_factory=dict)
+    key: str = ""  # key_digest() of the store key it was written under ("" for an image record)
 
     @property
     def tag(self) -> str:
@@ -51,6 +57,7 @@ class Entry:
                 "created": self.created,
                 "shape": list(pixels.shape),
                 "meta": self.meta,
+                "key": self.key,
             }
         )
         return _MAGIC + struct.pack("<I", len(head)) + head + pixels.tobytes()
@@ -74,6 +81,7 @@ class Entry:
                 tuple(int(s) for s in head["seeds"]),
                 float(head["created"]),
                 dict(head.get("meta") or {}),
+                str(head.get("key") or ""),
             )
         except CorruptEntry:
             raise

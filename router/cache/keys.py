@@ -8,9 +8,14 @@ by construction, and the same image asked for as PNG over OpenAI and as a tensor
 KServe is one entry. The route is part of the key because an entry lives by its
 route's rules (ttl, purge by route).
 
-Keys are readable up to the hashes, ``r:{route}|{model}|{remote}@{version}|{prompt}|{params}``,
+Keys are readable up to the hashes, ``c:r:{route}|{model}|{remote}@{version}|{prompt}|{params}``,
 so a purge by route, model or prompt is a pattern over keys, with no index to keep
 in step (route and model names cannot hold ``|`` or glob characters).
+
+Every key the cache writes starts with :data:`NAMESPACE` (``c:``): results ``c:r:``,
+images by URL ``c:i:``, their encoded variants ``c:v:``, generation leases ``c:l:``.
+A purge scans only that prefix, so whatever else shares the store (rollout state
+``ro:``, tenant counters ``t:``) is out of its reach by construction, not by care.
 """
 
 from __future__ import annotations
@@ -23,7 +28,20 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-__all__ = ["CacheKey", "derive_seeds", "image_id", "prompt_hash"]
+__all__ = [
+    "NAMESPACE",
+    "CacheKey",
+    "derive_seeds",
+    "image_id",
+    "image_key",
+    "key_digest",
+    "lease_key",
+    "prompt_hash",
+    "variant_key",
+    "variants_of",
+]
+
+NAMESPACE = "c:"  # every cache key, and nothing else, starts with this
 
 
 def _digest(data: bytes, size: int = 16) -> str:
@@ -50,6 +68,7 @@ class CacheKey:
     version: str
     prompt: str  # prompt_hash()
     params: str
+    scope: str = ""  # whose entries: "" shared, else e.g. a tenant's (never read by another scope)
 
     @classmethod
     def of(
@@ -69,7 +88,44 @@ class CacheKey:
         return cls(route, model, remote, version or "", prompt_hash(prompts), params)
 
     def __str__(self) -> str:
-        return f"r:{self.route}|{self.model}|{self.remote}@{self.version}|{self.prompt}|{self.params}"
+        key = f"{NAMESPACE}r:{self.route}|{self.model}|{self.remote}@{self.version}|{self.prompt}|{self.params}"
+        # a scope goes last: a purge's pattern (``|*`` after the prompt) still finds its entries
+        return f"{key}|{self.scope}" if self.scope else key
+
+    @staticmethod
+    def pattern(route: str | None, model: str | None, version: str | None, prompt: str | None) -> str:
+        """The glob over result keys matching every given condition (``None``: any)."""
+        return "{}r:{}|{}|*@{}|{}|*".format(
+            NAMESPACE,
+            route or "*",
+            model or "*",
+            version if version is not None else "*",
+            prompt_hash((prompt,)) if prompt else "*",
+        )
+
+
+def key_digest(key: str) -> str:
+    """What a stored result carries of the key it was written under: read back under
+    another key (copied, swapped, forged without care), it does not match."""
+    return _digest(key.encode("utf-8", "surrogatepass"), 16)
+
+
+def image_key(image: str) -> str:
+    """The store key of one image served by URL (``image``: its :func:`image_id`)."""
+    return f"{NAMESPACE}i:{image}"
+
+
+def variant_key(image: str, fmt: str, quality: int) -> str:
+    return f"{NAMESPACE}v:{image}.{fmt}.{quality}"
+
+
+def variants_of(image: str) -> str:
+    """The glob over every encoded variant of one image."""
+    return f"{NAMESPACE}v:{image}.*"
+
+
+def lease_key(key: CacheKey) -> str:
+    return f"{NAMESPACE}l:{str(key).removeprefix(NAMESPACE)}"
 
 
 def derive_seeds(prompts: tuple[str, ...], steps: int | None, width: int | None, height: int | None) -> tuple[int, ...]:

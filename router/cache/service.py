@@ -2,10 +2,15 @@
 answers in the background, keep image records for URLs and their encoded variants,
 purge.
 
-Store keys (see :mod:`router.cache.keys`): ``r:…`` results, ``i:{id}`` one image for
-its URL (any replica serves it), ``v:{id}.{format}.{quality}`` an encoded variant,
-``l:…`` a short generation lease (one replica generates, the others wait for its
-entry).
+Store keys (see :mod:`router.cache.keys`), all under the cache's own ``c:`` prefix:
+``c:r:…`` results, ``c:i:{id}`` one image for its URL (any replica serves it),
+``c:v:{id}.{format}.{quality}`` an encoded variant, ``c:l:…`` a short generation lease
+(one replica generates, the others wait for its entry). A purge scans ``c:`` only.
+
+What comes back from a shared store is checked before it is served: a result must
+carry its key's digest, an image must hash to its id. Anything else — unreadable,
+moved from another key, altered — is a miss, deleted and counted (``corrupt`` for
+what does not parse, ``unverified`` for what parses but is not what was asked for).
 """
 
 from __future__ import annotations
@@ -14,12 +19,21 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from router.cache.entry import CorruptEntry, Entry
 from router.cache.hot import HotEntries
-from router.cache.keys import CacheKey, prompt_hash
+from router.cache.keys import (
+    NAMESPACE,
+    CacheKey,
+    image_id,
+    image_key,
+    key_digest,
+    lease_key,
+    variant_key,
+    variants_of,
+)
 from router.cache.store import GuardedStore
 from router.config.table import CacheConfig
 
@@ -47,6 +61,7 @@ class CacheStats:
     dropped_writes: int = 0
     too_large: int = 0
     corrupt: int = 0
+    unverified: int = 0
     lease_waits: int = 0
 
     def count(self, route: str, model: str, result: str) -> None:
@@ -87,23 +102,40 @@ class ResultCache:
         if timeout <= 0:
             return found
         values = await self.store.get_many([str(keys[n]) for n in names], timeout)
-        corrupt: list[str] = []
+        bad: list[str] = []
         for name, value in zip(names, values, strict=True):
             if value is None:
                 continue
-            try:
-                found[name] = entry = Entry.from_bytes(value)
-                self.hot.put(str(keys[name]), entry, self.config.ttl_s)
-            except CorruptEntry as exc:
-                self.stats.corrupt += 1
-                log.warning("corrupt cache entry %s removed: %s", keys[name], exc)
-                corrupt.append(str(keys[name]))
-        if corrupt:
-            self._background(self.store.delete(corrupt))
+            stored = str(keys[name])
+            digest = key_digest(stored)
+            entry = self._verified(stored, value, lambda e: e.key == digest)  # noqa: B023 - called at once
+            if entry is None:
+                bad.append(stored)
+            else:
+                found[name] = entry
+                self.hot.put(stored, entry, self.config.ttl_s)
+        if bad:
+            self._background(self.store.delete(bad))
         return found
+
+    def _verified(self, key: str, value: bytes, check: Callable[[Entry], bool]) -> Entry | None:
+        """``value`` as an entry if it parses and passes ``check``; else ``None``, counted
+        and logged (the caller deletes it): never served."""
+        try:
+            entry = Entry.from_bytes(value)
+        except CorruptEntry as exc:
+            self.stats.corrupt += 1
+            log.warning("corrupt cache entry %s removed: %s", key, exc)
+            return None
+        if not check(entry):
+            self.stats.unverified += 1
+            log.warning("cache entry %s is not what was stored under that key: removed, not served", key)
+            return None
+        return entry
 
     def save(self, key: CacheKey, entry: Entry, ttl_s: float) -> asyncio.Task[None] | None:
         """Store ``entry`` after the answer has gone (never delays it); the write's task."""
+        entry = replace(entry, key=key_digest(str(key)))
         data = entry.to_bytes()
         if len(data) > self.config.max_entry_bytes:
             self.stats.too_large += 1
@@ -148,40 +180,60 @@ class ResultCache:
     # -- leases: one replica generates a key -------------------------------------------
 
     async def lease(self, key: CacheKey, owner: str, ttl_s: float, bound_s: float | None = None) -> bool | None:
-        return await self.store.lease(f"l:{key}", owner, ttl_s, bound_s)
+        return await self.store.lease(lease_key(key), owner, ttl_s, bound_s)
 
     async def release(self, key: CacheKey, owner: str) -> None:
-        await self.store.release(f"l:{key}", owner)
+        await self.store.release(lease_key(key), owner)
 
     async def leased(self, key: CacheKey) -> bool:
         """Whether someone holds ``key``'s lease; a store that cannot tell says yes
         (the caller keeps waiting for the holder rather than generating twice)."""
-        values = await self.store.try_get_many([f"l:{key}"], self.store.wait_bound_s, circuit=False)
+        values = await self.store.try_get_many([lease_key(key)], self.store.wait_bound_s, circuit=False)
         return values is None or values[0] is not None
 
     # -- images by URL -----------------------------------------------------------------
 
-    def save_image(self, image_id: str, entry: Entry, ttl_s: float) -> None:
-        self._write(f"i:{image_id}", entry.to_bytes(), ttl_s)
+    async def save_image(self, name: str, entry: Entry, ttl_s: float) -> bool:
+        """Store one image (``entry.images[0]``) for its URL, ``name`` being its
+        :func:`image_id`; whether the store took it (the caller answers inline if not)."""
+        return await self.store.set(image_key(name), entry.to_bytes(), ttl_s)
 
-    async def image(self, image_id: str) -> Entry | None:
-        (value,) = await self.store.get_many([f"i:{image_id}"], max(self.store.timeout_s, 0.5))
+    async def image(self, name: str) -> Entry | None:
+        """The image behind a URL id, only if its pixels still hash to that id (hashed
+        off the event loop: an image may be megabytes). One that does not is removed
+        with its encoded variants, and counted."""
+        key = image_key(name)
+        (value,) = await self.store.get_many([key], max(self.store.timeout_s, 0.5))
         if value is None:
             return None
-        try:
-            return Entry.from_bytes(value)
-        except CorruptEntry:
-            self.stats.corrupt += 1
-            self._background(self.store.delete([f"i:{image_id}"]))
-            return None
+        entry = self._verified(key, value, lambda e: len(e.images) == 1)
+        if entry is not None:
+            loop = asyncio.get_running_loop()
+            if await loop.run_in_executor(None, image_id, entry.images[0]) != name:
+                self.stats.unverified += 1
+                log.warning("image %s does not hash to its id: removed, not served", name)
+                entry = None
+        if entry is None:
+            await self.store.delete([key])  # before answering: a retry must not find it
+            self._background(self._drop_variants(name))
+        return entry
 
-    async def variant(self, image_id: str, fmt: str, quality: int) -> bytes | None:
-        (value,) = await self.store.get_many([f"v:{image_id}.{fmt}.{quality}"], max(self.store.timeout_s, 0.5))
+    async def _drop_variants(self, name: str) -> None:
+        """Tidy up a removed image's encodings (unreachable already: a variant is served
+        only after its image record passes)."""
+        try:
+            doomed = await asyncio.wait_for(self.store.store.keys(variants_of(name)), 2.0)
+        except Exception:  # noqa: BLE001 - a store fault leaves them to expire
+            return
+        await self.store.delete(doomed)
+
+    async def variant(self, name: str, fmt: str, quality: int) -> bytes | None:
+        (value,) = await self.store.get_many([variant_key(name, fmt, quality)], max(self.store.timeout_s, 0.5))
         return value
 
-    def save_variant(self, image_id: str, fmt: str, quality: int, data: bytes, ttl_s: float) -> None:
+    def save_variant(self, name: str, fmt: str, quality: int, data: bytes, ttl_s: float) -> None:
         if len(data) <= self.config.max_entry_bytes:
-            self._write(f"v:{image_id}.{fmt}.{quality}", data, ttl_s)
+            self._write(variant_key(name, fmt, quality), data, ttl_s)
 
     # -- purge ---------------------------------------------------------------------------
 
@@ -199,15 +251,13 @@ class ResultCache:
         self.hot.clear()
         store = self.store.store
         everything = model is None and route is None and prompt is None
-        pattern = "r:{}|{}|*@{}|{}|*".format(
-            route or "*",
-            model or "*",
-            version if version is not None else "*",
-            prompt_hash((prompt,)) if prompt else "*",
-        )
-        doomed = await store.keys("*" if everything else pattern)
+        # only ever a pattern under the cache's own prefix: nothing else in the store
+        # (rollouts, tenant counters) can match
+        pattern = f"{NAMESPACE}*" if everything else CacheKey.pattern(route, model, version, prompt)
+        assert pattern.startswith(NAMESPACE)
+        doomed = await store.keys(pattern)
         if not everything and model is not None and route is None and prompt is None:
-            for key in await store.keys("i:*"):
+            for key in await store.keys(image_key("*")):
                 (value,) = await store.get_many([key])
                 try:
                     entry = Entry.from_bytes(value) if value is not None else None
@@ -215,7 +265,7 @@ class ResultCache:
                     entry = None
                 if entry is None or (entry.model == model and (version is None or entry.version == version)):
                     doomed.append(key)
-                    doomed += await store.keys(f"v:{key[2:]}.*")
+                    doomed += await store.keys(variants_of(key.removeprefix(image_key(""))))
         for start in range(0, len(doomed), 500):
             await store.delete(doomed[start : start + 500])
         return len(doomed)
@@ -230,6 +280,7 @@ class ResultCache:
             "dropped_writes": self.stats.dropped_writes,
             "too_large": self.stats.too_large,
             "corrupt": self.stats.corrupt,
+            "unverified": self.stats.unverified,
             "lease_waits": self.stats.lease_waits,
             "evictions": getattr(self.store.store, "evictions", 0),  # the disk store's; Redis keeps its own
         }

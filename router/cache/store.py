@@ -10,6 +10,9 @@ bound, survives restarts, safe across processes). Its calls are synchronous, so 
 run on a small thread pool of their own, never on the event loop. The Redis store
 uses ``redis.asyncio``; entries expire by ttl and the server's own ``maxmemory`` policy
 evicts (``allkeys-lru`` is the setting to use; the docs say so).
+
+Only the cache lives here: what must not be evicted (rollouts, tenants' limits) has a
+store of its own, :mod:`router.state`, which also holds the guard both share.
 """
 
 from __future__ import annotations
@@ -27,9 +30,9 @@ from typing import Any, Protocol, TypeVar
 import diskcache
 import redis.asyncio as aioredis
 
-from router.config.table import CacheConfig, CircuitPolicy
+from router.config.table import CacheConfig
 from router.errors import CacheStoreError
-from router.policy.circuit import CircuitBreaker
+from router.state.guard import Bounded
 
 __all__ = ["DiskStore", "GuardedStore", "RedisStore", "Store", "open_store"]
 
@@ -57,16 +60,6 @@ class Store(Protocol):
         ...
 
     async def release(self, key: str, owner: str) -> None: ...
-
-    async def add_counts(self, key: str, counts: dict[str, int], ttl_s: float) -> None:
-        """Add ``counts`` to the integer fields of ``key`` (atomic across replicas)."""
-        ...
-
-    async def counts(self, key: str) -> dict[str, int]: ...
-
-    async def swap(self, key: str, expected: bytes | None, value: bytes, ttl_s: float) -> bool:
-        """Set ``key`` to ``value`` only if it still holds ``expected`` (``None``: absent)."""
-        ...
 
     async def stats(self) -> dict[str, Any]: ...
 
@@ -134,30 +127,6 @@ class DiskStore:
 
         await self._run(drop)
 
-    async def add_counts(self, key: str, counts: dict[str, int], ttl_s: float) -> None:
-        def add() -> None:
-            with self._cache.transact():
-                current = self._cache.get(key) or {}
-                for name, n in counts.items():
-                    current[name] = current.get(name, 0) + n
-                self._cache.set(key, current, expire=ttl_s)
-
-        await self._run(add)
-
-    async def counts(self, key: str) -> dict[str, int]:
-        value = await self._run(self._cache.get, key)
-        return dict(value) if isinstance(value, dict) else {}
-
-    async def swap(self, key: str, expected: bytes | None, value: bytes, ttl_s: float) -> bool:
-        def cas() -> bool:
-            with self._cache.transact():
-                if self._cache.get(key) != expected:
-                    return False
-                self._cache.set(key, value, expire=ttl_s)
-                return True
-
-        return await self._run(cas)
-
     async def stats(self) -> dict[str, Any]:
         def read() -> dict[str, Any]:
             return {"entries": len(self._cache), "bytes": self._cache.volume(), "path": str(self.path)}
@@ -173,11 +142,6 @@ _LEASE = """
 if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 1 end
 if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('PEXPIRE', KEYS[1], ARGV[2]) return 1 end
 return 0
-"""
-_SWAP = """
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
-redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
-return 1
 """
 _RELEASE = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end"
 
@@ -219,29 +183,6 @@ class RedisStore:
     async def release(self, key: str, owner: str) -> None:
         await self._redis.eval(_RELEASE, 1, key, owner)
 
-    async def add_counts(self, key: str, counts: dict[str, int], ttl_s: float) -> None:
-        async with self._redis.pipeline(transaction=True) as pipe:
-            for name, n in counts.items():
-                pipe.hincrby(key, name, n)
-            pipe.pexpire(key, max(1, int(ttl_s * 1000)))
-            await pipe.execute()
-
-    async def counts(self, key: str) -> dict[str, int]:
-        values = await self._redis.hgetall(key)
-        return {(k.decode() if isinstance(k, bytes) else str(k)): int(v) for k, v in values.items()}
-
-    async def swap(self, key: str, expected: bytes | None, value: bytes, ttl_s: float) -> bool:
-        ttl = max(1, int(ttl_s * 1000))
-        if expected is None:
-            return bool(await self._redis.set(key, value, nx=True, px=ttl))
-        return bool(await self._redis.eval(_SWAP, 1, key, expected, value, ttl))
-
-    async def limit(self, keys: list[str], args: list[int]) -> list[int]:
-        """One tenant's request rate and daily images, checked and counted atomically for
-        every replica (:data:`_LIMIT`)."""
-        reply = await self._redis.eval(_LIMIT, len(keys), *keys, *args)
-        return [int(v) for v in reply]
-
     async def stats(self) -> dict[str, Any]:
         info = await self._redis.info("memory")
         return {"entries": int(await self._redis.dbsize()), "bytes": int(info.get("used_memory", 0))}
@@ -250,80 +191,18 @@ class RedisStore:
         await self._redis.aclose()
 
 
-# A tenant's limits in one round trip, on Redis's own clock (no skew between replicas):
-# GCRA for the request rate (one timestamp per tenant), a counter per UTC day for
-# images. KEYS: rate key, day key. ARGV: interval ms (0: no rate), tolerance ms, images,
-# images per day (-1: none). Reply: allowed, reason (1 rate, 2 images), ms (rate
-# refused: the stored arrival time ahead of now; else the new one), images used today.
-_LIMIT = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local interval, tolerance = tonumber(ARGV[1]), tonumber(ARGV[2])
-local images, per_day = tonumber(ARGV[3]), tonumber(ARGV[4])
-local new_tat = now
-if interval > 0 then
-  local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
-  if tat < now then tat = now end
-  new_tat = tat + interval
-  if new_tat - now > tolerance then return {0, 1, tat - now, 0} end
-end
-local used = 0
-if per_day >= 0 then
-  used = tonumber(redis.call('GET', KEYS[2]) or '0')
-  if used + images > per_day then return {0, 2, new_tat - now, used} end
-  redis.call('INCRBY', KEYS[2], images)
-  redis.call('EXPIRE', KEYS[2], 172800)
-  used = used + images
-end
-if interval > 0 then redis.call('SET', KEYS[1], new_tat, 'PX', tolerance + interval) end
-return {1, 0, new_tat - now, used}
-"""
 LEASE_BOUND = 4  # a lease may take this many lookup bounds
-_CIRCUIT = CircuitPolicy(consecutive_failures=10, failure_ratio=0.5, min_requests=20, window_s=10.0, cooldown_s=2.0)
 
 
-class GuardedStore:
+class GuardedStore(Bounded):
     """A store whose every call on the request path takes at most ``timeout_s`` and
     never raises: a failure, a timeout or an open circuit reads as a miss (or a write
-    not made), counted in :attr:`counts`."""
+    not made), counted in :attr:`counts` (the bound and circuit: :class:`Bounded`)."""
 
     def __init__(self, store: Store, timeout_s: float, clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__(f"cache store {store.kind}", timeout_s, clock)
         self.store = store
         self.kind = store.kind
-        self.timeout_s = timeout_s
-        self.clock = clock
-        self.breaker = CircuitBreaker(_CIRCUIT)
-        self.counts = {"errors": 0, "timeouts": 0, "skipped": 0}
-        self.latency_s = 0.0  # of the last call, for the status page
-
-    async def _guard(
-        self, call: Callable[[], Any], fallback: T, timeout_s: float | None = None, circuit: bool = True
-    ) -> T:
-        now = self.clock()
-        if circuit and not self.breaker.allow(now):
-            self.counts["skipped"] += 1
-            return fallback
-        try:
-            async with asyncio.timeout(timeout_s or self.timeout_s):
-                result: T = await call()
-        except TimeoutError:
-            self.counts["timeouts"] += 1
-            self.breaker.record(self.clock(), False)
-            return fallback
-        except Exception as exc:  # noqa: BLE001 - a store fault is a miss, never the client's error
-            self.counts["errors"] += 1
-            if self.counts["errors"] == 1 or self.counts["errors"] % 1000 == 0:
-                log.warning("cache store %s failed (%d so far): %s: %s", self.kind, self.counts["errors"],
-                            type(exc).__name__, exc)  # fmt: skip
-            self.breaker.record(self.clock(), False)
-            return fallback
-        self.latency_s = self.clock() - now
-        self.breaker.record(self.clock(), True)
-        return result
-
-    @property
-    def state(self) -> str:
-        return self.breaker.state
 
     @property
     def wait_bound_s(self) -> float:
@@ -359,10 +238,9 @@ class GuardedStore:
 
     async def lease(self, key: str, owner: str, ttl_s: float, bound_s: float | None = None) -> bool | None:
         """``None`` when the store cannot say (then nobody coordinates: generate). On
-        the generation path (and for a rollout's deciding replica), where a burst of
-        identical requests is exactly when the store is busiest: bounded by ``bound_s``
-        (default :attr:`wait_bound_s`),
-        and asked even while the circuit is open (a burst's timed-out lookups open it; a
+        the generation path, where a burst of identical requests is exactly when the
+        store is busiest: bounded by ``bound_s`` (default :attr:`wait_bound_s`), and
+        asked even while the circuit is open (a burst's timed-out lookups open it; a
         second generation costs far more than the bounded wait)."""
         result: bool | None = await self._guard(
             lambda: self.store.lease(key, owner, ttl_s), None, bound_s or self.wait_bound_s, circuit=False
@@ -371,36 +249,6 @@ class GuardedStore:
 
     async def release(self, key: str, owner: str) -> None:
         await self._guard(lambda: self.store.release(key, owner), None, max(self.timeout_s, 1.0))
-
-    # -- the control plane (rollouts; with try_get_many and lease above): off the request
-    # path, so bounded by ``bound_s`` and asked even with the circuit open; ``None`` /
-    # ``False`` when the store did not answer
-
-    async def add_counts(self, key: str, counts: dict[str, int], ttl_s: float, bound_s: float) -> bool:
-        async def add() -> bool:
-            await self.store.add_counts(key, counts, ttl_s)
-            return True
-
-        return await self._guard(add, False, bound_s, circuit=False)
-
-    async def read_counts(self, key: str, bound_s: float) -> dict[str, int] | None:
-        result: dict[str, int] | None = await self._guard(lambda: self.store.counts(key), None, bound_s, circuit=False)
-        return result
-
-    async def swap(self, key: str, expected: bytes | None, value: bytes, ttl_s: float, bound_s: float) -> bool | None:
-        result: bool | None = await self._guard(
-            lambda: self.store.swap(key, expected, value, ttl_s), None, bound_s, circuit=False
-        )
-        return result
-
-    async def limit(self, keys: list[str], args: list[int]) -> list[int] | None:
-        """The shared limits' reply, or ``None`` when only this replica can count (no
-        shared store, or it did not answer in time: the caller counts locally)."""
-        limit = getattr(self.store, "limit", None)
-        if limit is None:
-            return None
-        reply: list[int] | None = await self._guard(lambda: limit(keys, args), None)
-        return reply
 
     async def aclose(self) -> None:
         try:

@@ -15,7 +15,6 @@ import hashlib
 import json
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -27,15 +26,16 @@ from router.config.schema import (
     CacheSpec,
     MatchSpec,
     OpenAIBackendSpec,
-    RoutesFile,
     RouteSpec,
     SplitArmSpec,
-    Strict,
+    StateSpec,
     TenantsSpec,
     TritonBackendSpec,
 )
 from router.config.source import Located, PathKey, read_yaml
+from router.config.sources import Sources, gather, resolve
 from router.config.table import (
+    DEFAULT_STATE_FILE,
     Analysis,
     Arm,
     Backend,
@@ -51,107 +51,16 @@ from router.config.table import (
     RouteLimits,
     RoutingTable,
     Shadow,
+    StateConfig,
     Tenant,
     key_digest,
 )
+from router.config.validate import Validated, schema_issues, validate
 from router.errors import ConfigError, ConfigIssue
 
-__all__ = ["DEFAULT_TRITON_URL", "compile_text"]
+__all__ = ["DEFAULT_TRITON_URL", "compile_sources", "compile_text"]
 
 DEFAULT_TRITON_URL = "http://127.0.0.1:8000"
-
-
-def _data_path(data: Any, loc: tuple[int | str, ...]) -> PathKey:
-    """Map a pydantic ``loc`` onto the data, dropping union/tag components."""
-    out: list[str | int] = []
-    node = data
-    for i, part in enumerate(loc):
-        in_list = isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node)
-        if in_list or (isinstance(node, dict) and part in node):
-            node = node[part]
-            out.append(part)
-        elif i == len(loc) - 1 and isinstance(node, dict):
-            out.append(part)  # a missing key: name it
-    return tuple(out)
-
-
-def _schema_issues(src: Located, exc: ValidationError, prefix: PathKey = ()) -> list[ConfigIssue]:
-    issues = []
-    seen: set[tuple[PathKey, str]] = set()
-    for err in exc.errors(include_url=False):
-        path = _data_path(src.data, prefix + tuple(err["loc"]))
-        message = err["msg"]
-        if err["type"] == "extra_forbidden":
-            message = "unknown key"
-        elif err["type"] == "missing":
-            message = "required"
-        if (path, message) not in seen:
-            seen.add((path, message))
-            issues.append(src.issue(path, message))
-    return issues
-
-
-@dataclass
-class _Validated:
-    """The file validated item by item: the spec made of the valid items, the schema
-    issues, and what was left out — so the next phase (references, regexes) still runs
-    on everything else, and a reference to an item already reported is not reported
-    again as unknown."""
-
-    spec: RoutesFile
-    issues: list[ConfigIssue]
-    route_index: list[int]  # position in the file of each route in spec.routes
-    declared_models: set[str]  # every name under models:, valid or not
-    invalid_models: set[str] = field(default_factory=set)
-    invalid_backends: set[str] = field(default_factory=set)
-    invalid_default: bool = False
-
-
-_SECTIONS = ("backends", "models", "routes", "default_route", "cache")
-
-
-def _validate(src: Located, data: dict[str, Any]) -> _Validated:
-    issues: list[ConfigIssue] = []
-
-    def valid(value: Any, prefix: PathKey = (), model: type[Strict] = RoutesFile) -> bool:
-        try:
-            model.model_validate(value)
-        except ValidationError as exc:
-            issues.extend(_schema_issues(src, exc, prefix))
-            return False
-        return True
-
-    kept: dict[str, Any] = {k: v for k, v in data.items() if k not in _SECTIONS}
-    if not valid(kept):
-        kept = {}  # version / default_budget_ms / unknown keys: reported, defaults used
-    out = _Validated(RoutesFile(), issues, [], set())
-    for section in ("backends", "models"):
-        raw = data.get(section)
-        if raw is None or not isinstance(raw, dict):
-            if raw is not None and valid({section: raw}):
-                kept[section] = raw
-            continue
-        good = {name: item for name, item in raw.items() if valid({section: {name: item}})}
-        bad = {str(name) for name in raw} - set(good)
-        kept[section] = good
-        (out.invalid_backends if section == "backends" else out.invalid_models).update(bad)
-        if section == "models":
-            out.declared_models = {str(name) for name in raw}
-    routes = data.get("routes")
-    if isinstance(routes, list):
-        indices = [i for i, route in enumerate(routes) if valid(route, ("routes", i), RouteSpec)]
-        kept["routes"], out.route_index = [routes[i] for i in indices], indices
-    elif routes is not None:
-        valid({"routes": routes})
-    if "default_route" in data:
-        if valid({"default_route": data["default_route"]}):
-            kept["default_route"] = data["default_route"]
-        else:
-            out.invalid_default = True
-    if "cache" in data and valid({"cache": data["cache"]}):
-        kept["cache"] = data["cache"]
-    out.spec = RoutesFile.model_validate(kept)
-    return out
 
 
 def _as_set(value: str | list[str] | None) -> frozenset[str] | None:
@@ -162,9 +71,15 @@ def _as_set(value: str | list[str] | None) -> frozenset[str] | None:
 
 class _Compiler:
     def __init__(
-        self, src: Located, validated: _Validated, env: Mapping[str, str], tenants_src: Located | None = None
+        self,
+        src: Located,
+        validated: Validated,
+        env: Mapping[str, str],
+        tenants_src: Located | None = None,
+        sources: Sources | None = None,
     ) -> None:
         self.src = src
+        self.sources = sources or Sources(src.file, "")
         self.tenants_src = tenants_src
         self.spec = validated.spec
         self.validated = validated
@@ -198,7 +113,12 @@ class _Compiler:
                 self.compile_triton(name, b)
             elif isinstance(b, OpenAIBackendSpec):
                 self.backends[name] = Backend(
-                    name, "openai", b.base_url.rstrip("/"), b.api_key, b.connect_timeout_ms / 1000
+                    name,
+                    "openai",
+                    b.base_url.rstrip("/"),
+                    b.api_key,
+                    b.connect_timeout_ms / 1000,
+                    accepts=frozenset(b.accepts),
                 )
 
     def compile_triton(self, name: str, b: TritonBackendSpec) -> None:
@@ -398,13 +318,12 @@ class _Compiler:
         if spec.cache is None:
             return None
         store = self.spec.cache or CacheSpec()
-        return RouteCache(spec.cache.ttl_s or store.ttl_s, spec.cache.seedless, spec.cache.upgrade)
+        return RouteCache(spec.cache.ttl_s or store.ttl_s, spec.cache.seedless, spec.cache.upgrade, spec.cache.scope)
 
     def cache_config(self, routes: list[Route]) -> CacheConfig | None:
         """The store, when some route opts in (the embedded default: a disk store)."""
         spec = self.spec.cache
-        # a rollout keeps its state in the same store (a local one without a cache block)
-        if spec is None and not any(r.cache or r.rollout_arm for r in routes):
+        if spec is None and not any(r.cache for r in routes):
             return None
         spec = spec or CacheSpec()
         if spec.max_entry_bytes > spec.max_bytes:
@@ -420,6 +339,19 @@ class _Compiler:
             spec.memory_bytes,
             spec.background_share,
         )
+
+    def state_config(self, routes: list[Route], tenants: tuple[Tenant, ...]) -> StateConfig | None:
+        """The state store: the ``state:`` block, else — when a rollout or a tenant's
+        rate or daily images need one — a SQLite file in ``$ROUTER_STATE_DIR`` (default
+        ``.router-state/``, beside the cache's ``.router-cache/``)."""
+        spec = self.spec.state
+        needed = any(r.rollout_arm for r in routes) or any(t.requests_per_s or t.images_per_day for t in tenants)
+        if spec is None and not needed:
+            return None
+        spec = spec or StateSpec()
+        directory = self.env.get("ROUTER_STATE_DIR")
+        default = f"sqlite://{directory.rstrip('/')}/state.db" if directory else f"sqlite://{DEFAULT_STATE_FILE}"
+        return StateConfig(spec.store or default, spec.timeout_ms / 1000, spec.assume_noeviction)
 
     def compile_routes(self) -> list[Route]:
         routes: list[Route] = []
@@ -474,6 +406,7 @@ class _Compiler:
         cache = self.cache_config([*routes, *([default] if default else [])])
         aliases = self.aliases(routes)
         mode, tenants = self.tenants([*routes, *([default] if default else [])])
+        state = self.state_config([*routes, *([default] if default else [])], tenants)
         if self.issues or default is None:
             return None
         return RoutingTable(
@@ -487,6 +420,7 @@ class _Compiler:
             model_aliases=aliases,
             tenant_mode=mode,
             tenants=tenants,
+            state=state,
         )
 
     def tenants(self, routes: list[Route]) -> tuple[str, tuple[Tenant, ...]]:
@@ -506,10 +440,11 @@ class _Compiler:
                 (("tenants", "tenants", name, "keys", i), key.get_secret_value()) for i, key in enumerate(t.keys)
             ]
             for i, path in enumerate(t.key_files):
-                try:
-                    presented.append((("tenants", "tenants", name, "key_files", i), Path(path).read_text()))
-                except OSError as exc:
-                    self.fail(("tenants", "tenants", name, "key_files", i), f"cannot read {path}: {exc.strerror}")
+                content = self.sources.content(resolve(path, Path(self.src.file).parent))
+                if isinstance(content, str):
+                    self.fail(("tenants", "tenants", name, "key_files", i), content)
+                else:
+                    presented.append((("tenants", "tenants", name, "key_files", i), content.decode("utf-8", "replace")))
             if not presented:
                 self.fail(("tenants", "tenants", name), "give keys or key_files")
             for where, raw in presented:
@@ -553,44 +488,51 @@ class _Compiler:
 
 
 def compile_text(text: str, file: str = "routes.yaml", env: Mapping[str, str] | None = None) -> RoutingTable:
-    """Validate ``text`` completely; raise :class:`ConfigError` listing every issue."""
+    """Validate ``text`` (and read the files it refers to); raise :class:`ConfigError`
+    listing every issue."""
     env = os.environ if env is None else env
+    return compile_sources(gather(text, file, env), env)
+
+
+def compile_sources(sources: Sources, env: Mapping[str, str] | None = None) -> RoutingTable:
+    """Validate and compile what :func:`router.config.sources.gather` read — pure: no
+    file is opened here. The table's digest is the sources' digest (every file)."""
+    env = os.environ if env is None else env
+    text, file = sources.text, sources.file
     src = read_yaml(text, file, env)
     if src.issues and src.data is None:
         raise ConfigError(src.issues)
     if not isinstance(src.data, dict):
         raise ConfigError([src.issue((), "the top level must be a mapping")])
-    tenants_src, tenants_text, tenant_issues = _tenants_file(src, src.data, Path(file).parent, env)
-    validated = _validate(src, src.data)
-    compiler = _Compiler(src, validated, env, tenants_src)
+    tenants_src, tenant_issues = _tenants_file(src, src.data, sources, env)
+    tenant_issues += [src.issue(("secret_dirs", i), message) for i, message in sources.dir_errors]
+    validated = validate(src, src.data)
+    compiler = _Compiler(src, validated, env, tenants_src, sources)
     table = compiler.run()
     issues = src.issues + tenant_issues + validated.issues + compiler.issues
     if issues or table is None:
         raise ConfigError(sorted(issues, key=lambda i: (i.file != file, i.line, i.column)))
-    digest = hashlib.sha256((text + tenants_text).encode()).hexdigest()[:16]
-    sources = (tenants_src.file,) if tenants_src is not None else ()
-    return dataclasses.replace(table, digest=digest, sources=sources)
+    return dataclasses.replace(table, digest=sources.digest, sources=sources.paths)
 
 
 def _tenants_file(
-    src: Located, data: dict[str, Any], base: Path, env: Mapping[str, str]
-) -> tuple[Located | None, str, list[ConfigIssue]]:
+    src: Located, data: dict[str, Any], sources: Sources, env: Mapping[str, str]
+) -> tuple[Located | None, list[ConfigIssue]]:
     """``tenants: {file: tenants.yaml}``: the tenants from a file of their own (beside
     routes.yaml unless absolute; reloaded with it), its issues at its own lines."""
     ref = data.get("tenants")
     if not (isinstance(ref, dict) and set(ref) == {"file"} and isinstance(ref["file"], str)):
-        return None, "", []
-    path = Path(ref["file"]) if Path(ref["file"]).is_absolute() else base / ref["file"]
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
+        return None, []
+    path = resolve(ref["file"], Path(src.file).parent)
+    content = sources.content(path)
+    if isinstance(content, str):
         del data["tenants"]
-        return None, "", [src.issue(("tenants", "file"), f"cannot read {path}: {exc.strerror}")]
-    tenants = read_yaml(text, str(path), env)
+        return None, [src.issue(("tenants", "file"), content)]
+    tenants = read_yaml(content.decode("utf-8", "replace"), str(path), env, src.declared)
     try:
         TenantsSpec.model_validate(tenants.data)
     except ValidationError as exc:
         del data["tenants"]
-        return tenants, text, tenants.issues + _schema_issues(tenants, exc)
+        return tenants, tenants.issues + schema_issues(tenants, exc)
     data["tenants"] = tenants.data
-    return tenants, text, tenants.issues
+    return tenants, tenants.issues

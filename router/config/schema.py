@@ -30,6 +30,7 @@ __all__ = [
     "RoutesFile",
     "ShadowSpec",
     "SplitArmSpec",
+    "StateSpec",
     "Strict",
     "TritonBackendSpec",
 ]
@@ -93,6 +94,9 @@ class OpenAIBackendSpec(Strict):
     base_url: str = Field(pattern=r"^https?://[^/\s]+")
     api_key: SecretStr | None = None
     connect_timeout_ms: int = Field(default=2000, gt=0)
+    # the request fields the upstream API takes beside prompt, n and size; any other
+    # a client sends is refused by name (OpenAI's images API takes neither)
+    accepts: list[Literal["seed", "steps"]] = Field(default_factory=list)
 
 
 def _backend_type(value: Any) -> str:
@@ -210,6 +214,12 @@ class RouteCacheSpec(Strict):
         "fresh: a random seed, no lookup, stored under that seed",
     )
     upgrade: bool = Field(default=False, description="after a downgraded answer, make the intended tier's image")
+    scope: Literal["tenant", "shared"] | None = Field(
+        default=None,
+        description="whose entries a request may read, write and join in flight: tenant (its own only; the "
+        "default with tenants in keys mode, so no tenant learns what another asked, or when) or shared "
+        "(every caller: public assets; the default in open mode)",
+    )
 
 
 class CacheSpec(Strict):
@@ -227,6 +237,20 @@ class CacheSpec(Strict):
     background_share: float = Field(
         default=0.01, gt=0, le=1, description="the most of a busy tier's time upgrades and pre-generation may take"
     )
+
+
+class StateSpec(Strict):
+    """Where state that must last lives (rollouts, tenants' shared limits): never a cache.
+
+    ``sqlite://PATH`` keeps it in one SQLite file (``sqlite:///abs/path.db``, or relative
+    to the working directory), shared by the gateway processes of one machine;
+    ``redis://HOST:PORT/DB`` shares it between machines, and must be a Redis that never
+    evicts (``maxmemory-policy noeviction``: checked at start and at every reload)."""
+
+    store: str | None = Field(default=None, pattern=r"^(sqlite://.+|rediss?://.+)$")
+    timeout_ms: float = Field(default=50, gt=0, le=5000, description="the most a state call may delay a request")
+    # a managed Redis that disables CONFIG: the operator vouches for its eviction policy
+    assume_noeviction: bool = False
 
 
 class RouteSpec(Strict):
@@ -279,7 +303,12 @@ class RoutesFile(Strict):
     default_route: Name | RouteSpec | None = None
     default_budget_ms: float = Field(default=5000.0, gt=0)
     cache: CacheSpec | None = None
+    state: StateSpec | None = None
     # other names for what a client may put in `model` (OpenAI's model names, say):
     # each stands for a logical model, a route, or `auto` (route by the rules)
     aliases: dict[Annotated[str, Field(min_length=1, max_length=128)], Name] = Field(default_factory=dict)
     tenants: TenantsSpec | None = None
+    # the environment variables ${VAR} may read (see router/config/source.py) and the
+    # directories key_files and tenants.file may be read from (default: routes.yaml's own)
+    env: list[Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]] = Field(default_factory=list)
+    secret_dirs: list[Annotated[str, Field(min_length=1)]] = Field(default_factory=list)

@@ -5,6 +5,15 @@ the node graph, build plain data from it while recording the position of every p
 (``("routes", 2, "split", 0, "weight")`` → ``(14, 9)``), expand ``${VAR}`` and
 ``${VAR:-default}`` in scalars, and reject duplicate keys, which PyYAML would
 otherwise resolve silently in favour of the last one.
+
+``${VAR}`` reads only variables the operator declared, because whoever can edit
+routes.yaml could otherwise copy any secret of the process into a field that is shown
+(``public_url`` into image URLs, say). Declared are: :data:`ALWAYS_DECLARED` (the
+gateway's own addresses), the names in the process's ``ROUTER_CONFIG_ENV`` (comma or
+space separated: set in the Deployment, out of a ConfigMap editor's reach) and those
+listed under a top-level ``env:`` in routes.yaml — which, when ``ROUTER_CONFIG_ENV`` is
+set, may only repeat its names. ``ROUTER_ADMIN_TOKEN`` is never expanded. A use of
+anything else is an issue at its line, like every other config error.
 """
 
 from __future__ import annotations
@@ -19,10 +28,13 @@ import yaml
 
 from router.errors import ConfigIssue
 
-__all__ = ["Located", "PathKey", "format_path", "read_yaml"]
+__all__ = ["ALWAYS_DECLARED", "CONFIG_ENV", "NEVER_EXPANDED", "Located", "PathKey", "format_path", "read_yaml"]
 
 PathKey = tuple[str | int, ...]
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+ALWAYS_DECLARED = frozenset({"TRITON_URL", "TRITON_GRPC_URL", "ROUTER_CACHE_STORE", "ROUTER_STATE_STORE"})
+NEVER_EXPANDED = frozenset({"ROUTER_ADMIN_TOKEN"})
+CONFIG_ENV = "ROUTER_CONFIG_ENV"  # the operator's list of variables routes.yaml may read
 
 
 def format_path(path: PathKey) -> str:
@@ -41,6 +53,7 @@ class Located:
     data: Any
     positions: dict[PathKey, tuple[int, int]] = field(default_factory=dict)
     issues: list[ConfigIssue] = field(default_factory=list)
+    declared: frozenset[str] = ALWAYS_DECLARED  # the variables ``${VAR}`` may read
 
     def where(self, path: PathKey) -> tuple[int, int]:
         """Position of ``path``, or of its nearest ancestor that has one."""
@@ -59,6 +72,7 @@ class _Builder:
         self.located = located
         self.env = env
         self.loader = yaml.SafeLoader("")
+        self.declared = located.declared
 
     def build(self, node: yaml.Node, path: PathKey) -> Any:
         mark = node.start_mark
@@ -88,6 +102,11 @@ class _Builder:
     def _expand(self, value: str, path: PathKey) -> str:
         def replace(match: re.Match[str]) -> str:
             name, default = match.group(1), match.group(2)
+            if name in NEVER_EXPANDED or name not in self.declared:
+                why = "is never expanded here" if name in NEVER_EXPANDED else "is not declared"
+                hint = f"routes.yaml reads only the variables in {CONFIG_ENV} or its own top-level env: list"
+                self.located.issues.append(self.located.issue(path, f"environment variable {name} {why} ({hint})"))
+                return ""
             value = self.env.get(name)
             if default is not None:  # as in the shell: ``:-`` also replaces an empty value
                 return value or default
@@ -101,8 +120,44 @@ class _Builder:
         return _ENV.sub(replace, value)
 
 
-def read_yaml(text: str, file: str, env: Mapping[str, str] | None = None) -> Located:
-    """Parse one YAML document; syntax errors become a located issue, not an exception."""
+def _operator_list(env: Mapping[str, str]) -> frozenset[str] | None:
+    raw = env.get(CONFIG_ENV)
+    return None if raw is None else frozenset(re.split(r"[\s,]+", raw.strip())) - {""}
+
+
+def _declarations(node: yaml.Node, located: Located, env: Mapping[str, str]) -> frozenset[str]:
+    """The variables a document may read: see the module's docstring. The ``env:``
+    list is read from the node graph, before anything is expanded."""
+    allowed = _operator_list(env)
+    names = set(ALWAYS_DECLARED | (allowed or frozenset()))
+    if not isinstance(node, yaml.MappingNode):
+        return frozenset(names - NEVER_EXPANDED)
+    for key_node, value_node in node.value:
+        if not (isinstance(key_node, yaml.ScalarNode) and key_node.value == "env"):
+            continue
+        items = value_node.value if isinstance(value_node, yaml.SequenceNode) else []
+        for item in items:
+            if not isinstance(item, yaml.ScalarNode):
+                continue  # the schema reports it
+            where = (item.start_mark.line + 1, item.start_mark.column + 1)
+            if item.value in NEVER_EXPANDED:
+                message = f"{item.value} is never expanded in routes.yaml"
+            elif allowed is not None and item.value not in allowed:
+                message = f"{item.value} is not in {CONFIG_ENV}, the operator's list of variables routes.yaml may read"
+            else:
+                names.add(item.value)
+                continue
+            located.issues.append(ConfigIssue(located.file, *where, "env", message))
+    return frozenset(names - NEVER_EXPANDED)
+
+
+def read_yaml(
+    text: str, file: str, env: Mapping[str, str] | None = None, declared: frozenset[str] | None = None
+) -> Located:
+    """Parse one YAML document; syntax errors become a located issue, not an exception.
+    ``declared``: the variables ``${VAR}`` may read (default: as the document's own
+    ``env:`` list and the operator's ``ROUTER_CONFIG_ENV`` declare them; a file it
+    includes is given the including file's)."""
     located = Located(file=file, data=None)
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
@@ -115,5 +170,7 @@ def read_yaml(text: str, file: str, env: Mapping[str, str] | None = None) -> Loc
     if node is None:
         located.data = {}
         return located
-    located.data = _Builder(located, os.environ if env is None else env).build(node, ())
+    env = os.environ if env is None else env
+    located.declared = _declarations(node, located, env) if declared is None else declared
+    located.data = _Builder(located, env).build(node, ())
     return located

@@ -28,6 +28,7 @@ __all__ = [
     "RouteLimits",
     "RoutingTable",
     "Shadow",
+    "StateConfig",
     "Tenant",
 ]
 
@@ -70,6 +71,7 @@ class Backend:
     health_timeout_s: float = 0.5
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     circuit: CircuitPolicy = field(default_factory=CircuitPolicy)
+    accepts: frozenset[str] = frozenset()  # a hosted API: the optional fields it takes ("seed", "steps")
 
     @property
     def urls(self) -> tuple[str, ...]:
@@ -166,6 +168,7 @@ class RouteCache:
     ttl_s: float
     seedless: str  # "share" | "fresh"
     upgrade: bool = False
+    scope: str | None = None  # "tenant" | "shared" | None: by the tenants' mode (tenant in keys mode)
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,6 +184,21 @@ class CacheConfig:
     image_max_age_s: int = 365 * 24 * 3600
     memory_bytes: int = 64 << 20
     background_share: float = 0.01
+
+
+DEFAULT_STATE_FILE = ".router-state/state.db"  # beside the cache's .router-cache; $ROUTER_STATE_DIR moves it
+
+
+@dataclass(frozen=True, slots=True)
+class StateConfig:
+    """The state store (one per table; a reload that changes it swaps the store).
+
+    ``store`` is ``sqlite://PATH`` or ``redis://...``; ``assume_noeviction`` lets a
+    Redis without ``CONFIG`` (a managed one) be used on the operator's word."""
+
+    store: str = f"sqlite://{DEFAULT_STATE_FILE}"
+    timeout_s: float = 0.05
+    assume_noeviction: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -243,6 +261,7 @@ class RoutingTable:
     digest: str
     source: str
     cache: CacheConfig | None = None  # None: no route opts in, no store is opened
+    state: StateConfig | None = None  # None: no rollout, no shared tenant limit, no state block
     model_aliases: Mapping[str, str] = field(default_factory=dict)  # name -> model, route or "auto"
     tenant_mode: str = "open"  # "open" | "keys"
     tenants: tuple[Tenant, ...] = ()

@@ -4,6 +4,13 @@
 loaded and at least one backend is ready). Admin endpoints need
 ``Authorization: Bearer $ROUTER_ADMIN_TOKEN``; with no token configured they answer
 404 as if they did not exist, so an unconfigured gateway exposes no control surface.
+
+The status page's cookie session is accepted too, but a call that changes something
+(any method but GET and HEAD) from a cookie session must also carry ``X-Router-Admin``:
+a header no form or simple request from another site can set, whatever its content
+type. Wrong tokens (Bearer or the sign-in form) are audited and throttled per client
+address (:class:`SignInThrottle`); the audit's "from" is the connection's address, which
+believes ``X-Forwarded-For`` only from the proxies ``--forwarded-allow-ips`` names.
 """
 
 from __future__ import annotations
@@ -12,6 +19,7 @@ import hashlib
 import hmac
 import logging
 import time
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from typing import Any
 
@@ -21,12 +29,13 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from router.config.table import Route, RoutingTable
-from router.errors import InvalidRequest, NotFound, Unauthorized
+from router.errors import Forbidden, InvalidRequest, NotFound, RateLimited, Unauthorized
 from router.http.common import GenerationFields, gateway_of, parse_json_model, read_body
 from router.policy.match import RequestFacts
 from router.reload import RoutesReloader
 
 __all__ = [
+    "SignInThrottle",
     "admin_cache",
     "admin_cache_purge",
     "admin_config",
@@ -36,9 +45,12 @@ __all__ = [
     "admin_reload",
     "admin_token",
     "check_admin",
+    "check_readout",
+    "check_throttle",
     "describe",
     "healthz",
     "readyz",
+    "sign_in_failed",
 ]
 
 
@@ -68,14 +80,79 @@ def audit(request: Request, action: str, **details: Any) -> None:
     sign-in): when, what, and from where — the admin token is one shared secret, so
     "who" is the client's address and how it signed in."""
     how = "bearer" if request.headers.get("authorization") else "session"
-    client = request.client.host if request.client else ""
-    forwarded = request.headers.get("x-forwarded-for", "")
-    line = {"ts": round(time.time(), 3), "audit": action, "from": forwarded or client, "auth": how, **details}
+    line = {"ts": round(time.time(), 3), "audit": action, "from": _client(request), "auth": how, **details}
     runtime = getattr(request.app.state, "runtime", None)
     if runtime is not None and runtime.access_log is not None:  # beside the access log's lines
         runtime.access_log.record(line)
     else:  # the access log is off: on stderr, where the gateway's own warnings go
         audit_log.warning(orjson.dumps(line).decode())
+
+
+def _client(request: Request) -> str:
+    """The connection's address: uvicorn has already replaced it with the
+    ``X-Forwarded-For`` client when (and only when) the peer is a trusted proxy."""
+    return request.client.host if request.client else ""
+
+
+class SignInThrottle:
+    """Wrong admin tokens per client address: after ``limit`` failures within
+    ``window_s`` an address is refused (429) until the oldest ages out. At most
+    ``max_addresses`` are remembered (the longest quiet forgotten first), so a flood of
+    addresses costs bounded memory. The clock is injected (tests pass a fake)."""
+
+    def __init__(
+        self,
+        limit: int = 5,
+        window_s: float = 60.0,
+        max_addresses: int = 10_000,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.limit = limit
+        self.window_s = window_s
+        self.max_addresses = max_addresses
+        self.clock = clock
+        self._failures: OrderedDict[str, deque[float]] = OrderedDict()
+
+    def retry_after(self, address: str) -> float:
+        """Seconds until ``address`` may try again (0: it may now)."""
+        failures = self._failures.get(address)
+        if failures is None:
+            return 0.0
+        now = self.clock()
+        while failures and failures[0] <= now - self.window_s:
+            failures.popleft()
+        if not failures:
+            del self._failures[address]
+            return 0.0
+        return failures[0] + self.window_s - now if len(failures) >= self.limit else 0.0
+
+    def failed(self, address: str) -> None:
+        failures = self._failures.pop(address, None) or deque(maxlen=self.limit)
+        failures.append(self.clock())
+        self._failures[address] = failures  # most recent last
+        while len(self._failures) > self.max_addresses:
+            self._failures.popitem(last=False)
+
+
+def _throttle(request: Request) -> SignInThrottle | None:
+    throttle: SignInThrottle | None = getattr(request.app.state, "sign_ins", None)
+    return throttle
+
+
+def check_throttle(request: Request) -> None:
+    """Refuse (429) an address with too many wrong tokens lately, before comparing."""
+    throttle = _throttle(request)
+    wait = throttle.retry_after(_client(request)) if throttle is not None else 0.0
+    if False:
+        raise RateLimited("too many wrong admin tokens from this address; try later", retry_after_s=int(wait) + 1)
+
+
+def sign_in_failed(request: Request, how: str) -> None:
+    """A wrong token: audited (never the token itself) and counted against the address."""
+    throttle = _throttle(request)
+    if throttle is not None:
+        throttle.failed(_client(request))
+    audit(request, "sign-in failed", via=how)
 
 
 def admin_token(request: Request) -> str:
@@ -86,14 +163,38 @@ def admin_token(request: Request) -> str:
     return token
 
 
+def check_readout(request: Request, admin_only: bool) -> None:
+    """In ``tenants: {mode: keys}``, what the gateway knows about its traffic is not for
+    anyone who can reach it (issue 30, item 8): read-outs need the admin token, or —
+    unless ``admin_only`` — any valid tenant key. In open mode they stay open, as the
+    rest of the gateway is."""
+    gateway = gateway_of(request)
+    if gateway.table.tenant_mode != "keys":
+        return
+    given = request.headers.get("authorization", "")
+    token: str | None = request.app.state.admin_token
+    if token and given and hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+        return
+    if admin_only:
+        raise Unauthorized("in keys mode this read-out needs Authorization: Bearer <ROUTER_ADMIN_TOKEN>")
+    gateway.authenticate(given or None)  # a 401 unless a tenant's key
+
+
 def check_admin(request: Request) -> None:
-    """``Authorization: Bearer <token>``, or the session cookie the login form sets."""
+    """``Authorization: Bearer <token>``, or the session cookie the login form sets (with
+    ``X-Router-Admin`` on anything but GET and HEAD)."""
     token = admin_token(request)
     given = request.headers.get("authorization", "")
-    if hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
-        return
+    if given:
+        check_throttle(request)
+        if hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+            return
+        sign_in_failed(request, "bearer")
+        raise Unauthorized("admin API needs Authorization: Bearer <ROUTER_ADMIN_TOKEN>")
     cookie = request.cookies.get(SESSION_COOKIE, "")
     if cookie and _valid_session(token, cookie):
+        if request.method not in ("GET", "HEAD") and not request.headers.get("x-router-admin"):
+            raise Forbidden("from a browser session, send the X-Router-Admin header (the status page does)")
         return
     raise Unauthorized("admin API needs Authorization: Bearer <ROUTER_ADMIN_TOKEN>")
 
@@ -103,9 +204,15 @@ async def healthz(request: Request) -> Response:
 
 
 async def readyz(request: Request) -> Response:
+    """Readiness for probes, always open; in keys mode the config digest only with a key."""
     gateway = gateway_of(request)
     ok = await gateway.ready()
-    body = {"status": "ready" if ok else "not_ready", "config_digest": gateway.table.digest}
+    body = {"status": "ready" if ok else "not_ready"}
+    try:
+        check_readout(request, admin_only=False)
+        body["config_digest"] = gateway.table.digest
+    except Unauthorized:
+        pass
     return JSONResponse(body, status_code=200 if ok else 503)
 
 

@@ -14,24 +14,25 @@ from pydantic import BaseModel, Field, ValidationError
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
+from router.ask import Ask
 from router.backends.base import ImageRequest, ImageResult, consecutive_seeds
 from router.cache import image_id
 from router.config.table import Tenant
-from router.dispatch import Served
 from router.errors import ClientGone, InvalidRequest, PayloadTooLarge, UnsupportedMediaType
 from router.gateway import Gateway
 from router.http.encode import encode_images_off_loop, encode_off_loop
 from router.http.formats import DEFAULT_QUALITY
-from router.inference import MAX_PROMPT_CHARS, canary_choice, priority_level, served_tags
+from router.inference import MAX_PROMPT_CHARS, InferOptions, served_tags
 from router.policy.match import RequestFacts
+from router.served import Served
 
 __all__ = [
     "MAX_BODY_BYTES",
     "MAX_PROMPT_CHARS",
     "FastJSONResponse",
     "GenerationFields",
+    "ask_for",
     "b64_images",
-    "canary_override",
     "client_seeds",
     "encode_images",
     "etag",
@@ -40,7 +41,6 @@ __all__ = [
     "header",
     "image_ids",
     "parse_json_model",
-    "priority_of",
     "read_body",
     "serve",
     "served_headers",
@@ -245,33 +245,32 @@ def gateway_of(request: Request) -> Gateway:
     return gateway
 
 
+def ask_for(
+    request: Request,
+    facts: RequestFacts,
+    image_request: ImageRequest,
+    started: float,
+    kserve: InferOptions | None = None,
+) -> Ask:
+    """The request value of an HTTP request — the one place every HTTP edge (JSON,
+    OpenAI, its stream, KServe) builds it: the caller, the query string (for ``sticky:
+    query:...``), and the steering headers read from ``facts`` (``kserve``: a KServe
+    request's own parameters)."""
+    query = request.query_params if request.scope.get("query_string") else None  # most send none: not parsed
+    return Ask.of(facts, image_request, started, tenant_of(request), kserve, query)
+
+
 async def serve(
     request: Request,
     facts: RequestFacts,
     image_request: ImageRequest,
     started: float,
-    random_seeds: bool = True,
-    priority: int | None = None,
-    budget_s: float | None = None,
+    kserve: InferOptions | None = None,
 ) -> Served:
-    """Hand a decoded request to the gateway with the routing extras every API shares:
-    query parameters (for ``sticky: query:...``), ``X-Canary`` and ``X-Priority`` (a
-    ``priority`` from the body's own parameters wins)."""
-    gateway = gateway_of(request)
-    tenant = tenant_of(request)
-    call = gateway.generate(
-        facts,
-        image_request,
-        query=request.query_params if request.scope.get("query_string") else None,  # most send none: not parsed
-        canary=canary_override(request),
-        priority=priority if priority is not None else priority_of(request),
-        started=started,
-        cache_control=header(request, "cache-control"),
-        random_seeds=random_seeds,
-        budget_s=budget_s,
-        tenant=tenant,
+    """Serve a decoded request (see :func:`ask_for`), cancelled if the client leaves."""
+    served = await _while_connected(
+        request, gateway_of(request).serve(ask_for(request, facts, image_request, started, kserve))
     )
-    served = await _while_connected(request, call)
     request.state.served = served  # what the observability middleware records
     return served
 
@@ -327,11 +326,3 @@ def tenant_of(request: Request) -> Tenant | None:
         state["tenant"] = gateway_of(request).authenticate(header(request, "authorization"))
     known: Tenant | None = state["tenant"]
     return known
-
-
-def canary_override(request: Request) -> str | None:
-    return canary_choice(header(request, "x-canary"))
-
-
-def priority_of(request: Request) -> int | None:
-    return priority_level(header(request, "x-priority"))

@@ -7,32 +7,117 @@ immutable``, carry an ``ETag`` per representation (``If-None-Match`` → 304), a
 (``route:photo``) so a CDN can purge by model. ``ext`` picks the format (png, jpeg,
 webp, avif) and ``?q=`` the quality (0-100); each encoded variant is cached in the
 store too, and encoding runs off the event loop. An unknown, evicted or purged id is a
-404 ``image_not_found``; anything but 32 hex digits never reaches the store.
+404 ``image_not_found``; anything but 32 hex digits never reaches the store; a ``q``
+that is not 0-100 in ASCII digits is a 400 naming ``q``.
+
+In ``tenants: {mode: keys}`` an image is a tenant's (an edit of an uploaded photo is
+someone's photo): the URL carries ``expires`` and ``sig`` (:class:`UrlSigner`, valid
+:data:`SIGNED_URL_S`, as OpenAI's image URLs are) or the request a valid key, else a
+401; such answers are ``Cache-Control: private``. The URL's host is the cache's
+``public_url``, else the address the gateway listens on — never the request's
+``Host`` header, which a client chooses.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import os
 import re
+import secrets
+import time
+from collections.abc import Callable
 
 from starlette.requests import Request
 from starlette.responses import Response
 
 from router.cache import Entry
 from router.dispatch import Served
-from router.errors import ImageNotFound, InvalidRequest
-from router.http.common import gateway_of, image_ids
+from router.errors import ImageNotFound, InvalidRequest, Unauthorized
+from router.http.common import gateway_of, header, image_ids
 from router.http.encode import encode_images_off_loop
 from router.http.formats import DEFAULT_QUALITY, MIME, canonical
 
-__all__ = ["image_file", "publish"]
+__all__ = ["SIGNED_URL_S", "UrlSigner", "image_file", "publish", "signer_of"]
 
 _NAME = re.compile(r"^([0-9a-f]{32})\.([a-z]{3,4})$")
+SIGNED_URL_S = 3600
+
+
+class UrlSigner:
+    """Expiring image URLs: ``sig`` is an HMAC-SHA256 of ``<id>.<expires>`` (epoch
+    seconds), so a URL can be handed on but not extended or moved to another image.
+
+    The secret is ``ROUTER_URL_SECRET``; without it, one derived from
+    ``ROUTER_ADMIN_TOKEN`` (replicas that share the token verify each other's URLs, and
+    the derivation is one-way); without either, a random one for this process only."""
+
+    def __init__(self, secret: bytes, clock: Callable[[], float] = time.time) -> None:
+        self.secret = secret
+        self.clock = clock
+
+    @classmethod
+    def from_env(cls) -> UrlSigner:
+        explicit = os.environ.get("ROUTER_URL_SECRET")
+        if explicit:
+            return cls(explicit.encode())
+        token = os.environ.get("ROUTER_ADMIN_TOKEN")
+        if token:
+            return cls(hmac.new(token.encode(), b"router-image-url-secret", hashlib.sha256).digest())
+        return cls(secrets.token_bytes(32))
+
+    def _mac(self, name: str, expires: int) -> str:
+        return hmac.new(self.secret, f"{name}.{expires}".encode(), hashlib.sha256).hexdigest()[:32]
+
+    def query(self, name: str, ttl_s: int = SIGNED_URL_S) -> str:
+        expires = int(self.clock()) + ttl_s
+        return f"expires={expires}&sig={self._mac(name, expires)}"
+
+    def valid(self, name: str, expires: str | None, sig: str | None) -> bool:
+        if not expires or not sig or not (expires.isascii() and expires.isdigit() and len(expires) <= 12):
+            return False
+        if int(expires) < self.clock():
+            return False
+        return hmac.compare_digest(sig.encode(), self._mac(name, int(expires)).encode())
+
+
+def signer_of(request: Request) -> UrlSigner:
+    signer: UrlSigner | None = getattr(request.app.state, "url_signer", None)
+    if signer is None:
+        signer = request.app.state.url_signer = UrlSigner.from_env()
+    return signer
 
 
 def _base_url(request: Request, public_url: str | None) -> str:
+    """``public_url``, else where this server listens (the socket, not ``Host``)."""
     if public_url:
-        return public_url
-    return f"{request.url.scheme}://{request.headers.get('host') or request.url.netloc}"
+        return public_url.rstrip("/")
+    host, port = request.scope.get("server") or ("127.0.0.1", None)
+    host = f"[{host}]" if ":" in host else host
+    return f"{request.url.scheme}://{host}" + (f":{port}" if port else "")
+
+
+def _private(request: Request) -> bool:
+    return gateway_of(request).table.tenant_mode == "keys"
+
+
+def _quality(raw_q: str | None) -> int | None:
+    if raw_q is None:
+        return None
+    if not (raw_q.isascii() and raw_q.isdigit() and len(raw_q) <= 3 and int(raw_q) <= 100):
+        raise InvalidRequest("q: must be an integer from 0 to 100", field="q")
+    return int(raw_q)
+
+
+def _check_access(request: Request, name: str) -> None:
+    """In keys mode: a valid signature, or a valid key (a 401 otherwise)."""
+    params = request.query_params
+    if signer_of(request).valid(name, params.get("expires"), params.get("sig")):
+        return
+    authorization = header(request, "authorization")
+    if authorization is None:
+        raise Unauthorized("this image needs a signed URL (expires, sig) or Authorization: Bearer <key>")
+    gateway_of(request).authenticate(authorization)  # a 401 for a wrong key
 
 
 async def publish(request: Request, served: Served, fmt: str, quality: int | None) -> list[dict[str, str]] | None:
@@ -52,11 +137,16 @@ async def publish(request: Request, served: Served, fmt: str, quality: int | Non
     for i, (image, name) in enumerate(zip(images, ids, strict=True)):
         seeds = (served.seeds[i],) if served.seeds and i < len(served.seeds) else ()
         entry = Entry(image[None], served.model.name, version, served.route.name, seeds, cache.wall_clock())
-        if not await cache.store.set(f"i:{name}", entry.to_bytes(), ttl):
+        if not await cache.save_image(name, entry, ttl):
             return None
     base = _base_url(request, cache.config.public_url)
-    suffix = f"?q={quality}" if quality is not None and fmt != "png" else ""
-    return [{"url": f"{base}/v1/images/{name}.{fmt}{suffix}"} for name in ids]
+    query = [f"q={quality}"] if quality is not None and fmt != "png" else []
+    signer = signer_of(request) if _private(request) else None
+    urls = []
+    for name in ids:
+        parts = [*query, signer.query(name)] if signer is not None else query
+        urls.append(f"{base}/v1/images/{name}.{fmt}" + ("?" + "&".join(parts) if parts else ""))
+    return [{"url": url} for url in urls]
 
 
 async def image_file(request: Request) -> Response:
@@ -65,10 +155,11 @@ async def image_file(request: Request) -> Response:
         raise ImageNotFound("no such image: an image id is 32 hex digits and an extension")
     name, ext = match.groups()
     fmt = canonical(ext, "format")
-    raw_q = request.query_params.get("q")
-    if raw_q is not None and not (raw_q.isdigit() and 0 <= int(raw_q) <= 100):
-        raise ImageNotFound("no such image: q must be 0-100")
-    quality = DEFAULT_QUALITY if raw_q is None or fmt == "png" else int(raw_q)
+    asked = _quality(request.query_params.get("q"))
+    quality = DEFAULT_QUALITY if asked is None or fmt == "png" else asked
+    private = _private(request)
+    if private:
+        _check_access(request, name)
     cache = gateway_of(request).cache
     if cache is None:
         raise ImageNotFound("no such image: this gateway has no cache store")
@@ -78,7 +169,7 @@ async def image_file(request: Request) -> Response:
     tag = f'"{name}-{fmt}-{quality}"'
     headers = {
         "ETag": tag,
-        "Cache-Control": f"public, max-age={cache.config.image_max_age_s}, immutable",
+        "Cache-Control": f"{'private' if private else 'public'}, max-age={cache.config.image_max_age_s}, immutable",
         "Surrogate-Key": f"model:{record.tag} model:{record.model} route:{record.route}",
         "Cache-Tag": f"model:{record.tag},model:{record.model},route:{record.route}",
         "X-Router-Model": record.tag,

@@ -20,12 +20,12 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from router.backends.base import ImageRequest
-from router.dispatch import Served
 from router.errors import BackendRejected, InvalidRequest
 from router.http.common import (
     MAX_PROMPT_CHARS,
     FastJSONResponse,
     GenerationFields,
+    ask_for,
     b64_images,
     client_seeds,
     encode_images,
@@ -41,6 +41,7 @@ from router.http.formats import MIME, canonical, negotiate
 from router.http.image_files import publish
 from router.http.stream import stream_images, wants_stream
 from router.policy.match import RequestFacts
+from router.served import Served
 
 __all__ = ["OpenAIImagesRequest", "generate", "openai_answer", "openai_images", "openai_size"]
 
@@ -171,8 +172,8 @@ async def openai_images(request: Request) -> Response:
     facts = facts_for(request, body.prompt, body.intent, body.model, body.routing_fields())
     described = body.described(fmt)
     if body.stream:
-        return await stream_images(request, facts, image_request, started, fmt, body.output_compression,
-                                   body.partial_images or 0, described)  # fmt: skip
+        ask = ask_for(request, facts, image_request, started)
+        return await stream_images(request, ask, body.partial_images or 0, fmt, body.output_compression, described)
     return await openai_answer(request, body, facts, image_request, started, fmt)
 
 
@@ -223,8 +224,8 @@ async def generate(request: Request) -> Response:
         facts = facts_for(request, body.prompt, body.intent, body.model)
         image_request = ImageRequest((body.prompt,), client_seeds(body.seed, 1), body.steps, body.width, body.height)
         described = {"background": "opaque", "quality": "auto", "output_format": fmt}
-        return await stream_images(request, facts, image_request, started, fmt, body.quality, body.partial_images,
-                                   described)  # fmt: skip
+        ask = ask_for(request, facts, image_request, started)
+        return await stream_images(request, ask, body.partial_images, fmt, body.quality, described)
     as_json = body.response == "json" or (body.response is None and "application/json" in accept)
     if not as_json and body.n != 1:
         raise InvalidRequest("n > 1 needs a JSON response (response: json)", field="n")

@@ -15,6 +15,7 @@ to, under that name, as Triton's own tools expect.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import time
 import zlib
@@ -40,6 +41,7 @@ from router.http.encode import encode_off_loop
 from router.http.errors import respond_to
 from router.inference import image_request, infer_options, served_parameters
 from router.kserve import InferRequest, decode_request, encode_response, wants_binary
+from router.model_states import repository_states
 
 __all__ = [
     "InferLane",
@@ -100,7 +102,11 @@ async def model_ready(request: Request) -> Response:
 
 
 async def repository_index(request: Request) -> Response:
-    return JSONResponse([{"name": n, "state": "READY"} for n in gateway_of(request).aliases()])
+    """Every servable name with its backend's state now (:mod:`router.model_states`)."""
+    states = await repository_states(gateway_of(request))
+    return JSONResponse(
+        [{"name": m.name, "state": m.state, **({"reason": m.reason} if m.reason else {})} for m in states]
+    )
 
 
 def _inflate(body: bytes, encoding: str, limit: int) -> bytes:
@@ -121,6 +127,10 @@ def _inflate(body: bytes, encoding: str, limit: int) -> bytes:
     if not inflater.eof:
         raise InvalidRequest(f"body is truncated {encoding}", field="Content-Encoding")
     return out
+
+
+def _inflated_infer(body: bytes, encoding: str, header_length: str | None) -> tuple[InferRequest, ImageRequest]:
+    return parse_infer(_inflate(body, encoding, MAX_INFER_BODY), header_length)
 
 
 def _accepted_encoding(accept: str | None) -> str | None:
@@ -152,8 +162,13 @@ def parse_infer(body: bytes, header_length: str | None) -> tuple[InferRequest, I
     """An infer body (and its ``Inference-Header-Content-Length``) as the generation it
     asks for. Every malformed body is an :class:`InvalidRequest` naming what is wrong —
     never anything else (``tests/unit/test_kserve_codec.py`` fuzzes it)."""
-    if header_length is not None and not (header_length.isascii() and header_length.isdigit()):
-        raise InvalidRequest("Inference-Header-Content-Length must be an integer")
+    if header_length is not None and not (
+        header_length.isascii() and header_length.isdigit() and len(header_length) <= 10  # int() refuses 4300+ digits
+    ):
+        raise InvalidRequest(
+            "Inference-Header-Content-Length must be an integer of at most 10 digits",
+            field="Inference-Header-Content-Length",
+        )
     decoded = decode_request(body, int(header_length) if header_length else None)
     for spec in decoded.outputs or []:
         if spec.get("name") != "IMAGE":
@@ -167,14 +182,16 @@ async def infer(request: Request) -> Response:
     alias = request.path_params["model"]
     body = await read_body(request, MAX_INFER_BODY)
     content_encoding = header(request, "content-encoding")
+    header_length = header(request, "inference-header-content-length")
     if content_encoding and content_encoding.strip().lower() != "identity":
-        body = _inflate(body, content_encoding, MAX_INFER_BODY)
-    decoded, image_req = parse_infer(body, header(request, "inference-header-content-length"))
+        # after the key check; a small compressed body may stand for 1 MiB of tensors:
+        # inflated and decoded in a worker thread, so the loop keeps serving others
+        decoded, image_req = await asyncio.to_thread(_inflated_infer, body, content_encoding, header_length)
+    else:
+        decoded, image_req = parse_infer(body, header_length)
     options = infer_options(decoded.parameters)
     facts = facts_for(request, image_req.prompts[0], options.intent, alias)
-    served = await serve(
-        request, facts, image_req, started, random_seeds=False, priority=options.priority, budget_s=options.budget_s
-    )
+    served = await serve(request, facts, image_req, started, options)
     binary = wants_binary(decoded, "IMAGE")
     version = served.result.model_version or served.model.version or ""
     images = await served.result.pixels()

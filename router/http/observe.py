@@ -19,14 +19,11 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from opentelemetry import context as otel_context
-from opentelemetry import propagate, trace
-from opentelemetry.trace import SpanKind, Status, StatusCode
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from router.inference import served_tags
 from router.telemetry import AccessLog, Metrics, Tracing
-from router.telemetry.requests import TAG_NAMES, Recorder
+from router.telemetry.requests import Recorder, outcome_tags
+from router.telemetry.spans import end_server_span, start_server_span
 
 __all__ = ["ObserveMiddleware", "api_of", "tags_of"]
 
@@ -34,18 +31,8 @@ _TRACE_HEADERS = (b"traceparent", b"tracestate", b"baggage")
 
 
 def tags_of(state: dict[str, Any]) -> dict[str, str]:
-    """What served the request (by the names metrics and logs use), from what the
-    handler left in its state: the gateway's answer, or the route of its error."""
-    served = state.get("served")
-    if served is not None:
-        return {TAG_NAMES[k.lower()]: v for k, v in served_tags(served).items() if k.lower() in TAG_NAMES}
-    error = state.get("error")
-    if error is not None and "route" in error.details:
-        tags = {"route": str(error.details["route"])}
-        if "attempts" in error.details:
-            tags["attempts"] = str(error.details["attempts"])
-        return tags
-    return {}
+    """What served the request, from what the handler left in its state."""
+    return outcome_tags(state.get("served"), state.get("error"))
 
 
 def api_of(path: str) -> str | None:
@@ -99,27 +86,16 @@ class ObserveMiddleware:
         """The SERVER span, current while the request runs (attempt spans are its children)."""
         assert self.tracer is not None
         carrier = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"] if k in _TRACE_HEADERS}
-        parent = propagate.extract(carrier) if carrier else None
-        span = self.tracer.start_span(
-            f"{scope['method']} {api}",
-            context=parent,
-            kind=SpanKind.SERVER,
-            attributes={"http.request.method": scope["method"], "url.path": scope["path"]},
-        )
-        if not span.is_recording() and parent is None:
-            # not sampled, and no trace context came in: nothing to record or pass on
+        attributes = {"http.request.method": scope["method"], "url.path": scope["path"]}
+        opened = start_server_span(self.tracer, f"{scope['method']} {api}", carrier, attributes)
+        if opened is None:
             await self.app(scope, receive, send)
             return
-        token = otel_context.attach(trace.set_span_in_context(span, parent))
         try:
             await self.app(scope, receive, send)
         finally:
-            otel_context.detach(token)
-            tags = seen["tags"] = tags_of(scope.get("state", {}))
-            attributes: dict[str, str | int] = {f"router.{key}": value for key, value in tags.items()}
-            attributes["http.response.status_code"] = seen["status"]
-            attributes["router.request_id"] = scope.get("state", {}).get("request_id", "")
-            span.set_attributes(attributes)
-            if seen["status"] >= 500:
-                span.set_status(Status(StatusCode.ERROR))
-            span.end()
+            state = scope.get("state", {})
+            tags = seen["tags"] = tags_of(state)
+            extra: dict[str, str | int] = {"http.response.status_code": seen["status"]}
+            extra["router.request_id"] = state.get("request_id", "")
+            end_server_span(opened, seen["status"], tags, extra)

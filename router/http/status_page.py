@@ -1,7 +1,8 @@
 """The operator's status page at ``/admin/`` (same token as the admin API).
 
 A browser cannot send a Bearer header when it navigates, so ``/admin/login`` takes the
-token in a form and sets an HttpOnly, SameSite=Strict cookie holding a MAC of it. The
+token in a form and sets an HttpOnly, SameSite=Strict cookie holding a MAC of it. A
+wrong token is audited and counts against the address (five in a minute: 429s). The
 page is static HTML whose script polls ``/admin/status.json`` every two seconds:
 routes and splits, live p50/p95/p99 and error rate per model, each canary beside its
 baseline with a verdict, each rollout (its weight over time as a chart, its decisions
@@ -23,7 +24,17 @@ from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Re
 
 from router.errors import NotFound, RouterError
 from router.gateway import Gateway
-from router.http.admin_api import SESSION_COOKIE, SESSION_S, admin_token, audit, check_admin, describe, session_value
+from router.http.admin_api import (
+    SESSION_COOKIE,
+    SESSION_S,
+    admin_token,
+    audit,
+    check_admin,
+    check_throttle,
+    describe,
+    session_value,
+    sign_in_failed,
+)
 from router.http.common import gateway_of, read_body
 from router.reload import RoutesReloader
 
@@ -125,9 +136,11 @@ async def login_form(request: Request) -> Response:
 
 async def login(request: Request) -> Response:
     token = admin_token(request)
+    check_throttle(request)  # a 429 before the comparison: guessing costs time
     body = (await read_body(request, 4096)).decode("utf-8", "replace")
     given = parse_qs(body).get("token", [""])[0]
     if not hmac.compare_digest(given.encode(), token.encode()):
+        sign_in_failed(request, "form")
         return HTMLResponse(LOGIN.replace("{error}", "<p style=color:#b00>Wrong token.</p>"), status_code=401)
     response = RedirectResponse("/admin/", status_code=303)
     expires = int(time.time()) + SESSION_S

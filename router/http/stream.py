@@ -3,7 +3,9 @@
 ``stream: true`` on ``/v1/images/generations`` (OpenAI's event format, read unchanged by
 the SDK's streaming iterator) and ``Accept: text/event-stream`` on ``/api/v1/generate``.
 The routed generation starts at once and, beside it, the faster tiers of the route's
-fallback chain (``partial_images`` of them, fastest first) on the same seed: each that
+fallback chain (``partial_images`` of them, fastest first) on the same seed — one
+decision for all of them (:meth:`~router.gateway.Gateway.stream`: the same steering,
+tenant rules and counting as any request, every image sent counted): each that
 finishes first goes out as an ``image_generation.partial_image`` event, the routed
 tier's image as ``image_generation.completed``. When the routed generation fails — its
 budget ran out and the route has nothing left — the last partial image is sent as the
@@ -25,12 +27,11 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
-from router.backends.base import ImageRequest
-from router.dispatch import Served
+from router.ask import Ask
 from router.errors import RouterError
-from router.http.common import b64_images, gateway_of, tenant_of
+from router.http.common import b64_images, gateway_of
 from router.inference import served_tags
-from router.policy.match import RequestFacts
+from router.served import Served
 
 __all__ = ["stream_images", "wants_stream"]
 
@@ -49,26 +50,9 @@ def _size(served: Served) -> str:
 
 
 async def stream_images(
-    request: Request,
-    facts: RequestFacts,
-    image_request: ImageRequest,
-    started: float,
-    fmt: str,
-    quality: int | None,
-    partial_images: int,
-    described: dict[str, str],
+    request: Request, ask: Ask, partial_images: int, fmt: str, quality: int | None, described: dict[str, str]
 ) -> Response:
-    gateway = gateway_of(request)
-    tenant = tenant_of(request)
-    image_request = gateway.with_seeds(facts, image_request)
-    previews = gateway.preview_tiers(facts, partial_images)
-    query, cache_control = request.query_params, request.headers.get("cache-control")
-    main = asyncio.ensure_future(
-        gateway.generate(facts, image_request, query=query, started=started, cache_control=cache_control, tenant=tenant)
-    )
-    partials = [
-        asyncio.ensure_future(gateway.preview(facts, image_request, model, started=started)) for model in previews
-    ]
+    main, partials = await gateway_of(request).stream(ask, partial_images)
 
     async def payload(served: Served) -> dict[str, Any]:
         (text,) = (await b64_images(request, served.result, None, fmt, quality))[:1]
@@ -76,8 +60,9 @@ async def stream_images(
         out = {"b64_json": text, "created_at": int(time.time()), "size": _size(served), **described}
         out["router_model"] = tags["X-Router-Model"]
         out["router_route"] = tags["X-Router-Route"]
-        if "X-Router-Fallback" in tags:
-            out["router_fallback"] = tags["X-Router-Fallback"]
+        for tag in ("Fallback", "Priority", "Tenant"):
+            if f"X-Router-{tag}" in tags:
+                out[f"router_{tag.lower()}"] = tags[f"X-Router-{tag}"]
         return out
 
     async def events() -> AsyncIterator[bytes]:

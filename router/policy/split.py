@@ -11,13 +11,19 @@ from __future__ import annotations
 
 import hashlib
 import math
-import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 from router.config.table import Arm, Route
 
-__all__ = ["Choice", "choose_arm", "sticky_key", "unit_hash"]
+__all__ = ["Choice", "Rng", "choose_arm", "sticky_key", "unit_hash"]
+
+
+class Rng(Protocol):
+    """What a weighted choice draws from (``random.Random`` in production, injected)."""
+
+    def random(self) -> float: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,7 +51,7 @@ def sticky_key(
     return value or None
 
 
-def _weighted(arms: Sequence[Arm], rng: random.Random) -> Arm:
+def _weighted(arms: Sequence[Arm], rng: Rng) -> Arm:
     total = sum(a.weight for a in arms)
     if total <= 0:
         return arms[0]
@@ -68,7 +74,7 @@ def _rendezvous(route_name: str, arms: Sequence[Arm], key: str) -> Arm:
     return best
 
 
-def choose_arm(route: Route, key: str | None, rng: random.Random, override: str | None = None) -> Choice:
+def choose_arm(route: Route, key: str | None, rng: Rng, override: str | None = None) -> Choice:
     """Pick an arm; ``override`` is the ``X-Canary`` cohort override (always|never)."""
     arms: Sequence[Arm] = route.arms
     overridden = False

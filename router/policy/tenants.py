@@ -4,8 +4,9 @@ Keys are kept only as SHA-256 digests and a presented key is hashed before it is
 up, so neither the lookup's timing nor a memory dump gives a key away; the digests are
 then compared with :func:`hmac.compare_digest`.
 
-Limits, per gateway replica (a replica counts what it serves; shared limits across
-replicas need the shared store, which is not wired here yet):
+Limits, per gateway replica (a replica counts what it serves; the shared limits, one
+count for every gateway, are the state store's: :mod:`router.state.gcra`, whose reply
+:func:`shared_decision` reads):
 
 - requests per second with a burst: a token bucket (GCRA's arithmetic: one timestamp
   per tenant, no timer);
@@ -63,26 +64,32 @@ def _reset(seconds: float) -> str:
     return (f"{hours}h" if hours else "") + f"{minutes}m{secs}s"
 
 
+US = 1_000_000
+
+
 def limit_args(tenant: Tenant, images: int) -> list[int]:
-    """The shared store's arguments for ``tenant`` (see ``router.cache.store._LIMIT``)."""
-    interval = round(1000 / tenant.requests_per_s) if tenant.requests_per_s else 0
+    """The state store's arguments for ``tenant`` (:func:`router.state.gcra.step`): the
+    interval in whole microseconds, exact to 1/1,000,000 s (a rate above 1,000,000/s
+    is held to that)."""
+    interval = max(1, round(US / tenant.requests_per_s)) if tenant.requests_per_s else 0
     per_day = tenant.images_per_day if tenant.images_per_day is not None else -1
     return [interval, interval * max(1, tenant.burst), images, per_day]
 
 
 def shared_decision(tenant: Tenant, reply: list[int], wall: float) -> Decision:
-    """What the shared store's reply means, with the same headers as a local count."""
-    allowed, reason, ahead_ms, used = reply
-    interval_ms, tolerance_ms, _, per_day = limit_args(tenant, 0)
+    """What the state store's reply (microseconds) means, with the same headers as a
+    local count."""
+    allowed, reason, ahead_us, used = reply
+    interval_us, tolerance_us, _, per_day = limit_args(tenant, 0)
     headers: dict[str, str] = {}
-    if interval_ms:
+    if interval_us:
         headers["x-ratelimit-limit-requests"] = str(max(1, tenant.burst))
         if allowed:
-            headers["x-ratelimit-remaining-requests"] = str(max(0, (tolerance_ms - ahead_ms) // interval_ms))
-            headers["x-ratelimit-reset-requests"] = _reset(ahead_ms / 1000)
+            headers["x-ratelimit-remaining-requests"] = str(max(0, (tolerance_us - ahead_us) // interval_us))
+            headers["x-ratelimit-reset-requests"] = _reset(ahead_us / US)
         elif reason == 1:
             headers["x-ratelimit-remaining-requests"] = "0"
-            headers["x-ratelimit-reset-requests"] = _reset(ahead_ms / 1000)
+            headers["x-ratelimit-reset-requests"] = _reset(ahead_us / US)
     until_midnight = (int(wall // 86400) + 1) * 86400 - wall
     if per_day >= 0:
         headers["x-ratelimit-limit-images"] = str(per_day)
@@ -91,7 +98,7 @@ def shared_decision(tenant: Tenant, reply: list[int], wall: float) -> Decision:
     if allowed:
         return Decision(True, headers=headers)
     if reason == 1:
-        return Decision(False, "rate", max(0.001, (ahead_ms + interval_ms - tolerance_ms) / 1000), headers)
+        return Decision(False, "rate", max(0.000001, (ahead_us + interval_us - tolerance_us) / US), headers)
     return Decision(False, "images", until_midnight, headers)
 
 

@@ -12,6 +12,10 @@ the holder of a lease with expiry — also sums the window's counters, analyses 
 compare-and-swap on the state it read: a step is decided once even if two replicas
 briefly both think they hold the lease.
 
+The store is the state store (:mod:`router.state`: SQLite for one machine, a
+non-evicting Redis for replicas), never the result cache: a cache may evict, and a
+purge of the cache touches nothing here.
+
 Without the store (Redis down) the rollout pauses where it is: a replica keeps serving
 the last weight it read, decides nothing, and says so (status page, metrics); counts
 wait in memory and are added when the store is back. A replica that starts without the
@@ -32,7 +36,6 @@ from collections.abc import Callable
 from typing import Any
 
 from router.backends import ImageRequest
-from router.cache.store import GuardedStore
 from router.config.table import Arm, Route, RoutingTable
 from router.dispatch import Dispatcher, Served
 from router.errors import Conflict, NotFound, RouterError, StoreUnavailable
@@ -52,20 +55,21 @@ from router.rollouts.health import thumbnail
 from router.rollouts.live import THUMB_EVERY_S, LiveRollout, switch_s, tick_s
 from router.rollouts.shadow import Shadows
 from router.rollouts.webhook import Webhooks
+from router.state import GuardedState
 
 __all__ = ["RolloutController"]
 
 log = logging.getLogger("router.rollouts")
 STATE_TTL_S = 90 * 86400.0
 COUNTS_TTL_S = 7 * 86400.0
-STORE_BOUND_S = 1.0  # a control-plane store call: off the request path
+STORE_BOUND_S = 1.0  # a control-plane state call: off the request path
 
 
 class RolloutController:
     def __init__(
         self,
         table: Callable[[], RoutingTable],
-        store: Callable[[], GuardedStore | None],
+        store: Callable[[], GuardedState | None],
         dispatcher: Dispatcher,
         *,
         clock: Callable[[], float] = time.monotonic,
@@ -109,10 +113,6 @@ class RolloutController:
         self.live = live
         self._routes.clear()
         self._wake.set()
-        store = self.store()
-        if live and store is not None and store.kind != "redis":
-            log.warning("rollouts keep their state in a %s store: shared only by gateways on this machine "
-                        "(several machines need cache: {store: redis://...})", store.kind)  # fmt: skip
 
     def route_for(self, route: Route) -> Route:
         """``route`` as served now: with its rollout's live weight."""
@@ -205,7 +205,7 @@ class RolloutController:
             )
             live.store_ok, live.store_down_since = False, self.wall()
 
-    async def _flush(self, live: LiveRollout, store: GuardedStore) -> None:
+    async def _flush(self, live: LiveRollout, store: GuardedState) -> None:
         for key in list(live.pending):
             counts = live.pending.pop(key)
             fields = counts.fields()
@@ -213,8 +213,8 @@ class RolloutController:
                                                      STORE_BOUND_S):  # fmt: skip
                 live.pending.setdefault(key, ArmCounts()).merge(counts)  # kept for the next tick
 
-    async def _read(self, live: LiveRollout, store: GuardedStore) -> bool:
-        got = await store.try_get_many([live.key], STORE_BOUND_S, circuit=False)
+    async def _read(self, live: LiveRollout, store: GuardedState) -> bool:
+        got = await store.get_many([live.key], STORE_BOUND_S)
         if got is None:
             self._store_down(live)
             return False
@@ -250,7 +250,7 @@ class RolloutController:
         live.store_ok, live.store_down_since = True, None
         return True
 
-    async def _tick_one(self, live: LiveRollout, store: GuardedStore) -> None:
+    async def _tick_one(self, live: LiveRollout, store: GuardedState) -> None:
         await self._flush(live, store)
         if not await self._read(live, store):
             return
@@ -319,7 +319,7 @@ class RolloutController:
             raise NotFound(f"route {route!r} has no rollout")
         store = self.store()
         for _ in range(5):  # lost a race with the deciding replica: read again
-            got = None if store is None else await store.try_get_many([live.key], STORE_BOUND_S, circuit=False)
+            got = None if store is None else await store.get_many([live.key], STORE_BOUND_S)
             if got is None or store is None:
                 raise StoreUnavailable("the shared store does not answer: the rollout cannot be changed now")
             if got[0] is None:

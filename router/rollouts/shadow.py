@@ -16,10 +16,10 @@ from typing import Any
 
 from router.backends import ImageRequest
 from router.config.table import Arm, Route, RoutingTable
+from router.decide import background
 from router.dispatch import Dispatcher, Served
 from router.errors import RouterError
 from router.policy.rollout import ArmCounts
-from router.policy.split import Choice
 from router.rollouts.health import difference
 from router.rollouts.live import LiveRollout, count_images
 
@@ -76,7 +76,7 @@ class Shadows:
         alone = route.alone(live.canary)
         window = live.state.window if live.state is not None else -1
         try:
-            served = await self.dispatcher.serve(table, alone, Choice(alone.arms[0], False), request, LOWEST_PRIORITY)
+            served = await self.dispatcher.serve(background(table, alone, request, LOWEST_PRIORITY))
         except RouterError as exc:
             live.shadow["failed"] += 1
             counts = live.pending.setdefault((window, "s"), ArmCounts())  # after the await: a flush may have run

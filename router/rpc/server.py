@@ -9,12 +9,20 @@ app's lifespan beside HTTP. Limits keep one client from taking the gateway down:
 - at most ``max_concurrent_rpcs`` calls are handled at once (further ones get
   ``RESOURCE_EXHAUSTED`` at once, not a queue), and at most ``max_streams`` HTTP/2
   streams are open on one connection;
-- answers may be large (images), up to ``max_send_bytes``.
+- answers may be large (images), up to ``max_send_bytes``;
+- before any of that, :class:`~router.rpc.guard.Guard` checks the key from metadata (in
+  keys mode, a call without one is ``UNAUTHENTICATED`` with its body never parsed) and
+  ends a stream whose first request does not come within ``first_message_s``;
+- connections: keep-alive pings every ``keepalive_s`` (a dead peer is dropped after
+  ``keepalive_timeout_s``), a connection with no call for ``idle_s`` is closed, and
+  clients may not ping more often than every 10 s without calls (gRPC's own defence).
 
 Health: the overall service (``""``) and ``inference.GRPCInferenceService`` are
-``SERVING`` while at least one backend is ready, checked every ``health_interval_s``;
-on shutdown both turn ``NOT_SERVING`` first, so Kubernetes' gRPC probes take the pod out
-before in-flight calls are drained (up to ``grace_s``).
+``SERVING`` while at least one backend is ready — asked of each backend, a hosted tier
+included (:meth:`~router.gateway.Gateway.ready`) — checked every ``health_interval_s``,
+and ``NOT_SERVING`` before the first check and whenever nothing can answer; on shutdown
+both turn ``NOT_SERVING`` first (a client watching sees it), so Kubernetes' gRPC probes
+take the pod out before in-flight calls are drained (up to ``grace_s``).
 """
 
 from __future__ import annotations
@@ -28,6 +36,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from router.gateway import Gateway
+from router.rpc.guard import Guard
 from router.rpc.service import SERVICE_NAME, KServeService
 from router.telemetry import Tracing
 from router.telemetry.requests import Recorder
@@ -44,7 +53,11 @@ class GrpcOptions:
     max_receive_bytes: int = 4 << 20
     max_send_bytes: int = 512 << 20
     max_concurrent_rpcs: int = 2048
-    max_streams: int = 256
+    max_streams: int = 100  # HTTP/2's customary SETTINGS_MAX_CONCURRENT_STREAMS
+    first_message_s: float = 30.0
+    keepalive_s: float = 60.0
+    keepalive_timeout_s: float = 20.0
+    idle_s: float = 300.0
     grace_s: float = 10.0
     health_interval_s: float = 1.0
 
@@ -58,9 +71,14 @@ class GrpcEdge:
                 ("grpc.max_receive_message_length", options.max_receive_bytes),
                 ("grpc.max_send_message_length", options.max_send_bytes),
                 ("grpc.max_concurrent_streams", options.max_streams),
+                ("grpc.keepalive_time_ms", int(options.keepalive_s * 1000)),
+                ("grpc.keepalive_timeout_ms", int(options.keepalive_timeout_s * 1000)),
+                ("grpc.max_connection_idle_ms", int(options.idle_s * 1000)),
+                ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
                 ("grpc.so_reuseport", 0),
             ],
             maximum_concurrent_rpcs=options.max_concurrent_rpcs,
+            interceptors=[Guard(gateway.authenticate, options.first_message_s)],
         )
         self.server.add_generic_rpc_handlers((KServeService(gateway, recorder, tracing).handler(),))
         self.health = health.aio.HealthServicer()
@@ -69,6 +87,8 @@ class GrpcEdge:
         self._watch: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
+        for name in ("", SERVICE_NAME):  # until the first check says otherwise: nothing is known yet
+            await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
         self.port = self.server.add_insecure_port(f"{self.options.host}:{self.options.port}")
         if self.port == 0:
             raise OSError(f"gRPC: cannot listen on {self.options.host}:{self.options.port}")

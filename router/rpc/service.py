@@ -21,30 +21,31 @@ memory, trace and log settings) are not registered: gRPC answers ``UNIMPLEMENTED
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import dataclasses
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import grpc
 from google.protobuf import json_format
 from google.protobuf.message import DecodeError
-from opentelemetry import context as otel_context
-from opentelemetry import propagate, trace
-from opentelemetry.trace import SpanKind, Status, StatusCode
 from tritonclient.grpc import service_pb2 as pb
 
 from router import __version__
+from router.ask import Ask
 from router.errors import InvalidRequest, RouterError
 from router.gateway import Gateway
-from router.inference import canary_choice, image_request, infer_options, priority_level, served_parameters, served_tags
+from router.inference import image_request, infer_options, served_parameters, served_tags
+from router.model_states import repository_states
 from router.policy.match import RequestFacts
 from router.rpc.status import grpc_status, trailing_metadata
 from router.rpc.tensors import decode_inputs, encode_image_response, parameters_of
+from router.served import Served
 from router.telemetry import Tracing
-from router.telemetry.requests import TAG_NAMES, Recorder
+from router.telemetry.requests import Recorder, outcome_tags
+from router.telemetry.spans import end_server_span, start_server_span
 
 __all__ = ["SERVICE_NAME", "KServeService", "Malformed"]
 
@@ -56,6 +57,7 @@ DEADLINE_MARGIN_S = 0.02  # kept back from a client's deadline for the answer to
 STREAM_INFLIGHT = 64  # requests of one stream generating at once; the stream is read no further meanwhile
 SERVICE_NAME = "inference.GRPCInferenceService"
 _SERVICE = f"/{SERVICE_NAME}/"
+_TRACE_KEYS = ("traceparent", "tracestate", "baggage")
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,8 +177,10 @@ class KServeService:
         return json_format.ParseDict({"model_stats": entries}, pb.ModelStatisticsResponse(), ignore_unknown_fields=True)
 
     async def RepositoryIndex(self, request: Any, context: Context) -> Any:
-        models = [pb.RepositoryIndexResponse.ModelIndex(name=n, state="READY") for n in self.gateway.aliases()]
-        return pb.RepositoryIndexResponse(models=models)
+        """Each name's real state from its backend (:mod:`router.model_states`)."""
+        states = await repository_states(self.gateway)
+        index = pb.RepositoryIndexResponse.ModelIndex
+        return pb.RepositoryIndexResponse(models=[index(name=m.name, state=m.state, reason=m.reason) for m in states])
 
     async def _control(self, context: Context, call: Awaitable[T]) -> T:
         try:
@@ -190,11 +194,11 @@ class KServeService:
     async def ModelInfer(self, request: Any, context: Context) -> Any:
         metadata = _metadata(context)
         try:
-            response, tags = await self._observed("ModelInfer", request, metadata, context.time_remaining())
+            response, served = await self._observed("ModelInfer", request, metadata, context.time_remaining())
         except _Failed as failed:
             await context.abort(grpc_status(failed.error), failed.error.message, trailing_metadata(failed.error))
             raise
-        await context.send_initial_metadata(tuple((k.lower(), v) for k, v in tags.items()))
+        await context.send_initial_metadata(tuple((k.lower(), v) for k, v in served_tags(served).items()))
         return response
 
     async def ModelStreamInfer(self, request_iterator: AsyncIterator[Any], context: Context) -> AsyncIterator[Any]:
@@ -244,42 +248,40 @@ class KServeService:
 
     async def _observed(
         self, method: str, request: Any, metadata: dict[str, str], remaining_s: float | None
-    ) -> tuple[Any, dict[str, str]]:
-        """One infer request, traced and recorded like an HTTP one; a gateway error
-        comes out as :class:`_Failed`, anything unexpected as ``internal_error``."""
+    ) -> tuple[Any, Served]:
+        """One infer request, traced and recorded like an HTTP one (the same span and the
+        same tags, from :mod:`router.telemetry`); a gateway error comes out as
+        :class:`_Failed`, anything unexpected as ``internal_error``."""
         started = time.perf_counter()
-        short: dict[str, str] = {}  # what served it, by the names metrics and logs use
+        served: Served | None = None
+        error: RouterError | None = None
         status = 200
+        opened = None
+        if self.tracer is not None:
+            carrier = {k: v for k, v in metadata.items() if k in _TRACE_KEYS}
+            opened = start_server_span(self.tracer, f"grpc {method}", carrier, {"rpc.system": "grpc"})
         try:
-            with self._span(method, metadata) as span:
-                try:
-                    response, tags = await self._infer(request, metadata, remaining_s)
-                    short = {TAG_NAMES[k.lower()]: v for k, v in tags.items() if k.lower() in TAG_NAMES}
-                    return response, tags
-                except RouterError as exc:
-                    status = exc.status
-                    short = {"route": str(exc.details["route"])} if "route" in exc.details else {}
-                    raise _Failed(exc) from None
-                except asyncio.CancelledError:
-                    status = 499  # the client cancelled, or went away
-                    raise
-                except Exception:
-                    status = 500
-                    log.exception("unhandled error in %s", method)
-                    raise _Failed(RouterError("internal error")) from None
-                finally:
-                    if span is not None:
-                        span.set_attributes({**{f"router.{k}": v for k, v in short.items()}, "rpc.status": status})
-                        if status >= 500:
-                            span.set_status(Status(StatusCode.ERROR))
+            response, served = await self._infer(request, metadata, remaining_s)
+            return response, served
+        except RouterError as exc:
+            status, error = exc.status, exc
+            raise _Failed(exc) from None
+        except asyncio.CancelledError:
+            status = 499  # the client cancelled, or went away
+            raise
+        except Exception:
+            status = 500
+            log.exception("unhandled error in %s", method)
+            raise _Failed(RouterError("internal error")) from None
         finally:
+            tags = outcome_tags(served, error)
+            if opened is not None:
+                end_server_span(opened, status, tags, {"rpc.status": status})
             if self.recorder.on:
                 fields = {"request_id": request.id or "", "method": "POST", "path": _SERVICE + method}
-                self.recorder.finish("grpc", status, short, time.perf_counter() - started, fields)
+                self.recorder.finish("grpc", status, tags, time.perf_counter() - started, fields)
 
-    async def _infer(
-        self, request: Any, metadata: dict[str, str], remaining_s: float | None
-    ) -> tuple[Any, dict[str, str]]:
+    async def _infer(self, request: Any, metadata: dict[str, str], remaining_s: float | None) -> tuple[Any, Served]:
         started = time.monotonic()
         for spec in request.outputs:
             if spec.name != "IMAGE":
@@ -293,38 +295,9 @@ class KServeService:
         alias = request.model_name
         facts = RequestFacts.of(image_req.prompts[0], options.intent, alias, metadata)
         tenant = self.gateway.authenticate(metadata.get("authorization"))
-        served = await self.gateway.generate(
-            facts,
-            image_req,
-            query={},
-            canary=canary_choice(metadata.get("x-canary")),
-            priority=options.priority if options.priority is not None else priority_level(metadata.get("x-priority")),
-            started=started,
-            cache_control=metadata.get("cache-control"),
-            random_seeds=False,
-            budget_s=budget_s,
-            tenant=tenant,
-        )
+        options = dataclasses.replace(options, budget_s=budget_s)
+        ask = Ask.of(facts, image_req, started, tenant, options)  # the one place gRPC's metadata becomes the value
+        served = await self.gateway.serve(ask)
         images = await served.result.pixels()
-        version = served.result.model_version or served.model.version or ""
-        response = encode_image_response(alias, version, request.id, images, served_parameters(served))
-        return response, served_tags(served)
-
-    @contextlib.contextmanager
-    def _span(self, method: str, metadata: dict[str, str]) -> Iterator[trace.Span | None]:
-        """The SERVER span, current while the request runs (attempt spans are its
-        children), continuing the client's ``traceparent``; none when tracing is off."""
-        if self.tracer is None:
-            yield None
-            return
-        carrier = {k: v for k, v in metadata.items() if k in ("traceparent", "tracestate", "baggage")}
-        parent = propagate.extract(carrier) if carrier else None
-        span = self.tracer.start_span(
-            f"grpc {method}", context=parent, kind=SpanKind.SERVER, attributes={"rpc.system": "grpc"}
-        )
-        token = otel_context.attach(trace.set_span_in_context(span, parent))
-        try:
-            yield span
-        finally:
-            otel_context.detach(token)
-            span.end()
+        response = encode_image_response(alias, served.version, request.id, images, served_parameters(served))
+        return response, served

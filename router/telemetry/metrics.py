@@ -89,6 +89,7 @@ class _StateCollector(Collector):
                 ("dropped_writes", "Writes dropped because too many were pending"),
                 ("too_large", "Results over max_entry_bytes, not stored"),
                 ("corrupt", "Unreadable entries found, removed and treated as misses"),
+                ("unverified", "Entries not matching their key or content hash: removed, misses, never served"),
                 ("coalesced", "Requests that joined an identical generation in flight on this replica"),
                 ("lease_waits", "Requests that waited for another replica's generation"),
                 ("evictions", "Entries the disk store removed to stay under max_bytes (Redis: its evicted_keys)"),

@@ -13,10 +13,13 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from router.errors import RouterError
+from router.inference import served_tags
+from router.served import Served
 from router.telemetry.access_log import AccessLog
 from router.telemetry.metrics import Metrics
 
-__all__ = ["TAG_NAMES", "Recorder", "outcome"]
+__all__ = ["TAG_NAMES", "Recorder", "outcome", "outcome_tags"]
 
 # response tag (header or gRPC metadata key, lower case) -> its name in metrics and logs
 TAG_NAMES = {
@@ -29,6 +32,19 @@ TAG_NAMES = {
     "x-cache": "cache",
     "x-router-tenant": "tenant",
 }
+
+
+def outcome_tags(served: Served | None, error: BaseException | None) -> dict[str, str]:
+    """What served a request (by the names metrics and logs use) — the same for every
+    edge: from the gateway's answer, or the route and attempts its error carries."""
+    if served is not None:
+        return {TAG_NAMES[k.lower()]: v for k, v in served_tags(served).items() if k.lower() in TAG_NAMES}
+    if isinstance(error, RouterError) and "route" in error.details:
+        tags = {"route": str(error.details["route"])}
+        if "attempts" in error.details:
+            tags["attempts"] = str(error.details["attempts"])
+        return tags
+    return {}
 
 
 def outcome(status: int, tags: dict[str, str]) -> str:

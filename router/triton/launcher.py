@@ -1,9 +1,16 @@
 """Start, supervise and stop a ``tritonserver`` process for a model repository.
 
 The lifecycle is explicit — ``start()`` → ``wait_ready()`` → ``stop()`` (or use it as
-a context manager) — and the server is started in explicit model-control mode with the
-models named up front, bound to loopback unless told otherwise. Ports left at 0 are
-picked free on the chosen host, so tests never hard-code one.
+a context manager) — and the server is started with the models named up front, bound to
+loopback unless told otherwise. Ports left at 0 are picked free on the chosen host, so
+tests never hard-code one.
+
+Triton's model-repository API (load and unload, with uploaded model files) is code
+execution for whoever reaches the port, and loopback is every local user. With
+``model_load_api=False`` (what ``router triton`` and ``router up`` run) the server gets a
+repository of links to just the named models and ``--model-control-mode=none``: it
+loads them at start and refuses every load and unload after. Tests that load models at
+run time keep the default, explicit mode.
 """
 
 from __future__ import annotations
@@ -79,6 +86,7 @@ class TritonConfig:
     extra_args: list[str] = field(default_factory=list)
     startup_timeout_s: float = 300.0
     log_verbose: int = 0
+    model_load_api: bool = True  # False: the load/unload API is closed once started
 
 
 class TritonServer:
@@ -106,17 +114,29 @@ class TritonServer:
             raise TritonStartupError(f"--tritonserver {binary} does not exist")
         return TritonInstall(binary, None, None)
 
-    def command(self, install: TritonInstall, backends: Path | None) -> list[str]:
-        """The full ``tritonserver`` command line."""
+    def _models(self) -> list[str]:
         cfg = self.config
         models = cfg.models or repository_models(cfg.model_repository)
         if not models:
             raise TritonStartupError(f"no models (*/config.pbtxt) in {cfg.model_repository}")
+        return models
+
+    def command(self, install: TritonInstall, backends: Path | None, linked: Path | None = None) -> list[str]:
+        """The full ``tritonserver`` command line; ``linked``: a repository of links to
+        the chosen models, served with the model-repository API closed."""
+        cfg = self.config
+        models = self._models()
+        if linked is not None:
+            control = [f"--model-repository={linked}", "--model-control-mode=none"]
+        else:
+            control = [
+                f"--model-repository={cfg.model_repository.resolve()}",
+                "--model-control-mode=explicit",
+                *(f"--load-model={m}" for m in models),
+            ]
         cmd = [
             str(install.binary),
-            f"--model-repository={cfg.model_repository.resolve()}",
-            "--model-control-mode=explicit",
-            *(f"--load-model={m}" for m in models),
+            *control,
             f"--http-address={cfg.host}",
             f"--http-port={cfg.http_port}",
             f"--grpc-address={cfg.host}",
@@ -148,11 +168,17 @@ class TritonServer:
         if backends is None and install.backends is not None:
             backends = prepare_backend_directory(install, self._workdir)
         env = server_environment(install)
+        linked = None
+        if not cfg.model_load_api:
+            linked = self._workdir / "models"
+            linked.mkdir()
+            for name in self._models():
+                (linked / name).symlink_to(cfg.model_repository.resolve() / name, target_is_directory=True)
         # Own session: a terminal's Ctrl-C reaches only us, and we stop Triton after
         # the gateway. Parent-death signal: if we die without stopping it (SIGKILL, a
         # crash), the kernel sends Triton SIGTERM instead of leaving it orphaned.
         self._process = subprocess.Popen(
-            self.command(install, backends),
+            self.command(install, backends, linked),
             cwd=self._workdir,
             env=env,
             stdout=self._log,

@@ -38,7 +38,7 @@ class Tally:
     over_budget: int = 0
     statuses: dict[int, int] = field(default_factory=dict)
     worst_s: float = 0.0
-    refusals: list[str] = field(default_factory=list)  # the first few bodies, for the failure message
+    refusals: list[str] = field(default_factory=list)  # the first few bodies of each status, for failure messages
     shed: int = 0  # 429s
     shed_without_retry_after: int = 0
     shed_worst_s: float = 0.0  # the slowest 429: shedding must be immediate
@@ -62,7 +62,7 @@ class Tally:
             self.shed_worst_s = max(self.shed_worst_s, elapsed)
             self.shed_without_retry_after += "retry-after" not in headers
         self.refused += 1
-        if len(self.refusals) < 5:
+        if self.statuses[status] <= 5:
             self.refusals.append(f"{elapsed * 1000:.0f} ms {status} {text()[:300]}")
 
     def row(self) -> str:
@@ -102,11 +102,14 @@ async def record(
     return response
 
 
-async def record_aio(session: aiohttp.ClientSession, tally: Tally, url: str, body: dict[str, object]) -> None:
-    """POST ``body`` with aiohttp and count what came back. For bursts: httpx's client
-    costs ~9 ms of CPU per request at 300 at a time, so a burst through it measures the
-    client (its last answers arrive 2.6 s late even from ``/healthz``); aiohttp's does
-    the same burst in under 0.15 s."""
+async def record_aio(
+    session: aiohttp.ClientSession, tally: Tally, url: str, body: dict[str, object]
+) -> tuple[int, dict[str, str], float] | None:
+    """POST ``body`` with aiohttp and count what came back: its status, headers (lower-case
+    names) and when it was read (monotonic), ``None`` on a connection error. For bursts:
+    httpx's client costs ~9 ms of CPU per request at 300 at a time, so a burst through it
+    measures the client (its last answers arrive 2.6 s late even from ``/healthz``);
+    aiohttp's does the same burst in under 0.15 s."""
     tally.sent += 1
     t0 = time.monotonic()
     try:
@@ -114,9 +117,11 @@ async def record_aio(session: aiohttp.ClientSession, tally: Tally, url: str, bod
             content = await response.read()  # a PNG when answered
     except aiohttp.ClientError:
         tally.errors += 1
-        return
+        return None
+    done = time.monotonic()
     headers = {k.lower(): v for k, v in response.headers.items()}
-    tally.count(response.status, headers, time.monotonic() - t0, lambda: content.decode("utf-8", "replace"))
+    tally.count(response.status, headers, done - t0, lambda: content.decode("utf-8", "replace"))
+    return response.status, headers, done
 
 
 async def load(url: str, tally: Tally, body: dict[str, object], concurrency: int, duration_s: float) -> None:

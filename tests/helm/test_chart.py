@@ -157,6 +157,7 @@ def test_routes_are_mounted_as_a_directory_and_appear_verbatim() -> None:
             "TRITON_URL": "http://triton:8000",
             "TRITON_GRPC_URL": "triton:8001",
             "ROUTER_CACHE_STORE": "disk:///var/cache/router",
+            "ROUTER_STATE_STORE": "sqlite:///var/lib/image-router/state.db",
         }
         compile_text(config["data"]["routes.yaml"], env=env)  # a valid routes file
 
@@ -252,11 +253,10 @@ def test_the_cache_is_a_disk_volume_by_default_and_its_store_reaches_the_routes(
     assert volume["emptyDir"]["sizeLimit"] == "2Gi"
     assert not any(d["metadata"]["name"].endswith("-redis") for d in docs)
     routes = by_kind(docs, "ConfigMap", "routes")["data"]["routes.yaml"]
-    store = env["ROUTER_CACHE_STORE"]
-    table = compile_text(
-        routes, env={"TRITON_URL": "http://t:8000", "TRITON_GRPC_URL": "t:8001", "ROUTER_CACHE_STORE": store}
-    )
+    stores = {k: env[k] for k in ("ROUTER_CACHE_STORE", "ROUTER_STATE_STORE")}
+    table = compile_text(routes, env={"TRITON_URL": "http://t:8000", "TRITON_GRPC_URL": "t:8001", **stores})
     assert table.cache is not None and table.cache.store == "disk:///var/cache/router"
+    assert table.state is not None and table.state.store == "sqlite:///var/lib/image-router/state.db"
     triton = table.backends["triton"]
     assert triton.protocol == "grpc" and triton.discover and triton.grpc_port == 8001
     claimed = _gateway_pod(render({"cache": {"disk": {"existingClaim": "router-cache"}}}))
@@ -268,7 +268,7 @@ def test_the_cache_is_a_disk_volume_by_default_and_its_store_reaches_the_routes(
     ("redis", "url", "deployed"),
     [
         ({"url": "redis://redis-master.cache:6379/0"}, "redis://redis-master.cache:6379/0", False),
-        ({"deploy": True}, "redis://demo-image-router-redis:6379/0", True),
+        ({"deploy": True}, "redis://:$(ROUTER_REDIS_PASSWORD)@demo-image-router-redis:6379/0", True),
     ],
     ids=["existing", "deployed"],
 )
@@ -282,12 +282,16 @@ def test_a_shared_redis_store(redis: dict[str, Any], url: str, deployed: bool) -
     assert env["ROUTER_CACHE_STORE"] == url
     assert not any(v["name"] == "cache" for v in pod["volumes"]), "no disk volume with a shared store"
     redis_docs = [d for d in docs if d["metadata"]["name"].endswith("-redis")]
-    assert len(redis_docs) == (2 if deployed else 0)
+    assert sorted(d["kind"] for d in redis_docs) == (
+        ["Deployment", "NetworkPolicy", "Secret", "Service"] if deployed else []
+    )
     for doc in redis_docs:
         kubernetes_validate.validate(doc, KUBERNETES, strict=True)
     if deployed:
         container = by_kind(docs, "Deployment", "redis")["spec"]["template"]["spec"]["containers"][0]
         assert "allkeys-lru" in container["args"] and container["securityContext"]["runAsNonRoot"]
+        assert "--requirepass" in container["args"] and "$(REDISCLI_AUTH)" in container["args"]
+        assert container["args"][container["args"].index("--protected-mode") + 1] == "yes"
 
 
 def test_a_redis_store_without_a_redis_is_refused_at_render() -> None:
@@ -478,7 +482,7 @@ def test_every_triton_pod_is_a_replica_of_its_own() -> None:
 
 
 def test_a_rollout_on_several_pods_needs_the_shared_store() -> None:
-    """On per-pod disk stores every gateway pod would run a rollout of its own (its own
+    """On per-pod SQLite state stores every gateway pod would run a rollout of its own (its own
     weight, its own decisions): the chart refuses to render that."""
     routes = """
 models: {a: {backend: triton}, b: {backend: triton}}
@@ -488,9 +492,98 @@ routes:
     split: [{model: a}, {model: b, canary: true, rollout: {steps: [5, 50]}}]
 default_route: a
 """
-    with pytest.raises(Exception, match=r"canary rollout with more than one gateway pod needs cache\.store: redis"):
+    with pytest.raises(Exception, match=r"canary rollout with more than one gateway pod needs state\.store: redis"):
         render({"routes": routes})
     one = render({"routes": routes, "gateway": {"replicaCount": 1, "podDisruptionBudget": {"enabled": False}}})
     assert by_kind(one, "ConfigMap", "routes")
-    shared = render({"routes": routes, "cache": {"store": "redis", "redis": {"deploy": True}}})
+    shared = render({"routes": routes, "state": {"store": "redis", "redis": {"deploy": True}}})
     assert by_kind(shared, "Deployment", "gateway")["spec"]["replicas"] == 2
+
+
+def _env(pod: dict[str, Any]) -> list[dict[str, Any]]:
+    env: list[dict[str, Any]] = pod["containers"][0]["env"]
+    return env
+
+
+def test_state_is_a_sqlite_file_on_its_own_volume_by_default() -> None:
+    """Never in the cache's store: ROUTER_STATE_STORE names a SQLite file on a volume of
+    its own (emptyDir, or a claim so it outlives the pod), and no Redis is run."""
+    docs = render()
+    pod = _gateway_pod(docs)
+    env = {e["name"]: e.get("value") for e in _env(pod)}
+    assert env["ROUTER_STATE_STORE"] == "sqlite:///var/lib/image-router/state.db"
+    assert env["ROUTER_STATE_DIR"] == "/var/lib/image-router"
+    mount = next(m for m in pod["containers"][0]["volumeMounts"] if m["name"] == "state")
+    assert mount["mountPath"] == "/var/lib/image-router" and not mount.get("readOnly")
+    assert next(v for v in pod["volumes"] if v["name"] == "state") == {"name": "state", "emptyDir": {}}
+    assert not any("redis" in d["metadata"]["name"] for d in docs)
+    claimed = _gateway_pod(render({"state": {"sqlite": {"existingClaim": "router-state"}}}))
+    volume = next(v for v in claimed["volumes"] if v["name"] == "state")
+    assert volume == {"name": "state", "persistentVolumeClaim": {"claimName": "router-state"}}
+
+
+def test_a_state_redis_never_evicts_has_a_password_and_admits_only_gateway_pods() -> None:
+    values = {
+        "cache": {"store": "redis", "redis": {"deploy": True}},
+        "state": {"store": "redis", "redis": {"deploy": True}},
+    }
+    report = lint(CHART, values, strict=True, kube_version=f"v{KUBERNETES}")
+    assert report["errors"] == [], report
+    docs = render(values)
+    for doc in docs:
+        if doc["kind"] not in CUSTOM_KINDS:
+            kubernetes_validate.validate(doc, KUBERNETES, strict=True)
+    state = by_kind(docs, "Deployment", "state-redis")["spec"]["template"]["spec"]["containers"][0]
+    args = state["args"]
+    assert args[args.index("--maxmemory-policy") + 1] == "noeviction" and args[args.index("--appendonly") + 1] == "yes"
+    assert (
+        args[args.index("--protected-mode") + 1] == "yes"
+        and args[args.index("--requirepass") + 1] == "$(REDISCLI_AUTH)"
+    )
+    cached = next(
+        d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"].endswith("-image-router-redis")
+    )
+    cache_args = cached["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert cache_args[cache_args.index("--maxmemory-policy") + 1] == "allkeys-lru", "two instances: the cache evicts"
+    secret = by_kind(docs, "Secret", "-redis")
+    assert set(secret["data"]) == {"redis-password"} and len(secret["data"]["redis-password"]) > 40
+    for container in (state, cached["spec"]["template"]["spec"]["containers"][0]):
+        (auth,) = container["env"]
+        assert auth["valueFrom"]["secretKeyRef"] == {"name": secret["metadata"]["name"], "key": "redis-password"}
+    policy = by_kind(docs, "NetworkPolicy", "-redis")["spec"]
+    selected = {e["key"]: e["values"] for e in policy["podSelector"]["matchExpressions"]}
+    assert selected["app.kubernetes.io/component"] == ["redis", "state-redis"]
+    (rule,) = policy["ingress"]
+    assert rule["ports"] == [{"port": 6379, "protocol": "TCP"}]
+    assert rule["from"] == [{"podSelector": {"matchLabels": {
+        "app.kubernetes.io/name": "image-router", "app.kubernetes.io/instance": "demo",
+        "app.kubernetes.io/component": "gateway"}}}]  # fmt: skip
+    env = _env(_gateway_pod(docs))
+    names = [e["name"] for e in env]
+    assert names.index("ROUTER_REDIS_PASSWORD") < names.index("ROUTER_STATE_STORE"), "defined before it is used"
+    values_of = {e["name"]: e.get("value") for e in env}
+    assert values_of["ROUTER_STATE_STORE"] == "redis://:$(ROUTER_REDIS_PASSWORD)@demo-image-router-state-redis:6379/0"
+    assert values_of["ROUTER_CACHE_STORE"] == "redis://:$(ROUTER_REDIS_PASSWORD)@demo-image-router-redis:6379/0"
+    own = render({**values, "redisAuth": {"existingSecret": "my-redis"}})
+    assert not any(d["kind"] == "Secret" and d["metadata"]["name"].endswith("-redis") for d in own)
+    password = next(e for e in _env(_gateway_pod(own)) if e["name"] == "ROUTER_REDIS_PASSWORD")
+    assert password["valueFrom"]["secretKeyRef"]["name"] == "my-redis"
+
+
+def test_state_sharing_the_cache_redis_makes_that_redis_never_evict() -> None:
+    """One Redis for both only if no state key can be evicted: the chart then runs the
+    cache's Redis as a state store (noeviction, appendonly)."""
+    values = {
+        "cache": {"store": "redis", "redis": {"deploy": True}},
+        "state": {"store": "redis", "redis": {"useCacheRedis": True}},
+    }
+    docs = render(values)
+    (redis,) = [d for d in docs if d["kind"] == "Deployment" and "redis" in d["metadata"]["name"]]
+    args = redis["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert args[args.index("--maxmemory-policy") + 1] == "noeviction" and args[args.index("--appendonly") + 1] == "yes"
+    env = {e["name"]: e.get("value") for e in _env(_gateway_pod(docs))}
+    assert env["ROUTER_STATE_STORE"] == env["ROUTER_CACHE_STORE"]
+    with pytest.raises(Exception, match=r"useCacheRedis needs the chart's cache Redis"):
+        render({"state": {"store": "redis", "redis": {"useCacheRedis": True}}})
+    with pytest.raises(Exception, match=r"state\.redis\.url"):
+        render({"state": {"store": "redis"}})

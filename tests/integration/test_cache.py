@@ -26,6 +26,7 @@ import pytest
 import tritonclient.http as httpclient
 from PIL import Image
 
+from router.cache import image_id
 from router.triton import TritonServer
 from tests.integration.routes_common import TIERS
 from tests.procs import ADMIN_TOKEN, GatewayProcess, scrape
@@ -90,9 +91,14 @@ def test_second_request_is_a_hit_triton_never_sees_on_every_api(gateway: Gateway
     assert first.headers["x-cache"] == "MISS" and first.headers["x-router-model"].startswith("draft")
     second = openai(gateway, "a thumb of a red fox")
     assert second.headers["x-cache"] == "HIT"
-    assert second.headers["etag"] == first.headers["etag"]
-    assert int(second.headers["age"]) >= 0
+    # a strong ETag: the content hash of the pixels (the image's URL id), not merely equal twice
+    pixels = np.asarray(Image.open(io.BytesIO(base64.b64decode(first.json()["data"][0]["b64_json"]))))
+    assert second.headers["etag"] == first.headers["etag"] == f'"{image_id(pixels)}"'
     assert second.json()["data"][0]["b64_json"] == first.json()["data"][0]["b64_json"]
+    # Age: seconds since the image was made, growing as the entry gets older
+    time.sleep(2.1)
+    older = openai(gateway, "a thumb of a red fox")
+    assert older.headers["x-cache"] == "HIT" and 2 <= int(older.headers["age"]) <= int(second.headers["age"]) + 4
     # the same generation asked for through /api/v1/generate (as WebP) and KServe: one entry
     webp = httpx.post(gateway.url + "/api/v1/generate", json={"prompt": "a thumb of a red fox", "format": "webp"})
     assert webp.headers["x-cache"] == "HIT" and webp.headers["content-type"] == "image/webp"
@@ -104,10 +110,10 @@ def test_second_request_is_a_hit_triton_never_sees_on_every_api(gateway: Gateway
     assert result.get_response()["model_name"] == "thumbs"
     png = base64.b64decode(first.json()["data"][0]["b64_json"])
     np.testing.assert_array_equal(result.as_numpy("IMAGE")[0], np.asarray(Image.open(io.BytesIO(png))))
-    assert inferences(triton, "draft") == before + 1  # three hits, one generation
+    assert inferences(triton, "draft") == before + 1  # four hits, one generation
     seen = scrape(gateway)
     labels = (("model", "draft@1"), ("result", "HIT"), ("route", "thumbs"))
-    assert seen[("router_cache_results_total", labels)] == 3
+    assert seen[("router_cache_results_total", labels)] == 4
 
 
 def test_seedless_share_reports_its_seed_and_fresh_never_hits(gateway: GatewayProcess) -> None:
@@ -140,7 +146,15 @@ def test_cache_control_no_store_and_no_cache(gateway: GatewayProcess, triton: Tr
     )  # fmt: skip
     assert none.headers["x-cache"] == "BYPASS"
     assert openai(gateway, "thumb of a tent", seed=5).headers["x-cache"] == "MISS"  # no-store kept nothing
-    assert inferences(triton, "draft") == before + 4  # a BYPASS generates
+    # no-cache skips the lookup but stores what it made: a key never stored before is a
+    # HIT right after its no-cache generation
+    first = httpx.post(
+        gateway.url + "/v1/images/generations", json={"prompt": "thumb of a sail", "seed": 5},
+        headers={"Cache-Control": "no-cache"},
+    )  # fmt: skip
+    assert first.headers["x-cache"] == "BYPASS"
+    assert openai(gateway, "thumb of a sail", seed=5).headers["x-cache"] == "HIT"
+    assert inferences(triton, "draft") == before + 5  # a BYPASS generates; the HIT after it does not
 
 
 def test_canary_cohorts_never_share_entries(gateway: GatewayProcess) -> None:
@@ -326,6 +340,17 @@ def test_pregen_from_the_cli_then_hits_and_the_top_prompts(gateway: GatewayProce
     )  # fmt: skip
     assert purge.returncode == 0 and purge.stdout.startswith("removed ")
     assert openai(gateway, "thumb of a red barn").headers["x-cache"] == "MISS"
+    # both actions are audit lines (README: reloads, purges, pre-generation, sign-ins)
+    deadline = time.monotonic() + 5  # the access log is flushed every second
+    while time.monotonic() < deadline:
+        audits = [json.loads(line) for line in gateway.log.read_text().splitlines() if '"audit"' in line]
+        if {"pregenerate", "purge"} <= {a["audit"] for a in audits}:
+            break
+        time.sleep(0.2)
+    pregen = next(a for a in audits if a["audit"] == "pregenerate")
+    purged = next(a for a in audits if a["audit"] == "purge")
+    assert pregen["items"] == 3 and pregen["queued"] == 3 and pregen["auth"] == "bearer", pregen
+    assert purged["model"] == "draft" and purged["removed"] >= 3 and purged["from"], purged
     refused = subprocess.run(
         [sys.executable, "-m", "router.cli", "cache", "purge", "--all", "--url", gateway.url],
         env={**env, "ROUTER_ADMIN_TOKEN": "wrong"}, capture_output=True, text=True, timeout=60,
@@ -336,12 +361,30 @@ def test_pregen_from_the_cli_then_hits_and_the_top_prompts(gateway: GatewayProce
 def test_a_large_avif_is_encoded_off_the_loop_in_a_worker_process(gateway: GatewayProcess, tmp_path: Path) -> None:
     """A 768x768 image record (written into the store as a replica would) served as AVIF:
     libavif holds the GIL for milliseconds at a time, so it runs in a worker process."""
-    from router.cache import Entry, image_id
+    from router.cache import Entry
+    from router.cache.keys import image_key
 
     big = np.random.default_rng(3).integers(0, 255, (768, 768, 3), dtype=np.uint8)
     name = image_id(big)
     with diskcache.Cache(str(tmp_path / "cache")) as store:
-        store.set(f"i:{name}", Entry(big[None], "draft", "1", "thumbs", (1,), time.time()).to_bytes())
-    r = httpx.get(f"{gateway.url}/v1/images/{name}.avif?q=40", timeout=60)
+        store.set(image_key(name), Entry(big[None], "draft", "1", "thumbs", (1,), time.time()).to_bytes())
+
+    async def avif_while_polling_health() -> tuple[httpx.Response, float, list[float]]:
+        """The AVIF request, and /healthz every 50 ms while it is encoded: an encode on
+        the loop (seconds for this image here) would hold every other answer up."""
+        async with httpx.AsyncClient(base_url=gateway.url, timeout=60) as client:
+            t0 = time.monotonic()
+            avif = asyncio.create_task(client.get(f"/v1/images/{name}.avif?q=40"))
+            health: list[float] = []
+            while not avif.done():
+                h0 = time.monotonic()
+                assert (await client.get("/healthz")).status_code == 200
+                health.append(time.monotonic() - h0)
+                await asyncio.sleep(0.05)
+            return await avif, time.monotonic() - t0, health
+
+    r, encode_s, health = asyncio.run(avif_while_polling_health())
     assert r.status_code == 200 and r.headers["content-type"] == "image/avif"
     assert Image.open(io.BytesIO(r.content)).size == (768, 768)
+    print(f"avif {encode_s:.2f} s; /healthz meanwhile: {len(health)} answers, slowest {max(health):.3f} s")
+    assert len(health) >= 3 and max(health) < 0.5 * encode_s, (encode_s, health)

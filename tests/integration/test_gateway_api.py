@@ -147,7 +147,20 @@ def test_what_tritons_own_tools_call_besides_infer(gw: GatewayProcess) -> None:
         assert result.as_numpy("IMAGE") is not None
         assert result.get_response()["parameters"]["router_route"] == "sketch"
         assert result.get_response()["parameters"]["router_model"] == "draft"
+        assert result.get_response()["parameters"]["router_priority"] == "1"  # Triton's priority, honoured
     client.close()
+    # the answer really is compressed on Accept-Encoding (tritonclient would read a plain one too)
+    request = {"inputs": [{"name": "PROMPT", "shape": [1, 1], "datatype": "BYTES", "data": ["a sketch of a gull"]}]}
+    for encoding in ("gzip", "deflate"):
+        raw = httpx.post(
+            gw.url + "/v2/models/auto/infer", json=request, headers={"Accept-Encoding": encoding}, timeout=30
+        )
+        assert raw.status_code == 200 and raw.headers.get("content-encoding") == encoding, raw.headers
+        assert raw.json()["parameters"]["router_route"] == "sketch"  # httpx inflated it
+    plain = httpx.post(
+        gw.url + "/v2/models/auto/infer", json=request, headers={"Accept-Encoding": "identity"}, timeout=30
+    )
+    assert plain.status_code == 200 and "content-encoding" not in plain.headers
 
     import gzip
 
@@ -237,7 +250,7 @@ def test_secrets_never_reach_the_admin_api_errors_or_logs(start_gateway: Start) 
         "backends:\n",
         'backends:\n  hosted: {type: openai, base_url: "http://127.0.0.1:9", api_key: "${HOSTED_KEY}"}\n',
     ).replace("  noop-canary:", "  remote: {backend: hosted, remote_model: img-1}\n  noop-canary:")
-    gw = start_gateway(routes, env={"HOSTED_KEY": "sk-live-DO-NOT-LEAK"})
+    gw = start_gateway(routes + "env: [HOSTED_KEY]\n", env={"HOSTED_KEY": "sk-live-DO-NOT-LEAK"})
     config = httpx.get(gw.url + "/admin/config", headers=gw.admin).text
     assert "hosted" in config and "sk-live-DO-NOT-LEAK" not in config
     r = httpx.post(gw.url + "/api/v1/generate", json={"prompt": "x", "model": "remote"}, timeout=30)

@@ -29,6 +29,7 @@ backends:
 models:
   remote: {backend: hosted, remote_model: img-1, latency_hint_ms: 100}
 default_route: {model: remote, budget_ms: 1500}
+env: [HOSTED_URL, HOSTED_KEY]
 """
 
 

@@ -79,17 +79,35 @@ def test_every_refused_field_is_named_in_param(gw: GatewayProcess, fields: dict[
 
 def test_quality_selects_a_tier_through_the_routes_and_the_answer_says_what_it_was(gw: GatewayProcess) -> None:
     client = _client(gw)
-    served = {}
-    for quality in ("low", "medium", "high", "standard", "hd"):
-        raw = client.images.with_raw_response.generate(prompt="a lighthouse", quality=quality, extra_body={"seed": 3})
+    served, routes = {}, {}
+    for quality in ("low", "medium", "high", "standard", "hd", "xhigh", "max"):
+        raw = client.images.with_raw_response.generate(
+            prompt="a lighthouse", extra_body={"seed": 3, "quality": quality}
+        )
         answer = raw.parse()
-        served[quality] = raw.headers["x-router-model"].split("@")[0]
+        routes[quality] = raw.headers["x-router-route"]
+        # the tier that made it, or the one it was meant for when it was downgraded in time
+        fallback = raw.headers.get("x-router-fallback")
+        served[quality] = fallback.split(":")[0] if fallback else raw.headers["x-router-model"].split("@")[0]
         assert answer.quality == quality and answer.output_format == "png" and answer.background == "opaque"
         width, height = _image(answer.data[0].b64_json).size  # type: ignore[index]
         assert answer.size == f"{width}x{height}"
         assert answer.usage is None  # no tokens here: not made up (docs/openai.md)
-    assert served["low"] == "draft" and served["medium"] == served["standard"] == "preview"
-    assert served["high"] == served["hd"] == "quality" or served["high"] in ("preview", "draft")
+    assert routes == {
+        "low": "quality-low",
+        "medium": "quality-medium",
+        "standard": "quality-medium",
+        "high": "quality-high",
+        "hd": "quality-high",
+        "xhigh": "quality-high",
+        "max": "quality-high",
+    }
+    intended = {"low": "draft", "medium": "preview", "standard": "preview"}
+    assert served == {**dict.fromkeys(routes, "quality"), **intended}, served
+    # `auto` names no tier: the prompt's routes decide
+    for prompt, route in (("a photo of a lighthouse", "photo"), ("a sketch of a lighthouse", "sketch")):
+        raw = client.images.with_raw_response.generate(prompt=prompt, quality="auto")
+        assert raw.headers["x-router-route"] == route, prompt
 
 
 def test_formats_users_and_model_names_clients_already_send(gw: GatewayProcess) -> None:
@@ -98,9 +116,26 @@ def test_formats_users_and_model_names_clients_already_send(gw: GatewayProcess) 
     assert webp.output_format == "webp" and _image(webp.data[0].b64_json).format == "WEBP"  # type: ignore[index]
     jpeg = client.images.generate(prompt="a sketch of a kite", output_format="jpeg")
     assert _image(jpeg.data[0].b64_json).format == "JPEG"  # type: ignore[index]
+    # output_compression is the lossy formats' quality: the same picture (seed) at 10 is
+    # smaller and further from the lossless pixels than at 95
+    plain = client.images.generate(prompt="a sketch of a kite", extra_body={"seed": 8})
+    png = np.asarray(_image(plain.data[0].b64_json).convert("RGB"))  # type: ignore[index]
+    lossy = {}
+    for level in (10, 95):
+        answer = client.images.generate(prompt="a sketch of a kite", output_format="webp", output_compression=level,
+                                        extra_body={"seed": 8})  # fmt: skip
+        blob = answer.data[0].b64_json  # type: ignore[index]
+        assert blob
+        pixels = np.asarray(_image(blob).convert("RGB")).astype(int)
+        lossy[level] = (len(base64.b64decode(blob)), float(np.abs(pixels - png.astype(int)).mean()))
+    assert lossy[10][0] < lossy[95][0] and lossy[10][1] > lossy[95][1], lossy
+    # the model names clients already send are aliases of `auto`: the routes decide by the
+    # prompt (a sketch goes to the sketch route, anything else to the default), no fixed tier
     for name in ("gpt-image-1", "gpt-image-1-mini", "gpt-image-2", "dall-e-3", "dall-e-2", "chatgpt-image-latest"):
         raw = client.images.with_raw_response.generate(model=name, prompt="a sketch of a fox")
-        assert raw.http_response.status_code == 200, name
+        assert raw.http_response.status_code == 200 and raw.headers["x-router-route"] == "sketch", name
+        raw = client.images.with_raw_response.generate(model=name, prompt="a fox")
+        assert raw.headers["x-router-route"] == "default", name
     answer = client.images.generate(prompt="a sketch of a fox", safety_identifier="user-hash-42")
     assert answer.safety_identifier == "user-hash-42"
     legacy = client.images.generate(prompt="a sketch of a fox", user="legacy-user")
@@ -215,10 +250,8 @@ def test_edits_with_and_without_a_mask_and_variations(gw: GatewayProcess) -> Non
         prompt="a sketch of a red door",
         extra_body={"seed": 4, "strength": 1.0},
     )
-    painted = np.asarray(_image(masked.data[0].b64_json).convert("RGB")).astype(int)  # type: ignore[index]
-    original = np.asarray(Image.open(io.BytesIO(source)).convert("RGB")).astype(int)
-    left, right = np.abs(painted - original)[:, :24].mean(), np.abs(painted - original)[:, 40:].mean()
-    assert right > left, (left, right)  # repainted where the mask is transparent, kept nearer elsewhere
+    painted = np.asarray(_image(masked.data[0].b64_json).convert("RGB"))  # type: ignore[index]
+    assert painted.shape == (64, 64, 3)  # what the mask keeps: test_a_mask_keeps_the_unmasked_side
 
     with pytest.warns(DeprecationWarning):  # the SDK marks variations deprecated; clients still call them
         variation = client.images.create_variation(image=("in.png", source, "image/png"), n=2, size="64x64")
@@ -226,6 +259,29 @@ def test_edits_with_and_without_a_mask_and_variations(gw: GatewayProcess) -> Non
     with pytest.warns(DeprecationWarning):
         raw = client.images.with_raw_response.create_variation(image=("in.png", source, "image/png"))
     assert raw.http_response.status_code == 200 and raw.headers["x-router-route"]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="the tiers' inpaint pipeline does not put the unmasked pixels back: with this build's weights the "
+    "kept (opaque) half changes about as much as the repainted half (87 vs 92 of 255, mean per channel)",
+)
+def test_a_mask_keeps_the_unmasked_side(gw: GatewayProcess) -> None:
+    """docs/openai.md: fully transparent pixels are repainted. The rest is kept: near the
+    source in absolute terms, not merely less changed than the repainted side (a pipeline
+    that ignores the mask and repaints everything at strength 1 changes both alike)."""
+    client = _client(gw)
+    source = _png((64, 64))
+    masked = client.images.edit(
+        image=("in.png", source, "image/png"),
+        mask=("mask.png", _png((64, 64), alpha_right=True), "image/png"),
+        prompt="a sketch of a red door",
+        extra_body={"seed": 4, "strength": 1.0},
+    )
+    painted = np.asarray(_image(masked.data[0].b64_json).convert("RGB")).astype(int)  # type: ignore[index]
+    original = np.asarray(Image.open(io.BytesIO(source)).convert("RGB")).astype(int)
+    left, right = np.abs(painted - original)[:, :24].mean(), np.abs(painted - original)[:, 40:].mean()
+    assert left < 0.25 * right and left < 16, (left, right)
 
 
 @pytest.mark.parametrize(

@@ -29,6 +29,7 @@ backends: {triton: {url: "${TRITON_URL}"}}
 models:
   noop: {backend: triton, latency_hint_ms: 20}
   noop-canary: {backend: triton, triton_model: noop, latency_hint_ms: 20}
+  absent: {backend: triton, triton_model: not-in-the-repository}  # listed, never loaded
 routes:
   - name: limited
     match: limited
@@ -146,7 +147,13 @@ def test_kserve_intent_parameter_version_path_server_metadata_and_index(gw: Gate
     index = httpx.post(gw.url + "/v2/repository/index").json()
     names = {entry["name"] for entry in index}
     assert {"noop", "noop-canary", "limited", "main"} <= names
-    assert all(entry["state"] == "READY" for entry in index)
+    states = {entry["name"]: entry["state"] for entry in index}
+    reasons = {entry["name"]: entry.get("reason", "") for entry in index}
+    assert states["absent"] == "UNAVAILABLE" and "not ready" in reasons["absent"], index
+    assert all(states[name] == "READY" for name in ("noop", "noop-canary", "limited", "main")), states
+    for name, state in states.items():  # the index says what each name's own readiness check says
+        ready = httpx.get(f"{gw.url}/v2/models/{name}/ready").status_code == 200
+        assert state == ("READY" if ready else "UNAVAILABLE"), name
 
 
 def test_the_body_limit_is_exactly_one_mebibyte(gw: GatewayProcess, tmp_path: Path) -> None:

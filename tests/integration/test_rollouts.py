@@ -1,7 +1,8 @@
 """Canaries that promote and roll back themselves, as operators run them: a real Triton
 serving test-only variants of one model (tests/rollout_models: a healthy one, one that
 errs, one 2x slower, one that draws blank images), a real ``redis-server`` holding the
-rollout's state and counters, and two gateway replicas splitting the traffic.
+rollout's state and counters (the state store: ``noeviction``), and two gateway replicas
+splitting the traffic; one test keeps the state in SQLite (one machine) instead.
 
 Every test drives traffic through both replicas and watches their ``/admin/canary``:
 the bad canaries are rolled back to 0 within 3 minutes (then no answer is a canary's),
@@ -47,6 +48,14 @@ def variants(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonServer]
 
 
 @pytest.fixture()
+def redis(tmp_path: Path) -> Iterator[RedisProcess]:
+    """A Redis run as a state store must be: ``noeviction`` (the conftest's is a cache)."""
+    server = RedisProcess(tmp_path, policy="noeviction").start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture()
 def replicas(variants: TritonServer, tmp_path: Path) -> Iterator[Callable[..., list[GatewayProcess]]]:
     started: list[GatewayProcess] = []
 
@@ -72,7 +81,7 @@ backends:
 models:
   base: {{backend: variants, latency_hint_ms: 60}}
   {canary}: {{backend: variants, latency_hint_ms: 60{canary_spec}}}
-cache: {{store: "{redis_url}"}}
+state: {{store: "{redis_url}"}}
 routes:
   - name: pictures
     match: "prompt:picture"
@@ -86,6 +95,7 @@ routes:
         rollout: {rollout}
 {extra_routes}
 default_route: {{name: default, model: base, budget_ms: 10000}}
+env: [HOOK_SECRET]
 """
 
 
@@ -339,6 +349,25 @@ def test_operators_pause_resume_and_abort_from_the_command_line(
     assert httpx.post(gateways[1].url + "/admin/canary/pictures/jump", headers=ADMIN).status_code == 400
     assert httpx.post(gateways[1].url + "/admin/canary/pictures/abort").status_code == 401
     assert httpx.post(gateways[1].url + "/admin/canary/nothing/abort", headers=ADMIN).status_code == 404
+
+
+def test_with_sqlite_a_restarted_gateway_resumes_the_rollout_at_its_step(
+    replicas: Callable[..., list[GatewayProcess]], tmp_path: Path
+) -> None:
+    """One machine, no Redis: the rollout's state in a SQLite file. A gateway stopped at
+    the second step and started again serves that step's weight from its first read, and
+    its decision log is the one it left (not a new start)."""
+    text = routes(f"sqlite://{tmp_path / 'state' / 'rollouts.db'}", "good", ROLLOUT)
+    (first,) = replicas(text, 1)
+    with Load([first]):
+        watch([first], lambda s: s[0]["weight"] == 50, 60)
+    before = rollout_of(first)
+    first.stop()
+    (again,) = replicas(text, 1)
+    (after,) = watch([again], lambda s: s[0]["weight"] > 0, 10)[-1][1]
+    assert after["weight"] == before["weight"] == 50 and after["status"] == "running"
+    assert after["decisions"] == before["decisions"], "the rollout it left, not a new one"
+    assert [d["action"] for d in after["decisions"]] == ["start", "advance"]
 
 
 def test_shadow_requests_never_take_a_slot_a_live_request_was_waiting_for(

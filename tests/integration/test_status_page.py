@@ -60,11 +60,11 @@ def signed_in(browser: Browser, gw: GatewayProcess, **page_options: Any) -> Page
 
 def rollout_routes(tmp_path: Path, route: str, rollout: str) -> str:
     """One split of noop and a canary noop-canary carrying ``rollout``, its state in a
-    disk store (one machine, no Redis)."""
+    SQLite state store (one machine, no Redis)."""
     return (
         TIERS
         + f"""
-cache: {{store: "disk://{tmp_path / "state"}"}}
+state: {{store: "sqlite://{tmp_path / "state" / "state.db"}"}}
 routes:
   - name: {route}
     split:
@@ -134,7 +134,7 @@ def test_status_page_shows_the_cache(
 def test_status_page_shows_a_rollout(
     start_gateway: Callable[..., GatewayProcess], tmp_path: Path, browser: Browser
 ) -> None:
-    """A rollout on one machine (the local disk store, no Redis): the page charts its
+    """A rollout on one machine (the SQLite state store, no Redis): the page charts its
     weight, lists its decisions with their numbers, and shows both arms' images."""
     routes = rollout_routes(tmp_path, "rollout", "{steps: [50, 100], interval_s: 1.5, analysis: {min_samples: 10}}")
     gw = start_gateway(routes)

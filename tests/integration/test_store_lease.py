@@ -1,5 +1,6 @@
-"""Leases in both shared stores (a real ``redis-server`` and the disk store): one
-holder at a time, re-entrant for the holder, released only by it, gone at expiry.
+"""Leases in both cache stores (a real ``redis-server`` and the disk store): one
+holder at a time, re-entrant for the holder, released only by it, gone at expiry; and
+the rollouts' counters and compare-and-swap in both state stores (Redis, SQLite).
 
 Re-entrancy matters: a lease call that timed out in the gateway but took effect in the
 store is retried; read as someone else's lease, the replica waited on itself and then
@@ -14,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from router.cache.store import DiskStore, RedisStore, Store
+from router.state import RedisState, SqliteState, StateStore
 from tests.procs import RedisProcess
 
 pytestmark = pytest.mark.integration
@@ -45,20 +47,31 @@ def test_a_lease_has_one_holder_renews_for_it_and_expires(store: Store) -> None:
     asyncio.run(scenario())
 
 
-def test_counts_add_up_and_a_swap_needs_the_value_it_expects(store: Store) -> None:
-    """What a rollout keeps: per-window counters every replica adds to, and a state only
-    one replica can move from the value it read."""
+@pytest.fixture(params=["redis", "sqlite"])
+def state(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StateStore]:
+    if request.param == "redis":
+        server = RedisProcess(tmp_path, policy="noeviction").start()
+        yield RedisState(server.url, 0.02)
+        server.stop()
+    else:
+        yield SqliteState(tmp_path / "state.db")
+
+
+def test_counts_add_up_and_a_swap_needs_the_value_it_expects(state: StateStore) -> None:
+    """What a rollout keeps (in the state store, no longer the cache's): per-window
+    counters every replica adds to, and a state only one replica can move from the value
+    it read."""
 
     async def scenario() -> None:
-        await store.add_counts("c", {"requests": 2, "h3": 1}, 60)
-        await asyncio.gather(*(store.add_counts("c", {"requests": 1, "errors": 1}, 60) for _ in range(5)))
-        assert await store.counts("c") == {"requests": 7, "h3": 1, "errors": 5}
-        assert await store.counts("missing") == {}
-        assert await store.swap("s", None, b"v1", 60)
-        assert not await store.swap("s", None, b"other", 60), "absent was expected: it is not"
-        assert not await store.swap("s", b"v0", b"v2", 60)
-        assert await store.swap("s", b"v1", b"v2", 60)
-        assert await store.get_many(["s"]) == [b"v2"]
-        await store.aclose()
+        await state.add_counts("c", {"requests": 2, "h3": 1}, 60)
+        await asyncio.gather(*(state.add_counts("c", {"requests": 1, "errors": 1}, 60) for _ in range(5)))
+        assert await state.counts("c") == {"requests": 7, "h3": 1, "errors": 5}
+        assert await state.counts("missing") == {}
+        assert await state.swap("s", None, b"v1", 60)
+        assert not await state.swap("s", None, b"other", 60), "absent was expected: it is not"
+        assert not await state.swap("s", b"v0", b"v2", 60)
+        assert await state.swap("s", b"v1", b"v2", 60)
+        assert await state.get_many(["s"]) == [b"v2"]
+        await state.aclose()
 
     asyncio.run(scenario())

@@ -6,7 +6,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-__all__ = ["VARIANTS", "write_repository"]
+__all__ = ["VARIANTS", "write_models", "write_repository"]
 
 HERE = Path(__file__).parent
 VARIANTS = {
@@ -38,7 +38,14 @@ dynamic_batching {{ max_queue_delay_microseconds: 0 }}
 
 def write_repository(root: Path) -> Path:
     """The variants as a Triton model repository under ``root``."""
-    for name, params in VARIANTS.items():
+    return write_models(root, VARIANTS)
+
+
+def write_models(root: Path, variants: dict[str, dict[str, str]]) -> Path:
+    """Models of ``model.py`` named and configured by ``variants`` (name -> parameters)
+    as a Triton model repository under ``root``: e.g. tiers whose service time is a
+    sleep, the same on any machine however busy."""
+    for name, params in variants.items():
         (root / name / "1").mkdir(parents=True, exist_ok=True)
         shutil.copy(HERE / "model.py", root / name / "1" / "model.py")
         lines = "\n".join(f'parameters {{ key: "{k}", value: {{ string_value: "{v}" }} }}' for k, v in params.items())

@@ -12,6 +12,7 @@ import pytest
 
 from router.backends.base import ImageRequest, ImageResult
 from router.cache import CacheKey, Entry
+from router.cache.keys import key_digest
 from router.cache.store import GuardedStore
 from router.config import compile_text
 from router.gateway import Gateway
@@ -111,7 +112,7 @@ REQ = ImageRequest(("a cat",), seeds=(7,))
 def put(gw: Gateway, store: MemoryStore, route: str, model: str, value: int) -> None:
     key = CacheKey.of(route, model, model, "1", REQ.prompts, (7,), None, None, None)
     images = np.full((1, 2, 2, 3), value, np.uint8)
-    store.data[str(key)] = Entry(images, model, "1", route, (7,), 0.0).to_bytes()
+    store.data[str(key)] = Entry(images, model, "1", route, (7,), 0.0, key=key_digest(str(key))).to_bytes()
 
 
 def now() -> float:

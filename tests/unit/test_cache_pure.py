@@ -36,7 +36,7 @@ def test_every_field_that_decides_the_pixels_is_in_the_key_and_nothing_else() ->
     for change in changes:
         assert key(**change) != base, change
     assert key() == base
-    assert base.startswith("r:r|m|m@1|")
+    assert base.startswith("c:r:r|m|m@1|")
 
 
 def test_derived_seeds_are_stable_per_prompt_and_differ_within_a_request() -> None:
@@ -96,3 +96,35 @@ def test_heavy_hitters_keep_the_frequent_prompts_in_bounded_memory() -> None:
 )
 def test_accept_negotiation(accept: str | None, expected: str) -> None:
     assert negotiate(accept) == expected
+
+
+def test_heavy_hitters_evict_the_smallest_count_as_the_scan_did() -> None:
+    """The bucketed summary keeps what Space-Saving with a full scan keeps: the same
+    counts and errors for a stream of unique and repeated prompts."""
+    import random
+
+    from router.cache.hitters import HeavyHitters
+
+    def reference(stream: list[str], capacity: int) -> dict[str, tuple[int, int]]:
+        counters: dict[str, list[int]] = {}
+        for item in stream:
+            if item in counters:
+                counters[item][0] += 1
+            elif len(counters) < capacity:
+                counters[item] = [1, 0]
+            else:
+                floor = min(c[0] for c in counters.values())
+                victim = next(k for k, c in counters.items() if c[0] == floor)
+                del counters[victim]
+                counters[item] = [floor + 1, floor]
+        return {k: (c[0], c[1]) for k, c in counters.items()}
+
+    rng = random.Random(3)
+    stream = [f"p{int(rng.paretovariate(1.2))}" if rng.random() < 0.6 else f"u{i}" for i in range(5000)]
+    hitters = HeavyHitters(capacity=50)
+    for item in stream:
+        hitters.add("r", item)
+    got = {prompt: (c.count, c.error) for (_, prompt), c in hitters._counters.items()}
+    want = reference(stream, 50)
+    assert sorted(got.values()) == sorted(want.values())
+    assert {k for k, v in got.items() if v[0] - v[1] > 20} == {k for k, v in want.items() if v[0] - v[1] > 20}

@@ -86,6 +86,7 @@ models:
   remote: {backend: hosted, remote_model: img-1}
   local: {backend: triton}
 default_route: local
+env: [KEY]
 """
     table = compile_text(text, env={"KEY": "sk-very-secret", "TRITON_URL": ""})
     assert table.backends["triton"].url == "http://127.0.0.1:9000"

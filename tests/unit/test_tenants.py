@@ -68,13 +68,13 @@ def test_the_shared_stores_reply_reads_like_a_local_count() -> None:
     from router.policy.tenants import limit_args, shared_decision
 
     tenant = Tenant("t", (), requests_per_s=2, burst=3, images_per_day=10)
-    assert limit_args(tenant, 1) == [500, 1500, 1, 10]
-    ok = shared_decision(tenant, [1, 0, 1000, 4], 0.0)  # 1 s of the 1.5 s tolerance used
+    assert limit_args(tenant, 1) == [500_000, 1_500_000, 1, 10]  # microseconds
+    ok = shared_decision(tenant, [1, 0, 1_000_000, 4], 0.0)  # 1 s of the 1.5 s tolerance used
     assert ok.allowed and ok.headers["x-ratelimit-remaining-requests"] == "1"
     assert ok.headers["x-ratelimit-remaining-images"] == "6"
-    rate = shared_decision(tenant, [0, 1, 1400, 0], 0.0)  # the stored arrival is 1.4 s ahead
+    rate = shared_decision(tenant, [0, 1, 1_400_000, 0], 0.0)  # the stored arrival is 1.4 s ahead
     assert not rate.allowed and rate.reason == "rate" and abs(rate.retry_after_s - 0.4) < 1e-9
-    images = shared_decision(tenant, [0, 2, 500, 10], 100.0)
+    images = shared_decision(tenant, [0, 2, 500_000, 10], 100.0)
     assert not images.allowed and images.reason == "images" and images.headers["x-ratelimit-remaining-images"] == "0"
 
 
@@ -152,6 +152,7 @@ tenants:
     acme: {{key_files: ["{key_file}"]}}
     beta: {{key_files: ["{tmp_path}/missing"]}}
 default_route: noop
+secret_dirs: ["{tmp_path}"]
 """
     with pytest.raises(ConfigError) as info:
         compile_text(text)
@@ -161,7 +162,7 @@ default_route: noop
 
 
 def test_a_tenants_sticky_identity_is_scoped_to_it() -> None:
-    from router.gateway import _tenant_steering
+    from router.decide import steer as _tenant_steering
     from router.policy.match import RequestFacts
 
     facts = RequestFacts.of("x", None, None, {}, {"user": "alice"})

@@ -45,6 +45,10 @@ app.kubernetes.io/component: {{ .component }}
   value: {{ printf "%s:%v" (include "image-router.tritonName" .) .Values.triton.ports.grpc | quote }}
 - name: ROUTER_CACHE_STORE
   value: {{ include "image-router.cacheStore" . | quote }}
+- name: ROUTER_STATE_STORE
+  value: {{ include "image-router.stateStore" . | quote }}
+- name: ROUTER_STATE_DIR
+  value: {{ .Values.state.sqlite.path | quote }}
 {{- end }}
 
 {{/* routes must at least be a YAML mapping: a file that does not parse fails the render
@@ -65,8 +69,8 @@ app.kubernetes.io/component: {{ .component }}
 {{- end }}
 {{- end }}
 {{- end }}
-{{- if and $rollout (eq .Values.cache.store "disk") (or (gt (int .Values.gateway.replicaCount) 1) .Values.gateway.autoscaling.enabled) }}
-{{- fail "routes: a canary rollout with more than one gateway pod needs cache.store: redis (on disk every pod would run a rollout of its own)" }}
+{{- if and $rollout (eq .Values.state.store "sqlite") (or (gt (int .Values.gateway.replicaCount) 1) .Values.gateway.autoscaling.enabled) }}
+{{- fail "routes: a canary rollout with more than one gateway pod needs state.store: redis (with sqlite every pod would run a rollout of its own)" }}
 {{- end }}
 {{- end }}
 
@@ -94,11 +98,147 @@ seccompProfile:
 {{- if .Values.cache.redis.url -}}
 {{ .Values.cache.redis.url }}
 {{- else if .Values.cache.redis.deploy -}}
-redis://{{ include "image-router.redisName" . }}:6379/0
+{{ include "image-router.chartRedisURL" (include "image-router.redisName" .) }}
 {{- else -}}
 {{ fail "cache.store is redis: set cache.redis.url to an existing Redis, or cache.redis.deploy: true" }}
 {{- end -}}
 {{- else -}}
 disk://{{ .Values.cache.disk.path }}
 {{- end -}}
+{{- end }}
+
+{{- define "image-router.stateRedisName" -}}{{ include "image-router.fullname" . }}-state-redis{{- end }}
+
+{{- define "image-router.redisSecretName" -}}
+{{- default (printf "%s-redis" (include "image-router.fullname" .)) .Values.redisAuth.existingSecret }}
+{{- end }}
+
+{{/* "true" (or empty) when the chart runs the cache's Redis. */}}
+{{- define "image-router.deploysCacheRedis" -}}
+{{- if and (eq .Values.cache.store "redis") .Values.cache.redis.deploy (not .Values.cache.redis.url) }}true{{ end }}
+{{- end }}
+
+{{/* "true" when state lives in the chart's cache Redis (then run as noeviction). */}}
+{{- define "image-router.sharesCacheRedis" -}}
+{{- if and (eq .Values.state.store "redis") .Values.state.redis.useCacheRedis }}
+{{- if not (include "image-router.deploysCacheRedis" .) }}
+{{- fail "state.redis.useCacheRedis needs the chart's cache Redis (cache.store: redis, cache.redis.deploy: true)" }}
+{{- end }}true
+{{- end }}
+{{- end }}
+
+{{/* "true" when the chart runs a Redis of its own for state. */}}
+{{- define "image-router.deploysStateRedis" -}}
+{{- if and (eq .Values.state.store "redis") .Values.state.redis.deploy (not .Values.state.redis.url) (not .Values.state.redis.useCacheRedis) }}true{{ end }}
+{{- end }}
+
+{{/* The URL of a Redis this chart runs: its password from the env var the gateway gets
+from the Secret (Kubernetes expands $(VAR) in env values). */}}
+{{- define "image-router.chartRedisURL" -}}
+redis://:$(ROUTER_REDIS_PASSWORD)@{{ . }}:6379/0
+{{- end }}
+
+{{/* The state store URL the gateway gets as ROUTER_STATE_STORE. */}}
+{{- define "image-router.stateStore" -}}
+{{- if eq .Values.state.store "redis" -}}
+{{- if .Values.state.redis.url -}}
+{{ .Values.state.redis.url }}
+{{- else if include "image-router.sharesCacheRedis" . -}}
+{{ include "image-router.chartRedisURL" (include "image-router.redisName" .) }}
+{{- else if .Values.state.redis.deploy -}}
+{{ include "image-router.chartRedisURL" (include "image-router.stateRedisName" .) }}
+{{- else -}}
+{{ fail "state.store is redis: set state.redis.url (a Redis with maxmemory-policy noeviction), state.redis.deploy: true, or state.redis.useCacheRedis: true" }}
+{{- end -}}
+{{- else -}}
+sqlite://{{ .Values.state.sqlite.path }}/state.db
+{{- end -}}
+{{- end }}
+
+{{/* One Redis Deployment + Service. durable: noeviction + appendonly (a state store);
+else allkeys-lru without persistence (a cache). */}}
+{{- define "image-router.redisPod" -}}
+{{- $root := .root }}
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: {{ .name }}
+  labels:
+    {{- include "image-router.labels" $root | nindent 4 }}
+    app.kubernetes.io/component: {{ .component }}
+spec:
+  replicas: 1
+  strategy: {type: Recreate}
+  selector:
+    matchLabels:
+      {{- include "image-router.selector" (dict "root" $root "component" .component) | nindent 6 }}
+  template:
+    metadata:
+      labels:
+        {{- include "image-router.labels" $root | nindent 8 }}
+        app.kubernetes.io/component: {{ .component }}
+    spec:
+      automountServiceAccountToken: false
+      securityContext:
+        runAsNonRoot: true
+        runAsUser: 999
+        runAsGroup: 999
+        fsGroup: 999
+        seccompProfile:
+          type: RuntimeDefault
+      containers:
+        - name: redis
+          image: "{{ $root.Values.cache.redis.image.repository }}:{{ $root.Values.cache.redis.image.tag }}"
+          imagePullPolicy: {{ $root.Values.cache.redis.image.pullPolicy }}
+          env:
+            # redis-cli (the probe) reads REDISCLI_AUTH; the server gets it as --requirepass
+            - name: REDISCLI_AUTH
+              valueFrom:
+                secretKeyRef:
+                  name: {{ include "image-router.redisSecretName" $root }}
+                  key: redis-password
+          {{- if eq .durable "true" }}
+          args: ["--requirepass", "$(REDISCLI_AUTH)", "--protected-mode", "yes",
+                 "--maxmemory", {{ .maxmemory | quote }}, "--maxmemory-policy", "noeviction",
+                 "--appendonly", "yes", "--appendfsync", "everysec", "--save", ""]
+          {{- else }}
+          args: ["--requirepass", "$(REDISCLI_AUTH)", "--protected-mode", "yes",
+                 "--maxmemory", {{ .maxmemory | quote }}, "--maxmemory-policy", "allkeys-lru",
+                 "--appendonly", "no", "--save", ""]
+          {{- end }}
+          ports:
+            - {name: redis, containerPort: 6379, protocol: TCP}
+          readinessProbe:
+            exec: {command: ["redis-cli", "ping"]}
+            periodSeconds: 5
+          livenessProbe:
+            tcpSocket: {port: redis}
+            periodSeconds: 10
+          resources:
+            {{- toYaml .resources | nindent 12 }}
+          securityContext:
+            {{- include "image-router.containerSecurity" $root | nindent 12 }}
+          volumeMounts:
+            - {name: data, mountPath: /data}
+      volumes:
+        - name: data
+          {{- if .claim }}
+          persistentVolumeClaim:
+            claimName: {{ .claim }}
+          {{- else }}
+          emptyDir: {}
+          {{- end }}
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: {{ .name }}
+  labels:
+    {{- include "image-router.labels" $root | nindent 4 }}
+    app.kubernetes.io/component: {{ .component }}
+spec:
+  selector:
+    {{- include "image-router.selector" (dict "root" $root "component" .component) | nindent 4 }}
+  ports:
+    - {name: redis, port: 6379, targetPort: redis, protocol: TCP}
 {{- end }}

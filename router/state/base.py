@@ -1,0 +1,67 @@
+"""What a state store promises: state that must last, shared by every gateway that uses it.
+
+A cache may drop what it holds; a state store may not. Rollouts keep their state and
+per-window counts here, tenants their shared request rate and daily images, and the
+async jobs, webhook deliveries and spend budgets to come will follow. The operations are
+the few that coordination needs, each atomic for every gateway sharing the store:
+
+- ``get_many`` / ``swap``: read, and compare-and-swap (``expected=None``: "absent");
+- ``lease`` / ``release``: one holder at a time, with expiry (re-entrant for its holder);
+- ``add_counts`` / ``counts``: integer fields of a hash added to (a window's counters);
+- ``limit``: a tenant's GCRA rate and daily images checked and counted in one step
+  (arguments and reply: :mod:`router.state.gcra`);
+- ``delete``, ``check`` (can it be trusted to keep what it is given?) and ``aclose``.
+
+A key expires only when the caller gave it a ttl (``ttl_s=None``: never). ``shared``
+says whether what one gateway process writes is seen by the others: ``True`` for both
+implementations (SQLite: the processes of one machine; Redis: every replica).
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+__all__ = ["StateStore"]
+
+
+class StateStore(Protocol):
+    kind: str  # "sqlite" | "redis": for the status page and logs, never for a capability test
+    shared: bool
+
+    async def get_many(self, keys: list[str]) -> list[bytes | None]: ...
+
+    async def swap(self, key: str, expected: bytes | None, value: bytes, ttl_s: float | None) -> bool:
+        """Set ``key`` to ``value`` only if it still holds ``expected`` (``None``: absent)."""
+        ...
+
+    async def lease(self, key: str, owner: str, ttl_s: float) -> bool:
+        """Take ``key`` for ``ttl_s`` unless someone else holds it. The holder asking
+        again renews it, so a call that timed out but took effect is not read as
+        another's lease on retry."""
+        ...
+
+    async def release(self, key: str, owner: str) -> None: ...
+
+    async def add_counts(self, key: str, counts: dict[str, int], ttl_s: float | None) -> None:
+        """Add ``counts`` to the integer fields of ``key`` (the ttl covers the whole key)."""
+        ...
+
+    async def counts(self, key: str) -> dict[str, int]: ...
+
+    async def limit(self, keys: list[str], args: list[int]) -> list[int]:
+        """``keys``: the tenant's rate key and today's images key; ``args`` and the
+        reply as :func:`router.state.gcra.step` defines them."""
+        ...
+
+    async def delete(self, keys: list[str]) -> None: ...
+
+    def verify(self) -> None:
+        """:meth:`check`, synchronously: start and reload are not coroutines."""
+        ...
+
+    async def check(self) -> None:
+        """Raise :class:`~router.errors.StateStoreError` when the store could lose what
+        it is given (a Redis that may evict); log what is only a risk (no persistence)."""
+        ...
+
+    async def aclose(self) -> None: ...

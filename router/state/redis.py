@@ -1,0 +1,236 @@
+"""The state store for gateway replicas on several machines: a Redis that never evicts.
+
+A Redis run as a cache (``allkeys-lru``, ``volatile-*``) may drop a live rollout's state
+or a tenant's daily count under memory pressure, so the store refuses any
+``maxmemory-policy`` but ``noeviction`` — at start and at every reload (:meth:`verify`,
+synchronous, for the reload path) and before its first call when the server was not
+reachable then (:meth:`check`). A Redis that disables ``CONFIG`` (a managed one) is
+used only on the operator's word (``assume_noeviction: true``), with a warning. A server
+without persistence is allowed, with a warning: a restart loses the state.
+
+The scripts are registered once (``SCRIPT LOAD`` on first use, then ``EVALSHA``; a
+restarted server gets them again), not sent with every call.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+from urllib.parse import urlsplit
+
+import redis as syncredis
+import redis.asyncio as aioredis
+
+from router.errors import StateStoreError
+from router.state.gcra import DAY_KEY_TTL_S
+
+__all__ = ["RedisState", "judge_config"]
+
+log = logging.getLogger("router.state")
+VERIFY_TIMEOUT_S = 1.0  # the reload path waits this long at most for a Redis that does not answer
+_SETTINGS = ("maxmemory-policy", "save", "appendonly")
+
+_LEASE = """
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 1 end
+if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('PEXPIRE', KEYS[1], ARGV[2]) return 1 end
+return 0
+"""
+_RELEASE = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) else return 0 end"
+_SWAP = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+if tonumber(ARGV[3]) > 0 then redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+else redis.call('SET', KEYS[1], ARGV[2]) end
+return 1
+"""
+# router.state.gcra.step, line for line, on Redis's own clock (no skew between replicas);
+# ARGV[5], when given, is "now" in µs instead (the parity test drives a fixed clock).
+_LIMIT = f"""
+local now
+if ARGV[5] and tonumber(ARGV[5]) > 0 then now = tonumber(ARGV[5]) else
+  local t = redis.call('TIME')
+  now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+end
+local interval, tolerance = tonumber(ARGV[1]), tonumber(ARGV[2])
+local images, per_day = tonumber(ARGV[3]), tonumber(ARGV[4])
+local new_tat = now
+if interval > 0 then
+  local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
+  if tat < now then tat = now end
+  new_tat = tat + interval
+  if new_tat - now > tolerance then return {{0, 1, tat - now, 0}} end
+end
+local used = 0
+if per_day >= 0 then
+  used = tonumber(redis.call('GET', KEYS[2]) or '0')
+  if used + images > per_day then return {{0, 2, new_tat - now, used}} end
+  used = redis.call('INCRBY', KEYS[2], images)
+  redis.call('EXPIRE', KEYS[2], {DAY_KEY_TTL_S})
+end
+if interval > 0 then
+  -- an arrival time behind now reads like none: the ttl only frees memory (a minute at least)
+  local px = math.max(60000, math.ceil((tolerance + interval) / 1000))
+  redis.call('SET', KEYS[1], string.format('%.0f', new_tat), 'PX', px)
+end
+return {{1, 0, new_tat - now, used}}
+"""
+
+
+def _ms(ttl_s: float | None) -> int:
+    return 0 if ttl_s is None else max(1, int(ttl_s * 1000))
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def judge_config(where: str, config: dict[str, str] | None, assume_noeviction: bool) -> tuple[str | None, list[str]]:
+    """What the server's ``CONFIG GET`` answers mean for state (pure): the reason to
+    refuse it (``None``: usable) and what to warn about. ``config=None``: CONFIG is
+    disabled."""
+    if config is None:
+        if not assume_noeviction:
+            return (
+                f"state.store: cannot read the eviction policy of the Redis at {where} (CONFIG is disabled); "
+                "state needs maxmemory-policy noeviction: if this Redis is set so, say it with "
+                "state: {assume_noeviction: true}",
+                [],
+            )
+        return None, [f"state store: the Redis at {where} hides CONFIG: trusting assume_noeviction: true"]
+    policy = config.get("maxmemory-policy", "")
+    if policy != "noeviction":
+        return (
+            f"state.store: the Redis at {where} has maxmemory-policy {policy or '(unknown)'}, which may evict "
+            "keys (a rollout's state, a tenant's daily count); state needs maxmemory-policy noeviction: set it "
+            "in redis.conf (or CONFIG SET maxmemory-policy noeviction), or give state a Redis of its own",
+            [],
+        )
+    if not config.get("save") and config.get("appendonly", "no") == "no":
+        return None, [
+            f"state store: the Redis at {where} has no persistence (save '' and appendonly no): a restart "
+            "loses rollouts' state and tenants' counts; set appendonly yes"
+        ]
+    return None, []
+
+
+class RedisState:
+    kind = "redis"
+    shared = True  # by every replica using the server
+
+    def __init__(self, url: str, timeout_s: float, assume_noeviction: bool = False) -> None:
+        self.url = url
+        parts = urlsplit(url)
+        self.where = f"{parts.hostname}:{parts.port or 6379}{parts.path or ''}"
+        self.assume_noeviction = assume_noeviction
+        self.checked = False  # the eviction policy has been seen to be safe
+        self._warned = False  # what is only a risk is said once per store
+        # the guard bounds each call; the socket timeouts only stop a dead server from
+        # holding a connection forever
+        self._redis = aioredis.Redis.from_url(
+            url,
+            socket_timeout=max(1.0, timeout_s * 10),
+            socket_connect_timeout=max(0.5, timeout_s * 10),
+            health_check_interval=10,
+            max_connections=256,
+        )
+        self._lease = self._redis.register_script(_LEASE)
+        self._release = self._redis.register_script(_RELEASE)
+        self._swap = self._redis.register_script(_SWAP)
+        self._limit = self._redis.register_script(_LIMIT)
+
+    # -- can it be trusted? --------------------------------------------------------------
+
+    def _judged(self, config: dict[str, str] | None) -> None:
+        problem, warnings = judge_config(self.where, config, self.assume_noeviction)
+        if problem is not None:
+            raise StateStoreError(problem, store=self.where)
+        if not self._warned:
+            for warning in warnings:
+                log.warning("%s", warning)
+        self.checked = self._warned = True
+
+    @staticmethod
+    def _config(answers: list[dict[Any, Any]]) -> dict[str, str]:
+        return {_text(k): _text(v) for answer in answers for k, v in answer.items()}
+
+    def verify(self) -> None:
+        """:meth:`check`, synchronously (start and reload are not coroutines; one round
+        trip, bounded by :data:`VERIFY_TIMEOUT_S`). A server that does not answer now is
+        checked before its first use."""
+        client = syncredis.Redis.from_url(
+            self.url, socket_timeout=VERIFY_TIMEOUT_S, socket_connect_timeout=VERIFY_TIMEOUT_S
+        )
+        try:
+            pipe = client.pipeline(transaction=False)  # one round trip
+            for name in _SETTINGS:
+                pipe.config_get(name)
+            answers = pipe.execute()
+        except syncredis.ResponseError:
+            return self._judged(None)
+        except (syncredis.ConnectionError, syncredis.TimeoutError) as exc:
+            log.warning("state store: the Redis at %s does not answer (%s): checked before its first use",
+                        self.where, exc)  # fmt: skip
+            self.checked = False
+            return None
+        finally:
+            client.close()
+        return self._judged(self._config(answers))
+
+    async def check(self) -> None:
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for name in _SETTINGS:
+                    pipe.config_get(name)
+                answers = await pipe.execute()
+        except syncredis.ResponseError:
+            return self._judged(None)
+        return self._judged(self._config(answers))
+
+    async def _ready(self) -> None:
+        if not self.checked:
+            await self.check()
+
+    # -- the operations ---------------------------------------------------------------------
+
+    async def get_many(self, keys: list[str]) -> list[bytes | None]:
+        await self._ready()
+        values = [await self._redis.get(keys[0])] if len(keys) == 1 else await self._redis.mget(keys)
+        return [v if isinstance(v, bytes) else None for v in values]  # decode_responses is off
+
+    async def swap(self, key: str, expected: bytes | None, value: bytes, ttl_s: float | None) -> bool:
+        await self._ready()
+        if expected is None:
+            return bool(await self._redis.set(key, value, nx=True, px=_ms(ttl_s) or None))
+        return bool(await self._swap(keys=[key], args=[expected, value, _ms(ttl_s)]))
+
+    async def lease(self, key: str, owner: str, ttl_s: float) -> bool:
+        await self._ready()
+        return bool(await self._lease(keys=[key], args=[owner, _ms(ttl_s)]))
+
+    async def release(self, key: str, owner: str) -> None:
+        await self._release(keys=[key], args=[owner])
+
+    async def add_counts(self, key: str, counts: dict[str, int], ttl_s: float | None) -> None:
+        await self._ready()
+        async with self._redis.pipeline(transaction=True) as pipe:
+            for name, n in counts.items():
+                pipe.hincrby(key, name, n)
+            if ttl_s is not None:
+                pipe.pexpire(key, _ms(ttl_s))
+            await pipe.execute()
+
+    async def counts(self, key: str) -> dict[str, int]:
+        await self._ready()
+        values = await self._redis.hgetall(key)
+        return {_text(k): int(v) for k, v in values.items()}
+
+    async def limit(self, keys: list[str], args: list[int]) -> list[int]:
+        await self._ready()
+        reply = await self._limit(keys=keys, args=args)
+        return [int(v) for v in reply]
+
+    async def delete(self, keys: list[str]) -> None:
+        if keys:
+            await self._redis.delete(*keys)
+
+    async def aclose(self) -> None:
+        await self._redis.aclose()

@@ -1,0 +1,52 @@
+"""A hosted tier's pure parts: an image over the pixel cap is refused from its header
+(before anything decodes it); what is known of the upstream's health without asking."""
+
+from __future__ import annotations
+
+import base64
+import struct
+import time
+import zlib
+
+import orjson
+import pytest
+
+from router.backends.openai import ANSWERED_FRESH_S, MAX_PIXELS, OpenAIImagesBackend, parse_images
+from router.config.table import Backend
+from router.errors import BackendError
+
+
+def chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def png_header(width: int, height: int) -> bytes:
+    """A PNG that claims a size, with a few bytes of pixels behind it: what an upstream
+    could send to make the gateway allocate ``width x height`` when it decodes."""
+    ihdr = chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+    return b"\x89PNG\r\n\x1a\n" + ihdr + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+
+
+def answer(*images: bytes) -> bytes:
+    return orjson.dumps({"data": [{"b64_json": base64.b64encode(i).decode()} for i in images]})
+
+
+def test_an_image_over_the_pixel_cap_is_refused_from_its_header() -> None:
+    assert parse_images(answer(png_header(64, 64))).fmt == "png"
+    side = int(MAX_PIXELS**0.5) + 1
+    with pytest.raises(BackendError, match="pixels"):
+        parse_images(answer(png_header(64, 64), png_header(side, side)))
+    with pytest.raises(BackendError, match="pixels"):
+        parse_images(answer(png_header(100_000, 100_000)))  # past PIL's own bomb bound too
+
+
+def test_health_is_known_from_a_recent_answer_or_probe_and_asked_otherwise() -> None:
+    backend = OpenAIImagesBackend(Backend("hosted", "openai", "http://127.0.0.1:9/v1"))
+    now = time.monotonic()
+    assert backend._healthy(now) is None, "nothing known: a probe must ask"
+    assert backend.snapshot()[0]["healthy"] is False
+    backend._answered = now
+    assert backend._healthy(now) is True and backend.snapshot()[0]["healthy"] is True
+    assert backend._healthy(now + ANSWERED_FRESH_S + 1) is None, "an old answer says nothing"
+    backend._probed = (now + ANSWERED_FRESH_S + 1, False)
+    assert backend._healthy(now + ANSWERED_FRESH_S + 1.5) is False
