@@ -7,6 +7,7 @@ told it what another tenant asked, and when. A route with ``cache: {scope: share
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 import httpx
 import pytest
@@ -20,7 +21,7 @@ A_KEY, B_KEY = "sk-tenant-a-0123456789abcdef", "sk-tenant-b-0123456789abcdef"
 ROUTES = (
     TIERS
     + f"""
-cache: {{store: "disk://cache"}}
+cache: {{store: "disk://CACHE_DIR"}}
 tenants:
   mode: keys
   tenants:
@@ -45,9 +46,9 @@ def _ask(gw: GatewayProcess, key: str, intent: str | None = None) -> httpx.Respo
 
 
 def test_a_tenants_cached_images_are_its_own_unless_the_route_shares_them(
-    start_gateway: Callable[..., GatewayProcess],
+    start_gateway: Callable[..., GatewayProcess], tmp_path: Path
 ) -> None:
-    gw = start_gateway(ROUTES)
+    gw = start_gateway(ROUTES.replace("CACHE_DIR", str(tmp_path / "cache")))
     first = _ask(gw, A_KEY)
     assert first.headers["x-cache"] == "MISS"
     assert _ask(gw, A_KEY).headers["x-cache"] == "HIT", "a tenant's own entries are found"
