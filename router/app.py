@@ -25,7 +25,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from router.errors import NotFound
-from router.http import admin_api, canary_api, edits, image_files, images_api, kserve_api, status_page
+from router.http import admin_api, canary_api, edits, image_files, images_api, jobs_api, kserve_api, status_page
 from router.http.admin_api import SignInThrottle, check_readout
 from router.http.errors import RequestIdMiddleware, exception_handlers
 from router.http.observe import ObserveMiddleware
@@ -62,6 +62,7 @@ def _routes() -> list[Route]:
         Route("/v1/images/edits", edits.openai_edits, methods=["POST"]),
         Route("/v1/images/variations", edits.openai_variations, methods=["POST"]),
         Route("/api/v1/generate", images_api.generate, methods=["POST"]),
+        *jobs_api.ROUTES,  # async jobs (issue 32): before /v1/images/{name}
         Route("/v1/images/{name}", image_files.image_file, methods=["GET", "HEAD"]),
         Route("/v2", k.server_metadata, methods=["GET"]),
         Route("/v2/health/live", k.live, methods=["GET"]),

@@ -11,7 +11,7 @@ edge cannot forget one of them: that is how the stream once ignored two.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from router.backends.base import ImageRequest
 from router.config.table import Tenant
@@ -23,8 +23,7 @@ __all__ = ["Ask"]
 _NO_QUERY: Mapping[str, str] = {}
 
 
-@dataclass(frozen=True, slots=True)
-class Ask:
+class Ask(NamedTuple):
     """One request, as the data plane sees it.
 
     ``priority`` is what the client asked for (``None``: the route's level); the tenant's
@@ -42,7 +41,7 @@ class Ask:
     cache_control: str | None = None
     budget_s: float | None = None
     random_seeds: bool = True
-    query: Mapping[str, str] = field(default_factory=lambda: _NO_QUERY)
+    query: Mapping[str, str] = _NO_QUERY
 
     @classmethod
     def of(

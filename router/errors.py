@@ -15,12 +15,19 @@ ever handles these::
     │   ├── InvalidRequest           400 invalid_request     (names the field)
     │   ├── Unauthorized             401 unauthorized
     │   ├── NotFound                 404 not_found
-    │   │   └── ImageNotFound        404 image_not_found     (an image URL unknown, expired or purged)
+    │   │   ├── ImageNotFound        404 image_not_found     (an image URL unknown, expired or purged)
+    │   │   └── JobNotFound          404 job_not_found       (a job unknown, expired, deleted or another tenant's)
     │   ├── UnknownModel             404 model_not_found
     │   ├── MethodNotAllowed         405 method_not_allowed
     │   ├── PayloadTooLarge          413 payload_too_large
     │   ├── UnsupportedMediaType     415 unsupported_media_type
     │   ├── Conflict                 409 conflict            (an admin action the state does not allow)
+    │   │   ├── JobNotFinished       409 job_not_finished    (a job's result asked before it ended)
+    │   │   └── JobCancelled         409 job_cancelled       (the result of a cancelled job)
+    │   ├── IdempotencyKeyReused     422 idempotency_key_reused (one Idempotency-Key, another request)
+    │   ├── InvalidWebhookUrl        400 invalid_webhook_url (scheme, port, userinfo, length)
+    │   ├── WebhookUrlForbidden      400 webhook_url_forbidden (resolves to a non-public address)
+    │   └── WebhookSecretMissing     400 webhook_secret_missing (a webhook asked, no secret to sign it)
     │   └── ClientGone               499 client_closed_request (the client left first: nginx's 499)
     ├── BackendError                 502 backend_error       (one attempt failed)
     │   ├── BackendRejected          400 backend_rejected    (the model refused the input)
@@ -28,10 +35,13 @@ ever handles these::
     │   └── BackendTimeout           504 backend_timeout     (attempt ran out of time)
     ├── Overloaded                   429 overloaded          (every tier at its concurrency limit)
     ├── RateLimited                  429 rate_limited        (a tenant's rate, daily images or concurrency)
+    │   ├── JobQueueFull             429 job_queue_full      (the tenant's or every tenant's queued jobs at their cap)
+    │   └── InsufficientQuota        429 insufficient_quota  (a tenant's spend budget pays for no tier)
     ├── Forbidden                    403 forbidden           (a tenant asked for a route it may not use)
     ├── AllTiersFailed               503 all_tiers_failed    (every tier of the chain failed)
     ├── StoreUnavailable             503 store_unavailable   (an admin action needs the shared store)
-    └── BudgetExhausted              504 budget_exhausted    (the route's budget ran out)
+    ├── BudgetExhausted              504 budget_exhausted    (the route's budget ran out)
+    └── DeadlineExceeded             504 deadline_exceeded   (a job's deadline passed before it finished)
 """
 
 from __future__ import annotations
@@ -50,8 +60,16 @@ __all__ = [
     "ConfigError",
     "ConfigIssue",
     "Conflict",
+    "DeadlineExceeded",
+    "IdempotencyKeyReused",
     "ImageNotFound",
+    "InsufficientQuota",
     "InvalidRequest",
+    "InvalidWebhookUrl",
+    "JobCancelled",
+    "JobNotFinished",
+    "JobNotFound",
+    "JobQueueFull",
     "MethodNotAllowed",
     "NotFound",
     "PayloadTooLarge",
@@ -62,6 +80,8 @@ __all__ = [
     "Unauthorized",
     "UnknownModel",
     "UnsupportedMediaType",
+    "WebhookSecretMissing",
+    "WebhookUrlForbidden",
 ]
 
 
@@ -245,6 +265,14 @@ class RateLimited(RouterError):
         self.headers = headers or {}
 
 
+class InsufficientQuota(RateLimited):
+    """A tenant's spend budget cannot pay for any tier of its request (OpenAI's own code
+    for an account out of quota). ``x-should-retry: false``: the openai SDK does not
+    retry it, since no retry before the window resets could succeed."""
+
+    code = "insufficient_quota"
+
+
 class Forbidden(RouterError):
     status = 403
     code = "forbidden"
@@ -265,3 +293,45 @@ class StoreUnavailable(RouterError):
 class BudgetExhausted(RouterError):
     status = 504
     code = "budget_exhausted"
+
+
+class JobNotFound(NotFound):
+    """Unknown, expired, deleted — or another tenant's: a client cannot tell which."""
+
+    code = "job_not_found"
+
+
+class JobNotFinished(Conflict):
+    code = "job_not_finished"
+
+
+class JobCancelled(Conflict):
+    code = "job_cancelled"
+
+
+class IdempotencyKeyReused(ClientError):
+    """An ``Idempotency-Key`` sent again with another request (the IETF draft's 422)."""
+
+    status = 422
+    code = "idempotency_key_reused"
+
+
+class JobQueueFull(RateLimited):
+    code = "job_queue_full"
+
+
+class DeadlineExceeded(RouterError):
+    status = 504
+    code = "deadline_exceeded"
+
+
+class InvalidWebhookUrl(ClientError):
+    code = "invalid_webhook_url"
+
+
+class WebhookUrlForbidden(ClientError):
+    code = "webhook_url_forbidden"
+
+
+class WebhookSecretMissing(ClientError):
+    code = "webhook_secret_missing"

@@ -25,12 +25,24 @@ from router.ask import Ask
 from router.backends import ImageBackend, ImageRequest, make_backend
 from router.backends.base import consecutive_seeds
 from router.backends.pool import BackendPool
+from router.billing.gate import BudgetGate, Spend
+from router.billing.meter import bill
 from router.cache import ResultCache, open_store
 from router.cache.coordinate import Coordinator
 from router.cache.hitters import HeavyHitters
 from router.catalog import Catalog
 from router.config.table import Backend, CacheConfig, RoutingTable, Tenant
-from router.decide import Decision, Routed, Serving, arm_phase, explain, previews, route_phase
+from router.decide import (
+    Decision,
+    Routed,
+    Serving,
+    arm_phase,
+    budget_chain,
+    budget_phase,
+    explain,
+    previews,
+    route_phase,
+)
 from router.dispatch import Dispatcher
 from router.errors import Forbidden, RouterError
 from router.fill import Filler
@@ -78,6 +90,7 @@ class Gateway(Catalog, Readout):
         self.fill = Filler(self.dispatcher, lambda: self._table)
         self.hitters = HeavyHitters()
         self.tenants = TenantGate(self._limit_store, clock, metrics=metrics)
+        self.budgets = BudgetGate(lambda: self.state_store)
         self._sync_cache(table.cache)
         self.rollouts = RolloutController(lambda: self._table, lambda: self.state_store, self.dispatcher, clock=clock)
         self.hooks = Hooks(self.dispatcher, self.fill, self.rollouts, self.hitters, metrics)
@@ -135,7 +148,8 @@ class Gateway(Catalog, Readout):
         admission = await self._admit(routed, routed.images)
         try:
             decision = arm_phase(routed, ask, self.rng, self.draw, cached=cache is not None, serving=serving)
-            return await self._run(decision, admission, cache)
+            decision, spend = await self._spend(routed, decision)
+            return await self._run(decision, admission, cache, spend)
         finally:
             if admission is not None:
                 admission.release()
@@ -151,7 +165,8 @@ class Gateway(Catalog, Readout):
         admission = await self._admit(routed, routed.images * (1 + count))
         try:
             decision = arm_phase(routed, ask, self.rng, self.draw, cached=cache is not None, serving=serving)
-            main = asyncio.ensure_future(self._run(decision, admission, cache))
+            decision, spend = await self._spend(routed, decision)  # previews ride on its reservation
+            main = asyncio.ensure_future(self._run(decision, admission, cache, spend))
             shown = previews(routed, decision, count, self.draw, cached=cache is not None)
             partials = [asyncio.ensure_future(self.dispatcher.serve(preview)) for preview in shown]
             if admission is not None:
@@ -177,20 +192,54 @@ class Gateway(Catalog, Readout):
     async def _admit(self, routed: Routed, images: int) -> Admission | None:
         return None if routed.tenant is None else await self.tenants.admit(routed.tenant, images)
 
-    async def _run(self, decision: Decision, admission: Admission | None, cache: ResultCache | None) -> Served:
+    async def _spend(self, routed: Routed, decision: Decision) -> tuple[Decision, Spend | None]:
+        """The tenant's spend budget reserved for the arm's chain (none: no budget), and
+        the decision served from the first tier it pays for (:func:`budget_phase`)."""
+        billing, tenant = decision.table.billing, routed.tenant
+        if billing is None or tenant is None or tenant.budget is None:
+            return decision, None
+        chain = [decision.table.models[name] for name in budget_chain(decision)]
+        budget_s = decision.route.budget_ms / 1000
+        request = decision.request
+        try:
+            held = await self.budgets.reserve(tenant, billing, chain, len(request.prompts), request.steps, budget_s)
+        except RouterError:
+            self.tenants.count(tenant.name, "over_budget")
+            raise
+        if held is None:
+            return decision, None
+        decision, skipped = budget_phase(decision, held.tier)
+        return decision, Spend(held, skipped)
+
+    async def _run(
+        self, decision: Decision, admission: Admission | None, cache: ResultCache | None, spend: Spend | None = None
+    ) -> Served:
         self.hooks.before(decision, cache)
         try:
             served = await self.dispatcher.serve(decision, admission.hold if admission is not None else None)
         except RouterError as exc:
             self.hooks.failed(decision, exc)
+            if spend is not None:
+                self.budgets.settle(spend.held, 0)  # nothing was made: the hold is given back
+            raise
+        except BaseException:
+            if spend is not None:  # cancelled (the client left): whatever ran is not known here
+                self.budgets.settle(spend.held, 0)
             raise
         self.hooks.after(decision, served, cache)
+        billing = decision.table.billing
+        if billing is not None:
+            usage = bill(billing, served, decision.request)
+            if spend is not None:
+                self.budgets.settle(spend.held, usage.cost.total)
+                served = dataclasses.replace(served, fallback=spend.skipped + served.fallback)
+            if billing.usage_in_response:
+                served = dataclasses.replace(served, usage=usage)
         if admission is None:
             return served if decision.priority is None else dataclasses.replace(served, priority=decision.priority)
         self.tenants.count(decision.tenant, "served")
-        return dataclasses.replace(
-            served, tenant=decision.tenant, limit_headers=admission.headers, priority=decision.priority
-        )
+        headers = {**admission.headers, **spend.held.headers()} if spend is not None else admission.headers
+        return dataclasses.replace(served, tenant=decision.tenant, limit_headers=headers, priority=decision.priority)
 
     @staticmethod
     def draw(n: int) -> tuple[int, ...]:

@@ -50,4 +50,4 @@ async def upscaled(result: ImageResult, width: int, height: int) -> ImageResult:
     made = f"{pixels.shape[2]}x{pixels.shape[1]}"
     async with _semaphore():
         images = await asyncio.to_thread(_resize, pixels, width, height)
-    return ImageResult(images, result.model_version, memo={"upscaled_from": made})
+    return ImageResult(images, result.model_version, memo={"upscaled_from": made}, compute_ns=result.compute_ns)

@@ -155,6 +155,8 @@ def served_tags(served: Served) -> dict[str, str]:
     if served.priority is not None:
         tags["X-Router-Priority"] = str(served.priority)
     tags.update(served.limit_headers)
+    if served.usage is not None:
+        tags["X-Router-Usage"] = served.usage.header()
     return tags
 
 
@@ -172,4 +174,6 @@ def served_parameters(served: Served) -> dict[str, str]:
         params["router_cache"] = served.cache
     if served.priority is not None:
         params["router_priority"] = str(served.priority)
+    if served.usage is not None:
+        params.update(served.usage.parameters())
     return params

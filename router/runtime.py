@@ -17,6 +17,8 @@ from pathlib import Path
 from router.config import load_file
 from router.gateway import Gateway
 from router.http.encode import shutdown_processes
+from router.http.formats import encode_image
+from router.jobs.runner import JobRunner
 from router.reload import RoutesReloader
 from router.telemetry import AccessLog, Metrics, Tracing
 from router.telemetry.requests import Recorder
@@ -44,6 +46,7 @@ class Runtime:
         self.recorder = Recorder(self.metrics, self.access_log)
         self.gateway = Gateway(load_file(path), metrics=self.metrics, tracing=self.tracing)
         self.reloader = RoutesReloader(path, self.gateway.swap, self.gateway.table)
+        self.jobs = JobRunner(self.gateway, encode_image)  # idle until the table has a jobs: block
         if self.metrics is not None:
             access = self.access_log
             self.metrics.watch(
@@ -61,6 +64,7 @@ class Runtime:
         if self.watch:
             self._watcher = asyncio.create_task(self.reloader.watch(self._stop))
         self.gateway.rollouts.start()
+        self.jobs.start()
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
             asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self.reloader.reload)
 
@@ -73,6 +77,7 @@ class Runtime:
             self._watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._watcher
+        await self.jobs.aclose()
         await self.gateway.aclose()
         shutdown_processes()
         self.tracing.shutdown()

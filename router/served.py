@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from router.backends.base import ImageResult
+from router.billing.usage import Usage
 from router.config.table import Model, Route
 
 __all__ = ["CachePlan", "Served"]
@@ -48,12 +49,28 @@ class Served:
     tenant: str | None = None  # who asked (a tenant's name; None: open mode, no key)
     limit_headers: dict[str, str] = field(default_factory=dict)  # the tenant's x-ratelimit-*
     priority: int | None = None  # the admission level it was served at (None: the default)
+    usage: Usage | None = None  # what it used and cost (None: no `billing` block)
 
     @property
     def stored(self) -> bool:
         """The image came from the result store (a hit, or a flight another request or
         replica made), not from a model for this request."""
         return self.cache in ("HIT", "COALESCED")
+
+    @property
+    def compute(self) -> tuple[int, str]:
+        """Nanoseconds of compute this answer is billed for, and where the figure came
+        from: 0 from the store (``cache``: the request that made it paid), the model's
+        own COMPUTE_NS (``model``), nothing for a hosted API's encoded images (``none``),
+        else the gateway's observed backend time (``gateway``: it includes Triton's
+        queueing and any failed attempt before, so it over-estimates)."""
+        if self.stored:
+            return 0, "cache"
+        if self.result.compute_ns is not None:
+            return sum(self.result.compute_ns), "model"
+        if self.result.encoded is not None:
+            return 0, "none"
+        return round(self.backend_s * 1e9), "gateway"
 
     @property
     def version(self) -> str:

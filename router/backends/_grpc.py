@@ -25,7 +25,7 @@ from tritonclient.grpc import service_pb2_grpc
 from router.errors import BackendError, BackendRejected, BackendTimeout, BackendUnavailable
 from router.kserve import raw_tensor
 
-__all__ = ["GrpcChannel", "decode_image", "infer_message", "is_unreachable", "map_grpc_error"]
+__all__ = ["GrpcChannel", "decode_compute", "decode_image", "infer_message", "is_unreachable", "map_grpc_error"]
 
 _OPTIONS = [
     ("grpc.max_receive_message_length", 512 << 20),  # images: up to 16 x 1024 x 1024 x 3 and more
@@ -76,7 +76,8 @@ def infer_message(
     for name, datatype, array in inputs:
         message.inputs.add(name=name, datatype=datatype, shape=list(array.shape))
         message.raw_input_contents.append(raw_tensor(datatype, array))
-    message.outputs.add(name="IMAGE")
+    # no output named: Triton sends every output the model has, so COMPUTE_NS comes
+    # from a model that reports it and a model without it answers as before
     return message
 
 
@@ -93,6 +94,21 @@ def decode_image(response: Any) -> tuple[NDArray[Any], str]:
             raise ValueError(f"IMAGE: {array.size} values do not fit shape {shape}")
         return array.reshape(shape), response.model_version
     raise ValueError("no IMAGE output")
+
+
+def decode_compute(response: Any) -> tuple[int, ...] | None:
+    """The ``COMPUTE_NS`` output (nanoseconds per image in the model), ``None`` when the
+    model does not send it; ``ValueError`` when it is malformed."""
+    for i, output in enumerate(response.outputs):
+        if output.name != "COMPUTE_NS":
+            continue
+        if output.datatype != "INT64" or i >= len(response.raw_output_contents):
+            raise ValueError(f"COMPUTE_NS is {output.datatype} without raw contents")
+        raw = response.raw_output_contents[i]
+        if len(raw) % 8:
+            raise ValueError("COMPUTE_NS: not a whole number of INT64 values")
+        return tuple(int(v) for v in np.frombuffer(raw, dtype="<i8"))
+    return None
 
 
 def is_unreachable(exc: grpc.aio.AioRpcError) -> bool:

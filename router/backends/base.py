@@ -40,9 +40,16 @@ class ImageRequest:
     init_image: NDArray[Any] | None = field(default=None, compare=False)  # uint8[h, w, 3]
     mask: NDArray[Any] | None = field(default=None, compare=False)  # uint8[h, w], non-zero = repaint
     strength: float | None = None
-    # the client gave ``seeds`` (not drawn by the gateway): a tier that cannot honour
-    # them refuses the request by name rather than drop them (router/backends/openai.py)
-    seeded: bool = field(default=False, compare=False)
+    # the gateway chose ``seeds`` (the client sent none): a tier that cannot honour a
+    # client's seed refuses it by name rather than drop it (router/backends/openai.py),
+    # but one the gateway drew binds nobody. Marked where they are drawn, so a request
+    # that brings its own costs no copy.
+    drawn: bool = field(default=False, compare=False)
+
+    @property
+    def seeded(self) -> bool:
+        """The client gave the seeds."""
+        return self.seeds is not None and not self.drawn
 
 
 def consecutive_seeds(base: int, n: int) -> tuple[int, ...]:
@@ -93,7 +100,7 @@ class ImageResult:
     are then decoded on first need, once. On the event loop use ``await pixels()``,
     which decodes in a thread; ``images`` decodes where it is called."""
 
-    __slots__ = ("_pixels", "encoded", "memo", "model_version", "stored_at")
+    __slots__ = ("_pixels", "compute_ns", "encoded", "memo", "model_version", "stored_at")
 
     def __init__(
         self,
@@ -102,6 +109,7 @@ class ImageResult:
         stored_at: float | None = None,
         memo: dict[str, Any] | None = None,
         encoded: EncodedImages | None = None,
+        compute_ns: tuple[int, ...] | None = None,
     ) -> None:
         if images is None and encoded is None:
             raise ValueError("an ImageResult needs pixels or encoded images")
@@ -112,6 +120,9 @@ class ImageResult:
         # cached entry in memory, so a hot hit does not hash them again
         self.memo: dict[str, Any] = {} if memo is None else memo
         self.encoded = encoded
+        # nanoseconds per image the model reported (its COMPUTE_NS output); None: it did
+        # not say (an older model, a hosted API), and the gateway's own time stands in
+        self.compute_ns = compute_ns
 
     def __len__(self) -> int:
         return len(self._pixels) if self._pixels is not None else len(self.encoded.b64)  # type: ignore[union-attr]

@@ -24,13 +24,21 @@ from urllib.parse import quote
 import aiohttp
 import grpc
 import numpy as np
+import orjson
 import tritonclient.http.aio as aioclient
 from numpy.typing import NDArray
 from opentelemetry import propagate, trace
 from tenacity import AsyncRetrying, RetryCallState, stop_after_attempt, wait_random_exponential
 from tritonclient.utils import InferenceServerException
 
-from router.backends._grpc import GrpcChannel, decode_image, infer_message, is_unreachable, map_grpc_error
+from router.backends._grpc import (
+    GrpcChannel,
+    decode_compute,
+    decode_image,
+    infer_message,
+    is_unreachable,
+    map_grpc_error,
+)
 from router.backends._http1 import Http1Response, StaleConnection
 from router.backends.base import ImageRequest, ImageResult
 from router.backends.replicas import Replica, ReplicaSet
@@ -40,7 +48,7 @@ from router.kserve import decode_response, encode_request
 from router.policy.forecast import Forecast
 from router.policy.retry_budget import RetryBudget
 
-__all__ = ["TritonBackend", "map_triton_error"]
+__all__ = ["TritonBackend", "compute_ns", "map_triton_error"]
 
 
 def map_triton_error(exc: BaseException) -> BackendError:
@@ -239,10 +247,12 @@ class TritonBackend:
     async def _call_http(
         self, replica: Replica, model: Model, request: ImageRequest, timeout_s: float, priority: int | None
     ) -> ImageResult:
-        parameters: dict[str, Any] = {"timeout": max(1, int(timeout_s * 1_000_000))}
+        # No output named and every output binary: Triton then sends all the model's outputs,
+        # so COMPUTE_NS comes from a model that has it and no model errors for lacking it.
+        parameters: dict[str, Any] = {"timeout": max(1, int(timeout_s * 1_000_000)), "binary_data_output": True}
         if priority:
             parameters["priority"] = priority
-        body, header_length = encode_request(_inputs(request), parameters, ["IMAGE"])
+        body, header_length = encode_request(_inputs(request), parameters, [])
         path = f"/v2/models/{quote(model.remote_name, safe='')}"
         if model.version:
             path += f"/versions/{model.version}"
@@ -277,11 +287,12 @@ class TritonBackend:
             raise map_grpc_error(exc) from exc
         try:
             images, version = decode_image(response)
+            spent = decode_compute(response)
         except ValueError as exc:
             raise BackendError(f"{model.remote_name} sent an answer that is not KServe v2: {exc}") from exc
         if images.ndim != 4:
             raise BackendError(f"{model.remote_name} returned no valid IMAGE tensor")
-        return ImageResult(images, version or model.version or "")
+        return ImageResult(images, version or model.version or "", compute_ns=spent)
 
     async def ready(self) -> bool:
         self.replicas.start()
@@ -332,9 +343,34 @@ class TritonBackend:
 def _result(model: Model, response: Http1Response) -> ImageResult:
     try:
         length = response.headers.get("inference-header-content-length")
-        images, version = decode_response(response.body, int(length) if length else None, "IMAGE")
+        header_length = int(length) if length else None
+        images, version = decode_response(response.body, header_length, "IMAGE")
+        spent = compute_ns(response.body, header_length)
     except ValueError as exc:  # orjson's errors are ValueErrors too
         raise BackendError(f"{model.remote_name} sent an answer that is not KServe v2: {exc}") from exc
     if images.ndim != 4:
         raise BackendError(f"{model.remote_name} returned no valid IMAGE tensor")
-    return ImageResult(images, version or model.version or "")
+    return ImageResult(images, version or model.version or "", compute_ns=spent)
+
+
+def compute_ns(body: bytes, header_length: int | None) -> tuple[int, ...] | None:
+    """The ``COMPUTE_NS`` output of a KServe v2 answer (binary or JSON), one value per
+    image; ``None`` when the model does not send it. ``ValueError`` when it is malformed."""
+    head = body if header_length is None else body[:header_length]
+    header = orjson.loads(head)
+    offset = len(head)
+    for spec in header.get("outputs", []) if isinstance(header, dict) else []:
+        size = (spec.get("parameters") or {}).get("binary_data_size") if isinstance(spec, dict) else None
+        if not isinstance(spec, dict) or spec.get("name") != "COMPUTE_NS":
+            offset += size if isinstance(size, int) else 0
+            continue
+        if spec.get("datatype") != "INT64":
+            raise ValueError(f"COMPUTE_NS is {spec.get('datatype')}, not INT64")
+        if size is None:
+            values = np.asarray(spec.get("data", []), dtype=np.int64).reshape(-1)
+        elif not isinstance(size, int) or size % 8 or offset + size > len(body):
+            raise ValueError("COMPUTE_NS: binary_data_size does not fit the body")
+        else:
+            values = np.frombuffer(body, dtype="<i8", count=size // 8, offset=offset)
+        return tuple(int(v) for v in values)
+    return None

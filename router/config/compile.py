@@ -10,8 +10,10 @@ whole file is valid, so a bad edit can never half-replace a running table.
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import hashlib
+import ipaddress
 import json
 import os
 from collections.abc import Mapping
@@ -21,6 +23,7 @@ from urllib.parse import urlsplit
 
 from pydantic import ValidationError
 
+from router.config import billing as billing_config
 from router.config.regex import Pattern, RegexError, compile_regex
 from router.config.schema import (
     CacheSpec,
@@ -42,6 +45,8 @@ from router.config.table import (
     CacheConfig,
     CircuitPolicy,
     HeaderRule,
+    JobsConfig,
+    JobTier,
     Matcher,
     Model,
     RetryPolicy,
@@ -175,6 +180,7 @@ class _Compiler:
                 m.max_queue,
                 m.instances,
                 m.native_side,
+                billing_config.price(m.price),
             )
 
     def model_ref(self, name: str, path: PathKey) -> bool:
@@ -346,12 +352,60 @@ class _Compiler:
         ``.router-state/``, beside the cache's ``.router-cache/``)."""
         spec = self.spec.state
         needed = any(r.rollout_arm for r in routes) or any(t.requests_per_s or t.images_per_day for t in tenants)
+        needed = needed or self.spec.jobs is not None  # jobs live in the state store
+        needed = needed or any(t.budget is not None for t in tenants)  # spend budgets too
         if spec is None and not needed:
             return None
         spec = spec or StateSpec()
         directory = self.env.get("ROUTER_STATE_DIR")
         default = f"sqlite://{directory.rstrip('/')}/state.db" if directory else f"sqlite://{DEFAULT_STATE_FILE}"
         return StateConfig(spec.store or default, spec.timeout_ms / 1000, spec.assume_noeviction)
+
+    def jobs_config(self) -> JobsConfig | None:
+        """The ``jobs:`` block; a tier that is not a model, or a retention shorter than
+        the longest deadline, is an error at its line."""
+        spec = self.spec.jobs
+        if spec is None:
+            return None
+        for name in spec.tiers:
+            if name not in self.models:
+                self.fail(("jobs", "tiers", name), f"{name!r} is not a model")
+        if spec.retention_s < spec.max_deadline_s:
+            self.fail(("jobs", "retention_s"), "must be >= max_deadline_s (a result must outlive its deadline)")
+        for i, secret in enumerate(spec.webhook_secrets):
+            if not _whsec(secret.get_secret_value()):
+                self.fail(("jobs", "webhook_secrets", i), "must be whsec_ and the base64 of at least 24 bytes")
+        for name, listed in spec.tenant_webhook_secrets.items():
+            for i, secret in enumerate(listed):
+                if not _whsec(secret.get_secret_value()):
+                    path: PathKey = ("jobs", "tenant_webhook_secrets", name, i)
+                    self.fail(path, "must be whsec_ and the base64 of at least 24 bytes")
+        for i, cidr in enumerate(spec.webhook_allow_cidrs):
+            try:
+                ipaddress.ip_network(cidr, strict=False)
+            except ValueError:
+                self.fail(("jobs", "webhook_allow_cidrs", i), f"{cidr!r} is not a network (10.40.0.0/16)")
+        tiers = {name: JobTier(t.max_running, t.min_share) for name, t in spec.tiers.items()}
+        tenant_secrets = {n: tuple(x.get_secret_value() for x in v) for n, v in spec.tenant_webhook_secrets.items()}
+        return JobsConfig(
+            default_deadline_s=spec.default_deadline_s,
+            max_deadline_s=spec.max_deadline_s,
+            retention_s=spec.retention_s,
+            max_queued=spec.max_queued,
+            max_queued_per_tenant=spec.max_queued_per_tenant,
+            max_attempts=spec.max_attempts,
+            lease_s=spec.lease_s,
+            poll_after_ms=spec.poll_after_ms,
+            idempotency_ttl_s=spec.idempotency_ttl_s,
+            urgency_margin_s=spec.urgency_margin_s,
+            tier_defaults=JobTier(spec.tier_defaults.max_running, spec.tier_defaults.min_share),
+            tiers=tiers,
+            webhook_secrets=tuple(s.get_secret_value() for s in spec.webhook_secrets),
+            webhook_allow_cidrs=tuple(spec.webhook_allow_cidrs),
+            tenant_webhook_secrets=tenant_secrets,
+            webhook_schedule_s=tuple(spec.webhook_schedule_s),
+            webhook_timeout_s=spec.webhook_timeout_s,
+        )
 
     def compile_routes(self) -> list[Route]:
         routes: list[Route] = []
@@ -407,6 +461,8 @@ class _Compiler:
         aliases = self.aliases(routes)
         mode, tenants = self.tenants([*routes, *([default] if default else [])])
         state = self.state_config([*routes, *([default] if default else [])], tenants)
+        jobs = self.jobs_config()
+        self.check_priced([*routes, *([default] if default else [])])
         if self.issues or default is None:
             return None
         return RoutingTable(
@@ -421,7 +477,24 @@ class _Compiler:
             tenant_mode=mode,
             tenants=tenants,
             state=state,
+            jobs=jobs,
+            billing=billing_config.billing(self.spec.billing),
         )
+
+    def check_priced(self, routes: list[Route]) -> None:
+        """With ``billing``, a routable model without ``price`` is an error at its
+        declaration (or at ``billing`` for a model only a route names)."""
+        if self.spec.billing is None:
+            for name, t in (self.spec.tenants.tenants if self.spec.tenants else {}).items():
+                if t.budget is not None:
+                    self.fail(("tenants", "tenants", name, "budget"), "a budget needs a billing block to price images")
+            return
+        for name in billing_config.routable_models(routes):
+            model = self.models.get(name)
+            if model is None or model.price is not None:
+                continue
+            where: PathKey = ("models", name) if name in self.spec.models else ("billing",)
+            self.fail(where, f"model {name!r} can be routed to but has no price (billing needs one for every tier)")
 
     def tenants(self, routes: list[Route]) -> tuple[str, tuple[Tenant, ...]]:
         """The tenants, their keys hashed; a key given twice or a route or model that does
@@ -470,6 +543,7 @@ class _Compiler:
                     t.priority_ceiling,
                     frozenset(t.routes) if t.routes is not None else None,
                     frozenset(o.lower() for o in t.overrides),
+                    billing_config.budget(t.budget),
                 )
             )
         return spec.mode, tuple(out)
@@ -536,3 +610,13 @@ def _tenants_file(
         return tenants, tenants.issues + schema_issues(tenants, exc)
     data["tenants"] = tenants.data
     return tenants, tenants.issues
+
+
+def _whsec(secret: str) -> bool:
+    """A Standard Webhooks secret: ``whsec_`` and the base64 of at least 24 bytes."""
+    if not secret.startswith("whsec_"):
+        return False
+    try:
+        return len(base64.b64decode(secret.removeprefix("whsec_"), validate=True)) >= 24
+    except ValueError:
+        return False

@@ -15,14 +15,21 @@ from pydantic import BaseModel, ConfigDict, Discriminator, Field, SecretStr, Tag
 __all__ = [
     "AnalysisSpec",
     "BackendSpec",
+    "BillingSpec",
+    "BudgetLimitSpec",
+    "BudgetSpec",
     "CacheSpec",
     "CircuitSpec",
     "HeaderMatch",
     "HedgeSpec",
+    "JobTierSpec",
+    "JobsSpec",
     "LimitsSpec",
     "MatchSpec",
     "ModelSpec",
     "OpenAIBackendSpec",
+    "PriceRowSpec",
+    "PriceSpec",
     "RetrySpec",
     "RolloutSpec",
     "RouteCacheSpec",
@@ -112,6 +119,26 @@ BackendSpec = Annotated[
 ]
 
 
+class PriceRowSpec(Strict):
+    """One entry of a fixed price list (first match wins; a field left out matches all)."""
+
+    per_image: float = Field(ge=0)
+    max_side: int | None = Field(default=None, ge=1)
+    max_steps: int | None = Field(default=None, ge=1)
+    size: str | None = Field(default=None, pattern=r"^[0-9]+x[0-9]+$")
+    quality: str | None = Field(default=None, min_length=1)
+
+
+class PriceSpec(Strict):
+    """What one image costs: ``per_image`` plus compute-seconds at ``per_compute_second``
+    (else ``gpus`` x ``billing.gpu_hour_price`` / 3600), or a fixed ``table``."""
+
+    gpus: float = Field(default=1.0, gt=0)
+    per_image: float = Field(default=0.0, ge=0)
+    per_compute_second: float | None = Field(default=None, ge=0)
+    table: list[PriceRowSpec] | None = Field(default=None, min_length=1)
+
+
 class ModelSpec(Strict):
     """A logical model: where it runs and what to expect of it."""
 
@@ -126,6 +153,7 @@ class ModelSpec(Strict):
     native_side: int | None = Field(
         default=None, ge=8, description="the side the tier is made for: larger sizes are upscaled on resize: upscale"
     )
+    price: PriceSpec | None = None
 
 
 class HeaderMatch(Strict):
@@ -253,6 +281,65 @@ class StateSpec(Strict):
     assume_noeviction: bool = False
 
 
+class JobTierSpec(Strict):
+    max_running: int = Field(default=1, ge=1, le=1000, description="jobs running on this tier, all replicas")
+    min_share: float = Field(default=0.1, ge=0, le=1, description="of a busy tier's time, jobs still get")
+
+
+class JobsSpec(Strict):
+    """Async image jobs (``POST /v1/images/jobs``, docs/jobs.md): kept in ``state:``."""
+
+    default_deadline_s: int = Field(default=3600, ge=10)
+    max_deadline_s: int = Field(default=86400, ge=10)
+    retention_s: int = Field(default=86400, ge=60, description="a job and its images are kept this long")
+    max_queued: int = Field(default=10000, ge=1, description="queued jobs, all tenants")
+    max_queued_per_tenant: int = Field(default=100, ge=1)
+    max_attempts: int = Field(default=3, ge=1, le=100, description="runs of a job whose gateway was lost")
+    lease_s: float = Field(default=30, ge=0.5, le=3600, description="a running job's lease; renewed every third")
+    poll_after_ms: int = Field(default=1000, ge=10)
+    idempotency_ttl_s: int = Field(default=86400, ge=1)
+    urgency_margin_s: float = Field(default=30, ge=0)
+    tier_defaults: JobTierSpec = Field(default_factory=JobTierSpec)
+    tiers: dict[Name, JobTierSpec] = Field(default_factory=dict)
+    webhook_secrets: list[SecretStr] = Field(default_factory=list)  # whsec_...: the first signs, all during rotation
+    webhook_allow_cidrs: list[str] = Field(default_factory=list)  # private networks a webhook may reach
+    tenant_webhook_secrets: dict[Name, list[SecretStr]] = Field(default_factory=dict)  # per tenant (keys mode)
+    webhook_schedule_s: list[float] = Field(
+        default_factory=lambda: [0.0, 5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 50400.0, 72000.0, 86400.0],
+        min_length=1,
+    )  # the delay before each attempt
+    webhook_timeout_s: float = Field(default=15, gt=0, le=60)
+
+
+class BillingSpec(Strict):
+    """Prices' common terms (docs/billing.md). With this block every routable model needs a
+    ``price``: an unpriced tier would bill 0 without anyone noticing."""
+
+    currency: str = Field(default="USD", pattern=r"^[A-Z]{3}$")
+    gpu_hour_price: float = Field(default=0.0, ge=0)
+    overhead_factor: float = Field(default=1.0, ge=1)
+    cache_hit_price: float = Field(default=0.0, ge=0)
+    usage_in_response: bool = True
+    quote_margin: float = Field(default=1.25, ge=1)
+
+
+class BudgetLimitSpec(Strict):
+    per: str = Field(pattern=r"^(day|week|month|[0-9]+[smhd])$")
+    amount: float = Field(gt=0)
+
+
+class BudgetSpec(Strict):
+    """A tenant's spend limits (in ``billing.currency``), reserved before and settled
+    after each request in the state store, so every replica shares them."""
+
+    limits: list[BudgetLimitSpec] = Field(min_length=1)
+    warn_at: float | None = Field(default=None, gt=0, le=1)
+    downgrade_at: float | None = Field(default=None, gt=0, le=1)
+    on_exhausted: Literal["reject", "downgrade"] = "reject"
+    downgrade_to: list[Name] = Field(default_factory=list)
+    fail: Literal["open", "closed"] = "open"
+
+
 class RouteSpec(Strict):
     name: Name | None = None
     match: str | MatchSpec | None = None
@@ -286,6 +373,7 @@ class TenantSpec(Strict):
     priority_ceiling: int | None = Field(default=None, ge=1, le=3)
     routes: list[Name] | None = None  # routes and models it may use
     overrides: list[Literal["X-Priority", "X-Canary", "X-Intent"]] = Field(default_factory=list)
+    budget: BudgetSpec | None = None
 
 
 class TenantsSpec(Strict):
@@ -304,6 +392,8 @@ class RoutesFile(Strict):
     default_budget_ms: float = Field(default=5000.0, gt=0)
     cache: CacheSpec | None = None
     state: StateSpec | None = None
+    jobs: JobsSpec | None = None
+    billing: BillingSpec | None = None
     # other names for what a client may put in `model` (OpenAI's model names, say):
     # each stands for a logical model, a route, or `auto` (route by the rules)
     aliases: dict[Annotated[str, Field(min_length=1, max_length=128)], Name] = Field(default_factory=dict)

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field, replace
 
 from pydantic import SecretStr
 
+from router.billing.spec import Billing, Budget, Price
 from router.config.regex import Pattern
 
 __all__ = [
@@ -20,6 +21,8 @@ __all__ = [
     "Backend",
     "CacheConfig",
     "HeaderRule",
+    "JobTier",
+    "JobsConfig",
     "Matcher",
     "Model",
     "Rollout",
@@ -91,6 +94,7 @@ class Model:
     max_queue: int = 0
     instances: int = 1  # requests one replica executes at once (Triton's instance_group count)
     native_side: int | None = None  # the side it is made for (None: unknown): upscaled past it
+    price: Price | None = None  # what one image costs (None: unpriced; refused when billing exists)
 
     @property
     def lane_key(self) -> str:
@@ -202,6 +206,42 @@ class StateConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class JobTier:
+    max_running: int = 1
+    min_share: float = 0.1
+
+
+@dataclass(frozen=True, slots=True)
+class JobsConfig:
+    """Async jobs (:mod:`router.jobs`); present only with a ``jobs:`` block."""
+
+    default_deadline_s: float = 3600
+    max_deadline_s: float = 86400
+    retention_s: float = 86400
+    max_queued: int = 10000
+    max_queued_per_tenant: int = 100
+    max_attempts: int = 3
+    lease_s: float = 30
+    poll_after_ms: int = 1000
+    idempotency_ttl_s: float = 86400
+    urgency_margin_s: float = 30
+    tier_defaults: JobTier = field(default_factory=JobTier)
+    tiers: Mapping[str, JobTier] = field(default_factory=dict)
+    webhook_secrets: tuple[str, ...] = ()
+    webhook_allow_cidrs: tuple[str, ...] = ()
+    tenant_webhook_secrets: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    webhook_schedule_s: tuple[float, ...] = (0, 5, 300, 1800, 7200, 18000, 36000, 50400, 72000, 86400)
+    webhook_timeout_s: float = 15
+
+    def secrets(self, tenant: str) -> tuple[str, ...]:
+        """The secrets that sign a tenant's webhooks (the first signs; all during rotation)."""
+        return self.tenant_webhook_secrets.get(tenant) or self.webhook_secrets
+
+    def tier(self, model: str) -> JobTier:
+        return self.tiers.get(model, self.tier_defaults)
+
+
+@dataclass(frozen=True, slots=True)
 class Route:
     name: str
     matcher: Matcher
@@ -250,6 +290,7 @@ class Tenant:
     priority_ceiling: int | None = None  # the highest priority (lowest number) it may ask for
     routes: frozenset[str] | None = None  # routes and models it may use (None: all)
     overrides: frozenset[str] = frozenset()  # lower-case headers it may send to steer routing
+    budget: Budget | None = None  # spend limits (router/billing/)
 
 
 @dataclass(frozen=True, slots=True)
@@ -262,10 +303,12 @@ class RoutingTable:
     source: str
     cache: CacheConfig | None = None  # None: no route opts in, no store is opened
     state: StateConfig | None = None  # None: no rollout, no shared tenant limit, no state block
+    jobs: JobsConfig | None = None  # None: no jobs: block (the job endpoints answer 404)
     model_aliases: Mapping[str, str] = field(default_factory=dict)  # name -> model, route or "auto"
     tenant_mode: str = "open"  # "open" | "keys"
     tenants: tuple[Tenant, ...] = ()
     sources: tuple[str, ...] = ()  # other files it was read from (a tenants file): watched too
+    billing: Billing | None = None  # None: nothing is priced, no `usage` is sent
 
     def route_named(self, name: str) -> Route | None:
         for route in (*self.routes, self.default):

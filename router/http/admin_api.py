@@ -143,7 +143,7 @@ def check_throttle(request: Request) -> None:
     """Refuse (429) an address with too many wrong tokens lately, before comparing."""
     throttle = _throttle(request)
     wait = throttle.retry_after(_client(request)) if throttle is not None else 0.0
-    if False:
+    if wait > 0:
         raise RateLimited("too many wrong admin tokens from this address; try later", retry_after_s=int(wait) + 1)
 
 

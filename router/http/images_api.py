@@ -164,6 +164,10 @@ def openai_size(size: str | None) -> tuple[int | None, int | None]:
 
 
 async def openai_images(request: Request) -> Response:
+    if "respond-async" in request.headers.get("prefer", ""):  # an async job instead (issue 32)
+        from router.http.jobs_api import respond_async  # here: jobs_api builds on this module
+
+        return await respond_async(request)
     started = time.monotonic()
     tenant_of(request)
     body = parse_json_model(await read_body(request), OpenAIImagesRequest, request.headers.get("content-type"))
@@ -202,7 +206,9 @@ async def openai_answer(
     if data is None:  # b64_json, or no store could take the images: inline after all
         texts = await b64_images(request, served.result, ids, fmt, body.output_compression)
         data = [{"b64_json": text} for text in texts]
-    answer = {"created": int(time.time()), "data": data, **described, "size": _size_of(served)}
+    answer: dict[str, object] = {"created": int(time.time()), "data": data, **described, "size": _size_of(served)}
+    if served.usage is not None:  # OpenAI's `usage`, with what the image cost (billing:)
+        answer["usage"] = served.usage.body()
     return FastJSONResponse(answer, headers=headers)
 
 
@@ -213,6 +219,10 @@ def _size_of(served: Served) -> str:
 
 
 async def generate(request: Request) -> Response:
+    if "respond-async" in request.headers.get("prefer", ""):  # an async job instead (issue 32)
+        from router.http.jobs_api import respond_async  # here: jobs_api builds on this module
+
+        return await respond_async(request, "generate")
     started = time.monotonic()
     tenant_of(request)
     body = parse_json_model(await read_body(request), GenerateRequest, request.headers.get("content-type"))
@@ -255,7 +265,14 @@ async def generate(request: Request) -> Response:
         if i < len(seeds):
             item["seed"] = seeds[i]
         images.append(item)
-    payload = {"images": images, "format": fmt, "route": served.route.name, "model": served.model_tag}
+    payload: dict[str, object] = {
+        "images": images,
+        "format": fmt,
+        "route": served.route.name,
+        "model": served.model_tag,
+    }
     if served.cache is not None:
         payload["cache"] = served.cache
+    if served.usage is not None:
+        payload["usage"] = served.usage.body()
     return FastJSONResponse(payload, headers=headers)

@@ -129,6 +129,16 @@ def _inflate(body: bytes, encoding: str, limit: int) -> bytes:
     return out
 
 
+_INFLATING: asyncio.Semaphore | None = None
+
+
+def _inflating() -> asyncio.Semaphore:
+    global _INFLATING
+    if _INFLATING is None:  # made on first use, inside the running loop
+        _INFLATING = asyncio.Semaphore(1)
+    return _INFLATING
+
+
 def _inflated_infer(body: bytes, encoding: str, header_length: str | None) -> tuple[InferRequest, ImageRequest]:
     return parse_infer(_inflate(body, encoding, MAX_INFER_BODY), header_length)
 
@@ -184,9 +194,11 @@ async def infer(request: Request) -> Response:
     content_encoding = header(request, "content-encoding")
     header_length = header(request, "inference-header-content-length")
     if content_encoding and content_encoding.strip().lower() != "identity":
-        # after the key check; a small compressed body may stand for 1 MiB of tensors:
-        # inflated and decoded in a worker thread, so the loop keeps serving others
-        decoded, image_req = await asyncio.to_thread(_inflated_infer, body, content_encoding, header_length)
+        # after the key check; a 1 KB compressed body may stand for 1 MiB of tensors
+        # (~150 ms to decode): inflated and decoded in a worker thread, one at a time,
+        # so the loop keeps the GIL most of the time and a flood of them only queues
+        async with _inflating():
+            decoded, image_req = await asyncio.to_thread(_inflated_infer, body, content_encoding, header_length)
     else:
         decoded, image_req = parse_infer(body, header_length)
     options = infer_options(decoded.parameters)

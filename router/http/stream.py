@@ -90,6 +90,8 @@ async def stream_images(
                 completed = {**await payload(served), "router_downgraded": True, "router_error": exc.code}
             else:
                 completed = {**await payload(served), "router_downgraded": bool(served.fallback)}
+            if served.usage is not None:  # what was billed: the answer's own image (a preview's is not)
+                completed["usage"] = served.usage.body()
             request.state.served = served  # what the access log and metrics record
             yield _event("image_generation.completed", completed)
         finally:

@@ -5,7 +5,10 @@ Inputs: ``PROMPT`` (BYTES, required), ``SEED`` (INT64), ``STEPS`` / ``WIDTH`` /
 ``INIT_IMAGE`` (UINT8 ``[batch, h, w, 3]``: the picture to start from), ``MASK`` (UINT8
 ``[batch, h, w]``: non-zero where to repaint; inpainting) and ``STRENGTH`` (FP32
 ``[batch, 1]``, in (0, 1]: how far from the picture). Output: ``IMAGE`` (UINT8,
-``[batch, H, W, 3]``).
+``[batch, H, W, 3]``) and ``COMPUTE_NS`` (INT64 ``[batch, 1]``: nanoseconds each row took
+in the model, what the gateway bills). ``COMPUTE_NS`` is optional in the contract: the
+gateway reads it when a model sends it and falls back to its own observed time (labelled
+``gateway``) for a model that does not, so older models keep working.
 
 Triton does not enforce required inputs once a model has optional ones, and it cannot
 know a model's sensible sizes, so the model validates here. Parsing is a pure function

@@ -11,12 +11,19 @@ Each request in a batch is validated and answered on its own: one bad request ge
 its client cancelled (Triton marks it when a gRPC call is cancelled or its deadline
 passes) is not started, or stops after the denoising step it is in, and is answered
 ``CANCELLED``: abandoned work must not keep the model busy while live requests wait.
+
+Each answer carries ``COMPUTE_NS`` (INT64 ``[batch, 1]``) beside ``IMAGE``: the
+nanoseconds each row spent in its generator (denoising and decode). The pipeline returns
+host numpy, so on a GPU the CUDA work has finished when the clock stops. The gateway
+bills this figure (router/billing/), not its own wall time, which also holds Triton's
+queueing and the transfer; a client that names only ``IMAGE`` never sees it.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
@@ -26,7 +33,7 @@ from numpy.typing import NDArray
 
 from router.pipelines.contract import Cancelled, Generation, InvalidInput, Limits, parse_request
 
-__all__ = ["NoopGenerator", "TritonPythonModel", "build_generator"]
+__all__ = ["NoopGenerator", "TritonPythonModel", "build_generator", "generate_rows"]
 
 INPUT_NAMES = ("PROMPT", "SEED", "STEPS", "WIDTH", "HEIGHT", "INIT_IMAGE", "MASK", "STRENGTH")
 
@@ -104,6 +111,23 @@ def build_generator(params: dict[str, str], model_dir: Path, device: str) -> Gen
     return DiffusionGenerator(name, path, device)
 
 
+def generate_rows(
+    generator: Generator, jobs: list[Generation], cancelled: Callable[[], bool]
+) -> tuple[list[NDArray[Any]], list[int]]:
+    """Each row's image and the nanoseconds its generator took (``perf_counter_ns``
+    around the call: denoising and decode, nothing of the queue or the transfer)."""
+    images, spent = [], []
+    for job in jobs:
+        if cancelled():  # given up while queued, or between images
+            raise Cancelled("cancelled before it started")
+        t0 = time.perf_counter_ns()
+        images.append(generator(job, cancelled))
+        spent.append(time.perf_counter_ns() - t0)
+    if len({image.shape for image in images}) > 1:
+        raise InvalidInput("WIDTH/HEIGHT: rows of one request must share a size")
+    return images, spent
+
+
 class TritonPythonModel:
     """The Python-backend model class Triton instantiates once per model instance."""
 
@@ -127,15 +151,10 @@ class TritonPythonModel:
                     tensor = pb_utils.get_input_tensor_by_name(request, name)
                     inputs[name] = None if tensor is None else tensor.as_numpy()
                 jobs = parse_request(inputs, self.generator.limits)
-                images = []
-                for job in jobs:
-                    if request.is_cancelled():  # given up while queued, or between images
-                        raise Cancelled("cancelled before it started")
-                    images.append(self.generator(job, request.is_cancelled))
-                if len({image.shape for image in images}) > 1:
-                    raise InvalidInput("WIDTH/HEIGHT: rows of one request must share a size")
+                images, spent = generate_rows(self.generator, jobs, request.is_cancelled)
                 out = pb_utils.Tensor("IMAGE", np.stack(images))
-                responses.append(pb_utils.InferenceResponse(output_tensors=[out]))
+                compute = pb_utils.Tensor("COMPUTE_NS", np.asarray(spent, dtype=np.int64).reshape(-1, 1))
+                responses.append(pb_utils.InferenceResponse(output_tensors=[out, compute]))
             except InvalidInput as exc:
                 error = pb_utils.TritonError(str(exc), pb_utils.TritonError.INVALID_ARG)
                 responses.append(pb_utils.InferenceResponse(error=error))

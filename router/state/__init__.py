@@ -5,10 +5,21 @@ Not a cache: nothing here is evicted. ``sqlite://`` for one machine (the default
 :mod:`router.state.base` for the protocol.
 """
 
-from router.state.base import StateStore
+from router.state.base import Committed, StateStore
 from router.state.factory import open_state, reopen_state
 from router.state.guard import Bounded, GuardedState
 from router.state.redis import RedisState
 from router.state.sqlite import SqliteState
+from router.state.txn import Txn
 
-__all__ = ["Bounded", "GuardedState", "RedisState", "SqliteState", "StateStore", "open_state", "reopen_state"]
+__all__ = [
+    "Bounded",
+    "Committed",
+    "GuardedState",
+    "RedisState",
+    "SqliteState",
+    "StateStore",
+    "Txn",
+    "open_state",
+    "reopen_state",
+]

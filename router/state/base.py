@@ -10,6 +10,11 @@ the few that coordination needs, each atomic for every gateway sharing the store
 - ``add_counts`` / ``counts``: integer fields of a hash added to (a window's counters);
 - ``limit``: a tenant's GCRA rate and daily images checked and counted in one step
   (arguments and reply: :mod:`router.state.gcra`);
+- ``reserve`` / ``settle``: a spend budget's reserve-before, settle-after, in integer
+  micro-units, idempotent on retry (:mod:`router.state.spend`);
+- ``commit`` / ``scan``: several keys and ordered indexes changed in one atomic step
+  (:class:`~router.state.txn.Txn`: a job, its queue and its idempotency key), and an
+  index read in score order (a tier's queue, a tenant's jobs, webhook deliveries due);
 - ``delete``, ``check`` (can it be trusted to keep what it is given?) and ``aclose``.
 
 A key expires only when the caller gave it a ttl (``ttl_s=None``: never). ``shared``
@@ -19,9 +24,13 @@ implementations (SQLite: the processes of one machine; Redis: every replica).
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Literal, Protocol
 
-__all__ = ["StateStore"]
+from router.state.txn import Txn
+
+__all__ = ["Committed", "StateStore"]
+
+Committed = Literal["ok", "changed", "full"]  # done; an expected value differed; an index had no room
 
 
 class StateStore(Protocol):
@@ -51,6 +60,28 @@ class StateStore(Protocol):
     async def limit(self, keys: list[str], args: list[int]) -> list[int]:
         """``keys``: the tenant's rate key and today's images key; ``args`` and the
         reply as :func:`router.state.gcra.step` defines them."""
+        ...
+
+    async def reserve(self, keys: list[str], args: list[int]) -> list[int]:
+        """A spend budget's reservation: keys, args and reply as
+        :mod:`router.state.spend` defines them."""
+        ...
+
+    async def settle(self, keys: list[str], args: list[int]) -> int:
+        """A spend budget's settlement, counted once per ``done`` key (1: applied, 0:
+        already settled); see :mod:`router.state.spend`."""
+        ...
+
+    async def commit(self, txn: Txn) -> Committed:
+        """All of ``txn`` or nothing: ``"changed"`` when a key did not hold what it
+        expects, ``"full"`` when an index had no room (checked in that order)."""
+        ...
+
+    async def scan(
+        self, index: str, lo: float = float("-inf"), hi: float = float("inf"), limit: int = 100, reverse: bool = False
+    ) -> list[tuple[str, float]]:
+        """Up to ``limit`` members of ``index`` scored in ``[lo, hi]``, lowest score
+        first (``reverse``: highest first), with their scores."""
         ...
 
     async def delete(self, keys: list[str]) -> None: ...

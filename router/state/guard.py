@@ -22,7 +22,8 @@ from typing import Any, TypeVar
 
 from router.config.table import CircuitPolicy, StateConfig
 from router.policy.circuit import CircuitBreaker
-from router.state.base import StateStore
+from router.state.base import Committed, StateStore
+from router.state.txn import Txn
 
 __all__ = ["CONTROL_BOUND_S", "Bounded", "GuardedState"]
 
@@ -104,6 +105,18 @@ class GuardedState(Bounded):
         reply: list[int] | None = await self._guard(lambda: self.store.limit(keys, args), None)
         return reply
 
+    async def reserve(self, keys: list[str], args: list[int]) -> list[int] | None:
+        """A spend budget's reservation (:mod:`router.state.spend`), or ``None`` when the
+        store did not answer in time (the budget's ``fail`` says what happens then)."""
+        reply: list[int] | None = await self._guard(lambda: self.store.reserve(keys, args), None)
+        return reply
+
+    async def settle(self, keys: list[str], args: list[int], bound_s: float = CONTROL_BOUND_S) -> int | None:
+        """Off the request path (a longer bound); ``None``: not known to be applied — the
+        caller retries it, which counts once."""
+        done: int | None = await self._guard(lambda: self.store.settle(keys, args), None, bound_s, False)
+        return done
+
     # -- the control plane
 
     async def get_many(self, keys: list[str], bound_s: float = CONTROL_BOUND_S) -> list[bytes | None] | None:
@@ -138,6 +151,20 @@ class GuardedState(Bounded):
     async def read_counts(self, key: str, bound_s: float = CONTROL_BOUND_S) -> dict[str, int] | None:
         counts: dict[str, int] | None = await self._guard(lambda: self.store.counts(key), None, bound_s, False)
         return counts
+
+    async def commit(self, txn: Txn, bound_s: float = CONTROL_BOUND_S) -> Committed | None:
+        """``None`` when the store could not say (the step may or may not have been made)."""
+        done: Committed | None = await self._guard(lambda: self.store.commit(txn), None, bound_s, False)
+        return done
+
+    async def scan(
+        self, index: str, lo: float = float("-inf"), hi: float = float("inf"), limit: int = 100,
+        reverse: bool = False, bound_s: float = CONTROL_BOUND_S,
+    ) -> list[tuple[str, float]] | None:  # fmt: skip
+        rows: list[tuple[str, float]] | None = await self._guard(
+            lambda: self.store.scan(index, lo, hi, limit, reverse), None, bound_s, False
+        )
+        return rows
 
     async def delete(self, keys: list[str], bound_s: float = CONTROL_BOUND_S) -> bool:
         async def remove() -> bool:

@@ -14,6 +14,7 @@ restarted server gets them again), not sent with every call.
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import Any
 from urllib.parse import urlsplit
@@ -22,7 +23,10 @@ import redis as syncredis
 import redis.asyncio as aioredis
 
 from router.errors import StateStoreError
+from router.state.base import Committed
 from router.state.gcra import DAY_KEY_TTL_S
+from router.state.spend import PURGE_AT_MOST
+from router.state.txn import Txn
 
 __all__ = ["RedisState", "judge_config"]
 
@@ -42,6 +46,34 @@ if tonumber(ARGV[3]) > 0 then redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
 else redis.call('SET', KEYS[1], ARGV[2]) end
 return 1
 """
+# router.state.txn.Txn in one step. ARGV[1]: the shape as JSON, naming values by their
+# place in ARGV (0: absent), so values stay bytes; scores as strings (no float rounding).
+_COMMIT = """
+local s = cjson.decode(ARGV[1])
+for _, e in ipairs(s.e) do
+  local v = redis.call('GET', e[1])
+  if e[2] == 0 then if v then return 0 end elseif v ~= ARGV[e[2]] then return 0 end
+end
+for _, r in ipairs(s.r) do
+  local n = redis.call('ZCARD', r[1])
+  local seen = {}
+  for _, a in ipairs(s.a) do
+    if a[1] == r[1] and not seen[a[2]] and not redis.call('ZSCORE', a[1], a[2]) then n = n + 1 end
+    seen[a[2]] = true
+  end
+  if n > r[2] then return 2 end
+end
+for _, p in ipairs(s.p) do
+  if p[3] > 0 then redis.call('SET', p[1], ARGV[p[2]], 'PX', p[3]) else redis.call('SET', p[1], ARGV[p[2]]) end
+end
+for _, k in ipairs(s.d) do redis.call('DEL', k) end
+for _, a in ipairs(s.a) do redis.call('ZADD', a[1], a[3], a[2]) end
+for _, x in ipairs(s.x) do redis.call('ZREM', x[1], x[2]) end
+return 1
+"""
+_COMMITTED: dict[int, Committed] = {1: "ok", 0: "changed", 2: "full"}
+INDEX_PREFIX = "ix:"  # indexes are sorted sets under their own prefix: a key never meets one
+
 # router.state.gcra.step, line for line, on Redis's own clock (no skew between replicas);
 # ARGV[5], when given, is "now" in µs instead (the parity test drives a fixed clock).
 _LIMIT = f"""
@@ -75,8 +107,95 @@ return {{1, 0, new_tat - now, used}}
 """
 
 
+# router.state.spend, line for line, on Redis's own clock (ms). Window hashes hold
+# {spent, reserved}; a reservation is a string "tier|amount|window keys"; the index a
+# sorted set by expiry (ms).
+_PURGE = f"""
+local now = redis.call('TIME')
+now = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, {PURGE_AT_MOST})
+for _, member in ipairs(due) do
+  local raw = redis.call('GET', member)
+  if raw then
+    local parts = {{}}
+    for part in string.gmatch(raw, '[^|]+') do parts[#parts + 1] = part end
+    for j = 3, #parts do redis.call('HINCRBY', parts[j], 'reserved', -tonumber(parts[2])) end
+  end
+  redis.call('DEL', member)
+  redis.call('ZREM', KEYS[1], member)
+end
+"""
+_RESERVE = (
+    _PURGE
+    + """
+local ttl, n = tonumber(ARGV[1]), tonumber(ARGV[2])
+local avail = {}
+for w = 1, n do
+  local spent = tonumber(redis.call('HGET', KEYS[2 + w], 'spent') or '0')
+  local reserved = tonumber(redis.call('HGET', KEYS[2 + w], 'reserved') or '0')
+  avail[w] = tonumber(ARGV[2 + w]) - spent - reserved
+end
+local held = redis.call('GET', KEYS[2])
+if held then
+  local parts = {}
+  for part in string.gmatch(held, '[^|]+') do parts[#parts + 1] = part end
+  local reply = {tonumber(parts[1]), tonumber(parts[2])}
+  for w = 1, n do reply[2 + w] = avail[w] end
+  return reply
+end
+local quotes = {}
+for q = 3 + 2 * n, #ARGV do quotes[#quotes + 1] = tonumber(ARGV[q]) end
+for i = 1, #quotes do
+  local amount = quotes[i]
+  for j = i, #quotes do if quotes[j] > amount then amount = quotes[j] end end
+  local fits = true
+  for w = 1, n do if amount > avail[w] then fits = false end end
+  if fits then
+    local text = string.format('%d|%d', i - 1, amount)
+    for w = 1, n do text = text .. '|' .. KEYS[2 + w] end
+    redis.call('SET', KEYS[2], text)
+    redis.call('ZADD', KEYS[1], now + ttl, KEYS[2])
+    local reply = {i - 1, amount}
+    for w = 1, n do
+      redis.call('HINCRBY', KEYS[2 + w], 'reserved', amount)
+      redis.call('HINCRBY', KEYS[2 + w], 'spent', 0)
+      redis.call('EXPIRE', KEYS[2 + w], ARGV[2 + n + w])
+      reply[2 + w] = avail[w] - amount
+    end
+    return reply
+  end
+end
+local reply = {-1, 0}
+for w = 1, n do reply[2 + w] = avail[w] end
+return reply
+"""
+)
+_SETTLE = """
+if redis.call('EXISTS', KEYS[3]) == 1 then return 0 end
+local held = redis.call('GET', KEYS[2])
+if held then
+  local parts = {}
+  for part in string.gmatch(held, '[^|]+') do parts[#parts + 1] = part end
+  for j = 3, #parts do redis.call('HINCRBY', parts[j], 'reserved', -tonumber(parts[2])) end
+  redis.call('DEL', KEYS[2])
+  redis.call('ZREM', KEYS[1], KEYS[2])
+end
+for w = 4, #KEYS do
+  redis.call('HINCRBY', KEYS[w], 'spent', tonumber(ARGV[1]))
+  redis.call('HINCRBY', KEYS[w], 'reserved', 0)
+  redis.call('EXPIRE', KEYS[w], ARGV[w - 1])
+end
+redis.call('SET', KEYS[3], '1', 'EX', ARGV[2])
+return 1
+"""
+
+
 def _ms(ttl_s: float | None) -> int:
     return 0 if ttl_s is None else max(1, int(ttl_s * 1000))
+
+
+def _bound(score: float) -> str:
+    return "-inf" if score == float("-inf") else "+inf" if score == float("inf") else repr(score)
 
 
 def _text(value: Any) -> str:
@@ -136,6 +255,9 @@ class RedisState:
         self._release = self._redis.register_script(_RELEASE)
         self._swap = self._redis.register_script(_SWAP)
         self._limit = self._redis.register_script(_LIMIT)
+        self._commit = self._redis.register_script(_COMMIT)
+        self._reserve = self._redis.register_script(_RESERVE)
+        self._settle = self._redis.register_script(_SETTLE)
 
     # -- can it be trusted? --------------------------------------------------------------
 
@@ -227,6 +349,52 @@ class RedisState:
         await self._ready()
         reply = await self._limit(keys=keys, args=args)
         return [int(v) for v in reply]
+
+    async def reserve(self, keys: list[str], args: list[int]) -> list[int]:
+        """See :mod:`router.state.spend`; on Redis's clock."""
+        await self._ready()
+        reply = await self._reserve(keys=keys, args=args)
+        return [int(v) for v in reply]
+
+    async def settle(self, keys: list[str], args: list[int]) -> int:
+        await self._ready()
+        return int(await self._settle(keys=keys, args=args))
+
+    async def commit(self, txn: Txn) -> Committed:
+        await self._ready()
+        values: list[bytes] = []
+
+        def ref(value: bytes | None) -> int:
+            if value is None:
+                return 0
+            values.append(value)
+            return len(values) + 1  # ARGV[1] is the shape
+
+        ix = INDEX_PREFIX
+        shape = {
+            "e": [[k, ref(v)] for k, v in txn.expect],
+            "r": [[ix + i, n] for i, n in txn.room],
+            "p": [[k, ref(v), _ms(t)] for k, v, t in txn.put],
+            "d": list(txn.delete),
+            "a": [[ix + i, m, repr(float(score))] for i, m, score in txn.add],
+            "x": [[ix + i, m] for i, m in txn.remove],
+        }
+        names = [k for k, _ in txn.expect] + [k for k, _, _ in txn.put] + list(txn.delete)
+        names += [ix + i for i, _ in txn.room] + [ix + i for i, _, _ in txn.add] + [ix + i for i, _ in txn.remove]
+        reply = await self._commit(keys=list(dict.fromkeys(names)), args=[json.dumps(shape), *values])
+        return _COMMITTED[int(reply)]
+
+    async def scan(
+        self, index: str, lo: float = float("-inf"), hi: float = float("inf"), limit: int = 100, reverse: bool = False
+    ) -> list[tuple[str, float]]:
+        await self._ready()
+        low, high = _bound(lo), _bound(hi)
+        name = INDEX_PREFIX + index
+        if reverse:
+            rows = await self._redis.zrevrangebyscore(name, high, low, start=0, num=limit, withscores=True)
+        else:
+            rows = await self._redis.zrangebyscore(name, low, high, start=0, num=limit, withscores=True)
+        return [(_text(row[0]), float(row[1])) for row in rows]
 
     async def delete(self, keys: list[str]) -> None:
         if keys:

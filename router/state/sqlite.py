@@ -27,7 +27,10 @@ from pathlib import Path
 from typing import TypeVar
 
 from router.errors import StateStoreError
+from router.state.base import Committed
 from router.state.gcra import DAY_KEY_TTL_S, step
+from router.state.spend import PURGE_AT_MOST, choose, parse_record, record
+from router.state.txn import Txn
 
 __all__ = ["SqliteState"]
 
@@ -37,6 +40,10 @@ SWEEP_EVERY_S = 60.0  # expired rows are deleted at most this often (reads skip 
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, value BLOB NOT NULL, expires REAL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS ix (
+    name TEXT NOT NULL, member TEXT NOT NULL, score REAL NOT NULL, PRIMARY KEY (name, member)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS ix_score ON ix (name, score);
 CREATE TABLE IF NOT EXISTS counts (
     key TEXT NOT NULL, field TEXT NOT NULL, n INTEGER NOT NULL, expires REAL, PRIMARY KEY (key, field)
 ) WITHOUT ROWID;
@@ -166,6 +173,124 @@ class SqliteState:
             return result.reply
 
         return await self._run(check)
+
+    @staticmethod
+    def _count(db: sqlite3.Connection, key: str, name: str, now: float) -> int:
+        row = db.execute(f"SELECT n FROM counts WHERE key = ? AND field = ? AND {_LIVE}", (key, name, now)).fetchone()
+        return int(row[0]) if row is not None else 0
+
+    @staticmethod
+    def _bump(db: sqlite3.Connection, key: str, name: str, n: int, expires: float | None) -> None:
+        db.execute(
+            "INSERT INTO counts (key, field, n, expires) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT (key, field) DO UPDATE SET n = n + excluded.n, expires = excluded.expires",
+            (key, name, n, expires),
+        )
+
+    def _purge(self, db: sqlite3.Connection, index: str, now: float) -> None:
+        """Give back what expired reservations of ``index`` held (a replica that died
+        between reserving and settling)."""
+        rows = db.execute(
+            "SELECT member FROM ix WHERE name = ? AND score <= ? ORDER BY score LIMIT ?", (index, now, PURGE_AT_MOST)
+        ).fetchall()
+        for (member,) in rows:
+            raw = self._get(db, member, now)
+            if raw is not None:
+                _, amount, windows = parse_record(raw)
+                for window in windows:
+                    db.execute("UPDATE counts SET n = n - ? WHERE key = ? AND field = 'reserved'", (amount, window))
+            db.execute("DELETE FROM kv WHERE key = ?", (member,))
+            db.execute("DELETE FROM ix WHERE name = ? AND member = ?", (index, member))
+
+    async def reserve(self, keys: list[str], args: list[int]) -> list[int]:
+        """See :mod:`router.state.spend`; on this machine's clock."""
+        index, held, windows = keys[0], keys[1], keys[2:]
+        ttl_ms, n = args[0], args[1]
+        limits, ttls, quotes = args[2 : 2 + n], args[2 + n : 2 + 2 * n], args[2 + 2 * n :]
+
+        def take(db: sqlite3.Connection, now: float) -> list[int]:
+            self._purge(db, index, now)
+            spent = [self._count(db, w, "spent", now) for w in windows]
+            reserved = [self._count(db, w, "reserved", now) for w in windows]
+            raw = self._get(db, held, now)
+            if raw is not None:  # asked again (a retry): the first answer stands
+                first, amount, _ = parse_record(raw)
+                return [first, amount, *(lim - s - r for lim, s, r in zip(limits, spent, reserved, strict=True))]
+            got = choose(limits, spent, reserved, quotes)
+            if got.tier >= 0:
+                self._put(db, held, record(got.tier, got.amount, windows), None)
+                db.execute(
+                    "INSERT OR REPLACE INTO ix (name, member, score) VALUES (?, ?, ?)",
+                    (index, held, now + ttl_ms / 1000),
+                )
+                for window, ttl in zip(windows, ttls, strict=True):
+                    self._bump(db, window, "reserved", got.amount, now + ttl)
+                    self._bump(db, window, "spent", 0, now + ttl)
+            return [got.tier, got.amount, *got.available]
+
+        return await self._run(take)
+
+    async def settle(self, keys: list[str], args: list[int]) -> int:
+        """See :mod:`router.state.spend`: counted once per ``done`` key."""
+        index, held, done, windows = keys[0], keys[1], keys[2], keys[3:]
+        actual, done_ttl, ttls = args[0], args[1], args[2:]
+
+        def apply(db: sqlite3.Connection, now: float) -> int:
+            if self._get(db, done, now) is not None:
+                return 0
+            raw = self._get(db, held, now)
+            if raw is not None:
+                _, amount, reserved_in = parse_record(raw)
+                for window in reserved_in:
+                    db.execute("UPDATE counts SET n = n - ? WHERE key = ? AND field = 'reserved'", (amount, window))
+                db.execute("DELETE FROM kv WHERE key = ?", (held,))
+                db.execute("DELETE FROM ix WHERE name = ? AND member = ?", (index, held))
+            for window, ttl in zip(windows, ttls, strict=True):
+                self._bump(db, window, "spent", actual, now + ttl)
+                self._bump(db, window, "reserved", 0, now + ttl)
+            self._put(db, done, b"1", now + done_ttl)
+            return 1
+
+        return await self._run(apply)
+
+    async def commit(self, txn: Txn) -> Committed:
+        def apply(db: sqlite3.Connection, now: float) -> Committed:
+            for key, expected in txn.expect:
+                if self._get(db, key, now) != expected:
+                    return "changed"
+            for index, most in txn.room:
+                (held,) = db.execute("SELECT COUNT(*) FROM ix WHERE name = ?", (index,)).fetchone()
+                new = {m for i, m, _ in txn.add if i == index}
+                if new:
+                    marks = ",".join("?" * len(new))
+                    (old,) = db.execute(
+                        f"SELECT COUNT(*) FROM ix WHERE name = ? AND member IN ({marks})", (index, *new)
+                    ).fetchone()
+                    held += len(new) - old
+                if held > most:
+                    return "full"
+            for key, value, ttl_s in txn.put:
+                self._put(db, key, value, None if ttl_s is None else now + ttl_s)
+            db.executemany("DELETE FROM kv WHERE key = ?", [(k,) for k in txn.delete])
+            db.executemany("INSERT OR REPLACE INTO ix (name, member, score) VALUES (?, ?, ?)", txn.add)
+            db.executemany("DELETE FROM ix WHERE name = ? AND member = ?", txn.remove)
+            return "ok"
+
+        return await self._run(apply)
+
+    async def scan(
+        self, index: str, lo: float = float("-inf"), hi: float = float("inf"), limit: int = 100, reverse: bool = False
+    ) -> list[tuple[str, float]]:
+        order = "DESC" if reverse else "ASC"
+        query = (
+            "SELECT member, score FROM ix WHERE name = ? AND score >= ? AND score <= ? "
+            f"ORDER BY score {order}, member {order} LIMIT ?"
+        )
+
+        def read(db: sqlite3.Connection, now: float) -> list[tuple[str, float]]:
+            return [(str(m), float(s)) for m, s in db.execute(query, (index, lo, hi, limit)).fetchall()]
+
+        return await self._run(read, write=False)
 
     async def delete(self, keys: list[str]) -> None:
         def remove(db: sqlite3.Connection, now: float) -> None:

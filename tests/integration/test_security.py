@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gzip
 import io
 import json
 import threading
@@ -520,3 +521,38 @@ def test_router_triton_closes_the_model_load_api(tmp_path: Path) -> None:
         load = httpx.post(server.http_url + "/v2/repository/models/draft/load", json={}, timeout=10)
         assert load.status_code >= 400 and "not allowed" in load.text, load.text
         assert not httpx.get(server.http_url + "/v2/models/draft/ready", timeout=10).is_success
+
+
+def test_compressed_infer_bodies_are_decoded_off_the_event_loop(keyed: GatewayProcess) -> None:
+    """Issue 30 item 2 over HTTP: a small gzip body costs its inflated megabyte of decoding
+    to any caller past the key check. It is refused (401) before inflating without a key;
+    with one, 16 at once (each ~1 KB standing for 1 MiB of tensor JSON, ~150 ms to decode)
+    are inflated and decoded in worker threads, and ``/healthz`` is answered within
+    250 ms meanwhile (on the loop, the 16 decodes blocked it ~2 s)."""
+    seeds = b",".join([b"0"] * ((1 << 20) // 2 - 100))
+    body = (
+        b'{"inputs":[{"name":"PROMPT","shape":[1,1],"datatype":"BYTES","data":["x"]},'
+        b'{"name":"JUNK","shape":[1,%d],"datatype":"INT64","data":[%s]}]}' % (seeds.count(b",") + 1, seeds)
+    )
+    packed = gzip.compress(body, 9)
+    assert len(packed) < 4 << 10 and len(body) < 1 << 20
+    headers = {"Content-Encoding": "gzip", "Content-Type": "application/json"}
+    anonymous = httpx.post(keyed.url + "/v2/models/noop/infer", content=packed, headers=headers, timeout=10)
+    assert anonymous.status_code == 401
+
+    async def attack() -> list[int]:
+        async with httpx.AsyncClient(base_url=keyed.url, timeout=30, headers={**headers, **KEY}) as client:
+            answers = await asyncio.gather(*(client.post("/v2/models/noop/infer", content=packed) for _ in range(16)))
+        return [answer.status_code for answer in answers]
+
+    stop = threading.Event()
+    result: list[list[float]] = []
+    watcher = threading.Thread(target=lambda: result.append(_healthz_latencies(keyed.url, stop)))
+    watcher.start()
+    try:
+        statuses = asyncio.run(attack())
+    finally:
+        stop.set()
+        watcher.join()
+    assert statuses == [400] * 16, statuses  # decoded (in a thread), then refused: an unknown input
+    assert max(result[0]) < 0.25, max(result[0])

@@ -13,7 +13,7 @@ from router.backends.base import ImageRequest
 from router.config import compile_text
 from router.config.table import Tenant
 from router.decide import arm_phase, explain, previews, route_phase
-from router.errors import Forbidden
+from router.errors import Forbidden, InvalidRequest
 from router.inference import InferOptions
 from router.policy.match import RequestFacts
 
@@ -139,3 +139,14 @@ def test_a_tenants_cache_entries_are_its_own_in_keys_mode_unless_the_route_share
     assert (
         arm_phase(route_phase(TABLE, sent), sent, random.Random(1), draw, cached=True).cache is None
     )  # no cache block
+
+
+def test_upscaling_is_bounded_by_output_pixels_before_anything_is_generated() -> None:
+    big = "  - name: big\n    match: {intent: big}\n    model: draft\n    resize: upscale\n    limits: {max_n: 8}\n"
+    table = compile_text(ROUTES.replace("  - name: ab\n", big + "  - name: ab\n"), env={})
+    fine = Ask.of(RequestFacts.of("a", "big", None, {}), ImageRequest(("a",), width=2048, height=2048), 0.0)
+    assert route_phase(table, fine).request.upscale
+    too_many = Ask.of(RequestFacts.of("a", "big", None, {}), ImageRequest(("a",) * 4, width=2048, height=2048), 0.0)
+    with pytest.raises(InvalidRequest) as info:
+        route_phase(table, too_many)
+    assert info.value.details["field"] == "n"

@@ -140,3 +140,18 @@ async def test_a_tier_nobody_uses_is_filled_back_to_back() -> None:
     ends = [end for _, end in dispatcher.runs]
     assert ends[-1] - dispatcher.runs[0][0] <= 3 * JOB_S + 0.01
     await fill.aclose()
+
+
+@virtual_time
+async def test_a_job_whose_image_is_already_stored_is_counted_as_skipped_not_done() -> None:
+    """docs/cache.md: pre-generation skips what is stored (its lookup is a hit)."""
+
+    class StoredDispatcher(FakeDispatcher):
+        async def serve(self, *args: Any, **kwargs: Any) -> Stored:
+            return Stored(stored=True)
+
+    fill = filler(StoredDispatcher())
+    fill.submit(job("k1", "pregen"))
+    await asyncio.sleep(1.0)
+    assert fill.counts["pregen"].cached == 1 and fill.counts["pregen"].done == 0
+    await fill.aclose()

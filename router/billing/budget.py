@@ -1,0 +1,89 @@
+"""Spend budgets as pure arithmetic: window keys, quotes, and what a store reply means.
+
+A window is named by its period's start, so a new day is a new key and nothing is
+ever reset in place (LiteLLM's reset overwriting concurrent spend, #34733): ``day``
+(``b:{t}:day:20261206``), ``week`` (ISO, from Monday: ``b:{t}:week:20261130``),
+``month`` (``b:{t}:month:202612``), all UTC, or a duration of ``N`` seconds aligned to the
+epoch (``b:{t}:d3600s:492840``). A key lives a week past its period, then expires.
+
+The quote of a tier, reserved before it runs, is its price at the estimated compute
+(the model's ``latency_hint_ms`` per image) times ``quote_margin``; the store reserves
+``max(quote[i:])`` for the first affordable tier ``i`` so whichever later tier the
+latency walk ends on is covered (router/state/spend.py).
+"""
+
+from __future__ import annotations
+
+import calendar
+import datetime as dt
+from typing import NamedTuple
+
+from router.billing.price import Shape, quote
+from router.billing.spec import MICROS, Billing, Budget, BudgetLimit
+from router.config.table import Model
+
+__all__ = ["KEEP_S", "Window", "quotes", "refusal", "window", "windows"]
+
+KEEP_S = 7 * 86400  # a window's key outlives its period by this much
+
+
+class Window(NamedTuple):
+    key: str
+    limit: int  # micro-units
+    resets_at: float  # wall time the period ends
+    ttl_s: int  # of the key, from now
+    per: str
+
+
+def window(tenant: str, limit: BudgetLimit, wall: float) -> Window:
+    """The key and end of the period ``wall`` falls in."""
+    now = dt.datetime.fromtimestamp(wall, dt.UTC)
+    if limit.per == "day":
+        start = now.replace(hour=0, minute=0, second=0, microsecond=0)
+        name, end = f"day:{start:%Y%m%d}", start + dt.timedelta(days=1)
+    elif limit.per == "week":
+        start = (now - dt.timedelta(days=now.weekday())).replace(hour=0, minute=0, second=0, microsecond=0)
+        name, end = f"week:{start:%Y%m%d}", start + dt.timedelta(days=7)
+    elif limit.per == "month":
+        start = now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+        days = calendar.monthrange(start.year, start.month)[1]
+        name, end = f"month:{start:%Y%m}", start + dt.timedelta(days=days)
+    else:  # "<n>s"
+        seconds = int(limit.per[:-1])
+        slot = int(wall // seconds)
+        ends = (slot + 1) * seconds
+        return Window(
+            f"b:{tenant}:d{seconds}s:{slot}", round(limit.amount * MICROS), ends, int(ends - wall) + KEEP_S, limit.per
+        )
+    stop = end.timestamp()
+    return Window(f"b:{tenant}:{name}", round(limit.amount * MICROS), stop, int(stop - wall) + KEEP_S, limit.per)
+
+
+def windows(tenant: str, budget: Budget, wall: float) -> list[Window]:
+    return [window(tenant, limit, wall) for limit in budget.limits]
+
+
+def quotes(billing: Billing, chain: list[Model], images: int, steps: int | None) -> list[int]:
+    """Each tier's quote in micro-units (a tier without a price quotes 0: compile refuses
+    that when billing is on)."""
+    out = []
+    for model in chain:
+        if model.price is None:
+            out.append(0)
+            continue
+        estimate = model.latency_hint_ms / 1000 * images
+        out.append(quote(billing, model.price, images, estimate, Shape(model.native_side, steps), False))
+    return out
+
+
+def refusal(tenant: str, wins: list[Window], available: list[int]) -> tuple[str, Window]:
+    """The message of an ``insufficient_quota`` and the window that binds (least left)."""
+    binding = min(range(len(wins)), key=lambda k: available[k])
+    win = wins[binding]
+    left = max(0, available[binding]) / MICROS
+    stamp = dt.datetime.fromtimestamp(win.resets_at, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    message = (
+        f"tenant {tenant!r} cannot afford this request within its {win.per} budget of "
+        f"{win.limit / MICROS:.2f} ({left:.6f} left); it resets at {stamp}"
+    )
+    return message, win

@@ -1,0 +1,169 @@
+"""Webhook deliveries from a durable queue in the state store, by any replica.
+
+A job's terminal event is queued for delivery in the same step that writes the terminal
+state (:meth:`JobStore.transition`), so no event is lost between them and a job that
+ends once is announced once: the message id ``msg_<job>_<sequence>`` is fixed by the
+event, unchanged on every retry (the receiver's idempotency key, ``webhook-id``).
+
+Each replica's runner calls :meth:`Deliverer.tick`: deliveries that are due are leased
+(one replica delivers an attempt), signed (:mod:`router.jobs.sign`), checked again
+against the SSRF policy (the name may resolve elsewhere now) and sent to the vetted
+address, following no redirect and reading no proxy from the environment. 2xx (or 410,
+"gone": stop) ends a delivery; anything else schedules the next attempt per
+``jobs.webhook_schedule_s`` with ±10 % jitter, until the schedule or the job's
+retention runs out. Because the queue and the attempt count live in the store, a
+gateway restart between attempts changes nothing but who sends the next one.
+
+The payload is thin — ``{type, timestamp, data}`` with the job's id, status, sequence,
+error, metadata and the path of its result — so it never carries images (receivers'
+body limits) and a receiver fetches what it needs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
+import orjson
+
+from router.errors import RouterError
+from router.jobs.model import Job
+from router.jobs.sign import webhook_headers
+from router.jobs.webhook_url import Resolver, resolve_target, system_resolver
+from router.state import GuardedState, Txn
+
+__all__ = ["Deliverer", "delivery_step", "thin"]
+
+log = logging.getLogger("router.jobs")
+JITTER = 0.1
+DELIVERY_LEASE_S = 60.0
+BATCH = 16
+
+
+def thin(job: Job) -> dict[str, Any]:
+    return {
+        "id": job.id, "object": "image.job", "status": job.status, "sequence": job.sequence,
+        "created_at": int(job.created_at), "completed_at": None if job.completed_at is None else int(job.completed_at),
+        "model": job.model_version or job.tier, "error": job.error, "metadata": job.metadata,
+        "result_url": f"/v1/images/jobs/{job.id}/result",
+    }  # fmt: skip
+
+
+def delivery_step(job: Job, now: float) -> Txn:
+    """What a terminal ``job`` adds to its step: its webhook's delivery, when it asked
+    for one and for this event (``completed`` stands for every terminal state)."""
+    hook = job.webhook
+    if hook is None or not job.terminal or "completed" not in hook.get("events", ["completed"]):
+        return Txn()
+    msg = f"msg_{job.id.removeprefix('imgjob_')}_{job.sequence}"
+    record = {"id": msg, "job_id": job.id, "url": hook["url"], "type": f"image_job.{job.status}", "attempts": 0,
+              "state": "pending", "last_status": None, "tenant": job.tenant}  # fmt: skip
+    ttl = max(1.0, job.expires_at - now)
+    return Txn(put=((f"job:wh:{msg}", orjson.dumps(record), ttl),), add=(("wq", msg, now),))
+
+
+class Deliverer:
+    def __init__(
+        self,
+        owner: str,
+        resolver: Resolver = system_resolver,
+        wall: Callable[[], float] = time.time,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.owner = owner
+        self.resolver = resolver
+        self.wall = wall
+        self.rng = rng or random.Random()
+        self.counts = {"delivered": 0, "failed": 0, "gone": 0, "forbidden": 0, "retried": 0}
+        self._client: httpx.AsyncClient | None = None
+
+    def client(self, timeout_s: float) -> httpx.AsyncClient:
+        if self._client is None:
+            self._client = httpx.AsyncClient(trust_env=False, follow_redirects=False, timeout=timeout_s)
+        return self._client
+
+    async def aclose(self) -> None:
+        if self._client is not None:
+            await self._client.aclose()
+
+    async def tick(self, state: GuardedState, secrets: Callable[[str], tuple[str, ...]], allow: tuple[str, ...],
+                   schedule: tuple[float, ...], timeout_s: float) -> None:  # fmt: skip
+        due = await state.scan("wq", hi=self.wall(), limit=BATCH)
+        for msg, _ in due or []:
+            if await state.lease(f"job:whl:{msg}", self.owner, DELIVERY_LEASE_S):
+                await self._one(state, msg, secrets, allow, schedule, timeout_s)
+
+    async def _one(self, state: GuardedState, msg: str, secrets: Callable[[str], tuple[str, ...]],
+                   allow: tuple[str, ...], schedule: tuple[float, ...], timeout_s: float) -> None:  # fmt: skip
+        raws = await state.get_many([f"job:wh:{msg}"])
+        if not raws or raws[0] is None:
+            await state.commit(Txn(remove=(("wq", msg),)))
+            return
+        raw = raws[0]
+        record = orjson.loads(raw)
+        jobs = await state.get_many([f"job:{record['job_id']}"])
+        job = Job.load(jobs[0]) if jobs and jobs[0] is not None else None
+        if job is None:  # deleted or expired: nothing left to announce
+            await state.commit(Txn(delete=(f"job:wh:{msg}",), remove=(("wq", msg),)))
+            return
+        now = self.wall()
+        stamp = datetime.fromtimestamp(now, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        body = orjson.dumps({"type": record["type"], "timestamp": stamp, "data": thin(job)})
+        outcome = await self._send(record["url"], secrets(record["tenant"]), msg, int(now), body, allow, timeout_s)
+        record["attempts"] += 1
+        record["last_status"] = outcome
+        if outcome in ("2xx", "gone"):
+            record["state"] = "delivered" if outcome == "2xx" else "gone"
+            self.counts["delivered" if outcome == "2xx" else "gone"] += 1
+            await state.commit(Txn(put=((f"job:wh:{msg}", orjson.dumps(record), max(1.0, job.expires_at - now)),),
+                                   remove=(("wq", msg),)))  # fmt: skip
+        elif True or record["attempts"] >= len(schedule) or now + schedule[record["attempts"]] >= job.expires_at:
+            record["state"] = "failed"
+            self.counts["failed"] += 1
+            await state.commit(Txn(put=((f"job:wh:{msg}", orjson.dumps(record), max(1.0, job.expires_at - now)),),
+                                   remove=(("wq", msg),)))  # fmt: skip
+        else:
+            delay = schedule[record["attempts"]] * (1 + self.rng.uniform(-JITTER, JITTER))
+            self.counts["retried"] += 1
+            await state.commit(Txn(put=((f"job:wh:{msg}", orjson.dumps(record), max(1.0, job.expires_at - now)),),
+                                   add=(("wq", msg, now + delay),)))  # fmt: skip
+        await state.release(f"job:whl:{msg}", self.owner)
+
+    async def _send(self, url: str, secrets: tuple[str, ...], msg: str, timestamp: int, body: bytes,
+                    allow: tuple[str, ...], timeout_s: float) -> str:  # fmt: skip
+        """``2xx``, ``gone`` (410), ``forbidden`` (the SSRF policy refused it now), or
+        what failed (a status, ``redirect``, ``timeout``, ``error``)."""
+        try:
+            target = await asyncio.to_thread(resolve_target, url, allow, self.resolver)
+        except RouterError as exc:
+            self.counts["forbidden"] += 1
+            log.info("webhook %s refused: %s", msg, exc.message)
+            return "forbidden"
+        host = f"[{target.address}]" if ":" in target.address else target.address
+        default_port = 443 if target.scheme == "https" else 80
+        host_header = target.host if target.port == default_port else f"{target.host}:{target.port}"
+        headers = {**webhook_headers(secrets, msg, timestamp, body), "host": host_header}
+        extensions = {"sni_hostname": target.host} if target.scheme == "https" else {}
+        try:
+            response = await self.client(timeout_s).post(
+                f"{target.scheme}://{host}:{target.port}{target.path}", content=body, headers=headers,
+                extensions=extensions,
+            )  # fmt: skip
+        except httpx.TimeoutException:
+            return "timeout"
+        except httpx.HTTPError as exc:
+            log.info("webhook %s to %s failed: %s", msg, target.host, exc)
+            return "error"
+        if 200 <= response.status_code < 300:
+            return "2xx"
+        if response.status_code == 410:
+            return "gone"
+        if 300 <= response.status_code < 400:
+            return "redirect"
+        return str(response.status_code)

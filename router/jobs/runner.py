@@ -1,0 +1,227 @@
+"""The job runner every replica runs: claim, run, heartbeat, finish; and reap.
+
+Every :data:`POLL_S` it looks at each tier with queued jobs and, when the tier's mode
+allows (:mod:`router.jobs.schedule`), claims the job the fair order or a near deadline
+names. ``max_running`` per tier holds over all replicas (the claim takes a place in
+the tier's running index in the same step as the lease). An attempt runs through the
+dispatcher as the background filler's work does (:func:`router.decide.background`):
+
+- on the route's intended tier alone (``Route.alone``) unless the job allows a
+  downgrade, with the job's own seeds — fixed at submission, so a rerun on another
+  replica makes the same image;
+- with a budget of what is left of its deadline (not the route's interactive budget,
+  which is seconds: a job waits on idle capacity, and a route's budget would turn a
+  slow tier into a downgrade), and no tenant admission (``max_concurrency`` is for
+  interactive requests; the job was counted against the tenant's rate and images at
+  submission).
+
+The attempt renews its lease every ``lease_s / 3``. A renewal that finds the job
+``cancelling`` cancels the attempt's task (over gRPC that cancels Triton's request);
+one that finds the lease gone (the reaper gave the job away) also stops it, and its
+result is dropped: the terminal state is written by compare-and-set, once. Every
+replica also reaps: a running job whose lease expired is requeued (its replica died).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import os
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from router.backends.base import ImageRequest
+from router.config.table import RoutingTable
+from router.decide import background, on_route
+from router.errors import BudgetExhausted, RouterError
+from router.jobs.deliver import Deliverer
+from router.jobs.model import Job
+from router.jobs.schedule import PRIORITY, Pacer, pick
+from router.jobs.store import JobStore
+
+if TYPE_CHECKING:
+    from numpy.typing import NDArray
+
+    from router.gateway import Gateway
+
+__all__ = ["JobRunner"]
+
+log = logging.getLogger("router.jobs")
+POLL_S = 0.1
+REAP_EVERY_S = 1.0
+Encode = Callable[["NDArray[Any]", str, int], bytes]
+
+
+class JobRunner:
+    def __init__(
+        self,
+        gateway: Gateway,
+        encode: Encode,
+        wall: Callable[[], float] = time.time,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.gateway = gateway
+        self.encode = encode
+        self.wall = wall
+        self.clock = clock
+        self.owner = f"{os.uname().nodename}:{os.getpid()}:{os.urandom(4).hex()}"
+        self.pacers: dict[str, Pacer] = {}
+        self.attempts: dict[str, asyncio.Task[None]] = {}
+        self.stopped: dict[str, str] = {}  # job id -> why its attempt was cancelled: "cancel" | "lost"
+        self.wake = asyncio.Event()
+        self._loop: asyncio.Task[None] | None = None
+        self._reaped = 0.0
+        self._delivering: asyncio.Task[None] | None = None
+        self.counts = {"claimed": 0, "completed": 0, "failed": 0, "lost": 0, "reaped": 0}
+        self.deliverer = Deliverer(self.owner)
+
+    def store(self) -> JobStore | None:
+        table, state = self.gateway.table, self.gateway.state_store
+        return None if table.jobs is None or state is None else JobStore(state, table.jobs)
+
+    def start(self) -> None:
+        if self._loop is None:
+            self._loop = asyncio.get_running_loop().create_task(self._run())
+
+    async def aclose(self) -> None:
+        """Stop claiming; running attempts are cancelled and left to their lease (another
+        replica, or this one restarted, runs them again)."""
+        tasks = [t for t in (self._loop, self._delivering, *self.attempts.values()) if t is not None]
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        await self.deliverer.aclose()
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await self.tick()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - a store fault: try again next tick
+                log.warning("job runner: %s: %s", type(exc).__name__, exc)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(POLL_S):
+                    await self.wake.wait()
+            self.wake.clear()
+
+    async def tick(self) -> None:
+        store = self.store()
+        if store is None:
+            return
+        now = self.clock()
+        if now - self._reaped >= REAP_EVERY_S:
+            self._reaped = now
+            self.counts["reaped"] += await store.reap(self.wall())
+        config = store.config
+        if self._delivering is None or self._delivering.done():  # deliveries never hold up claims
+            work = self.deliverer.tick(store.state, config.secrets, config.webhook_allow_cidrs,
+                                       config.webhook_schedule_s, config.webhook_timeout_s)  # fmt: skip
+            self._delivering = asyncio.get_running_loop().create_task(work)
+        table = self.gateway.table
+        for tier in table.models:
+            if await store.waiting(tier):
+                await self._try(store, table, tier)
+
+    async def _try(self, store: JobStore, table: RoutingTable, tier: str) -> None:
+        config = store.config
+        pacer = self.pacers.setdefault(tier, Pacer(config.tier(tier).min_share))
+        pacer.min_share = config.tier(tier).min_share
+        wall = self.wall()
+        picked = pick(await store.candidates(tier), wall, self._expected_s(table, tier), config.urgency_margin_s)
+        if picked is None:
+            return
+        job, order = picked
+        mode = pacer.mode(self.gateway.dispatcher.idle(table.models[tier]), order == "urgent", self.clock())
+        if mode is None:
+            return
+        taken = await store.claim(job, self.owner, wall)
+        if taken is None:
+            return
+        self.counts["claimed"] += 1
+        task = asyncio.get_running_loop().create_task(self._attempt(store, taken, mode, pacer))
+        self.attempts[taken.id] = task
+        task.add_done_callback(lambda _: self.attempts.pop(taken.id, None))
+
+    def _expected_s(self, table: RoutingTable, tier: str) -> float:
+        forecast = self.gateway.dispatcher.forecast(table.models[tier])
+        if forecast is not None:
+            return float(forecast.expected_s)
+        return (table.models[tier].latency_hint_ms or 1000.0) / 1000
+
+    async def _attempt(self, store: JobStore, job: Job, mode: str, pacer: Pacer) -> None:
+        started = self.clock()
+        work = asyncio.current_task()
+        beat = asyncio.get_running_loop().create_task(self._heartbeat(store, job, work))
+        try:
+            new, images = await self._generate(job, mode)
+        except asyncio.CancelledError:
+            if self.stopped.pop(job.id, None) != "cancel":
+                raise  # shutting down, or the job was given away: its lease says what happens next
+            new, images = job.finished("cancelled", self.wall()), []
+        except BudgetExhausted as exc:
+            new, images = job.expired(self.wall()), []
+            if not new.terminal:
+                new = job.finished("failed", self.wall(), error=_error(exc))
+        except RouterError as exc:
+            new, images = job.finished("failed", self.wall(), error=_error(exc)), []
+        except Exception as exc:  # a bug must not leave the job running forever
+            log.exception("job %s failed", job.id)
+            error = {"code": "internal_error", "message": f"{type(exc).__name__}", "status": 500}
+            new, images = job.finished("failed", self.wall(), error=error), []
+        finally:
+            beat.cancel()
+            pacer.ran(mode, started, self.clock())
+        ttl = max(1.0, job.expires_at - self.wall())
+        with contextlib.suppress(asyncio.CancelledError):
+            done = await store.finish(job, self.owner, new, images, ttl)
+            self.counts["completed" if done is not None and done.status == "completed" else "failed"] += 1
+            if done is None:
+                self.counts["lost"] += 1
+        self.wake.set()
+
+    async def _heartbeat(self, store: JobStore, job: Job, work: asyncio.Task[Any] | None) -> None:
+        while True:
+            await asyncio.sleep(store.config.lease_s / 3)
+            try:
+                now = await store.heartbeat(job.id, self.owner)
+            except RouterError:
+                continue  # the store did not answer: the lease may still hold; try again
+            if now is None and work is not None:
+                self.stopped[job.id] = "lost" if now is None else "cancel"
+                work.cancel()
+                return
+
+    async def _generate(self, job: Job, mode: str) -> tuple[Job, list[bytes]]:
+        table = self.gateway.table
+        asked = job.request
+        route = table.route_named(job.route) or table.default
+        if not job.allow_downgrade or job.tier not in {a.model for a in route.arms}:
+            route = route.alone(job.tier)
+        budget_s = max(1.0, job.deadline_at - self.wall())
+        route = dataclasses.replace(route, budget_ms=budget_s * 1000, hedge_after_ms=None, hedge_p95=False)
+        request = ImageRequest(
+            prompts=(asked["prompt"],) * int(asked["n"]),
+            seeds=tuple(asked["seeds"]),
+            steps=asked.get("steps"),
+            width=asked.get("width"),
+            height=asked.get("height"),
+        )
+        decision = background(table, route, on_route(route, request), PRIORITY[mode])
+        served = await self.gateway.dispatcher.serve(decision)
+        pixels = await served.result.pixels()
+        fmt, quality = str(asked.get("output_format") or "png"), int(asked.get("output_compression") or 90)
+        images = await asyncio.to_thread(lambda: [self.encode(image, fmt, quality) for image in pixels])
+        dims = served.result.dimensions()
+        size = f"{dims[0]}x{dims[1]}" if dims is not None else None
+        new = job.finished("completed", self.wall(), images=len(images), size=size, model_version=served.model_tag)
+        return new, images
+
+
+def _error(exc: RouterError) -> dict[str, Any]:
+    return {"code": exc.code, "message": exc.message, "status": exc.status}

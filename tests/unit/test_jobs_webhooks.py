@@ -1,0 +1,83 @@
+"""Webhook URLs (the SSRF policy, with an injected resolver) and Standard Webhooks
+signatures, checked by the ``openai`` SDK's own verifier."""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+
+import pytest
+from openai import OpenAI
+
+from router.errors import InvalidWebhookUrl, WebhookUrlForbidden
+from router.jobs.sign import webhook_headers
+from router.jobs.webhook_url import resolve_target
+
+SECRET = "whsec_" + base64.b64encode(b"k" * 32).decode()
+OLD = "whsec_" + base64.b64encode(b"o" * 32).decode()
+
+
+def resolving(*addresses: str):  # type: ignore[no-untyped-def]
+    return lambda host, port: list(addresses)
+
+
+@pytest.mark.parametrize(
+    "url, addresses",
+    [
+        ("https://127.0.0.1/h", ["127.0.0.1"]),
+        ("https://[::1]/h", ["::1"]),
+        ("https://169.254.169.254/latest", ["169.254.169.254"]),
+        ("https://10.0.0.1/h", ["10.0.0.1"]),
+        ("https://100.64.0.1/h", ["100.64.0.1"]),
+        ("https://[::ffff:127.0.0.1]/h", ["::ffff:127.0.0.1"]),
+        ("https://2130706433/h", ["127.0.0.1"]),
+        ("https://hooks.example/h", ["93.184.216.34", "192.168.1.5"]),  # one private address is enough
+        ("https://rebind.example/h", ["fd00::1"]),
+        ("https://0.0.0.0/h", ["0.0.0.0"]),
+    ],
+)
+def test_non_public_addresses_are_refused(url: str, addresses: list[str]) -> None:
+    with pytest.raises(WebhookUrlForbidden):
+        resolve_target(url, (), resolving(*addresses))
+
+
+def test_public_addresses_pass_and_are_pinned_and_allow_lists_open_only_their_networks() -> None:
+    target = resolve_target("https://hooks.example:8443/in?x=1", (), resolving("93.184.216.34"))
+    assert (target.address, target.host, target.port, target.path) == (
+        "93.184.216.34",
+        "hooks.example",
+        8443,
+        "/in?x=1",
+    )
+    local = resolve_target("http://127.0.0.1:9000/h", ("127.0.0.1/32",), resolving("127.0.0.1"))
+    assert local.address == "127.0.0.1" and local.scheme == "http"
+    with pytest.raises(WebhookUrlForbidden):
+        resolve_target("http://10.0.0.1/h", ("127.0.0.1/32",), resolving("10.0.0.1"))
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "ftp://hooks.example/",
+        "https://user:pw@hooks.example/",
+        "https://hooks.example/#f",
+        "http://hooks.example/",
+        "https://" + "a" * 2050,
+    ],
+)
+def test_malformed_or_plain_text_urls_are_invalid(url: str) -> None:
+    with pytest.raises(InvalidWebhookUrl):
+        resolve_target(url, (), resolving("93.184.216.34"))
+
+
+def test_signatures_verify_with_the_openai_sdk_during_a_rotation() -> None:
+    """Signed by both secrets: a receiver holding either verifies; a changed body fails."""
+    body = json.dumps({"type": "image_job.completed", "data": {"id": "imgjob_X"}}).encode()
+    headers = webhook_headers([SECRET, OLD], "msg_1", int(time.time()), body)
+    client = OpenAI(api_key="unused")
+    for secret in (SECRET, OLD):
+        client.webhooks.verify_signature(body, headers, secret=secret)
+    with pytest.raises(Exception, match=r"(?i)signature"):
+        client.webhooks.verify_signature(body + b" ", headers, secret=SECRET)
+    client.close()
