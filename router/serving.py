@@ -15,9 +15,13 @@ the two bounds where the bytes arrive, before any Python object is made per head
   or of the connection, for the first request — is answered ``408 Request Timeout``
   and closed. Idle keep-alive connections are uvicorn's own ``timeout_keep_alive``.
 
-Bodies are bounded by the endpoints that read them (byte counts whatever the framing);
-a request answered before its body was read has its connection closed rather than the
-rest of the body read and dropped. Subclassing keeps uvicorn's parser, flow control and
+Bodies are bounded by the endpoints that read them (byte counts whatever the framing).
+A request answered before its body was read (a 413, a 401) lingers, as nginx's
+``lingering_close`` does: the rest is read and dropped for at most
+:data:`LINGER_BYTES` and :data:`LINGER_S`, so an ordinary client that is still sending
+gets to read its answer (closing at once made httpx report a broken pipe instead of the
+413), and then the connection is closed — a 300 MiB upload refused at 32 MiB is not read
+to its end. Subclassing keeps uvicorn's parser, flow control and
 pipelining as they are. A head that arrives in one read (nearly all of them) costs a
 counter and two flags; a timer is armed once per connection and only for heads split
 over reads (measured: docs/security.md).
@@ -34,6 +38,8 @@ __all__ = ["HEAD_TIMEOUT_S", "MAX_HEAD_BYTES", "BoundedHttpToolsProtocol", "boun
 
 MAX_HEAD_BYTES = 64 << 10  # nginx's large_client_header_buffers is 4 x 8 KiB; browsers send < 8 KiB
 HEAD_TIMEOUT_S = 10.0  # nginx's client_header_timeout is 60 s; a head is one packet in practice
+LINGER_BYTES = 8 << 20  # what is read and dropped of a body answered before it was read
+LINGER_S = 5.0  # nginx's lingering_timeout
 
 
 class BoundedHttpToolsProtocol(HttpToolsProtocol):
@@ -47,6 +53,8 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._in_head = True  # waiting for a request head (or part of one)
         self._head_bytes = 0
         self._head_timer: asyncio.TimerHandle | None = None
+        self._linger_left: int | None = None  # bytes still dropped before closing (None: not lingering)
+        self._linger_timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -54,9 +62,16 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm_head_timer()
+        self._stop_lingering()
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
+        if self._linger_left is not None:
+            self._linger_left -= len(data)
+            if self._linger_left < 0:
+                self._stop_lingering()
+                self.transport.close()
+                return
         if not self._in_head:
             super().data_received(data)
             return
@@ -78,15 +93,28 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_message_complete(self) -> None:
         super().on_message_complete()
+        self._stop_lingering()  # the unread body has all come: the connection goes on as usual
         self._in_head = True
         self._head_bytes = 0  # the next request's head is counted from its own first byte
 
     def on_response_complete(self) -> None:
         if self.cycle is not None and self.cycle.more_body and not self.transport.is_closing():
-            # answered before its body was read (a 413, a 401): uvicorn would read the
-            # rest only to drop it — a 300 MiB upload refused at 32 MiB kept coming
-            self.transport.close()
+            # answered before its body was read (a 413, a 401): linger, bounded (see the module)
+            self._linger_left = LINGER_BYTES
+            self._linger_timer = self.loop.call_later(LINGER_S, self._linger_over)
         super().on_response_complete()
+
+    def _linger_over(self) -> None:
+        self._linger_timer = None
+        if self._linger_left is not None:
+            self._linger_left = None
+            self.transport.close()
+
+    def _stop_lingering(self) -> None:
+        self._linger_left = None
+        if self._linger_timer is not None:
+            self._linger_timer.cancel()
+            self._linger_timer = None
 
     def _arm_head_timer(self) -> None:
         if self._head_timer is None:

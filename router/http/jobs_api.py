@@ -227,6 +227,7 @@ async def view(request: Request, store: JobStore, job: Job) -> dict[str, Any]:
         "model": job.model_version or job.tier,
         "request": {**asked, "allow_downgrade": job.allow_downgrade},
         "queue": {"position": await store.position(job)} if job.status == "queued" else None,
+        "progress": _progress(request, job),
         "data": await _data(request, store, job) if job.status == "completed" else None,
         "size": job.size,
         "quality": asked.get("quality", "auto"),
@@ -239,6 +240,20 @@ async def view(request: Request, store: JobStore, job: Job) -> dict[str, Any]:
         "metadata": job.metadata,
     }
     return out
+
+
+def _progress(request: Request, job: Job) -> dict[str, Any] | None:
+    """While it runs: the share of its expected time gone by (the tier's forecast, or its
+    latency hint, times its images), capped at 95 % until it ends — an estimate."""
+    if job.status not in ("in_progress", "cancelling") or job.started_at is None:
+        return None
+    gateway = gateway_of(request)
+    model = gateway.table.models.get(job.tier)
+    forecast = gateway.dispatcher.forecast(model) if model is not None else None
+    each_s = forecast.expected_s if forecast is not None else ((model.latency_hint_ms or 1000) / 1000 if model else 1.0)
+    expected_s = max(0.001, float(each_s) * int(job.request.get("n", 1)))
+    percent = min(95, int(100 * max(0.0, time.time() - job.started_at) / expected_s))
+    return {"percent": percent, "image": 1, "images": int(job.request.get("n", 1)), "source": "estimate"}
 
 
 async def _answer(

@@ -56,13 +56,16 @@ def thin(job: Job) -> dict[str, Any]:
 
 
 def delivery_step(job: Job, now: float) -> Txn:
-    """What a terminal ``job`` adds to its step: its webhook's delivery, when it asked
-    for one and for this event (``completed`` stands for every terminal state)."""
+    """What ``job``'s new state adds to its step: its webhook's delivery, when it asked
+    for one and for this event (``started``; ``completed`` stands for every terminal
+    state)."""
     hook = job.webhook
-    if hook is None or not job.terminal or "completed" not in hook.get("events", ["completed"]):
+    kind = "completed" if job.terminal else "started" if job.status == "in_progress" else None
+    if hook is None or kind is None or kind not in hook.get("events", ["completed"]):
         return Txn()
     msg = f"msg_{job.id.removeprefix('imgjob_')}_{job.sequence}"
-    record = {"id": msg, "job_id": job.id, "url": hook["url"], "type": f"image_job.{job.status}", "attempts": 0,
+    event = f"image_job.{job.status}" if job.terminal else "image_job.started"
+    record = {"id": msg, "job_id": job.id, "url": hook["url"], "type": event, "attempts": 0,
               "state": "pending", "last_status": None, "tenant": job.tenant}  # fmt: skip
     ttl = max(1.0, job.expires_at - now)
     return Txn(put=((f"job:wh:{msg}", orjson.dumps(record), ttl),), add=(("wq", msg, now),))
@@ -123,7 +126,7 @@ class Deliverer:
             self.counts["delivered" if outcome == "2xx" else "gone"] += 1
             await state.commit(Txn(put=((f"job:wh:{msg}", orjson.dumps(record), max(1.0, job.expires_at - now)),),
                                    remove=(("wq", msg),)))  # fmt: skip
-        elif True or record["attempts"] >= len(schedule) or now + schedule[record["attempts"]] >= job.expires_at:
+        elif record["attempts"] >= len(schedule) or now + schedule[record["attempts"]] >= job.expires_at:
             record["state"] = "failed"
             self.counts["failed"] += 1
             await state.commit(Txn(put=((f"job:wh:{msg}", orjson.dumps(record), max(1.0, job.expires_at - now)),),

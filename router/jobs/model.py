@@ -132,6 +132,15 @@ class Job:
             return self.finished("failed", now, error=error)
         return self._next(status="queued", owner=None)
 
+    def handed_back(self, now: float) -> Job:
+        """Its replica is shutting down: back in the queue at once, the attempt not
+        counted (it was not the job's fault); a job being cancelled is cancelled."""
+        if self.status == "cancelling":
+            return self.finished("cancelled", now)
+        if self.status != "in_progress":
+            return self
+        return self._next(status="queued", owner=None, attempts=max(0, self.attempts - 1))
+
     def expired(self, now: float) -> Job:
         if self.terminal or now < self.deadline_at:
             return self

@@ -87,14 +87,21 @@ class JobRunner:
             self._loop = asyncio.get_running_loop().create_task(self._run())
 
     async def aclose(self) -> None:
-        """Stop claiming; running attempts are cancelled and left to their lease (another
-        replica, or this one restarted, runs them again)."""
+        """Stop claiming; cancel the running attempts and hand their jobs back to the
+        queue at once (attempts not counted), so another replica starts them without
+        waiting out the lease. A store that does not answer leaves them to the lease."""
+        running = list(self.attempts)
         tasks = [t for t in (self._loop, self._delivering, *self.attempts.values()) if t is not None]
         for task in tasks:
             task.cancel()
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+        store = self.store()
+        if store is not None:
+            for job_id in running:
+                with contextlib.suppress(RouterError):
+                    await store.hand_back(job_id, self.owner, self.wall())
         await self.deliverer.aclose()
 
     async def _run(self) -> None:
@@ -192,7 +199,7 @@ class JobRunner:
                 now = await store.heartbeat(job.id, self.owner)
             except RouterError:
                 continue  # the store did not answer: the lease may still hold; try again
-            if now is None and work is not None:
+            if (now is None or now.status == "cancelling") and work is not None:
                 self.stopped[job.id] = "lost" if now is None else "cancel"
                 work.cancel()
                 return

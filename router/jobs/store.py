@@ -204,6 +204,7 @@ class JobStore:
         current, raw = found
         taken = current.claimed(owner, now)
         tier = self.config.tier(job.tier)
+        hook = delivery_step(taken, now)  # its `started` webhook, when asked for
         done = await self._commit(
             Txn(
                 expect=((f"job:{job.id}", raw),),
@@ -212,9 +213,10 @@ class JobStore:
                     (f"job:{job.id}", taken.dump(), max(1.0, taken.expires_at - now)),
                     (_lease(job.id), owner.encode(), self.config.lease_s),
                     (f"job:vt:{job.tier}", repr(current.tag).encode(), None),
+                    *hook.put,
                 ),
                 remove=tuple((index, member) for index, member, _ in _queued(current)),
-                add=(*_running(taken), _event(taken)),
+                add=(*_running(taken), _event(taken), *hook.add),
             )
         )
         return taken if done == "ok" else None
@@ -275,6 +277,13 @@ class JobStore:
             if await self.transition(current, raw, ended, extra):
                 return ended
         return None
+
+    async def hand_back(self, job_id: str, owner: str, now: float) -> bool:
+        """A replica shutting down returns the job it runs (see :meth:`Job.handed_back`)."""
+        found = await self.read(job_id)
+        if found is None or found[0].owner != owner:
+            return False
+        return await self.transition(found[0], found[1], found[0].handed_back(now))
 
     async def update(self, job_id: str, change: str, now: float, tenant: str | None = None) -> Job | None:
         """``cancel`` or ``expire`` a job (``tenant``: only its own), retried over

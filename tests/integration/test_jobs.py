@@ -144,6 +144,7 @@ def test_a_killed_replica_s_job_is_finished_by_another(
         job_id = submit(a, SLOW).json()["id"]
         running = wait_for(a, job_id, lambda j: j["status"] != "queued")
         assert running["status"] == "in_progress", running
+        assert running["progress"]["source"] == "estimate" and 0 <= running["progress"]["percent"] <= 95
         b = start_gateway(routes, "b.yaml")
         still = httpx.get(f"{b.url}/v1/images/jobs/{job_id}", timeout=10).json()
         assert still["status"] == "in_progress", "the test needs A to die mid-job"
@@ -155,6 +156,25 @@ def test_a_killed_replica_s_job_is_finished_by_another(
         assert kinds.count("image_job.completed") == 1 and kinds.count("image_job.started") == 2, kinds
         sync = httpx.post(f"{b.url}/v1/images/generations", json=SLOW, timeout=60)
         assert b64(httpx.get(f"{b.url}/v1/images/jobs/{job_id}/result", timeout=10)) == b64(sync)
+    finally:
+        redis.stop()
+
+
+def test_a_stopped_replica_hands_its_job_back(start_gateway: Callable[..., GatewayProcess], tmp_path: Path) -> None:
+    """SIGTERM the replica running a job: it hands the job back at once (the attempt not
+    counted) and the other replica finishes it without waiting out the lease."""
+    redis = RedisProcess(tmp_path, policy="noeviction").start()
+    try:
+        routes = JOBS.replace("lease_s: 1.5", "lease_s: 60") + f"state: {{store: '{redis.url}'}}\n"
+        a = start_gateway(routes, "a.yaml")
+        job_id = submit(a, SLOW).json()["id"]
+        assert wait_for(a, job_id, lambda j: j["status"] != "queued")["status"] == "in_progress"
+        b = start_gateway(routes, "b.yaml")
+        a.stop()
+        back = httpx.get(f"{b.url}/v1/images/jobs/{job_id}", timeout=10).json()
+        assert back["status"] in ("queued", "in_progress") and back["attempts"] <= 1, back
+        done = wait_for(b, job_id, lambda j: j["status"] in ("completed", "failed"), 120)
+        assert done["status"] == "completed" and done["attempts"] == 1, done  # a reaped job would count 2
     finally:
         redis.stop()
 

@@ -35,6 +35,7 @@ def test_claim_finish_and_every_later_transition_leave_a_terminal_state_alone() 
         "cancel": lambda j: j.cancelled(115.0),
         "requeue": lambda j: j.requeued(2, 116.0),
         "expire": lambda j: j.expired(300.0),
+        "hand_back": lambda j: j.handed_back(117.0),
     }
     for path in itertools.product(steps, repeat=4):
         current, terminal = job(), None
@@ -64,6 +65,12 @@ def test_a_lost_job_is_requeued_until_its_attempts_run_out() -> None:
     assert once.status == "queued" and once.owner is None and once.attempts == 1
     twice = once.claimed("r2", 112.0).requeued(2, 113.0)
     assert twice.status == "failed" and twice.error is not None and twice.error["code"] == "worker_lost"
+
+
+def test_a_job_handed_back_at_shutdown_does_not_lose_an_attempt() -> None:
+    back = job().claimed("r1", 110.0).handed_back(111.0)
+    assert back.status == "queued" and back.attempts == 0 and back.owner is None
+    assert job().claimed("r1", 110.0).cancelled(111.0).handed_back(112.0).status == "cancelled"
 
 
 def test_pick_takes_the_fair_order_unless_a_deadline_is_near() -> None:

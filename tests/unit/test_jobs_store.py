@@ -106,7 +106,13 @@ def test_claims_hold_max_running_over_replicas_and_the_reaper_requeues_a_lost_jo
             failed = await a.get(first.job.id)
             assert failed is not None and failed.status == "failed" and failed.error is not None
             assert failed.error["code"] == "worker_lost"
-            assert await a.claim(second.job, "A", 204.0) is not None, "its place on the tier is free again"
+            taken = await a.claim(second.job, "A", 204.0)
+            assert taken is not None, "its place on the tier is free again"
+            assert not await b.hand_back(second.job.id, "B", 205.0), "only its owner hands it back"
+            assert await a.hand_back(second.job.id, "A", 205.0), "A shuts down"
+            back = await b.get(second.job.id)
+            assert back is not None and back.status == "queued" and back.attempts == 0
+            assert await b.claim(back, "B", 206.0) is not None, "at once, without waiting out the lease"
         finally:
             await close(a, b)
 

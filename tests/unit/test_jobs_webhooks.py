@@ -4,6 +4,7 @@ signatures, checked by the ``openai`` SDK's own verifier."""
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import time
 
@@ -81,3 +82,20 @@ def test_signatures_verify_with_the_openai_sdk_during_a_rotation() -> None:
     with pytest.raises(Exception, match=r"(?i)signature"):
         client.webhooks.verify_signature(body + b" ", headers, secret=SECRET)
     client.close()
+
+
+def test_deliveries_are_queued_for_the_events_asked_with_a_stable_message_id() -> None:
+    """``started`` on the claim, ``completed`` for any terminal state; the message id is
+    the event's (the same on every retry), and nothing is queued for events not asked."""
+    from router.jobs.deliver import delivery_step
+    from router.jobs.model import Job
+
+    hook = {"url": "https://hooks.example/h", "events": ["started", "completed"]}
+    queued = Job("imgjob_A", "acme", "draft", "r", {"n": 1}, 1.0, 100.0, 1000.0, webhook=hook)
+    assert delivery_step(queued, 1.0).put == ()
+    started = delivery_step(queued.claimed("x", 2.0), 2.0)
+    assert json.loads(started.put[0][1])["type"] == "image_job.started" and started.add[0][:2] == ("wq", "msg_A_2")
+    failed = queued.claimed("x", 2.0).finished("failed", 3.0, error={"code": "e"})
+    assert json.loads(delivery_step(failed, 3.0).put[0][1])["type"] == "image_job.failed"
+    only_done = dataclasses.replace(queued, webhook={**hook, "events": ["completed"]})
+    assert delivery_step(only_done.claimed("x", 2.0), 2.0).put == ()
