@@ -29,6 +29,7 @@ from router.http import admin_api, canary_api, edits, image_files, images_api, j
 from router.http.admin_api import SignInThrottle, check_readout
 from router.http.errors import RequestIdMiddleware, exception_handlers
 from router.http.observe import ObserveMiddleware
+from router.http.usage_api import admin_usage
 from router.rpc import GrpcEdge, GrpcOptions
 from router.runtime import Runtime
 from router.telemetry import Metrics, Tracing
@@ -82,6 +83,7 @@ def _routes() -> list[Route]:
         Route("/admin/config", admin_api.admin_config, methods=["GET"]),
         Route("/admin/explain", admin_api.admin_explain, methods=["POST"]),
         Route("/admin/cache", admin_api.admin_cache, methods=["GET"]),
+        Route("/admin/usage", admin_usage, methods=["GET"]),
         Route("/admin/cache/purge", admin_api.admin_cache_purge, methods=["POST"]),
         Route("/admin/pregenerate", admin_api.admin_pregenerate, methods=["POST"]),
         Route("/admin/pregenerate", admin_api.admin_pregenerate_status, methods=["GET"]),

@@ -230,6 +230,7 @@ class Gateway(Catalog, Readout):
         billing = decision.table.billing
         if billing is not None:
             usage = bill(billing, served, decision.request)
+            self.budgets.record(decision.tenant, decision.route.name, served.model.name, usage)
             if spend is not None:
                 self.budgets.settle(spend.held, usage.cost.total)
                 served = dataclasses.replace(served, fallback=spend.skipped + served.fallback)
@@ -286,6 +287,8 @@ class Gateway(Catalog, Readout):
         return explain(table, ask, forecast_s, serving)
 
     async def aclose(self) -> None:
+        with contextlib.suppress(TimeoutError):  # settlements in flight land first (bounded)
+            await asyncio.wait_for(self.budgets.drain(), 5.0)
         await self.rollouts.aclose()
         await self.fill.aclose()
         await self.pool.aclose()

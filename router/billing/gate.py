@@ -22,11 +22,13 @@ import asyncio
 import logging
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+from router.billing import ledger
 from router.billing.budget import Window, quotes, refusal, windows
 from router.billing.spec import Billing
+from router.billing.usage import Usage
 from router.config.table import Model, Tenant
 from router.errors import InsufficientQuota, StoreUnavailable
 from router.state.guard import GuardedState
@@ -167,7 +169,23 @@ class BudgetGate:
             "budget settlement of %s for tenant %r not written: the store did not answer", actual, reservation.tenant
         )
 
+    def record(self, tenant: str, route: str, model: str, usage: Usage) -> None:
+        """The answer's line in the usage ledger (:mod:`router.billing.ledger`), written
+        off the request path, once (never retried: it could count twice)."""
+        store = self.store()
+        if store is None:
+            return
+        day = ledger.key(ledger.day_of(self.wall()), tenant or ledger.ANONYMOUS)
+        call = store.add_counts(day, ledger.fields(route, model, usage), ledger.KEEP_S)
+        task = asyncio.get_running_loop().create_task(_quietly(call))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
     async def drain(self) -> None:
         """Wait for the settlements in flight (shutdown, tests)."""
         while self._tasks:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+
+async def _quietly(call: Awaitable[bool]) -> None:
+    await call  # the guard answers False on a fault and logs it: nothing to raise here

@@ -354,6 +354,7 @@ class _Compiler:
         needed = any(r.rollout_arm for r in routes) or any(t.requests_per_s or t.images_per_day for t in tenants)
         needed = needed or self.spec.jobs is not None  # jobs live in the state store
         needed = needed or any(t.budget is not None for t in tenants)  # spend budgets too
+        needed = needed or self.spec.billing is not None  # and the usage ledger
         if spec is None and not needed:
             return None
         spec = spec or StateSpec()

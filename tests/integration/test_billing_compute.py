@@ -3,19 +3,34 @@ gateway over both protocols, and it agrees with Triton's own statistics."""
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from router.backends import ImageRequest
 from router.backends.triton import TritonBackend
 from router.config.compile import compile_text
+from router.config.table import Model
 from router.triton import TritonServer
 
 pytestmark = pytest.mark.integration
 
 
-def _compute_infer_ns(stats: dict[str, object]) -> int:
+def _compute_infer_ns(stats: dict[str, object]) -> tuple[int, int]:
+    """Triton's compute_infer nanoseconds and its successful requests so far."""
     model = stats["model_stats"][0]  # type: ignore[index]
-    return int(model["inference_stats"]["compute_infer"]["ns"])
+    return int(model["inference_stats"]["compute_infer"]["ns"]), int(model["inference_stats"]["success"]["count"])
+
+
+async def _after(backend: TritonBackend, model: Model, requests: int) -> int:
+    """compute_infer once Triton has counted ``requests`` successes: it records a
+    request's statistics after sending its answer, so a read right away can miss it."""
+    for _ in range(100):
+        ns, count = _compute_infer_ns(await backend.model_statistics(model))
+        if count >= requests:
+            return ns
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"Triton counted {count} requests, not {requests}")
 
 
 @pytest.mark.parametrize("protocol", ["http", "grpc"])
@@ -33,14 +48,14 @@ default_route: {{model: draft, budget_ms: 20000}}
     )
     backend, draft = TritonBackend(table.backends["triton"]), table.models["draft"]
     try:
-        before = _compute_infer_ns(await backend.model_statistics(draft))
+        before, count = _compute_infer_ns(await backend.model_statistics(draft))
         total = 0
         for seed in range(4):
             result = await backend.generate(draft, ImageRequest(("a fox", "a cat"), seeds=(seed, seed + 9)), 20.0)
             assert result.compute_ns is not None and len(result.compute_ns) == 2
             assert all(ns > 0 for ns in result.compute_ns)
             total += sum(result.compute_ns)
-        triton_ns = _compute_infer_ns(await backend.model_statistics(draft)) - before
+        triton_ns = await _after(backend, draft, count + 4) - before
     finally:
         await backend.aclose()
     assert total <= triton_ns

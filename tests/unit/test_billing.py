@@ -196,3 +196,19 @@ def test_the_gateway_puts_usage_on_every_tag_set() -> None:
     served = dataclasses.replace(served, usage=bill(BILLING, served, ImageRequest(("a",))))
     assert served_tags(served)["X-Router-Usage"].startswith("images=1, cached=0, compute-ms=2000, cost=0.000700")
     assert served_parameters(served)["router_cost"] == "0.000700"
+
+
+def test_ledger_fields_and_rows_round_trip() -> None:
+    """An answer's ledger fields read back as one row per route x model, cost exact."""
+    from router.billing import ledger
+
+    usage = Usage(2, 1, 1_500_000_000, "model", Cost(compute=1234, per_image=2000), "USD")
+    counts = {**ledger.fields("fast", "draft", usage)}
+    more = ledger.fields("fast", "quality", Usage(1, 0, 10, "model", Cost(per_image=7), "USD"))
+    (first, second) = ledger.rows("20261206", "acme", {**counts, **more})
+    assert first == {
+        "day": "2026-12-06", "tenant": "acme", "route": "fast", "model": "draft", "images": 2,
+        "cached_images": 1, "compute_s": 1.5, "cost": 0.003234, "cost_micros": 3234,
+    }  # fmt: skip
+    assert second["model"] == "quality" and second["cost_micros"] == 7
+    assert ledger.key("20261206", "acme") == "u:20261206:acme" and ledger.day_of(0) == "19700101"
