@@ -80,7 +80,10 @@ def test_killing_one_of_two_replicas_under_load(replicas: list[TritonServer], tm
             await task
 
         asyncio.run(scenario())
-        assert tally.sent > 50
+        # six clients for 4 s, each request inside its 1.5 s budget: each started at least
+        # 3 (at 0, by 1.5 and by 3 s), so the kill at 1 s landed mid-load. ("> 50" assumed a
+        # speed: 47-52 were sent on a busy 2-core host.)
+        assert tally.sent >= 6 * 3
         assert tally.errors == 0 and tally.refused == 0, tally.statuses
         assert tally.over_budget == 0, f"slowest {tally.worst_s:.3f}s"
         # the killed replica's requests are retried on the other one, not downgraded
