@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -23,6 +25,17 @@ def redis(tmp_path: Path) -> Iterator[RedisProcess]:
     """A real ``redis-server`` on an ephemeral port for one test."""
     server = RedisProcess(tmp_path).start()
     yield server
+    server.stop()
+
+
+@pytest.fixture()
+def state_redis(tmp_path: Path) -> Iterator[RedisProcess]:
+    """A real ``redis-server`` run as a state store must be: ``noeviction`` (a store that
+    may drop keys is refused). Resumed first if a test left it stopped (SIGSTOP)."""
+    server = RedisProcess(tmp_path, policy="noeviction").start()
+    yield server
+    if server.process is not None and server.process.poll() is None:
+        os.kill(server.process.pid, signal.SIGCONT)
     server.stop()
 
 

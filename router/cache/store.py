@@ -28,11 +28,11 @@ from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 import diskcache
-import redis.asyncio as aioredis
 
 from router.config.table import CacheConfig
 from router.errors import CacheStoreError
 from router.state.guard import Bounded
+from router.state.redis import connect
 
 __all__ = ["DiskStore", "GuardedStore", "RedisStore", "Store", "open_store"]
 
@@ -151,15 +151,7 @@ class RedisStore:
 
     def __init__(self, url: str, timeout_s: float) -> None:
         self.url = url
-        # the guard bounds each call; the socket timeouts only stop a dead server from
-        # holding a connection forever
-        self._redis = aioredis.Redis.from_url(
-            url,
-            socket_timeout=max(1.0, timeout_s * 10),
-            socket_connect_timeout=max(0.5, timeout_s * 10),
-            health_check_interval=10,
-            max_connections=256,
-        )
+        self._redis = connect(url, timeout_s)
 
     async def get_many(self, keys: list[str]) -> list[bytes | None]:
         values = [await self._redis.get(keys[0])] if len(keys) == 1 else await self._redis.mget(keys)

@@ -231,6 +231,19 @@ def judge_config(where: str, config: dict[str, str] | None, assume_noeviction: b
     return None, []
 
 
+def connect(url: str, timeout_s: float) -> aioredis.Redis:
+    """A client for ``url``, as both Redis stores (state and cache) make it: the guard
+    bounds each call; the socket timeouts only stop a dead server from holding a
+    connection forever."""
+    return aioredis.Redis.from_url(
+        url,
+        socket_timeout=max(1.0, timeout_s * 10),
+        socket_connect_timeout=max(0.5, timeout_s * 10),
+        health_check_interval=10,
+        max_connections=256,
+    )
+
+
 class RedisState:
     kind = "redis"
     shared = True  # by every replica using the server
@@ -242,15 +255,7 @@ class RedisState:
         self.assume_noeviction = assume_noeviction
         self.checked = False  # the eviction policy has been seen to be safe
         self._warned = False  # what is only a risk is said once per store
-        # the guard bounds each call; the socket timeouts only stop a dead server from
-        # holding a connection forever
-        self._redis = aioredis.Redis.from_url(
-            url,
-            socket_timeout=max(1.0, timeout_s * 10),
-            socket_connect_timeout=max(0.5, timeout_s * 10),
-            health_check_interval=10,
-            max_connections=256,
-        )
+        self._redis = connect(url, timeout_s)
         self._lease = self._redis.register_script(_LEASE)
         self._release = self._redis.register_script(_RELEASE)
         self._swap = self._redis.register_script(_SWAP)

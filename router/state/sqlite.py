@@ -187,6 +187,17 @@ class SqliteState:
             (key, name, n, expires),
         )
 
+    @staticmethod
+    def _unreserve(db: sqlite3.Connection, index: str, member: str, raw: bytes | None) -> None:
+        """Give back what the reservation ``member`` (its record ``raw``) holds in its
+        windows, and forget it: on settlement, and when it expired unsettled."""
+        if raw is not None:
+            _, amount, windows = parse_record(raw)
+            for window in windows:
+                db.execute("UPDATE counts SET n = n - ? WHERE key = ? AND field = 'reserved'", (amount, window))
+        db.execute("DELETE FROM kv WHERE key = ?", (member,))
+        db.execute("DELETE FROM ix WHERE name = ? AND member = ?", (index, member))
+
     def _purge(self, db: sqlite3.Connection, index: str, now: float) -> None:
         """Give back what expired reservations of ``index`` held (a replica that died
         between reserving and settling)."""
@@ -195,12 +206,7 @@ class SqliteState:
         ).fetchall()
         for (member,) in rows:
             raw = self._get(db, member, now)
-            if raw is not None:
-                _, amount, windows = parse_record(raw)
-                for window in windows:
-                    db.execute("UPDATE counts SET n = n - ? WHERE key = ? AND field = 'reserved'", (amount, window))
-            db.execute("DELETE FROM kv WHERE key = ?", (member,))
-            db.execute("DELETE FROM ix WHERE name = ? AND member = ?", (index, member))
+            self._unreserve(db, index, member, raw)
 
     async def reserve(self, keys: list[str], args: list[int]) -> list[int]:
         """See :mod:`router.state.spend`; on this machine's clock."""
@@ -240,11 +246,7 @@ class SqliteState:
                 return 0
             raw = self._get(db, held, now)
             if raw is not None:
-                _, amount, reserved_in = parse_record(raw)
-                for window in reserved_in:
-                    db.execute("UPDATE counts SET n = n - ? WHERE key = ? AND field = 'reserved'", (amount, window))
-                db.execute("DELETE FROM kv WHERE key = ?", (held,))
-                db.execute("DELETE FROM ix WHERE name = ? AND member = ?", (index, held))
+                self._unreserve(db, index, held, raw)
             for window, ttl in zip(windows, ttls, strict=True):
                 self._bump(db, window, "spent", actual, now + ttl)
                 self._bump(db, window, "reserved", 0, now + ttl)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -39,13 +39,6 @@ tenants:
       keys: ["{KEY}"]
       budget: {{limits: [{{per: day, amount: {amount}}}], on_exhausted: {on_exhausted}, fail: {fail}}}
 """
-
-
-@pytest.fixture()
-def state_redis(tmp_path: Path) -> Iterator[RedisProcess]:
-    server = RedisProcess(tmp_path, policy="noeviction").start()
-    yield server
-    server.stop()
 
 
 def spent_micros(server: RedisProcess) -> dict[str, int]:

@@ -5,8 +5,6 @@ never reserve past a limit."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 import redis as syncredis
@@ -16,13 +14,6 @@ from tests.procs import RedisProcess
 from tests.unit.test_billing_store import INDEX, WINDOWS, scenario
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture()
-def state_redis(tmp_path: Path) -> Iterator[RedisProcess]:
-    server = RedisProcess(tmp_path, policy="noeviction").start()
-    yield server
-    server.stop()
 
 
 def test_reserve_and_settle_on_redis(state_redis: RedisProcess) -> None:

@@ -13,8 +13,7 @@ import os
 import signal
 import statistics
 import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 
 import httpx
 import pytest
@@ -47,16 +46,6 @@ tenants:
     acme: {{keys: ["{KEY}"], requests_per_s: 20, burst: 5}}
 """
     return text
-
-
-@pytest.fixture()
-def state_redis(tmp_path: Path) -> Iterator[RedisProcess]:
-    """A real redis-server that keeps what it is given (a state store must not evict)."""
-    server = RedisProcess(tmp_path, policy="noeviction").start()
-    yield server
-    if server.process is not None and server.process.poll() is None:
-        os.kill(server.process.pid, signal.SIGCONT)
-    server.stop()
 
 
 def post(gw: GatewayProcess, prompt: str) -> tuple[httpx.Response, float]:

@@ -11,7 +11,6 @@ import logging
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -28,14 +27,6 @@ from tests.procs import RedisProcess
 from tests.unit.test_state_gcra import START_US, TENANTS, pure, sequence
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture()
-def state_redis(tmp_path: Path) -> Iterator[RedisProcess]:
-    """A Redis as a state store must be run: ``noeviction`` (and here no persistence)."""
-    server = RedisProcess(tmp_path, policy="noeviction").start()
-    yield server
-    server.stop()
 
 
 def set_policy(server: RedisProcess, policy: str) -> None:
