@@ -19,7 +19,7 @@ import random
 import secrets
 import time
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 from router.ask import Ask
 from router.backends import ImageBackend, ImageRequest, make_backend
@@ -57,6 +57,17 @@ from router.telemetry import Metrics, Tracing
 from router.tenancy import Admission, LimitStore, TenantGate
 
 __all__ = ["Gateway"]
+
+
+class _Taken(NamedTuple):
+    """A request decided and admitted, about to be walked."""
+
+    routed: Routed
+    decision: Decision
+    admission: Admission | None
+    spend: Spend | None
+    cache: ResultCache | None
+    previews: int  # how many previews were admitted with it
 
 
 class Gateway(Catalog, Readout):
@@ -139,43 +150,65 @@ class Gateway(Catalog, Readout):
     # -- serving -----------------------------------------------------------------------
 
     async def serve(self, ask: Ask) -> Served:
-        """Decide, admit, walk: the one path every request takes. What it reads of the
-        gateway — the table, the cache, a rollout's overlay — it reads on arrival, before
-        its first await; the rest of the request works on those."""
-        table, cache = self._table, self.cache
-        routed = self._route(table, ask)
-        serving = self._serving(routed)
-        admission = await self._admit(routed, routed.images)
+        """Decide, admit, walk: the one path every request takes."""
+        taken = await self._take(ask)
         try:
-            decision = arm_phase(routed, ask, self.rng, self.draw, cached=cache is not None, serving=serving)
-            decision, spend = await self._spend(routed, decision)
-            return await self._run(decision, admission, cache, spend)
+            return await self._run(taken.decision, taken.admission, taken.cache, taken.spend)
         finally:
-            if admission is not None:
-                admission.release()
+            if taken.admission is not None:
+                taken.admission.release()
 
     async def stream(self, ask: Ask, partial_images: int) -> tuple[asyncio.Task[Served], list[asyncio.Task[Served]]]:
         """The routed generation and up to ``partial_images`` previews of it, running:
         one decision (so one route, tenant rule and seed for all of them), one admission
-        counting every image sent, its slot held until the last of them ends."""
-        table, cache = self._table, self.cache
-        routed = self._route(table, ask)
-        serving = self._serving(routed)
-        count = min(partial_images, len(routed.route.fallback))
-        admission = await self._admit(routed, routed.images * (1 + count))
+        counting every image sent, its slot held until the last of them ends (previews
+        ride on the answer's budget reservation)."""
+        taken = await self._take(ask, partial_images)
+        admission = taken.admission
+        hold = admission.hold if admission is not None else None
         try:
-            decision = arm_phase(routed, ask, self.rng, self.draw, cached=cache is not None, serving=serving)
-            decision, spend = await self._spend(routed, decision)  # previews ride on its reservation
-            main = asyncio.ensure_future(self._run(decision, admission, cache, spend))
-            shown = previews(routed, decision, count, self.draw, cached=cache is not None)
-            partials = [asyncio.ensure_future(self.dispatcher.serve(preview)) for preview in shown]
-            if admission is not None:
+            main = asyncio.ensure_future(self._run(taken.decision, admission, taken.cache, taken.spend))
+            shown = previews(taken.routed, taken.decision, taken.previews, self.draw, cached=taken.cache is not None)
+            partials = [asyncio.ensure_future(self.dispatcher.serve(preview, hold)) for preview in shown]
+            if hold is not None:
                 for task in (main, *partials):
-                    admission.hold(task)
+                    hold(task)
         finally:
             if admission is not None:
                 admission.release()
         return main, partials
+
+    async def decide_later(self, ask: Ask) -> Decision:
+        """A request to be served later (an async job), decided now by the same steps:
+        routed, its tenant admitted (its rate and images counted at submission), its arm
+        and seeds fixed. Neither the concurrency slot nor a budget reservation is held
+        while it waits."""
+        taken = await self._take(ask)
+        if taken.admission is not None:
+            taken.admission.release()
+        if taken.spend is not None:
+            self.budgets.settle(taken.spend.held, 0)
+        return taken.decision
+
+    async def _take(self, ask: Ask, partial_images: int = 0) -> _Taken:
+        """Everything before the walk, for :meth:`serve` and :meth:`stream` alike. What
+        it reads of the gateway — the table, the cache, a rollout's live weights — it
+        reads on arrival, before its first await; the rest of the request works on
+        those. The tenant is admitted for every image the request will send; a refusal
+        after that gives its slot back."""
+        table, cache = self._table, self.cache
+        routed = self._route(table, ask)
+        overlay = self._overlay(routed)
+        count = min(partial_images, len(routed.route.fallback))
+        admission = await self._admit(routed, routed.images * (1 + count))
+        try:
+            decision = arm_phase(routed, ask, self.rng, self.draw, cached=cache is not None, serving=overlay)
+            decision, spend = await self._spend(routed, decision)
+        except BaseException:
+            if admission is not None:
+                admission.release()
+            raise
+        return _Taken(routed, decision, admission, spend, cache, count)
 
     def _route(self, table: RoutingTable, ask: Ask) -> Routed:
         try:
@@ -185,9 +218,12 @@ class Gateway(Catalog, Readout):
                 self.tenants.count(ask.tenant.name, "forbidden")
             raise
 
-    def _serving(self, routed: Routed) -> Serving | None:
-        """A live rollout's weights for the routed route; ``None`` when it is in none."""
-        return self.rollouts.route_for if routed.route.name in self.rollouts.live else None
+    def _overlay(self, routed: Routed) -> Serving | None:
+        """A live rollout's weights for the routed route, read now; ``None`` when it is in none."""
+        if routed.route.name not in self.rollouts.live:
+            return None
+        live = self.rollouts.route_for(routed.route)
+        return lambda _route: live
 
     async def _admit(self, routed: Routed, images: int) -> Admission | None:
         return None if routed.tenant is None else await self.tenants.admit(routed.tenant, images)
@@ -227,20 +263,21 @@ class Gateway(Catalog, Readout):
                 self.budgets.settle(spend.held, 0)
             raise
         self.hooks.after(decision, served, cache)
+        changes: dict[str, Any] = {} if decision.priority is None else {"priority": decision.priority}
         billing = decision.table.billing
         if billing is not None:
             usage = bill(billing, served, decision.request)
             self.budgets.record(decision.tenant, decision.route.name, served.model.name, usage)
             if spend is not None:
                 self.budgets.settle(spend.held, usage.cost.total)
-                served = dataclasses.replace(served, fallback=spend.skipped + served.fallback)
+                changes["fallback"] = spend.skipped + served.fallback
             if billing.usage_in_response:
-                served = dataclasses.replace(served, usage=usage)
-        if admission is None:
-            return served if decision.priority is None else dataclasses.replace(served, priority=decision.priority)
-        self.tenants.count(decision.tenant, "served")
-        headers = {**admission.headers, **spend.held.headers()} if spend is not None else admission.headers
-        return dataclasses.replace(served, tenant=decision.tenant, limit_headers=headers, priority=decision.priority)
+                changes["usage"] = usage
+        if admission is not None:
+            self.tenants.count(decision.tenant, "served")
+            headers = {**admission.headers, **spend.held.headers()} if spend is not None else admission.headers
+            changes.update(tenant=decision.tenant, limit_headers=headers)
+        return dataclasses.replace(served, **changes) if changes else served  # one copy, or none
 
     @staticmethod
     def draw(n: int) -> tuple[int, ...]:

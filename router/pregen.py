@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from router.backends.base import ImageRequest, consecutive_seeds
-from router.decide import cache_plan, check_limits
+from router.decide import cache_plan, on_route
 from router.fill import FillJob
 from router.policy.match import RequestFacts, select_route
 
@@ -46,7 +46,7 @@ def pregenerate(gateway: Gateway, items: list[dict[str, Any]]) -> dict[str, int]
         if request.seeds is None and route.cache.seedless == "fresh":
             counts["fresh"] += 1
             continue
-        check_limits(route, request)
+        request = on_route(route, request)  # as a live request: limits, and the upscale mark
         plan, request = cache_plan(route, request, None, gateway.draw)  # the shared space: public routes
         for arm in gateway.rollouts.route_for(route).arms:
             if arm.weight <= 0:

@@ -112,7 +112,11 @@ class TenantGate:
             decision = Decision(False, "concurrency", 1.0)
         else:
             state.enter()  # reserved now: the await below cannot let others past this check
-            decision = await self._shared(tenant, images, state, store)
+            try:
+                decision = await self._shared(tenant, images, state, store)
+            except BaseException:  # cancelled (the client left) or failed: the slot is given back
+                state.done()
+                raise
             if not decision.allowed:
                 state.done()
         if not decision.allowed:
@@ -132,9 +136,12 @@ class TenantGate:
         day = int(wall // 86400)
         keys = [f"t:{tenant.name}:rate", f"t:{tenant.name}:images:{day}"]
         reply = await store.limit(keys, limit_args(tenant, images))
-        if reply is None:
+        if reply is None:  # counted here instead: local admit takes its own slot when it allows
             state.done()
-            return state.admit(tenant, images, self.clock(), wall)
+            decision = state.admit(tenant, images, self.clock(), wall)
+            if not decision.allowed:
+                state.enter()  # held again for the caller, which gives it back on a refusal
+            return decision
         decision = shared_decision(tenant, reply, wall)
         if decision.allowed:  # what the status page shows: the count every replica shares
             state.day, state.images_today = day, int(reply[3])

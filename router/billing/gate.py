@@ -111,7 +111,11 @@ class BudgetGate:
         ttl_ms = int((budget_s + RESERVE_EXTRA_S) * 1000)
         args = [ttl_ms, len(wins), *(w.limit for w in wins), *(w.ttl_s for w in wins), *asked]
         store = self.store()
-        reply = await store.reserve([reservation.index, holder, *(w.key for w in wins)], args) if store else None
+        try:
+            reply = await store.reserve([reservation.index, holder, *(w.key for w in wins)], args) if store else None
+        except asyncio.CancelledError:  # the client left mid-call: the store may hold it; give it back
+            self.settle(reservation, 0)
+            raise
         if reply is None:
             return self._unreachable(tenant, reservation, asked)
         tier, amount, available = reply[0], reply[1], reply[2:]

@@ -144,13 +144,13 @@ class Coordinator:
                 return _result(entry)
         try:
             outcome = await flight.generate()
-            if not isinstance(outcome, str) and self.cache is not None:
+            if not isinstance(outcome, str) and cache is not None:  # the store it looked up and leased in
                 await outcome.pixels()  # a hosted result arrives encoded: decoded off the loop
-                write = self._store(self.cache, key, flight.model, outcome, flight.request, flight.plan)
+                write = self._store(cache, key, flight.model, outcome, flight.request, flight.plan)
             return outcome
         finally:
-            if held and self.cache is not None:
-                self.cache.release_after(write, key, self.owner)
+            if held and cache is not None:  # released where it was taken, whatever a reload swapped since
+                cache.release_after(write, key, self.owner)
 
     async def _coordinate(self, cache: ResultCache, key: CacheKey, flight: Flight) -> tuple[bool | None, Entry | None]:
         """Take the key's lease, or wait for the replica that holds it: whether this

@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from router.ask import Ask
-from router.decide import arm_phase
 from router.errors import InvalidRequest, StoreUnavailable, WebhookSecretMissing
 from router.jobs.model import Job, fingerprint, new_id
 from router.jobs.store import JobStore, Submitted
@@ -74,12 +73,7 @@ async def submit_job(
         if not config.secrets(tenant):
             raise WebhookSecretMissing("webhook: no webhook secret is configured to sign it", field="webhook")
         await asyncio.to_thread(resolve_target, options.webhook, config.webhook_allow_cidrs)
-    routed = gateway._route(table, ask)
-    admission = await gateway._admit(routed, routed.images)
-    if admission is not None:
-        admission.release()
-    cached = gateway.cache is not None
-    decision = arm_phase(routed, ask, gateway.rng, gateway.draw, cached=cached, serving=gateway._serving(routed))
+    decision = await gateway.decide_later(ask)
     request = decision.request
     seeds = request.seeds or gateway.draw(len(request.prompts))
     now = wall()

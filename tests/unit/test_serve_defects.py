@@ -143,3 +143,35 @@ async def test_the_status_page_shows_the_shared_daily_count() -> None:
     gate = TenantGate(lambda: Counted())
     (await gate.admit(table.tenants[0], 1)).release()
     assert gate.status(table)[0]["images_today"] == 41
+
+
+async def test_a_tenants_slot_is_given_back_when_its_client_leaves_during_the_store_round_trip() -> None:
+    """Cancelled while the shared store answered, a request once kept its slot for good;
+    and a store fault followed by a local refusal gave a slot back twice."""
+    from router.tenancy import TenantGate
+
+    class Slow:
+        async def limit(self, keys: list[str], args: list[int]) -> list[int] | None:
+            await asyncio.sleep(10)
+            return [1, 0, 0, 0]
+
+    class Down:
+        async def limit(self, keys: list[str], args: list[int]) -> list[int] | None:
+            return None  # did not answer within its bound
+
+    tenant = Tenant("acme", (), requests_per_s=1.0, burst=1, max_concurrency=1)
+    slow = TenantGate(lambda: Slow())
+    leaving = asyncio.ensure_future(slow.admit(tenant, 1))
+    await asyncio.sleep(0.01)
+    leaving.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await leaving
+    assert slow._state["acme"].inflight == 0
+
+    down = TenantGate(lambda: Down())
+    held = await down.admit(tenant, 1)  # counted locally: the slot is taken
+    with pytest.raises(RateLimited):  # locally refused (burst 1): it must not give back the held slot
+        await down.admit(Tenant("acme", (), requests_per_s=1.0, burst=1), 1)
+    assert down._state["acme"].inflight == 1
+    held.release()
+    assert down._state["acme"].inflight == 0
