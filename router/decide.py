@@ -307,7 +307,6 @@ def explain(
     ``None``: no usable endpoint). The RNG is fixed: a non-sticky split names no arm."""
     routed = route_phase(table, ask)
     route = serving(routed.route) if serving is not None else routed.route
-    key = sticky_key(route, routed.facts.headers, ask.query, routed.facts.fields)
     choice = choose(routed, route, ask.query, _FIXED)
     total = sum(a.weight for a in route.arms) or 1.0
     return {
@@ -324,7 +323,7 @@ def explain(
             for a in route.arms
         ],
         "sticky": None if route.sticky is None else ":".join(route.sticky),
-        "chosen": choice.arm.model if key is not None or len(route.arms) == 1 else None,
+        "chosen": choice.arm.model if choice.sticky or len(route.arms) == 1 else None,  # sticky: keyed
         "fallback": list(route.fallback),
         "priority": routed.priority,
         "chain_forecast_ms": {m: _ms(forecast_s(m)) for m in chain_for(choice.arm.model, route.fallback)},

@@ -132,7 +132,7 @@ async def publish(request: Request, served: Served, fmt: str, quality: int | Non
         )
     images = await served.result.pixels()
     ids = await image_ids(served.result)  # the ETag's hashes, when the route is cached
-    version = served.result.model_version or served.model.version or ""
+    version = served.version
     ttl = served.route.cache.ttl_s if served.route.cache else cache.config.ttl_s
     for i, (image, name) in enumerate(zip(images, ids, strict=True)):
         seeds = (served.seeds[i],) if served.seeds and i < len(served.seeds) else ()

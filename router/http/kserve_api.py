@@ -205,7 +205,7 @@ async def infer(request: Request) -> Response:
     facts = facts_for(request, image_req.prompts[0], options.intent, alias)
     served = await serve(request, facts, image_req, started, options)
     binary = wants_binary(decoded, "IMAGE")
-    version = served.result.model_version or served.model.version or ""
+    version = served.version
     images = await served.result.pixels()
     parameters = served_parameters(served)
 
