@@ -144,9 +144,11 @@ def create_app(
                 app.state.grpc_port = edge.port
             yield
         finally:
-            if edge is not None:
-                await edge.stop()
-            await runtime.stop()
+            try:
+                if edge is not None:
+                    await edge.stop()
+            finally:  # the runtime closes (and writes its access log) whatever the edge did
+                await runtime.stop()
 
     middleware = [Middleware(RequestIdMiddleware)]
     if runtime.recorder.on or runtime.tracing.tracer is not None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import signal
 from pathlib import Path
 
@@ -23,7 +24,11 @@ from router.reload import RoutesReloader
 from router.telemetry import AccessLog, Metrics, Tracing
 from router.telemetry.requests import Recorder
 
-__all__ = ["Runtime"]
+__all__ = ["CLOSE_S", "Runtime"]
+
+log = logging.getLogger("router.runtime")
+
+CLOSE_S = 8.0  # the most one part of the process may take to close at shutdown
 
 
 class Runtime:
@@ -73,13 +78,21 @@ class Runtime:
         self._stop.set()
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
             asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
-        if self._watcher is not None:
-            self._watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._watcher
-        await self.jobs.aclose()
-        await self.gateway.aclose()
-        shutdown_processes()
-        self.tracing.shutdown()
-        if self.access_log is not None:
+        if self.access_log is not None:  # first: what was served is written whatever hangs below
             self.access_log.flush()
+        try:
+            if self._watcher is not None:
+                self._watcher.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._watcher
+            for name, close in (("jobs", self.jobs.aclose), ("gateway", self.gateway.aclose)):
+                try:  # bounded: Kubernetes kills a pod that outlives its grace period
+                    async with asyncio.timeout(CLOSE_S):
+                        await close()
+                except Exception as exc:  # noqa: BLE001 - the rest still closes
+                    log.error("shutdown: closing the %s failed: %s: %s", name, type(exc).__name__, exc)
+            shutdown_processes()
+            self.tracing.shutdown()
+        finally:
+            if self.access_log is not None:  # lines of requests the closes ended (jobs handed back)
+                self.access_log.flush()

@@ -67,13 +67,20 @@ class Coordinator:
     def key(self, route: Route, model: Model, request: ImageRequest, scope: str = "") -> CacheKey:
         """What ``model``'s result for ``request`` on ``route`` is stored under, in
         ``scope`` (``""``: shared; a scope's entries are never read by another)."""
-        version = model.version or self._versions.get(model.lane_key, ("", 0.0))[0]
         assert request.seeds is not None
         key = CacheKey.of(
-            route.name, model.name, model.remote_name, version, request.prompts, request.seeds,
+            route.name, model.name, model.remote_name, self._version(model), request.prompts, request.seeds,
             request.steps, request.width, request.height,
         )  # fmt: skip
         return replace(key, scope=scope) if scope else key
+
+    def versioned(self, key: CacheKey, model: Model) -> CacheKey:
+        """``key`` naming the version ``model`` is known to serve, when it named none."""
+        return key if key.version else replace(key, version=self._version(model))
+
+    def _version(self, model: Model) -> str:
+        """The version ``model`` is pinned to or was last seen serving (``""``: unknown)."""
+        return model.version or self._versions.get(model.lane_key, ("", 0.0))[0]
 
     # -- StoredTiers ---------------------------------------------------------------------
 
@@ -157,12 +164,15 @@ class Coordinator:
         replica holds the lease, and the entry when it is already stored."""
         # coordinating is worth waiting for, up to a quarter of a generation
         bound = max(cache.store.wait_bound_s, 0.25 * flight.own_s)
+        model = flight.model
+        if not key.version:  # the entry the lease holder stores names the served version: learn it
+            await self._trusted(model, bound)
+            key = self.versioned(key, model)
         held: bool | None = None
         for _ in range(2):  # None: the store could not tell (busy, not down), so ask once more
             held = await cache.lease(key, self.owner, max(0.05, flight.deadline - self.clock()), bound)
             if held is not None:
                 break
-        model = flight.model
         if held is False:
             give_up_at = flight.deadline - flight.own_s - flight.margin_s
             return held, await self._wait_for_replica(cache, model, key, give_up_at)
@@ -181,11 +191,17 @@ class Coordinator:
         bound = cache.store.wait_bound_s  # a waiting path: a busy store is not a miss here
         while self.clock() + LEASE_POLL_S < give_up_at:
             await asyncio.sleep(LEASE_POLL_S)
+            key = self.versioned(key, model)  # a version learnt meanwhile
             found = await cache.lookup({model.name: key}, bound, bound)
             if model.name in found:
                 return found[model.name]
             if not await cache.leased(key):
-                break
+                if key.version or self.clock() >= give_up_at:
+                    break
+                # the holder is done, under a version this replica cannot name yet: learn it, look again
+                await self._trusted(model, give_up_at - self.clock())
+                if not self.versioned(key, model).version:
+                    break
         return None
 
     def _store(

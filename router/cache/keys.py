@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -125,7 +125,10 @@ def variants_of(image: str) -> str:
 
 
 def lease_key(key: CacheKey) -> str:
-    return f"{NAMESPACE}l:{str(key).removeprefix(NAMESPACE)}"
+    """Who is making ``key``'s image now, across replicas. Without the version: one
+    replica may not have learnt the served version yet (its key says ``@``) while
+    another has, and the same generation must still be one lease."""
+    return f"{NAMESPACE}l:{str(replace(key, version='')).removeprefix(NAMESPACE)}"
 
 
 def derive_seeds(prompts: tuple[str, ...], steps: int | None, width: int | None, height: int | None) -> tuple[int, ...]:

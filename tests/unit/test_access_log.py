@@ -1,16 +1,21 @@
 """The access log writes JSON lines in batches: at its interval, when full, at once
-outside an event loop or with interval 0 — and never loses a line it was given."""
+outside an event loop or with interval 0, at shutdown whatever else fails — and never
+loses a line it was given."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import json
+import time
 from pathlib import Path
 
+import pytest
 from starlette.testclient import TestClient
 
 from router.app import create_app
+from router.runtime import Runtime
 from router.telemetry import AccessLog, Tracing
 
 
@@ -80,3 +85,43 @@ def test_metrics_off_means_no_metrics_endpoint(tmp_path: Path) -> None:
     answer = TestClient(off).get("/metrics")
     assert answer.status_code == 404 and answer.json()["error"]["code"] == "not_found"
     assert "router_requests" in TestClient(on).get("/metrics").text
+
+
+def test_held_lines_are_written_at_shutdown_even_when_a_close_fails_or_hangs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """CI once lost every held line at a graceful stop: the flush came last, after the
+    closes. Now it comes first and again at the end; a close that raises is logged and a
+    close that hangs is cut at CLOSE_S, and the process still stops."""
+    routes = tmp_path / "routes.yaml"
+    routes.write_text(
+        'backends: {triton: {url: "http://127.0.0.1:9"}}\n'
+        "models: {noop: {backend: triton, latency_hint_ms: 10}}\n"
+        "default_route: {model: noop}\n"
+    )
+    monkeypatch.setattr("router.runtime.CLOSE_S", 0.05)
+    runtime = Runtime(routes, watch=False, access_log_flush_s=60, tracing=Tracing.off())
+    stream = io.StringIO()
+    assert runtime.access_log is not None
+    runtime.access_log.stream = stream
+
+    async def hangs() -> None:
+        await asyncio.sleep(3600)
+
+    async def fails() -> None:
+        raise ConnectionError("store gone")
+
+    monkeypatch.setattr(runtime.jobs, "aclose", hangs)
+    monkeypatch.setattr(runtime.gateway, "aclose", fails)
+
+    async def scenario() -> float:
+        await runtime.start()
+        runtime.access_log.record({"request_id": "a", "status": 200})  # type: ignore[union-attr]
+        t0 = time.monotonic()
+        with contextlib.suppress(TimeoutError):  # a stop that hangs fails below, not forever
+            await asyncio.wait_for(runtime.stop(), 5)
+        return time.monotonic() - t0
+
+    took = asyncio.run(scenario())
+    assert [line["request_id"] for line in lines(stream)] == ["a"]
+    assert took < 1.0

@@ -16,14 +16,22 @@ always succeeds, so none of this ran in a unit test before.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import pytest
 
 from router.cache import CacheKey, Entry
+from router.cache.coordinate import VERSION_WAIT_S
 from router.cache.keys import key_digest, lease_key
+from router.cache.store import GuardedStore
+from router.config import compile_text
+from router.config.table import Model
+from router.gateway import Gateway
 from router.policy.match import RequestFacts
-from tests.unit.test_cache_dispatch import REQ, MemoryStore, cached_gateway
+from tests.unit.test_cache_dispatch import REQ, ROUTES, MemoryStore, cached_gateway
+from tests.unit.test_dispatch import FakeBackend
 from tests.virtual_time import virtual_time
 
 QUALITY_S = 0.15  # quality as its latency hint says (the roomy route: quality only, 2 s budget)
@@ -146,3 +154,45 @@ async def test_a_store_that_never_answers_a_lease_costs_two_bounds_then_generate
     assert store.lease_calls == 2 and served.model.name == "quality"
     assert now() - t0 == pytest.approx(2 * bound + QUALITY_S, abs=0.01)
     assert [m for m, _ in fake.calls] == ["quality"]  # type: ignore[attr-defined]
+
+
+class MetadataLater(FakeBackend):
+    """A backend whose metadata (the served version) takes ``metadata_s`` to answer."""
+
+    def __init__(self, behaviour: dict[str, float], clock: Callable[[], float], metadata_s: float) -> None:
+        super().__init__(behaviour, clock)
+        self.metadata_s = metadata_s
+        self.metadata_versions = ["1"]
+
+    async def model_metadata(self, model: Model) -> dict[str, Any]:
+        await asyncio.sleep(self.metadata_s)
+        return await super().model_metadata(model)
+
+
+@pytest.mark.parametrize("metadata_s", [VERSION_WAIT_S + 0.01, 0.2])
+@virtual_time
+async def test_a_replica_that_has_not_learnt_the_served_version_still_shares_the_generation(
+    monkeypatch: pytest.MonkeyPatch, metadata_s: float
+) -> None:
+    """Unpinned models: replica A learns the served version at once, replica B only after
+    its lookup gave up waiting (> VERSION_WAIT_S), so B's first key names no version —
+    learnt before its lease call (60 ms), or only while it waits on A's lease (200 ms,
+    past the lease's bound). The same request on both is still one generation (CI saw
+    two: the lease key named the version)."""
+    clock = asyncio.get_running_loop().time
+    store = SharedStore()
+    monkeypatch.setattr("router.gateway.open_store", lambda config: GuardedStore(store, config.timeout_s, clock))
+    text = ROUTES.replace(', version: "1"}', "}")
+    replicas = []
+    for delay in (0.0, metadata_s):
+        fake = MetadataLater({"quality": QUALITY_S, "preview": 0.03, "draft": 0.01}, clock, delay)
+        gw = Gateway(compile_text(text, env={}), backend_factory=lambda spec, f=fake: f, clock=clock)  # type: ignore[misc]
+        replicas.append((gw, fake))
+    (a, fake_a), (b, fake_b) = replicas
+    first = asyncio.create_task(a.generate(FACTS, REQ))
+    await asyncio.sleep(0.001)  # A takes the lease first
+    second = await b.generate(FACTS, REQ)
+    served = await first
+    assert len(fake_a.calls) + len(fake_b.calls) == 1, (fake_a.calls, fake_b.calls)
+    assert (served.cache, second.cache) == ("MISS", "COALESCED")
+    assert second.result.model_version == "1"
