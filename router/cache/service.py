@@ -76,8 +76,10 @@ class ResultCache:
         self.wall_clock = wall_clock
         self.stats = CacheStats()
         self._writes: set[asyncio.Task[None]] = set()
-        memory_ttl = SHARED_MEMORY_TTL_S if store.kind == "redis" else config.ttl_s
-        self.hot = HotEntries(config.memory_bytes, memory_ttl, time.monotonic)
+        # every store may be shared (Redis by replicas, a disk directory by processes on one
+        # volume) and a purge reaches only this process's memory: the others' memory must
+        # forget on its own, soon. Re-reading a hot entry every 5 s costs one store call.
+        self.hot = HotEntries(config.memory_bytes, min(config.ttl_s, SHARED_MEMORY_TTL_S), time.monotonic)
 
     # -- results -----------------------------------------------------------------------
 

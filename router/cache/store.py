@@ -31,7 +31,8 @@ import diskcache
 
 from router.config.table import CacheConfig
 from router.errors import CacheStoreError
-from router.state.guard import Bounded
+from router.policy.circuit import CircuitBreaker
+from router.state.guard import CIRCUIT, Bounded
 from router.state.redis import connect
 
 __all__ = ["DiskStore", "GuardedStore", "RedisStore", "Store", "open_store"]
@@ -195,6 +196,10 @@ class GuardedStore(Bounded):
         super().__init__(f"cache store {store.kind}", timeout_s, clock)
         self.store = store
         self.kind = store.kind
+        # leases have a circuit of their own: a burst's timed-out lookups do not stop
+        # coordination, but a store whose leases keep timing out (hung) is not asked on
+        # every miss for a lease it will not give
+        self.lease_breaker = CircuitBreaker(CIRCUIT)
 
     @property
     def wait_bound_s(self) -> float:
@@ -232,10 +237,11 @@ class GuardedStore(Bounded):
         """``None`` when the store cannot say (then nobody coordinates: generate). On
         the generation path, where a burst of identical requests is exactly when the
         store is busiest: bounded by ``bound_s`` (default :attr:`wait_bound_s`), and
-        asked even while the circuit is open (a burst's timed-out lookups open it; a
-        second generation costs far more than the bounded wait)."""
+        asked even while the lookups' circuit is open (a burst's timed-out lookups open
+        it; a second generation costs far more than the bounded wait) — but not while
+        the leases' own circuit is (10 leases in a row unanswered: a hung store)."""
         result: bool | None = await self._guard(
-            lambda: self.store.lease(key, owner, ttl_s), None, bound_s or self.wait_bound_s, circuit=False
+            lambda: self.store.lease(key, owner, ttl_s), None, bound_s or self.wait_bound_s, breaker=self.lease_breaker
         )
         return result
 

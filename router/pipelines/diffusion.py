@@ -248,5 +248,15 @@ class ImagePipeline:
                     out = self._variant("inpaint")(
                         image=start, mask_image=where, strength=strength, width=width, height=height, **common
                     )
-        image = np.asarray(out.images[0])
-        return np.ascontiguousarray((image.clip(0.0, 1.0) * 255.0).round().astype(np.uint8))
+                    # the pipeline repaints in latent space and decodes the whole picture, so
+                    # the kept side drifts too: put the source's pixels back where the mask
+                    # (255: repaint) says keep, as diffusers' own mask overlay does
+                    repaint = np.asarray(where.convert("L"), dtype=np.float32)[..., None] / 255.0
+                    source = np.asarray(start, dtype=np.float32) / 255.0
+                    return _pixels(np.asarray(out.images[0]) * repaint + source * (1.0 - repaint))
+        return _pixels(np.asarray(out.images[0]))
+
+
+def _pixels(image: NDArray[Any]) -> NDArray[Any]:
+    """``uint8[height, width, 3]`` from a picture of floats in [0, 1]."""
+    return np.ascontiguousarray((image.clip(0.0, 1.0) * 255.0).round().astype(np.uint8))

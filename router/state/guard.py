@@ -25,7 +25,7 @@ from router.policy.circuit import CircuitBreaker
 from router.state.base import Committed, StateStore
 from router.state.txn import Txn
 
-__all__ = ["CONTROL_BOUND_S", "Bounded", "GuardedState"]
+__all__ = ["CIRCUIT", "CONTROL_BOUND_S", "Bounded", "GuardedState"]
 
 log = logging.getLogger("router.state")
 T = TypeVar("T")
@@ -45,10 +45,18 @@ class Bounded:
         self.latency_s = 0.0  # of the last call, for the status page
 
     async def _guard(
-        self, call: Callable[[], Awaitable[Any]], fallback: T, timeout_s: float | None = None, circuit: bool = True
+        self,
+        call: Callable[[], Awaitable[Any]],
+        fallback: T,
+        timeout_s: float | None = None,
+        circuit: bool = True,
+        breaker: CircuitBreaker | None = None,
     ) -> T:
+        """``breaker``: the circuit this call answers to (:attr:`breaker` unless said),
+        asked first when ``circuit`` and told the outcome either way."""
+        breaker = breaker or self.breaker
         now = self.clock()
-        if circuit and not self.breaker.allow(now):
+        if circuit and not breaker.allow(now):
             self.counts["skipped"] += 1
             return fallback
         try:
@@ -56,17 +64,17 @@ class Bounded:
                 result: T = await call()
         except TimeoutError:
             self.counts["timeouts"] += 1
-            self.breaker.record(self.clock(), False)
+            breaker.record(self.clock(), False)
             return fallback
         except Exception as exc:  # noqa: BLE001 - a store fault is a miss, never the client's error
             self.counts["errors"] += 1
             if self.counts["errors"] == 1 or self.counts["errors"] % 1000 == 0:
                 log.warning("%s failed (%d so far): %s: %s", self.what, self.counts["errors"],
                             type(exc).__name__, exc)  # fmt: skip
-            self.breaker.record(self.clock(), False)
+            breaker.record(self.clock(), False)
             return fallback
         self.latency_s = self.clock() - now
-        self.breaker.record(self.clock(), True)
+        breaker.record(self.clock(), True)
         return result
 
     @property

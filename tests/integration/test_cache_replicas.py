@@ -45,11 +45,6 @@ def test_a_purge_reaches_another_replicas_memory_within_5_s_on_redis(
     assert stale <= STALE_S + 0.5, f"replica B served the purged entry for {stale:.1f} s"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the 5 s memory ttl is wired for kind == 'redis' only (router/cache/service.py): over a disk store "
-    "two gateways share, another gateway's memory keeps a purged entry for the cache's ttl_s (600 s here)",
-)
 def test_a_purge_reaches_another_replicas_memory_within_5_s_on_a_shared_disk_store(
     start_gateway: Callable[..., GatewayProcess], tmp_path: Path
 ) -> None:

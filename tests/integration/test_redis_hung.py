@@ -2,9 +2,10 @@
 than dies, and what never reaches the store at all.
 
 README: the store never fails or holds up a request (each call within its bound, 20 ms
-for a lookup); "without one, or while it does not answer … each replica counts on its
-own". A SIGKILLed Redis refuses connections at once; a hung one is the harder case:
-every call must time out on its own bound, and a request is held up by at most their sum.
+for a lookup, and circuits); "without one, or while it does not answer … each replica
+counts on its own". A SIGKILLed Redis refuses connections at once; a hung one is the
+harder case: every call must time out on its own bound, a request is held up by at most
+their sum, and once the circuits open by nothing.
 """
 
 from __future__ import annotations
@@ -85,18 +86,17 @@ def test_a_hung_redis_costs_each_request_at_most_its_bounds_and_limits_stay_loca
     finally:
         os.kill(state_redis.process.pid, signal.SIGCONT)
     # Each call to a hung store waits out its bound, never Redis's own (seconds-long)
-    # socket timeout: the tenant check (50 ms) and the lookup (20 ms; skipped once its
-    # circuit opens), and the lease, asked twice at 80 ms each. The lease ignores the open
-    # circuit on purpose (docs/cache.md: a second generation costs more than the wait),
-    # so while Redis hangs every miss pays up to 160 ms for it: measured 170-200 ms over
-    # healthy per request, against the README's "20 ms".
+    # socket timeout: the tenant check (50 ms) and the lookup (20 ms), and the lease, asked
+    # twice at 80 ms each. Each kind of call has a circuit that opens after 10 unanswered
+    # in a row (the lease its own: a burst's timed-out lookups must not stop coordination),
+    # so only the first misses pay: from the 11th on, nothing but a probe every 2 s.
     bounds_s = 0.05 + 0.02 + 2 * 0.08
     typical = statistics.median(healthy)
     print(f"\nhealthy median {typical * 1000:.0f} ms, max {max(healthy) * 1000:.0f}; "
           f"hung: first {hung[0] * 1000:.0f} ms, max {max(hung) * 1000:.0f}, "
-          f"median {statistics.median(hung) * 1000:.0f}")  # fmt: skip
+          f"median of the last 8 {statistics.median(hung[-8:]) * 1000:.0f}")  # fmt: skip
     assert max(hung) < max(healthy) + bounds_s + 0.15, (healthy, hung)  # the bounds, and a busy 2-core host
-    assert statistics.median(hung) - typical < bounds_s + 0.03, (healthy, hung)
+    assert statistics.median(hung[-8:]) - typical < 0.03, (healthy, hung)  # the circuits open: no store wait
     # back: hits resume
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline:
