@@ -71,6 +71,7 @@ class Readout:
             "models": self.dispatcher.snapshot(),
             "backends": self.backend_snapshots(),
             "retries": {name: getattr(b, "retries", 0) for name, b in self.pool.items()},
+            "hedges": {name: getattr(b, "hedges", 0) for name, b in self.pool.items()},
             "digest": self.table.digest,
             "cache": self._cache_state(),
             "rollouts": self.rollouts.state(),

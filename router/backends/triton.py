@@ -48,7 +48,10 @@ from router.kserve import decode_response, encode_request
 from router.policy.forecast import Forecast
 from router.policy.retry_budget import RetryBudget
 
-__all__ = ["TritonBackend", "compute_ns", "map_triton_error"]
+__all__ = ["HEDGE_FACTOR", "HEDGE_SLACK_S", "TritonBackend", "compute_ns", "map_triton_error"]
+
+HEDGE_FACTOR = 2.0  # a call this many times slower than the slowest recent answer is overdue
+HEDGE_SLACK_S = 0.05  # ... plus this, so a tier of a few milliseconds is not hedged on jitter
 
 
 def map_triton_error(exc: BaseException) -> BackendError:
@@ -118,6 +121,12 @@ class _Unreachable(Exception):
         self.why = why
 
 
+def _quiet(task: asyncio.Future[ImageResult]) -> None:
+    """A cancelled hedge's outcome, taken so asyncio does not log it as never retrieved."""
+    if not task.cancelled():
+        task.exception()
+
+
 class TritonBackend:
     """One Triton backend (one or several replicas), shared by all requests."""
 
@@ -129,6 +138,7 @@ class TritonBackend:
         self._budget = RetryBudget(policy.budget_ratio, policy.budget_window_s)
         self._control: dict[str, aioclient.InferenceServerClient] = {}
         self.retries = 0
+        self.hedges = 0  # calls sent to a second replica because the first was overdue
 
     def _client(self) -> aioclient.InferenceServerClient:
         """A ``tritonclient`` for metadata and readiness, on the first replica in service;
@@ -192,12 +202,62 @@ class TritonBackend:
     async def _once(
         self, model: Model, request: ImageRequest, deadline: float, priority: int | None, tried: set[Replica]
     ) -> ImageResult:
-        """One try on the best replica not tried yet (or the best of all, if all were)."""
+        """One try on the best replica not tried yet (or the best of all, if all were);
+        hedged on another replica when the answer is overdue (:meth:`_hedged`)."""
         replica = self.replicas.choose(model, tried) or self.replicas.choose(model, set())
         if replica is None:
             raise BackendUnavailable(f"no replica of backend {self.spec.name!r} can take {model.name!r}")
         tried.add(replica)
-        return await self._infer(replica, model, request, deadline - self.clock(), priority)
+        if len(self.replicas.replicas) < 2:
+            return await self._infer(replica, model, request, deadline - self.clock(), priority)
+        return await self._hedged(replica, model, request, deadline, priority, tried)
+
+    async def _hedged(
+        self,
+        replica: Replica,
+        model: Model,
+        request: ImageRequest,
+        deadline: float,
+        priority: int | None,
+        tried: set[Replica],
+    ) -> ImageResult:
+        """The call on ``replica``, and the same call on another replica once the first is
+        overdue — later than :data:`HEDGE_FACTOR` times the slowest recent answer there
+        (its queue played forward) — whichever answers first wins and the other is
+        cancelled. A replica that froze (SIGSTOP, a GPU hang, a full network buffer)
+        answers nothing and fails no health check for a while: without this, every
+        request caught on it waited out its timeout before the budget walk could fall
+        back. Hedges spend the retry budget, so a slow spell cannot double the load."""
+        now = self.clock()
+        overdue_s = HEDGE_FACTOR * replica.lane(model).forecast(now).ceiling_s + HEDGE_SLACK_S
+        first = asyncio.ensure_future(self._infer(replica, model, request, deadline - now, priority))
+        calls = [first]
+        try:
+            done, _ = await asyncio.wait(calls, timeout=min(overdue_s, max(0.0, deadline - now)))
+            if done:
+                return first.result()
+            other = self.replicas.choose(model, tried)
+            now = self.clock()
+            if other is None or deadline - now <= 0 or not self._budget.try_spend(now):
+                return await first
+            tried.add(other)
+            self.hedges += 1
+            calls.append(asyncio.ensure_future(self._infer(other, model, request, deadline - now, priority)))
+            failure: BaseException | None = None
+            pending = set(calls)
+            while pending:
+                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                for call in done:
+                    if call.exception() is None:
+                        return call.result()
+                    failure = failure or call.exception()
+            assert failure is not None
+            raise failure
+        finally:
+            for call in calls:
+                if not call.done():
+                    call.cancel()  # over gRPC the loser stops in Triton too
+                    call.add_done_callback(_quiet)
 
     async def _infer(
         self, replica: Replica, model: Model, request: ImageRequest, timeout_s: float, priority: int | None

@@ -60,6 +60,14 @@ class _StateCollector(Collector):
         for backend, count in s.get("retries", {}).items():
             retries.add_metric([backend], count)
         yield retries
+        hedges = CounterMetricFamily(
+            "router_replica_hedges",
+            "Calls also sent to another replica because the first was overdue",
+            labels=["backend"],
+        )
+        for backend, count in s.get("hedges", {}).items():
+            hedges.add_metric([backend], count)
+        yield hedges
         reloads = CounterMetricFamily("router_config_reloads", "routes.yaml reload attempts", labels=["result"])
         for result, count in s.get("reloads", {}).items():
             reloads.add_metric([result], count)

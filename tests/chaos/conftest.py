@@ -63,7 +63,7 @@ class Tally:
             self.shed_without_retry_after += "retry-after" not in headers
         self.refused += 1
         if self.statuses[status] <= 5:
-            self.refusals.append(f"{elapsed * 1000:.0f} ms {status} {text()[:300]}")
+            self.refusals.append(f"{elapsed * 1000:.0f} ms {status} {text()[:600]}")
 
     def row(self) -> str:
         return (
