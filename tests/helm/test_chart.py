@@ -8,7 +8,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-import kubernetes_validate
+import kubernetes_validate  # type: ignore[import-untyped]
 import pytest
 import yaml
 from helm_python.chart import Chart, lint
@@ -64,7 +64,7 @@ def render(values: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     with Chart.load(CHART) as chart:
         chart.validate_schema(values or {})
         rendered = chart.render(values or {}, name="demo", namespace="images", is_install=True)
-    docs = []
+    docs: list[dict[str, Any]] = []
     for path, text in rendered.items():
         if path.endswith(".txt"):
             continue

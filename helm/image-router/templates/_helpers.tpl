@@ -49,6 +49,101 @@ app.kubernetes.io/component: {{ .component }}
   value: {{ include "image-router.stateStore" . | quote }}
 - name: ROUTER_STATE_DIR
   value: {{ .Values.state.sqlite.path | quote }}
+{{- with .Values.gateway.configEnv }}
+{{- $names := list }}
+{{- range . }}{{ $names = append $names .name }}{{ end }}
+# the operator's list: routes.yaml may read these, and its own env: list no others
+- name: ROUTER_CONFIG_ENV
+  value: {{ join "," $names | quote }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{- define "image-router.tenantsName" -}}{{ include "image-router.fullname" . }}-tenants{{- end }}
+
+{{/* routes.yaml's directory, /etc/router: the routes ConfigMap and, with
+gateway.tenants.file, the Secret holding tenants.yaml, in one projected volume. The
+kubelet swaps both behind one `..data` symlink, and the tenants file lies in the
+gateway's default secret directory (routes.yaml's own). Args: root, configMap, secret. */}}
+{{- define "image-router.routesVolume" -}}
+- name: routes
+{{- if .root.Values.gateway.tenants.file }}
+  projected:
+    sources:
+      - configMap: {name: {{ .configMap }}}
+      - secret: {name: {{ .secret }}}
+{{- else }}
+  configMap:
+    name: {{ .configMap }}
+{{- end }}
+{{- end }}
+
+{{/* gateway.tenants.keysSecret, read-only at keysPath (the gateway and the hook). */}}
+{{- define "image-router.tenantKeysMount" -}}
+{{- with .Values.gateway.tenants }}{{ if .keysSecret }}
+- name: tenant-keys
+  mountPath: {{ .keysPath }}
+  readOnly: true
+{{- end }}{{ end }}
+{{- end }}
+
+{{- define "image-router.tenantKeysVolume" -}}
+{{- with .Values.gateway.tenants }}{{ if .keysSecret }}
+- name: tenant-keys
+  secret:
+    secretName: {{ .keysSecret }}
+    defaultMode: 288  # 0440: the pod's group (fsGroup) reads the keys, no one else
+{{- end }}{{ end }}
+{{- end }}
+
+{{/* A path as routes.yaml gives it, resolved as the gateway resolves it: relative to
+routes.yaml's directory, /etc/router. */}}
+{{- define "image-router.routesPath" -}}
+{{- if isAbs . }}{{ clean . }}{{ else }}{{ clean (printf "/etc/router/%s" .) }}{{ end }}
+{{- end }}
+
+{{/* "true" when path (resolved) lies in one of dirs (resolved). Args: path, dirs. */}}
+{{- define "image-router.inDirs" -}}
+{{- $path := .path }}
+{{- range .dirs }}{{ if or (eq . $path) (hasPrefix (printf "%s/" (trimSuffix "/" .)) $path) }}true{{ end }}{{ end }}
+{{- end }}
+
+{{/* The tenants values and routes.yaml must agree, or every pod would refuse the routes
+(the gateway reads secret files only under routes' secret_dirs; default: /etc/router):
+gateway.tenants.file is /etc/router/tenants.yaml, which routes name as their tenants
+file, and keysPath must be one of routes' secret_dirs. */}}
+{{- define "image-router.checkTenants" -}}
+{{- $routes := fromYaml .Values.routes }}
+{{- $values := .Values.gateway.tenants }}
+{{- $dirs := list }}
+{{- range (get $routes "secret_dirs" | default list) }}
+{{- $dirs = append $dirs (include "image-router.routesPath" (toString .)) }}
+{{- end }}
+{{- $ref := get $routes "tenants" }}
+{{- $named := "" }}
+{{- if and (kindIs "map" $ref) (hasKey $ref "file") }}
+{{- $named = include "image-router.routesPath" (toString (get $ref "file")) }}
+{{- end }}
+{{- if $values.file }}
+{{- $parsed := fromYaml $values.file }}
+{{- if or (hasKey $parsed "Error") (not (or (hasKey $parsed "tenants") (hasKey $parsed "mode"))) }}
+{{- fail "gateway.tenants.file: expected the content of tenants.yaml (a mapping with mode and tenants), verbatim" }}
+{{- end }}
+{{- if ne $named "/etc/router/tenants.yaml" }}
+{{- fail "gateway.tenants.file is mounted at /etc/router/tenants.yaml: routes must read it with `tenants: {file: tenants.yaml}`" }}
+{{- end }}
+{{- if and $dirs (not (include "image-router.inDirs" (dict "path" "/etc/router" "dirs" $dirs))) }}
+{{- fail "routes: secret_dirs must include routes.yaml's own directory (.) for the gateway to read gateway.tenants.file" }}
+{{- end }}
+{{- else if eq $named "/etc/router/tenants.yaml" }}
+{{- fail "routes read tenants.yaml beside routes.yaml: set gateway.tenants.file to its content" }}
+{{- end }}
+{{- if $values.keysSecret }}
+{{- $keys := include "image-router.routesPath" $values.keysPath }}
+{{- if not (include "image-router.inDirs" (dict "path" $keys "dirs" $dirs)) }}
+{{- fail (printf "gateway.tenants.keysSecret is mounted at %s: routes must list it in secret_dirs (secret_dirs: [., %s])" $keys $keys) }}
+{{- end }}
+{{- end }}
 {{- end }}
 
 {{/* routes must at least be a YAML mapping: a file that does not parse fails the render
