@@ -186,6 +186,16 @@ def test_config_env_reaches_the_gateway_and_the_hook_as_the_operators_list() -> 
     assert all(e["name"] != CONFIG_ENV for e in _pods(render())["gateway"]["containers"][0]["env"]), "unset: as before"
 
 
+def test_the_gateways_extra_env_reaches_the_hook_too() -> None:
+    """routes.yaml may read a variable given in ``gateway.env`` (with an ``env:`` list):
+    the validation hook that runs it before an upgrade must have it as well, or every
+    ``helm upgrade`` fails with "X is not set"."""
+    extra = [{"name": "OTEL_EXPORTER_OTLP_ENDPOINT", "value": "http://collector:4318"}, {"name": "X", "value": "1"}]
+    for who, pod in _pods(render(_with(env=extra))).items():
+        env = pod["containers"][0]["env"]
+        assert all(e in env for e in extra), who
+
+
 def test_tenant_edits_are_hot_reloaded_like_routes_and_roll_no_pod() -> None:
     """The gateway watches the tenants file and the key directory and reloads both, as it
     does routes.yaml, so neither change touches the pod template (no checksum annotation)."""
