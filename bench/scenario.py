@@ -14,6 +14,10 @@ whatever is still in flight), in each mode on the same Triton:
      its `cache` blocks taken out: routing and budgets alone, comparable with the runs
      before the cache (every request here carries its own random seed, so a cache
      would have nothing to hit; a mode D with seedless, repeating traffic is to come).
+  J  mode C with a steady backlog of async jobs at the quality tier beside the trace
+     (``--jobs`` submitted before it starts, more than can finish): does the backlog
+     cost the interactive requests anything, and do the jobs still get their
+     ``min_share`` of the tier (issue 32)? Alternate it with C (``--modes C,J,C,J``).
 
 Per mode and class it reports p50/p95/p99 of the answered requests, the share answered
 within budget + 50 ms (of all sent), the share served at the intended tier, goodput
@@ -22,7 +26,7 @@ within budget + 50 ms (of all sent), the share served at the intended tier, good
 and a tier-mix-over-time plot. Between modes it waits until Triton is idle.
 
     .venv/bin/python bench/scenario.py [--duration 60] [--seed 7] [--modes A,B,C] \
-        [--json bench/results/scenario.json] [--plots docs]
+        [--json bench/results/scenario.json] [--plots docs] [--jobs 40]
 
 Results and the exact command are in docs/scenario.md. This machine is shared and
 noisy: compare the modes *of one run*, not absolute numbers across runs.
@@ -191,15 +195,61 @@ async def replay(jobs: list[Job], send: Any) -> list[Outcome]:
         return list(await asyncio.gather(*(fire(j) for j in jobs)))
 
 
+JOB_SHARE = 0.2  # the quality tier's min_share for jobs in modes C and J (the docs' example)
+
+
 def without_cache(routes_text: str) -> str:
     """The routes with every ``cache`` block taken out (the top-level store, routes'
-    opt-ins): mode C measures routing and budgets, not the cache."""
+    opt-ins): mode C measures routing and budgets, not the cache. A ``jobs:`` block is
+    added (idle in mode C: no job is submitted), so C and J run the same gateway."""
     data = yaml.safe_load(routes_text)
     data.pop("cache", None)
+    data["jobs"] = {"tiers": {"quality": {"max_running": 1, "min_share": JOB_SHARE}}}
     for route in [*data.get("routes", []), data.get("default_route")]:
         if isinstance(route, dict):
             route.pop("cache", None)
     return str(yaml.safe_dump(data, sort_keys=False))
+
+
+@dataclass
+class JobsResult:
+    submitted: int = 0
+    completed: int = 0  # finished while the trace ran
+    service_s: float = 0.0  # quality's mean compute per execution over the run
+    share: float = 0.0  # completed * service_s / duration: the jobs' share of the tier
+
+
+async def with_jobs(
+    jobs: list[Job], send: Any, url: str, backlog: int, duration_s: float
+) -> tuple[list[Outcome], JobsResult]:
+    """Mode J: ``backlog`` quality jobs submitted, then the trace replayed beside them;
+    the jobs that completed meanwhile counted, the rest deleted (their compute stops)."""
+    body = {"prompt": "a detailed photo of a harbour at dawn", "quality": "high"}
+    async with httpx.AsyncClient(timeout=60) as client:
+        ids = []
+        for i in range(backlog):
+            r = await client.post(f"{url}/v1/images/jobs", json={**body, "seed": i})
+            r.raise_for_status()
+            ids.append(r.json()["id"])
+        t0 = time.time()
+        outcomes = await replay(jobs, send)
+        t1 = t0 + duration_s
+        done = 0
+        for job_id in ids:
+            job = (await client.get(f"{url}/v1/images/jobs/{job_id}")).json()
+            finished = job.get("completed_at")
+            if job["status"] == "completed" and finished is not None and finished <= t1 + 1:
+                done += 1
+            await client.delete(f"{url}/v1/images/jobs/{job_id}")
+    return outcomes, JobsResult(submitted=backlog, completed=done)
+
+
+def quality_service_s(triton: str) -> float:
+    """The quality model's mean compute per execution so far (Triton's statistics)."""
+    stats = httpx.get(f"{triton}/v2/models/quality/stats", timeout=30).json()["model_stats"]
+    n = sum(m["execution_count"] for m in stats)
+    ns = sum(m["inference_stats"][k]["ns"] for m in stats for k in ("compute_input", "compute_infer", "compute_output"))
+    return ns / 1e9 / max(1, n)
 
 
 def compute_seconds(triton: str) -> float:
@@ -278,7 +328,7 @@ def plot(results: list[ModeResult], jobs: list[Job], duration_s: float, bursts: 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = {"A": "A: straight to Triton", "B": "B: static fallback", "C": "C: gateway"}
+    names = {"A": "A: straight to Triton", "B": "B: static fallback", "C": "C: gateway", "J": "J: gateway + jobs"}
     fig, ax = plt.subplots(figsize=(7, 4.2))
     for res in results:
         lat = sorted(o.latency_s / o.job.budget_s if o.status == 200 else float("inf") for o in res.outcomes)
@@ -332,6 +382,7 @@ def main() -> None:
     parser.add_argument("--routes", type=Path, default=ROOT / "routes.yaml")
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--plots", type=Path, default=None, help="directory for the PNG plots")
+    parser.add_argument("--jobs", type=int, default=40, help="mode J: quality jobs queued before the trace")
     args = parser.parse_args()
 
     routes_text = args.routes.read_text()
@@ -352,16 +403,25 @@ def main() -> None:
             grpc = f"127.0.0.1:{server.config.grpc_port}"
             gw = GatewayProcess(routes, triton, work / "gateway.log", triton_grpc=grpc)
             results = []
+            job_runs: list[JobsResult] = []
             try:
                 senders = {
                     "A": lambda c, j: direct(c, triton, j),
                     "B": lambda c, j: static_fallback(c, triton, j, hints),
                     "C": lambda c, j: gateway(c, gw.url, j),
+                    "J": lambda c, j: gateway(c, gw.url, j),
                 }
                 for mode in args.modes.split(","):
                     wait_idle(triton)
                     before, t0 = compute_seconds(triton), time.monotonic()
-                    outcomes = asyncio.run(replay(jobs, senders[mode]))
+                    if mode == "J":
+                        outcomes, ran = asyncio.run(with_jobs(jobs, senders[mode], gw.url, args.jobs, args.duration))
+                        ran.service_s = quality_service_s(triton)
+                        ran.share = ran.completed * ran.service_s / args.duration
+                        job_runs.append(ran)
+                        print(f"mode J jobs: {asdict(ran)} (min_share {JOB_SHARE})", flush=True)
+                    else:
+                        outcomes = asyncio.run(replay(jobs, senders[mode]))
                     wait_idle(triton)  # abandoned work is still the mode's compute
                     result = ModeResult(mode, outcomes, compute_seconds(triton) - before, time.monotonic() - t0)
                     results.append(result)
@@ -375,8 +435,17 @@ def main() -> None:
         finally:
             server.stop()
 
-    summaries = {r.mode: summarize(r, args.duration) for r in results}
+    summaries: dict[str, dict[str, dict[str, Any]]] = {}
+    for r in results:  # alternating rounds: C, J, C2, J2, ...
+        name = r.mode if r.mode not in summaries else f"{r.mode}{sum(k[0] == r.mode for k in summaries) + 1}"
+        summaries[name] = summarize(r, args.duration)
     print(table_md(summaries))
+    if job_runs:
+        print("\n| round | jobs queued | completed during the trace | quality s per image | jobs' share of quality |")
+        print("|---|---|---|---|---|")
+        for i, ran in enumerate(job_runs, 1):
+            print(f"| J{'' if i == 1 else i} | {ran.submitted} | {ran.completed} | {ran.service_s:.2f} | "
+                  f"{100 * ran.share:.0f}% (min_share {100 * JOB_SHARE:.0f}%) |")  # fmt: skip
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         raw = {r.mode: [{**asdict(o.job), **{k: getattr(o, k) for k in ("status", "latency_s", "served")}}

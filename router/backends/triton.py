@@ -140,6 +140,12 @@ class TritonBackend:
         self.retries = 0
         self.hedges = 0  # calls sent to a second replica because the first was overdue
 
+    def busy(self) -> bool:
+        """Anything ahead on any model of any replica (executing, queued, or abandoned
+        but still computing): the backend's devices are not idle."""
+        now = self.clock()
+        return any(lane.ahead(now) > 0 for r in self.replicas.replicas for lane in r.lanes.values())
+
     def _client(self) -> aioclient.InferenceServerClient:
         """A ``tritonclient`` for metadata and readiness, on the first replica in service;
         made on first use, because aiohttp's connector must be made inside the loop."""

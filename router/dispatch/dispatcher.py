@@ -125,11 +125,17 @@ class Dispatcher:
 
     def idle(self, model: Model) -> bool:
         """Nothing ahead of a new request on ``model`` and a free admission slot nobody
-        waits for: background work sent now takes no slot a live request was waiting for."""
+        waits for: background work sent now takes no slot a live request was waiting for.
+        And nothing in flight on the rest of its backend, when the backend can tell: one
+        Triton's models share its devices (one GPU; here, two CPU cores), so a job on
+        quality slows every preview answered beside it (bench/scenario.py, mode J)."""
         gate = self.gate(model)
         free = gate.limit is None or (gate.inflight < gate.limit and gate.queued == 0)
         forecast = self.forecast(model)
-        return free and forecast is not None and forecast.ahead == 0
+        if not free or forecast is None or forecast.ahead != 0:
+            return False
+        busy = getattr(self.pool.get(model.backend), "busy", None)
+        return busy is None or not busy()
 
     def forecast(self, model: Model, priority: int | None = None, tenant: str | None = None) -> Forecast | None:
         """The backend's forecast for ``model``, behind this gateway's own admission

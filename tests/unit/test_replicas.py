@@ -133,3 +133,26 @@ def test_discovered_replicas_follow_the_addresses_and_keep_their_state() -> None
         await rs.aclose()
 
     asyncio.run(run())
+
+
+def test_background_work_waits_while_any_model_of_its_backend_is_busy() -> None:
+    """One Triton's models share its devices: a job or an upgrade on quality is not
+    started while draft is being answered there (Dispatcher.idle asks the backend)."""
+    from router.backends.pool import BackendPool
+    from router.backends.triton import TritonBackend
+    from router.dispatch import Dispatcher
+    from router.stats import LatencyStats
+
+    clock = Clock()
+    spec = Backend("t", "triton", "http://r0:1", replicas=("http://r0:1", "http://r1:1"))
+    backend = TritonBackend(spec, clock)
+    pool = BackendPool(lambda s: backend)
+    pool.sync({"t": spec})
+    dispatcher = Dispatcher(pool, LatencyStats(clock), clock)
+    quality = Model("quality", "t", "quality", None, 3000.0)
+    assert dispatcher.idle(quality) and not backend.busy()
+    ticket = backend.replicas.replicas[1].lane(DRAFT).send(clock.now)  # a live draft request on r1
+    assert backend.busy() and not dispatcher.idle(quality)
+    clock.now += 0.1
+    backend.replicas.replicas[1].lane(DRAFT).done(ticket, clock.now, ok=True)
+    assert dispatcher.idle(quality)
