@@ -25,7 +25,17 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from router.errors import NotFound
-from router.http import admin_api, canary_api, edits, image_files, images_api, jobs_api, kserve_api, status_page
+from router.http import (
+    admin_api,
+    canary_api,
+    edits,
+    image_files,
+    images_api,
+    jobs_admin,
+    jobs_api,
+    kserve_api,
+    status_page,
+)
 from router.http.admin_api import SignInThrottle, check_readout
 from router.http.errors import RequestIdMiddleware, exception_handlers
 from router.http.observe import ObserveMiddleware
@@ -90,6 +100,7 @@ def _routes() -> list[Route]:
         Route("/admin/canary", canary_api.canary_list, methods=["GET"]),
         Route("/admin/canary/{route}", canary_api.canary_one, methods=["GET"]),
         Route("/admin/canary/{route}/{action}", canary_api.canary_action, methods=["POST"]),
+        *jobs_admin.ROUTES,
         Route("/admin/", status_page.status_page, methods=["GET"]),
         Route("/admin/status.json", status_page.status_json, methods=["GET"]),
         Route("/admin/login", status_page.login_form, methods=["GET"]),

@@ -7,6 +7,8 @@ router validate  check a routes file: every issue as file:line:col path: message
 router explain   which route and models a request would get
 router cache     stats or purge the result cache of a running gateway
 router pregen    fill the cache from a list of prompts, on idle capacity
+router canary    canary rollouts of a running gateway: status, pause, resume, promote, abort
+router jobs      async jobs of a running gateway: counts, drain, resume, list, show, cancel
 """
 
 from __future__ import annotations
@@ -289,6 +291,7 @@ COMMANDS = {
     "cache": cli_admin.cmd_cache,
     "pregen": cli_admin.cmd_pregen,
     "canary": cli_admin.cmd_canary,
+    "jobs": cli_admin.cmd_jobs,
 }
 
 

@@ -1,4 +1,5 @@
-"""``router cache``, ``router pregen`` and ``router canary``: the admin API from a terminal.
+"""``router cache``, ``router pregen``, ``router canary`` and ``router jobs``: the admin
+API from a terminal.
 
 They talk to a running gateway (``--url``, default ``http://127.0.0.1:8080``) with
 ``ROUTER_ADMIN_TOKEN`` as the bearer token, exactly as a script with ``curl`` would:
@@ -8,6 +9,10 @@ the gateway stays the one place that knows its store.
 optional ``route``, ``intent``, ``seed``, ``steps``, ``width``, ``height``, ``n``, or a
 JSON list of such objects (``GET /admin/cache``'s ``top_prompts`` as they are) — queues
 them, and follows the queue with a progress bar until it is drained.
+
+``router jobs`` reads the async jobs' counts, drains or resumes the replica it reaches
+(``drain --wait`` returns once that replica runs nothing: then it can go down), and
+lists, shows or cancels jobs of any tenant.
 """
 
 from __future__ import annotations
@@ -23,7 +28,17 @@ from typing import Any
 import httpx
 from tqdm import tqdm
 
-__all__ = ["add_canary_parser", "add_parsers", "cmd_cache", "cmd_canary", "cmd_pregen", "read_prompts"]
+__all__ = [
+    "add_canary_parser",
+    "add_jobs_parser",
+    "add_parsers",
+    "cmd_cache",
+    "cmd_canary",
+    "cmd_jobs",
+    "cmd_pregen",
+    "jobs_lines",
+    "read_prompts",
+]
 
 
 def add_parsers(sub: Any) -> None:
@@ -39,6 +54,22 @@ def add_parsers(sub: Any) -> None:
     pregen.add_argument("--url", default="http://127.0.0.1:8080", help="the gateway")
     pregen.add_argument("--no-wait", action="store_true", help="queue them and return")
     add_canary_parser(sub)
+    add_jobs_parser(sub)
+
+
+def add_jobs_parser(sub: Any) -> None:
+    jobs = sub.add_parser(
+        "jobs", help="async jobs of a running gateway: counts, drain, resume (this replica), list, show, cancel"
+    )
+    jobs.add_argument("action", choices=["counts", "drain", "resume", "list", "show", "cancel"])
+    jobs.add_argument("job", nargs="?", help="show, cancel: the job's id")
+    jobs.add_argument("--url", default="http://127.0.0.1:8080", help="the gateway (drain: the replica to drain)")
+    jobs.add_argument("--json", action="store_true", help="counts, drain, resume, list: the full JSON")
+    jobs.add_argument("--tenant", help="list: one tenant's jobs, newest first (else the active jobs)")
+    jobs.add_argument("--status", help="list: only these states (comma-separated)")
+    jobs.add_argument("--limit", type=int, default=50, help="list: at most this many")
+    jobs.add_argument("--wait", action="store_true", help="drain: until the replica runs no job")
+    jobs.add_argument("--timeout", type=float, default=600.0, help="drain --wait: give up after this (s)")
 
 
 def add_canary_parser(sub: Any) -> None:
@@ -113,6 +144,67 @@ def cmd_cache(args: argparse.Namespace) -> int:
             body["all"] = True
         result = _check(client.post("/admin/cache/purge", json=body))
         print(f"removed {result['removed']} entries")
+    return 0
+
+
+def jobs_lines(o: dict[str, Any]) -> list[str]:
+    """``GET /admin/jobs`` for a terminal."""
+    counts, here = o.get("counts", {}), o.get("running_here", {})
+    lines = [f"replica {o['replica']}: " + ("DRAINING (claims no new job)" if o["draining"] else "claiming")]
+    if counts:
+        lines.append(
+            f"queued {counts['queued']} (oldest {o['oldest_queued_age_s']:.1f} s), in_progress "
+            f"{counts['in_progress']}, cancelling {counts['cancelling']}; webhook backlog {o['webhook_backlog']}"
+        )
+    queued, running = o.get("queued_by_tier", {}), o.get("running_by_tier", {})
+    for tier in sorted({*queued, *running, *here}):
+        lines.append(
+            f"  {tier}: queued {queued.get(tier, 0)}, running {running.get(tier, 0)} ({here.get(tier, 0)} here)"
+        )
+    ended = ", ".join(f"{k} {v}" for k, v in o.get("finished_here", {}).items() if v)
+    lines.append(f"attempts ended here: {ended or 'none'}")
+    return lines
+
+
+def _job_line(j: dict[str, Any]) -> str:
+    tenant = f" tenant={j['tenant']}" if j["tenant"] else ""
+    return f"{j['id']}  {j['status']:<11} tier={j['tier']}{tenant} attempts={j['attempts']} age={j['age_s']:.1f}s"
+
+
+def cmd_jobs(args: argparse.Namespace) -> int:
+    if args.action in ("show", "cancel") and not args.job:
+        raise SystemExit(f"error: router jobs {args.action} needs a JOB id")
+    with _client(args.url) as client:
+        if args.action in ("show", "cancel"):
+            path = f"/admin/jobs/{args.job}" + ("/cancel" if args.action == "cancel" else "")
+            result = _check(client.post(path) if args.action == "cancel" else client.get(path))
+            print(json.dumps(result, indent=2) if args.action == "show" else f"{result['id']}: {result['status']}")
+            return 0
+        if args.action == "list":
+            query = {k: v for k, v in (("tenant", args.tenant), ("status", args.status)) if v}
+            listed = _check(client.get("/admin/jobs/list", params={**query, "limit": args.limit}))["data"]
+            print(json.dumps(listed, indent=2) if args.json else "\n".join(map(_job_line, listed)) or "no jobs")
+            return 0
+        path = "/admin/jobs" if args.action == "counts" else f"/admin/jobs/{args.action}"
+        overview = _check(client.get(path) if args.action == "counts" else client.post(path))
+        print(json.dumps(overview, indent=2) if args.json else "\n".join(jobs_lines(overview)))
+        if args.action == "drain" and args.wait:
+            return _wait_drained(client, overview, args.timeout)
+    return 0
+
+
+def _wait_drained(client: httpx.Client, overview: dict[str, Any], timeout_s: float) -> int:
+    """Until the replica reached runs no job (1 after ``timeout_s``)."""
+    replica, deadline = overview["replica"], time.monotonic() + timeout_s
+    while sum(overview["running_here"].values()):
+        if time.monotonic() > deadline:
+            print(f"error: {replica} still runs {sum(overview['running_here'].values())} jobs", file=sys.stderr)
+            return 1
+        time.sleep(0.5)
+        overview = _check(client.get("/admin/jobs"))
+        if overview["replica"] != replica:
+            raise SystemExit(f"error: --url reached another replica ({overview['replica']}): address the pod itself")
+    print(f"{replica} runs no job: drained")
     return 0
 
 

@@ -51,13 +51,14 @@ class Runtime:
         self.recorder = Recorder(self.metrics, self.access_log)
         self.gateway = Gateway(load_file(path), metrics=self.metrics, tracing=self.tracing)
         self.reloader = RoutesReloader(path, self.gateway.swap, self.gateway.table)
-        self.jobs = JobRunner(self.gateway, encode_image)  # idle until the table has a jobs: block
+        self.jobs = JobRunner(self.gateway, encode_image, recorder=self.recorder)  # idle until a jobs: block
         if self.metrics is not None:
             access = self.access_log
             self.metrics.watch(
                 lambda: {
                     **self.gateway.state(),
                     "reloads": self.reloader.counts,
+                    "jobs": self.jobs.describe(),
                     "access_log_dropped": access.dropped if access is not None else 0,
                 }
             )

@@ -366,7 +366,10 @@ class _Compiler:
         """The ``jobs:`` block; a tier that is not a model, or a retention shorter than
         the longest deadline, is an error at its line."""
         spec = self.spec.jobs
+        limits = {n: t.jobs for n, t in (self.spec.tenants.tenants if self.spec.tenants else {}).items() if t.jobs}
         if spec is None:
+            for name in limits:
+                self.fail(("tenants", "tenants", name, "jobs"), "a tenant's job limits need a jobs: block")
             return None
         for name in spec.tiers:
             if name not in self.models:
@@ -394,6 +397,8 @@ class _Compiler:
             retention_s=spec.retention_s,
             max_queued=spec.max_queued,
             max_queued_per_tenant=spec.max_queued_per_tenant,
+            max_running_per_tenant=spec.max_running_per_tenant,
+            tenant_max_running={name: t.max_running for name, t in limits.items()},
             max_attempts=spec.max_attempts,
             lease_s=spec.lease_s,
             poll_after_ms=spec.poll_after_ms,

@@ -294,6 +294,9 @@ class JobsSpec(Strict):
     retention_s: int = Field(default=86400, ge=60, description="a job and its images are kept this long")
     max_queued: int = Field(default=10000, ge=1, description="queued jobs, all tenants")
     max_queued_per_tenant: int = Field(default=100, ge=1)
+    max_running_per_tenant: int = Field(
+        default=2, ge=1, le=1000, description="a tenant's jobs running at once, all replicas (tenants.*.jobs overrides)"
+    )
     max_attempts: int = Field(default=3, ge=1, le=100, description="runs of a job whose gateway was lost")
     lease_s: float = Field(default=30, ge=0.5, le=3600, description="a running job's lease; renewed every third")
     poll_after_ms: int = Field(default=1000, ge=10)
@@ -359,6 +362,12 @@ class RouteSpec(Strict):
     resize: Literal["reject", "upscale"] = "reject"
 
 
+class TenantJobsSpec(Strict):
+    """A tenant's own limits on async jobs (needs the top-level ``jobs:`` block)."""
+
+    max_running: int = Field(ge=1, le=1000, description="its jobs running at once over all replicas")
+
+
 class TenantSpec(Strict):
     """One tenant: its API keys (``${ENV}`` or a mounted Secret file's contents; kept
     only as hashes) and what it may do."""
@@ -374,6 +383,7 @@ class TenantSpec(Strict):
     routes: list[Name] | None = None  # routes and models it may use
     overrides: list[Literal["X-Priority", "X-Canary", "X-Intent"]] = Field(default_factory=list)
     budget: BudgetSpec | None = None
+    jobs: TenantJobsSpec | None = None
 
 
 class TenantsSpec(Strict):

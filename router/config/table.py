@@ -220,6 +220,8 @@ class JobsConfig:
     retention_s: float = 86400
     max_queued: int = 10000
     max_queued_per_tenant: int = 100
+    max_running_per_tenant: int = 2
+    tenant_max_running: Mapping[str, int] = field(default_factory=dict)  # tenants.*.jobs.max_running
     max_attempts: int = 3
     lease_s: float = 30
     poll_after_ms: int = 1000
@@ -239,6 +241,14 @@ class JobsConfig:
 
     def tier(self, model: str) -> JobTier:
         return self.tiers.get(model, self.tier_defaults)
+
+    def running_cap(self, tenant: str) -> int | None:
+        """The most of ``tenant``'s jobs that may run at once over all replicas. ``None``
+        for the anonymous caller of ``tenants: {mode: open}``: everyone is that one
+        tenant, so its cap would be a global one (the tiers' ``max_running`` is that)."""
+        if not tenant:
+            return None
+        return self.tenant_max_running.get(tenant, self.max_running_per_tenant)
 
 
 @dataclass(frozen=True, slots=True)

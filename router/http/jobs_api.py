@@ -9,6 +9,9 @@ first). The job object is a superset of OpenAI's ``ImagesResponse``, so the SDK'
 Every route needs the tenant's key in ``keys`` mode, and a tenant sees only its own
 jobs: another's id is ``404 job_not_found``, never ``403``. Answers that tell a client
 not to retry carry ``x-should-retry: false`` (the openai SDK honours it).
+
+The module is over 400 lines because it is one resource's eight routes around one view
+of the job (estimates included); the event stream is the piece to move out if it grows.
 """
 
 from __future__ import annotations
@@ -53,12 +56,15 @@ from router.http.errors import error_response
 from router.http.formats import MIME
 from router.http.images_api import OpenAIImagesRequest
 from router.jobs.model import STATES, Job
+from router.jobs.schedule import run_estimate, wait_estimate
 from router.jobs.store import JobStore
 from router.jobs.submit import JobOptions, job_store, submit_job
 
 __all__ = ["ROUTES", "JobRequest", "prefers_async", "respond_async"]
 
 WAIT_POLL_S = 0.25
+PROGRESS_CHECK_S = 1.0  # how often an event stream looks at a waiting or running job's estimate
+PROGRESS_EVERY_S = 3.0  # an unchanged estimate is sent again this often
 MAX_WAIT_S = 60
 _KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
 _WAIT = re.compile(r"(?:^|[,;\s])wait(?:=(\d+))?", re.IGNORECASE)
@@ -226,7 +232,7 @@ async def view(request: Request, store: JobStore, job: Job) -> dict[str, Any]:
         "route": job.route,
         "model": job.model_version or job.tier,
         "request": {**asked, "allow_downgrade": job.allow_downgrade},
-        "queue": {"position": await store.position(job)} if job.status == "queued" else None,
+        "queue": await _queue(request, store, job),
         "progress": _progress(request, job),
         "data": await _data(request, store, job) if job.status == "completed" else None,
         "size": job.size,
@@ -242,18 +248,37 @@ async def view(request: Request, store: JobStore, job: Job) -> dict[str, Any]:
     return out
 
 
+def _service_s(request: Request, tier: str) -> float:
+    """One request's usual service time on ``tier`` (this replica's forecast, learnt
+    from answers; before any, the model's ``latency_hint_ms``)."""
+    model = gateway_of(request).table.models.get(tier)
+    if model is None:
+        return 1.0
+    forecast = gateway_of(request).dispatcher.forecast(model)
+    return float(forecast.service_s) if forecast is not None else (model.latency_hint_ms or 1000) / 1000
+
+
+async def _queue(request: Request, store: JobStore, job: Job) -> dict[str, Any] | None:
+    """While queued: its place in its tier's queue (1: next) and the seconds until it
+    likely starts (:func:`~router.jobs.schedule.wait_estimate`)."""
+    if job.status != "queued":
+        return None
+    position, now = await store.position(job), time.time()
+    running = [now - at for at in await store.started(job.tier)]
+    ahead_s = wait_estimate(position, running, store.config.tier(job.tier).max_running, _service_s(request, job.tier))
+    return {"position": position, "ahead_s": round(ahead_s, 1)}
+
+
 def _progress(request: Request, job: Job) -> dict[str, Any] | None:
-    """While it runs: the share of its expected time gone by (the tier's forecast, or its
-    latency hint, times its images), capped at 95 % until it ends — an estimate."""
+    """While it runs: the share of its expected time gone by (a request's service time
+    times its images), at most 95 % until it ends, and the seconds left — an estimate."""
     if job.status not in ("in_progress", "cancelling") or job.started_at is None:
         return None
-    gateway = gateway_of(request)
-    model = gateway.table.models.get(job.tier)
-    forecast = gateway.dispatcher.forecast(model) if model is not None else None
-    each_s = forecast.expected_s if forecast is not None else ((model.latency_hint_ms or 1000) / 1000 if model else 1.0)
-    expected_s = max(0.001, float(each_s) * int(job.request.get("n", 1)))
-    percent = min(95, int(100 * max(0.0, time.time() - job.started_at) / expected_s))
-    return {"percent": percent, "image": 1, "images": int(job.request.get("n", 1)), "source": "estimate"}
+    images = int(job.request.get("n", 1))
+    done, eta_s = run_estimate(time.time() - job.started_at, _service_s(request, job.tier) * images)
+    image = min(images, 1 + int(done * images))  # which image is being made, at an even pace
+    return {"percent": int(100 * done), "eta_s": round(eta_s, 1), "image": image, "images": images,
+            "source": "estimate"}  # fmt: skip
 
 
 async def _answer(
@@ -375,10 +400,21 @@ async def delete_job(request: Request) -> Response:
     return FastJSONResponse({"id": job_id, "object": "image.job.deleted", "deleted": True})
 
 
+async def _progress_event(request: Request, store: JobStore, job: Job) -> dict[str, Any]:
+    """``image_job.progress``: the job's ``queue`` or ``progress`` now. Made by the stream
+    that sends it, never stored (an estimate a second old is worth nothing on replay):
+    it has no SSE ``id``, so ``Last-Event-ID`` still names the last stored event, and
+    its ``sequence_number`` is that event's."""
+    return {"type": "image_job.progress", "sequence_number": job.sequence, "job_id": job.id, "status": job.status,
+            "queue": await _queue(request, store, job), "progress": _progress(request, job)}  # fmt: skip
+
+
 async def job_events(request: Request) -> Response:
     """``text/event-stream`` of the job's events from ``Last-Event-ID`` (or
     ``?starting_after=N``), polled from the store (any replica writes them); ends after
-    the terminal event."""
+    the terminal event. While the job waits or runs, ``image_job.progress`` follows
+    each stored event at once, then comes when its queue position changes (looked at
+    every :data:`PROGRESS_CHECK_S`), else every :data:`PROGRESS_EVERY_S`."""
     store = _store(request)
     job = await _own(request, store)
     try:
@@ -386,14 +422,26 @@ async def job_events(request: Request) -> Response:
     except ValueError:
         raise InvalidRequest("Last-Event-ID: an event's sequence number", field="Last-Event-ID") from None
 
+    async def progress(seen: int, told: tuple[int, object], told_at: float) -> dict[str, Any] | None:
+        """The progress event due now, if one is: only once the stream has sent the
+        stored event of the job's current state (a progress never runs ahead of it)."""
+        now = await store.get(job.id)
+        if now is None or now.terminal or now.sequence != seen:
+            return None
+        event = await _progress_event(request, store, now)
+        moved = (now.sequence, (event["queue"] or {}).get("position")) != told
+        return event if moved or time.monotonic() - told_at >= PROGRESS_EVERY_S else None
+
     async def events() -> AsyncIterator[bytes]:
         seen, idle = after, 0.0
+        told: tuple[int, object] = (-1, None)
+        told_at = checked_at = float("-inf")
         while True:
             for event in await store.events(job.id, seen):
                 seq = int(str(event["sequence_number"]))
                 if seq <= seen:
                     continue
-                seen = seq
+                seen, checked_at = seq, float("-inf")  # a new state: its progress follows at once
                 now = await store.get(job.id)
                 if now is not None and now.sequence == seq and now.terminal:
                     event = {**event, "job": await view(request, store, now)}
@@ -402,6 +450,12 @@ async def job_events(request: Request) -> Response:
                 if event["type"] in ("image_job.completed", "image_job.failed", "image_job.cancelled",
                                      "image_job.expired"):  # fmt: skip
                     return
+            if time.monotonic() - checked_at >= PROGRESS_CHECK_S:
+                checked_at = time.monotonic()
+                update = await progress(seen, told, told_at)
+                if update is not None:
+                    told, told_at = (update["sequence_number"], (update["queue"] or {}).get("position")), checked_at
+                    yield f"event: image_job.progress\ndata: {orjson.dumps(update).decode()}\n\n".encode()
             await asyncio.sleep(WAIT_POLL_S)
             idle += WAIT_POLL_S
             if idle >= 15:

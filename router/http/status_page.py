@@ -7,7 +7,9 @@ page is static HTML whose script polls ``/admin/status.json`` every two seconds:
 routes and splits, live p50/p95/p99 and error rate per model, each canary beside its
 baseline with a verdict, each rollout (its weight over time as a chart, its decisions
 with the numbers they were made on, and a gallery of both arms' recent images, shadow
-pairs side by side), recent downgrades, and the active config with its last reload.
+pairs side by side), recent downgrades, the async jobs (counts by state and per tier,
+the oldest queued job's age, whether this replica drains — the job runner's last
+census, never a store call per poll), and the active config with its last reload.
 The verdict is a pure function (:func:`canary_verdict`).
 """
 
@@ -126,6 +128,9 @@ async def status_json(request: Request) -> Response:
     cache = await gateway.cache_status()
     if cache is not None:
         status["cache"] = cache
+    jobs = request.app.state.runtime.jobs.describe()
+    if jobs is not None:
+        status["jobs"] = jobs
     return JSONResponse(status)
 
 

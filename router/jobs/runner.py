@@ -20,6 +20,15 @@ The attempt renews its lease every ``lease_s / 3``. A renewal that finds the job
 one that finds the lease gone (the reaper gave the job away) also stops it, and its
 result is dropped: the terminal state is written by compare-and-set, once. Every
 replica also reaps: a running job whose lease expired is requeued (its replica died).
+
+**Draining** (``POST /admin/jobs/drain``) stops this replica claiming; its running
+attempts finish, and it goes on reaping and delivering webhooks. It is the replica's
+own state, not the store's: an operator drains the pod about to go down while the
+others keep the queue moving, and a restarted process claims again.
+
+For operators (:mod:`router.jobs.ops`) the runner keeps a census of the store's jobs,
+refreshed every :data:`~router.jobs.ops.CENSUS_EVERY_S` (the metrics read it, never the
+store), counts what its attempts ended with, and writes one access-log line per attempt.
 """
 
 from __future__ import annotations
@@ -39,6 +48,7 @@ from router.decide import background, on_route
 from router.errors import BudgetExhausted, RouterError
 from router.jobs.deliver import Deliverer
 from router.jobs.model import Job
+from router.jobs.ops import CENSUS_EVERY_S, OUTCOMES, Census, attempt_line, take_census
 from router.jobs.schedule import PRIORITY, Pacer, pick
 from router.jobs.store import JobStore
 
@@ -46,6 +56,7 @@ if TYPE_CHECKING:
     from numpy.typing import NDArray
 
     from router.gateway import Gateway
+    from router.telemetry.requests import Recorder
 
 __all__ = ["JobRunner"]
 
@@ -62,9 +73,11 @@ class JobRunner:
         encode: Encode,
         wall: Callable[[], float] = time.time,
         clock: Callable[[], float] = time.monotonic,
+        recorder: Recorder | None = None,
     ) -> None:
         self.gateway = gateway
         self.encode = encode
+        self.recorder = recorder  # metrics and the access log (None: neither)
         self.wall = wall
         self.clock = clock
         self.owner = f"{os.uname().nodename}:{os.getpid()}:{os.urandom(4).hex()}"
@@ -76,6 +89,11 @@ class JobRunner:
         self._reaped = 0.0
         self._delivering: asyncio.Task[None] | None = None
         self.counts = {"claimed": 0, "completed": 0, "failed": 0, "lost": 0, "reaped": 0}
+        self.finished = dict.fromkeys(OUTCOMES, 0)  # this replica's attempts, by how they ended
+        self.running: dict[str, Job] = {}  # the jobs this replica's attempts run
+        self.draining = False  # claims nothing new (POST /admin/jobs/drain)
+        self.census: Census | None = None
+        self._census_at = float("-inf")
         self.deliverer = Deliverer(self.owner)
 
     def store(self) -> JobStore | None:
@@ -131,16 +149,49 @@ class JobRunner:
                                        config.webhook_schedule_s, config.webhook_timeout_s)  # fmt: skip
             self._delivering = asyncio.get_running_loop().create_task(work)
         table = self.gateway.table
-        for tier in table.models:
-            if await store.waiting(tier):
-                await self._try(store, table, tier)
+        if not self.draining:
+            for tier in table.models:
+                if await store.waiting(tier):
+                    await self._try(store, table, tier)
+        if now - self._census_at >= CENSUS_EVERY_S:
+            self._census_at = now
+            with contextlib.suppress(RouterError):  # a store fault: the last census stands
+                await self.recount(store)
+
+    async def recount(self, store: JobStore) -> Census:
+        """The store's jobs counted now (also kept for the metrics and the status page)."""
+        census = await take_census(store.state, self.gateway.table.models, store.config.max_queued, self.wall())
+        self.census = census
+        return census
+
+    def drain(self, on: bool) -> None:
+        self.draining = on
+        self.wake.set()  # a resume claims at once
+
+    def describe(self) -> dict[str, Any] | None:
+        """This replica's side of the jobs, and the last census (``None``: jobs are off)."""
+        if self.gateway.table.jobs is None:
+            return None
+        here: dict[str, int] = {}
+        for job in self.running.values():
+            here[job.tier] = here.get(job.tier, 0) + 1
+        now = self.wall()
+        return {
+            "replica": self.owner,
+            "draining": self.draining,
+            "running_here": here,
+            "finished_here": dict(self.finished),
+            **(self.census.describe(now) if self.census is not None else {}),
+        }
 
     async def _try(self, store: JobStore, table: RoutingTable, tier: str) -> None:
         config = store.config
         pacer = self.pacers.setdefault(tier, Pacer(config.tier(tier).min_share))
         pacer.min_share = config.tier(tier).min_share
         wall = self.wall()
-        picked = pick(await store.candidates(tier), wall, self._expected_s(table, tier), config.urgency_margin_s)
+        candidates = await store.candidates(tier)
+        capped = await store.capped(candidates)  # tenants at their max_running: their jobs wait
+        picked = pick(candidates, wall, self._expected_s(table, tier), config.urgency_margin_s, capped)
         if picked is None:
             return
         job, order = picked
@@ -151,9 +202,16 @@ class JobRunner:
         if taken is None:
             return
         self.counts["claimed"] += 1
+        if self.recorder is not None and self.recorder.metrics is not None:
+            self.recorder.metrics.job_started(tier, mode, max(0.0, wall - taken.created_at))
         task = asyncio.get_running_loop().create_task(self._attempt(store, taken, mode, pacer))
         self.attempts[taken.id] = task
-        task.add_done_callback(lambda _: self.attempts.pop(taken.id, None))
+        self.running[taken.id] = taken
+        task.add_done_callback(lambda _: self._gone(taken.id))
+
+    def _gone(self, job_id: str) -> None:
+        self.attempts.pop(job_id, None)
+        self.running.pop(job_id, None)
 
     def _expected_s(self, table: RoutingTable, tier: str) -> float:
         forecast = self.gateway.dispatcher.forecast(table.models[tier])
@@ -168,8 +226,10 @@ class JobRunner:
         try:
             new, images = await self._generate(job, mode)
         except asyncio.CancelledError:
-            if self.stopped.pop(job.id, None) != "cancel":
-                raise  # shutting down, or the job was given away: its lease says what happens next
+            why = self.stopped.pop(job.id, None)
+            if why != "cancel":  # shutting down, or the job was given away: its lease says what happens next
+                self._ended(job, "lost" if why == "lost" else "handed_back", mode, self.clock() - started)
+                raise
             new, images = job.finished("cancelled", self.wall()), []
         except BudgetExhausted as exc:
             new, images = job.expired(self.wall()), []
@@ -190,7 +250,18 @@ class JobRunner:
             self.counts["completed" if done is not None and done.status == "completed" else "failed"] += 1
             if done is None:
                 self.counts["lost"] += 1
+            self._ended(done or job, "lost" if done is None else done.status, mode, self.clock() - started)
         self.wake.set()
+
+    def _ended(self, job: Job, outcome: str, mode: str, run_s: float) -> None:
+        """Count the attempt's end and write its access-log line."""
+        self.finished[outcome] = self.finished.get(outcome, 0) + 1
+        if self.recorder is None:
+            return
+        if self.recorder.metrics is not None:
+            self.recorder.metrics.job_finished(job.tier, outcome, run_s)
+        if self.recorder.access_log is not None:
+            self.recorder.access_log.record(attempt_line(job, outcome, mode, run_s, self.wall()))
 
     async def _heartbeat(self, store: JobStore, job: Job, work: asyncio.Task[Any] | None) -> None:
         while True:

@@ -10,7 +10,8 @@ What lives where (``{t}`` tenant, ``{m}`` tier)::
     job:img:{id}:{i}    result image i, encoded (ttl: retention)
     index q:{m}         queued ids by tag (fair order)      index qd     queued ids by deadline
     index qt:{t}        the tenant's queued ids (its cap)   index qa     all queued ids (the global cap)
-    index r:{m}         "{t}/{id}" running on the tier (its max_running, all replicas)
+    index r:{m}         "{t}/{id}" running on the tier by start (its max_running, all replicas)
+    index rt:{t}        the tenant's running ids (its max_running, all replicas)
     index run           running ids (the reaper's list)     index jt:{t} the tenant's ids by creation
     index ev:{id}       the job's events by sequence (SSE replay)
 
@@ -67,6 +68,7 @@ def _queued(job: Job) -> Iterable[tuple[str, str, float]]:
 
 def _running(job: Job) -> Iterable[tuple[str, str, float]]:
     yield (f"r:{job.tier}", f"{job.tenant}/{job.id}", job.started_at or 0.0)
+    yield (f"rt:{job.tenant}", job.id, job.started_at or 0.0)
     yield ("run", job.id, job.started_at or 0.0)
 
 
@@ -125,6 +127,10 @@ class JobStore:
         """1 = next to start in its tier (counted over at most 1000 ahead)."""
         rows = await self._scan(f"q:{job.tier}", hi=job.tag, limit=1000)
         return sum(1 for job_id, tag in rows if tag < job.tag or job_id <= job.id)
+
+    async def started(self, tier: str) -> list[float]:
+        """When the jobs running on ``tier`` (all replicas) started, by the wall clock."""
+        return [at for _, at in await self._scan(f"r:{tier}", limit=1000)]
 
     async def image(self, job_id: str, index: int) -> bytes | None:
         (raw,) = await self._get([f"job:img:{job_id}:{index}"])
@@ -194,10 +200,22 @@ class JobStore:
     async def waiting(self, tier: str) -> bool:
         return bool(await self._scan(f"q:{tier}", limit=1))
 
+    async def capped(self, jobs: Iterable[Job]) -> frozenset[str]:
+        """The tenants among ``jobs`` that run as many jobs as they may (over all
+        replicas): a claim of theirs would be refused, so the runner picks around them.
+        Read before the claim, so possibly stale — the claim itself checks again."""
+        out = set()
+        for tenant in {j.tenant for j in jobs}:
+            cap = self.config.running_cap(tenant)
+            if cap is not None and len(await self._scan(f"rt:{tenant}", limit=cap)) >= cap:
+                out.add(tenant)
+        return frozenset(out)
+
     async def claim(self, job: Job, owner: str, now: float) -> Job | None:
         """Take ``job`` (still queued, as read) for ``owner``: its lease, its place among
-        the tier's running jobs (``max_running`` over all replicas), its ``started``
-        event, in one step. ``None``: someone else took it, or the tier is full."""
+        the tier's running jobs and its tenant's (each ``max_running`` over all
+        replicas), its ``started`` event, in one step. ``None``: someone else took it,
+        or the tier or the tenant is full."""
         found = await self.read(job.id)
         if found is None or found[0].status != "queued":
             return None
@@ -205,10 +223,14 @@ class JobStore:
         taken = current.claimed(owner, now)
         tier = self.config.tier(job.tier)
         hook = delivery_step(taken, now)  # its `started` webhook, when asked for
+        room = [(f"r:{job.tier}", tier.max_running)]
+        cap = self.config.running_cap(job.tenant)
+        if cap is not None:  # checked in the claim's own step: two replicas cannot both take the last place
+            room.append((f"rt:{job.tenant}", cap))
         done = await self._commit(
             Txn(
                 expect=((f"job:{job.id}", raw),),
-                room=((f"r:{job.tier}", tier.max_running),),
+                room=tuple(room),
                 put=(
                     (f"job:{job.id}", taken.dump(), max(1.0, taken.expires_at - now)),
                     (_lease(job.id), owner.encode(), self.config.lease_s),

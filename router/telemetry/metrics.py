@@ -2,9 +2,11 @@
 
 Per-request series are updated on the hot path (a counter, a histogram, and only when
 they happen a downgrade or a canary assignment). Everything that is *state* — requests
-in flight and queued per model, circuit states, retries, reloads, the active config —
-is read from the gateway when Prometheus scrapes, by a collector, so it costs nothing
-per request. Buckets span image generation: 10 ms to 60 s.
+in flight and queued per model, circuit states, retries, reloads, the active config,
+the async jobs by state — is read from the gateway when Prometheus scrapes, by a
+collector, so it costs nothing per request (the jobs' counts are the job runner's last
+census of the store, never a store call per scrape). Buckets span image generation:
+10 ms to 60 s; a job's wait in the queue spans seconds to a day.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from prometheus_client.registry import Collector
 __all__ = ["BUCKETS", "CONTENT_TYPE", "Metrics"]
 
 BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0)
+WAIT_BUCKETS = (0.1, 0.5, 1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 3600.0, 14400.0, 86400.0)
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 State = Callable[[], dict[str, Any]]
@@ -120,6 +123,7 @@ class _StateCollector(Collector):
                     jobs.add_metric([kind, result], n)
             yield jobs
         yield from _rollout_metrics(s.get("rollouts", []))
+        yield from _job_metrics(s.get("jobs"))
         info = GaugeMetricFamily("router_config_info", "The active routes.yaml (value 1)", labels=["digest"])
         info.add_metric([s.get("digest", "")], 1.0)
         yield info
@@ -152,6 +156,42 @@ def _rollout_metrics(rollouts: list[dict[str, Any]]) -> Iterable[GaugeMetricFami
         for result, n in r["shadow"].items():
             shadow.add_metric([r["route"], result], n)
     yield from (weight, status, paused, decisions, shadow)
+
+
+def _job_metrics(jobs: dict[str, Any] | None) -> Iterable[GaugeMetricFamily]:
+    """The async jobs (``JobRunner.describe``): the store's counts as the runner last
+    read them (every replica reports the same: take one, not the sum), and this
+    replica's own — draining, running here."""
+    if jobs is None:
+        return
+    states = GaugeMetricFamily(
+        "router_jobs", "Jobs in the store by state (queued, in_progress, cancelling), as last counted",
+        labels=["state"],
+    )  # fmt: skip
+    for state, n in jobs.get("counts", {}).items():
+        states.add_metric([state], n)
+    by_tier = GaugeMetricFamily(
+        "router_jobs_tier", "Jobs in the store per tier: queued, running (in_progress + cancelling)",
+        labels=["tier", "state"],
+    )  # fmt: skip
+    for state, key in (("queued", "queued_by_tier"), ("running", "running_by_tier")):
+        for tier, n in jobs.get(key, {}).items():
+            by_tier.add_metric([tier, state], n)
+    here = GaugeMetricFamily("router_jobs_running_here", "Job attempts this replica runs, per tier", labels=["tier"])
+    for tier, n in jobs.get("running_here", {}).items():
+        here.add_metric([tier], n)
+    yield from (states, by_tier, here)
+    yield GaugeMetricFamily(
+        "router_job_queue_oldest_seconds", "Age of the oldest queued job since its submission (0: none queued)",
+        value=jobs.get("oldest_queued_age_s", 0.0),
+    )  # fmt: skip
+    yield GaugeMetricFamily(
+        "router_webhook_backlog", "Webhook deliveries waiting in the store", value=jobs.get("webhook_backlog", 0)
+    )
+    yield GaugeMetricFamily(
+        "router_jobs_draining", "1 while this replica claims no new job (POST /admin/jobs/drain)",
+        value=1.0 if jobs.get("draining") else 0.0,
+    )  # fmt: skip
 
 
 class Metrics:
@@ -194,6 +234,24 @@ class Metrics:
             ["route", "model", "result"],
             registry=r,
         )
+        self.jobs_started = Counter(
+            "router_jobs_started", "Job attempts this replica started, by tier and mode (idle, share, urgent)",
+            ["tier", "mode"], registry=r,
+        )  # fmt: skip
+        self.jobs_finished = Counter(
+            "router_jobs_finished",
+            "Job attempts this replica ended, by tier and outcome "
+            "(completed, failed, cancelled, expired, lost, handed_back)",
+            ["tier", "outcome"],
+            registry=r,
+        )
+        self.job_wait = Histogram(
+            "router_job_queue_wait_seconds", "From submission to an attempt's start", ["tier"],
+            buckets=WAIT_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.job_run = Histogram(
+            "router_job_run_seconds", "An attempt's run, start to end", ["tier"], buckets=BUCKETS, registry=r
+        )
         # labels() validates and locks on every call; a request's children are looked up once
         # per label set instead (bounded like the series themselves: routes x models x status).
         self._children: dict[tuple[str, str, str, int, str], tuple[Any, Any]] = {}
@@ -210,6 +268,14 @@ class Metrics:
             self._children[key] = children
         children[0].inc()
         children[1].observe(seconds)
+
+    def job_started(self, tier: str, mode: str, waited_s: float) -> None:
+        self.jobs_started.labels(tier, mode).inc()
+        self.job_wait.labels(tier).observe(waited_s)
+
+    def job_finished(self, tier: str, outcome: str, run_s: float) -> None:
+        self.jobs_finished.labels(tier, outcome).inc()
+        self.job_run.labels(tier).observe(run_s)
 
     def cache_result(self, route: str, model: str, result: str) -> None:
         self.cache_results.labels(route, model, result).inc()
