@@ -123,18 +123,21 @@ class Dispatcher:
 
         return p95
 
-    def idle(self, model: Model) -> bool:
+    def idle(self, model: Model, whole_backend: bool = True) -> bool:
         """Nothing ahead of a new request on ``model`` and a free admission slot nobody
         waits for: background work sent now takes no slot a live request was waiting for.
-        And nothing in flight on the rest of its backend, when the backend can tell: one
-        Triton's models share its devices (one GPU; here, two CPU cores), so a job on
-        quality slows every preview answered beside it (bench/scenario.py, mode J)."""
+        With ``whole_backend``, nothing in flight on the rest of its backend either, when
+        the backend can tell: one Triton's models share its devices (one GPU; here, two
+        CPU cores), so a job on quality slows every preview answered beside it
+        (bench/scenario.py, mode J). A rollout's shadows ask for the model alone: they
+        are how a canary gets measured, and beside steady baseline traffic on the same
+        Triton they would never run."""
         gate = self.gate(model)
         free = gate.limit is None or (gate.inflight < gate.limit and gate.queued == 0)
         forecast = self.forecast(model)
         if not free or forecast is None or forecast.ahead != 0:
             return False
-        busy = getattr(self.pool.get(model.backend), "busy", None)
+        busy = getattr(self.pool.get(model.backend), "busy", None) if whole_backend else None
         return busy is None or not busy()
 
     def forecast(self, model: Model, priority: int | None = None, tenant: str | None = None) -> Forecast | None:

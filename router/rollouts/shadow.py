@@ -64,7 +64,7 @@ class Shadows:
             return
         table = self.table()
         model = table.models.get(live.canary)
-        if model is None or live.shadows_running >= MAX_SHADOWS or not self.dispatcher.idle(model):
+        if model is None or live.shadows_running >= MAX_SHADOWS or not self.dispatcher.idle(model, whole_backend=False):
             live.shadow["skipped_busy"] += 1
             return
         live.shadows_running += 1

@@ -87,14 +87,17 @@ class Webhooks:
             async for attempt in AsyncRetrying(
                 stop=stop_after_attempt(3),
                 wait=wait_exponential(multiplier=0.5, max=4),
-                retry=retry_if_exception_type(httpx.HTTPError),
+                retry=retry_if_exception_type((httpx.HTTPError, TimeoutError)),
                 reraise=True,
             ):
+                # the whole try within TIMEOUT_S: httpx's timeout bounds each read, so a
+                # receiver trickling its answer a byte at a time would hold a try for ever
                 with attempt:
-                    response = await self._client.post(url, content=body, headers=headers)
-                    response.raise_for_status()
+                    async with asyncio.timeout(TIMEOUT_S):
+                        response = await self._client.post(url, content=body, headers=headers)
+                        response.raise_for_status()
             self.sent += 1
-        except httpx.HTTPError as exc:
+        except (httpx.HTTPError, TimeoutError) as exc:
             self.failed += 1
             log.warning("rollout webhook %s failed: %s: %s", url, type(exc).__name__, exc)
 
