@@ -230,7 +230,10 @@ def cmd_pregen(args: argparse.Namespace) -> int:
     with _client(args.url) as client:
         queued = _check(client.post("/admin/pregenerate", json={"items": items}))
         skipped = {k: v for k, v in queued.items() if k in ("duplicate", "not_cached", "fresh") and v}
-        print(f"queued {queued['queued']} of {len(items)} prompts" + (f" (skipped: {skipped})" if skipped else ""))
+        # one job per arm of the matched route: a split route queues more jobs than prompts
+        print(
+            f"queued {queued['queued']} jobs for {len(items)} prompts" + (f" (skipped: {skipped})" if skipped else "")
+        )
         if args.no_wait or not queued["queued"]:
             return 0
         start = _check(client.get("/admin/pregenerate"))["pregen"]

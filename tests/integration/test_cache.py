@@ -318,7 +318,7 @@ def test_pregen_from_the_cli_then_hits_and_the_top_prompts(gateway: GatewayProce
         env=env, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
-    assert "queued 3 of 3 prompts" in done.stdout
+    assert "queued 3 jobs for 3 prompts" in done.stdout
     for body in (
         {"prompt": "thumb of a red barn"},
         {"prompt": "thumb of a blue barn"},

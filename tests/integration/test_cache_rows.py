@@ -79,7 +79,7 @@ def test_pregen_makes_every_arm_of_a_split_and_a_second_run_makes_nothing_again(
     prompts.write_text("".join(json.dumps(item) + "\n" for item in items))
     before = {model: _made(triton, model) for model in ("draft", "noop")}
 
-    assert "queued 4 of 2 prompts" in _pregen(gw, prompts)  # two prompts, two arms each
+    assert "queued 4 jobs for 2 prompts" in _pregen(gw, prompts)  # two prompts, two arms each
     first = httpx.get(gw.url + "/admin/pregenerate", headers=gw.admin, timeout=10).json()["pregen"]
     assert (first["done"], first["cached"], first["failed"]) == (4, 0, 0), first
     made = {model: _made(triton, model) for model in ("draft", "noop")}
@@ -94,7 +94,7 @@ def test_pregen_makes_every_arm_of_a_split_and_a_second_run_makes_nothing_again(
     assert {model: _made(triton, model) for model in made} == made, "the hits were never generated"
 
     # the same list again: queued, and each job found its image stored when its turn came
-    assert "queued 4 of 2 prompts" in _pregen(gw, prompts)
+    assert "queued 4 jobs for 2 prompts" in _pregen(gw, prompts)
     second = httpx.get(gw.url + "/admin/pregenerate", headers=gw.admin, timeout=10).json()["pregen"]
     assert (second["done"], second["cached"], second["failed"]) == (4, 4, 0), second
     assert {model: _made(triton, model) for model in made} == made, "nothing was made again"
