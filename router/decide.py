@@ -10,9 +10,9 @@ these functions, so no path can decide differently from another:
 2. (the gateway admits the tenant: its limits are reserved there, before any await)
 3. :func:`arm_phase` — seeds and the cache plan, a rollout's live weights, the sticky
    key and the arm. Seeds are decided here only.
-4. (the gateway reserves the tenant's spend budget in the state store: the first tier
-   of the arm's chain it can pay for) then :func:`budget_phase` — the decision served
-   from that tier, the tiers before it skipped with reason ``budget``.
+4. (the gateway reserves the tenant's spend budget in the state store) then
+   :func:`budget_rules` — warn, brownout, exhaustion and stored tiers over that reply —
+   and :func:`budget_phase`: the decision served, earlier tiers skipped as ``budget``.
 5. :func:`previews` — the progressive previews of a stream, from the same decision.
 
 Each is a function of (table, request value, facts, RNG, seed source) returning a value:
@@ -28,6 +28,7 @@ from typing import Any, NamedTuple
 
 from router.ask import Ask
 from router.backends.base import ImageRequest
+from router.billing.spec import Budget
 from router.cache.keys import derive_seeds
 from router.config.table import Arm, Route, RoutingTable, Tenant
 from router.errors import Forbidden, InvalidRequest
@@ -39,6 +40,8 @@ from router.served import CachePlan
 
 __all__ = [
     "DEFAULT_PRIORITY",
+    "Afforded",
+    "Budgeted",
     "Decision",
     "Routed",
     "Serving",
@@ -46,6 +49,7 @@ __all__ = [
     "background",
     "budget_chain",
     "budget_phase",
+    "budget_rules",
     "cache_plan",
     "cache_scope",
     "check_limits",
@@ -249,18 +253,64 @@ def budget_chain(decision: Decision) -> list[str]:
     return list(chain_for(decision.intended, decision.route.fallback))
 
 
-def budget_phase(decision: Decision, tier: int) -> tuple[Decision, tuple[tuple[str, str], ...]]:
-    """Step 4: the decision served from tier ``tier`` of :func:`budget_chain` (the first
-    the tenant's budget can pay for), and the tiers skipped for it (``budget``). A budget
+def budget_phase(decision: Decision, tier: int, *, alone: bool = False) -> tuple[Decision, tuple[tuple[str, str], ...]]:
+    """The decision served from tier ``tier`` of :func:`budget_chain`, and the tiers
+    skipped for it (``budget``); ``alone``: with no fallback after it. A budget
     downgrade is not a rollout observation (it says nothing of the canary) and, as the
     skipped tier is no longer the intended one, never queues an upgrade."""
-    if tier <= 0:
+    if tier <= 0 and not alone:
         return decision, ()
     chain = budget_chain(decision)
-    arm = Arm(chain[tier], 1.0)
-    route = replace(decision.route, fallback=tuple(chain[tier + 1 :]))
-    downgraded = decision._replace(route=route, choice=Choice(arm, False), rollout=False)
+    route = replace(decision.route, fallback=() if alone else tuple(chain[tier + 1 :]))
+    if tier <= 0:
+        return decision._replace(route=route), ()
+    downgraded = decision._replace(route=route, choice=Choice(Arm(chain[tier], 1.0), False), rollout=False)
     return downgraded, tuple((name, "budget") for name in chain[:tier])
+
+
+class Afforded(NamedTuple):
+    """What the tenant's budget reservation answered, as values."""
+
+    tier: int  # the first tier of :func:`budget_chain` it pays for (-1: none)
+    used: float  # the fullest window's share spent or held before this request
+    stored: frozenset[str] = frozenset()  # tiers already in the result store (looked up only when refused)
+
+
+class Budgeted(NamedTuple):
+    """Step 4's value; ``decision`` ``None``: refused (429), unless a tier is stored —
+    then ask again with :attr:`Afforded.stored`."""
+
+    decision: Decision | None
+    skipped: tuple[tuple[str, str], ...]
+    state: str  # X-Router-Budget: ok | warn | brownout | exhausted
+
+
+def budget_rules(decision: Decision, budget: Budget, afforded: Afforded) -> Budgeted:
+    """Step 4: what the tenant's budget lets ``decision`` be served from.
+
+    - at ``downgrade_at`` (brownout) only ``downgrade_to`` tiers (default: the chain's
+      fallbacks, or its one tier when it has none) at or after the affordable one;
+    - else from the affordable tier, ``warn`` at ``warn_at``; with ``on_exhausted:
+      reject`` only the intended tier (a later one is refused);
+    - nothing to serve: a stored tier still is, alone (with ``reject`` the intended one).
+    """
+    chain, tier = budget_chain(decision), afforded.tier
+    if tier >= 0 and budget.downgrade_at is not None and afforded.used >= budget.downgrade_at:
+        eligible = set(budget.downgrade_to) or {*chain[1:], chain[-1]}
+        cheaper = next((i for i in range(tier, len(chain)) if chain[i] in eligible), -1)
+        if cheaper >= 0:
+            return Budgeted(*budget_phase(decision, cheaper), "brownout")
+        tier = -1  # nothing the brownout allows is on this chain
+    elif tier > 0 and budget.on_exhausted == "reject":
+        tier = -1  # the intended tier does not fit, and this tenant takes no budget downgrade
+    if tier >= 0:
+        warn = budget.warn_at is not None and afforded.used >= budget.warn_at
+        return Budgeted(*budget_phase(decision, tier), "warn" if warn else "ok")
+    reachable = chain if budget.on_exhausted == "downgrade" else chain[:1]
+    stored = next((i for i, name in enumerate(reachable) if name in afforded.stored), -1)
+    if stored < 0:
+        return Budgeted(None, (), "exhausted")
+    return Budgeted(*budget_phase(decision, stored, alone=True), "exhausted")
 
 
 def previews(routed: Routed, main: Decision, count: int, draw: SeedDraw, *, cached: bool) -> list[Decision]:

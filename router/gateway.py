@@ -33,12 +33,13 @@ from router.cache.hitters import HeavyHitters
 from router.catalog import Catalog
 from router.config.table import Backend, CacheConfig, RoutingTable, Tenant
 from router.decide import (
+    Afforded,
     Decision,
     Routed,
     Serving,
     arm_phase,
     budget_chain,
-    budget_phase,
+    budget_rules,
     explain,
     previews,
     route_phase,
@@ -203,7 +204,9 @@ class Gateway(Catalog, Readout):
         admission = await self._admit(routed, routed.images * (1 + count))
         try:
             decision = arm_phase(routed, ask, self.rng, self.draw, cached=cache is not None, serving=overlay)
-            decision, spend = await self._spend(routed, decision)
+            decision, spend = await self._spend(routed, decision, cache)
+            if spend is not None and spend.state == "exhausted":
+                count = 0  # previews are made, not stored: none for a tenant served only what is stored
         except BaseException:
             if admission is not None:
                 admission.release()
@@ -228,24 +231,53 @@ class Gateway(Catalog, Readout):
     async def _admit(self, routed: Routed, images: int) -> Admission | None:
         return None if routed.tenant is None else await self.tenants.admit(routed.tenant, images)
 
-    async def _spend(self, routed: Routed, decision: Decision) -> tuple[Decision, Spend | None]:
+    async def _spend(
+        self, routed: Routed, decision: Decision, cache: ResultCache | None
+    ) -> tuple[Decision, Spend | None]:
         """The tenant's spend budget reserved for the arm's chain (none: no budget), and
-        the decision served from the first tier it pays for (:func:`budget_phase`)."""
+        the decision its rules serve (:func:`budget_rules`). Only when they serve
+        nothing is the result store asked which tiers are stored: an exhausted tenant
+        still gets those, charged the hit price while it fits (:meth:`BudgetGate.hold_hit`)."""
         billing, tenant = decision.table.billing, routed.tenant
         if billing is None or tenant is None or tenant.budget is None:
             return decision, None
         chain = [decision.table.models[name] for name in budget_chain(decision)]
         budget_s = decision.route.budget_ms / 1000
-        request = decision.request
+        images, steps = len(decision.request.prompts), decision.request.steps
+        held = None
         try:
-            held = await self.budgets.reserve(tenant, billing, chain, len(request.prompts), request.steps, budget_s)
+            held = await self.budgets.hold(tenant, billing, chain, images, steps, budget_s)
+            if held is None:
+                return decision, None
+            afforded = Afforded(held.tier, held.used)
+            verdict = budget_rules(decision, tenant.budget, afforded)
+            if verdict.decision is None and cache is not None:
+                stored = await self._stored(decision)
+                if stored:
+                    verdict = budget_rules(decision, tenant.budget, afforded._replace(stored=stored))
+            if verdict.decision is None:
+                raise self.budgets.refusal(held)
+            cap = None
+            if verdict.state == "exhausted":
+                held, cap = await self.budgets.hold_hit(tenant, held, billing, images, budget_s)
         except RouterError:
             self.tenants.count(tenant.name, "over_budget")
             raise
-        if held is None:
-            return decision, None
-        decision, skipped = budget_phase(decision, held.tier)
-        return decision, Spend(held, skipped)
+        except BaseException:  # cancelled (the client left) while it held: given back
+            if held is not None:
+                self.budgets.settle(held, 0)
+            raise
+        return verdict.decision, Spend(held, verdict.skipped, verdict.state, cap)
+
+    async def _stored(self, decision: Decision) -> frozenset[str]:
+        """The tiers of the chain already in the result store (one bounded lookup)."""
+        plan = decision.cache
+        if plan is None or not plan.lookup:
+            return frozenset()
+        tiers = [decision.table.models[name] for name in budget_chain(decision)]
+        deadline = self.clock() + decision.route.budget_ms / 1000
+        found = await self.coordinator.lookup_chain(decision.route, tiers, decision.request, plan, deadline)
+        return frozenset(found.hits) if found is not None else frozenset()
 
     async def _run(
         self, decision: Decision, admission: Admission | None, cache: ResultCache | None, spend: Spend | None = None
@@ -267,6 +299,8 @@ class Gateway(Catalog, Readout):
         billing = decision.table.billing
         if billing is not None:
             usage = bill(billing, served, decision.request)
+            if spend is not None:
+                usage = spend.charge(usage)
             self.budgets.record(decision.tenant, decision.route.name, served.model.name, usage)
             if spend is not None:
                 self.budgets.settle(spend.held, usage.cost.total)
@@ -275,7 +309,7 @@ class Gateway(Catalog, Readout):
                 changes["usage"] = usage
         if admission is not None:
             self.tenants.count(decision.tenant, "served")
-            headers = {**admission.headers, **spend.held.headers()} if spend is not None else admission.headers
+            headers = {**admission.headers, **spend.headers()} if spend is not None else admission.headers
             changes.update(tenant=decision.tenant, limit_headers=headers)
         return dataclasses.replace(served, **changes) if changes else served  # one copy, or none
 

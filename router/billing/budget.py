@@ -10,6 +10,10 @@ The quote of a tier, reserved before it runs, is its price at the estimated comp
 (the model's ``latency_hint_ms`` per image) times ``quote_margin``; the store reserves
 ``max(quote[i:])`` for the first affordable tier ``i`` so whichever later tier the
 latency walk ends on is covered (router/state/spend.py).
+
+What the reservation's reply says of the windows — the share of the fullest one already
+spent or held by other requests (:func:`used_share`) — is what ``warn_at`` and
+``downgrade_at`` are compared with (:func:`router.decide.budget_rules`).
 """
 
 from __future__ import annotations
@@ -19,10 +23,10 @@ import datetime as dt
 from typing import NamedTuple
 
 from router.billing.price import Shape, quote
-from router.billing.spec import MICROS, Billing, Budget, BudgetLimit
+from router.billing.spec import MICROS, Billing, Budget, BudgetLimit, Price
 from router.config.table import Model
 
-__all__ = ["KEEP_S", "Window", "quotes", "refusal", "window", "windows"]
+__all__ = ["KEEP_S", "Window", "hit_quote", "quotes", "refusal", "used_share", "window", "windows"]
 
 KEEP_S = 7 * 86400  # a window's key outlives its period by this much
 
@@ -74,6 +78,20 @@ def quotes(billing: Billing, chain: list[Model], images: int, steps: int | None)
         estimate = model.latency_hint_ms / 1000 * images
         out.append(quote(billing, model.price, images, estimate, Shape(model.native_side, steps), False))
     return out
+
+
+def hit_quote(billing: Billing, images: int) -> int:
+    """What ``images`` images from the result store are reserved at: the hit price x
+    ``quote_margin`` (0 when hits are free)."""
+    return quote(billing, Price(), images, 0.0, Shape(), True)
+
+
+def used_share(wins: list[Window], available: list[int], held: int) -> float:
+    """The largest share of a window spent or held by other requests when this one
+    arrived: ``available`` is each window's after this request's ``held`` amount was
+    reserved. A window with no amount counts as full."""
+    shares = [1.0 if w.limit <= 0 else (w.limit - a - held) / w.limit for w, a in zip(wins, available, strict=True)]
+    return max(shares, default=0.0)
 
 
 def refusal(tenant: str, wins: list[Window], available: list[int]) -> tuple[str, Window]:

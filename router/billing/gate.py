@@ -5,6 +5,9 @@ module holds the replica's side: it asks the shared state store for one atomic
 reservation over all of the tenant's windows, and settles each request exactly once —
 off the request path, retried with the same key, so a retry after a lost reply or a
 replay after a crash counts once (the store keeps a ``done`` marker per request).
+What a reply allows — warn, brownout, a stored image for an exhausted tenant — is decided
+by :func:`router.decide.budget_rules`; :meth:`BudgetGate.hold_hit` then reserves such an
+image's hit price, and :meth:`Spend.charge` keeps its answer within what was reserved.
 
 **Store unreachable** (its call bounded by ``state.timeout_ms``): ``fail: closed``
 refuses (``503 store_unavailable``); ``fail: open`` admits against a per-replica shadow
@@ -19,6 +22,7 @@ fails open). Settlements that could not be written are retried later
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import secrets
 import time
@@ -26,7 +30,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from router.billing import ledger
-from router.billing.budget import Window, quotes, refusal, windows
+from router.billing.budget import Window, hit_quote, quotes, refusal, used_share, windows
+from router.billing.price import Cost
 from router.billing.spec import Billing
 from router.billing.usage import Usage
 from router.config.table import Model, Tenant
@@ -53,6 +58,7 @@ class Reservation:
     amount: int  # micro-units held
     available: list[int]  # per window, after this reservation
     local: bool = False  # admitted while the store did not answer (fail: open)
+    used: float = 0.0  # the fullest window's share spent or held before this request (warn_at, downgrade_at)
 
     @property
     def index(self) -> str:
@@ -77,10 +83,27 @@ class Reservation:
 
 @dataclass(frozen=True, slots=True)
 class Spend:
-    """A request's reservation and the tiers it skipped for the budget (``budget``)."""
+    """A request's reservation, the tiers it skipped for the budget (``budget``), the
+    budget's state (``X-Router-Budget``: ``ok``, ``warn``, ``brownout`` or ``exhausted``:
+    served from the store) and the most its answer may be charged (``None``: no cap)."""
 
     held: Reservation
     skipped: tuple[tuple[str, str], ...]
+    state: str = "ok"
+    cap: int | None = None
+
+    def headers(self) -> dict[str, str]:
+        """The binding window's ``x-ratelimit-*-spend`` and ``X-Router-Budget`` (nothing
+        when the store did not answer: nothing is known)."""
+        spend = self.held.headers()
+        return {**spend, "x-router-budget": self.state} if spend else spend
+
+    def charge(self, usage: Usage) -> Usage:
+        """``usage`` as billed: free when it costs more than the cap (a stored image an
+        exhausted tenant was promised, made after all because it left the store meanwhile)."""
+        if self.cap is None or usage.cost.total <= self.cap:
+            return usage
+        return dataclasses.replace(usage, cost=Cost())
 
 
 class BudgetGate:
@@ -96,16 +119,44 @@ class BudgetGate:
     async def reserve(
         self, tenant: Tenant, billing: Billing, chain: list[Model], images: int, steps: int | None, budget_s: float
     ) -> Reservation | None:
-        """The tenant's reservation for this chain (``None``: it has no budget); raises
-        :class:`InsufficientQuota` when no tier fits, :class:`StoreUnavailable` when
-        the store did not answer and the budget says ``fail: closed``."""
+        """:meth:`hold`, raising :class:`InsufficientQuota` when no tier fits."""
+        held = await self.hold(tenant, billing, chain, images, steps, budget_s)
+        if held is not None and held.tier < 0:
+            raise self.refusal(held)
+        return held
+
+    async def hold(
+        self, tenant: Tenant, billing: Billing, chain: list[Model], images: int, steps: int | None, budget_s: float
+    ) -> Reservation | None:
+        """The tenant's reservation for this chain (``None``: it has no budget; ``tier``
+        -1: no tier fits, nothing held — :func:`router.decide.budget_rules` decides what
+        then); raises :class:`StoreUnavailable` when the store did not answer and the
+        budget says ``fail: closed``. With ``on_exhausted: reject`` only the intended
+        tier is quoted, unless a brownout (``downgrade_at``) may serve a later one."""
         budget = tenant.budget
         if budget is None:
             return None
-        wins = windows(tenant.name, budget, self.wall())
         asked = quotes(billing, chain, images, steps)
-        if budget.on_exhausted == "reject":
+        if budget.on_exhausted == "reject" and budget.downgrade_at is None:
             asked = asked[:1]  # only the intended tier: no budget downgrade
+        return await self._hold(tenant, windows(tenant.name, budget, self.wall()), asked, budget_s)
+
+    async def hold_hit(
+        self, tenant: Tenant, held: Reservation, billing: Billing, images: int, budget_s: float
+    ) -> tuple[Reservation, int]:
+        """A stored image for a tenant whose budget pays for no tier (docs/billing.md):
+        ``held`` is given back and the hit price reserved instead. Returns the
+        reservation to settle and the most the answer may be charged — 0 when the hit
+        price does not fit either: the image is served free, never past the limit."""
+        if held.amount > 0:
+            self.settle(held, 0)
+        amount = hit_quote(billing, images)
+        if amount == 0:
+            return dataclasses.replace(held, tier=-1, amount=0), 0
+        hit = await self._hold(tenant, held.windows, [amount], budget_s)
+        return hit, hit.amount  # 0 when it does not fit: nothing held
+
+    async def _hold(self, tenant: Tenant, wins: list[Window], asked: list[int], budget_s: float) -> Reservation:
         holder = f"bres:{tenant.name}:{secrets.token_hex(8)}"
         reservation = Reservation(tenant.name, holder, wins, 0, 0, [])
         ttl_ms = int((budget_s + RESERVE_EXTRA_S) * 1000)
@@ -114,23 +165,32 @@ class BudgetGate:
         try:
             reply = await store.reserve([reservation.index, holder, *(w.key for w in wins)], args) if store else None
         except asyncio.CancelledError:  # the client left mid-call: the store may hold it; give it back
-            self.settle(reservation, 0)
+            self._give_back(reservation)
             raise
         if reply is None:
             return self._unreachable(tenant, reservation, asked)
         tier, amount, available = reply[0], reply[1], reply[2:]
         self._shadow[tenant.name] = min(available) if available else 0
-        if tier < 0:
-            message, win = refusal(tenant.name, wins, available)
-            reservation.available = available
-            raise InsufficientQuota(
-                message,
-                retry_after_s=max(1, int(win.resets_at - self.wall())),
-                headers={"x-should-retry": "false", **reservation.headers()},
-                tenant=tenant.name,
-            )
         reservation.tier, reservation.amount, reservation.available = tier, amount, available
+        reservation.used = used_share(wins, available, amount)
         return reservation
+
+    def refusal(self, held: Reservation) -> InsufficientQuota:
+        """The ``429 insufficient_quota`` for a request its budget cannot serve; whatever
+        ``held`` holds is given back first."""
+        if held.amount > 0:
+            self.settle(held, 0)
+            held = dataclasses.replace(held, amount=0, available=[a + held.amount for a in held.available])
+        headers = {"x-should-retry": "false"}
+        if held.available:
+            message, win = refusal(held.tenant, held.windows, held.available)
+            retry_s = max(1, int(win.resets_at - self.wall()))
+            headers.update(held.headers())
+            headers["x-router-budget"] = "exhausted"
+        else:  # the store did not answer, and this replica's shadow of the budget is spent
+            message = f"tenant {held.tenant!r}: the state store is unreachable and this replica's share is spent"
+            retry_s = 1
+        return InsufficientQuota(message, retry_after_s=retry_s, headers=headers, tenant=held.tenant)
 
     def _unreachable(self, tenant: Tenant, reservation: Reservation, asked: list[int]) -> Reservation:
         assert tenant.budget is not None
@@ -138,21 +198,26 @@ class BudgetGate:
             raise StoreUnavailable(f"the state store did not answer: tenant {tenant.name!r}'s budget cannot be checked")
         left = self._shadow.get(tenant.name)
         amount = asked[0] if asked else 0
+        reservation.local = True
         if left is not None and amount > left:
-            raise InsufficientQuota(
-                f"tenant {tenant.name!r}: the state store is unreachable and this replica's share is spent",
-                retry_after_s=1,
-                headers={"x-should-retry": "false"},
-                tenant=tenant.name,
-            )
+            reservation.tier = -1  # this replica's share is spent: nothing held
+            return reservation
         if left is not None:
             self._shadow[tenant.name] = left - amount
-        reservation.amount, reservation.local = amount, True
+        reservation.amount = amount
         return reservation
+
+    def _give_back(self, reservation: Reservation) -> None:
+        task = asyncio.get_running_loop().create_task(self._settle(reservation, 0))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     def settle(self, reservation: Reservation, actual: int) -> None:
         """Count ``actual`` micro-units spent (0: nothing ran: the hold is given back),
-        off the request path, retried until the store takes it."""
+        off the request path, retried until the store takes it. Nothing held and
+        nothing spent: nothing to write."""
+        if actual == 0 and reservation.amount == 0:
+            return
         task = asyncio.get_running_loop().create_task(self._settle(reservation, actual))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
