@@ -99,7 +99,7 @@ class Gateway(Catalog, Readout):
         self.pool.sync(table.backends)
         self.cache: ResultCache | None = None
         self.state_store: GuardedState | None = open_state(table.state) if table.state is not None else None
-        self.fill = Filler(self.dispatcher, lambda: self._table)
+        self.fill = Filler(self.dispatcher, lambda: self._table, clock=clock)
         self.hitters = HeavyHitters()
         self.tenants = TenantGate(self._limit_store, clock, metrics=metrics)
         self.budgets = BudgetGate(lambda: self.state_store)
@@ -267,6 +267,7 @@ class Gateway(Catalog, Readout):
             if held is not None:
                 self.budgets.settle(held, 0)
             raise
+        self.budgets.decided(held, verdict.state)
         return verdict.decision, Spend(held, verdict.skipped, verdict.state, cap)
 
     async def _stored(self, decision: Decision) -> frozenset[str]:

@@ -46,7 +46,16 @@ from router.served import Served
 __all__ = ["OpenAIImagesRequest", "generate", "openai_answer", "openai_images", "openai_size"]
 
 _SIZE = re.compile(r"^(\d{1,5})x(\d{1,5})$")
-_OPENAI_FIELDS = {"WIDTH": "size", "HEIGHT": "size", "STEPS": "steps", "SEED": "seed", "PROMPT": "prompt"}
+_OPENAI_FIELDS = {
+    "WIDTH": "size",
+    "HEIGHT": "size",
+    "STEPS": "steps",
+    "SEED": "seed",
+    "PROMPT": "prompt",
+    "INIT_IMAGE": "image",  # an edit's picture (a hosted backend refuses it)
+    "MASK": "mask",
+    "STRENGTH": "strength",
+}
 
 
 class OpenAIImagesRequest(BaseModel):

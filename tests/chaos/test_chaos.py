@@ -90,9 +90,15 @@ def test_killing_one_of_two_replicas_under_load(replicas: list[TritonServer], tm
         assert tally.downgraded <= 2 and tally.served_by.get("draft@1", 0) >= tally.answered - 2, tally.served_by
         assert replica(gw, a.http_url)["healthy"] is False
         assert replica(gw, b.http_url)["served"] > 0
-        # ... and /metrics says so: the retries, and which replica is out
+        # ... and /metrics says so: the calls sent to the other replica (retried after the
+        # kill, or hedged before it when a call on the loaded replica was overdue), and
+        # which replica is out
         metrics = scrape(gw)
-        assert metrics[("router_retries_total", (("backend", "triton"),))] > 0
+        resent = (
+            ("router_retries_total", (("backend", "triton"),)),
+            ("router_replica_hedges_total", (("backend", "triton"),)),
+        )
+        assert sum(metrics[key] for key in resent) > 0
         assert metrics[("router_replica_healthy", (("backend", "triton"), ("replica", a.http_url)))] == 0
         assert metrics[("router_replica_healthy", (("backend", "triton"), ("replica", b.http_url)))] == 1
         healthy_afterwards(gw)
