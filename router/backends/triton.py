@@ -45,13 +45,11 @@ from router.backends.replicas import Replica, ReplicaSet
 from router.config.table import Backend, Model
 from router.errors import BackendError, BackendRejected, BackendTimeout, BackendUnavailable
 from router.kserve import decode_response, encode_request
+from router.policy import hedge
 from router.policy.forecast import Forecast
 from router.policy.retry_budget import RetryBudget
 
-__all__ = ["HEDGE_FACTOR", "HEDGE_SLACK_S", "TritonBackend", "compute_ns", "map_triton_error"]
-
-HEDGE_FACTOR = 2.0  # a call this many times slower than the slowest recent answer is overdue
-HEDGE_SLACK_S = 0.05  # ... plus this, so a tier of a few milliseconds is not hedged on jitter
+__all__ = ["TritonBackend", "compute_ns", "map_triton_error"]
 
 
 def map_triton_error(exc: BaseException) -> BackendError:
@@ -141,10 +139,14 @@ class TritonBackend:
         self.hedges = 0  # calls sent to a second replica because the first was overdue
 
     def busy(self) -> bool:
-        """Anything ahead on any model of any replica (executing, queued, or abandoned
-        but still computing): the backend's devices are not idle."""
+        """No replica in service is idle: each has something ahead on some model
+        (executing, queued, or abandoned but still computing) — its devices are at work.
+        With several replicas, one idle replica is room for background work (it is the
+        one :meth:`ReplicaSet.choose` picks: nothing ahead there)."""
         now = self.clock()
-        return any(lane.ahead(now) > 0 for r in self.replicas.replicas for lane in r.lanes.values())
+        return not any(
+            all(lane.ahead(now) == 0 for lane in r.lanes.values()) for r in self.replicas.replicas if r.healthy
+        )
 
     def _client(self) -> aioclient.InferenceServerClient:
         """A ``tritonclient`` for metadata and readiness, on the first replica in service;
@@ -228,48 +230,61 @@ class TritonBackend:
         tried: set[Replica],
     ) -> ImageResult:
         """The call on ``replica``, and the same call on another replica once the first is
-        overdue — later than :data:`HEDGE_FACTOR` times the slowest recent answer there
-        (its queue played forward) — whichever answers first wins and the other is
-        cancelled. A replica that froze (SIGSTOP, a GPU hang, a full network buffer)
-        answers nothing and fails no health check for a while: without this, every
-        request caught on it waited out its timeout before the budget walk could fall
-        back. Hedges spend the retry budget, so a slow spell cannot double the load."""
+        overdue and the other can still answer in time (:mod:`router.policy.hedge`):
+        whichever answers first wins and the other is cancelled. Hedges spend the retry
+        budget, so a slow spell cannot double the load. A first call the hedge beat
+        counts against its replica's model circuit (a frozen replica stops being chosen
+        first); a hedge that loses counts against nobody."""
         now = self.clock()
-        overdue_s = HEDGE_FACTOR * replica.lane(model).forecast(now).ceiling_s + HEDGE_SLACK_S
         first = asyncio.ensure_future(self._infer(replica, model, request, deadline - now, priority))
         calls = [first]
         try:
-            done, _ = await asyncio.wait(calls, timeout=min(overdue_s, max(0.0, deadline - now)))
+            wait_s = min(hedge.overdue_after(replica.lane(model).forecast(now)), max(0.0, deadline - now))
+            done, _ = await asyncio.wait(calls, timeout=wait_s)
             if done:
                 return first.result()
             other = self.replicas.choose(model, tried)
             now = self.clock()
-            if other is None or deadline - now <= 0 or not self._budget.try_spend(now):
+            if (
+                other is None
+                or not hedge.worth_hedging(other.lane(model).forecast(now), deadline - now)
+                or not self._budget.try_spend(now)
+            ):
                 return await first
             tried.add(other)
             self.hedges += 1
-            calls.append(asyncio.ensure_future(self._infer(other, model, request, deadline - now, priority)))
-            failure: BaseException | None = None
-            pending = set(calls)
-            while pending:
-                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-                for call in done:
-                    if call.exception() is None:
-                        return call.result()
-                    failure = failure or call.exception()
-            assert failure is not None
-            raise failure
+            second = self._infer(other, model, request, deadline - now, priority, counted=False)
+            calls.append(asyncio.ensure_future(second))
+            await asyncio.wait(calls, return_when=asyncio.FIRST_COMPLETED)
+            won = next((c for c in calls if c.done() and not c.cancelled() and c.exception() is None), None)
+            if won is None:  # one failed: the other may still answer
+                await asyncio.wait(calls)
+                won = next((c for c in calls if not c.cancelled() and c.exception() is None), None)
+            if won is None:  # both failed: the first call's error (a fixed rule decides the retry)
+                error = first.exception() or calls[1].exception()
+                assert error is not None
+                raise error
+            if won is not first and not first.done():  # beaten while still waiting: overdue there
+                replica.model_breaker(model.name).record(self.clock(), False)
+            return won.result()
         finally:
             for call in calls:
                 if not call.done():
                     call.cancel()  # over gRPC the loser stops in Triton too
-                    call.add_done_callback(_quiet)
+                call.add_done_callback(_quiet)
 
     async def _infer(
-        self, replica: Replica, model: Model, request: ImageRequest, timeout_s: float, priority: int | None
+        self,
+        replica: Replica,
+        model: Model,
+        request: ImageRequest,
+        timeout_s: float,
+        priority: int | None,
+        counted: bool = True,
     ) -> ImageResult:
         """One call on ``replica`` (over its protocol), with the replica's bookkeeping:
-        its lane, circuits and health."""
+        its lane, circuits and health (``counted``: a cancellation near its timeout counts
+        against the replica; not for a hedge, cancelled because the other call won)."""
         replica.outstanding += 1
         lane = replica.lane(model)
         t0 = self.clock()
@@ -290,7 +305,7 @@ class TritonBackend:
                 lane.cancel(ticket, self.clock())
             else:  # HTTP: Triton computes it anyway
                 lane.abandon(ticket, self.clock())
-            if self.clock() - t0 >= 0.9 * timeout_s:  # ran out its time here: count it
+            if counted and self.clock() - t0 >= 0.9 * timeout_s:  # ran out its time here: count it
                 replica.failed += 1
                 replica.model_breaker(model.name).record(self.clock(), False)
             raise
@@ -301,6 +316,9 @@ class TritonBackend:
                 lane.done(ticket, self.clock(), ok=False)
             counts_against = not isinstance(failure, BackendRejected) and not failure.retryable
             replica.model_breaker(model.name).record(self.clock(), not counts_against)
+            raise
+        except Exception:  # a fault of ours (encoding, a channel a reload closed): never a ticket left behind
+            lane.done(ticket, self.clock(), ok=False)
             raise
         finally:
             replica.outstanding -= 1

@@ -34,7 +34,7 @@ from router.backends.base import ImageRequest, ImageResult
 from router.backends.pool import BackendPool
 from router.cache.entry import Entry
 from router.cache.flight import Flights
-from router.cache.keys import CacheKey
+from router.cache.keys import CacheKey, lease_key
 from router.cache.service import ResultCache
 from router.config.table import Model, Route
 from router.dispatch.stored import Flight, Lookup, Stored
@@ -99,7 +99,7 @@ class Coordinator:
                 checks = await asyncio.gather(*(self._trusted(model, wait) for model in unsure))
                 trusted |= {model.name for model, ok in zip(unsure, checks, strict=True) if ok}
         keys = {model.name: self.key(route, model, request, plan.scope) for model in tiers}
-        if self.flights.running(str(keys[tiers[0].name])) is not None:
+        if self.flights.running(lease_key(keys[tiers[0].name])) is not None:
             trusted = set()  # the intended tier is being made here: join it, no store call
         hits: dict[str, Stored] = {}
         if trusted:
@@ -114,9 +114,9 @@ class Coordinator:
         for that task, each at most its own time. When it fails, a waiter makes its own
         attempt if time is left."""
         assert isinstance(key, CacheKey)
-        running = self.flights.running(str(key))
+        running = self.flights.running(lease_key(key))  # the lease's identity: one flight whatever the version
         if running is None:
-            task = self.flights.start(str(key), lambda: self._obtain(key, flight))
+            task = self.flights.start(lease_key(key), lambda: self._obtain(key, flight))
             if flight.hold is not None:
                 flight.hold(task)
             outcome = await self.flights.wait(task, flight.deadline - self.clock())

@@ -24,6 +24,7 @@ import logging
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
@@ -185,6 +186,9 @@ class RedisStore:
 
 
 LEASE_BOUND = 4  # a lease may take this many lookup bounds
+# Leases open their circuit only on 10 unanswered in a row, never on a ratio: a burst's
+# share of slow answers from a busy (not hung) store must not stop coordination.
+LEASE_CIRCUIT = replace(CIRCUIT, failure_ratio=1.0, min_requests=1_000_000)
 
 
 class GuardedStore(Bounded):
@@ -199,7 +203,7 @@ class GuardedStore(Bounded):
         # leases have a circuit of their own: a burst's timed-out lookups do not stop
         # coordination, but a store whose leases keep timing out (hung) is not asked on
         # every miss for a lease it will not give
-        self.lease_breaker = CircuitBreaker(CIRCUIT)
+        self.lease_breaker = CircuitBreaker(LEASE_CIRCUIT)
 
     @property
     def wait_bound_s(self) -> float:

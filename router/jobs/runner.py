@@ -112,9 +112,11 @@ class JobRunner:
         tasks = [t for t in (self._loop, self._delivering, *self.attempts.values()) if t is not None]
         for task in tasks:
             task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        if tasks:  # asyncio.wait lets a cancellation of aclose itself through (a shutdown bound)
+            await asyncio.wait(tasks)
+            for task in tasks:  # their faults were logged where they happened: taken, not raised
+                if not task.cancelled():
+                    task.exception()
         store = self.store()
         if store is not None:
             for job_id in running:
@@ -190,12 +192,17 @@ class JobRunner:
         pacer.min_share = config.tier(tier).min_share
         wall = self.wall()
         candidates = await store.candidates(tier)
+        expected_s = self._expected_s(table, tier)
+        idle = self.gateway.dispatcher.idle(table.models[tier])
+        first = pick(candidates, wall, expected_s, config.urgency_margin_s, set())
+        if first is None or pacer.mode(idle, first[1] == "urgent", self.clock()) is None:
+            return  # nothing may start now: the tenants' caps are not read (a store call each)
         capped = await store.capped(candidates)  # tenants at their max_running: their jobs wait
-        picked = pick(candidates, wall, self._expected_s(table, tier), config.urgency_margin_s, capped)
+        picked = pick(candidates, wall, expected_s, config.urgency_margin_s, capped)
         if picked is None:
             return
         job, order = picked
-        mode = pacer.mode(self.gateway.dispatcher.idle(table.models[tier]), order == "urgent", self.clock())
+        mode = pacer.mode(idle, order == "urgent", self.clock())
         if mode is None:
             return
         taken = await store.claim(job, self.owner, wall)

@@ -13,9 +13,10 @@ import pytest
 
 from router.backends.base import ImageRequest, ImageResult
 from router.backends.replicas import Replica
-from router.backends.triton import HEDGE_FACTOR, HEDGE_SLACK_S, TritonBackend
+from router.backends.triton import TritonBackend
 from router.config.table import Backend, Model, RetryPolicy
 from router.errors import BackendTimeout
+from router.policy.hedge import FACTOR, SLACK_S
 from tests.virtual_time import virtual_time
 
 DRAFT = Model("draft", "t", "draft", None, 100.0)  # a 100 ms hint: the lane's prior
@@ -45,7 +46,7 @@ def now() -> float:
     return asyncio.get_running_loop().time()
 
 
-OVERDUE_S = HEDGE_FACTOR * 0.1 + HEDGE_SLACK_S
+OVERDUE_S = FACTOR * 0.1 + SLACK_S
 
 
 @virtual_time
@@ -59,6 +60,10 @@ async def test_a_frozen_replicas_call_is_answered_by_the_other_soon_after_it_is_
     r0 = b.replicas.replicas[0]
     await asyncio.sleep(0)  # the loser's cancellation lands
     assert r0.outstanding == 0 and r0.lane(DRAFT).ahead(now()) <= 1  # given up, counted as abandoned
+    # beaten while still waiting: counted against the frozen replica's model circuit, and
+    # the winner's replica is not blamed for anything
+    assert r0.model_breaker("draft").failures_in_a_row == 1
+    assert b.replicas.replicas[1].model_breaker("draft").failures_in_a_row == 0
 
 
 @virtual_time
@@ -94,3 +99,37 @@ async def test_hedges_spend_the_retry_budget_and_stop_when_it_is_spent() -> None
         await b.generate(DRAFT, REQ, timeout_s=1.0)
     assert b.hedges == 3 and now() - t0 == pytest.approx(1.0, abs=1e-3)
     assert calls == ["http://r0:1", "http://r1:1"] * 3 + ["http://r0:1"]
+
+
+@virtual_time
+async def test_no_hedge_is_sent_that_could_not_answer_before_the_deadline() -> None:
+    """r1's recent answers take 1 s; 0.25 s after sending to a frozen r0 only 0.35 s are
+    left: a hedge there would be a second computation for nothing."""
+    b, calls = backend({"http://r0:1": 3600.0, "http://r1:1": 1.0})
+    r1 = b.replicas.replicas[1]
+    lane = r1.lane(DRAFT)
+    for _ in range(3):  # r1's recent service time: 1 s
+        t = lane.send(now())
+        lane.done(t, now() + 1.0, ok=True)
+    b.replicas.choose = lambda model, exclude: next(  # type: ignore[method-assign]
+        (r for r in b.replicas.replicas if r not in exclude), None
+    )
+    with pytest.raises(BackendTimeout):
+        await b.generate(DRAFT, REQ, timeout_s=0.6)
+    assert calls == ["http://r0:1"] and b.hedges == 0
+
+
+@virtual_time
+async def test_a_fault_of_our_own_leaves_no_ticket_in_the_lane() -> None:
+    """Anything raised that is not a backend's answer (an encoding bug, a closed channel)
+    still gives the lane its ticket back: a stuck ``ahead`` would keep the backend busy
+    for background work for good."""
+    b, _calls = backend({"http://r0:1": 0.01, "http://r1:1": 0.01})
+
+    async def broken(*args: object, **kwargs: object) -> ImageResult:
+        raise KeyError("IMAGE")
+
+    b._call_http = broken  # type: ignore[assignment,method-assign]
+    with pytest.raises(KeyError):
+        await b.generate(DRAFT, REQ, timeout_s=1.0)
+    assert all(r.lane(DRAFT).ahead(now()) == 0 for r in b.replicas.replicas) and not b.busy()

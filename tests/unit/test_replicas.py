@@ -137,7 +137,8 @@ def test_discovered_replicas_follow_the_addresses_and_keep_their_state() -> None
 
 def test_background_work_waits_while_any_model_of_its_backend_is_busy() -> None:
     """One Triton's models share its devices: a job or an upgrade on quality is not
-    started while draft is being answered there (Dispatcher.idle asks the backend)."""
+    started while every replica is answering something (Dispatcher.idle asks the
+    backend); one idle replica is room enough."""
     from router.backends.pool import BackendPool
     from router.backends.triton import TritonBackend
     from router.dispatch import Dispatcher
@@ -150,9 +151,14 @@ def test_background_work_waits_while_any_model_of_its_backend_is_busy() -> None:
     pool.sync({"t": spec})
     dispatcher = Dispatcher(pool, LatencyStats(clock), clock)
     quality = Model("quality", "t", "quality", None, 3000.0)
+    r0, r1 = backend.replicas.replicas
     assert dispatcher.idle(quality) and not backend.busy()
-    ticket = backend.replicas.replicas[1].lane(DRAFT).send(clock.now)  # a live draft request on r1
+    on_r1 = r1.lane(DRAFT).send(clock.now)  # a live draft request on r1: r0 is still idle
+    assert not backend.busy() and dispatcher.idle(quality)
+    on_r0 = r0.lane(NOOP).send(clock.now)  # and one on r0: no replica is idle
     assert backend.busy() and not dispatcher.idle(quality)
+    assert dispatcher.idle(quality, whole_backend=False)  # what a rollout's shadow asks
     clock.now += 0.1
-    backend.replicas.replicas[1].lane(DRAFT).done(ticket, clock.now, ok=True)
+    r1.lane(DRAFT).done(on_r1, clock.now, ok=True)
     assert dispatcher.idle(quality)
+    r0.lane(NOOP).done(on_r0, clock.now, ok=True)
