@@ -27,6 +27,7 @@ from starlette.routing import Route
 from router.errors import NotFound
 from router.http import (
     admin_api,
+    budgets_api,
     canary_api,
     edits,
     image_files,
@@ -39,7 +40,7 @@ from router.http import (
 from router.http.admin_api import SignInThrottle, check_readout
 from router.http.errors import RequestIdMiddleware, exception_handlers
 from router.http.observe import ObserveMiddleware
-from router.http.usage_api import admin_usage
+from router.http.usage_api import admin_usage, tenant_usage
 from router.rpc import GrpcEdge, GrpcOptions
 from router.runtime import Runtime
 from router.telemetry import Metrics, Tracing
@@ -75,6 +76,7 @@ def _routes() -> list[Route]:
         Route("/api/v1/generate", images_api.generate, methods=["POST"]),
         *jobs_api.ROUTES,  # async jobs (issue 32): before /v1/images/{name}
         Route("/v1/images/{name}", image_files.image_file, methods=["GET", "HEAD"]),
+        Route("/v1/usage", tenant_usage, methods=["GET"]),
         Route("/v2", k.server_metadata, methods=["GET"]),
         Route("/v2/health/live", k.live, methods=["GET"]),
         Route("/v2/health/ready", k.ready, methods=["GET"]),
@@ -101,6 +103,7 @@ def _routes() -> list[Route]:
         Route("/admin/canary/{route}", canary_api.canary_one, methods=["GET"]),
         Route("/admin/canary/{route}/{action}", canary_api.canary_action, methods=["POST"]),
         *jobs_admin.ROUTES,
+        *budgets_api.ROUTES,
         Route("/admin/", status_page.status_page, methods=["GET"]),
         Route("/admin/status.json", status_page.status_json, methods=["GET"]),
         Route("/admin/login", status_page.login_form, methods=["GET"]),

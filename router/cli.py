@@ -9,6 +9,7 @@ router cache     stats or purge the result cache of a running gateway
 router pregen    fill the cache from a list of prompts, on idle capacity
 router canary    canary rollouts of a running gateway: status, pause, resume, promote, abort
 router jobs      async jobs of a running gateway: counts, drain, resume, list, show, cancel
+router budgets   spend budgets of a running gateway: list, show, credit
 """
 
 from __future__ import annotations
@@ -292,6 +293,7 @@ COMMANDS = {
     "pregen": cli_admin.cmd_pregen,
     "canary": cli_admin.cmd_canary,
     "jobs": cli_admin.cmd_jobs,
+    "budgets": cli_admin.cmd_budgets,
 }
 
 

@@ -1,5 +1,5 @@
-"""``router cache``, ``router pregen``, ``router canary`` and ``router jobs``: the admin
-API from a terminal.
+"""``router cache``, ``router pregen``, ``router canary``, ``router jobs`` and ``router
+budgets``: the admin API from a terminal.
 
 They talk to a running gateway (``--url``, default ``http://127.0.0.1:8080``) with
 ``ROUTER_ADMIN_TOKEN`` as the bearer token, exactly as a script with ``curl`` would:
@@ -13,11 +13,16 @@ them, and follows the queue with a progress bar until it is drained.
 ``router jobs`` reads the async jobs' counts, drains or resumes the replica it reaches
 (``drain --wait`` returns once that replica runs nothing: then it can go down), and
 lists, shows or cancels jobs of any tenant.
+
+``router budgets`` lists the spend budgets' windows (spent, held, remaining, when they
+reset), shows one tenant's, and credits a tenant (``credit TENANT AMOUNT [--window
+day]``: the window's spent lowered, never below zero).
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
 import os
 import sys
@@ -29,9 +34,12 @@ import httpx
 from tqdm import tqdm
 
 __all__ = [
+    "add_budgets_parser",
     "add_canary_parser",
     "add_jobs_parser",
     "add_parsers",
+    "budget_lines",
+    "cmd_budgets",
     "cmd_cache",
     "cmd_canary",
     "cmd_jobs",
@@ -55,6 +63,18 @@ def add_parsers(sub: Any) -> None:
     pregen.add_argument("--no-wait", action="store_true", help="queue them and return")
     add_canary_parser(sub)
     add_jobs_parser(sub)
+    add_budgets_parser(sub)
+
+
+def add_budgets_parser(sub: Any) -> None:
+    budgets = sub.add_parser("budgets", help="spend budgets of a running gateway: list, show, credit")
+    budgets.add_argument("action", choices=["list", "show", "credit"])
+    budgets.add_argument("tenant", nargs="?", help="show, credit: the tenant")
+    budgets.add_argument("amount", nargs="?", type=float, help="credit: how much (in the billing currency)")
+    budgets.add_argument("--window", help="credit: only this window (day, week, month, 1h…; default: every one)")
+    budgets.add_argument("--note", help="credit: why (in the audit line)")
+    budgets.add_argument("--url", default="http://127.0.0.1:8080", help="the gateway")
+    budgets.add_argument("--json", action="store_true", help="the full JSON")
 
 
 def add_jobs_parser(sub: Any) -> None:
@@ -205,6 +225,47 @@ def _wait_drained(client: httpx.Client, overview: dict[str, Any], timeout_s: flo
         if overview["replica"] != replica:
             raise SystemExit(f"error: --url reached another replica ({overview['replica']}): address the pod itself")
     print(f"{replica} runs no job: drained")
+    return 0
+
+
+def budget_lines(view: dict[str, Any], currency: str) -> list[str]:
+    """One tenant of ``GET /admin/budgets`` for a terminal: a line per window."""
+    lines = []
+    for w in view["windows"]:
+        resets = dt.datetime.fromtimestamp(w["resets_at"], dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        lines.append(
+            f"{view['tenant']}  {w['per']:<6} spent {w['spent']:.6f} + held {w['reserved']:.6f} of "
+            f"{w['limit']:.6f} {currency} ({100 * w['used']:.0f}%, {w['state']})  "
+            f"{w['remaining']:.6f} left, resets {resets}"
+        )
+    return lines
+
+
+def cmd_budgets(args: argparse.Namespace) -> int:
+    if args.action in ("show", "credit") and not args.tenant:
+        raise SystemExit(f"error: router budgets {args.action} needs a TENANT")
+    if args.action == "credit" and args.amount is None:
+        raise SystemExit("error: router budgets credit needs an AMOUNT")
+    with _client(args.url) as client:
+        if args.action == "list":
+            result = _check(client.get("/admin/budgets"))
+            views = result["tenants"]
+        elif args.action == "show":
+            result = _check(client.get(f"/admin/budgets/{args.tenant}"))
+            views = [result]
+        else:
+            body = {"amount": args.amount, "window": args.window, "note": args.note}
+            result = _check(client.post(f"/admin/budgets/{args.tenant}/credit", json=body))
+            views = [result]
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    for c in result.get("credited", []):
+        after = c["spent_before"] - c["credited"]
+        print(f"credited {args.tenant} {c['credited']:.6f} {result['currency']} on {c['per']} "
+              f"(spent {c['spent_before']:.6f} -> {after:.6f})")  # fmt: skip
+    lines = [line for view in views for line in budget_lines(view, result["currency"])]
+    print("\n".join(lines) or "no tenant has a budget")
     return 0
 
 

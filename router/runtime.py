@@ -59,6 +59,7 @@ class Runtime:
                     **self.gateway.state(),
                     "reloads": self.reloader.counts,
                     "jobs": self.jobs.describe(),
+                    "billing": self.gateway.budgets.describe(self.gateway.table),
                     "access_log_dropped": access.dropped if access is not None else 0,
                 }
             )

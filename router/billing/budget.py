@@ -26,7 +26,7 @@ from router.billing.price import Shape, quote
 from router.billing.spec import MICROS, Billing, Budget, BudgetLimit, Price
 from router.config.table import Model
 
-__all__ = ["KEEP_S", "Window", "hit_quote", "quotes", "refusal", "used_share", "window", "windows"]
+__all__ = ["KEEP_S", "Window", "hit_quote", "quotes", "refusal", "standing", "used_share", "window", "windows"]
 
 KEEP_S = 7 * 86400  # a window's key outlives its period by this much
 
@@ -105,3 +105,17 @@ def refusal(tenant: str, wins: list[Window], available: list[int]) -> tuple[str,
         f"{win.limit / MICROS:.2f} ({left:.6f} left); it resets at {stamp}"
     )
     return message, win
+
+
+def standing(budget: Budget, limit: int, spent: int, reserved: int) -> str:
+    """How full one window is, by the rules' names (what an operator reads beside it):
+    ``exhausted`` with nothing left, ``brownout`` from ``downgrade_at``, ``warn`` from
+    ``warn_at`` (shares of what is spent or held), else ``ok``."""
+    if limit - spent - reserved <= 0:
+        return "exhausted"
+    share = (spent + reserved) / limit
+    if budget.downgrade_at is not None and share >= budget.downgrade_at:
+        return "brownout"
+    if budget.warn_at is not None and share >= budget.warn_at:
+        return "warn"
+    return "ok"

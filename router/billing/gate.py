@@ -28,13 +28,16 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 from router.billing import ledger
 from router.billing.budget import Window, hit_quote, quotes, refusal, used_share, windows
+from router.billing.census import Census
 from router.billing.price import Cost
 from router.billing.spec import Billing
+from router.billing.tally import Tally
 from router.billing.usage import Usage
-from router.config.table import Model, Tenant
+from router.config.table import Model, RoutingTable, Tenant
 from router.errors import InsufficientQuota, StoreUnavailable
 from router.state.guard import GuardedState
 
@@ -107,7 +110,9 @@ class Spend:
 
 
 class BudgetGate:
-    """Reserve and settle against the shared store; the replica's shadow for fail-open."""
+    """Reserve and settle against the shared store; the replica's shadow for fail-open;
+    what this replica spent and decided (:class:`Tally`) and the store's budgets and
+    today's spend as last read (:class:`Census`), for the metrics and the status page."""
 
     def __init__(self, store: Callable[[], GuardedState | None], wall: Callable[[], float] = time.time) -> None:
         self.store = store
@@ -115,6 +120,8 @@ class BudgetGate:
         self._shadow: dict[str, int] = {}  # tenant -> micro-units this replica may still spend alone
         self._tasks: set[asyncio.Task[None]] = set()
         self.settled = 0  # applied settlements (the status page, tests)
+        self.tally = Tally()
+        self.census = Census(store, wall)
 
     async def reserve(
         self, tenant: Tenant, billing: Billing, chain: list[Model], images: int, steps: int | None, budget_s: float
@@ -178,6 +185,7 @@ class BudgetGate:
     def refusal(self, held: Reservation) -> InsufficientQuota:
         """The ``429 insufficient_quota`` for a request its budget cannot serve; whatever
         ``held`` holds is given back first."""
+        self.tally.decided(held.tenant, "exhausted")
         if held.amount > 0:
             self.settle(held, 0)
             held = dataclasses.replace(held, amount=0, available=[a + held.amount for a in held.available])
@@ -195,6 +203,7 @@ class BudgetGate:
     def _unreachable(self, tenant: Tenant, reservation: Reservation, asked: list[int]) -> Reservation:
         assert tenant.budget is not None
         if tenant.budget.fail == "closed":
+            self.tally.decided(tenant.name, "fail_closed")
             raise StoreUnavailable(f"the state store did not answer: tenant {tenant.name!r}'s budget cannot be checked")
         left = self._shadow.get(tenant.name)
         amount = asked[0] if asked else 0
@@ -206,6 +215,11 @@ class BudgetGate:
             self._shadow[tenant.name] = left - amount
         reservation.amount = amount
         return reservation
+
+    def decided(self, held: Reservation, state: str) -> None:
+        """Count what a request's budget let it be served from (``state``: its
+        ``X-Router-Budget``); a refusal counts itself (:meth:`refusal`)."""
+        self.tally.decided(held.tenant, "fail_open" if held.local else state)
 
     def _give_back(self, reservation: Reservation) -> None:
         task = asyncio.get_running_loop().create_task(self._settle(reservation, 0))
@@ -240,7 +254,9 @@ class BudgetGate:
 
     def record(self, tenant: str, route: str, model: str, usage: Usage) -> None:
         """The answer's line in the usage ledger (:mod:`router.billing.ledger`), written
-        off the request path, once (never retried: it could count twice)."""
+        off the request path, once (never retried: it could count twice); counted in
+        this replica's :attr:`tally` either way."""
+        self.tally.add(tenant or ledger.ANONYMOUS, route, model, usage)
         store = self.store()
         if store is None:
             return
@@ -250,10 +266,20 @@ class BudgetGate:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    def describe(self, table: RoutingTable) -> dict[str, Any] | None:
+        """This replica's spend and decisions, and the budgets and today's spend as last
+        read (no I/O here: a stale read is refreshed in the background). ``None``
+        without a ``billing`` block."""
+        if table.billing is None:
+            return None
+        return {"currency": table.billing.currency, **self.tally.describe(), **self.census.snapshot(table)}
+
     async def drain(self) -> None:
-        """Wait for the settlements in flight (shutdown, tests)."""
+        """Wait for the settlements in flight and a census read (shutdown, tests)."""
         while self._tasks:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
+        if self.census.task is not None:
+            await asyncio.gather(self.census.task, return_exceptions=True)
 
 
 async def _quietly(call: Awaitable[bool]) -> None:

@@ -538,6 +538,12 @@ class _Compiler:
             for i, route in enumerate(t.routes or []):
                 if route not in known:
                     self.fail(("tenants", "tenants", name, "routes", i), f"unknown route or model {route!r}")
+            for i, model in enumerate(t.budget.downgrade_to if t.budget is not None else []):
+                if model not in self.models and model not in self.validated.invalid_models:
+                    self.fail(
+                        ("tenants", "tenants", name, "budget", "downgrade_to", i),
+                        f"unknown model {model!r} (downgrade_to names models a brownout may serve)",
+                    )
             out.append(
                 Tenant(
                     name,

@@ -9,8 +9,11 @@ baseline with a verdict, each rollout (its weight over time as a chart, its deci
 with the numbers they were made on, and a gallery of both arms' recent images, shadow
 pairs side by side), recent downgrades, the async jobs (counts by state and per tier,
 the oldest queued job's age, whether this replica drains — the job runner's last
-census, never a store call per poll), and the active config with its last reload.
-The verdict is a pure function (:func:`canary_verdict`).
+census, never a store call per poll), with a ``billing`` block the spend (today's by
+tenant and model from the usage ledger, the budget windows near their limit — the
+billing census, read at most every few seconds, never per poll), and the active config
+with its last reload. The verdict and the spend card are pure functions
+(:func:`canary_verdict`, :func:`spend_card`).
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ from router.http.admin_api import (
 from router.http.common import gateway_of, read_body
 from router.reload import RoutesReloader
 
-__all__ = ["canary_verdict", "login", "login_form", "status_json", "status_page"]
+__all__ = ["NEAR_LIMIT", "canary_verdict", "login", "login_form", "spend_card", "status_json", "status_page"]
 
 PAGE = (Path(__file__).parent / "status.html").read_text(encoding="utf-8")
 LOGIN = """<!doctype html><meta charset="utf-8"><title>image-router · sign in</title>
@@ -51,6 +54,7 @@ LOGIN = """<!doctype html><meta charset="utf-8"><title>image-router · sign in</
 
 
 MIN_CANARY_ATTEMPTS = 20
+NEAR_LIMIT = 0.8  # a window this full (or past its warn_at) is shown as near its limit
 
 
 def canary_verdict(base: dict[str, float], canary: dict[str, float]) -> str:
@@ -84,6 +88,33 @@ def _canaries(table: dict[str, Any], latency: dict[str, dict[str, float]]) -> li
                     }
                 )
     return out
+
+
+def spend_card(billing: dict[str, Any]) -> dict[str, Any]:
+    """The Spend card from :meth:`BudgetGate.describe`: today's spend per tenant x model
+    (summed over routes), costliest first; the budget windows near their limit (state
+    past ``ok``, or used at least :data:`NEAR_LIMIT`), fullest first."""
+    today: dict[tuple[str, str], dict[str, Any]] = {}
+    for row in billing["today"]:
+        got = today.setdefault((row["tenant"], row["model"]), {"tenant": row["tenant"], "model": row["model"],
+                                                               "images": 0, "cost_micros": 0})  # fmt: skip
+        got["images"] += row["images"]
+        got["cost_micros"] += row["cost_micros"]
+    rows = sorted(today.values(), key=lambda r: (-r["cost_micros"], r["tenant"], r["model"]))
+    near = [
+        {"tenant": b["tenant"], **w}
+        for b in billing["budgets"]
+        for w in b["windows"]
+        if w["state"] != "ok" or w["used"] >= NEAR_LIMIT
+    ]
+    return {
+        "currency": billing["currency"],
+        "read_at": billing["read_at"],
+        "total": round(sum(r["cost_micros"] for r in rows) / 1e6, 6),
+        "today": [{**r, "cost": round(r["cost_micros"] / 1e6, 6)} for r in rows],
+        "near_limit": sorted(near, key=lambda w: -w["used"]),
+        "budgets": len([w for b in billing["budgets"] for w in b["windows"]]),
+    }
 
 
 def _status(gateway: Gateway, reloader: RoutesReloader) -> dict[str, Any]:
@@ -131,6 +162,9 @@ async def status_json(request: Request) -> Response:
     jobs = request.app.state.runtime.jobs.describe()
     if jobs is not None:
         status["jobs"] = jobs
+    billing = gateway.budgets.describe(gateway.table)
+    if billing is not None:
+        status["spend"] = spend_card(billing)
     return JSONResponse(status)
 
 

@@ -1,8 +1,14 @@
-"""``GET /admin/usage``: the usage ledger (router/billing/ledger.py) by day x tenant x
+"""What was spent, from the usage ledger (router/billing/ledger.py) by day x tenant x
 route x model, as JSON or CSV, summing exactly to the answers' ``usage.cost``.
 
+- ``GET /admin/usage`` (admin token): every tenant's rows.
+- ``GET /v1/usage`` (the tenant's own key): its own rows only, and its budget's windows
+  now (limit, spent, reserved, remaining, resets_at, state). In open mode a request
+  without a key reads ``_anonymous``, as everything else in open mode is open.
+
 ``from`` / ``to`` are ``YYYY-MM-DD`` (UTC; default today, at most 400 days);
-``format=csv`` answers ``text/csv``. 404 ``not_found`` without a ``billing`` block.
+``format=csv`` answers ``text/csv`` (the rows only). 404 ``not_found`` without a
+``billing`` block; 503 ``store_unavailable`` when the state store does not answer.
 """
 
 from __future__ import annotations
@@ -11,16 +17,20 @@ import csv
 import datetime as dt
 import io
 import time
+from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response
 
 from router.billing import ledger
+from router.billing.accounts import usage_rows, windows_of
+from router.billing.spec import Billing
 from router.errors import InvalidRequest, NotFound, StoreUnavailable
+from router.gateway import Gateway
 from router.http.admin_api import check_admin
-from router.http.common import FastJSONResponse, gateway_of
+from router.http.common import FastJSONResponse, gateway_of, tenant_of
 
-__all__ = ["admin_usage"]
+__all__ = ["admin_usage", "tenant_usage"]
 
 MAX_DAYS = 400
 COLUMNS = ("day", "tenant", "route", "model", "images", "cached_images", "compute_s", "cost")
@@ -35,12 +45,19 @@ def _day(value: str | None, name: str) -> dt.date:
         raise InvalidRequest(f"{name}: expected YYYY-MM-DD", field=name) from None
 
 
-async def admin_usage(request: Request) -> Response:
-    check_admin(request)
-    gateway = gateway_of(request)
-    table = gateway.table
-    if table.billing is None:
+def billing_of(gateway: Gateway) -> Billing:
+    billing = gateway.table.billing
+    if billing is None:
         raise NotFound("no billing block in routes.yaml: nothing is priced")
+    return billing
+
+
+def unavailable() -> StoreUnavailable:
+    return StoreUnavailable("the state store did not answer: usage cannot be read now")
+
+
+async def _rows(request: Request, gateway: Gateway, tenants: list[str]) -> tuple[list[dict[str, Any]], str]:
+    """The ledger's rows of ``tenants`` over the query's days, and the format asked."""
     start, end = _day(request.query_params.get("from"), "from"), _day(request.query_params.get("to"), "to")
     if not 0 <= (end - start).days < MAX_DAYS:
         raise InvalidRequest(f"from..to must be in order and within {MAX_DAYS} days", field="to")
@@ -48,20 +65,47 @@ async def admin_usage(request: Request) -> Response:
     if fmt not in ("json", "csv"):
         raise InvalidRequest("format: json or csv", field="format")
     store = gateway.state_store
-    tenants = [t.name for t in table.tenants] + [ledger.ANONYMOUS]
-    rows = []
-    day = start
-    while day <= end:
-        for tenant in tenants:
-            counts = await store.read_counts(ledger.key(day.strftime("%Y%m%d"), tenant)) if store else None
-            if counts is None:
-                raise StoreUnavailable("the state store did not answer: usage cannot be read now")
-            rows.extend(ledger.rows(day.strftime("%Y%m%d"), tenant, counts))
-        day += dt.timedelta(days=1)
+    rows = await usage_rows(store, tenants, start, end) if store is not None else None
+    if rows is None:
+        raise unavailable()
+    return rows, fmt
+
+
+def _csv(rows: list[dict[str, Any]]) -> Response:
+    out = io.StringIO()
+    writer = csv.DictWriter(out, COLUMNS, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return Response(out.getvalue(), media_type="text/csv")
+
+
+async def admin_usage(request: Request) -> Response:
+    check_admin(request)
+    gateway = gateway_of(request)
+    billing = billing_of(gateway)
+    rows, fmt = await _rows(request, gateway, [t.name for t in gateway.table.tenants] + [ledger.ANONYMOUS])
     if fmt == "csv":
-        out = io.StringIO()
-        writer = csv.DictWriter(out, COLUMNS, extrasaction="ignore", lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(rows)
-        return Response(out.getvalue(), media_type="text/csv")
-    return FastJSONResponse({"currency": table.billing.currency, "rows": rows})
+        return _csv(rows)
+    return FastJSONResponse({"currency": billing.currency, "rows": rows})
+
+
+async def tenant_usage(request: Request) -> Response:
+    """The caller's own usage and budget: a key names one tenant, so nobody reads
+    another's (in keys mode a missing or unknown key is a 401 before anything is read)."""
+    tenant = tenant_of(request)
+    gateway = gateway_of(request)
+    billing = billing_of(gateway)
+    name = tenant.name if tenant is not None else ledger.ANONYMOUS
+    rows, fmt = await _rows(request, gateway, [name])
+    if fmt == "csv":
+        return _csv(rows)
+    windows = None
+    if tenant is not None and tenant.budget is not None:
+        store = gateway.state_store
+        wins = await windows_of(store, name, tenant.budget, time.time()) if store is not None else None
+        if wins is None:
+            raise unavailable()
+        windows = [w.body() for w in wins]
+    return FastJSONResponse(
+        {"object": "usage", "tenant": name, "currency": billing.currency, "rows": rows, "budget": windows}
+    )

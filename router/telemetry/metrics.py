@@ -3,9 +3,10 @@
 Per-request series are updated on the hot path (a counter, a histogram, and only when
 they happen a downgrade or a canary assignment). Everything that is *state* — requests
 in flight and queued per model, circuit states, retries, reloads, the active config,
-the async jobs by state — is read from the gateway when Prometheus scrapes, by a
-collector, so it costs nothing per request (the jobs' counts are the job runner's last
-census of the store, never a store call per scrape). Buckets span image generation:
+the async jobs by state, spend and budget decisions — is read from the gateway when
+Prometheus scrapes, by a collector, so it costs nothing per request (the jobs' counts
+and the budgets' windows are the last census of the store, never a store call per
+scrape). Buckets span image generation:
 10 ms to 60 s; a job's wait in the queue spans seconds to a day.
 """
 
@@ -124,6 +125,7 @@ class _StateCollector(Collector):
             yield jobs
         yield from _rollout_metrics(s.get("rollouts", []))
         yield from _job_metrics(s.get("jobs"))
+        yield from _billing_metrics(s.get("billing"))
         info = GaugeMetricFamily("router_config_info", "The active routes.yaml (value 1)", labels=["digest"])
         info.add_metric([s.get("digest", "")], 1.0)
         yield info
@@ -192,6 +194,58 @@ def _job_metrics(jobs: dict[str, Any] | None) -> Iterable[GaugeMetricFamily]:
         "router_jobs_draining", "1 while this replica claims no new job (POST /admin/jobs/drain)",
         value=1.0 if jobs.get("draining") else 0.0,
     )  # fmt: skip
+
+
+def _billing_metrics(billing: dict[str, Any] | None) -> Iterable[GaugeMetricFamily | CounterMetricFamily]:
+    """Spend and budget decisions this replica counted (sum over replicas), and every
+    budget window as the census last read it (the store's: take one replica's, not the
+    sum). Amounts in the billing currency."""
+    if billing is None:
+        return
+    currency = billing["currency"]
+    cost = CounterMetricFamily(
+        "router_cost", "What answers were billed, in the currency", labels=["tenant", "route", "model", "currency"]
+    )
+    images = CounterMetricFamily(
+        "router_images", "Images answered, made or from the result store (cache: hit, miss)",
+        labels=["tenant", "route", "model", "cache"],
+    )  # fmt: skip
+    compute = CounterMetricFamily(
+        "router_compute_seconds", "Compute billed, by where it was measured (model, gateway, cache, none)",
+        labels=["tenant", "route", "model", "source"],
+    )  # fmt: skip
+    totals: dict[tuple[str, str, str], list[int]] = {}
+    for row in billing["spend"]:
+        t, r, m = row["tenant"], row["route"], row["model"]
+        sums = totals.setdefault((t, r, m), [0, 0, 0])
+        sums[0] += row["cost_micros"]
+        sums[1] += row["images"] - row["cached_images"]
+        sums[2] += row["cached_images"]
+        compute.add_metric([t, r, m, row["source"]], row["compute_ns"] / 1e9)
+    for (t, r, m), (micro, made, hits) in totals.items():
+        cost.add_metric([t, r, m, currency], micro / 1e6)
+        images.add_metric([t, r, m, "miss"], made)
+        images.add_metric([t, r, m, "hit"], hits)
+    decisions = CounterMetricFamily(
+        "router_budget_decisions",
+        "Budgeted requests by what their budget allowed (ok, warn, brownout, exhausted, fail_open, fail_closed)",
+        labels=["tenant", "decision"],
+    )
+    for d in billing["decisions"]:
+        decisions.add_metric([d["tenant"], d["decision"]], d["count"])
+    yield from (cost, images, compute, decisions)
+    said = {"limit": "amount", "spent": "amount spent", "reserved": "amount held by requests in flight",
+            "remaining": "amount left"}  # fmt: skip
+    gauges = {
+        key: GaugeMetricFamily(f"router_budget_{key}", f"A budget window's {what}, as last read",
+                               labels=["tenant", "per"])
+        for key, what in said.items()
+    }  # fmt: skip
+    for budget in billing["budgets"]:
+        for w in budget["windows"]:
+            for key, gauge in gauges.items():
+                gauge.add_metric([budget["tenant"], w["per"]], w[key])
+    yield from gauges.values()
 
 
 class Metrics:
