@@ -144,6 +144,9 @@ class Gateway(Catalog, Readout):
         self.pool.sync(table.backends)
         self._table = table
         self.rollouts.sync(table)
+        with contextlib.suppress(RuntimeError):  # no loop (tests): the first lookup learns it
+            asyncio.get_running_loop()
+            self.coordinator.warm(table.models.values())  # new or re-pointed models: their versions
 
     def authenticate(self, authorization: str | None) -> Tenant | None:
         return self.tenants.authenticate(self._table, authorization)

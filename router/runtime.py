@@ -71,6 +71,7 @@ class Runtime:
         if self.watch:
             self._watcher = asyncio.create_task(self.reloader.watch(self._stop))
         self.gateway.rollouts.start()
+        self.gateway.coordinator.warm(self.gateway.table.models.values())
         self.jobs.start()
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
             asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self.reloader.reload)

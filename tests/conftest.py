@@ -11,12 +11,22 @@ import pytest
 
 from router.triton import TritonServer
 from tests.procs import MODEL_REPOSITORY, GatewayProcess, RedisProcess, serving
+from tests.rollout_models import write_repository
 
 
 @pytest.fixture(scope="session")
 def triton(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonServer]:
     """The project's own model_repository/ served by a real tritonserver (all four models)."""
     with serving(MODEL_REPOSITORY, tmp_path_factory.mktemp("triton") / "triton.log") as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def variants(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonServer]:
+    """The rollout tests' sleep-timed variants (tests/rollout_models), one Triton for all
+    of them: a start costs 20-40 s on this machine."""
+    root = tmp_path_factory.mktemp("variants")
+    with serving(write_repository(root / "repository"), root / "triton.log") as server:
         yield server
 
 

@@ -27,7 +27,7 @@ import asyncio
 import contextlib
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
 
 from router.backends.base import ImageRequest, ImageResult
@@ -73,6 +73,23 @@ class Coordinator:
             request.steps, request.width, request.height,
         )  # fmt: skip
         return replace(key, scope=scope) if scope else key
+
+    def warm(self, models: Iterable[Model]) -> None:
+        """Learn the version each unpinned model serves now, in the background: a replica
+        that starts (or reloads) must not meet its first burst of identical requests not
+        knowing it — its keys would name no version, and it could not find the entry
+        another replica made for it (CI saw two generations of one image)."""
+        if self.cache is None:
+            return
+        for model in models:
+            if not model.version and model.lane_key not in self._refreshing:
+                self._refresh(model)
+
+    def _refresh(self, model: Model) -> asyncio.Task[None]:
+        lane = model.lane_key
+        task = self._refreshing[lane] = asyncio.ensure_future(self._refresh_version(model))
+        task.add_done_callback(lambda _: self._refreshing.pop(lane, None))
+        return task
 
     def versioned(self, key: CacheKey, model: Model) -> CacheKey:
         """``key`` naming the version ``model`` is known to serve, when it named none."""
@@ -177,6 +194,9 @@ class Coordinator:
             give_up_at = flight.deadline - flight.own_s - flight.margin_s
             return held, await self._wait_for_replica(cache, model, key, give_up_at)
         if held:  # another replica may have finished between our lookup and the lease
+            if not key.version:  # ... under the version it serves: worth up to a generation's time to learn
+                await self._trusted(model, min(flight.own_s, flight.deadline - self.clock()))
+                key = self.versioned(key, model)
             found = await cache.lookup({model.name: key}, flight.deadline - self.clock())
             return held, found.get(model.name)
         return held, None
@@ -241,10 +261,7 @@ class Coordinator:
             return True
         seen = self._versions.get(model.lane_key)
         age = self.clock() - seen[1] if seen is not None else math.inf
-        task = self._refreshing.get(model.lane_key)
-        if task is None:
-            task = self._refreshing[model.lane_key] = asyncio.ensure_future(self._refresh_version(model))
-            task.add_done_callback(lambda _: self._refreshing.pop(model.lane_key, None))
+        task = self._refreshing.get(model.lane_key) or self._refresh(model)
         if age < VERSION_TRUST_S:
             return True
         with contextlib.suppress(TimeoutError):

@@ -116,7 +116,8 @@ def test_a_queued_job_waits_behind_a_running_one_and_both_report_progress(
         else:
             assert e["sequence_number"] == last_stored[-1], (e, last_stored)
     gaps = [b[0] - a[0] for a, b in itertools.pairwise(progress) if a[2]["status"] == b[2]["status"]]
-    assert gaps and min(gaps) > 0.5, gaps  # one state's estimates: at most one a second
+    # one state's estimates: at most one a second (a short wait may hold only one: nothing to compare)
+    assert min(gaps, default=1.0) > 0.5, gaps
     started = next(at for at, _, e in got if e["type"] == "image_job.started")
     waited_s = started - progress[0][0]
     assert len(queued) <= waited_s / 3 + 2, (len(queued), waited_s)  # unchanged: every 3 s

@@ -103,9 +103,12 @@ def test_buffered_access_log_lines_are_written_at_shutdown(start_gateway: Callab
     ]
     time.sleep(0.5)
     assert not any(line.startswith("{") for line in gw.log.read_text().splitlines())
+    t0 = time.monotonic()
     gw.stop()
-    written = [json.loads(line)["request_id"] for line in gw.log.read_text().splitlines() if line.startswith("{")]
-    assert written == ids
+    took = time.monotonic() - t0
+    text = gw.log.read_text()
+    written = [json.loads(line)["request_id"] for line in text.splitlines() if line.startswith("{")]
+    assert written == ids, (f"stop took {took:.1f} s, exit {gw.process.returncode}", text[-3000:])
 
 
 class _Recorder(BaseHTTPRequestHandler):

@@ -172,7 +172,13 @@ def test_a_stream_sends_the_draft_as_a_partial_image_then_the_routed_image(gw: G
     assert partial.partial_image_index == 0 and first_s < 2.0, first_s  # the draft tier, well inside its p95
     small, final = _image(partial.b64_json), _image(completed.b64_json)
     assert small.size[0] < final.size[0], (small.size, final.size)
-    assert completed.output_format == "png" and completed.model_extra["router_model"].startswith("quality")
+    assert completed.output_format == "png"
+    extra = completed.model_extra
+    # the routed tier, or — on a host too busy for quality to fit the 4 s budget beside the
+    # preview — a downgrade that says so (the full suite saw preview once): never silently
+    assert extra["router_model"].startswith("quality") or (
+        extra["router_downgraded"] is True and str(extra["router_fallback"]).startswith("quality:")
+    ), extra
 
 
 def test_a_stream_whose_routed_tier_misses_its_budget_completes_with_the_partial_image(

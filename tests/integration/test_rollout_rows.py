@@ -41,26 +41,11 @@ import pytest
 
 from router.rollouts.webhook import verify
 from router.triton import TritonServer
-from tests.procs import ADMIN_TOKEN, GatewayProcess, RedisProcess, scrape, serving
-from tests.rollout_models import write_models
+from tests.procs import ADMIN_TOKEN, GatewayProcess, RedisProcess, scrape
 
 pytestmark = pytest.mark.integration
 
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
-VARIANTS = {
-    "base": {"delay_ms": "20"},
-    "good": {"delay_ms": "20", "shift": "3"},
-    "sluggish": {"delay_ms": "2000"},  # too slow for a 1 s budget: never sent one
-    "wide": {"delay_ms": "400"},  # shadows that overlap
-    "batched": {"delay_ms": "150"},  # a baseline whose answers come in batches
-}
-
-
-@pytest.fixture(scope="module")
-def variants(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonServer]:
-    root = tmp_path_factory.mktemp("rows")
-    with serving(write_models(root / "repository", VARIANTS), root / "triton.log") as server:
-        yield server
 
 
 @pytest.fixture()

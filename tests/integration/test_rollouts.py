@@ -31,20 +31,12 @@ import httpx
 import pytest
 
 from router.triton import TritonServer
-from tests.procs import ADMIN_TOKEN, GatewayProcess, RedisProcess, serving
-from tests.rollout_models import write_repository
+from tests.procs import ADMIN_TOKEN, GatewayProcess, RedisProcess
 
 pytestmark = pytest.mark.integration
 
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 TICK_S = 0.3  # a tenth of the 3 s steps below
-
-
-@pytest.fixture(scope="module")
-def variants(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonServer]:
-    root = tmp_path_factory.mktemp("variants")
-    with serving(write_repository(root / "repository"), root / "triton.log") as server:
-        yield server
 
 
 @pytest.fixture()

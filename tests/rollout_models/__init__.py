@@ -15,6 +15,10 @@ VARIANTS = {
     "errors": {"delay_ms": "40", "fail": "true"},
     "slow": {"delay_ms": "80"},
     "blank": {"delay_ms": "40", "blank": "true"},
+    # tests/integration/test_rollout_rows.py
+    "sluggish": {"delay_ms": "2000"},  # too slow for a 1 s budget: never sent one
+    "wide": {"delay_ms": "400"},  # shadows that overlap
+    "batched": {"delay_ms": "150"},  # a baseline whose answers come in batches
 }
 CONFIG = """name: "{name}"
 backend: "python"

@@ -196,3 +196,23 @@ async def test_a_replica_that_has_not_learnt_the_served_version_still_shares_the
     assert len(fake_a.calls) + len(fake_b.calls) == 1, (fake_a.calls, fake_b.calls)
     assert (served.cache, second.cache) == ("MISS", "COALESCED")
     assert second.result.model_version == "1"
+
+
+@virtual_time
+async def test_a_replica_that_takes_the_lease_after_the_holder_finished_still_finds_its_entry(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """B arrives after A made and stored the image and let the lease go, still not knowing
+    the served version (its metadata takes 200 ms, past the lookup's and the lease's
+    bounds): holding the lease, it learns the version before looking, and finds A's entry."""
+    clock = asyncio.get_running_loop().time
+    store = SharedStore()
+    monkeypatch.setattr("router.gateway.open_store", lambda config: GuardedStore(store, config.timeout_s, clock))
+    text = ROUTES.replace(', version: "1"}', "}")
+    fakes = [MetadataLater({"quality": QUALITY_S, "preview": 0.03, "draft": 0.01}, clock, d) for d in (0.0, 0.2)]
+    a, b = (Gateway(compile_text(text, env={}), backend_factory=lambda spec, f=f: f, clock=clock) for f in fakes)  # type: ignore[misc]
+    made = await a.generate(FACTS, REQ)
+    await a.cache.drain()  # type: ignore[union-attr]  # stored, and the lease let go
+    found = await b.generate(FACTS, REQ)
+    assert made.cache == "MISS" and found.cache == "COALESCED"
+    assert len(fakes[0].calls) == 1 and fakes[1].calls == []
