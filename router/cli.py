@@ -15,6 +15,7 @@ router budgets   spend budgets of a running gateway: list, show, credit
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -195,7 +196,7 @@ def _run_gateway(args: argparse.Namespace) -> None:
 
     from router.app import create_app
     from router.rpc import GrpcOptions
-    from router.serving import bounded_protocol
+    from router.serving import GracefulServer, bounded_protocol
 
     grpc = None
     if not args.no_grpc:
@@ -210,7 +211,7 @@ def _run_gateway(args: argparse.Namespace) -> None:
     )
     grpc_note = "" if grpc is None else f", gRPC on {args.host}:{args.grpc_port or '(a free port)'}"
     print(f"gateway listening on http://{args.host}:{args.port}{grpc_note}  (routes: {args.routes})", flush=True)
-    uvicorn.run(
+    config = uvicorn.Config(
         app,
         host=args.host,
         port=args.port,
@@ -222,6 +223,12 @@ def _run_gateway(args: argparse.Namespace) -> None:
         proxy_headers=bool(args.forwarded_allow_ips),  # none named: X-Forwarded-* is never believed
         forwarded_allow_ips=args.forwarded_allow_ips or None,
     )
+    access = app.state.runtime.access_log  # held lines written the moment a stop signal comes
+    server = GracefulServer(config, on_exit=access.flush if access is not None else lambda: None)
+    with contextlib.suppress(KeyboardInterrupt):  # as uvicorn.run: Ctrl-C (re-raised after shutdown) ends it
+        server.run()
+    if not server.started:  # as uvicorn.run: a server that never started (a port in use) exits 3
+        raise SystemExit(3)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:

@@ -6,12 +6,16 @@ import os
 import signal
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from router.triton import TritonServer
 from tests.procs import MODEL_REPOSITORY, GatewayProcess, RedisProcess, serving
 from tests.rollout_models import write_repository
+
+if TYPE_CHECKING:
+    from playwright.sync_api import Browser
 
 
 @pytest.fixture(scope="session")
@@ -28,6 +32,21 @@ def variants(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonServer]
     root = tmp_path_factory.mktemp("variants")
     with serving(write_repository(root / "repository"), root / "triton.log") as server:
         yield server
+
+
+@pytest.fixture()
+def browser() -> Iterator[Browser]:
+    """Debian's chromium, headless, driven by Playwright (the status page's tests)."""
+    from playwright.sync_api import sync_playwright
+
+    from tests.integration.test_status_page import CHROMIUM, CHROMIUM_ARGS
+
+    if CHROMIUM is None:
+        pytest.fail("Debian's chromium is needed for this test: apt-get install chromium (make test does)")
+    with sync_playwright() as p:
+        launched = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield launched
+        launched.close()
 
 
 @pytest.fixture()

@@ -16,11 +16,11 @@ from typing import Any
 
 import httpx
 import pytest
-from playwright.sync_api import Browser, sync_playwright
+from playwright.sync_api import Browser
 
 from router.cli import main
 from router.triton import TritonServer
-from tests.integration.test_status_page import CHROMIUM, CHROMIUM_ARGS, signed_in
+from tests.integration.test_status_page import signed_in
 from tests.procs import ADMIN_TOKEN, GatewayProcess, scrape
 
 pytestmark = pytest.mark.integration
@@ -224,16 +224,6 @@ def test_router_budgets_lists_shows_and_credits(
     with pytest.raises(SystemExit) as error:
         main(["budgets", "show", "nobody", "--url", gw.url])
     assert str(error.value) == "error: 404 no tenant 'nobody' with a budget in routes.yaml"
-
-
-@pytest.fixture()
-def browser() -> Iterator[Browser]:
-    if CHROMIUM is None:
-        pytest.fail("Debian's chromium is needed for this test: apt-get install chromium (make test does)")
-    with sync_playwright() as p:
-        launched = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield launched
-        launched.close()
 
 
 def test_the_status_page_shows_todays_spend_and_budgets_near_their_limit(gw: GatewayProcess, browser: Browser) -> None:

@@ -6,16 +6,16 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import httpx
 import pytest
-from playwright.sync_api import Browser, sync_playwright
+from playwright.sync_api import Browser
 
 from router.cli import main
 from tests.integration.routes_common import TIERS
-from tests.integration.test_status_page import CHROMIUM, CHROMIUM_ARGS, signed_in
+from tests.integration.test_status_page import signed_in
 from tests.procs import ADMIN_TOKEN, GatewayProcess, scrape
 
 pytestmark = pytest.mark.integration
@@ -157,16 +157,6 @@ def test_router_jobs_counts_drains_lists_and_cancels(
     router_jobs("resume")
     with pytest.raises(SystemExit, match="error: 404"):
         main(["jobs", "show", "imgjob_nope", "--url", gw.url])
-
-
-@pytest.fixture()
-def browser() -> Iterator[Browser]:
-    if CHROMIUM is None:
-        pytest.fail("Debian's chromium is needed for this test: apt-get install chromium (make test does)")
-    with sync_playwright() as p:
-        launched = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield launched
-        launched.close()
 
 
 def test_the_status_page_shows_the_jobs_card(start_gateway: Callable[..., GatewayProcess], browser: Browser) -> None:

@@ -6,13 +6,13 @@ from __future__ import annotations
 import os
 import shutil
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from playwright.sync_api import Browser, Page, sync_playwright
+from playwright.sync_api import Browser, Page
 
 from tests.integration.routes_common import ROUTING, TIERS
 from tests.procs import ADMIN_TOKEN, ROOT, GatewayProcess
@@ -36,17 +36,6 @@ def traffic(gw: GatewayProcess, n: int) -> None:
     for i in range(n):
         httpx.post(gw.url + "/api/v1/generate", json={"prompt": f"p{i}", "intent": "canary"}, timeout=30)
     httpx.post(gw.url + "/api/v1/generate", json={"prompt": "a castle", "intent": "tight"}, timeout=30)
-
-
-@pytest.fixture()
-def browser() -> Iterator[Browser]:
-    """Debian's chromium, headless, driven by Playwright."""
-    if CHROMIUM is None:
-        pytest.fail("Debian's chromium is needed for this test: apt-get install chromium (make test does)")
-    with sync_playwright() as p:
-        launched = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield launched
-        launched.close()
 
 
 def signed_in(browser: Browser, gw: GatewayProcess, **page_options: Any) -> Page:
