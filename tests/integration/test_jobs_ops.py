@@ -15,6 +15,7 @@ from playwright.sync_api import Browser
 
 from router.cli import main
 from tests.integration.routes_common import TIERS
+from tests.integration.test_jobs_progress import get, submit
 from tests.integration.test_status_page import signed_in
 from tests.procs import ADMIN_TOKEN, GatewayProcess, scrape
 
@@ -31,18 +32,6 @@ jobs:
 )
 DRAFT = {"prompt": "a lighthouse at dawn", "model": "draft", "size": "64x64", "response_format": "b64_json"}
 SLOW = {"prompt": "a castle", "model": "quality", "size": "128x128", "steps": 12, "response_format": "b64_json"}
-
-
-def submit(gw: GatewayProcess, body: dict[str, Any]) -> str:
-    made = httpx.post(f"{gw.url}/v1/images/jobs", json=body, timeout=30)
-    assert made.status_code == 202, made.text
-    job_id: str = made.json()["id"]
-    return job_id
-
-
-def status(gw: GatewayProcess, job_id: str) -> dict[str, Any]:
-    job: dict[str, Any] = httpx.get(f"{gw.url}/v1/images/jobs/{job_id}", timeout=10).json()
-    return job
 
 
 def until(what: Callable[[], Any], timeout_s: float = 30, every_s: float = 0.1) -> Any:
@@ -77,7 +66,7 @@ def test_drain_holds_new_jobs_while_the_running_one_finishes(start_gateway: Call
     quiet = overview(gw)
     assert quiet["counts"] == {"queued": 0, "in_progress": 0, "cancelling": 0} and not quiet["draining"]
     slow = submit(gw, SLOW)
-    assert until(lambda: status(gw, slow)["status"] != "queued")
+    assert until(lambda: get(gw, slow)["status"] != "queued")
     drained = httpx.post(f"{gw.url}/admin/jobs/drain", headers=gw.admin, timeout=10).json()
     assert drained["draining"] and drained["running_here"] == {"quality": 1}, drained
     held = [submit(gw, {**DRAFT, "seed": i}) for i in range(2)]
@@ -89,15 +78,15 @@ def test_drain_holds_new_jobs_while_the_running_one_finishes(start_gateway: Call
     assert samples[("router_jobs", (("state", "queued"),))] == 2
     assert samples[("router_jobs", (("state", "in_progress"),))] == 1
     assert samples[("router_jobs_draining", ())] == 1
-    assert until(lambda: status(gw, slow)["status"] == "completed"), "a running job finishes through a drain"
+    assert until(lambda: get(gw, slow)["status"] == "completed"), "a running job finishes through a drain"
     time.sleep(max(0.0, 1.0 - (time.monotonic() - held_at)))  # ten claim ticks at least
-    assert [status(gw, i)["status"] for i in held] == ["queued", "queued"], "a drained replica claims nothing"
+    assert [get(gw, i)["status"] for i in held] == ["queued", "queued"], "a drained replica claims nothing"
     still = overview(gw)
     assert still["counts"]["queued"] == 2 and still["oldest_queued_age_s"] >= 1.0, still
     assert still["running_here"] == {} and still["finished_here"]["completed"] == 1, still
     resumed = httpx.post(f"{gw.url}/admin/jobs/resume", headers=gw.admin, timeout=10).json()
     assert not resumed["draining"]
-    assert until(lambda: all(status(gw, i)["status"] == "completed" for i in held)), "resumed, it claims again"
+    assert until(lambda: all(get(gw, i)["status"] == "completed" for i in held)), "resumed, it claims again"
     after = overview(gw)
     assert after["counts"] == {"queued": 0, "in_progress": 0, "cancelling": 0}, after
     assert after["finished_here"]["completed"] == 3 and after["oldest_queued_age_s"] == 0
@@ -113,7 +102,7 @@ def test_drain_holds_new_jobs_while_the_running_one_finishes(start_gateway: Call
     assert sorted(x["request_id"] for x in lines) == sorted([slow, *held]), lines
     for line in lines:
         assert line["status"] == 200 and line["outcome"] == "completed" and line["attempts"] == "1", line
-        job = status(gw, line["request_id"])
+        job = get(gw, line["request_id"])
         assert line["route"] == job["route"] and line["model"] == job["model"] and line["latency_ms"] > 0, line
     slow_line = next(x for x in lines if x["request_id"] == slow)
     assert slow_line["tier"] == "quality" and slow_line["mode"] in ("idle", "share", "urgent")
@@ -145,15 +134,15 @@ def test_router_jobs_counts_drains_lists_and_cancels(
     shown = json.loads(router_jobs("show", kept))
     assert shown["id"] == kept and shown["tier"] == "draft" and shown["tenant"] == "" and shown["status"] == "queued"
     assert router_jobs("cancel", dropped).strip() == f"{dropped}: cancelled"
-    assert status(gw, dropped)["status"] == "cancelled"
+    assert get(gw, dropped)["status"] == "cancelled"
     assert "claiming" in router_jobs("resume")
-    assert until(lambda: status(gw, kept)["status"] == "completed")
+    assert until(lambda: get(gw, kept)["status"] == "completed")
     counts = router_jobs("counts")
     assert "queued 0 " in counts and "attempts ended here: completed 1" in counts, counts
     slow = submit(gw, SLOW)
-    assert until(lambda: status(gw, slow)["status"] != "queued")
+    assert until(lambda: get(gw, slow)["status"] != "queued")
     assert router_jobs("drain", "--wait").strip().endswith("runs no job: drained")
-    assert status(gw, slow)["status"] == "completed", "drain --wait returns once the replica runs nothing"
+    assert get(gw, slow)["status"] == "completed", "drain --wait returns once the replica runs nothing"
     router_jobs("resume")
     with pytest.raises(SystemExit, match="error: 404"):
         main(["jobs", "show", "imgjob_nope", "--url", gw.url])
