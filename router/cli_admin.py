@@ -11,8 +11,9 @@ JSON list of such objects (``GET /admin/cache``'s ``top_prompts`` as they are) â
 them, and follows the queue with a progress bar until it is drained.
 
 ``router jobs`` reads the async jobs' counts, drains or resumes the replica it reaches
-(``drain --wait`` returns once that replica runs nothing: then it can go down), and
-lists, shows or cancels jobs of any tenant.
+(``drain --wait`` returns once that replica runs nothing: then it can go down) or, with
+``--all``, pauses or resumes every replica's claims; lists, shows or cancels jobs of
+any tenant, and sends a job's last webhook event again (``redeliver``).
 
 ``router budgets`` lists the spend budgets' windows (spent, held, remaining, when they
 reset), shows one tenant's, and credits a tenant (``credit TENANT AMOUNT [--window
@@ -81,8 +82,9 @@ def add_jobs_parser(sub: Any) -> None:
     jobs = sub.add_parser(
         "jobs", help="async jobs of a running gateway: counts, drain, resume (this replica), list, show, cancel"
     )
-    jobs.add_argument("action", choices=["counts", "drain", "resume", "list", "show", "cancel"])
-    jobs.add_argument("job", nargs="?", help="show, cancel: the job's id")
+    jobs.add_argument("action", choices=["counts", "drain", "resume", "list", "show", "cancel", "redeliver"])
+    jobs.add_argument("job", nargs="?", help="show, cancel, redeliver: the job's id")
+    jobs.add_argument("--all", action="store_true", help="drain, resume: every replica (a pause in the state store)")
     jobs.add_argument("--url", default="http://127.0.0.1:8080", help="the gateway (drain: the replica to drain)")
     jobs.add_argument("--json", action="store_true", help="counts, drain, resume, list: the full JSON")
     jobs.add_argument("--tenant", help="list: one tenant's jobs, newest first (else the active jobs)")
@@ -170,7 +172,10 @@ def cmd_cache(args: argparse.Namespace) -> int:
 def jobs_lines(o: dict[str, Any]) -> list[str]:
     """``GET /admin/jobs`` for a terminal."""
     counts, here = o.get("counts", {}), o.get("running_here", {})
-    lines = [f"replica {o['replica']}: " + ("DRAINING (claims no new job)" if o["draining"] else "claiming")]
+    state = "DRAINING (claims no new job)" if o["draining"] else "claiming"
+    if o.get("paused"):
+        state = "PAUSED on every replica (router jobs resume --all)"
+    lines = [f"replica {o['replica']}: {state}"]
     if counts:
         lines.append(
             f"queued {counts['queued']} (oldest {o['oldest_queued_age_s']:.1f} s), in_progress "
@@ -192,9 +197,13 @@ def _job_line(j: dict[str, Any]) -> str:
 
 
 def cmd_jobs(args: argparse.Namespace) -> int:
-    if args.action in ("show", "cancel") and not args.job:
+    if args.action in ("show", "cancel", "redeliver") and not args.job:
         raise SystemExit(f"error: router jobs {args.action} needs a JOB id")
     with _client(args.url) as client:
+        if args.action == "redeliver":
+            sent = _check(client.post(f"/admin/jobs/{args.job}/redeliver"))["delivery"]
+            print(f"{args.job}: {sent['type']} queued again as {sent['id']}")
+            return 0
         if args.action in ("show", "cancel"):
             path = f"/admin/jobs/{args.job}" + ("/cancel" if args.action == "cancel" else "")
             result = _check(client.post(path) if args.action == "cancel" else client.get(path))
@@ -206,7 +215,8 @@ def cmd_jobs(args: argparse.Namespace) -> int:
             print(json.dumps(listed, indent=2) if args.json else "\n".join(map(_job_line, listed)) or "no jobs")
             return 0
         path = "/admin/jobs" if args.action == "counts" else f"/admin/jobs/{args.action}"
-        overview = _check(client.get(path) if args.action == "counts" else client.post(path))
+        scope = {"scope": "cluster"} if args.all else {}
+        overview = _check(client.get(path) if args.action == "counts" else client.post(path, params=scope))
         print(json.dumps(overview, indent=2) if args.json else "\n".join(jobs_lines(overview)))
         if args.action == "drain" and args.wait:
             return _wait_drained(client, overview, args.timeout)

@@ -16,9 +16,10 @@ answer ``404 not_found``.
 - ``GET /admin/jobs/list``: the active jobs (queued, oldest first, then running), or
   with ``?tenant=`` one tenant's jobs, newest first; ``?status=`` filters, ``?limit=``.
 - ``GET /admin/jobs/{id}``: any tenant's job as stored; ``POST /admin/jobs/{id}/cancel``
-  cancels it as its tenant's cancel would.
+  cancels it as its tenant's cancel would; ``POST /admin/jobs/{id}/redeliver`` sends its
+  last terminal event again (a new round of attempts, the same ``webhook-id``).
 
-Every change (drain, resume, cancel) is an audit line.
+Every change (drain, resume, cancel, redeliver) is an audit line.
 """
 
 from __future__ import annotations
@@ -30,9 +31,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from router.errors import InvalidRequest, JobNotFound, NotFound
+from router.errors import Conflict, InvalidRequest, JobNotFound, NotFound
 from router.http.admin_api import audit, check_admin
 from router.jobs import ops
+from router.jobs.deliver import deliveries, redeliver
 from router.jobs.model import STATES
 from router.jobs.runner import JobRunner
 from router.jobs.store import JobStore
@@ -58,9 +60,18 @@ async def jobs_overview(request: Request) -> Response:
 
 
 async def _drain(request: Request, on: bool) -> Response:
-    runner, _ = _jobs(request)
-    runner.drain(on)
-    audit(request, "jobs drain" if on else "jobs resume", replica=runner.owner, running=len(runner.running))
+    runner, store = _jobs(request)
+    scope = request.query_params.get("scope", "replica")
+    if scope not in ("replica", "cluster"):
+        raise InvalidRequest("scope: replica (this replica, the default) or cluster (every replica)", field="scope")
+    if scope == "cluster":
+        await store.pause(on, request.headers.get("x-request-id", ""), time.time())
+        runner.paused = on
+        runner.wake.set()
+        audit(request, "jobs pause" if on else "jobs unpause", replica=runner.owner)
+    else:
+        runner.drain(on)
+        audit(request, "jobs drain" if on else "jobs resume", replica=runner.owner, running=len(runner.running))
     return JSONResponse(runner.describe())
 
 
@@ -97,7 +108,8 @@ async def jobs_show(request: Request) -> Response:
     job = await store.get(request.path_params["job_id"])
     if job is None:
         raise JobNotFound(f"no job {request.path_params['job_id']!r}")
-    return JSONResponse({**dataclasses.asdict(job), "age_s": round(max(0.0, time.time() - job.created_at), 3)})
+    age_s = round(max(0.0, time.time() - job.created_at), 3)
+    return JSONResponse({**dataclasses.asdict(job), "age_s": age_s, "deliveries": await deliveries(store.state, job)})
 
 
 async def jobs_cancel(request: Request) -> Response:
@@ -110,6 +122,19 @@ async def jobs_cancel(request: Request) -> Response:
     return JSONResponse(ops.summary(job, time.time()))
 
 
+async def jobs_redeliver(request: Request) -> Response:
+    _, store = _jobs(request)
+    job_id = request.path_params["job_id"]
+    job = await store.get(job_id)
+    if job is None:
+        raise JobNotFound(f"no job {job_id!r}")
+    record = await redeliver(store.state, job, time.time())
+    if record is None:
+        raise Conflict(f"job {job_id!r} has no terminal webhook event to send again (status {job.status})")
+    audit(request, "jobs redeliver", job=job_id, tenant=job.tenant, message=record["id"])
+    return JSONResponse({"job_id": job_id, "delivery": record})
+
+
 ROUTES = [  # the fixed paths before /admin/jobs/{job_id}
     Route("/admin/jobs", jobs_overview, methods=["GET"]),
     Route("/admin/jobs/drain", jobs_drain, methods=["POST"]),
@@ -117,4 +142,5 @@ ROUTES = [  # the fixed paths before /admin/jobs/{job_id}
     Route("/admin/jobs/list", jobs_list, methods=["GET"]),
     Route("/admin/jobs/{job_id}", jobs_show, methods=["GET"]),
     Route("/admin/jobs/{job_id}/cancel", jobs_cancel, methods=["POST"]),
+    Route("/admin/jobs/{job_id}/redeliver", jobs_redeliver, methods=["POST"]),
 ]

@@ -55,6 +55,7 @@ from router.http.common import (
 from router.http.errors import error_response
 from router.http.formats import MIME
 from router.http.images_api import OpenAIImagesRequest
+from router.jobs.deliver import deliveries
 from router.jobs.model import STATES, Job
 from router.jobs.schedule import run_estimate, wait_estimate
 from router.jobs.store import JobStore
@@ -242,7 +243,7 @@ async def view(request: Request, store: JobStore, job: Job) -> dict[str, Any]:
         "usage": None,
         "error": job.error,
         "cancel_requested_at": job.cancel_requested_at,
-        "webhook": job.webhook,
+        "webhook": None if job.webhook is None else {**job.webhook, "deliveries": await deliveries(store.state, job)},
         "metadata": job.metadata,
     }
     return out

@@ -24,7 +24,14 @@ replica also reaps: a running job whose lease expired is requeued (its replica d
 **Draining** (``POST /admin/jobs/drain``) stops this replica claiming; its running
 attempts finish, and it goes on reaping and delivering webhooks. It is the replica's
 own state, not the store's: an operator drains the pod about to go down while the
-others keep the queue moving, and a restarted process claims again.
+others keep the queue moving, and a restarted process claims again. A **pause**
+(``?scope=cluster``) is the store's: every replica reads it every :data:`FLAGS_EVERY_S`
+and claims nothing until it is lifted — for a Triton upgrade, say — while submissions
+are still accepted and queued.
+
+A job that asked for ``progress`` webhooks gets one at each lease renewal, sent by the
+replica running it (:meth:`~router.jobs.deliver.Deliverer.progress`), with the same
+estimate as its view.
 
 For operators (:mod:`router.jobs.ops`) the runner keeps a census of the store's jobs,
 refreshed every :data:`~router.jobs.ops.CENSUS_EVERY_S` (the metrics read it, never the
@@ -49,7 +56,7 @@ from router.errors import BudgetExhausted, RouterError
 from router.jobs.deliver import Deliverer
 from router.jobs.model import Job
 from router.jobs.ops import CENSUS_EVERY_S, OUTCOMES, Census, attempt_line, take_census
-from router.jobs.schedule import PRIORITY, Pacer, pick
+from router.jobs.schedule import PRIORITY, Pacer, pick, run_estimate
 from router.jobs.store import JobStore
 
 if TYPE_CHECKING:
@@ -63,6 +70,7 @@ __all__ = ["JobRunner"]
 log = logging.getLogger("router.jobs")
 POLL_S = 0.1
 REAP_EVERY_S = 1.0
+FLAGS_EVERY_S = 1.0
 Encode = Callable[["NDArray[Any]", str, int], bytes]
 
 
@@ -92,6 +100,9 @@ class JobRunner:
         self.finished = dict.fromkeys(OUTCOMES, 0)  # this replica's attempts, by how they ended
         self.running: dict[str, Job] = {}  # the jobs this replica's attempts run
         self.draining = False  # claims nothing new (POST /admin/jobs/drain)
+        self.paused = False  # every replica claims nothing (the store's flag, read every FLAGS_EVERY_S)
+        self._flags_at = float("-inf")
+        self._sending: set[asyncio.Task[str]] = set()  # progress webhooks in flight
         self.census: Census | None = None
         self._census_at = float("-inf")
         self.deliverer = Deliverer(self.owner)
@@ -109,7 +120,7 @@ class JobRunner:
         queue at once (attempts not counted), so another replica starts them without
         waiting out the lease. A store that does not answer leaves them to the lease."""
         running = list(self.attempts)
-        tasks = [t for t in (self._loop, self._delivering, *self.attempts.values()) if t is not None]
+        tasks = [t for t in (self._loop, self._delivering, *self.attempts.values(), *self._sending) if t is not None]
         for task in tasks:
             task.cancel()
         if tasks:  # asyncio.wait lets a cancellation of aclose itself through (a shutdown bound)
@@ -150,8 +161,11 @@ class JobRunner:
             work = self.deliverer.tick(store.state, config.secrets, config.webhook_allow_cidrs,
                                        config.webhook_schedule_s, config.webhook_timeout_s)  # fmt: skip
             self._delivering = asyncio.get_running_loop().create_task(work)
+        if now - self._flags_at >= FLAGS_EVERY_S:
+            self._flags_at = now
+            self.paused = await store.paused()
         table = self.gateway.table
-        if not self.draining:
+        if not self.draining and not self.paused:
             for tier in table.models:
                 if await store.waiting(tier):
                     await self._try(store, table, tier)
@@ -181,6 +195,7 @@ class JobRunner:
         return {
             "replica": self.owner,
             "draining": self.draining,
+            "paused": self.paused,
             "running_here": here,
             "finished_here": dict(self.finished),
             **(self.census.describe(now) if self.census is not None else {}),
@@ -271,6 +286,7 @@ class JobRunner:
             self.recorder.access_log.record(attempt_line(job, outcome, mode, run_s, self.wall()))
 
     async def _heartbeat(self, store: JobStore, job: Job, work: asyncio.Task[Any] | None) -> None:
+        started, tick = self.clock(), 0
         while True:
             await asyncio.sleep(store.config.lease_s / 3)
             try:
@@ -281,6 +297,25 @@ class JobRunner:
                 self.stopped[job.id] = "lost" if now is None else "cancel"
                 work.cancel()
                 return
+            hook = now.webhook if now is not None else None
+            if now is not None and hook is not None and "progress" in hook.get("events", ()):
+                tick += 1
+                self._progress(store, now, hook["url"], self.clock() - started, tick)
+
+    def _progress(self, store: JobStore, job: Job, url: str, elapsed_s: float, tick: int) -> None:
+        """Send ``job``'s progress webhook beside the heartbeat (a slow receiver must not
+        delay a lease renewal)."""
+        if job.tier not in self.gateway.table.models:  # reloaded away: no estimate to give
+            return
+        images = int(job.request.get("n", 1))
+        done, eta_s = run_estimate(elapsed_s, self._expected_s(self.gateway.table, job.tier) * images)
+        progress = {"percent": int(100 * done), "eta_s": round(eta_s, 1), "source": "estimate"}
+        config = store.config
+        send = self.deliverer.progress(url, job, progress, tick, config.secrets(job.tenant),
+                                       config.webhook_allow_cidrs, config.webhook_timeout_s)  # fmt: skip
+        task = asyncio.get_running_loop().create_task(send)
+        self._sending.add(task)
+        task.add_done_callback(self._sending.discard)
 
     async def _generate(self, job: Job, mode: str) -> tuple[Job, list[bytes]]:
         table = self.gateway.table

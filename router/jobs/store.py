@@ -8,12 +8,21 @@ What lives where (``{t}`` tenant, ``{m}`` tier)::
     job:vt:{m}          the tier's fair-share clock: the tag of the last job claimed
     job:tag:{m}:{t}     the tenant's last tag on the tier
     job:img:{id}:{i}    result image i, encoded (ttl: retention)
+    job:pause           set while an operator pauses every replica's claims (no ttl)
     index q:{m}         queued ids by tag (fair order)      index qd     queued ids by deadline
     index qt:{t}        the tenant's queued ids (its cap)   index qa     all queued ids (the global cap)
     index r:{m}         "{t}/{id}" running on the tier by start (its max_running, all replicas)
     index rt:{t}        the tenant's running ids (its max_running, all replicas)
     index run           running ids (the reaper's list)     index jt:{t} the tenant's ids by creation
     index ev:{id}       the job's events by sequence (SSE replay)
+    index jx            [id, tenant, tier] by the end of the job's retention (the sweep's list)
+
+Keys expire by their ttl, index rows do not (the store never evicts), so every job is
+also in ``jx`` by the end of its retention, with the tenant and tier that name its
+other indexes: :meth:`JobStore.reap` sweeps what a job left behind once it is due —
+its listing row, its events, and the queue and running rows of a job that was lost
+with its key (which would otherwise hold a place of its tenant's ``max_running``, or
+its queue cap, for ever).
 
 Fairness between tenants is weighted fair queuing: a job's tag is ``max(tier clock,
 tenant's last tag) + images``, so a tenant that queued a hundred jobs waits behind one
@@ -45,6 +54,7 @@ __all__ = ["JobStore", "Submitted"]
 
 SUBMIT_TRIES = 8
 CLAIM_SCAN = 32  # queued jobs looked at per claim
+SWEEP = 64  # jobs past their retention forgotten per reap
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +80,21 @@ def _running(job: Job) -> Iterable[tuple[str, str, float]]:
     yield (f"r:{job.tier}", f"{job.tenant}/{job.id}", job.started_at or 0.0)
     yield (f"rt:{job.tenant}", job.id, job.started_at or 0.0)
     yield ("run", job.id, job.started_at or 0.0)
+
+
+def _sweep_row(job_id: str, tenant: str, tier: str) -> str:
+    return orjson.dumps([job_id, tenant, tier]).decode()
+
+
+def _swept(job: Job) -> tuple[str, str, float]:
+    return ("jx", _sweep_row(job.id, job.tenant, job.tier), job.expires_at)
+
+
+def _rows(job_id: str, tenant: str, tier: str) -> list[tuple[str, str]]:
+    """Every index row a job may have but its events (queued, running, listed, swept)."""
+    rows = [(f"q:{tier}", job_id), ("qd", job_id), (f"qt:{tenant}", job_id), ("qa", job_id)]
+    rows += [(f"r:{tier}", f"{tenant}/{job_id}"), (f"rt:{tenant}", job_id), ("run", job_id)]
+    return [*rows, (f"jt:{tenant}", job_id), ("jx", _sweep_row(job_id, tenant, tier))]
 
 
 def _event(job: Job) -> tuple[str, str, float]:
@@ -136,6 +161,18 @@ class JobStore:
         (raw,) = await self._get([f"job:img:{job_id}:{index}"])
         return raw
 
+    async def paused(self) -> bool:
+        """Whether an operator paused the jobs on every replica (``POST
+        /admin/jobs/drain?scope=cluster``)."""
+        (raw,) = await self._get(["job:pause"])
+        return raw is not None
+
+    async def pause(self, on: bool, by: str, now: float) -> None:
+        if on:
+            await self._commit(Txn(put=(("job:pause", orjson.dumps({"by": by, "at": now}), None),)))
+        else:
+            await self._commit(Txn(delete=("job:pause",)))
+
     # -- submission ----------------------------------------------------------------------
 
     async def submit(self, job: Job, key: str | None) -> Submitted:
@@ -167,7 +204,12 @@ class JobStore:
                     expect=tuple(expect),
                     room=((f"qt:{job.tenant}", self.config.max_queued_per_tenant), ("qa", self.config.max_queued)),
                     put=tuple(put),
-                    add=(*_queued(queued), (f"jt:{job.tenant}", job.id, job.created_at), _event(queued)),
+                    add=(
+                        *_queued(queued),
+                        (f"jt:{job.tenant}", job.id, job.created_at),
+                        _swept(queued),
+                        _event(queued),
+                    ),
                 )
             )
             if done == "ok":
@@ -321,18 +363,21 @@ class JobStore:
         raise StoreUnavailable("the job kept changing: try again")
 
     async def delete(self, job: Job) -> None:
-        remove = [*((i, m) for i, m, _ in _queued(job)), *((i, m) for i, m, _ in _running(job))]
-        remove.append((f"jt:{job.tenant}", job.id))
-        keys = [f"job:{job.id}", _lease(job.id), *(f"job:img:{job.id}:{i}" for i in range(job.images))]
-        events = await self._scan(f"ev:{job.id}", limit=100_000)
-        remove += [(f"ev:{job.id}", member) for member, _ in events]
+        await self._forget(job.id, job.tenant, job.tier, job.images)
+
+    async def _forget(self, job_id: str, tenant: str, tier: str, images: int = 0) -> None:
+        """The job, its lease, images, events and every index row, in one step."""
+        keys = [f"job:{job_id}", _lease(job_id), *(f"job:img:{job_id}:{i}" for i in range(images))]
+        events = await self._scan(f"ev:{job_id}", limit=100_000)
+        remove = [*_rows(job_id, tenant, tier), *((f"ev:{job_id}", member) for member, _ in events)]
         await self._commit(Txn(delete=tuple(keys), remove=tuple(remove)))
 
     # -- housekeeping (any replica) --------------------------------------------------------
 
     async def reap(self, now: float) -> int:
         """Running jobs whose lease expired (their replica died): requeued at their old
-        tag, or failed after ``max_attempts``; queued jobs past their deadline: expired."""
+        tag, or failed after ``max_attempts``; queued jobs past their deadline: expired;
+        jobs past their retention: forgotten, with every row they left (``jx``)."""
         changed = 0
         running = await self._scan("run", limit=1000)
         if running:
@@ -350,4 +395,9 @@ class JobStore:
                 changed += await self.transition(job, raw, new, guard)
         for job_id, _ in await self._scan("qd", hi=now, limit=1000):
             changed += (await self.update(job_id, "expire", now)) is not None
+        for member, _ in await self._scan("jx", hi=now, limit=SWEEP):
+            job_id, tenant, tier = orjson.loads(member)
+            found = await self.read(job_id)  # its key may outlive the row by a ttl's rounding
+            await self._forget(job_id, tenant, tier, found[0].images if found is not None else 0)
+            changed += 1
         return changed
