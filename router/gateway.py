@@ -25,6 +25,7 @@ from router.ask import Ask
 from router.backends import ImageBackend, ImageRequest, make_backend
 from router.backends.base import consecutive_seeds
 from router.backends.pool import BackendPool
+from router.billing.budget import refused_state
 from router.billing.gate import BudgetGate, Spend
 from router.billing.meter import bill
 from router.cache import ResultCache, open_store
@@ -204,15 +205,36 @@ class Gateway(Catalog, Readout):
         routed = self._route(table, ask)
         overlay = self._overlay(routed)
         count = min(partial_images, len(routed.route.fallback))
+        if count and routed.tenant is not None and routed.tenant.budget is not None:
+            return await self._take_budgeted_stream(routed, ask, overlay, cache, count)
         admission = await self._admit(routed, routed.images * (1 + count))
         try:
             decision = arm_phase(routed, ask, self.rng, self.draw, cached=cache is not None, serving=overlay)
             decision, spend = await self._spend(routed, decision, cache)
-            if spend is not None and spend.state == "exhausted":
-                count = 0  # previews are made, not stored: none for a tenant served only what is stored
         except BaseException:
             if admission is not None:
                 admission.release()
+            raise
+        return _Taken(routed, decision, admission, spend, cache, count)
+
+    async def _take_budgeted_stream(
+        self, routed: Routed, ask: Ask, overlay: Serving | None, cache: ResultCache | None, count: int
+    ) -> _Taken:
+        """A budgeted tenant's stream with previews: its budget is asked *first*, since
+        only its answer says whether previews are made at all — they are generated, never
+        stored, so a tenant its budget serves only what is stored gets none — and the
+        tenant is then admitted for the images that will really be sent (admitting it for
+        previews then dropping them counted images it never got). A refused admission
+        gives the budget's hold back."""
+        decision = arm_phase(routed, ask, self.rng, self.draw, cached=cache is not None, serving=overlay)
+        decision, spend = await self._spend(routed, decision, cache)
+        if spend is not None and spend.stored_only:
+            count = 0
+        try:
+            admission = await self._admit(routed, routed.images * (1 + count))
+        except BaseException:
+            if spend is not None:
+                self.budgets.settle(spend.held, 0)
             raise
         return _Taken(routed, decision, admission, spend, cache, count)
 
@@ -258,10 +280,13 @@ class Gateway(Catalog, Readout):
                 stored = await self._stored(decision)
                 if stored:
                     verdict = budget_rules(decision, tenant.budget, afforded._replace(stored=stored))
+            # served nothing, or only what is stored: out of money, or a brownout that
+            # allows no tier of this chain while money is left — said as what it is
+            said = refused_state(tenant.budget, held.tier, held.used) if verdict.state == "exhausted" else None
             if verdict.decision is None:
-                raise self.budgets.refusal(held)
-            cap = None
-            if verdict.state == "exhausted":
+                raise self.budgets.refusal(held, tenant.budget.downgrade_at if said == "brownout" else None)
+            cap, state = None, said or verdict.state
+            if said is not None:
                 held, cap = await self.budgets.hold_hit(tenant, held, billing, images, budget_s)
         except RouterError:
             self.tenants.count(tenant.name, "over_budget")
@@ -270,17 +295,21 @@ class Gateway(Catalog, Readout):
             if held is not None:
                 self.budgets.settle(held, 0)
             raise
-        self.budgets.decided(held, verdict.state)
-        return verdict.decision, Spend(held, verdict.skipped, verdict.state, cap)
+        self.budgets.decided(held, state)
+        return verdict.decision, Spend(held, verdict.skipped, state, cap)
 
     async def _stored(self, decision: Decision) -> frozenset[str]:
-        """The tiers of the chain already in the result store (one bounded lookup)."""
+        """The tiers of the chain already in the result store (one bounded lookup). A
+        look only, not counted as a hit: the walk that serves the stored tier looks it up
+        again and counts that one."""
         plan = decision.cache
         if plan is None or not plan.lookup:
             return frozenset()
         tiers = [decision.table.models[name] for name in budget_chain(decision)]
         deadline = self.clock() + decision.route.budget_ms / 1000
-        found = await self.coordinator.lookup_chain(decision.route, tiers, decision.request, plan, deadline)
+        found = await self.coordinator.lookup_chain(
+            decision.route, tiers, decision.request, plan, deadline, count=False
+        )
         return frozenset(found.hits) if found is not None else frozenset()
 
     async def _run(

@@ -11,6 +11,11 @@ re-encoding every image cost 2.2-3.4 ms of gateway CPU per request. The call goe
 through the same small HTTP/1.1 client as Triton's infer calls (``_http1``), with
 the answer parsed by orjson.
 
+Token ``usage``: an answer's ``usage`` object (GPT-image's token counts) is kept on the
+result (:class:`HostedResult`), parsed once with the images, for a ``tokens`` price
+(:mod:`router.billing.tokens`); an upstream that sends none, or one not understood,
+leaves it ``None`` (the tier's per-image price applies).
+
 Bounds: an answer body over :data:`MAX_ANSWER_BYTES` is refused while it arrives (the
 connection is closed), and an image over :data:`MAX_PIXELS` is refused from its header,
 before anything decodes it.
@@ -43,12 +48,21 @@ from PIL import Image
 
 from router.backends._http1 import AnswerTooLarge, Http1Pool
 from router.backends.base import EncodedImages, ImageRequest, ImageResult, sniff_format
+from router.billing.tokens import Tokens
 from router.config.table import Backend, Model
 from router.errors import BackendError, BackendRejected, BackendTimeout, BackendUnavailable
 from router.policy.circuit import CircuitBreaker
 from router.policy.forecast import Forecast, Lane
 
-__all__ = ["ANSWERED_FRESH_S", "MAX_ANSWER_BYTES", "MAX_PIXELS", "OpenAIImagesBackend", "parse_images"]
+__all__ = [
+    "ANSWERED_FRESH_S",
+    "MAX_ANSWER_BYTES",
+    "MAX_PIXELS",
+    "HostedResult",
+    "OpenAIImagesBackend",
+    "parse_answer",
+    "parse_images",
+]
 
 MAX_ANSWER_BYTES = 64 << 20  # n images of base64 text; a hosted 1024x1024 PNG is 2-4 MiB
 MAX_PIXELS = 4096 * 4096  # per image, read from its header before any decode
@@ -75,14 +89,40 @@ def _pixels(text: str) -> int | None:
     return None
 
 
+class HostedResult(ImageResult):
+    """A hosted upstream's images and the token ``usage`` its answer reported (``None``:
+    it reported none). Kept only for the answer it came with: a stored copy of the
+    images is a new result without it."""
+
+    __slots__ = ("tokens",)
+
+    def __init__(self, encoded: EncodedImages, tokens: Tokens | None) -> None:
+        super().__init__(None, "", encoded=encoded)
+        self.tokens = tokens
+
+
 def parse_images(body: bytes) -> EncodedImages:
     """An ``images/generations`` answer as the images it holds, all of one format;
     anything else is a :class:`BackendError` naming what was wrong."""
+    encoded = parse_answer(body).encoded
+    assert encoded is not None  # a HostedResult always holds its encoded images
+    return encoded
+
+
+def parse_answer(body: bytes) -> HostedResult:
+    """An ``images/generations`` answer as its images (all of one format) and the token
+    counts of its ``usage``; bad images are a :class:`BackendError` naming what was wrong
+    (a ``usage`` not understood is only not believed: the images are what was asked)."""
     try:
-        items = orjson.loads(body)["data"]
-        texts = tuple(str(item["b64_json"]) for item in items)
+        answer = orjson.loads(body)
+        texts = tuple(str(item["b64_json"]) for item in answer["data"])
     except (ValueError, KeyError, TypeError) as exc:  # orjson's errors are ValueErrors
         raise BackendError(f"upstream answer not understood: {type(exc).__name__}: {exc}") from exc
+    usage = answer.get("usage") if isinstance(answer, dict) else None
+    return HostedResult(_encoded(texts), Tokens.of(usage))
+
+
+def _encoded(texts: tuple[str, ...]) -> EncodedImages:
     if not texts:
         raise BackendError("upstream answer not understood: no images in data")
     formats = set()
@@ -211,7 +251,7 @@ class OpenAIImagesBackend:
             raise kind(f"upstream answered {status}", upstream_status=status)
         if status != 200:  # a redirect or an empty answer: not followed, not understood
             raise BackendError(f"upstream answered {status}", upstream_status=status)
-        return ImageResult(None, "", encoded=parse_images(response.body))
+        return parse_answer(response.body)
 
     async def ready(self) -> bool:
         """Up if it answered recently, else as a (cached) probe finds it."""

@@ -26,7 +26,18 @@ from router.billing.price import Shape, quote
 from router.billing.spec import MICROS, Billing, Budget, BudgetLimit, Price
 from router.config.table import Model
 
-__all__ = ["KEEP_S", "Window", "hit_quote", "quotes", "refusal", "standing", "used_share", "window", "windows"]
+__all__ = [
+    "KEEP_S",
+    "Window",
+    "hit_quote",
+    "quotes",
+    "refusal",
+    "refused_state",
+    "standing",
+    "used_share",
+    "window",
+    "windows",
+]
 
 KEEP_S = 7 * 86400  # a window's key outlives its period by this much
 
@@ -94,12 +105,31 @@ def used_share(wins: list[Window], available: list[int], held: int) -> float:
     return max(shares, default=0.0)
 
 
-def refusal(tenant: str, wins: list[Window], available: list[int]) -> tuple[str, Window]:
-    """The message of an ``insufficient_quota`` and the window that binds (least left)."""
+def refused_state(budget: Budget, tier: int, used: float) -> str:
+    """What a budget that serves nothing says (``X-Router-Budget``, the decision counted):
+    ``brownout`` when the windows could still pay for a tier (``tier`` >= 0) but the
+    brownout (``downgrade_at``) allows none of the chain's — the tenant has money left,
+    and saying ``exhausted`` would send an operator looking for a spent budget; else
+    ``exhausted``."""
+    if tier >= 0 and budget.downgrade_at is not None and used >= budget.downgrade_at:
+        return "brownout"
+    return "exhausted"
+
+
+def refusal(tenant: str, wins: list[Window], available: list[int], brownout: float | None = None) -> tuple[str, Window]:
+    """The message of an ``insufficient_quota`` and the window that binds (least left);
+    ``brownout``: the ``downgrade_at`` share that refused it while money was left."""
     binding = min(range(len(wins)), key=lambda k: available[k])
     win = wins[binding]
     left = max(0, available[binding]) / MICROS
     stamp = dt.datetime.fromtimestamp(win.resets_at, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    if brownout is not None:
+        message = (
+            f"tenant {tenant!r} is in a brownout (past {brownout:.0%} of its {win.per} budget of "
+            f"{win.limit / MICROS:.2f}, {left:.6f} left) and none of this request's tiers is one its "
+            f"downgrade_to allows; it resets at {stamp}"
+        )
+        return message, win
     message = (
         f"tenant {tenant!r} cannot afford this request within its {win.per} budget of "
         f"{win.limit / MICROS:.2f} ({left:.6f} left); it resets at {stamp}"

@@ -87,13 +87,19 @@ class Reservation:
 @dataclass(frozen=True, slots=True)
 class Spend:
     """A request's reservation, the tiers it skipped for the budget (``budget``), the
-    budget's state (``X-Router-Budget``: ``ok``, ``warn``, ``brownout`` or ``exhausted``:
-    served from the store) and the most its answer may be charged (``None``: no cap)."""
+    budget's state (``X-Router-Budget``: ``ok``, ``warn``, ``brownout`` or ``exhausted``)
+    and the most its answer may be charged (``None``: no cap; set only when the budget
+    serves it what is stored, and nothing it would make)."""
 
     held: Reservation
     skipped: tuple[tuple[str, str], ...]
     state: str = "ok"
     cap: int | None = None
+
+    @property
+    def stored_only(self) -> bool:
+        """Served only what is stored (its budget pays for no tier it could make)."""
+        return self.cap is not None
 
     def headers(self) -> dict[str, str]:
         """The binding window's ``x-ratelimit-*-spend`` and ``X-Router-Budget`` (nothing
@@ -151,15 +157,23 @@ class BudgetGate:
     async def hold_hit(
         self, tenant: Tenant, held: Reservation, billing: Billing, images: int, budget_s: float
     ) -> tuple[Reservation, int]:
-        """A stored image for a tenant whose budget pays for no tier (docs/billing.md):
-        ``held`` is given back and the hit price reserved instead. Returns the
-        reservation to settle and the most the answer may be charged — 0 when the hit
-        price does not fit either: the image is served free, never past the limit."""
-        if held.amount > 0:
-            self.settle(held, 0)
+        """A stored image for a tenant whose budget serves no tier (docs/billing.md): the
+        hit price is held instead of ``held``. Returns the reservation to settle and the
+        most the answer may be charged — 0 when the hit price does not fit either: the
+        image is served free, never past the limit.
+
+        What ``held`` holds already (a brownout that allows no tier of the chain still
+        reserved one) covers the hit when it is enough: it is kept, and settling the hit
+        gives the rest back — no second store call, and the answer's remaining spend is
+        what is left once only the hit is held. Else it is given back *before* the hit is
+        held (one call; retried in the background if the store does not take it), so the
+        hit's reservation and its ``x-ratelimit-remaining-spend`` do not count it too."""
         amount = hit_quote(billing, images)
-        if amount == 0:
-            return dataclasses.replace(held, tier=-1, amount=0), 0
+        if held.amount >= amount:
+            back = held.amount - amount
+            return dataclasses.replace(held, available=[a + back for a in held.available]), amount
+        if held.amount > 0 and not await self._give_back_now(held):
+            self.settle(held, 0)
         hit = await self._hold(tenant, held.windows, [amount], budget_s)
         return hit, hit.amount  # 0 when it does not fit: nothing held
 
@@ -182,19 +196,21 @@ class BudgetGate:
         reservation.used = used_share(wins, available, amount)
         return reservation
 
-    def refusal(self, held: Reservation) -> InsufficientQuota:
+    def refusal(self, held: Reservation, brownout: float | None = None) -> InsufficientQuota:
         """The ``429 insufficient_quota`` for a request its budget cannot serve; whatever
-        ``held`` holds is given back first."""
-        self.tally.decided(held.tenant, "exhausted")
+        ``held`` holds is given back first. ``brownout``: the ``downgrade_at`` share that
+        refused it while the windows could still pay (:func:`refused_state`): the answer
+        says ``brownout``, and the decision counted is ``brownout_refused``."""
+        self.tally.decided(held.tenant, "exhausted" if brownout is None else "brownout_refused")
         if held.amount > 0:
             self.settle(held, 0)
             held = dataclasses.replace(held, amount=0, available=[a + held.amount for a in held.available])
         headers = {"x-should-retry": "false"}
         if held.available:
-            message, win = refusal(held.tenant, held.windows, held.available)
+            message, win = refusal(held.tenant, held.windows, held.available, brownout)
             retry_s = max(1, int(win.resets_at - self.wall()))
             headers.update(held.headers())
-            headers["x-router-budget"] = "exhausted"
+            headers["x-router-budget"] = "exhausted" if brownout is None else "brownout"
         else:  # the store did not answer, and this replica's shadow of the budget is spent
             message = f"tenant {held.tenant!r}: the state store is unreachable and this replica's share is spent"
             retry_s = 1
@@ -225,6 +241,17 @@ class BudgetGate:
         task = asyncio.get_running_loop().create_task(self._settle(reservation, 0))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    async def _give_back_now(self, reservation: Reservation) -> bool:
+        """One attempt to give ``reservation`` back at once (``False``: the store did not
+        answer; the caller retries it in the background)."""
+        store = self.store()
+        keys = [reservation.index, reservation.holder, reservation.done, *(w.key for w in reservation.windows)]
+        done = await store.settle(keys, [0, DONE_TTL_S, *(w.ttl_s for w in reservation.windows)]) if store else None
+        if done is None:
+            return False
+        self.settled += done
+        return True
 
     def settle(self, reservation: Reservation, actual: int) -> None:
         """Count ``actual`` micro-units spent (0: nothing ran: the hold is given back),

@@ -2,7 +2,8 @@
 counts hashes in the state store (``u:{YYYYMMDD}:{tenant}``, fields
 ``{route}|{model}|{images,cached,compute_ms,cost}``, integers: cost in micro-units, so
 ``GET /admin/usage`` sums exactly to the answers' ``usage.cost``). Pure: key names,
-fields and rows; the gateway writes them, :mod:`router.http.usage_api` reads them.
+fields and rows, and rows summed over what a reader does not group by (:func:`grouped`);
+the gateway writes them, :mod:`router.http.usage_api` reads them.
 
 One write per answer, off the request path and never retried (a retry after a lost
 reply could count twice); a store fault loses that answer's line (logged by the guard).
@@ -16,11 +17,12 @@ from typing import Any
 from router.billing.spec import MICROS
 from router.billing.usage import Usage
 
-__all__ = ["ANONYMOUS", "KEEP_S", "day_of", "fields", "key", "rows"]
+__all__ = ["ANONYMOUS", "GROUPS", "KEEP_S", "day_of", "fields", "grouped", "key", "rows"]
 
 ANONYMOUS = "_anonymous"  # open mode: a request without a tenant
 KEEP_S = 400 * 86400  # a day's ledger is kept this long
 _KINDS = ("images", "cached", "compute_ms", "cost")
+GROUPS = ("day", "tenant", "route", "model")  # a row's keys, in the order rows name them
 
 
 def day_of(wall: float) -> str:
@@ -51,3 +53,28 @@ def rows(day: str, tenant: str, counts: dict[str, int]) -> list[dict[str, Any]]:
             "cost_micros": got.get("cost", 0),
         })  # fmt: skip
     return out
+
+
+def grouped(rows: list[dict[str, Any]], by: tuple[str, ...]) -> list[dict[str, Any]]:
+    """``rows`` (as :func:`rows` makes them) summed over every key of :data:`GROUPS` not
+    in ``by``: one row per distinct value of ``by`` (none: one row, the total), its keys
+    in :data:`GROUPS`' order, sorted by them. Sums are of integers (compute in ms, cost
+    in micro-units), so any grouping adds up to exactly the ungrouped total."""
+    keys = tuple(k for k in GROUPS if k in by)
+    sums: dict[tuple[str, ...], list[int]] = {}
+    for row in rows:
+        counts = sums.setdefault(tuple(row[k] for k in keys), [0, 0, 0, 0])
+        counts[0] += row["images"]
+        counts[1] += row["cached_images"]
+        counts[2] += round(row["compute_s"] * 1000)
+        counts[3] += row["cost_micros"]
+    if not keys and not sums:
+        sums[()] = [0, 0, 0, 0]  # the total of nothing is a row of zeros
+    return [
+        {
+            **dict(zip(keys, values, strict=True)),
+            "images": images, "cached_images": cached, "compute_s": compute_ms / 1000,
+            "cost": round(cost / MICROS, 6), "cost_micros": cost,
+        }
+        for values, (images, cached, compute_ms, cost) in sorted(sums.items())
+    ]  # fmt: skip

@@ -2,13 +2,16 @@
 billed for (:attr:`router.served.Served.compute`) and their price (pure; the gateway
 calls it once per answer, after the walk).
 
-Only the answer's own result is billed: a hedge's loser, a timed-out or abandoned
+A hosted tier's answer carries the upstream's token counts (:class:`HostedResult`):
+they are priced when the tier has a ``tokens`` price, and reported in ``usage`` either
+way. Only the answer's own result is billed: a hedge's loser, a timed-out or abandoned
 attempt before a downgrade never reaches the answer, so its compute is never charged.
 """
 
 from __future__ import annotations
 
 from router.backends.base import ImageRequest
+from router.backends.openai import HostedResult
 from router.billing.price import Cost, Shape, cost
 from router.billing.spec import Billing
 from router.billing.usage import Usage
@@ -30,8 +33,9 @@ def bill(billing: Billing, served: Served, request: ImageRequest) -> Usage:
     images = len(served.result)
     compute_ns, source = served.compute
     price = served.model.price
+    tokens = served.result.tokens if isinstance(served.result, HostedResult) and not served.stored else None
     charge = Cost()
     if price is not None:  # compile refuses an unpriced routable model; a preview's own
-        charge = cost(billing, price, images, compute_ns / 1e9, shape_of(served, request), served.stored)
+        charge = cost(billing, price, images, compute_ns / 1e9, shape_of(served, request), served.stored, tokens)
     cached = images if served.stored else 0
-    return Usage(images, cached, compute_ns, source, charge, billing.currency)
+    return Usage(images, cached, compute_ns, source, charge, billing.currency, tokens)

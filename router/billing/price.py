@@ -11,6 +11,8 @@ exact. The rules (docs/billing.md):
   ``max_steps``, ``size`` and ``quality`` match (a field the request does not tell —
   a tier's default steps — is taken to match: the default is within any row written
   for it); compute is still measured, never priced;
+- a hosted tier with a ``tokens`` price whose upstream reported its token ``usage``:
+  the tokens at their prices, instead of the per-image price (:mod:`router.billing.tokens`);
 - an image from the result store: ``cache_hit_price``, and 0 compute — the request that
   made it paid for the compute.
 """
@@ -20,6 +22,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 from router.billing.spec import MICROS, Billing, Price, PriceRow
+from router.billing.tokens import Tokens, token_amount
 
 __all__ = ["Cost", "Shape", "cost", "micros", "quote", "rate_per_s", "row_for"]
 
@@ -40,10 +43,11 @@ class Cost(NamedTuple):
     compute: int = 0
     per_image: int = 0
     cache_hits: int = 0
+    tokens: int = 0  # a hosted tier priced by its upstream's tokens
 
     @property
     def total(self) -> int:
-        return self.compute + self.per_image + self.cache_hits
+        return self.compute + self.per_image + self.cache_hits + self.tokens
 
 
 def micros(amount: float) -> int:
@@ -75,11 +79,23 @@ def row_for(price: Price, shape: Shape) -> PriceRow | None:
     return next((row for row in price.table if _matches(row, shape)), None)
 
 
-def cost(billing: Billing, price: Price, images: int, compute_s: float, shape: Shape, cached: bool) -> Cost:
+def cost(
+    billing: Billing,
+    price: Price,
+    images: int,
+    compute_s: float,
+    shape: Shape,
+    cached: bool,
+    tokens: Tokens | None = None,
+) -> Cost:
     """What ``images`` images served with ``compute_s`` seconds of compute cost.
-    ``cached``: they came from the result store (``compute_s`` is then ignored)."""
+    ``cached``: they came from the result store (``compute_s`` is then ignored);
+    ``tokens``: the upstream's token counts (priced by them when the tier has a
+    ``tokens`` price)."""
     if cached:
         return Cost(cache_hits=micros(billing.cache_hit_price * images))
+    if price.tokens is not None and tokens is not None:
+        return Cost(tokens=micros(token_amount(price.tokens, tokens)))
     if price.table:
         row = row_for(price, shape)
         per_image = row.per_image if row is not None else price.per_image

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["MICROS", "Billing", "Budget", "BudgetLimit", "Price", "PriceRow"]
+__all__ = ["MICROS", "Billing", "Budget", "BudgetLimit", "Price", "PriceRow", "TokenPrice"]
 
 MICROS = 1_000_000  # micro-units per currency unit
 
@@ -29,15 +29,30 @@ class PriceRow:
 
 
 @dataclass(frozen=True, slots=True)
+class TokenPrice:
+    """A hosted tier's price per upstream token, by kind (OpenAI's GPT-image ``usage``:
+    input text and image tokens, output image and text tokens)."""
+
+    input_text: float = 0.0
+    input_image: float = 0.0
+    output_image: float = 0.0
+    output_text: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
 class Price:
     """What one image of a model costs: metered (``per_image`` + compute-seconds at
     ``per_compute_second``, or at ``gpus`` x the GPU-hour price), or a fixed ``table``
-    (first match wins; metered compute is still recorded)."""
+    (first match wins; metered compute is still recorded). ``tokens``: a hosted tier's
+    answer that reports the upstream's token ``usage`` is priced by it instead (the
+    per-image price stays what an answer without ``usage`` costs, and what a budget
+    reservation quotes: the tokens are known only after the call)."""
 
     gpus: float = 1.0
     per_image: float = 0.0
     per_compute_second: float | None = None
     table: tuple[PriceRow, ...] = ()
+    tokens: TokenPrice | None = None
 
 
 @dataclass(frozen=True, slots=True)

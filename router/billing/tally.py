@@ -16,9 +16,11 @@ from router.billing.usage import Usage
 __all__ = ["DECISIONS", "Tally"]
 
 # ok | warn | brownout | exhausted: the X-Router-Budget a request was answered with
-# (exhausted: refused, or served only what is stored); fail_open: admitted while the
-# store did not answer; fail_closed: refused for that (503 store_unavailable)
-DECISIONS = ("ok", "warn", "brownout", "exhausted", "fail_open", "fail_closed")
+# (exhausted: refused, or served only what is stored); brownout_refused: refused by a
+# brownout that allows none of its tiers while money was left (answered `brownout`);
+# fail_open: admitted while the store did not answer; fail_closed: refused for that
+# (503 store_unavailable)
+DECISIONS = ("ok", "warn", "brownout", "exhausted", "brownout_refused", "fail_open", "fail_closed")
 
 
 class Tally:

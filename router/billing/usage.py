@@ -1,6 +1,7 @@
 """The ``usage`` a served request reports, and its renderings: the OpenAI-shaped object
-(token fields present and 0 — diffusion tiers consume no tokens, and the ``openai``
-SDK types them as required — plus ``cost`` inside ``usage``, as OpenRouter does), the
+(token fields present — the ``openai`` SDK types them as required — and 0 for diffusion
+tiers, which consume no tokens; a hosted tier's upstream counts passed through unchanged;
+plus ``cost`` inside ``usage``, as OpenRouter does), the
 ``X-Router-Usage`` header (also gRPC metadata and the access log), and KServe
 parameters. Pure values; :mod:`router.billing.meter` makes them from an answer.
 """
@@ -12,8 +13,18 @@ from typing import Any
 
 from router.billing.price import Cost
 from router.billing.spec import MICROS
+from router.billing.tokens import Tokens
 
 __all__ = ["Usage"]
+
+
+def _no_tokens() -> dict[str, Any]:
+    return {
+        "input_tokens": 0,
+        "input_tokens_details": {"text_tokens": 0, "image_tokens": 0},
+        "output_tokens": 0,
+        "total_tokens": 0,
+    }
 
 
 def _money(micro: int) -> float:
@@ -32,6 +43,7 @@ class Usage:
     compute_source: str
     cost: Cost
     currency: str
+    tokens: Tokens | None = None  # what a hosted upstream said it used (None: no tokens)
 
     @property
     def compute_s(self) -> float:
@@ -42,23 +54,24 @@ class Usage:
         return round(self.compute_ns / 1e6)
 
     def body(self) -> dict[str, Any]:
-        """The ``usage`` object of an OpenAI-shaped answer."""
+        """The ``usage`` object of an OpenAI-shaped answer; ``cost_details.tokens`` only
+        on an answer that reported tokens (a diffusion tier's stays as it was)."""
+        details = {
+            "compute": _money(self.cost.compute),
+            "per_image": _money(self.cost.per_image),
+            "cache_hits": _money(self.cost.cache_hits),
+        }
+        if self.tokens is not None:
+            details["tokens"] = _money(self.cost.tokens)
         return {
-            "input_tokens": 0,
-            "input_tokens_details": {"text_tokens": 0, "image_tokens": 0},
-            "output_tokens": 0,
-            "total_tokens": 0,
+            **(_no_tokens() if self.tokens is None else self.tokens.body()),
             "images": self.images,
             "cached_images": self.cached_images,
             "compute_s": self.compute_s,
             "compute_source": self.compute_source,
             "cost": _money(self.cost.total),
             "currency": self.currency,
-            "cost_details": {
-                "compute": _money(self.cost.compute),
-                "per_image": _money(self.cost.per_image),
-                "cache_hits": _money(self.cost.cache_hits),
-            },
+            "cost_details": details,
         }
 
     def header(self) -> str:

@@ -102,8 +102,16 @@ class Coordinator:
     # -- StoredTiers ---------------------------------------------------------------------
 
     async def lookup_chain(
-        self, route: Route, tiers: Sequence[Model], request: ImageRequest, plan: CachePlan, deadline: float
+        self,
+        route: Route,
+        tiers: Sequence[Model],
+        request: ImageRequest,
+        plan: CachePlan,
+        deadline: float,
+        count: bool = True,
     ) -> Lookup | None:
+        """The chain's keys and what the store holds of them (``count=False``: a look
+        that serves nothing, not counted as a hit)."""
         cache = self.cache
         if cache is None or request.seeds is None:
             return None
@@ -121,7 +129,7 @@ class Coordinator:
         hits: dict[str, Stored] = {}
         if trusted:
             lookups = {name: key for name, key in keys.items() if name in trusted}
-            found = await cache.lookup(lookups, deadline - self.clock())
+            found = await cache.lookup(lookups, deadline - self.clock(), count=count)
             hits = {name: Stored(_result(entry), entry.seeds) for name, entry in found.items()}
         return Lookup(keys, hits, plan.skipped or "MISS")
 

@@ -32,8 +32,10 @@ class HotEntries:
     def __len__(self) -> int:
         return len(self._items)
 
-    def get(self, key: str) -> Entry | None:
-        value = self._get(key)
+    def get(self, key: str, count: bool = True) -> Entry | None:
+        """``count=False``: a look that serves nothing (a budget asking what is stored)
+        is not a hit — the walk that serves it counts its own."""
+        value = self._get(key, count)
         return value if isinstance(value, Entry) else None
 
     def get_variant(self, image: str, fmt: str, quality: int) -> bytes | None:
@@ -43,7 +45,7 @@ class HotEntries:
     def put_variant(self, image: str, fmt: str, quality: int, data: bytes, ttl_s: float) -> None:
         self._put(f"#{image}.{fmt}.{quality}", data, len(data) + 128, ttl_s)
 
-    def _get(self, key: str) -> Entry | bytes | None:
+    def _get(self, key: str, count: bool = True) -> Entry | bytes | None:
         item = self._items.get(key)
         if item is None:
             return None
@@ -52,7 +54,7 @@ class HotEntries:
             self._drop(key)
             return None
         self._items.move_to_end(key)
-        self.hits += 1
+        self.hits += count
         return value
 
     def put(self, key: str, entry: Entry, ttl_s: float) -> None:

@@ -84,7 +84,11 @@ class ResultCache:
     # -- results -----------------------------------------------------------------------
 
     async def lookup(
-        self, keys: dict[str, CacheKey], timeout_s: float | None = None, bound_s: float | None = None
+        self,
+        keys: dict[str, CacheKey],
+        timeout_s: float | None = None,
+        bound_s: float | None = None,
+        count: bool = True,
     ) -> dict[str, Entry]:
         """The cached entries among ``keys`` (tier name → key), in one store round trip
         bounded by the store's timeout (``bound_s`` instead, on a path that is waiting
@@ -92,7 +96,7 @@ class ResultCache:
         found: dict[str, Entry] = {}
         names = []
         for name, key in keys.items():
-            entry = self.hot.get(str(key))
+            entry = self.hot.get(str(key), count)
             if entry is not None:
                 found[name] = entry
             else:

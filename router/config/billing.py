@@ -1,7 +1,10 @@
 """``billing:``, a model's ``price`` and a tenant's ``budget``, compiled into
-:mod:`router.billing.spec` values, and the one rule that spans them: with a ``billing``
+:mod:`router.billing.spec` values, and the rules that span them: with a ``billing``
 block, every model a route can serve has a price (Portkey counts an unpriced model as
-$0 and LiteLLM bills a new model 0 until someone notices; here it is a config error).
+$0 and LiteLLM bills a new model 0 until someone notices; here it is a config error);
+a ``tokens`` price is a hosted tier's, and comes with the per-image price its answers
+without ``usage`` are billed and its budget reservations are quoted at (the tokens are
+known only after the call: alone, they would quote and bill 0).
 """
 
 from __future__ import annotations
@@ -9,11 +12,11 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 
-from router.billing.spec import Billing, Budget, BudgetLimit, Price, PriceRow
-from router.config.schema import BillingSpec, BudgetSpec, PriceSpec
+from router.billing.spec import Billing, Budget, BudgetLimit, Price, PriceRow, TokenPrice
+from router.config.schema import BillingSpec, BudgetSpec, PriceSpec, TenantSpec
 from router.config.table import Route
 
-__all__ = ["billing", "budget", "per_seconds", "price", "routable_models"]
+__all__ = ["billing", "budget", "budget_of", "per_seconds", "price", "price_issues", "routable_models"]
 
 _UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
@@ -22,7 +25,32 @@ def price(spec: PriceSpec | None) -> Price | None:
     if spec is None:
         return None
     rows = tuple(PriceRow(r.per_image, r.max_side, r.max_steps, r.size, r.quality) for r in spec.table or ())
-    return Price(spec.gpus, spec.per_image, spec.per_compute_second, rows)
+    t = spec.tokens
+    tokens = TokenPrice(t.input_text, t.input_image, t.output_image, t.output_text) if t is not None else None
+    return Price(spec.gpus, spec.per_image, spec.per_compute_second, rows, tokens)
+
+
+def price_issues(spec: PriceSpec | None, backend_kind: str) -> list[tuple[tuple[str, ...], str]]:
+    """What is wrong with a model's ``price`` on a backend of ``backend_kind``, each with
+    its path below ``price``."""
+    t = spec.tokens if spec is not None else None
+    if spec is None or t is None:
+        return []
+    where: tuple[str, ...] = ("price", "tokens")
+    issues: list[tuple[tuple[str, ...], str]] = []
+    if backend_kind != "openai":
+        issues.append(
+            (where, f"token prices are for hosted (type: openai) tiers; this model's backend is {backend_kind}")
+        )
+    if not (t.input_text or t.input_image or t.output_image or t.output_text):
+        issues.append(
+            (where, "give at least one token price above 0 (input_text, input_image, output_image, output_text)")
+        )
+    if not spec.per_image and not spec.table:
+        issues.append(
+            (where, "give per_image or a table too: answers without usage are billed, and budgets quoted, by it")
+        )
+    return issues
 
 
 def billing(spec: BillingSpec | None) -> Billing | None:
@@ -50,6 +78,13 @@ def budget(spec: BudgetSpec | None) -> Budget | None:
         return None
     limits = tuple(BudgetLimit(per_seconds(lim.per), lim.amount) for lim in spec.limits)
     return Budget(limits, spec.warn_at, spec.downgrade_at, spec.on_exhausted, tuple(spec.downgrade_to), spec.fail)
+
+
+def budget_of(tenant: TenantSpec, defaults: BudgetSpec | None) -> BudgetSpec | None:
+    """A tenant's budget: its own when it gives one (``budget: null`` says it has none),
+    else ``tenants.budget_defaults`` — one whole budget, never merged field by field,
+    so what a tenant wrote is all that applies to it."""
+    return tenant.budget if "budget" in tenant.model_fields_set else defaults
 
 
 def routable_models(routes: Iterable[Route]) -> list[str]:

@@ -26,6 +26,7 @@ from pydantic import ValidationError
 from router.config import billing as billing_config
 from router.config.regex import Pattern, RegexError, compile_regex
 from router.config.schema import (
+    BudgetSpec,
     CacheSpec,
     MatchSpec,
     OpenAIBackendSpec,
@@ -170,6 +171,8 @@ class _Compiler:
                 self.validated.invalid_models.add(name)
                 continue
             remote = m.triton_model if backend.kind == "triton" else m.remote_model
+            for where, message in billing_config.price_issues(m.price, backend.kind):
+                self.fail(path + where, message)
             self.models[name] = Model(
                 name,
                 m.backend,
@@ -491,7 +494,10 @@ class _Compiler:
         """With ``billing``, a routable model without ``price`` is an error at its
         declaration (or at ``billing`` for a model only a route names)."""
         if self.spec.billing is None:
-            for name, t in (self.spec.tenants.tenants if self.spec.tenants else {}).items():
+            tenants = self.spec.tenants
+            if tenants is not None and tenants.budget_defaults is not None:
+                self.fail(("tenants", "budget_defaults"), "a budget needs a billing block to price images")
+            for name, t in (tenants.tenants if tenants else {}).items():
                 if t.budget is not None:
                     self.fail(("tenants", "tenants", name, "budget"), "a budget needs a billing block to price images")
             return
@@ -538,12 +544,7 @@ class _Compiler:
             for i, route in enumerate(t.routes or []):
                 if route not in known:
                     self.fail(("tenants", "tenants", name, "routes", i), f"unknown route or model {route!r}")
-            for i, model in enumerate(t.budget.downgrade_to if t.budget is not None else []):
-                if model not in self.models and model not in self.validated.invalid_models:
-                    self.fail(
-                        ("tenants", "tenants", name, "budget", "downgrade_to", i),
-                        f"unknown model {model!r} (downgrade_to names models a brownout may serve)",
-                    )
+            self.check_downgrade_to(t.budget, ("tenants", "tenants", name, "budget"))
             out.append(
                 Tenant(
                     name,
@@ -555,10 +556,18 @@ class _Compiler:
                     t.priority_ceiling,
                     frozenset(t.routes) if t.routes is not None else None,
                     frozenset(o.lower() for o in t.overrides),
-                    billing_config.budget(t.budget),
+                    billing_config.budget(billing_config.budget_of(t, spec.budget_defaults)),
                 )
             )
+        self.check_downgrade_to(spec.budget_defaults, ("tenants", "budget_defaults"))
         return spec.mode, tuple(out)
+
+    def check_downgrade_to(self, budget: BudgetSpec | None, path: PathKey) -> None:
+        """Each ``downgrade_to`` name must be a model (checked where it is written)."""
+        for i, model in enumerate(budget.downgrade_to if budget is not None else []):
+            if model not in self.models and model not in self.validated.invalid_models:
+                why = "downgrade_to names models a brownout may serve"
+                self.fail(path + ("downgrade_to", i), f"unknown model {model!r} ({why})")
 
     def aliases(self, routes: list[Route]) -> dict[str, str]:
         """Each alias must stand for ``auto``, a logical model or a route, and must not

@@ -39,6 +39,7 @@ __all__ = [
     "SplitArmSpec",
     "StateSpec",
     "Strict",
+    "TokenPriceSpec",
     "TritonBackendSpec",
 ]
 
@@ -129,14 +130,25 @@ class PriceRowSpec(Strict):
     quality: str | None = Field(default=None, min_length=1)
 
 
+class TokenPriceSpec(Strict):
+    """A hosted tier's price per upstream token (used when its answer reports ``usage``)."""
+
+    input_text: float = Field(default=0.0, ge=0)
+    input_image: float = Field(default=0.0, ge=0)
+    output_image: float = Field(default=0.0, ge=0)
+    output_text: float = Field(default=0.0, ge=0)
+
+
 class PriceSpec(Strict):
     """What one image costs: ``per_image`` plus compute-seconds at ``per_compute_second``
-    (else ``gpus`` x ``billing.gpu_hour_price`` / 3600), or a fixed ``table``."""
+    (else ``gpus`` x ``billing.gpu_hour_price`` / 3600), or a fixed ``table``; a hosted
+    tier's ``tokens`` price instead when its upstream reports token ``usage``."""
 
     gpus: float = Field(default=1.0, gt=0)
     per_image: float = Field(default=0.0, ge=0)
     per_compute_second: float | None = Field(default=None, ge=0)
     table: list[PriceRowSpec] | None = Field(default=None, min_length=1)
+    tokens: TokenPriceSpec | None = None
 
 
 class ModelSpec(Strict):
@@ -391,6 +403,8 @@ class TenantsSpec(Strict):
 
     mode: Literal["open", "keys"] = "open"
     tenants: dict[Name, TenantSpec] = Field(default_factory=dict)
+    # the budget of every tenant that does not give its own (``budget: null`` opts out)
+    budget_defaults: BudgetSpec | None = None
 
 
 class RoutesFile(Strict):

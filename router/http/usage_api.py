@@ -7,7 +7,11 @@ route x model, as JSON or CSV, summing exactly to the answers' ``usage.cost``.
   without a key reads ``_anonymous``, as everything else in open mode is open.
 
 ``from`` / ``to`` are ``YYYY-MM-DD`` (UTC; default today, at most 400 days);
-``format=csv`` answers ``text/csv`` (the rows only). 404 ``not_found`` without a
+``group_by`` is any of ``day,tenant,route,model`` (comma-separated; default all four,
+one row per day x tenant x route x model; empty: one row, the total): rows are summed
+over the others, exactly (:func:`router.billing.ledger.grouped`); ``format=csv`` answers
+``text/csv`` (the rows only, their columns those grouped by and the sums). A bad date,
+range, ``group_by`` or ``format`` is a 400 ``invalid_request`` naming it (``param``). 404 ``not_found`` without a
 ``billing`` block; 503 ``store_unavailable`` when the state store does not answer.
 """
 
@@ -33,7 +37,7 @@ from router.http.common import FastJSONResponse, gateway_of, tenant_of
 __all__ = ["admin_usage", "tenant_usage"]
 
 MAX_DAYS = 400
-COLUMNS = ("day", "tenant", "route", "model", "images", "cached_images", "compute_s", "cost")
+SUMS = ("images", "cached_images", "compute_s", "cost")
 
 
 def _day(value: str | None, name: str) -> dt.date:
@@ -56,24 +60,43 @@ def unavailable() -> StoreUnavailable:
     return StoreUnavailable("the state store did not answer: usage cannot be read now")
 
 
-async def _rows(request: Request, gateway: Gateway, tenants: list[str]) -> tuple[list[dict[str, Any]], str]:
-    """The ledger's rows of ``tenants`` over the query's days, and the format asked."""
-    start, end = _day(request.query_params.get("from"), "from"), _day(request.query_params.get("to"), "to")
+def _group_by(value: str | None) -> tuple[str, ...]:
+    """The keys rows are grouped by, in the rows' order (``None``: all of them)."""
+    if value is None:
+        return ledger.GROUPS
+    asked = tuple(dict.fromkeys(part.strip() for part in value.split(",") if part.strip()))
+    wrong = [name for name in asked if name not in ledger.GROUPS]
+    if wrong:
+        raise InvalidRequest(
+            f"group_by: {', '.join(map(repr, wrong))} is not one of {', '.join(ledger.GROUPS)}", field="group_by"
+        )
+    return tuple(name for name in ledger.GROUPS if name in asked)
+
+
+async def _rows(
+    request: Request, gateway: Gateway, tenants: list[str]
+) -> tuple[list[dict[str, Any]], str, tuple[str, ...]]:
+    """The ledger's rows of ``tenants`` over the query's days, grouped as asked; the
+    format asked, and the keys grouped by. The query is checked before the store is read."""
+    query = request.query_params
+    start, end = _day(query.get("from"), "from"), _day(query.get("to"), "to")
     if not 0 <= (end - start).days < MAX_DAYS:
         raise InvalidRequest(f"from..to must be in order and within {MAX_DAYS} days", field="to")
-    fmt = request.query_params.get("format", "json")
+    fmt = query.get("format", "json")
     if fmt not in ("json", "csv"):
         raise InvalidRequest("format: json or csv", field="format")
+    by = _group_by(query.get("group_by"))
     store = gateway.state_store
     rows = await usage_rows(store, tenants, start, end) if store is not None else None
     if rows is None:
         raise unavailable()
-    return rows, fmt
+    return (rows if by == ledger.GROUPS else ledger.grouped(rows, by)), fmt, by
 
 
-def _csv(rows: list[dict[str, Any]]) -> Response:
+def _csv(rows: list[dict[str, Any]], by: tuple[str, ...]) -> Response:
     out = io.StringIO()
-    writer = csv.DictWriter(out, COLUMNS, extrasaction="ignore", lineterminator="\n")
+    columns = [k for k in ledger.GROUPS if k in by] + list(SUMS)
+    writer = csv.DictWriter(out, columns, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
     return Response(out.getvalue(), media_type="text/csv")
@@ -83,10 +106,10 @@ async def admin_usage(request: Request) -> Response:
     check_admin(request)
     gateway = gateway_of(request)
     billing = billing_of(gateway)
-    rows, fmt = await _rows(request, gateway, [t.name for t in gateway.table.tenants] + [ledger.ANONYMOUS])
+    rows, fmt, by = await _rows(request, gateway, [t.name for t in gateway.table.tenants] + [ledger.ANONYMOUS])
     if fmt == "csv":
-        return _csv(rows)
-    return FastJSONResponse({"currency": billing.currency, "rows": rows})
+        return _csv(rows, by)
+    return FastJSONResponse({"currency": billing.currency, "group_by": list(by), "rows": rows})
 
 
 async def tenant_usage(request: Request) -> Response:
@@ -96,9 +119,9 @@ async def tenant_usage(request: Request) -> Response:
     gateway = gateway_of(request)
     billing = billing_of(gateway)
     name = tenant.name if tenant is not None else ledger.ANONYMOUS
-    rows, fmt = await _rows(request, gateway, [name])
+    rows, fmt, by = await _rows(request, gateway, [name])
     if fmt == "csv":
-        return _csv(rows)
+        return _csv(rows, by)
     windows = None
     if tenant is not None and tenant.budget is not None:
         store = gateway.state_store

@@ -7,21 +7,28 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import datetime as dt
+import time
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 
+from router.ask import Ask
 from router.backends import ImageRequest
 from router.billing.budget import hit_quote, used_share, window
 from router.billing.gate import BudgetGate, Reservation, Spend
 from router.billing.price import Cost
 from router.billing.spec import Billing, Budget, BudgetLimit
 from router.billing.usage import Usage
+from router.cache.store import GuardedStore
 from router.config import compile_text
 from router.config.table import Tenant
 from router.decide import Afforded, Decision, budget_rules
 from router.errors import InsufficientQuota
+from router.gateway import Gateway
+from router.policy.match import RequestFacts
 from router.policy.split import Choice
+from router.served import Served
 from router.state import SqliteState
 from router.state.guard import GuardedState
 
@@ -193,3 +200,116 @@ def test_a_brownout_budget_with_reject_quotes_the_whole_chain(tmp_path: Path) ->
         await store.aclose()
 
     asyncio.run(run())
+
+
+# -- the budget at the gateway: an in-process gateway on fake backends, a SQLite state
+# store and an in-memory result store (review findings on `Gateway._spend`)
+
+GATE_ROUTES = """
+backends: {{fake: {{url: "http://fake:1"}}}}
+billing: {{quote_margin: 1.0, cache_hit_price: 0.001}}
+state: {{store: "sqlite://{state}"}}
+cache: {{store: "disk:///unused", timeout_ms: 500}}
+models:
+  quality: {{backend: fake, latency_hint_ms: 50, version: "1", price: {{per_image: 0.01}}}}
+  draft: {{backend: fake, latency_hint_ms: 10, version: "1", price: {{per_image: 0.002}}}}
+  other: {{backend: fake, latency_hint_ms: 10, version: "1", price: {{per_image: 0.001}}}}
+default_route: {{name: default, model: quality, fallback: [draft], budget_ms: 5000, cache: {{}}}}
+tenants:
+  mode: keys
+  tenants:
+    acme:
+      keys: ["acme-0123456789abcdef"]
+      images_per_day: 100
+      budget: {{limits: [{{per: day, amount: 0.0105}}]}}
+    brown:
+      keys: ["brown-0123456789abcdef"]
+      budget: {{limits: [{{per: day, amount: 0.02}}], downgrade_at: 0.5, downgrade_to: [other]}}
+"""
+
+
+class _Harness(NamedTuple):
+    gateway: Gateway
+    tenants: dict[str, Tenant]
+
+    def ask(self, tenant: str, prompt: str, seed: int) -> Ask:
+        request = ImageRequest((prompt,), seeds=(seed,))
+        return Ask(RequestFacts(prompt=prompt), request, None, self.tenants[tenant])
+
+    async def serve(self, tenant: str, prompt: str, seed: int) -> Served:
+        served = await self.gateway.serve(self.ask(tenant, prompt, seed))
+        await asyncio.sleep(0.05)  # the result store's write and the settlement land
+        await self.gateway.budgets.drain()
+        return served
+
+
+def _harness(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> _Harness:
+    from tests.unit.test_cache_dispatch import MemoryStore
+    from tests.unit.test_dispatch import FakeBackend
+
+    clock = asyncio.get_running_loop().time
+    fake = FakeBackend({"quality": 0.001, "draft": 0.001, "other": 0.001}, clock)
+    store = MemoryStore()
+    monkeypatch.setattr("router.gateway.open_store", lambda config: GuardedStore(store, config.timeout_s, clock))
+    table = compile_text(GATE_ROUTES.format(state=tmp_path / "state.db"), env={})
+    gateway = Gateway(table, backend_factory=lambda spec: fake, clock=clock)  # type: ignore[arg-type,return-value]
+    return _Harness(gateway, {t.name: t for t in table.tenants})
+
+
+async def test_an_exhausted_stream_is_admitted_without_the_previews_it_does_not_get(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """acme ($0.0105/day, 100 images/day) makes one quality image ($0.01): a stream of it
+    again with a preview is served only what is stored, with no preview — and its daily
+    images count the one image sent, not the preview it never got."""
+    h = _harness(tmp_path, monkeypatch)
+    made = await h.serve("acme", "a cat", 7)
+    assert made.limit_headers["x-ratelimit-remaining-images"] == "99"
+    main, previews = await h.gateway.stream(h.ask("acme", "a cat", 7), 1)
+    served = await main
+    assert (served.cache, served.limit_headers["x-router-budget"], previews) == ("HIT", "exhausted", [])
+    assert served.limit_headers["x-ratelimit-remaining-images"] == "98", "one image sent, one counted"
+    await h.gateway.aclose()
+
+
+async def test_an_exhausted_tenants_stored_image_is_one_memory_hit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The budget's look at the store and the walk's own are one hit, not two."""
+    h = _harness(tmp_path, monkeypatch)
+    await h.serve("acme", "a cat", 7)
+    assert h.gateway.cache is not None
+    before = h.gateway.cache.hot.hits
+    for _ in range(3):
+        served = await h.serve("acme", "a cat", 7)
+        assert (served.cache, served.limit_headers["x-router-budget"]) == ("HIT", "exhausted")
+    assert h.gateway.cache.hot.hits - before == 3
+    await h.gateway.aclose()
+
+
+async def test_a_brownout_that_allows_no_tier_says_brownout(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """brown ($0.02/day, downgrade_at 0.5, downgrade_to a model on no tier of the chain)
+    makes one quality image ($0.01). Then at 50 %: the same request is served from the
+    store — ``brownout``, charged the hit price from what its own hold already held, and
+    its remaining spend is what is left with only the hit held ($0.009), not less; a new
+    request is refused ``429 insufficient_quota`` saying ``brownout`` (money is left),
+    counted ``brownout_refused``, not ``exhausted``."""
+    h = _harness(tmp_path, monkeypatch)
+    first = await h.serve("brown", "a fox", 3)
+    assert (first.model.name, first.limit_headers["x-router-budget"]) == ("quality", "ok")
+    hit = await h.serve("brown", "a fox", 3)
+    assert (hit.cache, hit.limit_headers["x-router-budget"]) == ("HIT", "brownout")
+    assert hit.usage is not None and hit.usage.cost.total == 1_000
+    assert hit.limit_headers["x-ratelimit-remaining-spend"] == "0.009000"
+    with pytest.raises(InsufficientQuota) as refused:
+        await h.gateway.serve(h.ask("brown", "a new fox", 4))
+    error = refused.value
+    assert error.headers["x-router-budget"] == "brownout" and "brownout" in error.message, error.message
+    assert error.headers["x-ratelimit-remaining-spend"] == "0.009000"
+    assert h.gateway.budgets.tally.decisions_of("brown") == {"brownout": 1, "brownout_refused": 1, "ok": 1}
+    await h.gateway.budgets.drain()
+    state = h.gateway.state_store
+    assert state is not None
+    counts = await state.read_counts(window("brown", BudgetLimit("day", 1), time.time()).key)
+    assert counts == {"spent": 11_000, "reserved": 0}, "the hit settled once, every hold given back"
+    await h.gateway.aclose()
