@@ -13,8 +13,10 @@ import asyncio
 import contextlib
 import logging
 import signal
+import time
 from pathlib import Path
 
+from router.billing.reconcile import Reconciler, read
 from router.config import load_file
 from router.gateway import Gateway
 from router.http.encode import shutdown_processes
@@ -52,6 +54,10 @@ class Runtime:
         self.gateway = Gateway(load_file(path), metrics=self.metrics, tracing=self.tracing)
         self.reloader = RoutesReloader(path, self.gateway.swap, self.gateway.table)
         self.jobs = JobRunner(self.gateway, encode_image, recorder=self.recorder)  # idle until a jobs: block
+        gateway = self.gateway  # Triton's statistics, read from start when billing is on (reconciliation)
+        self.reconciler = Reconciler(
+            lambda: read(gateway.pool.items(), gateway.table, gateway.budgets.tally, time.monotonic)
+        )
         if self.metrics is not None:
             access = self.access_log
             self.metrics.watch(
@@ -73,6 +79,8 @@ class Runtime:
         self.gateway.rollouts.start()
         self.gateway.coordinator.warm(self.gateway.table.models.values())
         self.jobs.start()
+        if self.gateway.table.billing is not None:  # else from the first /admin/billing/reconcile
+            self.reconciler.start()
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
             asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self.reloader.reload)
 
@@ -88,7 +96,8 @@ class Runtime:
                 self._watcher.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await self._watcher
-            for name, close in (("jobs", self.jobs.aclose), ("gateway", self.gateway.aclose)):
+            closes = (self.jobs.aclose, self.reconciler.aclose, self.gateway.aclose)
+            for name, close in zip(("jobs", "reconciler", "gateway"), closes, strict=True):
                 try:  # bounded: Kubernetes kills a pod that outlives its grace period
                     async with asyncio.timeout(CLOSE_S):
                         await close()

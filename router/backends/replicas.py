@@ -50,6 +50,17 @@ class Replica:
     failed: int = 0
     models: dict[str, CircuitBreaker] = field(default_factory=dict)
     lanes: dict[str, Lane] = field(default_factory=dict)
+    # what this gateway's calls used here, per model, for reconciling with Triton's own
+    # statistics (router/billing/reconcile.py): the compute of the answers it took (ns),
+    # and the time of calls it gave up on, by reason (s: wasted, never billed)
+    answered_ns: dict[str, int] = field(default_factory=dict)
+    wasted_s: dict[tuple[str, str], float] = field(default_factory=dict)
+
+    def took(self, model: str, compute_ns: int) -> None:
+        self.answered_ns[model] = self.answered_ns.get(model, 0) + compute_ns
+
+    def gave_up(self, model: str, reason: str, seconds: float) -> None:
+        self.wasted_s[model, reason] = self.wasted_s.get((model, reason), 0.0) + max(0.0, seconds)
 
     def model_breaker(self, model: str) -> CircuitBreaker:
         """The circuit of one model on this replica (timeouts and 5xx of that model)."""
@@ -85,7 +96,15 @@ class Replica:
             },
             "served": self.served,
             "failed": self.failed,
+            "wasted_s": _by_model(self.wasted_s),
         }
+
+
+def _by_model(wasted: dict[tuple[str, str], float]) -> dict[str, dict[str, float]]:
+    nested: dict[str, dict[str, float]] = {}
+    for (model, reason), seconds in wasted.items():
+        nested.setdefault(model, {})[reason] = seconds
+    return nested
 
 
 Resolver = Callable[[str, int], Awaitable[list[str]]]
@@ -121,18 +140,19 @@ class ReplicaSet:
         now = self.clock()
         return any(r.usable(model, now) for r in self.replicas)
 
-    def forecast(self, model: Model, extra_ahead: int = 0) -> Forecast | None:
-        """When a request sent now would finish on the best usable replica, with
-        ``extra_ahead`` more requests spread over the usable replicas first."""
+    def forecast(self, model: Model, extra_ahead: int = 0, units: float = 1.0) -> Forecast | None:
+        """When a request of ``units`` of work (:func:`~router.policy.forecast.work_units`)
+        sent now would finish on the best usable replica, with ``extra_ahead`` more
+        requests spread over the usable replicas first."""
         now = self.clock()
         if len(self.replicas) == 1:  # the usual case, asked on every request: no min()
             only = self.replicas[0]
-            return only.lane(model).forecast(now, extra_ahead) if only.usable(model.name, now) else None
+            return only.lane(model).forecast(now, extra_ahead, units) if only.usable(model.name, now) else None
         usable = [r for r in self.replicas if r.usable(model.name, now)]
         if not usable:
             return None
         share = -(-extra_ahead // len(usable))
-        return min((r.lane(model).forecast(now, share) for r in usable), key=lambda f: f.expected_s)
+        return min((r.lane(model).forecast(now, share, units) for r in usable), key=lambda f: f.expected_s)
 
     def choose(self, model: Model, exclude: set[Replica]) -> Replica | None:
         """The usable replica (not in ``exclude``) with the fewest requests ahead for

@@ -46,10 +46,10 @@ from router.config.table import Backend, Model
 from router.errors import BackendError, BackendRejected, BackendTimeout, BackendUnavailable
 from router.kserve import decode_response, encode_request
 from router.policy import hedge
-from router.policy.forecast import Forecast
+from router.policy.forecast import Forecast, work_units
 from router.policy.retry_budget import RetryBudget
 
-__all__ = ["TritonBackend", "compute_ns", "map_triton_error"]
+__all__ = ["WASTE_REASONS", "TritonBackend", "compute_ns", "given_up_because", "map_triton_error"]
 
 
 def map_triton_error(exc: BaseException) -> BackendError:
@@ -123,6 +123,24 @@ def _quiet(task: asyncio.Future[ImageResult]) -> None:
     """A cancelled hedge's outcome, taken so asyncio does not log it as never retrieved."""
     if not task.cancelled():
         task.exception()
+
+
+# why a call was given up (router_compute_wasted_seconds_total{reason}); whoever cancels
+# a call may say so (``task.cancel("hedge")``: the loser of a hedged pair)
+WASTE_REASONS = frozenset({"hedge", "timeout", "abandoned", "cancelled", "preempted"})
+
+
+def _said(cancelled: asyncio.CancelledError) -> str | None:
+    """The reason a cancellation carries, when it is one of :data:`WASTE_REASONS`."""
+    said = cancelled.args[0] if cancelled.args else None
+    return said if isinstance(said, str) and said in WASTE_REASONS else None
+
+
+def given_up_because(cancelled: asyncio.CancelledError, ran_s: float, timeout_s: float) -> str:
+    """Why a call was given up: the reason its cancellation carries, else ``timeout``
+    when it ran out its time (the same rule that counts it against the replica), else
+    ``abandoned`` (the client left, or a job was stopped)."""
+    return _said(cancelled) or ("timeout" if ran_s >= 0.9 * timeout_s else "abandoned")
 
 
 class TritonBackend:
@@ -234,12 +252,15 @@ class TritonBackend:
         whichever answers first wins and the other is cancelled. Hedges spend the retry
         budget, so a slow spell cannot double the load. A first call the hedge beat
         counts against its replica's model circuit (a frozen replica stops being chosen
-        first); a hedge that loses counts against nobody."""
+        first); a hedge that loses counts against nobody. The loser is cancelled saying
+        ``"hedge"``: its time is wasted compute (``Replica.wasted_s``), never billed."""
         now = self.clock()
         first = asyncio.ensure_future(self._infer(replica, model, request, deadline - now, priority))
         calls = [first]
+        units = _units(model, request)
+        why: str | None = "hedge"  # a call left running when the pair ends lost the race
         try:
-            wait_s = min(hedge.overdue_after(replica.lane(model).forecast(now)), max(0.0, deadline - now))
+            wait_s = min(hedge.overdue_after(replica.lane(model).forecast(now, 0, units)), max(0.0, deadline - now))
             done, _ = await asyncio.wait(calls, timeout=wait_s)
             if done:
                 return first.result()
@@ -247,7 +268,7 @@ class TritonBackend:
             now = self.clock()
             if (
                 other is None
-                or not hedge.worth_hedging(other.lane(model).forecast(now), deadline - now)
+                or not hedge.worth_hedging(other.lane(model).forecast(now, 0, units), deadline - now)
                 or not self._budget.try_spend(now)
             ):
                 return await first
@@ -267,10 +288,13 @@ class TritonBackend:
             if won is not first and not first.done():  # beaten while still waiting: overdue there
                 replica.model_breaker(model.name).record(self.clock(), False)
             return won.result()
+        except asyncio.CancelledError as exc:  # the pair itself given up: its calls for the same reason
+            why = _said(exc)
+            raise
         finally:
             for call in calls:
                 if not call.done():
-                    call.cancel()  # over gRPC the loser stops in Triton too
+                    call.cancel(why)  # over gRPC the loser stops in Triton too
                 call.add_done_callback(_quiet)
 
     async def _infer(
@@ -288,7 +312,7 @@ class TritonBackend:
         replica.outstanding += 1
         lane = replica.lane(model)
         t0 = self.clock()
-        ticket = lane.send(t0)
+        ticket = lane.send(t0, _units(model, request))
         try:
             if replica.grpc is not None:
                 result = await self._call_grpc(replica.grpc, model, request, timeout_s, priority)
@@ -300,7 +324,9 @@ class TritonBackend:
             replica.breaker.record(self.clock(), False)
             self.replicas.mark_down(replica, exc.why)
             raise exc.error from exc.__cause__
-        except asyncio.CancelledError:
+        except asyncio.CancelledError as cancelled:
+            ran = self.clock() - t0  # wasted: the call's wall time (the model's own is not told)
+            replica.gave_up(model.name, given_up_because(cancelled, ran, timeout_s), ran)
             if replica.grpc is not None:  # the call is cancelled in Triton too: it stops
                 lane.cancel(ticket, self.clock())
             else:  # HTTP: Triton computes it anyway
@@ -324,6 +350,8 @@ class TritonBackend:
             replica.outstanding -= 1
         lane.done(ticket, self.clock(), ok=True)
         replica.served += 1
+        spent = result.compute_ns
+        replica.took(model.name, sum(spent) if spent is not None else round((self.clock() - t0) * 1e9))
         replica.breaker.record(self.clock(), True)
         replica.model_breaker(model.name).record(self.clock(), True)
         return result
@@ -408,11 +436,19 @@ class TritonBackend:
     async def model_statistics(self, model: Model) -> dict[str, Any]:
         return await self._about("get_inference_statistics", model)
 
+    async def replica_statistics(self, timeout_s: float = 5.0) -> list[tuple[Replica, dict[str, Any] | None]]:
+        """Each replica with Triton's ``GET /v2/models/stats`` there (every model; ``None``:
+        no answer within ``timeout_s``), asked at once: what the gateway's own accounts on
+        each :class:`Replica` are reconciled with (:mod:`router.billing.reconcile`)."""
+        replicas = list(self.replicas.replicas)
+        answers = await asyncio.gather(*(_statistics(r, timeout_s) for r in replicas))
+        return list(zip(replicas, answers, strict=True))
+
     def available(self, model: Model) -> bool:
         return self.replicas.available(model.name)
 
-    def forecast(self, model: Model, extra_ahead: int = 0) -> Forecast | None:
-        return self.replicas.forecast(model, extra_ahead)
+    def forecast(self, model: Model, extra_ahead: int = 0, units: float = 1.0) -> Forecast | None:
+        return self.replicas.forecast(model, extra_ahead, units)
 
     def snapshot(self) -> list[dict[str, Any]]:
         return self.replicas.snapshot()
@@ -422,6 +458,21 @@ class TritonBackend:
         for client in self._control.values():
             await client.close()
         self._control.clear()
+
+
+async def _statistics(replica: Replica, timeout_s: float) -> dict[str, Any] | None:
+    try:
+        async with asyncio.timeout(timeout_s):
+            response = await replica.pool.request("/v2/models/stats", b"", {}, method="GET")
+        answer = orjson.loads(response.body) if response.status == 200 else None
+    except (OSError, TimeoutError, ValueError):
+        return None
+    return answer if isinstance(answer, dict) else None
+
+
+def _units(model: Model, request: ImageRequest) -> float:
+    """The request's work for its lane: rows x pixels (x steps, once a default is known)."""
+    return work_units(len(request.prompts), request.width, request.height, request.steps, model.native_side)
 
 
 def _result(model: Model, response: Http1Response) -> ImageResult:

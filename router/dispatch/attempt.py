@@ -175,18 +175,23 @@ class Attempts:
     ) -> Answer | None:
         """Run ``first`` (its slot already held); if it has not answered after
         ``delay_s``, also run the first of ``backups`` that can take a slot at once. The
-        first success wins and the other is cancelled; failures go to the tally's reasons."""
+        first success wins and the other is cancelled; failures go to the tally's reasons.
+
+        The loser is cancelled saying ``"hedge"``, which the backend counts its time under
+        (``router_compute_wasted_seconds_total{reason="hedge"}``); when the request itself
+        is given up, both go for its reason. Never billed: only the answer's result is."""
         tasks = {asyncio.ensure_future(self.timed(first, timeout_s, job)): first}
-        done, _ = await asyncio.wait(tasks, timeout=delay_s)
         hedged = False
-        if not done:
-            for backup in backups:
-                if self.pool.get(backup.backend).available(backup) and self.gate(backup).try_acquire():
-                    remaining = job.progress.deadline - self.clock()
-                    tasks[asyncio.ensure_future(self.timed(backup, remaining, job))] = backup
-                    hedged = True
-                    break
+        why: str | None = "hedge"  # a task still running when the pair ends lost the race
         try:
+            done, _ = await asyncio.wait(tasks, timeout=delay_s)
+            if not done:
+                for backup in backups:
+                    if self.pool.get(backup.backend).available(backup) and self.gate(backup).try_acquire():
+                        remaining = job.progress.deadline - self.clock()
+                        tasks[asyncio.ensure_future(self.timed(backup, remaining, job))] = backup
+                        hedged = True
+                        break
             while tasks:
                 done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
                 for task in done:
@@ -197,9 +202,12 @@ class Attempts:
                     else:
                         return Answer(model, outcome, job.request.seeds, hedged)
             return None
+        except asyncio.CancelledError as exc:  # the request given up (its client left): not a hedge
+            why = exc.args[0] if exc.args and isinstance(exc.args[0], str) else None
+            raise
         finally:
             for task in tasks:
-                task.cancel()
+                task.cancel(why)
             for task in tasks:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task

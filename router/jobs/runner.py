@@ -295,7 +295,7 @@ class JobRunner:
                 continue  # the store did not answer: the lease may still hold; try again
             if (now is None or now.status == "cancelling") and work is not None:
                 self.stopped[job.id] = "lost" if now is None else "cancel"
-                work.cancel()
+                work.cancel(None if now is None else "cancelled")  # wasted compute's reason, where it reaches the call
                 return
             hook = now.webhook if now is not None else None
             if now is not None and hook is not None and "progress" in hook.get("events", ()):

@@ -175,7 +175,9 @@ class ImagePipeline:
     ``generate`` is deterministic: the same prompt, seed, steps and size give the same
     bytes, because each call draws its starting latents from its own seeded generator
     and runs alone (never batched with other requests, whose presence could change
-    floating-point reduction order).
+    floating-point reduction order). ``generate_batch`` runs several rows in one call
+    (a model's opt-in ``batch_rows``): deterministic per batch size, not equal to
+    ``generate`` byte for byte.
     """
 
     def __init__(self, pipe: Any, preset: Preset, device: str = "cpu") -> None:
@@ -255,6 +257,48 @@ class ImagePipeline:
                     source = np.asarray(start, dtype=np.float32) / 255.0
                     return _pixels(np.asarray(out.images[0]) * repaint + source * (1.0 - repaint))
         return _pixels(np.asarray(out.images[0]))
+
+    def generate_batch(
+        self,
+        prompts: list[str],
+        seeds: list[int],
+        steps: int,
+        width: int,
+        height: int,
+        cancelled: Callable[[], bool] | None = None,
+    ) -> list[NDArray[Any]]:
+        """Text-to-image rows that share steps and size, in one pipeline call.
+
+        Each row draws its starting latents from its own generator seeded with its seed,
+        so row ``i`` starts from the same noise as ``generate(prompts[i], seeds[i], ...)``.
+        The bytes are *not* those of ``generate``: a batch of ``b`` runs other kernel
+        shapes, and on the CPU reference a few values differ by one level (see
+        docs/batching.md). What holds, measured: the same rows at the same ``b`` give the
+        same bytes every time, whatever the other rows are; :mod:`router.pipelines.rows`
+        therefore cuts a request into chunks that depend only on the request."""
+        import torch
+
+        if len(prompts) != len(seeds) or not prompts:
+            raise ValueError("one seed per prompt, at least one prompt")
+
+        def check(pipe: Any, step: int, timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:
+            if cancelled is not None and cancelled():
+                raise Cancelled(f"cancelled after step {step + 1} of {steps}")
+            return tensors
+
+        generators = [torch.Generator(device="cpu").manual_seed(seed) for seed in seeds]
+        with torch.inference_mode():
+            out = self.pipe(
+                prompt=list(prompts),
+                num_inference_steps=steps,
+                guidance_scale=1.0,
+                generator=generators,
+                output_type="np",
+                width=width,
+                height=height,
+                callback_on_step_end=check if cancelled is not None else None,
+            )
+        return [_pixels(np.asarray(image)) for image in out.images]
 
 
 def _pixels(image: NDArray[Any]) -> NDArray[Any]:

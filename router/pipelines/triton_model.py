@@ -6,6 +6,13 @@ from here; the tier is chosen by the ``pipeline`` parameter of its ``config.pbtx
 them all. ``checkpoint`` (a local directory, relative paths resolved against the model
 directory) switches from seeded random weights to a ``from_pretrained`` load.
 
+Triton hands ``execute`` one request at a time: the shipped configs have no
+``dynamic_batching`` block (see model_repository/draft/config.pbtxt), because requests
+computed one after another but answered together only made the first wait for the rest.
+A list of several is still handled, request by request. The rows of one request run one
+by one, or, with the model's opt-in ``batch_rows`` parameter, in fixed chunks of that
+many rows in one pass each (:mod:`router.pipelines.rows`).
+
 Each request in a batch is validated and answered on its own: one bad request gets a
 400 (``INVALID_ARG``) and never fails its batch-mates or the model process. A request
 its client cancelled (Triton marks it when a gRPC call is cancelled or its deadline
@@ -23,8 +30,7 @@ from __future__ import annotations
 
 import json
 import os
-import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -32,8 +38,9 @@ import numpy as np
 from numpy.typing import NDArray
 
 from router.pipelines.contract import Cancelled, Generation, InvalidInput, Limits, parse_request
+from router.pipelines.rows import run_rows
 
-__all__ = ["NoopGenerator", "TritonPythonModel", "build_generator", "generate_rows"]
+__all__ = ["NoopGenerator", "TritonPythonModel", "batch_rows", "build_generator", "generate_rows"]
 
 INPUT_NAMES = ("PROMPT", "SEED", "STEPS", "WIDTH", "HEIGHT", "INIT_IMAGE", "MASK", "STRENGTH")
 
@@ -53,6 +60,10 @@ class NoopGenerator:
         ys, xs = np.mgrid[0 : job.height, 0 : job.width]
         image = np.stack([xs * 4 % 256, ys * 4 % 256, np.full_like(xs, 128)], axis=-1)
         return np.asarray(image, dtype=np.uint8)
+
+    def batch(self, jobs: Sequence[Generation], cancelled: Callable[[], bool] | None = None) -> list[NDArray[Any]]:
+        """The same fixed images, as one pass (so ``batch_rows`` is measurable here too)."""
+        return [self(job, cancelled) for job in jobs]
 
 
 class DiffusionGenerator:
@@ -91,6 +102,18 @@ class DiffusionGenerator:
             job.prompt, job.seed, job.steps, job.width, job.height, cancelled, job.init_image, job.mask, job.strength
         )
 
+    def batch(self, jobs: Sequence[Generation], cancelled: Callable[[], bool] | None = None) -> list[NDArray[Any]]:
+        """Text-to-image rows sharing steps and size, in one pass (``batch_rows``)."""
+        first = jobs[0]
+        return self.pipeline.generate_batch(
+            [job.prompt for job in jobs],
+            [job.seed for job in jobs],
+            first.steps,
+            first.width,
+            first.height,
+            cancelled,
+        )
+
 
 def build_generator(params: dict[str, str], model_dir: Path, device: str) -> Generator:
     """Build the generator a model's ``config.pbtxt`` parameters describe."""
@@ -111,18 +134,21 @@ def build_generator(params: dict[str, str], model_dir: Path, device: str) -> Gen
     return DiffusionGenerator(name, path, device)
 
 
+def batch_rows(params: dict[str, str]) -> int:
+    """The model's ``batch_rows`` parameter: rows per pipeline pass (1: row by row)."""
+    raw = params.get("batch_rows", "1").strip() or "1"
+    value = int(raw) if raw.isdigit() else 0
+    if value < 1:
+        raise ValueError(f"parameter batch_rows must be a whole number >= 1, got {raw!r}")
+    return value
+
+
 def generate_rows(
-    generator: Generator, jobs: list[Generation], cancelled: Callable[[], bool]
+    generator: Generator, jobs: list[Generation], cancelled: Callable[[], bool], rows: int = 1
 ) -> tuple[list[NDArray[Any]], list[int]]:
-    """Each row's image and the nanoseconds its generator took (``perf_counter_ns``
-    around the call: denoising and decode, nothing of the queue or the transfer)."""
-    images, spent = [], []
-    for job in jobs:
-        if cancelled():  # given up while queued, or between images
-            raise Cancelled("cancelled before it started")
-        t0 = time.perf_counter_ns()
-        images.append(generator(job, cancelled))
-        spent.append(time.perf_counter_ns() - t0)
+    """Each row's image and the nanoseconds it took in the model, ``rows`` rows per
+    pass (:func:`router.pipelines.rows.run_rows`); rows of one request share a size."""
+    images, spent = run_rows(generator, jobs, cancelled, rows)
     if len({image.shape for image in images}) > 1:
         raise InvalidInput("WIDTH/HEIGHT: rows of one request must share a size")
     return images, spent
@@ -138,6 +164,7 @@ class TritonPythonModel:
         if args.get("model_instance_kind") == "GPU":
             device = f"cuda:{args['model_instance_device_id']}"
         model_dir = Path(args["model_repository"])
+        self.rows = batch_rows(params)
         self.generator = build_generator(params, model_dir, device)
 
     def execute(self, requests: list[Any]) -> list[Any]:
@@ -151,7 +178,7 @@ class TritonPythonModel:
                     tensor = pb_utils.get_input_tensor_by_name(request, name)
                     inputs[name] = None if tensor is None else tensor.as_numpy()
                 jobs = parse_request(inputs, self.generator.limits)
-                images, spent = generate_rows(self.generator, jobs, request.is_cancelled)
+                images, spent = generate_rows(self.generator, jobs, request.is_cancelled, self.rows)
                 out = pb_utils.Tensor("IMAGE", np.stack(images))
                 compute = pb_utils.Tensor("COMPUTE_NS", np.asarray(spent, dtype=np.int64).reshape(-1, 1))
                 responses.append(pb_utils.InferenceResponse(output_tensors=[out, compute]))

@@ -11,7 +11,12 @@ small model of that model's queue there, fed by the gateway's own sends and answ
   queued one that nobody waits for any more, too);
 * a service-time estimate, :class:`ServiceTime`: the median of the last three
   samples (one outlier never moves it, two agreeing samples do), a floor (the fastest
-  recent answer) and a ceiling (the slowest).
+  recent answer) and a ceiling (the slowest);
+* what each request costs, in *units of work* (:func:`work_units`: rows x pixels x
+  steps, relative to the model's default shape). Samples are stored per unit and every
+  request — executing, queued, abandoned, or the one being forecast — is played forward
+  at its own units, so a 4-image or 1024² request is forecast as the work it is and
+  does not teach the lane that the model got 4x slower.
 
 :meth:`Lane.forecast` plays the queue forward at the typical service time (``expected``),
 at the fastest (``floor``: above it, the request would almost surely miss) and at the
@@ -30,7 +35,7 @@ import heapq
 from collections import deque
 from dataclasses import dataclass
 
-__all__ = ["Forecast", "Lane", "ServiceTime", "Ticket"]
+__all__ = ["Forecast", "Lane", "ServiceTime", "Ticket", "work_units"]
 
 # Until three real samples exist the prior (the operator's latency_hint_ms) fills in:
 # the typical value is a median of three, so a hint is replaced once two samples agree.
@@ -47,8 +52,37 @@ _OVERRUN_SHARE = 0.25
 _MAX_BACKOFF = 16
 
 
+def work_units(
+    rows: int,
+    width: int | None = None,
+    height: int | None = None,
+    steps: int | None = None,
+    native_side: int | None = None,
+    default_steps: int | None = None,
+) -> float:
+    """What a request costs relative to one image of the model's default shape:
+    ``rows`` x (``width·height`` / ``native_side²``) x (``steps`` / ``default_steps``).
+
+    A size or steps not given is the model's default (factor 1), and so is one whose
+    default is not known (``native_side`` or ``default_steps`` ``None``): the lane cannot
+    scale what it has no reference for. Each factor is at least 1: cost is not
+    proportional below the default shape (the text encoder, the scheduler and the call
+    itself cost the same for a 16² image), so a smaller request is forecast as a default
+    one — never sooner than it can finish, as every request was before units existed —
+    while a larger one is forecast at its full size (slightly above what it costs, the
+    side that keeps a budget)."""
+    units = float(max(1, rows))
+    if width and height and native_side:
+        units *= max(1.0, width * height / (native_side * native_side))
+    if steps and default_steps:
+        units *= max(1.0, steps / default_steps)
+    return units
+
+
 class ServiceTime:
-    """A fast-adapting, outlier-robust estimate of one request's service time.
+    """A fast-adapting, outlier-robust estimate of the service time of one unit of work
+    (one default-shape image: :func:`work_units`); the :class:`Lane` divides its samples
+    by their units and multiplies what it plays forward by theirs.
 
     ``typical`` (median of the last three samples, censored ones included) plans the
     attempt; ``floor`` (fastest recent answer) says what would surely miss; ``ceiling``
@@ -108,6 +142,7 @@ class Ticket:
     """One request the gateway sent down a lane."""
 
     sent: float
+    units: float = 1.0  # its work (work_units): what it costs at the per-unit estimate
     started: float | None = None  # when it (probably) began executing
     exact: bool = False  # started is known (a free slot, or right after a real answer)
     abandoned: bool = False  # given up while queued: it will still run, for nobody
@@ -128,9 +163,10 @@ class Lane:
 
     # -- events ----------------------------------------------------------------------
 
-    def send(self, now: float) -> Ticket:
+    def send(self, now: float, units: float = 1.0) -> Ticket:
+        """A request of ``units`` of work (:func:`work_units`) sent now."""
         self._expire(now)
-        ticket = Ticket(now)
+        ticket = Ticket(now, max(units, 1e-9))
         if self._free_slots() > 0:
             ticket.started, ticket.exact = now, True
             self._running.append(ticket)
@@ -145,7 +181,7 @@ class Lane:
         if ticket in self._running:
             self._running.remove(ticket)
             if ok and ticket.exact and ticket.started is not None:  # a guessed start is no sample
-                self.estimate.add(now - ticket.started, now)
+                self.estimate.add((now - ticket.started) / ticket.units, now)
                 self._backoff = 1
         elif ticket in self._queued:
             # answered while we thought it queued: whatever we thought was ahead is done
@@ -164,7 +200,7 @@ class Lane:
         if ticket not in self._running:
             return
         ran = self._stop(ticket, now)
-        typical = self.estimate.typical_s
+        typical = self.estimate.typical_s * ticket.units
         if self.servers is not None:
             self._ghosts.append(now + max(typical - ran, _OVERRUN_SHARE * typical))
         self._backoff = min(_MAX_BACKOFF, self._backoff * 2)
@@ -188,36 +224,39 @@ class Lane:
         time, which the estimate is told)."""
         self._running.remove(ticket)
         ran = now - (ticket.started if ticket.started is not None else ticket.sent)
-        self.estimate.censored(ran, now)
+        self.estimate.censored(ran / ticket.units, now)
         return ran
 
     # -- the forecast ----------------------------------------------------------------
 
-    def forecast(self, now: float, extra_ahead: int = 0) -> Forecast:
-        """When a request sent now would finish, with ``extra_ahead`` more requests
-        (e.g. the gateway's own admission queue) in front of it."""
+    def forecast(self, now: float, extra_ahead: int = 0, units: float = 1.0) -> Forecast:
+        """When a request of ``units`` of work sent now would finish, with
+        ``extra_ahead`` more requests (e.g. the gateway's own admission queue, whose
+        work is not known here: one unit each) in front of it."""
         ahead = self.ahead(now) + extra_ahead
         est = self.estimate
         typical, floor, ceiling = est.typical_s, est.floor_s, max(est.ceiling_s, est.typical_s)
         # only a lane with samples is probed: without any, the hint is the operator's word
         stale = now - est.touched_at >= self.probe_after_s * self._backoff
         probe = stale and ahead == 0 and bool(est.recent)
+        own, own_floor, own_ceiling = typical * units, floor * units, ceiling * units
         if self.servers is None or ahead == 0:  # nothing to play forward
-            return Forecast(typical, floor, ceiling, typical, floor, ahead, probe)
-        expected = self._play(now, typical, extra_ahead) + typical
-        optimistic = self._play(now, floor, extra_ahead) + floor
-        pessimistic = self._play(now, ceiling, extra_ahead) + ceiling
-        return Forecast(expected, optimistic, pessimistic, typical, floor, ahead, probe)
+            return Forecast(own, own_floor, own_ceiling, own, own_floor, ahead, probe)
+        expected = self._play(now, typical, extra_ahead) + own
+        optimistic = self._play(now, floor, extra_ahead) + own_floor
+        pessimistic = self._play(now, ceiling, extra_ahead) + own_ceiling
+        return Forecast(expected, optimistic, pessimistic, own, own_floor, ahead, probe)
 
-    def _play(self, now: float, service_s: float, extra_ahead: int) -> float:
-        """Seconds until a slot frees for a new request at ``service_s`` per request."""
+    def _play(self, now: float, per_unit_s: float, extra_ahead: int) -> float:
+        """Seconds until a slot frees for a new request, each request ahead taking
+        ``per_unit_s`` per unit of its work."""
         assert self.servers is not None
-        frees = [max(0.0, t.started + service_s - now) for t in self._running if t.started is not None]
+        frees = [max(0.0, t.started + per_unit_s * t.units - now) for t in self._running if t.started is not None]
         frees += [g - now for g in self._ghosts]
         frees += [0.0] * max(0, self.servers - len(frees))
         heapq.heapify(frees)
-        for _ in range(len(self._queued) + extra_ahead):
-            heapq.heapreplace(frees, frees[0] + service_s)
+        for work in [t.units for t in self._queued] + [1.0] * extra_ahead:
+            heapq.heapreplace(frees, frees[0] + per_unit_s * work)
         return frees[0]
 
     def ahead(self, now: float) -> int:
@@ -250,6 +289,6 @@ class Lane:
             ticket = self._queued.popleft()
             ticket.started, ticket.exact = max(ticket.sent, at), exact
             if ticket.abandoned:  # its answer will never be read: it ends when it should
-                self._ghosts.append(ticket.started + self.estimate.typical_s)
+                self._ghosts.append(ticket.started + self.estimate.typical_s * ticket.units)
             else:
                 self._running.append(ticket)

@@ -72,6 +72,7 @@ class _StateCollector(Collector):
         for backend, count in s.get("hedges", {}).items():
             hedges.add_metric([backend], count)
         yield hedges
+        yield _wasted_metric(s.get("backends", {}))
         reloads = CounterMetricFamily("router_config_reloads", "routes.yaml reload attempts", labels=["result"])
         for result, count in s.get("reloads", {}).items():
             reloads.add_metric([result], count)
@@ -129,6 +130,27 @@ class _StateCollector(Collector):
         info = GaugeMetricFamily("router_config_info", "The active routes.yaml (value 1)", labels=["digest"])
         info.add_metric([s.get("digest", "")], 1.0)
         yield info
+
+
+def _wasted_metric(backends: dict[str, list[dict[str, Any]]]) -> CounterMetricFamily:
+    """Calls the gateway gave up on, summed over every backend's replicas (each keeps
+    its own, ``Replica.wasted_s``): never billed, and what a reconciliation with Triton's
+    statistics subtracts before calling the rest unattributed (docs/billing.md)."""
+    wasted = CounterMetricFamily(
+        "router_compute_wasted_seconds",
+        "Backend time of calls given up on, never billed, by model and reason "
+        "(hedge, timeout, abandoned, cancelled, preempted)",
+        labels=["model", "reason"],
+    )
+    sums: dict[tuple[str, str], float] = {}
+    for replicas in backends.values():
+        for replica in replicas:
+            for model, reasons in replica.get("wasted_s", {}).items():
+                for reason, seconds in reasons.items():
+                    sums[model, reason] = sums.get((model, reason), 0.0) + seconds
+    for (model, reason), seconds in sorted(sums.items()):
+        wasted.add_metric([model, reason], seconds)
+    return wasted
 
 
 def _rollout_metrics(rollouts: list[dict[str, Any]]) -> Iterable[GaugeMetricFamily | CounterMetricFamily]:
@@ -228,7 +250,8 @@ def _billing_metrics(billing: dict[str, Any] | None) -> Iterable[GaugeMetricFami
         images.add_metric([t, r, m, "hit"], hits)
     decisions = CounterMetricFamily(
         "router_budget_decisions",
-        "Budgeted requests by what their budget allowed (ok, warn, brownout, exhausted, fail_open, fail_closed)",
+        "Budgeted requests by what their budget allowed (ok, warn, brownout, brownout_refused, exhausted, "
+        "fail_open, fail_closed)",
         labels=["tenant", "decision"],
     )
     for d in billing["decisions"]:

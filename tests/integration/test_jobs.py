@@ -20,7 +20,7 @@ import pytest
 
 from router.triton import TritonServer
 from tests.integration.routes_common import TIERS
-from tests.procs import GatewayProcess, RedisProcess
+from tests.procs import GatewayProcess, RedisProcess, scrape
 
 pytestmark = pytest.mark.integration
 
@@ -234,6 +234,10 @@ def test_cancel_stops_a_running_job_over_grpc(
     whole_s = (quality_stats(triton)["ns"] - after["ns"]) / 1e9
     print(f"cancel -> cancelled in {took:.2f} s; the stopped request computed {spent_s:.2f} s, whole {whole_s:.2f} s")
     assert after["count"] == before["count"] + 1 and spent_s < 0.7 * whole_s, "Triton stopped it before its end"
+    metrics = scrape(gw)  # the stopped run: wasted compute (its cancel reason is lost at a timeout boundary)
+    wasted = sum(metrics.get(("router_compute_wasted_seconds_total", (("model", "quality"), ("reason", r))), 0.0)
+                 for r in ("cancelled", "abandoned"))  # fmt: skip
+    assert wasted > 0.5, "the stopped run's time is counted as wasted compute"
 
 
 def quality_stats(triton: TritonServer) -> dict[str, int]:

@@ -1,0 +1,185 @@
+"""Forecasts per unit of work (router.policy.forecast.work_units and the Lane): a request
+for 4 images, or at 4x the pixels, is forecast as the work it is, its sample teaches the
+lane the cost of one unit, and the budget policy on virtual time never answers later
+than a budget allows with such requests in the mix."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from collections.abc import Callable
+
+import numpy as np
+import pytest
+
+from router.backends import triton as triton_backend
+from router.backends.base import ImageRequest, ImageResult
+from router.backends.replicas import Replica
+from router.backends.triton import TritonBackend
+from router.config.table import Backend, Model
+from router.errors import BackendError, BackendTimeout
+from router.policy.budget import plan_attempt
+from router.policy.forecast import Lane, work_units
+from tests.virtual_time import virtual_time
+
+# -- the arithmetic ------------------------------------------------------------------------
+
+
+def test_units_are_rows_times_pixels_times_steps_against_the_default_shape() -> None:
+    assert work_units(1) == 1.0
+    assert work_units(4) == 4.0
+    assert work_units(1, 128, 128, native_side=64) == 4.0  # 4x the pixels
+    assert work_units(2, 128, 64, 8, native_side=64, default_steps=4) == 2 * 2 * 2
+    assert work_units(3, 1024, 1024) == 3.0, "no default side known: rows only"
+    assert work_units(1, steps=40) == 1.0, "no default steps known: not scaled"
+
+
+def test_smaller_than_the_default_counts_as_the_default() -> None:
+    """Below the default shape cost is not proportional (fixed parts): never forecast
+    a small request sooner than a default one, as before units existed."""
+    assert work_units(1, 16, 16, 1, native_side=64, default_steps=4) == 1.0
+    assert work_units(2, 32, 128, native_side=64) == 2.0
+
+
+# -- the lane --------------------------------------------------------------------------------
+
+
+def test_a_four_image_sample_teaches_the_cost_of_one_image() -> None:
+    lane = Lane(prior_s=0.1)
+    now = 1000.0
+    for _ in range(3):
+        ticket = lane.send(now, units=4.0)
+        now += 0.2  # 4 images at 50 ms
+        lane.done(ticket, now, ok=True)
+    assert lane.estimate.typical_s == pytest.approx(0.05)
+    assert lane.forecast(now).expected_s == pytest.approx(0.05)
+    four = lane.forecast(now, units=4.0)
+    assert four.expected_s == pytest.approx(0.2) and four.service_s == pytest.approx(0.2)
+    assert four.floor_s == pytest.approx(0.2) and four.ceiling_s == pytest.approx(0.2)
+
+
+def test_work_ahead_is_played_forward_at_its_own_units() -> None:
+    lane = Lane(prior_s=0.05)
+    now = 1000.0
+    lane.send(now, units=8.0)  # executing: 0.4 s
+    lane.send(now, units=4.0)  # queued: 0.2 s
+    f = lane.forecast(now + 0.1, units=2.0)
+    assert f.ahead == 2
+    assert f.expected_s == pytest.approx(0.3 + 0.2 + 0.1)
+    assert lane.forecast(now + 0.1, extra_ahead=1).expected_s == pytest.approx(0.3 + 0.2 + 0.05 + 0.05)
+
+
+def test_abandoned_work_holds_the_instance_for_its_own_units() -> None:
+    lane = Lane(prior_s=0.05)
+    ticket = lane.send(1000.0, units=4.0)
+    lane.abandon(ticket, 1000.05)  # ran 50 ms of its 200: ~150 ms more
+    assert lane.forecast(1000.05).expected_s == pytest.approx(0.15 + 0.05, abs=0.01)
+
+
+def test_a_censored_timeout_is_counted_per_unit() -> None:
+    lane = Lane(prior_s=0.05)
+    ticket = lane.send(1000.0, units=4.0)
+    lane.abandon(ticket, 1000.4)  # 0.4 s for 4 units: at least 0.1 s per unit
+    assert list(lane.estimate.recent) == [pytest.approx(0.1 * 1.25)]
+
+
+# -- budgets on virtual time --------------------------------------------------------------
+
+PER_UNIT_S = {"preview": 0.5, "draft": 0.05}  # what one default-shape image takes
+MODELS = {
+    name: Model(name, "t", name, None, 1000 * per_unit, native_side=side)
+    for (name, per_unit), side in zip(PER_UNIT_S.items(), (128, 64), strict=True)
+}
+CHAIN = ("preview", "draft")
+BUDGET_S = 2.0
+
+
+def fake_backend() -> TritonBackend:
+    """One replica with one instance per model, first come first served: a call ends its
+    model's per-unit time x the request's units after the work ahead of it ends, and
+    work the caller gave up on still runs (Triton over HTTP). A call that would end past
+    the time it was given times out then."""
+    b = TritonBackend(Backend("t", "triton", "http://r0:1"), asyncio.get_running_loop().time)
+    b.replicas.start = lambda: None  # type: ignore[method-assign]
+    busy_until = dict.fromkeys(PER_UNIT_S, 0.0)
+
+    async def call(replica: Replica, model: Model, request: ImageRequest, timeout_s: float, priority: int | None):  # type: ignore[no-untyped-def]
+        now = asyncio.get_running_loop().time()
+        rows = len(request.prompts)
+        side = request.width or model.native_side or 64
+        work = PER_UNIT_S[model.name] * rows * max(1.0, side * side / (model.native_side or 64) ** 2)
+        ends = busy_until[model.name] = max(now, busy_until[model.name]) + work
+        await asyncio.sleep(min(ends, now + timeout_s) - now)
+        if ends > now + timeout_s:
+            raise BackendTimeout(f"{model.name} timed out")
+        return ImageResult(np.zeros((rows, 1, 1, 3), np.uint8), "1")
+
+    b._call_http = call  # type: ignore[method-assign]
+    return b
+
+
+async def serve(b: TritonBackend, request: ImageRequest, units: Callable[[Model, ImageRequest], float]) -> str:
+    """The gateway's walk down the chain (plan, attempt with its timeout, next tier on
+    a failure): ``answered`` (in time), ``late`` (after the deadline), ``refused`` (up
+    front, or once no tier could still make it) or ``missed`` (every try failed: a 504
+    after the client waited)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + BUDGET_S
+    tiers = list(CHAIN)
+    tried = False
+    while tiers:
+        forecasts = {name: b.forecast(MODELS[name], 0, units(MODELS[name], request)) for name in tiers}
+        usable = {name: f for name, f in forecasts.items() if f is not None}  # an open circuit: skipped
+        plan = plan_attempt(list(usable), deadline - loop.time(), usable.__getitem__)
+        if plan.attempt is None:
+            break
+        name = plan.attempt.model
+        tried = True
+        try:
+            async with asyncio.timeout(plan.attempt.timeout_s):
+                await b.generate(MODELS[name], request, plan.attempt.timeout_s)
+            return "answered" if loop.time() <= deadline + 1e-9 else "late"
+        except (TimeoutError, BackendError):
+            tiers = tiers[tiers.index(name) + 1 :]
+    return "missed" if tried else "refused"
+
+
+async def traffic(units: Callable[[Model, ImageRequest], float]) -> Counter[str]:
+    """Three clients, each a mix of 1- and 4-image requests at the default and 4x the
+    pixels: what became of each request."""
+    b = fake_backend()
+    shapes = [(1, None), (4, None), (1, 128), (4, 128), (1, None), (2, 128)]
+
+    async def client(offset: int) -> list[str]:
+        out = []
+        for i in range(12):
+            rows, side = shapes[(i + offset) % len(shapes)]
+            request = ImageRequest(("a cat",) * rows, tuple(range(rows)), None, side, side)
+            out.append(await serve(b, request, units))
+        return out
+
+    results = await asyncio.gather(*(client(k) for k in range(3)))
+    return Counter(outcome for result in results for outcome in result)
+
+
+@virtual_time
+async def test_with_many_images_and_large_sizes_no_answer_is_later_than_the_budget() -> None:
+    """n=4 and 4x-pixel requests beside single ones: every request is answered within
+    its budget, or refused up front; none is started where it cannot finish and then
+    fails the client after the whole budget."""
+    outcomes = await traffic(triton_backend._units)
+    assert outcomes["late"] == 0 and outcomes["missed"] == 0, outcomes
+    assert outcomes["answered"] >= 30, outcomes
+
+
+@virtual_time
+async def test_the_same_traffic_forecast_per_request_misses_budgets() -> None:
+    """The scenario above discriminates: with every request counted as one unit (the
+    lane before units), 4-image requests are started where they cannot finish."""
+    original = triton_backend._units
+    try:
+        triton_backend._units = lambda model, request: 1.0
+        outcomes = await traffic(lambda model, request: 1.0)
+    finally:
+        triton_backend._units = original
+    assert outcomes["missed"] > 0, outcomes
