@@ -25,8 +25,17 @@ within budget + 50 ms (of all sent), the share served at the intended tier, good
 (work spent on abandoned requests counts), and 4xx/5xx counts; it writes a latency CDF
 and a tier-mix-over-time plot. Between modes it waits until Triton is idle.
 
+**What an image delivered costs**, per mode and per tier: every mode's Triton compute
+(each model's, from its statistics, abandoned work included) priced at
+``--gpu-hour-price`` (one GPU per tier), divided by the images that tier delivered in
+budget — the price of an image a user got, waste and all. The gateway modes run with a
+``billing:`` block at that price, so their answers carry ``usage``: the sum of
+``X-Router-Usage`` cost (what the gateway billed) beside Triton's cost shows how much of
+the compute was billed and how much was wasted (abandoned, hedged, timed out). Plotted
+as ``scenario-cost.png``.
+
     .venv/bin/python bench/scenario.py [--duration 60] [--seed 7] [--modes A,B,C] \
-        [--json bench/results/scenario.json] [--plots docs] [--jobs 40]
+        [--json bench/results/scenario.json] [--plots docs] [--jobs 40] [--gpu-hour-price 2.40]
 
 Results and the exact command are in docs/scenario.md. This machine is shared and
 noisy: compare the modes *of one run*, not absolute numbers across runs.
@@ -96,6 +105,7 @@ class Outcome:
     status: int
     latency_s: float
     served: str | None  # the tier that produced the image
+    billed: float = 0.0  # the answer's usage cost (gateway modes with billing)
 
 
 @dataclass
@@ -104,6 +114,7 @@ class ModeResult:
     outcomes: list[Outcome] = field(default_factory=list)
     compute_s: float = 0.0
     wall_s: float = 0.0
+    compute_by_model: dict[str, float] = field(default_factory=dict)
 
 
 def make_trace(table: RoutingTable, duration_s: float, seed: int, base_rate: float, bursts: int) -> list[Job]:
@@ -177,7 +188,17 @@ async def gateway(client: httpx.AsyncClient, url: str, job: Job) -> Outcome:
     t0 = time.monotonic()
     r = await client.post(f"{url}/v2/models/auto/infer", content=body, headers=headers, timeout=600)
     served = r.headers.get("x-router-model", "").split("@")[0] or None
-    return Outcome(job, r.status_code, time.monotonic() - t0, served if r.status_code == 200 else None)
+    ok = r.status_code == 200
+    return Outcome(job, r.status_code, time.monotonic() - t0, served if ok else None, billed_cost(r.headers))
+
+
+def billed_cost(headers: httpx.Headers) -> float:
+    """``cost=`` of ``X-Router-Usage`` (an RFC 8941 dictionary), 0 without one."""
+    for item in headers.get("x-router-usage", "").split(","):
+        name, _, value = item.strip().partition("=")
+        if name == "cost":
+            return float(value)
+    return 0.0
 
 
 async def replay(jobs: list[Job], send: Any) -> list[Outcome]:
@@ -198,13 +219,17 @@ async def replay(jobs: list[Job], send: Any) -> list[Outcome]:
 JOB_SHARE = 0.2  # the quality tier's min_share for jobs in modes C and J (the docs' example)
 
 
-def without_cache(routes_text: str) -> str:
+def without_cache(routes_text: str, gpu_hour_price: float) -> str:
     """The routes with every ``cache`` block taken out (the top-level store, routes'
     opt-ins): mode C measures routing and budgets, not the cache. A ``jobs:`` block is
-    added (idle in mode C: no job is submitted), so C and J run the same gateway."""
+    added (idle in mode C: no job is submitted), so C and J run the same gateway, and a
+    ``billing:`` block pricing every tier's compute at ``gpu_hour_price`` (one GPU)."""
     data = yaml.safe_load(routes_text)
     data.pop("cache", None)
     data["jobs"] = {"tiers": {"quality": {"max_running": 1, "min_share": JOB_SHARE}}}
+    data["billing"] = {"currency": "USD", "gpu_hour_price": gpu_hour_price}
+    for model in data.get("models", {}).values():
+        model["price"] = {"gpus": 1.0, "per_image": 0.0}
     for route in [*data.get("routes", []), data.get("default_route")]:
         if isinstance(route, dict):
             route.pop("cache", None)
@@ -252,11 +277,18 @@ def quality_service_s(triton: str) -> float:
     return ns / 1e9 / max(1, n)
 
 
-def compute_seconds(triton: str) -> float:
-    """Triton's cumulative compute time over every model (input + infer + output)."""
+def compute_seconds(triton: str) -> dict[str, float]:
+    """Triton's cumulative compute time per model (input + infer + output)."""
     stats = httpx.get(f"{triton}/v2/models/stats", timeout=30).json()["model_stats"]
     keys = ("compute_input", "compute_infer", "compute_output")
-    return sum(m["inference_stats"][k]["ns"] for m in stats for k in keys) / 1e9
+    out: dict[str, float] = {}
+    for m in stats:
+        out[m["name"]] = out.get(m["name"], 0.0) + sum(m["inference_stats"][k]["ns"] for k in keys) / 1e9
+    return out
+
+
+def since(after: dict[str, float], before: dict[str, float]) -> dict[str, float]:
+    return {name: s - before.get(name, 0.0) for name, s in after.items()}
 
 
 def wait_idle(triton: str, quiet_s: float = 3.0, limit_s: float = 900.0) -> None:
@@ -272,7 +304,7 @@ def wait_idle(triton: str, quiet_s: float = 3.0, limit_s: float = 900.0) -> None
         time.sleep(0.5)
 
 
-def summarize(result: ModeResult, duration_s: float) -> dict[str, dict[str, Any]]:
+def summarize(result: ModeResult, duration_s: float, price_per_s: float) -> dict[str, dict[str, Any]]:
     rows: dict[str, dict[str, Any]] = {}
     groups: dict[str, list[Outcome]] = {"all": result.outcomes}
     for o in result.outcomes:
@@ -295,6 +327,17 @@ def summarize(result: ModeResult, duration_s: float) -> dict[str, dict[str, Any]
     delivered = round(rows["all"]["within_budget"] * rows["all"]["sent"])
     rows["all"]["compute_s_per_image"] = result.compute_s / max(1, delivered)
     rows["all"]["compute_s"] = result.compute_s
+    rate = price_per_s
+    rows["all"]["cost"] = result.compute_s * rate
+    rows["all"]["cost_per_image"] = result.compute_s * rate / max(1, delivered)
+    rows["all"]["billed"] = sum(o.billed for o in result.outcomes)
+    in_time_by_tier: dict[str, int] = {}
+    for o in result.outcomes:
+        if o.status == 200 and o.served and o.latency_s <= o.job.budget_s + SLACK_S:
+            in_time_by_tier[o.served] = in_time_by_tier.get(o.served, 0) + 1
+    rows["all"]["cost_per_image_by_tier"] = {
+        tier: result.compute_by_model.get(tier, 0.0) * rate / n for tier, n in sorted(in_time_by_tier.items())
+    }
     return rows
 
 
@@ -315,10 +358,17 @@ def table_md(summaries: dict[str, dict[str, dict[str, Any]]]) -> str:
                 f"{r['4xx']} | {r['5xx']} |"
             )
     lines.append("")
-    lines.append("| mode | Triton compute s | compute s per image delivered in time |")
-    lines.append("|---|---|---|")
+    lines.append(
+        "| mode | Triton compute s | compute s per image delivered in time | Triton cost $ | cost per image "
+        "in time $ | billed by the gateway $ (share of Triton cost) | per tier, $ per image in time |"
+    )
+    lines.append("|---|---|---|---|---|---|---|")
     for mode, rows in summaries.items():
-        lines.append(f"| {mode} | {rows['all']['compute_s']:.1f} | {rows['all']['compute_s_per_image']:.2f} |")
+        a = rows["all"]
+        billed = f"{a['billed']:.5f} ({100 * a['billed'] / a['cost']:.0f}%)" if a["billed"] and a["cost"] else "—"
+        tiers = ", ".join(f"{t} {c:.6f}" for t, c in a["cost_per_image_by_tier"].items()) or "—"
+        lines.append(f"| {mode} | {a['compute_s']:.1f} | {a['compute_s_per_image']:.2f} | {a['cost']:.5f} | "
+                     f"{a['cost_per_image']:.6f} | {billed} | {tiers} |")  # fmt: skip
     return "\n".join(lines)
 
 
@@ -372,6 +422,30 @@ def plot(results: list[ModeResult], jobs: list[Job], duration_s: float, bursts: 
     plt.close(fig)
 
 
+def plot_cost(summaries: dict[str, dict[str, dict[str, Any]]], out: Path) -> None:
+    """Bars: per mode, the cost of an image delivered in time by the tier that made it
+    (its Triton compute, waste included, over its images in time)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tiers = ["draft", "preview", "quality"]
+    fig, ax = plt.subplots(figsize=(7, 3.8))
+    width = 0.8 / max(1, len(summaries))
+    for i, (mode, rows) in enumerate(summaries.items()):
+        by_tier = rows["all"]["cost_per_image_by_tier"]
+        xs = [t + i * width for t in range(len(tiers))]
+        ax.bar(xs, [1e3 * by_tier.get(t, 0.0) for t in tiers], width, label=mode)
+    ax.set_xticks([t + width * (len(summaries) - 1) / 2 for t in range(len(tiers))], tiers)
+    ax.set_ylabel("USD per 1,000 images delivered in time")
+    ax.set_title("What an image delivered in budget costs, by the tier that made it")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "scenario-cost.png", dpi=110)
+    plt.close(fig)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--duration", type=float, default=60.0)
@@ -383,6 +457,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--plots", type=Path, default=None, help="directory for the PNG plots")
     parser.add_argument("--jobs", type=int, default=40, help="mode J: quality jobs queued before the trace")
+    parser.add_argument("--gpu-hour-price", type=float, default=2.40, help="USD per GPU-hour, one GPU per tier")
     args = parser.parse_args()
 
     routes_text = args.routes.read_text()
@@ -399,7 +474,7 @@ def main() -> None:
             server.wait_ready(300)
             triton = server.http_url
             routes = work / "routes.yaml"
-            routes.write_text(without_cache(routes_text))
+            routes.write_text(without_cache(routes_text, args.gpu_hour_price))
             grpc = f"127.0.0.1:{server.config.grpc_port}"
             gw = GatewayProcess(routes, triton, work / "gateway.log", triton_grpc=grpc)
             results = []
@@ -423,7 +498,8 @@ def main() -> None:
                     else:
                         outcomes = asyncio.run(replay(jobs, senders[mode]))
                     wait_idle(triton)  # abandoned work is still the mode's compute
-                    result = ModeResult(mode, outcomes, compute_seconds(triton) - before, time.monotonic() - t0)
+                    used = since(compute_seconds(triton), before)
+                    result = ModeResult(mode, outcomes, sum(used.values()), time.monotonic() - t0, used)
                     results.append(result)
                     print(f"mode {mode}: done in {result.wall_s:.0f} s", flush=True)
                     if mode == "C":  # what the gateway learned: per model, pending and service times
@@ -438,7 +514,7 @@ def main() -> None:
     summaries: dict[str, dict[str, dict[str, Any]]] = {}
     for r in results:  # alternating rounds: C, J, C2, J2, ...
         name = r.mode if r.mode not in summaries else f"{r.mode}{sum(k[0] == r.mode for k in summaries) + 1}"
-        summaries[name] = summarize(r, args.duration)
+        summaries[name] = summarize(r, args.duration, args.gpu_hour_price / 3600)
     print(table_md(summaries))
     if job_runs:
         print("\n| round | jobs queued | completed during the trace | quality s per image | jobs' share of quality |")
@@ -455,7 +531,8 @@ def main() -> None:
                                          "summary": summaries, "outcomes": raw}, indent=1, default=str))  # fmt: skip
     if args.plots:
         plot(results, jobs, args.duration, args.bursts, args.plots)
-        print(f"plots: {args.plots}/scenario-cdf.png, {args.plots}/scenario-tiers.png")
+        plot_cost(summaries, args.plots)
+        print(f"plots: {args.plots}/scenario-cdf.png, {args.plots}/scenario-tiers.png, {args.plots}/scenario-cost.png")
 
 
 if __name__ == "__main__":

@@ -35,6 +35,9 @@ from router.http import (
     jobs_admin,
     jobs_api,
     kserve_api,
+    models_api,
+    openapi,
+    reconcile_api,
     status_page,
 )
 from router.http.admin_api import SignInThrottle, check_readout
@@ -77,6 +80,8 @@ def _routes() -> list[Route]:
         *jobs_api.ROUTES,  # async jobs (issue 32): before /v1/images/{name}
         Route("/v1/images/{name}", image_files.image_file, methods=["GET", "HEAD"]),
         Route("/v1/usage", tenant_usage, methods=["GET"]),
+        *models_api.ROUTES,
+        *openapi.ROUTES,
         Route("/v2", k.server_metadata, methods=["GET"]),
         Route("/v2/health/live", k.live, methods=["GET"]),
         Route("/v2/health/ready", k.ready, methods=["GET"]),
@@ -104,6 +109,7 @@ def _routes() -> list[Route]:
         Route("/admin/canary/{route}/{action}", canary_api.canary_action, methods=["POST"]),
         *jobs_admin.ROUTES,
         *budgets_api.ROUTES,
+        *reconcile_api.ROUTES,
         Route("/admin/", status_page.status_page, methods=["GET"]),
         Route("/admin/status.json", status_page.status_json, methods=["GET"]),
         Route("/admin/login", status_page.login_form, methods=["GET"]),
