@@ -21,7 +21,7 @@ from PIL import Image
 
 from router.config.table import Model
 from router.errors import BackendError
-from router.policy.forecast import Forecast
+from router.policy.forecast import Forecast, work_units
 
 __all__ = ["EncodedImages", "ImageBackend", "ImageRequest", "ImageResult", "consecutive_seeds", "sniff_format"]
 
@@ -187,9 +187,10 @@ class ImageBackend(Protocol):
         """False while every endpoint that could serve ``model`` has an open circuit."""
         ...
 
-    def forecast(self, model: Model, extra_ahead: int = 0) -> Forecast | None:
-        """When a request for ``model`` sent now would finish on the best usable
-        endpoint, with ``extra_ahead`` more requests before it (``None``: no endpoint).
+    def forecast(self, model: Model, extra_ahead: int = 0, units: float = 1.0) -> Forecast | None:
+        """When a request of ``units`` of work (:func:`request_units`) for ``model`` sent
+        now would finish on the best usable endpoint, with ``extra_ahead`` more requests
+        before it (``None``: no endpoint).
         Each backend keeps this from its own sends and answers, per endpoint, so the
         budget policy decides on live queues rather than on a stale quantile."""
         ...
@@ -199,3 +200,10 @@ class ImageBackend(Protocol):
         ...
 
     async def aclose(self) -> None: ...
+
+
+def request_units(model: Model, request: ImageRequest) -> float:
+    """``request``'s work on ``model``'s lane: rows x pixels x steps against the tier's
+    own shape (:func:`~router.policy.forecast.work_units`), so a 4-image or 1024² request
+    is forecast as what it is and its answer teaches the lane the time per unit."""
+    return work_units(len(request.prompts), request.width, request.height, request.steps, model.native_side)

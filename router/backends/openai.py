@@ -205,7 +205,9 @@ class OpenAIImagesBackend:
             lane = self._lanes[model.lane_key] = Lane(model.latency_hint_ms / 1000, servers=None)
         return lane
 
-    def forecast(self, model: Model, extra_ahead: int = 0) -> Forecast | None:
+    def forecast(self, model: Model, extra_ahead: int = 0, units: float = 1.0) -> Forecast | None:
+        """``units`` is not used: a hosted API makes a request's images side by side, as
+        far as anyone can tell from outside, so its lane learns per request."""
         if not self.available(model):
             return None
         return self._lane(model).forecast(time.monotonic(), extra_ahead)

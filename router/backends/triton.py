@@ -40,13 +40,13 @@ from router.backends._grpc import (
     map_grpc_error,
 )
 from router.backends._http1 import Http1Response, StaleConnection
-from router.backends.base import ImageRequest, ImageResult
+from router.backends.base import ImageRequest, ImageResult, request_units
 from router.backends.replicas import Replica, ReplicaSet
 from router.config.table import Backend, Model
 from router.errors import BackendError, BackendRejected, BackendTimeout, BackendUnavailable
 from router.kserve import decode_response, encode_request
 from router.policy import hedge
-from router.policy.forecast import Forecast, work_units
+from router.policy.forecast import Forecast
 from router.policy.retry_budget import RetryBudget
 
 __all__ = ["WASTE_REASONS", "TritonBackend", "compute_ns", "given_up_because", "map_triton_error"]
@@ -257,7 +257,7 @@ class TritonBackend:
         now = self.clock()
         first = asyncio.ensure_future(self._infer(replica, model, request, deadline - now, priority))
         calls = [first]
-        units = _units(model, request)
+        units = request_units(model, request)
         why: str | None = "hedge"  # a call left running when the pair ends lost the race
         try:
             wait_s = min(hedge.overdue_after(replica.lane(model).forecast(now, 0, units)), max(0.0, deadline - now))
@@ -312,7 +312,7 @@ class TritonBackend:
         replica.outstanding += 1
         lane = replica.lane(model)
         t0 = self.clock()
-        ticket = lane.send(t0, _units(model, request))
+        ticket = lane.send(t0, request_units(model, request))
         try:
             if replica.grpc is not None:
                 result = await self._call_grpc(replica.grpc, model, request, timeout_s, priority)
@@ -468,11 +468,6 @@ async def _statistics(replica: Replica, timeout_s: float) -> dict[str, Any] | No
     except (OSError, TimeoutError, ValueError):
         return None
     return answer if isinstance(answer, dict) else None
-
-
-def _units(model: Model, request: ImageRequest) -> float:
-    """The request's work for its lane: rows x pixels (x steps, once a default is known)."""
-    return work_units(len(request.prompts), request.width, request.height, request.steps, model.native_side)
 
 
 def _result(model: Model, response: Http1Response) -> ImageResult:

@@ -140,13 +140,16 @@ class Dispatcher:
         busy = getattr(self.pool.get(model.backend), "busy", None) if whole_backend else None
         return busy is None or not busy()
 
-    def forecast(self, model: Model, priority: int | None = None, tenant: str | None = None) -> Forecast | None:
-        """The backend's forecast for ``model``, behind this gateway's own admission
-        queue when the model's gate is full (``None``: no usable endpoint). Given the
-        request's priority and tenant, only the waiters it would not overtake count."""
+    def forecast(
+        self, model: Model, priority: int | None = None, tenant: str | None = None, units: float = 1.0
+    ) -> Forecast | None:
+        """The backend's forecast for ``model`` (a request of ``units`` of work), behind
+        this gateway's own admission queue when the model's gate is full (``None``: no
+        usable endpoint). Given the request's priority and tenant, only the waiters it
+        would not overtake count."""
         gate = self.gate(model)
         full = gate.limit is not None and (gate.inflight >= gate.limit or gate.queued > 0)
         if not full:
-            return self.pool.get(model.backend).forecast(model, 0)
+            return self.pool.get(model.backend).forecast(model, 0, units)
         ahead = gate.queued if priority is None or tenant is None else gate.ahead_of(priority, tenant)
-        return self.pool.get(model.backend).forecast(model, ahead + 1)
+        return self.pool.get(model.backend).forecast(model, ahead + 1, units)

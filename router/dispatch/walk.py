@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import NamedTuple, Protocol
 
-from router.backends.base import ImageResult
+from router.backends.base import ImageResult, request_units
 from router.config.table import Model, RoutingTable
 from router.decide import DEFAULT_PRIORITY, Decision
 from router.dispatch import outcome
@@ -44,7 +44,9 @@ class Replica(Protocol):
     attempts: Attempts
     stored: StoredTiers
 
-    def forecast(self, model: Model, priority: int | None = None, tenant: str | None = None) -> Forecast | None: ...
+    def forecast(
+        self, model: Model, priority: int | None = None, tenant: str | None = None, units: float = 1.0
+    ) -> Forecast | None: ...
 
     def p95_s(self, table: RoutingTable) -> Callable[[str], float]: ...
 
@@ -111,7 +113,9 @@ class Walk:
         known: dict[str, Forecast] = {}
         priority, tenant = self.decision.priority or DEFAULT_PRIORITY, self.progress.tenant
         for name in list(self.chain):
-            forecast = INSTANT if name in self.hits else self.replica.forecast(self._model(name), priority, tenant)
+            model = self._model(name)
+            units = request_units(model, self.decision.request)
+            forecast = INSTANT if name in self.hits else self.replica.forecast(model, priority, tenant, units)
             if forecast is None:
                 self.chain.remove(name)
                 self.progress.reasons.append((name, "circuit_open"))

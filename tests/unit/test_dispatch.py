@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from router.backends.base import ImageRequest, ImageResult
+from router.backends.base import ImageRequest, ImageResult, request_units
 from router.config import compile_text
 from router.config.table import Backend, Model
 from router.errors import AllTiersFailed, BackendRejected, BackendUnavailable, BudgetExhausted, Overloaded
@@ -57,7 +57,8 @@ default_route: draft
 
 
 class FakeBackend:
-    """Behaviour per model: a delay in seconds, or an exception to raise."""
+    """Behaviour per model: a delay in seconds per unit of work (one image at the tier's
+    own size: :func:`~router.backends.base.request_units`), or an exception to raise."""
 
     def __init__(self, behaviour: dict[str, Any], clock: Callable[[], float]) -> None:
         self.behaviour = behaviour
@@ -74,12 +75,13 @@ class FakeBackend:
     async def generate(self, model: Model, request: ImageRequest, timeout_s: float, priority: int | None = None):
         self.calls.append((model.name, timeout_s))
         action = self.behaviour[model.name]
-        ticket = self.lane(model).send(self.clock())
+        units = request_units(model, request)
+        ticket = self.lane(model).send(self.clock(), units)
         if isinstance(action, Exception):
             self.lane(model).done(ticket, self.clock(), ok=False)
             raise action
         try:
-            await asyncio.sleep(action)
+            await asyncio.sleep(action * units)
         except asyncio.CancelledError:
             self.cancelled.append(model.name)
             self.lane(model).abandon(ticket, self.clock())
@@ -87,10 +89,10 @@ class FakeBackend:
         self.lane(model).done(ticket, self.clock(), ok=True)
         return ImageResult(np.zeros((1, 2, 2, 3), np.uint8), "1")
 
-    def forecast(self, model: Model, extra_ahead: int = 0) -> Forecast | None:
+    def forecast(self, model: Model, extra_ahead: int = 0, units: float = 1.0) -> Forecast | None:
         if model.name in self.open_circuits:
             return None
-        return self.lane(model).forecast(self.clock(), extra_ahead)
+        return self.lane(model).forecast(self.clock(), extra_ahead, units)
 
     async def ready(self) -> bool:
         return True
@@ -140,6 +142,22 @@ async def test_slow_primary_is_abandoned_and_a_faster_tier_answers_inside_the_bu
     # preview, with 90 ms left, keeps draft's 10 ms + 20 ms: a 60 ms timeout
     assert fake.calls[1][0] == "preview" and fake.calls[1][1] == pytest.approx(0.06)
     assert elapsed == pytest.approx(0.21 + 0.01), "quality's timeout, then preview's 10 ms"
+
+
+@virtual_time
+async def test_four_images_are_forecast_as_four_and_go_where_they_fit() -> None:
+    """n=4 on ``hq`` (300 ms): quality takes 150 ms an image, so four cannot fit and the
+    walk plans preview (4 x 40 ms) at once — counted as one image, quality was tried,
+    timed out and its work was wasted; the answer still comes inside the budget."""
+    gw, fake = gateway({"quality": 0.15, "preview": 0.04, "draft": 0.01})
+    four = ImageRequest(("a cat",) * 4, seeds=(1, 2, 3, 4))
+    t0 = now()
+    served = await gw.generate(RequestFacts("a cat", intent="hq"), four)
+    assert (served.model.name, served.attempts) == ("preview", 1)
+    assert [c[0] for c in fake.calls] == ["preview"], "quality was never sent what it could not finish"
+    assert now() - t0 == pytest.approx(0.16) and now() - t0 <= 0.3
+    one = await gw.generate(RequestFacts("a cat", intent="hq"), REQ)
+    assert one.model.name == "quality", "one image still fits quality"
 
 
 @virtual_time

@@ -167,7 +167,7 @@ async def test_with_many_images_and_large_sizes_no_answer_is_later_than_the_budg
     """n=4 and 4x-pixel requests beside single ones: every request is answered within
     its budget, or refused up front; none is started where it cannot finish and then
     fails the client after the whole budget."""
-    outcomes = await traffic(triton_backend._units)
+    outcomes = await traffic(triton_backend.request_units)
     assert outcomes["late"] == 0 and outcomes["missed"] == 0, outcomes
     assert outcomes["answered"] >= 30, outcomes
 
@@ -176,10 +176,10 @@ async def test_with_many_images_and_large_sizes_no_answer_is_later_than_the_budg
 async def test_the_same_traffic_forecast_per_request_misses_budgets() -> None:
     """The scenario above discriminates: with every request counted as one unit (the
     lane before units), 4-image requests are started where they cannot finish."""
-    original = triton_backend._units
+    original = triton_backend.request_units
     try:
-        triton_backend._units = lambda model, request: 1.0
+        triton_backend.request_units = lambda model, request: 1.0
         outcomes = await traffic(lambda model, request: 1.0)
     finally:
-        triton_backend._units = original
+        triton_backend.request_units = original
     assert outcomes["missed"] > 0, outcomes
