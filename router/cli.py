@@ -1,15 +1,22 @@
 """The ``router`` command: run Triton, the gateway, or both; validate and explain configs.
 
-router up        Triton with the project's models + the gateway (the README's command)
-router triton    Triton only (from the nvidia-pytriton wheel, or --tritonserver PATH)
-router serve     the gateway only, for an existing Triton (TRITON_URL)
-router validate  check a routes file: every issue as file:line:col path: message
-router explain   which route and models a request would get
-router cache     stats or purge the result cache of a running gateway
-router pregen    fill the cache from a list of prompts, on idle capacity
-router canary    canary rollouts of a running gateway: status, pause, resume, promote, abort
-router jobs      async jobs of a running gateway: counts, drain, resume, list, show, cancel
-router budgets   spend budgets of a running gateway: list, show, credit
+router up          Triton with the project's models + the gateway (the README's command)
+router triton      Triton only (from the nvidia-pytriton wheel, or --tritonserver PATH)
+router serve       the gateway only, for an existing Triton (TRITON_URL)
+router validate    check a routes file: every issue as file:line:col path: message
+router explain     which route and models a request would get
+router schema      the JSON Schema of routes.yaml, for editors
+router completion  a shell completion script (bash, zsh, tcsh, fish, powershell), made by shtab
+router cache       stats or purge the result cache of a running gateway
+router pregen      fill the cache from a list of prompts, on idle capacity
+router canary      canary rollouts of a running gateway: status, pause, resume, promote, abort
+router jobs        async jobs of a running gateway: counts, drain, resume, list, show, cancel
+router budgets     spend budgets of a running gateway: list, show, credit
+
+``--help`` on each says its options with their defaults, examples and the environment
+variables it reads (:mod:`router.cli_parser`). With ``--log-format json`` what ``serve``
+and ``up`` say of themselves goes through :mod:`logging` too, so their output is JSON
+lines only (:mod:`router.logs`).
 """
 
 from __future__ import annotations
@@ -25,13 +32,17 @@ from pathlib import Path
 from types import FrameType
 from typing import IO
 
-from router import __version__, cli_admin
+import shtab
+
+from router import cli_admin, logs
+from router.cli_parser import build_parser
 from router.errors import CacheStoreError, ConfigError, RouterError, StateStoreError, TritonStartupError
 from router.triton import TritonConfig, TritonServer
 
 __all__ = ["main"]
 
 EXIT_CONFIG = 2
+_log = logging.getLogger("router.cli")  # what serve and up say of themselves, in JSON mode
 
 
 def _default_repository() -> Path:
@@ -39,94 +50,6 @@ def _default_repository() -> Path:
     if local.is_dir():
         return local
     return Path(__file__).resolve().parent.parent / "model_repository"
-
-
-def _triton_args(p: argparse.ArgumentParser, default_http: int) -> None:
-    p.add_argument("--model-repository", type=Path, default=None, help="default: ./model_repository")
-    p.add_argument("--models", default="", help="comma-separated models to load (default: all)")
-    p.add_argument("--triton-host", default="127.0.0.1", help="address Triton binds (default: loopback)")
-    p.add_argument("--triton-http-port", type=int, default=default_http, help="0 picks a free port")
-    p.add_argument("--triton-grpc-port", type=int, default=0)
-    p.add_argument("--triton-metrics-port", type=int, default=0)
-    p.add_argument("--tritonserver", type=Path, default=None, help="another tritonserver binary to run")
-    p.add_argument("--backend-directory", type=Path, default=None, help="with --tritonserver: its backends")
-
-
-def _serve_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--routes", type=Path, default=Path("routes.yaml"))
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8080)
-    p.add_argument("--no-watch", action="store_true", help="reload only on SIGHUP or POST /admin/reload")
-    p.add_argument("--log-level", default="info")
-    p.add_argument("--no-access-log", action="store_true", help="no JSON line per request on stdout")
-    p.add_argument(
-        "--access-log-flush",
-        type=float,
-        default=1.0,
-        metavar="SECONDS",
-        help="write buffered access log lines this often (0: every line at once; default 1)",
-    )
-    p.add_argument("--no-metrics", action="store_true", help="no Prometheus metrics (/metrics is 404)")
-    p.add_argument(
-        "--grpc-port", type=int, default=8081, help="KServe v2 gRPC and gRPC health (default 8081; 0 picks one)"
-    )
-    p.add_argument("--no-grpc", action="store_true", help="HTTP only")
-    p.add_argument(
-        "--forwarded-allow-ips",
-        default=os.environ.get("FORWARDED_ALLOW_IPS", ""),
-        metavar="IPS",
-        help="proxies whose X-Forwarded-For/-Proto are believed (comma-separated, '*' for any; default: none)",
-    )
-    p.add_argument(
-        "--max-head-bytes",
-        type=int,
-        default=64 << 10,
-        metavar="BYTES",
-        help="a request line and headers over this are a 431 and the connection closed (default 65536)",
-    )
-    p.add_argument(
-        "--head-timeout",
-        type=float,
-        default=10.0,
-        metavar="SECONDS",
-        help="a request head not complete this long after its first byte is a 408 and closed (default 10)",
-    )
-    p.add_argument(
-        "--grpc-max-rpcs",
-        type=int,
-        default=2048,
-        metavar="N",
-        help="gRPC calls and streams handled at once; more get RESOURCE_EXHAUSTED at once (default 2048)",
-    )
-
-
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="router", description=__doc__.split("\n")[0])
-    parser.add_argument("--version", action="version", version=__version__)
-    sub = parser.add_subparsers(dest="command", required=True)
-    up = sub.add_parser("up", help="start Triton and the gateway together")
-    _serve_args(up)
-    _triton_args(up, default_http=0)
-    up.add_argument(
-        "--triton-log",
-        type=Path,
-        default=Path("triton.log"),
-        help="where Triton's own log goes (default: ./triton.log; '-' for the terminal)",
-    )
-    triton = sub.add_parser("triton", help="start Triton with the model repository")
-    _triton_args(triton, default_http=8000)
-    serve = sub.add_parser("serve", help="run the gateway")
-    _serve_args(serve)
-    validate = sub.add_parser("validate", help="validate a routes file")
-    validate.add_argument("file", type=Path)
-    explain = sub.add_parser("explain", help="explain how a request would be routed")
-    explain.add_argument("file", type=Path)
-    explain.add_argument("--prompt", required=True)
-    explain.add_argument("--intent")
-    explain.add_argument("--model")
-    explain.add_argument("--header", action="append", default=[], metavar="K=V")
-    cli_admin.add_parsers(sub)
-    return parser
 
 
 def _triton_server(args: argparse.Namespace, log: IO[bytes] | None = None) -> TritonServer:
@@ -147,29 +70,38 @@ def _triton_server(args: argparse.Namespace, log: IO[bytes] | None = None) -> Tr
 def _start_triton(args: argparse.Namespace) -> TritonServer:
     server = _triton_server(args)
     try:
-        _start(server)
+        _start(server, args)
     except BaseException:
         server.stop()
         raise
     return server
 
 
-def _start(server: TritonServer, log_path: Path | None = None) -> None:
+def _say(args: argparse.Namespace, message: str, *, stderr: bool = False, level: int = logging.INFO) -> None:
+    """A line of the command's own: printed, or with ``--log-format json`` a log record,
+    so that the output stays JSON lines only."""
+    if getattr(args, "log_format", "text") == "json":
+        _log.log(level, message)
+    else:
+        print(message, file=sys.stderr if stderr else sys.stdout, flush=True)
+
+
+def _start(server: TritonServer, args: argparse.Namespace, log_path: Path | None = None) -> None:
     where = f" (its log: {log_path})" if log_path is not None else ""
-    print(f"starting Triton with {server.config.model_repository} ...{where}", file=sys.stderr, flush=True)
+    _say(args, f"starting Triton with {server.config.model_repository} ...{where}", stderr=True)
     server.start()
     try:
         server.wait_ready()
     except TritonStartupError:
         if log_path is not None:  # the reason is in the log the terminal did not see
             lines = log_path.read_text(errors="replace").splitlines()[-30:]
-            print("\n".join(["--- the end of Triton's log ---", *lines]), file=sys.stderr, flush=True)
+            _say(args, "\n".join(["--- the end of Triton's log ---", *lines]), stderr=True, level=logging.ERROR)
         raise
     cfg = server.config
-    print(
+    _say(
+        args,
         f"Triton ready: HTTP {server.http_url}  gRPC {cfg.host}:{cfg.grpc_port}  "
         f"metrics http://{cfg.host}:{cfg.metrics_port}/metrics",
-        flush=True,
     )
 
 
@@ -210,12 +142,14 @@ def _run_gateway(args: argparse.Namespace) -> None:
         grpc=grpc,
     )
     grpc_note = "" if grpc is None else f", gRPC on {args.host}:{args.grpc_port or '(a free port)'}"
-    print(f"gateway listening on http://{args.host}:{args.port}{grpc_note}  (routes: {args.routes})", flush=True)
+    _say(args, f"gateway listening on http://{args.host}:{args.port}{grpc_note}  (routes: {args.routes})")
     config = uvicorn.Config(
-        app,
+        # JSON lines carry the request id: the outermost layer makes each request's state current
+        logs.RequestContext(app) if args.log_format == "json" else app,
         host=args.host,
         port=args.port,
         log_level=args.log_level,
+        log_config=logs.uvicorn_log_config(args.log_format),
         access_log=False,
         loop="auto",
         http=bounded_protocol(args.max_head_bytes, args.head_timeout),
@@ -247,7 +181,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     log = open(log_path, "ab") if log_path is not None else None  # noqa: SIM115 - closed below
     server = _triton_server(args, log)
     try:
-        _start(server, log_path)
+        _start(server, args, log_path)
         os.environ["TRITON_URL"] = server.http_url
         os.environ["TRITON_GRPC_URL"] = f"{server.config.host}:{server.config.grpc_port}"
         _run_gateway(args)
@@ -290,12 +224,31 @@ def cmd_explain(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_schema(args: argparse.Namespace) -> int:
+    from router.config.jsonschema import routes_schema_text
+
+    text = routes_schema_text()
+    if args.output is None:
+        sys.stdout.write(text)
+    else:
+        args.output.write_text(text, encoding="utf-8")
+        print(f"wrote {args.output}", file=sys.stderr)
+    return 0
+
+
+def cmd_completion(args: argparse.Namespace) -> int:
+    sys.stdout.write(shtab.complete(build_parser(), shell=args.shell))
+    return 0
+
+
 COMMANDS = {
     "up": cmd_up,
     "triton": cmd_triton,
     "serve": cmd_serve,
     "validate": cmd_validate,
     "explain": cmd_explain,
+    "schema": cmd_schema,
+    "completion": cmd_completion,
     "cache": cli_admin.cmd_cache,
     "pregen": cli_admin.cmd_pregen,
     "canary": cli_admin.cmd_canary,
@@ -305,23 +258,26 @@ COMMANDS = {
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("watchfiles").setLevel(logging.WARNING)
+    args = build_parser().parse_args(argv)
+    logs.configure(getattr(args, "log_format", "text"))
+
+    def fail(message: str) -> None:
+        _say(args, message, stderr=True, level=logging.ERROR)
+
     try:
         return COMMANDS[args.command](args)
     except ConfigError as exc:
         for issue in exc.issues:
-            print(str(issue), file=sys.stderr)
+            fail(str(issue))
         return EXIT_CONFIG
     except FileNotFoundError as exc:
-        print(f"error: {exc.filename}: no such file", file=sys.stderr)
+        fail(f"error: {exc.filename}: no such file")
         return EXIT_CONFIG
     except (CacheStoreError, StateStoreError) as exc:
-        print(f"error: {exc.message}", file=sys.stderr)
+        fail(f"error: {exc.message}")
         return EXIT_CONFIG
     except RouterError as exc:
-        print(f"error: {exc.message}", file=sys.stderr)
+        fail(f"error: {exc.message}")
         return 1
 
 

@@ -52,7 +52,10 @@ __all__ = [
 
 def add_parsers(sub: Any) -> None:
     cache = sub.add_parser("cache", help="the result cache of a running gateway: stats, purge")
-    cache.add_argument("action", choices=["stats", "purge"])
+    cache.add_argument(
+        "action", choices=["stats", "purge"],
+        help="stats: the store's numbers; purge: remove entries (--model, --route, --prompt or --all)",
+    )  # fmt: skip
     cache.add_argument("--url", default="http://127.0.0.1:8080", help="the gateway")
     cache.add_argument("--model", help="purge: a model (name or name@version)")
     cache.add_argument("--route", help="purge: a route")
@@ -69,7 +72,10 @@ def add_parsers(sub: Any) -> None:
 
 def add_budgets_parser(sub: Any) -> None:
     budgets = sub.add_parser("budgets", help="spend budgets of a running gateway: list, show, credit")
-    budgets.add_argument("action", choices=["list", "show", "credit"])
+    budgets.add_argument(
+        "action", choices=["list", "show", "credit"],
+        help="list: every tenant's windows; show TENANT; credit TENANT AMOUNT: lower a window's spent",
+    )  # fmt: skip
     budgets.add_argument("tenant", nargs="?", help="show, credit: the tenant")
     budgets.add_argument("amount", nargs="?", type=float, help="credit: how much (in the billing currency)")
     budgets.add_argument("--window", help="credit: only this window (day, week, month, 1h…; default: every one)")
@@ -82,7 +88,10 @@ def add_jobs_parser(sub: Any) -> None:
     jobs = sub.add_parser(
         "jobs", help="async jobs of a running gateway: counts, drain, resume (this replica), list, show, cancel"
     )
-    jobs.add_argument("action", choices=["counts", "drain", "resume", "list", "show", "cancel", "redeliver"])
+    jobs.add_argument(
+        "action", choices=["counts", "drain", "resume", "list", "show", "cancel", "redeliver"],
+        help="counts; drain/resume this replica (--all: every replica); list; show, cancel or redeliver JOB",
+    )  # fmt: skip
     jobs.add_argument("job", nargs="?", help="show, cancel, redeliver: the job's id")
     jobs.add_argument("--all", action="store_true", help="drain, resume: every replica (a pause in the state store)")
     jobs.add_argument("--url", default="http://127.0.0.1:8080", help="the gateway (drain: the replica to drain)")
@@ -98,7 +107,10 @@ def add_canary_parser(sub: Any) -> None:
     canary = sub.add_parser(
         "canary", help="canary rollouts of a running gateway: status, pause, resume, promote, abort"
     )
-    canary.add_argument("action", choices=["status", "pause", "resume", "promote", "abort"])
+    canary.add_argument(
+        "action", choices=["status", "pause", "resume", "promote", "abort"],
+        help="status [ROUTE]: every rollout or one; pause, resume, promote or abort ROUTE's rollout",
+    )  # fmt: skip
     canary.add_argument("route", nargs="?", help="the route whose canary (status: all when left out)")
     canary.add_argument("--url", default="http://127.0.0.1:8080", help="the gateway")
     canary.add_argument("--json", action="store_true", help="status: the full JSON (decisions, analysis)")
