@@ -22,8 +22,9 @@ from router.errors import ConfigIssue
 __all__ = ["Validated", "schema_issues", "validate"]
 
 
-def _data_path(data: Any, loc: tuple[int | str, ...]) -> PathKey:
-    """Map a pydantic ``loc`` onto the data, dropping union/tag components."""
+def _data_path(data: Any, loc: tuple[int | str, ...], missing: bool = False) -> PathKey:
+    """Map a pydantic ``loc`` onto the data, dropping union/tag components (``missing``:
+    the last part is a key the data lacks, named)."""
     out: list[str | int] = []
     node = data
     for i, part in enumerate(loc):
@@ -31,7 +32,7 @@ def _data_path(data: Any, loc: tuple[int | str, ...]) -> PathKey:
         if in_list or (isinstance(node, dict) and part in node):
             node = node[part]
             out.append(part)
-        elif i == len(loc) - 1 and isinstance(node, dict):
+        elif missing and i == len(loc) - 1 and isinstance(node, dict):
             out.append(part)  # a missing key: name it
     return tuple(out)
 
@@ -39,8 +40,11 @@ def _data_path(data: Any, loc: tuple[int | str, ...]) -> PathKey:
 def schema_issues(src: Located, exc: ValidationError, prefix: PathKey = ()) -> list[ConfigIssue]:
     issues = []
     seen: set[tuple[PathKey, str]] = set()
-    for err in exc.errors(include_url=False):
-        path = _data_path(src.data, prefix + tuple(err["loc"]))
+    errors = [(err, _data_path(src.data, prefix + tuple(err["loc"]), err["type"] == "missing"))
+              for err in exc.errors(include_url=False)]  # fmt: skip
+    for err, path in errors:
+        if err["type"].endswith("_type") and any(len(p) > len(path) and p[: len(path)] == path for _, p in errors):
+            continue  # a union's other branch ("a valid string") beside the error deeper in the one that fits
         message = err["msg"]
         if err["type"] == "extra_forbidden":
             message = "unknown key"

@@ -100,3 +100,15 @@ def test_digest_changes_with_content() -> None:
     b = compile_text("default_route: preview\n", env={})
     assert a.digest != b.digest
     assert a.digest == compile_text("default_route: draft\n", env={}).digest
+
+
+def test_an_unknown_key_inside_a_union_field_is_one_issue_at_its_path() -> None:
+    """``match`` is a string or a mapping: an unknown key in the mapping is reported
+    there, without the other branch's "a valid string" beside it under a made-up key."""
+    text = (
+        'backends: {t: {url: "http://x:1"}}\nmodels: {m: {backend: t}}\n'
+        "routes:\n  - name: r\n    match: {promt: cat}\n    model: m\ndefault_route: m\n"
+    )
+    with pytest.raises(ConfigError) as info:
+        compile_text(text, file="routes.yaml", env={})
+    assert [str(issue) for issue in info.value.issues] == ["routes.yaml:5:13 routes[0].match.promt: unknown key"]
