@@ -205,5 +205,8 @@ class ImageBackend(Protocol):
 def request_units(model: Model, request: ImageRequest) -> float:
     """``request``'s work on ``model``'s lane: rows x pixels x steps against the tier's
     own shape (:func:`~router.policy.forecast.work_units`), so a 4-image or 1024² request
-    is forecast as what it is and its answer teaches the lane the time per unit."""
+    is forecast as what it is and its answer teaches the lane the time per unit. An
+    upscaled request is made at most at the tier's native side: its rows alone count."""
+    if request.upscale:
+        return work_units(len(request.prompts), steps=request.steps)
     return work_units(len(request.prompts), request.width, request.height, request.steps, model.native_side)

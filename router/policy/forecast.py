@@ -52,6 +52,9 @@ _OVERRUN_SHARE = 0.25
 _MAX_BACKOFF = 16
 
 
+FAR_BEYOND = 8  # times a tier's native side: past it, a size is the tier's to refuse, not to forecast
+
+
 def work_units(
     rows: int,
     width: int | None = None,
@@ -70,9 +73,13 @@ def work_units(
     itself cost the same for a 16² image), so a smaller request is forecast as a default
     one — never sooner than it can finish, as every request was before units existed —
     while a larger one is forecast at its full size (slightly above what it costs, the
-    side that keeps a budget)."""
+    side that keeps a budget).
+
+    A side over :data:`FAR_BEYOND` times the native one is not scaled either: no
+    diffusion tier makes such a size (its own bounds refuse it, at once), and a
+    forecast of hours would turn that clear ``400`` into a ``504``."""
     units = float(max(1, rows))
-    if width and height and native_side:
+    if width and height and native_side and max(width, height) <= FAR_BEYOND * native_side:
         units *= max(1.0, width * height / (native_side * native_side))
     if steps and default_steps:
         units *= max(1.0, steps / default_steps)

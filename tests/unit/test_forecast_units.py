@@ -183,3 +183,16 @@ async def test_the_same_traffic_forecast_per_request_misses_budgets() -> None:
     finally:
         triton_backend.request_units = original
     assert outcomes["missed"] > 0, outcomes
+
+
+def test_a_size_far_beyond_the_tier_and_an_upscaled_request_count_their_rows() -> None:
+    """4096² on a 64² tier is the tier's to refuse (a clear 400), not hours to forecast;
+    an upscaled request is made at the tier's native side."""
+    from router.backends.base import ImageRequest, request_units
+    from router.config.table import Model
+
+    assert work_units(1, 4096, 4096, native_side=64) == 1.0
+    assert work_units(1, 512, 512, native_side=64) == 64.0, "8x the side is still forecast"
+    model = Model("draft", "t", "draft", None, 100.0, native_side=64)
+    assert request_units(model, ImageRequest(("a",) * 2, width=256, height=256)) == 2.0 * 16
+    assert request_units(model, ImageRequest(("a",) * 2, width=256, height=256, upscale=True)) == 2.0
