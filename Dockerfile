@@ -5,7 +5,7 @@
 FROM python:3.11-slim AS build
 WORKDIR /src
 COPY pyproject.toml README.md ./
-COPY router ./router
+COPY image_router ./image_router
 RUN pip wheel --no-cache-dir --wheel-dir /wheels '.[otlp]'  # OTLP trace export included
 
 FROM python:3.11-slim

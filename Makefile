@@ -34,7 +34,7 @@ sysdeps:
 	fi
 
 test: $(STAMP) sysdeps
-	$(BIN)/ruff check router tests bench examples
+	$(BIN)/ruff check image_router tests bench examples
 	$(BIN)/mypy
 	$(BIN)/pytest
 

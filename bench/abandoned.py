@@ -31,7 +31,7 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from router.triton import TritonConfig, TritonServer  # noqa: E402
+from image_router.triton import TritonConfig, TritonServer  # noqa: E402
 from tests.procs import GatewayProcess, wait_model_idle  # noqa: E402
 
 ROUTES = """

@@ -24,7 +24,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from router.backends._http1 import Http1Pool
+from image_router.backends._http1 import Http1Pool
 
 _pool: Http1Pool | None = None
 

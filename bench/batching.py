@@ -47,7 +47,7 @@ from numpy.typing import NDArray
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from router.triton import TritonConfig, TritonServer  # noqa: E402
+from image_router.triton import TritonConfig, TritonServer  # noqa: E402
 
 PROMPT = "a lighthouse on a cliff at dusk"
 SEED = 1234

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from overhead import ROOT, cpu_seconds, measure, write_routes
 
-from router.triton import TritonConfig, TritonServer
+from image_router.triton import TritonConfig, TritonServer
 from tests.procs import GatewayProcess
 
 

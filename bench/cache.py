@@ -39,9 +39,9 @@ sys.path.insert(0, str(ROOT))
 from common import pct  # noqa: E402
 from overhead import cpu_seconds  # noqa: E402
 
-from router.cache import Entry, image_id  # noqa: E402
-from router.cache.keys import image_key  # noqa: E402
-from router.triton import TritonConfig, TritonServer  # noqa: E402
+from image_router.cache import Entry, image_id  # noqa: E402
+from image_router.cache.keys import image_key  # noqa: E402
+from image_router.triton import TritonConfig, TritonServer  # noqa: E402
 from tests.procs import ADMIN_TOKEN, GatewayProcess, RedisProcess  # noqa: E402
 
 SHARE = 0.01  # background_share: the shipped default

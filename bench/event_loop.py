@@ -4,7 +4,7 @@ A ticker coroutine wakes every millisecond and records how late it woke: that is
 long any other request (a cache hit, /healthz) would have waited. While it runs, 768x768
 answers are encoded the ways the gateway answers — a PNG (`/api/v1/generate`), base64
 PNG in JSON (OpenAI `b64_json`), a KServe tensor as JSON text — first inline on the loop
-(as before), then through `router.http.encode.encode_off_loop` (the bounded pool).
+(as before), then through `image_router.http.encode.encode_off_loop` (the bounded pool).
 Also: the KServe JSON encoding alone, `tolist()` + `json.dumps` (before) vs orjson.
 
     .venv/bin/python bench/event_loop.py [--side 768] [--rounds 5]
@@ -27,9 +27,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from router.http.encode import encode_off_loop  # noqa: E402
-from router.http.formats import encode_image  # noqa: E402
-from router.kserve import encode_response  # noqa: E402
+from image_router.http.encode import encode_off_loop  # noqa: E402
+from image_router.http.formats import encode_image  # noqa: E402
+from image_router.kserve import encode_response  # noqa: E402
 
 
 def old_kserve_json(image: np.ndarray) -> bytes:

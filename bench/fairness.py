@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from common import pct  # noqa: E402
 
-from router.triton import TritonConfig, TritonServer  # noqa: E402
+from image_router.triton import TritonConfig, TritonServer  # noqa: E402
 from tests.procs import GatewayProcess  # noqa: E402
 
 HEAVY, LIGHT = "sk-heavy-0123456789abcdef", "sk-light-0123456789abcdef"

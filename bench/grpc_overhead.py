@@ -32,7 +32,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 from common import pct  # noqa: E402
 from overhead import cpu_seconds, measure, write_routes  # noqa: E402
 
-from router.triton import TritonConfig, TritonServer  # noqa: E402
+from image_router.triton import TritonConfig, TritonServer  # noqa: E402
 from tests.procs import GatewayProcess  # noqa: E402
 
 

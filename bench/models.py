@@ -24,7 +24,7 @@ sys.path.insert(0, str(ROOT))
 
 from common import pct  # noqa: E402
 
-from router.triton import TritonConfig, TritonServer  # noqa: E402
+from image_router.triton import TritonConfig, TritonServer  # noqa: E402
 
 MODELS = ("noop", "draft", "preview", "quality")
 

@@ -33,7 +33,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from overhead import _Sink, cpu_seconds, measure, write_routes  # noqa: E402
 
-from router.triton import TritonConfig, TritonServer  # noqa: E402
+from image_router.triton import TritonConfig, TritonServer  # noqa: E402
 from tests.procs import GatewayProcess  # noqa: E402
 
 WARM_UP = 50  # requests measure() sends before the timed ones, counted in the CPU

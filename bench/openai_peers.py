@@ -25,7 +25,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from router.triton.launcher import free_port  # noqa: E402
+from image_router.triton.launcher import free_port  # noqa: E402
 from tests.procs import GatewayProcess, tail  # noqa: E402
 
 GATEWAY_ROUTES = """

@@ -37,7 +37,7 @@ sys.path.insert(0, str(ROOT))
 
 from common import pct  # noqa: E402
 
-from router.triton import TritonConfig, TritonServer  # noqa: E402
+from image_router.triton import TritonConfig, TritonServer  # noqa: E402
 from tests.procs import GatewayProcess  # noqa: E402
 
 ROUTES = """

@@ -34,8 +34,8 @@ sys.path.insert(0, str(ROOT))
 from common import pct  # noqa: E402
 from overhead import cpu_seconds, measure, write_routes  # noqa: E402
 
-from router.triton import TritonConfig, TritonServer  # noqa: E402
-from router.triton.launcher import free_port  # noqa: E402
+from image_router.triton import TritonConfig, TritonServer  # noqa: E402
+from image_router.triton.launcher import free_port  # noqa: E402
 from tests.procs import GatewayProcess  # noqa: E402
 
 ENVOY = """

@@ -30,7 +30,7 @@ sys.path.insert(0, str(ROOT))
 
 from overhead import cpu_seconds, request_body  # noqa: E402
 
-from router.triton import TritonConfig, TritonServer  # noqa: E402
+from image_router.triton import TritonConfig, TritonServer  # noqa: E402
 from tests.procs import GatewayProcess, RedisProcess  # noqa: E402
 
 ROUTES = """

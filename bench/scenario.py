@@ -65,11 +65,11 @@ sys.path.insert(0, str(ROOT))
 
 from common import pct  # noqa: E402
 
-from router.config import compile_text  # noqa: E402
-from router.config.table import RoutingTable  # noqa: E402
-from router.policy.budget import chain_for  # noqa: E402
-from router.policy.match import RequestFacts, select_route  # noqa: E402
-from router.triton import TritonConfig, TritonServer  # noqa: E402
+from image_router.config import compile_text  # noqa: E402
+from image_router.config.table import RoutingTable  # noqa: E402
+from image_router.policy.budget import chain_for  # noqa: E402
+from image_router.policy.match import RequestFacts, select_route  # noqa: E402
+from image_router.triton import TritonConfig, TritonServer  # noqa: E402
 from tests.procs import MODEL_REPOSITORY, GatewayProcess  # noqa: E402
 
 SLACK_S = 0.05  # "within budget" means within budget + 50 ms

@@ -31,7 +31,7 @@ sys.path.insert(0, str(ROOT))
 
 from common import pct  # noqa: E402
 
-from router.triton import TritonConfig, TritonServer  # noqa: E402
+from image_router.triton import TritonConfig, TritonServer  # noqa: E402
 from tests.procs import MODEL_REPOSITORY  # noqa: E402
 
 # Replacements for the whole `dynamic_batching { ... }` block of both models.

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from router.triton import TritonServer
+from image_router.triton import TritonServer
 from tests.procs import MODEL_REPOSITORY, GatewayProcess, RedisProcess, serving
 from tests.rollout_models import write_repository
 

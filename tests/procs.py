@@ -19,8 +19,8 @@ from pathlib import Path
 
 import httpx
 
-from router.triton import TritonConfig, TritonServer
-from router.triton.launcher import free_port, free_ports
+from image_router.triton import TritonConfig, TritonServer
+from image_router.triton.launcher import free_port, free_ports
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL_REPOSITORY = ROOT / "model_repository"
@@ -65,7 +65,7 @@ class GatewayProcess:
         cwd: Path | None = None,
         triton_grpc: str | None = None,
     ) -> None:
-        """``cwd``: where ``python -m router.cli`` runs, so which checkout's code serves
+        """``cwd``: where ``python -m image_router.cli`` runs, so which checkout's code serves
         (a benchmark's baseline)."""
         self.routes = routes
         self.port, self.grpc_port = free_ports(2)
@@ -76,7 +76,7 @@ class GatewayProcess:
         env.setdefault("ROUTER_STATE_DIR", str(log.parent / "state"))  # the test's own state, never the cwd's
         if triton_grpc is not None:  # for routes that say protocol: grpc (the shipped file)
             env["TRITON_GRPC_URL"] = triton_grpc
-        cmd = [sys.executable, "-m", "router.cli", "serve", "--routes", str(routes), "--port", str(self.port)]
+        cmd = [sys.executable, "-m", "image_router.cli", "serve", "--routes", str(routes), "--port", str(self.port)]
         cmd += ["--grpc-port", str(self.grpc_port)]
         cmd += ["--log-level", "warning", *(extra or [])]
         self._log_file = open(log, "wb")  # noqa: SIM115 - closed in stop()

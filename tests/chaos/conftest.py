@@ -20,7 +20,7 @@ import aiohttp
 import httpx
 import pytest
 
-from router.triton import TritonConfig, TritonServer
+from image_router.triton import TritonConfig, TritonServer
 from tests.procs import MODEL_REPOSITORY, tail
 
 MARGIN_S = 0.3  # HTTP and scheduling on a busy 2-core machine

@@ -20,8 +20,8 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from router.policy.budget import OVERLOAD_REASONS
-from router.triton import TritonServer
+from image_router.policy.budget import OVERLOAD_REASONS
+from image_router.triton import TritonServer
 from tests.chaos.conftest import TALLIES, Tally, load, record, record_aio, signal_group
 from tests.procs import GatewayProcess, scrape, serving
 from tests.rollout_models import write_models

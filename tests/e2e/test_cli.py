@@ -16,12 +16,12 @@ import numpy as np
 import pytest
 import tritonclient.http as httpclient
 
-from router.triton.launcher import free_port
+from image_router.triton.launcher import free_port
 from tests.procs import ROOT
 
 pytestmark = pytest.mark.e2e
 
-ROUTER = [sys.executable, "-m", "router.cli"]
+ROUTER = [sys.executable, "-m", "image_router.cli"]
 
 
 def stop(process: subprocess.Popen[str], signum: int) -> int:
@@ -194,7 +194,7 @@ def test_serve_refuses_an_unwritable_cache_directory(tmp_path: Path) -> None:
         "default_route: draft\n"
     )
     done = subprocess.run(
-        [sys.executable, "-m", "router.cli", "serve", "--routes", str(routes), "--port", "0"],
+        [sys.executable, "-m", "image_router.cli", "serve", "--routes", str(routes), "--port", "0"],
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert done.returncode == 2, done.stderr

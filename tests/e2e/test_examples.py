@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from router.triton import TritonServer
+from image_router.triton import TritonServer
 from tests.procs import ROOT, GatewayProcess
 
 pytestmark = pytest.mark.e2e

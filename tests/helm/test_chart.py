@@ -14,7 +14,7 @@ import yaml
 from helm_python.chart import Chart, lint
 from helm_python.errors import HelmValuesError
 
-from router.config import compile_text
+from image_router.config import compile_text
 
 CHART = Path(__file__).resolve().parents[2] / "helm" / "image-router"
 KUBERNETES = "1.37.0"

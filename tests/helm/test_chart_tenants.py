@@ -17,10 +17,10 @@ import yaml
 from helm_python.chart import Chart, lint
 from helm_python.errors import HelmValuesError
 
-from router.config.compile import compile_sources
-from router.config.source import CONFIG_ENV
-from router.config.sources import read_sources
-from router.config.table import key_digest
+from image_router.config.compile import compile_sources
+from image_router.config.source import CONFIG_ENV
+from image_router.config.sources import read_sources
+from image_router.config.table import key_digest
 from tests.helm.test_chart import CHART, CUSTOM_KINDS, KUBERNETES, by_kind, render
 
 DEFAULT_ROUTES: str = yaml.safe_load((CHART / "values.yaml").read_text())["routes"]

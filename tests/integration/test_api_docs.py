@@ -11,8 +11,8 @@ import pytest
 from openapi_spec_validator import validate
 from playwright.sync_api import Browser
 
-from router.app import _routes
-from router.http.openapi import document
+from image_router.app import _routes
+from image_router.http.openapi import document
 from tests.integration.routes_common import TIERS
 from tests.procs import GatewayProcess
 

@@ -19,7 +19,7 @@ import pytest
 import tritonclient.http as httpclient
 from numpy.typing import NDArray
 
-from router.triton import TritonServer
+from image_router.triton import TritonServer
 from tests.procs import MODEL_REPOSITORY, serving
 
 pytestmark = pytest.mark.integration

@@ -7,11 +7,11 @@ import asyncio
 
 import pytest
 
-from router.backends import ImageRequest
-from router.backends.triton import TritonBackend
-from router.config.compile import compile_text
-from router.config.table import Model
-from router.triton import TritonServer
+from image_router.backends import ImageRequest
+from image_router.backends.triton import TritonBackend
+from image_router.config.compile import compile_text
+from image_router.config.table import Model
+from image_router.triton import TritonServer
 
 pytestmark = pytest.mark.integration
 

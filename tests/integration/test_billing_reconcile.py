@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
-from router.triton import TritonServer
+from image_router.triton import TritonServer
 from tests.procs import GatewayProcess, scrape
 
 pytestmark = pytest.mark.integration

@@ -9,7 +9,7 @@ import asyncio
 import pytest
 import redis as syncredis
 
-from router.state import RedisState
+from image_router.state import RedisState
 from tests.procs import RedisProcess
 from tests.unit.test_billing_store import INDEX, WINDOWS, scenario
 

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from router.triton import TritonServer
+from image_router.triton import TritonServer
 from tests.procs import GatewayProcess
 
 pytestmark = pytest.mark.integration

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import tritonclient.http as httpclient
 
-from router.triton import TritonServer
+from image_router.triton import TritonServer
 from tests.procs import GatewayProcess
 
 pytestmark = pytest.mark.integration

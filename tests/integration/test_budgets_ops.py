@@ -18,8 +18,8 @@ import httpx
 import pytest
 from playwright.sync_api import Browser
 
-from router.cli import main
-from router.triton import TritonServer
+from image_router.cli import main
+from image_router.triton import TritonServer
 from tests.integration.test_status_page import signed_in
 from tests.procs import ADMIN_TOKEN, GatewayProcess, scrape
 

@@ -26,8 +26,8 @@ import pytest
 import tritonclient.http as httpclient
 from PIL import Image
 
-from router.cache import image_id
-from router.triton import TritonServer
+from image_router.cache import image_id
+from image_router.triton import TritonServer
 from tests.integration.routes_common import TIERS
 from tests.procs import ADMIN_TOKEN, GatewayProcess, scrape
 
@@ -314,7 +314,7 @@ def test_pregen_from_the_cli_then_hits_and_the_top_prompts(gateway: GatewayProce
     )
     env = {**os.environ, "ROUTER_ADMIN_TOKEN": ADMIN_TOKEN}
     done = subprocess.run(
-        [sys.executable, "-m", "router.cli", "pregen", str(prompts), "--url", gateway.url],
+        [sys.executable, "-m", "image_router.cli", "pregen", str(prompts), "--url", gateway.url],
         env=env, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
@@ -330,12 +330,12 @@ def test_pregen_from_the_cli_then_hits_and_the_top_prompts(gateway: GatewayProce
     top = httpx.get(gateway.url + "/admin/cache", headers=gateway.admin).json()["top_prompts"]
     assert top[0] == {"route": "thumbs", "prompt": "thumb of a red barn", "count": 4, "at_least": 4}
     stats = subprocess.run(
-        [sys.executable, "-m", "router.cli", "cache", "stats", "--url", gateway.url],
+        [sys.executable, "-m", "image_router.cli", "cache", "stats", "--url", gateway.url],
         env=env, capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert stats.returncode == 0 and json.loads(stats.stdout)["fill"]["pregen"]["done"] == 3
     purge = subprocess.run(
-        [sys.executable, "-m", "router.cli", "cache", "purge", "--model", "draft", "--url", gateway.url],
+        [sys.executable, "-m", "image_router.cli", "cache", "purge", "--model", "draft", "--url", gateway.url],
         env=env, capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert purge.returncode == 0 and purge.stdout.startswith("removed ")
@@ -352,7 +352,7 @@ def test_pregen_from_the_cli_then_hits_and_the_top_prompts(gateway: GatewayProce
     assert pregen["items"] == 3 and pregen["queued"] == 3 and pregen["auth"] == "bearer", pregen
     assert purged["model"] == "draft" and purged["removed"] >= 3 and purged["from"], purged
     refused = subprocess.run(
-        [sys.executable, "-m", "router.cli", "cache", "purge", "--all", "--url", gateway.url],
+        [sys.executable, "-m", "image_router.cli", "cache", "purge", "--all", "--url", gateway.url],
         env={**env, "ROUTER_ADMIN_TOKEN": "wrong"}, capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert refused.returncode != 0 and "401" in refused.stderr
@@ -361,8 +361,8 @@ def test_pregen_from_the_cli_then_hits_and_the_top_prompts(gateway: GatewayProce
 def test_a_large_avif_is_encoded_off_the_loop_in_a_worker_process(gateway: GatewayProcess, tmp_path: Path) -> None:
     """A 768x768 image record (written into the store as a replica would) served as AVIF:
     libavif holds the GIL for milliseconds at a time, so it runs in a worker process."""
-    from router.cache import Entry
-    from router.cache.keys import image_key
+    from image_router.cache import Entry
+    from image_router.cache.keys import image_key
 
     big = np.random.default_rng(3).integers(0, 255, (768, 768, 3), dtype=np.uint8)
     name = image_id(big)

@@ -20,8 +20,8 @@ import pytest
 import redis
 from PIL import Image
 
-from router.cache import Entry
-from router.cache.service import SHARED_MEMORY_TTL_S
+from image_router.cache import Entry
+from image_router.cache.service import SHARED_MEMORY_TTL_S
 from tests.integration.test_cache import cached_routes, openai
 from tests.procs import GatewayProcess, RedisProcess, scrape
 

@@ -15,7 +15,7 @@ from collections.abc import Callable
 import httpx
 import pytest
 
-from router.triton import TritonServer
+from image_router.triton import TritonServer
 from tests.integration.test_cache import cached_routes, inferences, openai
 from tests.procs import GatewayProcess, RedisProcess, scrape
 

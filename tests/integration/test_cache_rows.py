@@ -22,7 +22,7 @@ import httpx
 import openai
 import pytest
 
-from router.triton import TritonServer
+from image_router.triton import TritonServer
 from tests.integration.routes_common import TIERS
 from tests.procs import ADMIN_TOKEN, GatewayProcess
 
@@ -60,7 +60,7 @@ def _pregen(gw: GatewayProcess, prompts: Path) -> str:
     """``router pregen FILE``, which follows the queue until it is drained."""
     env = {**os.environ, "ROUTER_ADMIN_TOKEN": ADMIN_TOKEN}
     done = subprocess.run(
-        [sys.executable, "-m", "router.cli", "pregen", str(prompts), "--url", gw.url],
+        [sys.executable, "-m", "image_router.cli", "pregen", str(prompts), "--url", gw.url],
         env=env, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
@@ -102,7 +102,7 @@ def test_pregen_makes_every_arm_of_a_split_and_a_second_run_makes_nothing_again(
 
 ACME_KEY = "sk-acme-0123456789abcdef"
 BETA_KEY = "sk-beta-0123456789abcdef"
-# The cohort hash is SHA-256 (router/policy/split.py), the same in every process; these
+# The cohort hash is SHA-256 (image_router/policy/split.py), the same in every process; these
 # two names fall on different sides of this route (`acme` the canary's, `beta` the
 # baseline's), so a cohort key that ignored the tenant would show.
 TENANT_ROUTES = (

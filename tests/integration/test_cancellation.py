@@ -19,7 +19,7 @@ import httpx
 import numpy as np
 import tritonclient.grpc as grpcclient
 
-from router.triton import TritonServer
+from image_router.triton import TritonServer
 from tests.procs import GatewayProcess, wait_model_idle
 
 Start = Callable[..., GatewayProcess]

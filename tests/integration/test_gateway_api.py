@@ -17,8 +17,8 @@ import tritonclient.http as httpclient
 from PIL import Image
 from tritonclient.utils import InferenceServerException
 
-from router.triton import TritonServer
-from router.triton.launcher import free_port
+from image_router.triton import TritonServer
+from image_router.triton.launcher import free_port
 from tests.integration.routes_common import ROUTING
 from tests.procs import GatewayProcess, running_gateway
 
@@ -300,7 +300,7 @@ def test_admin_sessions_expire_and_admin_actions_are_audited(start_gateway: Star
     import json as json_module
     import time
 
-    from router.http.admin_api import SESSION_COOKIE, session_value
+    from image_router.http.admin_api import SESSION_COOKIE, session_value
     from tests.procs import ADMIN_TOKEN
 
     gw = start_gateway(ROUTING, name="admin.yaml")

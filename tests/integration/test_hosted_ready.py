@@ -20,8 +20,8 @@ import httpx
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from router.backends._http1 import AnswerTooLarge, Http1Pool
-from router.triton.launcher import free_port
+from image_router.backends._http1 import AnswerTooLarge, Http1Pool
+from image_router.triton.launcher import free_port
 from tests.procs import GatewayProcess, HostedUpstream
 
 pytestmark = pytest.mark.integration

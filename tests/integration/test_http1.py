@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 
-from router.backends._http1 import Http1Pool
+from image_router.backends._http1 import Http1Pool
 
 pytestmark = pytest.mark.integration
 
@@ -145,11 +145,11 @@ async def test_the_queue_timeout_and_priority_reach_triton_on_the_wire() -> None
 
     import numpy as np
 
-    from router.backends.base import ImageRequest
-    from router.config import compile_text
-    from router.gateway import Gateway
-    from router.kserve import encode_response
-    from router.policy.match import RequestFacts
+    from image_router.backends.base import ImageRequest
+    from image_router.config import compile_text
+    from image_router.gateway import Gateway
+    from image_router.kserve import encode_response
+    from image_router.policy.match import RequestFacts
 
     seen: list[dict[str, object]] = []
     paths: list[bytes] = []
@@ -201,10 +201,10 @@ async def test_the_retry_budget_caps_retries_of_a_full_queue(ratio: float, calls
     twice here) — but only within the retry budget: at ratio 0 the floor of 3 retries is
     all 10 failing requests may spend together; at ratio 1, one retry per request. Every
     unit of budget spent is a retry sent (this once spent one more per request)."""
-    from router.backends.base import ImageRequest
-    from router.backends.triton import TritonBackend
-    from router.config import compile_text
-    from router.errors import BackendUnavailable
+    from image_router.backends.base import ImageRequest
+    from image_router.backends.triton import TritonBackend
+    from image_router.config import compile_text
+    from image_router.errors import BackendUnavailable
 
     hits: list[int] = []
 

@@ -18,7 +18,7 @@ from typing import Any
 import httpx
 import pytest
 
-from router.triton import TritonServer
+from image_router.triton import TritonServer
 from tests.integration.routes_common import TIERS
 from tests.procs import GatewayProcess, RedisProcess, scrape
 

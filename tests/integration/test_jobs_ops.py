@@ -13,7 +13,7 @@ import httpx
 import pytest
 from playwright.sync_api import Browser
 
-from router.cli import main
+from image_router.cli import main
 from tests.integration.routes_common import TIERS
 from tests.integration.test_jobs_progress import get, submit
 from tests.integration.test_status_page import signed_in

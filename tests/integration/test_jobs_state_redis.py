@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from router.state import RedisState
+from image_router.state import RedisState
 from tests.procs import RedisProcess
 from tests.unit.test_jobs_state import commit_and_scan
 

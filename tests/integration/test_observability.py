@@ -17,10 +17,10 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.sdk.trace.sampling import ParentBasedTraceIdRatio
 
-from router.app import create_app
-from router.telemetry import Tracing
-from router.triton import TritonServer
-from router.triton.launcher import free_port
+from image_router.app import create_app
+from image_router.telemetry import Tracing
+from image_router.triton import TritonServer
+from image_router.triton.launcher import free_port
 from tests.integration.routes_common import ROUTING, TIERS
 from tests.procs import GatewayProcess, scrape
 
@@ -264,7 +264,7 @@ def test_a_grpc_request_continues_the_clients_trace(triton: TritonServer, tmp_pa
     import numpy as np
     import tritonclient.grpc as grpcclient
 
-    from router.rpc import GrpcOptions
+    from image_router.rpc import GrpcOptions
 
     routes = tmp_path / "routes.yaml"
     routes.write_text(TIERS.replace("${TRITON_URL}", triton.http_url) + "default_route: {name: main, model: noop}\n")

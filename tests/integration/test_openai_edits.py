@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from router.triton import TritonServer
+from image_router.triton import TritonServer
 from tests.integration.test_cache import inferences
 from tests.procs import ROOT, GatewayProcess
 

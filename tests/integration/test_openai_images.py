@@ -19,7 +19,7 @@ import openai
 import pytest
 from PIL import Image
 
-from router.triton import TritonServer
+from image_router.triton import TritonServer
 from tests.procs import ROOT, GatewayProcess
 
 Start = Callable[..., GatewayProcess]

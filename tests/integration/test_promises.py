@@ -17,9 +17,9 @@ import pytest
 import tritonclient.http as httpclient
 from tritonclient.http._utils import _get_inference_request
 
-from router.config import compile_text
-from router.policy.split import choose_arm, sticky_key
-from router.triton import TritonServer
+from image_router.config import compile_text
+from image_router.policy.split import choose_arm, sticky_key
+from image_router.triton import TritonServer
 from tests.procs import GatewayProcess, running_gateway
 
 pytestmark = pytest.mark.integration

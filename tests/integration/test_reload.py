@@ -14,9 +14,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from router.config import compile_text
-from router.policy.split import choose_arm, sticky_key
-from router.triton import TritonServer
+from image_router.config import compile_text
+from image_router.policy.split import choose_arm, sticky_key
+from image_router.triton import TritonServer
 from tests.integration.routes_common import TIERS
 from tests.procs import GatewayProcess
 

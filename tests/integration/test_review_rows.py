@@ -42,7 +42,7 @@ import tritonclient.http as httpclient
 from PIL import Image
 from tritonclient.utils import InferenceServerException
 
-from router.triton import TritonServer
+from image_router.triton import TritonServer
 from tests.integration.routes_common import TIERS
 from tests.integration.test_cache import inferences
 from tests.procs import GatewayProcess, HostedUpstream

@@ -39,8 +39,8 @@ from typing import Any
 import httpx
 import pytest
 
-from router.rollouts.webhook import verify
-from router.triton import TritonServer
+from image_router.rollouts.webhook import verify
+from image_router.triton import TritonServer
 from tests.procs import ADMIN_TOKEN, GatewayProcess, RedisProcess, scrape
 
 pytestmark = pytest.mark.integration
@@ -117,7 +117,7 @@ def wait_for(gw: GatewayProcess, until: Callable[[dict[str, Any]], bool], timeou
 
 def canary_cli(gw: GatewayProcess, *args: str) -> subprocess.CompletedProcess[str]:
     env = {"ROUTER_ADMIN_TOKEN": ADMIN_TOKEN, "PATH": os.environ.get("PATH", "/usr/bin:/bin")}
-    return subprocess.run([sys.executable, "-m", "router.cli", "canary", *args, "--url", gw.url],
+    return subprocess.run([sys.executable, "-m", "image_router.cli", "canary", *args, "--url", gw.url],
                           capture_output=True, text=True, env=env, timeout=60)  # fmt: skip
 
 

@@ -30,7 +30,7 @@ from typing import Any, ClassVar
 import httpx
 import pytest
 
-from router.triton import TritonServer
+from image_router.triton import TritonServer
 from tests.procs import ADMIN_TOKEN, GatewayProcess, RedisProcess
 
 pytestmark = pytest.mark.integration
@@ -308,7 +308,7 @@ def test_operators_pause_resume_and_abort_from_the_command_line(
 
     def canary(*args: str) -> subprocess.CompletedProcess[str]:
         env = {"ROUTER_ADMIN_TOKEN": ADMIN_TOKEN, "PATH": "/usr/bin:/bin"}
-        return subprocess.run([sys.executable, "-m", "router.cli", "canary", *args, "--url", gateways[0].url],
+        return subprocess.run([sys.executable, "-m", "image_router.cli", "canary", *args, "--url", gateways[0].url],
                               capture_output=True, text=True, env=env, timeout=30)  # fmt: skip
 
     explained = httpx.post(gateways[1].url + "/admin/explain", json={"prompt": "a picture"}, headers=ADMIN).json()

@@ -25,7 +25,7 @@ import tritonclient.grpc as grpcclient
 from PIL import Image
 from tritonclient.grpc import service_pb2 as pb
 
-from router.triton import TritonConfig, TritonServer
+from image_router.triton import TritonConfig, TritonServer
 from tests.integration.routes_common import TIERS
 from tests.procs import ADMIN_TOKEN, MODEL_REPOSITORY, GatewayProcess
 

@@ -16,13 +16,13 @@ from pathlib import Path
 import pytest
 import redis as syncredis
 
-from router.config import load_file
-from router.config.table import StateConfig
-from router.errors import StateStoreError
-from router.gateway import Gateway
-from router.reload import RoutesReloader
-from router.state import RedisState, open_state
-from router.triton.launcher import free_port
+from image_router.config import load_file
+from image_router.config.table import StateConfig
+from image_router.errors import StateStoreError
+from image_router.gateway import Gateway
+from image_router.reload import RoutesReloader
+from image_router.state import RedisState, open_state
+from image_router.triton.launcher import free_port
 from tests.procs import RedisProcess
 from tests.unit.test_state_gcra import START_US, TENANTS, pure, sequence
 
@@ -60,8 +60,8 @@ def test_leases_swaps_and_counters_on_redis(state_redis: RedisProcess) -> None:
 def test_the_lua_script_decides_like_the_pure_step(state_redis: RedisProcess, tenant: object) -> None:
     """The same sequences as tests/unit/test_state_gcra.py, on the script's own
     arithmetic (its clock fixed through its optional ``now`` argument)."""
-    from router.config.table import Tenant
-    from router.policy.tenants import limit_args
+    from image_router.config.table import Tenant
+    from image_router.policy.tenants import limit_args
 
     assert isinstance(tenant, Tenant)
 
@@ -98,7 +98,7 @@ def test_router_serve_exits_2_naming_the_eviction_policy(redis: RedisProcess, tm
     routes = tmp_path / "routes.yaml"
     routes.write_text(f"models: {{draft: {{backend: triton}}}}\nstate: {{store: '{redis.url}'}}\ndefault_route: draft")
     done = subprocess.run(
-        [sys.executable, "-m", "router.cli", "serve", "--routes", str(routes), "--port", "0"],
+        [sys.executable, "-m", "image_router.cli", "serve", "--routes", str(routes), "--port", "0"],
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert done.returncode == 2, done.stderr

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from router.cache.store import DiskStore, RedisStore, Store
-from router.state import RedisState, SqliteState, StateStore
+from image_router.cache.store import DiskStore, RedisStore, Store
+from image_router.state import RedisState, SqliteState, StateStore
 from tests.procs import RedisProcess
 
 pytestmark = pytest.mark.integration

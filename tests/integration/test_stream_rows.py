@@ -21,7 +21,7 @@ import openai
 import pytest
 import tritonclient.http as httpclient
 
-from router.triton import TritonServer
+from image_router.triton import TritonServer
 from tests.procs import GatewayProcess, HostedUpstream
 
 pytestmark = pytest.mark.integration

@@ -12,7 +12,7 @@ import pytest
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
-from router.triton import TritonServer
+from image_router.triton import TritonServer
 from tests.procs import MODEL_REPOSITORY
 
 pytestmark = pytest.mark.integration
@@ -138,7 +138,7 @@ def test_local_checkpoint_is_loaded_with_from_pretrained(
     differ by one level (tensors loaded from safetensors can take other kernel paths,
     which changes float summation order; a different model would differ everywhere).
     """
-    from router.pipelines.diffusion import PRESETS, build_random_pipeline
+    from image_router.pipelines.diffusion import PRESETS, build_random_pipeline
 
     checkpoint = tmp_path / "tiny-checkpoint"
     build_random_pipeline(PRESETS["draft"]).save_pretrained(checkpoint)

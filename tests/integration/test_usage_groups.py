@@ -18,10 +18,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from router.billing import ledger
-from router.billing.price import Cost
-from router.billing.usage import Usage
-from router.state import SqliteState
+from image_router.billing import ledger
+from image_router.billing.price import Cost
+from image_router.billing.usage import Usage
+from image_router.state import SqliteState
 from tests.procs import GatewayProcess, HostedUpstream
 
 pytestmark = pytest.mark.integration

@@ -5,7 +5,7 @@ Parameters: ``delay_ms`` (each execute sleeps this long, once for its batch), ``
 (``true``: every request answers INTERNAL), ``blank`` (``true``: black images),
 ``shift`` (added to every pixel, mod 256: another checkpoint's take on one seed). The
 images are seeded noise, so a request's seed decides its picture, as with the tiers.
-It speaks the project's own tensor contract (router.pipelines.contract).
+It speaks the project's own tensor contract (image_router.pipelines.contract).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from router.pipelines.contract import InvalidInput, Limits, parse_request
+from image_router.pipelines.contract import InvalidInput, Limits, parse_request
 
 LIMITS = Limits(width=64, height=64, steps=1, max_side=256, max_steps=1000)
 INPUTS = ("PROMPT", "SEED", "STEPS", "WIDTH", "HEIGHT", "INIT_IMAGE", "MASK", "STRENGTH")

@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 from starlette.testclient import TestClient
 
-from router.app import create_app
-from router.runtime import Runtime
-from router.telemetry import AccessLog, Tracing
+from image_router.app import create_app
+from image_router.runtime import Runtime
+from image_router.telemetry import AccessLog, Tracing
 
 
 def lines(stream: io.StringIO) -> list[dict[str, object]]:
@@ -99,7 +99,7 @@ def test_held_lines_are_written_at_shutdown_even_when_a_close_fails_or_hangs(
         "models: {noop: {backend: triton, latency_hint_ms: 10}}\n"
         "default_route: {model: noop}\n"
     )
-    monkeypatch.setattr("router.runtime.CLOSE_S", 0.05)
+    monkeypatch.setattr("image_router.runtime.CLOSE_S", 0.05)
     runtime = Runtime(routes, watch=False, access_log_flush_s=60, tracing=Tracing.off())
     stream = io.StringIO()
     assert runtime.access_log is not None

@@ -1,4 +1,4 @@
-"""The rows of one request in fixed chunks (router.pipelines.rows, a model's opt-in
+"""The rows of one request in fixed chunks (image_router.pipelines.rows, a model's opt-in
 ``batch_rows``): the chunks depend only on the request, compatible chunks run in one
 pass, anything else row by row, and the rows' times add up to the model's time."""
 
@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from numpy.typing import NDArray
 
-from router.pipelines.contract import Cancelled, Generation
-from router.pipelines.rows import chunks, one_pass, run_rows
-from router.pipelines.triton_model import batch_rows, generate_rows
+from image_router.pipelines.contract import Cancelled, Generation
+from image_router.pipelines.rows import chunks, one_pass, run_rows
+from image_router.pipelines.triton_model import batch_rows, generate_rows
 
 
 class Recorder:

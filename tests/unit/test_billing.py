@@ -11,19 +11,19 @@ import orjson
 import pytest
 from tritonclient.grpc import service_pb2 as pb
 
-from router.backends import ImageRequest
-from router.backends._grpc import decode_compute
-from router.backends.base import EncodedImages, ImageResult
-from router.backends.triton import compute_ns
-from router.billing.meter import bill
-from router.billing.price import Cost, Shape, cost, micros, quote, rate_per_s
-from router.billing.spec import Billing, Price, PriceRow
-from router.billing.usage import Usage
-from router.config import compile_text
-from router.errors import ConfigError
-from router.pipelines.contract import Generation, Limits
-from router.pipelines.triton_model import generate_rows
-from router.served import Served
+from image_router.backends import ImageRequest
+from image_router.backends._grpc import decode_compute
+from image_router.backends.base import EncodedImages, ImageResult
+from image_router.backends.triton import compute_ns
+from image_router.billing.meter import bill
+from image_router.billing.price import Cost, Shape, cost, micros, quote, rate_per_s
+from image_router.billing.spec import Billing, Price, PriceRow
+from image_router.billing.usage import Usage
+from image_router.config import compile_text
+from image_router.errors import ConfigError
+from image_router.pipelines.contract import Generation, Limits
+from image_router.pipelines.triton_model import generate_rows
+from image_router.served import Served
 
 BILLING = Billing(currency="USD", gpu_hour_price=3.6, cache_hit_price=0.0005)
 
@@ -189,7 +189,7 @@ def test_billed_compute_is_the_models_own_else_labelled_fallbacks() -> None:
 def test_the_gateway_puts_usage_on_every_tag_set() -> None:
     """Through the tags every protocol reads (HTTP headers, gRPC metadata, KServe
     parameters): X-Router-Usage and router_usage/router_cost."""
-    from router.inference import served_parameters, served_tags
+    from image_router.inference import served_parameters, served_tags
 
     pixels = np.zeros((1, 64, 64, 3), np.uint8)
     served = _served(ImageResult(pixels, "1", compute_ns=(2_000_000_000,)))
@@ -200,7 +200,7 @@ def test_the_gateway_puts_usage_on_every_tag_set() -> None:
 
 def test_ledger_fields_and_rows_round_trip() -> None:
     """An answer's ledger fields read back as one row per route x model, cost exact."""
-    from router.billing import ledger
+    from image_router.billing import ledger
 
     usage = Usage(2, 1, 1_500_000_000, "model", Cost(compute=1234, per_image=2000), "USD")
     counts = {**ledger.fields("fast", "draft", usage)}

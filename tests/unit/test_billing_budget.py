@@ -9,16 +9,16 @@ from pathlib import Path
 
 import pytest
 
-from router.backends import ImageRequest
-from router.billing.budget import quotes, window
-from router.billing.gate import BudgetGate
-from router.billing.spec import Billing, Budget, BudgetLimit
-from router.config import compile_text
-from router.config.table import Tenant
-from router.decide import budget_chain, budget_phase
-from router.errors import InsufficientQuota, StoreUnavailable
-from router.state import SqliteState
-from router.state.guard import GuardedState
+from image_router.backends import ImageRequest
+from image_router.billing.budget import quotes, window
+from image_router.billing.gate import BudgetGate
+from image_router.billing.spec import Billing, Budget, BudgetLimit
+from image_router.config import compile_text
+from image_router.config.table import Tenant
+from image_router.decide import budget_chain, budget_phase
+from image_router.errors import InsufficientQuota, StoreUnavailable
+from image_router.state import SqliteState
+from image_router.state.guard import GuardedState
 
 SAT = dt.datetime(2026, 12, 5, 13, 30, tzinfo=dt.UTC).timestamp()  # a Saturday
 BILLING = Billing(quote_margin=1.25)
@@ -46,8 +46,8 @@ def test_windows_are_named_by_their_period_and_expire_a_week_after_it() -> None:
 
 
 def test_budget_phase_serves_from_the_affordable_tier_and_tags_the_skipped() -> None:
-    from router.decide import Decision
-    from router.policy.split import Choice
+    from image_router.decide import Decision
+    from image_router.policy.split import Choice
 
     table = compile_text(ROUTES, env={})
     route = table.default
@@ -126,7 +126,7 @@ def test_store_down_fails_closed_or_open_within_the_last_available() -> None:
 
 
 def test_a_reservation_made_while_the_store_was_down_has_no_spend_headers() -> None:
-    from router.billing.gate import Reservation
+    from image_router.billing.gate import Reservation
 
     held = Reservation("acme", "bres:x", [window("acme", BudgetLimit("day", 1), SAT)], 0, 10, [], local=True)
     assert held.headers() == {}

@@ -9,8 +9,8 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from router.state import SqliteState
-from router.state.spend import choose
+from image_router.state import SqliteState
+from image_router.state.spend import choose
 from tests.unit.test_state_sqlite import Wall
 
 WINDOWS = ["b:acme:day:20261206", "b:acme:d3600s:500000"]

@@ -13,16 +13,16 @@ import orjson
 import pytest
 from PIL import Image
 
-from router.backends import ImageRequest
-from router.backends.openai import HostedResult, parse_answer
-from router.billing.meter import bill
-from router.billing.price import Cost, Shape, cost
-from router.billing.spec import Billing, Price, TokenPrice
-from router.billing.tokens import Tokens
-from router.billing.usage import Usage
-from router.config import compile_text
-from router.errors import ConfigError
-from router.served import Served
+from image_router.backends import ImageRequest
+from image_router.backends.openai import HostedResult, parse_answer
+from image_router.billing.meter import bill
+from image_router.billing.price import Cost, Shape, cost
+from image_router.billing.spec import Billing, Price, TokenPrice
+from image_router.billing.tokens import Tokens
+from image_router.billing.usage import Usage
+from image_router.config import compile_text
+from image_router.errors import ConfigError
+from image_router.served import Served
 
 GPT_IMAGE = TokenPrice(input_text=5e-6, input_image=1e-5, output_image=4e-5, output_text=1e-5)
 HOSTED = Price(per_image=0.063, tokens=GPT_IMAGE)

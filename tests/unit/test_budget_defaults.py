@@ -11,14 +11,14 @@ from pathlib import Path
 
 import pytest
 
-from router.billing.gate import BudgetGate
-from router.billing.spec import Budget, BudgetLimit
-from router.config import compile_text
-from router.config.compile import compile_sources
-from router.config.sources import gather
-from router.errors import ConfigError
-from router.state import SqliteState
-from router.state.guard import GuardedState
+from image_router.billing.gate import BudgetGate
+from image_router.billing.spec import Budget, BudgetLimit
+from image_router.config import compile_text
+from image_router.config.compile import compile_sources
+from image_router.config.sources import gather
+from image_router.errors import ConfigError
+from image_router.state import SqliteState
+from image_router.state.guard import GuardedState
 
 SAT = dt.datetime(2026, 12, 5, 13, 30, tzinfo=dt.UTC).timestamp()
 KEYS = {name: f"{name}-0123456789abcdef" for name in ("plain", "own", "free")}

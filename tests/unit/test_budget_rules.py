@@ -13,24 +13,24 @@ from typing import NamedTuple
 
 import pytest
 
-from router.ask import Ask
-from router.backends import ImageRequest
-from router.billing.budget import hit_quote, used_share, window
-from router.billing.gate import BudgetGate, Reservation, Spend
-from router.billing.price import Cost
-from router.billing.spec import Billing, Budget, BudgetLimit
-from router.billing.usage import Usage
-from router.cache.store import GuardedStore
-from router.config import compile_text
-from router.config.table import Tenant
-from router.decide import Afforded, Decision, budget_rules
-from router.errors import InsufficientQuota
-from router.gateway import Gateway
-from router.policy.match import RequestFacts
-from router.policy.split import Choice
-from router.served import Served
-from router.state import SqliteState
-from router.state.guard import GuardedState
+from image_router.ask import Ask
+from image_router.backends import ImageRequest
+from image_router.billing.budget import hit_quote, used_share, window
+from image_router.billing.gate import BudgetGate, Reservation, Spend
+from image_router.billing.price import Cost
+from image_router.billing.spec import Billing, Budget, BudgetLimit
+from image_router.billing.usage import Usage
+from image_router.cache.store import GuardedStore
+from image_router.config import compile_text
+from image_router.config.table import Tenant
+from image_router.decide import Afforded, Decision, budget_rules
+from image_router.errors import InsufficientQuota
+from image_router.gateway import Gateway
+from image_router.policy.match import RequestFacts
+from image_router.policy.split import Choice
+from image_router.served import Served
+from image_router.state import SqliteState
+from image_router.state.guard import GuardedState
 
 SAT = dt.datetime(2026, 12, 5, 13, 30, tzinfo=dt.UTC).timestamp()
 ROUTES = """
@@ -250,7 +250,7 @@ def _harness(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> _Harness:
     clock = asyncio.get_running_loop().time
     fake = FakeBackend({"quality": 0.001, "draft": 0.001, "other": 0.001}, clock)
     store = MemoryStore()
-    monkeypatch.setattr("router.gateway.open_store", lambda config: GuardedStore(store, config.timeout_s, clock))
+    monkeypatch.setattr("image_router.gateway.open_store", lambda config: GuardedStore(store, config.timeout_s, clock))
     table = compile_text(GATE_ROUTES.format(state=tmp_path / "state.db"), env={})
     gateway = Gateway(table, backend_factory=lambda spec: fake, clock=clock)  # type: ignore[arg-type,return-value]
     return _Harness(gateway, {t.name: t for t in table.tenants})

@@ -11,17 +11,17 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from router.billing.accounts import credit, windows_of
-from router.billing.budget import standing, window
-from router.billing.gate import BudgetGate
-from router.billing.spec import Billing, Budget, BudgetLimit, Price
-from router.config import compile_text
-from router.config.table import Model, Tenant
-from router.errors import ConfigError, StoreUnavailable
-from router.http.status_page import spend_card
-from router.state import SqliteState
-from router.state.guard import GuardedState
-from router.telemetry import Metrics
+from image_router.billing.accounts import credit, windows_of
+from image_router.billing.budget import standing, window
+from image_router.billing.gate import BudgetGate
+from image_router.billing.spec import Billing, Budget, BudgetLimit, Price
+from image_router.config import compile_text
+from image_router.config.table import Model, Tenant
+from image_router.errors import ConfigError, StoreUnavailable
+from image_router.http.status_page import spend_card
+from image_router.state import SqliteState
+from image_router.state.guard import GuardedState
+from image_router.telemetry import Metrics
 
 ROUTES = """
 backends:

@@ -10,13 +10,13 @@ from typing import Any
 import numpy as np
 import pytest
 
-from router.backends.base import ImageRequest, ImageResult
-from router.cache import CacheKey, Entry
-from router.cache.keys import key_digest
-from router.cache.store import GuardedStore
-from router.config import compile_text
-from router.gateway import Gateway
-from router.policy.match import RequestFacts
+from image_router.backends.base import ImageRequest, ImageResult
+from image_router.cache import CacheKey, Entry
+from image_router.cache.keys import key_digest
+from image_router.cache.store import GuardedStore
+from image_router.config import compile_text
+from image_router.gateway import Gateway
+from image_router.policy.match import RequestFacts
 from tests.unit.test_dispatch import FakeBackend
 from tests.virtual_time import virtual_time
 
@@ -101,7 +101,7 @@ def cached_gateway(
     clock = asyncio.get_running_loop().time
     fake = FakeBackend(behaviour, clock)
     store = MemoryStore()
-    monkeypatch.setattr("router.gateway.open_store", lambda config: GuardedStore(store, config.timeout_s, clock))
+    monkeypatch.setattr("image_router.gateway.open_store", lambda config: GuardedStore(store, config.timeout_s, clock))
     gw = Gateway(compile_text(ROUTES, env={}), backend_factory=lambda spec: fake, clock=clock)  # type: ignore[arg-type,return-value]
     return gw, fake, store
 
@@ -174,7 +174,7 @@ async def test_when_the_leader_fails_a_waiter_makes_its_own_attempt(monkeypatch:
     async def fail_first(*args: Any, **kwargs: Any) -> ImageResult:
         if next(failures, False):
             await asyncio.sleep(0.1)
-            from router.errors import BackendUnavailable
+            from image_router.errors import BackendUnavailable
 
             raise BackendUnavailable("first call fails")
         return await original(*args, **kwargs)

@@ -13,10 +13,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from router.cache import CacheKey, Entry, ResultCache, image_id
-from router.cache.keys import NAMESPACE, image_key, key_digest, variant_key
-from router.cache.store import DiskStore, GuardedStore
-from router.config.table import CacheConfig
+from image_router.cache import CacheKey, Entry, ResultCache, image_id
+from image_router.cache.keys import NAMESPACE, image_key, key_digest, variant_key
+from image_router.cache.store import DiskStore, GuardedStore
+from image_router.config.table import CacheConfig
 
 KEY = CacheKey.of("thumbs", "draft", "draft", "1", ("a fox",), (7,), None, None, None)
 OTHER = CacheKey.of("thumbs", "draft", "draft", "1", ("a wolf",), (7,), None, None, None)

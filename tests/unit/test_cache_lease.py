@@ -22,14 +22,14 @@ from typing import Any
 import numpy as np
 import pytest
 
-from router.cache import CacheKey, Entry
-from router.cache.coordinate import VERSION_WAIT_S
-from router.cache.keys import key_digest, lease_key
-from router.cache.store import GuardedStore
-from router.config import compile_text
-from router.config.table import Model
-from router.gateway import Gateway
-from router.policy.match import RequestFacts
+from image_router.cache import CacheKey, Entry
+from image_router.cache.coordinate import VERSION_WAIT_S
+from image_router.cache.keys import key_digest, lease_key
+from image_router.cache.store import GuardedStore
+from image_router.config import compile_text
+from image_router.config.table import Model
+from image_router.gateway import Gateway
+from image_router.policy.match import RequestFacts
 from tests.unit.test_cache_dispatch import REQ, ROUTES, MemoryStore, cached_gateway
 from tests.unit.test_dispatch import FakeBackend
 from tests.virtual_time import virtual_time
@@ -181,7 +181,7 @@ async def test_a_replica_that_has_not_learnt_the_served_version_still_shares_the
     two: the lease key named the version)."""
     clock = asyncio.get_running_loop().time
     store = SharedStore()
-    monkeypatch.setattr("router.gateway.open_store", lambda config: GuardedStore(store, config.timeout_s, clock))
+    monkeypatch.setattr("image_router.gateway.open_store", lambda config: GuardedStore(store, config.timeout_s, clock))
     text = ROUTES.replace(', version: "1"}', "}")
     replicas = []
     for delay in (0.0, metadata_s):
@@ -207,7 +207,7 @@ async def test_a_replica_that_takes_the_lease_after_the_holder_finished_still_fi
     bounds): holding the lease, it learns the version before looking, and finds A's entry."""
     clock = asyncio.get_running_loop().time
     store = SharedStore()
-    monkeypatch.setattr("router.gateway.open_store", lambda config: GuardedStore(store, config.timeout_s, clock))
+    monkeypatch.setattr("image_router.gateway.open_store", lambda config: GuardedStore(store, config.timeout_s, clock))
     text = ROUTES.replace(', version: "1"}', "}")
     fakes = [MetadataLater({"quality": QUALITY_S, "preview": 0.03, "draft": 0.01}, clock, d) for d in (0.0, 0.2)]
     a, b = (Gateway(compile_text(text, env={}), backend_factory=lambda spec, f=f: f, clock=clock) for f in fakes)  # type: ignore[misc]

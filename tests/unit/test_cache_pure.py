@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from router.cache import CacheKey, CorruptEntry, Entry, derive_seeds, image_id
-from router.cache.hitters import HeavyHitters
-from router.cache.hot import HotEntries
-from router.http.formats import negotiate
+from image_router.cache import CacheKey, CorruptEntry, Entry, derive_seeds, image_id
+from image_router.cache.hitters import HeavyHitters
+from image_router.cache.hot import HotEntries
+from image_router.http.formats import negotiate
 
 
 def key(**changes: object) -> str:
@@ -103,7 +103,7 @@ def test_heavy_hitters_evict_the_smallest_count_as_the_scan_did() -> None:
     counts and errors for a stream of unique and repeated prompts."""
     import random
 
-    from router.cache.hitters import HeavyHitters
+    from image_router.cache.hitters import HeavyHitters
 
     def reference(stream: list[str], capacity: int) -> dict[str, tuple[int, int]]:
         counters: dict[str, list[int]] = {}

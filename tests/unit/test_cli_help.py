@@ -16,11 +16,11 @@ import subprocess
 
 import pytest
 
-from router.cli import main
-from router.cli_parser import ENVIRONMENT, build_parser
+from image_router.cli import main
+from image_router.cli_parser import ENVIRONMENT, build_parser
 from tests.procs import ROOT
 
-# The admin commands' ``action`` positionals come from router/cli_admin.py, which has
+# The admin commands' ``action`` positionals come from image_router/cli_admin.py, which has
 # no help on them yet (its owner was asked for it): they are the only exceptions.
 VARIABLE = r"(ROUTER|OTEL|TRITON|FORWARDED)_[A-Z_]+"
 POSITIONALS_WITHOUT_HELP: set[tuple[str, str]] = set()
@@ -84,14 +84,15 @@ def test_admin_commands_name_their_token() -> None:
 
 
 def test_every_variable_the_package_reads_is_explained() -> None:
-    """A variable named anywhere in router/ must be in the help's table."""
+    """A variable named anywhere in image_router/ must be in the help's table."""
     named = set()
-    for path in (ROOT / "router").rglob("*.py"):
+    for path in (ROOT / "image_router").rglob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):
             value = getattr(node, "value", None)
             if isinstance(node, ast.Constant) and isinstance(value, str) and re.fullmatch(VARIABLE, value):
                 named.add(value)
     explained = {key.split()[0] for key in ENVIRONMENT}
+    assert len(named) > 5, "the walk found no variable: is the package where it looks?"
     assert named - explained == set()
     assert {"ROUTER_ADMIN_TOKEN", "TRITON_URL", "ROUTER_LOG_FORMAT"} <= named
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from router.config import compile_text, load_file
-from router.errors import ConfigError
+from image_router.config import compile_text, load_file
+from image_router.errors import ConfigError
 
 TESTDATA = Path(__file__).parent / "testdata"
 ROOT = Path(__file__).resolve().parents[2]

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from router.config import compile_text
-from router.config.compile import compile_sources
-from router.config.source import CONFIG_ENV
-from router.config.sources import SECRET_DIRS, gather
-from router.errors import ConfigError
+from image_router.config import compile_text
+from image_router.config.compile import compile_sources
+from image_router.config.source import CONFIG_ENV
+from image_router.config.sources import SECRET_DIRS, gather
+from image_router.errors import ConfigError
 
 TESTDATA = Path(__file__).parent / "testdata"
 BASE = 'backends: {triton: {url: "http://t:8000"}}\nmodels: {noop: {backend: triton}}\ndefault_route: noop\n'

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from router.pipelines.contract import InvalidInput, Limits, parse_request
-from router.pipelines.triton_model import NoopGenerator
+from image_router.pipelines.contract import InvalidInput, Limits, parse_request
+from image_router.pipelines.triton_model import NoopGenerator
 
 LIMITS = Limits(width=64, height=64, steps=4, max_side=256, max_steps=16)
 
@@ -57,7 +57,7 @@ def test_noop_image_is_fixed_and_sized() -> None:
 
 
 def test_image_inputs_are_checked_and_broadcast_to_every_prompt() -> None:
-    from router.pipelines.contract import InvalidInput, Limits, parse_request
+    from image_router.pipelines.contract import InvalidInput, Limits, parse_request
 
     limits = Limits(width=64, height=64, steps=4, max_side=256, max_steps=16)
     picture = np.zeros((1, 32, 48, 3), np.uint8)

@@ -6,7 +6,7 @@ import json
 import re
 from pathlib import Path
 
-from router.telemetry import Metrics
+from image_router.telemetry import Metrics
 
 DASHBOARD = Path(__file__).resolve().parents[2] / "helm" / "image-router" / "dashboards" / "image-router.json"
 

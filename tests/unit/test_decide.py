@@ -1,4 +1,4 @@
-"""The data plane's pure decisions (router/decide.py): tenant steering, the effective
+"""The data plane's pure decisions (image_router/decide.py): tenant steering, the effective
 priority under a ceiling, previews under the tenant's rules, and ``explain`` deciding
 exactly as serving does. No loop, no sockets: the RNG and the seed source are injected."""
 
@@ -8,14 +8,14 @@ import random
 
 import pytest
 
-from router.ask import Ask
-from router.backends.base import ImageRequest
-from router.config import compile_text
-from router.config.table import Tenant
-from router.decide import arm_phase, explain, previews, route_phase
-from router.errors import Forbidden, InvalidRequest
-from router.inference import InferOptions
-from router.policy.match import RequestFacts
+from image_router.ask import Ask
+from image_router.backends.base import ImageRequest
+from image_router.config import compile_text
+from image_router.config.table import Tenant
+from image_router.decide import arm_phase, explain, previews, route_phase
+from image_router.errors import Forbidden, InvalidRequest
+from image_router.inference import InferOptions
+from image_router.policy.match import RequestFacts
 
 ROUTES = """
 backends: {fake: {url: "http://fake:1"}}

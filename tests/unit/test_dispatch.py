@@ -12,13 +12,13 @@ from typing import Any
 import numpy as np
 import pytest
 
-from router.backends.base import ImageRequest, ImageResult, request_units
-from router.config import compile_text
-from router.config.table import Backend, Model
-from router.errors import AllTiersFailed, BackendRejected, BackendUnavailable, BudgetExhausted, Overloaded
-from router.gateway import Gateway
-from router.policy.forecast import Forecast, Lane
-from router.policy.match import RequestFacts
+from image_router.backends.base import ImageRequest, ImageResult, request_units
+from image_router.config import compile_text
+from image_router.config.table import Backend, Model
+from image_router.errors import AllTiersFailed, BackendRejected, BackendUnavailable, BudgetExhausted, Overloaded
+from image_router.gateway import Gateway
+from image_router.policy.forecast import Forecast, Lane
+from image_router.policy.match import RequestFacts
 from tests.virtual_time import virtual_time
 
 ROUTES = """
@@ -58,7 +58,7 @@ default_route: draft
 
 class FakeBackend:
     """Behaviour per model: a delay in seconds per unit of work (one image at the tier's
-    own size: :func:`~router.backends.base.request_units`), or an exception to raise."""
+    own size: :func:`~image_router.backends.base.request_units`), or an exception to raise."""
 
     def __init__(self, behaviour: dict[str, Any], clock: Callable[[], float]) -> None:
         self.behaviour = behaviour

@@ -11,11 +11,11 @@ import pytest
 from PIL import Image
 from tritonclient.utils import InferenceServerException
 
-import router.errors as errors
-from router.backends._http1 import StaleConnection
-from router.backends.base import ImageResult
-from router.backends.openai import parse_images
-from router.backends.triton import map_triton_error
+import image_router.errors as errors
+from image_router.backends._http1 import StaleConnection
+from image_router.backends.base import ImageResult
+from image_router.backends.openai import parse_images
+from image_router.backends.triton import map_triton_error
 
 
 def _all_errors() -> list[type[errors.RouterError]]:

@@ -1,4 +1,4 @@
-"""The background filler (router/fill.py; docs/cache.md "background work") on virtual
+"""The background filler (image_router/fill.py; docs/cache.md "background work") on virtual
 time, against a stand-in dispatcher that says whether a tier is idle and takes a fixed
 time per job: identical jobs are one, the queue is bounded (beyond it dropped and
 counted), nothing runs while the tier is not idle, and on a tier with live traffic the
@@ -12,9 +12,9 @@ import itertools
 from dataclasses import dataclass, field
 from typing import Any
 
-from router.backends.base import ImageRequest
-from router.config.table import Arm, CacheConfig, Matcher, Model, Route, RouteCache, RoutingTable
-from router.fill import Filler, FillJob
+from image_router.backends.base import ImageRequest
+from image_router.config.table import Arm, CacheConfig, Matcher, Model, Route, RouteCache, RoutingTable
+from image_router.fill import Filler, FillJob
 from tests.virtual_time import virtual_time
 
 JOB_S = 2.0  # each job's generation, in virtual seconds

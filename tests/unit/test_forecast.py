@@ -1,4 +1,4 @@
-"""Budget decisions from live queues (router.policy.forecast + plan_attempt), on a fake
+"""Budget decisions from live queues (image_router.policy.forecast + plan_attempt), on a fake
 clock. The three stories measured under load — a thumbnail route refused after one
 slow answer, one frozen replica downgrading everyone, one cold start downgrading a
 route for a minute — each replayed against the policy, plus the queue arithmetic."""
@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import pytest
 
-from router.backends.replicas import ReplicaSet
-from router.config.table import Backend, Model
-from router.policy.budget import plan_attempt
-from router.policy.forecast import Forecast, Lane, ServiceTime
+from image_router.backends.replicas import ReplicaSet
+from image_router.config.table import Backend, Model
+from image_router.policy.budget import plan_attempt
+from image_router.policy.forecast import Forecast, Lane, ServiceTime
 
 
 class Clock:

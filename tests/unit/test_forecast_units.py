@@ -1,4 +1,4 @@
-"""Forecasts per unit of work (router.policy.forecast.work_units and the Lane): a request
+"""Forecasts per unit of work (image_router.policy.forecast.work_units and the Lane): a request
 for 4 images, or at 4x the pixels, is forecast as the work it is, its sample teaches the
 lane the cost of one unit, and the budget policy on virtual time never answers later
 than a budget allows with such requests in the mix."""
@@ -12,14 +12,14 @@ from collections.abc import Callable
 import numpy as np
 import pytest
 
-from router.backends import triton as triton_backend
-from router.backends.base import ImageRequest, ImageResult
-from router.backends.replicas import Replica
-from router.backends.triton import TritonBackend
-from router.config.table import Backend, Model
-from router.errors import BackendError, BackendTimeout
-from router.policy.budget import plan_attempt
-from router.policy.forecast import Lane, work_units
+from image_router.backends import triton as triton_backend
+from image_router.backends.base import ImageRequest, ImageResult
+from image_router.backends.replicas import Replica
+from image_router.backends.triton import TritonBackend
+from image_router.config.table import Backend, Model
+from image_router.errors import BackendError, BackendTimeout
+from image_router.policy.budget import plan_attempt
+from image_router.policy.forecast import Lane, work_units
 from tests.virtual_time import virtual_time
 
 # -- the arithmetic ------------------------------------------------------------------------
@@ -188,8 +188,8 @@ async def test_the_same_traffic_forecast_per_request_misses_budgets() -> None:
 def test_a_size_far_beyond_the_tier_and_an_upscaled_request_count_their_rows() -> None:
     """4096² on a 64² tier is the tier's to refuse (a clear 400), not hours to forecast;
     an upscaled request is made at the tier's native side."""
-    from router.backends.base import ImageRequest, request_units
-    from router.config.table import Model
+    from image_router.backends.base import ImageRequest, request_units
+    from image_router.config.table import Model
 
     assert work_units(1, 4096, 4096, native_side=64) == 1.0
     assert work_units(1, 512, 512, native_side=64) == 64.0, "8x the side is still forecast"

@@ -1,4 +1,4 @@
-"""Gateway errors as gRPC status codes (router/rpc/status.py; README "errors are status
+"""Gateway errors as gRPC status codes (image_router/rpc/status.py; README "errors are status
 codes"): every class of the error tree maps to the code that means its HTTP status, the
 stable code travels in ``x-router-error-code``, and the two refusals that say when to come
 back (429 ``overloaded`` and ``rate_limited``) carry ``grpc-retry-pushback-ms`` and
@@ -9,9 +9,9 @@ from __future__ import annotations
 import grpc
 import pytest
 
-from router import errors
-from router.errors import ConfigError, ConfigIssue, Overloaded, RateLimited, RouterError
-from router.rpc.status import grpc_status, trailing_metadata
+from image_router import errors
+from image_router.errors import ConfigError, ConfigIssue, Overloaded, RateLimited, RouterError
+from image_router.rpc.status import grpc_status, trailing_metadata
 
 Code = grpc.StatusCode
 

@@ -11,9 +11,9 @@ import zlib
 import orjson
 import pytest
 
-from router.backends.openai import ANSWERED_FRESH_S, MAX_PIXELS, OpenAIImagesBackend, parse_images
-from router.config.table import Backend
-from router.errors import BackendError
+from image_router.backends.openai import ANSWERED_FRESH_S, MAX_PIXELS, OpenAIImagesBackend, parse_images
+from image_router.config.table import Backend
+from image_router.errors import BackendError
 
 
 def chunk(kind: bytes, data: bytes) -> bytes:

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import pytest
 
-from router.errors import InvalidRequest
-from router.http.common import GenerationFields, parse_json_model
+from image_router.errors import InvalidRequest
+from image_router.http.common import GenerationFields, parse_json_model
 
 
 @pytest.mark.parametrize("digits", [70, 5000, 100_000])

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from router.rollouts.health import degenerate, difference, thumbnail
+from image_router.rollouts.health import degenerate, difference, thumbnail
 
 NOISE = np.random.default_rng(0).integers(0, 256, (512, 512, 3), dtype=np.uint8)
 

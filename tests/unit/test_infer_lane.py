@@ -10,9 +10,9 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 from starlette.testclient import TestClient
 
-from router.errors import InvalidRequest
-from router.http import kserve_api
-from router.http.errors import RequestIdMiddleware, exception_handlers
+from image_router.errors import InvalidRequest
+from image_router.http import kserve_api
+from image_router.http.errors import RequestIdMiddleware, exception_handlers
 
 
 @pytest.mark.parametrize(

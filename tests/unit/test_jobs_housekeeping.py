@@ -10,10 +10,10 @@ from pathlib import Path
 
 import orjson
 
-from router.config.table import JobsConfig, JobTier
-from router.jobs.deliver import deliveries, redeliver
-from router.jobs.store import JobStore
-from router.state import Txn
+from image_router.config.table import JobsConfig, JobTier
+from image_router.jobs.deliver import deliveries, redeliver
+from image_router.jobs.store import JobStore
+from image_router.state import Txn
 from tests.unit.test_jobs_store import close, job, stores
 
 CAPPED = JobsConfig(lease_s=0.2, max_running_per_tenant=1, tiers={"draft": JobTier(max_running=4)})

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import itertools
 
-from router.jobs.model import TERMINAL, Job, fingerprint, new_id
-from router.jobs.schedule import Pacer, pick
+from image_router.jobs.model import TERMINAL, Job, fingerprint, new_id
+from image_router.jobs.schedule import Pacer, pick
 
 
 def job(**changes: object) -> Job:

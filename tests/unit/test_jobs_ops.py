@@ -1,4 +1,4 @@
-"""What an operator reads about the jobs (router/jobs/ops.py), without sockets: the census
+"""What an operator reads about the jobs (image_router/jobs/ops.py), without sockets: the census
 over the store's indexes (a SQLite state store in a file, as one machine runs it), the
 tallies, the access-log line of an attempt, the metrics the census turns into, and the
 ``router jobs`` lines."""
@@ -12,13 +12,13 @@ from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from router.cli_admin import jobs_lines
-from router.config.table import JobsConfig, JobTier
-from router.jobs.model import Job, new_id
-from router.jobs.ops import Census, attempt_line, result_status, take_census, tally
-from router.jobs.store import JobStore
-from router.state import GuardedState, SqliteState
-from router.telemetry.metrics import Metrics
+from image_router.cli_admin import jobs_lines
+from image_router.config.table import JobsConfig, JobTier
+from image_router.jobs.model import Job, new_id
+from image_router.jobs.ops import Census, attempt_line, result_status, take_census, tally
+from image_router.jobs.store import JobStore
+from image_router.state import GuardedState, SqliteState
+from image_router.telemetry.metrics import Metrics
 
 CONFIG = JobsConfig(tiers={"draft": JobTier(max_running=2), "quality": JobTier(max_running=1)})
 

@@ -10,13 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from router.config import compile_text, load_file
-from router.config.table import JobsConfig, JobTier
-from router.errors import ConfigError
-from router.jobs.model import Job, new_id
-from router.jobs.schedule import pick, run_estimate, wait_estimate
-from router.jobs.store import JobStore
-from router.state import GuardedState, SqliteState
+from image_router.config import compile_text, load_file
+from image_router.config.table import JobsConfig, JobTier
+from image_router.errors import ConfigError
+from image_router.jobs.model import Job, new_id
+from image_router.jobs.schedule import pick, run_estimate, wait_estimate
+from image_router.jobs.store import JobStore
+from image_router.state import GuardedState, SqliteState
 
 
 def job(tenant: str = "acme", at: float = 100.0, **changes: object) -> Job:

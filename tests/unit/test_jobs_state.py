@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from router.state import SqliteState, StateStore, Txn
+from image_router.state import SqliteState, StateStore, Txn
 
 
 async def commit_and_scan(store: StateStore) -> None:

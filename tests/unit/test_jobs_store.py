@@ -9,10 +9,10 @@ import dataclasses
 import os
 from pathlib import Path
 
-from router.config.table import JobsConfig, JobTier
-from router.jobs.model import Job, new_id
-from router.jobs.store import JobStore
-from router.state import GuardedState, SqliteState
+from image_router.config.table import JobsConfig, JobTier
+from image_router.jobs.model import Job, new_id
+from image_router.jobs.store import JobStore
+from image_router.state import GuardedState, SqliteState
 
 CONFIG = JobsConfig(max_queued_per_tenant=3, max_queued=5, lease_s=0.2, max_attempts=2,
                     tiers={"draft": JobTier(max_running=1)})  # fmt: skip

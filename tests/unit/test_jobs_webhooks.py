@@ -11,9 +11,9 @@ import time
 import pytest
 from openai import OpenAI
 
-from router.errors import InvalidWebhookUrl, WebhookUrlForbidden
-from router.jobs.sign import webhook_headers
-from router.jobs.webhook_url import resolve_target
+from image_router.errors import InvalidWebhookUrl, WebhookUrlForbidden
+from image_router.jobs.sign import webhook_headers
+from image_router.jobs.webhook_url import resolve_target
 
 SECRET = "whsec_" + base64.b64encode(b"k" * 32).decode()
 OLD = "whsec_" + base64.b64encode(b"o" * 32).decode()
@@ -87,8 +87,8 @@ def test_signatures_verify_with_the_openai_sdk_during_a_rotation() -> None:
 def test_deliveries_are_queued_for_the_events_asked_with_a_stable_message_id() -> None:
     """``started`` on the claim, ``completed`` for any terminal state; the message id is
     the event's (the same on every retry), and nothing is queued for events not asked."""
-    from router.jobs.deliver import delivery_step
-    from router.jobs.model import Job
+    from image_router.jobs.deliver import delivery_step
+    from image_router.jobs.model import Job
 
     hook = {"url": "https://hooks.example/h", "events": ["started", "completed"]}
     queued = Job("imgjob_A", "acme", "draft", "r", {"n": 1}, 1.0, 100.0, 1000.0, webhook=hook)

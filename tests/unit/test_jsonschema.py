@@ -22,10 +22,10 @@ from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError
 from pydantic import BaseModel
 
-from router.config import compile_text, schema
-from router.config.jsonschema import routes_schema, routes_schema_text
-from router.config.source import PathKey, format_path, read_yaml
-from router.config.validate import validate
+from image_router.config import compile_text, schema
+from image_router.config.jsonschema import routes_schema, routes_schema_text
+from image_router.config.source import PathKey, format_path, read_yaml
+from image_router.config.validate import validate
 from tests.procs import ROOT
 
 SHIPPED = ROOT / "schema" / "routes.schema.json"

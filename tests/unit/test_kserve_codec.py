@@ -12,9 +12,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from tritonclient.http._utils import _get_inference_request
 
-from router.errors import InvalidRequest
-from router.http.kserve_api import parse_infer
-from router.kserve import decode_request, decode_response, encode_response, wants_binary
+from image_router.errors import InvalidRequest
+from image_router.http.kserve_api import parse_infer
+from image_router.kserve import decode_request, decode_response, encode_response, wants_binary
 
 
 def _client_body(binary: bool) -> tuple[bytes, int | None]:
@@ -220,8 +220,8 @@ def _infer_messages(draw: st.DrawFn) -> object:
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(message=_infer_messages())
 def test_generated_grpc_messages_are_decoded_or_refused_with_invalid_request(message: object) -> None:
-    from router.inference import image_request
-    from router.rpc.tensors import decode_inputs
+    from image_router.inference import image_request
+    from image_router.rpc.tensors import decode_inputs
 
     with contextlib.suppress(InvalidRequest):
         image_request(decode_inputs(message))
@@ -239,7 +239,7 @@ def test_generated_grpc_messages_are_decoded_or_refused_with_invalid_request(mes
 def test_priority_and_timeout_are_read_as_triton_reads_them(
     parameters: dict[str, object], priority: int | None, budget_s: float | None
 ) -> None:
-    from router.inference import infer_options
+    from image_router.inference import infer_options
 
     options = infer_options(parameters)
     assert (options.priority, options.budget_s) == (priority, budget_s)
@@ -247,7 +247,7 @@ def test_priority_and_timeout_are_read_as_triton_reads_them(
 
 @pytest.mark.parametrize("parameters", [{"priority": -1}, {"timeout": "soon"}, {"priority": True}, {"timeout": 1.5}])
 def test_bad_priority_or_timeout_is_a_400_naming_it(parameters: dict[str, object]) -> None:
-    from router.inference import infer_options
+    from image_router.inference import infer_options
 
     with pytest.raises(InvalidRequest, match="parameters"):
         infer_options(parameters)

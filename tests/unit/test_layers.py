@@ -1,4 +1,4 @@
-"""The import layers stay one-way (an ``ast`` walk over ``router/``, no imports run):
+"""The import layers stay one-way (an ``ast`` walk over ``image_router/``, no imports run):
 
     config, policy  →  backends  →  ask, served, decide  →  dispatch  →  gateway  →  http, rpc  →  app  →  cli
 
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2] / "router"
+ROOT = Path(__file__).resolve().parents[2] / "image_router"
 
 
 def _imports(path: Path) -> set[str]:
@@ -33,6 +33,7 @@ def _module(path: Path) -> str:
 
 
 MODULES = {_module(p): _imports(p) for p in sorted(ROOT.rglob("*.py"))}
+assert len(MODULES) > 100, f"no modules under {ROOT}: the walk would check nothing"
 
 
 def _under(name: str, prefixes: tuple[str, ...]) -> bool:
@@ -41,22 +42,22 @@ def _under(name: str, prefixes: tuple[str, ...]) -> bool:
 
 # module prefix -> what it must never import (higher layers)
 ABOVE = {
-    ("router.config", "router.policy"): (
-        "router.backends", "router.cache", "router.ask", "router.served", "router.decide", "router.dispatch",
-        "router.gateway", "router.tenancy", "router.hooks", "router.http", "router.rpc", "router.app", "router.cli",
+    ("image_router.config", "image_router.policy"): (
+        "image_router.backends", "image_router.cache", "image_router.ask", "image_router.served", "image_router.decide", "image_router.dispatch",
+        "image_router.gateway", "image_router.tenancy", "image_router.hooks", "image_router.http", "image_router.rpc", "image_router.app", "image_router.cli",
     ),
-    ("router.ask", "router.served", "router.decide"): (
-        "router.dispatch", "router.gateway", "router.tenancy", "router.hooks", "router.fill", "router.rollouts",
-        "router.http", "router.rpc", "router.app", "router.cli",
+    ("image_router.ask", "image_router.served", "image_router.decide"): (
+        "image_router.dispatch", "image_router.gateway", "image_router.tenancy", "image_router.hooks", "image_router.fill", "image_router.rollouts",
+        "image_router.http", "image_router.rpc", "image_router.app", "image_router.cli",
     ),
-    ("router.dispatch",): ("router.gateway", "router.tenancy", "router.hooks", "router.http", "router.rpc",
-                           "router.app", "router.cli"),
-    ("router.gateway", "router.tenancy", "router.hooks", "router.catalog", "router.readout", "router.pregen"): (
-        "router.http", "router.rpc", "router.app", "router.cli",
+    ("image_router.dispatch",): ("image_router.gateway", "image_router.tenancy", "image_router.hooks", "image_router.http", "image_router.rpc",
+                           "image_router.app", "image_router.cli"),
+    ("image_router.gateway", "image_router.tenancy", "image_router.hooks", "image_router.catalog", "image_router.readout", "image_router.pregen"): (
+        "image_router.http", "image_router.rpc", "image_router.app", "image_router.cli",
     ),
-    ("router.http", "router.rpc"): ("router.app", "router.cli"),
+    ("image_router.http", "image_router.rpc"): ("image_router.app", "image_router.cli"),
 }  # fmt: skip
-PURE = ("router.decide", "router.ask", "router.served", "router.policy")
+PURE = ("image_router.decide", "image_router.ask", "image_router.served", "image_router.policy")
 IMPURE = ("asyncio", "time", "random", "secrets")
 
 
@@ -85,11 +86,11 @@ def test_the_pure_decisions_import_no_clock_rng_or_loop() -> None:
 
 def test_starlette_only_at_the_http_edge_and_grpc_only_in_rpc_and_backends() -> None:
     starlette = [n for n, t in MODULES.items() if any(_under(x, ("starlette",)) for x in t)]
-    assert all(_under(n, ("router.http", "router.app")) for n in starlette), starlette
+    assert all(_under(n, ("image_router.http", "image_router.app")) for n in starlette), starlette
     grpc = [n for n, t in MODULES.items() if any(_under(x, ("grpc",)) for x in t)]
-    assert all(_under(n, ("router.rpc", "router.backends")) for n in grpc), grpc
+    assert all(_under(n, ("image_router.rpc", "image_router.backends")) for n in grpc), grpc
 
 
 def test_the_walk_finds_what_it_checks() -> None:
     """The walk itself works: the gateway is seen importing the dispatcher."""
-    assert "router.dispatch" in MODULES["router.gateway"] and len(MODULES) > 50
+    assert "image_router.dispatch" in MODULES["image_router.gateway"] and len(MODULES) > 50

@@ -8,9 +8,9 @@ import pytest
 from openapi_spec_validator import validate
 from starlette.routing import Route
 
-from router.app import _routes
-from router.http.images_api import OpenAIImagesRequest
-from router.http.openapi import OPERATIONS, document, served
+from image_router.app import _routes
+from image_router.http.images_api import OpenAIImagesRequest
+from image_router.http.openapi import OPERATIONS, document, served
 
 
 def test_the_document_is_valid_openapi_3_1_and_lists_exactly_what_the_app_serves() -> None:

@@ -7,13 +7,13 @@ from collections import Counter
 
 import pytest
 
-from router.config import compile_text
-from router.config.table import Arm, Matcher, Route
-from router.errors import UnknownModel
-from router.policy.budget import chain_for, plan_attempt
-from router.policy.forecast import Forecast
-from router.policy.match import RequestFacts, select_route
-from router.policy.split import choose_arm, unit_hash
+from image_router.config import compile_text
+from image_router.config.table import Arm, Matcher, Route
+from image_router.errors import UnknownModel
+from image_router.policy.budget import chain_for, plan_attempt
+from image_router.policy.forecast import Forecast
+from image_router.policy.match import RequestFacts, select_route
+from image_router.policy.split import choose_arm, unit_hash
 
 TABLE = compile_text(
     """
@@ -217,7 +217,7 @@ def test_chain_has_no_repeats() -> None:
 
 
 def test_a_size_past_the_native_side_keeps_its_aspect_in_multiples_of_8() -> None:
-    from router.policy.size import fitted_size
+    from image_router.policy.size import fitted_size
 
     assert fitted_size(256, 256, 256) is None
     assert fitted_size(1024, 1024, 128) == (128, 128)

@@ -1,4 +1,4 @@
-"""The reconciliation's arithmetic (router/billing/reconcile.py), pure: Triton's
+"""The reconciliation's arithmetic (image_router/billing/reconcile.py), pure: Triton's
 ``batch_stats`` summed per execution, counter growth across a Triton restart, billed
 compute split over replicas, wasted by reason, what is left unattributed, utilisation,
 and the ring of reads on a fake clock (no sockets)."""
@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from router.billing.price import Cost
-from router.billing.reconcile import (
+from image_router.billing.price import Cost
+from image_router.billing.reconcile import (
     KEEP,
     Reconciler,
     Sample,
@@ -23,9 +23,9 @@ from router.billing.reconcile import (
     triton_compute_ns,
     window_seconds,
 )
-from router.billing.tally import Tally
-from router.billing.usage import Usage
-from router.config import compile_text
+from image_router.billing.tally import Tally
+from image_router.billing.usage import Usage
+from image_router.config import compile_text
 
 S = 1_000_000_000  # ns per second
 TABLE = compile_text(

@@ -13,15 +13,15 @@ import contextlib
 import numpy as np
 import pytest
 
-from router.backends.base import ImageRequest, ImageResult
-from router.backends.replicas import Replica
-from router.backends.triton import TritonBackend, given_up_because
-from router.config import compile_text
-from router.config.table import Backend, Model, RetryPolicy
-from router.gateway import Gateway
-from router.policy.hedge import FACTOR, SLACK_S
-from router.policy.match import RequestFacts
-from router.telemetry import Metrics
+from image_router.backends.base import ImageRequest, ImageResult
+from image_router.backends.replicas import Replica
+from image_router.backends.triton import TritonBackend, given_up_because
+from image_router.config import compile_text
+from image_router.config.table import Backend, Model, RetryPolicy
+from image_router.gateway import Gateway
+from image_router.policy.hedge import FACTOR, SLACK_S
+from image_router.policy.match import RequestFacts
+from image_router.telemetry import Metrics
 from tests.virtual_time import virtual_time
 
 DRAFT = Model("draft", "t", "draft", None, 100.0)

@@ -8,10 +8,10 @@ import asyncio
 import os
 from pathlib import Path
 
-from router.config import load_file
-from router.config.table import RoutingTable
-from router.policy.tenants import find_tenant
-from router.reload import RoutesReloader
+from image_router.config import load_file
+from image_router.config.table import RoutingTable
+from image_router.policy.tenants import find_tenant
+from image_router.reload import RoutesReloader
 
 OLD, NEW = "sk-acme-old-0123456789abcdef", "sk-acme-new-0123456789abcdef"
 

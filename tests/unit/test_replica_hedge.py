@@ -1,4 +1,4 @@
-"""A call overdue on one replica is also sent to another (router/backends/triton.py,
+"""A call overdue on one replica is also sent to another (image_router/backends/triton.py,
 ``TritonBackend._hedged``), on virtual time with the HTTP call replaced by a sleep per
 replica — pure logic: which replica answers, when, and what the retry budget allows.
 
@@ -11,12 +11,12 @@ import asyncio
 import numpy as np
 import pytest
 
-from router.backends.base import ImageRequest, ImageResult
-from router.backends.replicas import Replica
-from router.backends.triton import TritonBackend
-from router.config.table import Backend, Model, RetryPolicy
-from router.errors import BackendTimeout
-from router.policy.hedge import FACTOR, SLACK_S
+from image_router.backends.base import ImageRequest, ImageResult
+from image_router.backends.replicas import Replica
+from image_router.backends.triton import TritonBackend
+from image_router.config.table import Backend, Model, RetryPolicy
+from image_router.errors import BackendTimeout
+from image_router.policy.hedge import FACTOR, SLACK_S
 from tests.virtual_time import virtual_time
 
 DRAFT = Model("draft", "t", "draft", None, 100.0)  # a 100 ms hint: the lane's prior

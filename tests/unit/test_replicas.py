@@ -3,8 +3,8 @@
 
 from __future__ import annotations
 
-from router.backends.replicas import ReplicaSet
-from router.config.table import Backend, CircuitPolicy, Model
+from image_router.backends.replicas import ReplicaSet
+from image_router.config.table import Backend, CircuitPolicy, Model
 
 DRAFT = Model("draft", "t", "draft", None, 100.0)
 NOOP = Model("noop", "t", "noop", None, 10.0)
@@ -139,10 +139,10 @@ def test_background_work_waits_while_any_model_of_its_backend_is_busy() -> None:
     """One Triton's models share its devices: a job or an upgrade on quality is not
     started while every replica is answering something (Dispatcher.idle asks the
     backend); one idle replica is room enough."""
-    from router.backends.pool import BackendPool
-    from router.backends.triton import TritonBackend
-    from router.dispatch import Dispatcher
-    from router.stats import LatencyStats
+    from image_router.backends.pool import BackendPool
+    from image_router.backends.triton import TritonBackend
+    from image_router.dispatch import Dispatcher
+    from image_router.stats import LatencyStats
 
     clock = Clock()
     spec = Backend("t", "triton", "http://r0:1", replicas=("http://r0:1", "http://r1:1"))

@@ -6,10 +6,10 @@ import asyncio
 
 import pytest
 
-from router.admission import AdmissionGate
-from router.config.table import CircuitPolicy
-from router.policy.circuit import CLOSED, HALF_OPEN, OPEN, CircuitBreaker
-from router.policy.retry_budget import RetryBudget
+from image_router.admission import AdmissionGate
+from image_router.config.table import CircuitPolicy
+from image_router.policy.circuit import CLOSED, HALF_OPEN, OPEN, CircuitBreaker
+from image_router.policy.retry_budget import RetryBudget
 
 
 def test_circuit_opens_after_consecutive_failures_then_probes_once_and_closes() -> None:

@@ -13,15 +13,15 @@ from typing import Any
 
 import pytest
 
-from router.backends.base import ImageRequest, ImageResult
-from router.cache.store import GuardedStore
-from router.config import compile_text
-from router.config.table import Model
-from router.decide import DEFAULT_PRIORITY, Decision
-from router.fill import Filler, FillJob
-from router.gateway import Gateway
-from router.inference import PRIORITY_LEVELS
-from router.policy.match import RequestFacts
+from image_router.backends.base import ImageRequest, ImageResult
+from image_router.cache.store import GuardedStore
+from image_router.config import compile_text
+from image_router.config.table import Model
+from image_router.decide import DEFAULT_PRIORITY, Decision
+from image_router.fill import Filler, FillJob
+from image_router.gateway import Gateway
+from image_router.inference import PRIORITY_LEVELS
+from image_router.policy.match import RequestFacts
 from tests.unit.test_cache_dispatch import MemoryStore
 from tests.unit.test_dispatch import FakeBackend
 from tests.unit.test_fill import ROUTE, Stored, table
@@ -85,7 +85,7 @@ async def test_upgrades_and_pregeneration_reach_the_backend_at_the_lowest_priori
     to the backend at the lowest priority; live calls send none (the backend's default)."""
     clock = asyncio.get_running_loop().time
     store = MemoryStore()
-    monkeypatch.setattr("router.gateway.open_store", lambda config: GuardedStore(store, config.timeout_s, clock))
+    monkeypatch.setattr("image_router.gateway.open_store", lambda config: GuardedStore(store, config.timeout_s, clock))
     backend = PriorityBackend({"quality": 0.15, "draft": 0.01}, clock)
     gw = Gateway(compile_text(ROUTES, env={}), backend_factory=lambda spec: backend, clock=clock)  # type: ignore[arg-type,return-value]
     try:

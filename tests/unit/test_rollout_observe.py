@@ -13,12 +13,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from router.backends.base import EncodedImages, ImageResult
-from router.config.table import Analysis, Arm, Matcher, Model, Rollout, Route
-from router.errors import BackendRejected, BackendUnavailable, BudgetExhausted, InvalidRequest, RouterError
-from router.policy.rollout import ArmCounts, RolloutState, analyse, decide, initial
-from router.rollouts.live import LiveRollout
-from router.served import Served
+from image_router.backends.base import EncodedImages, ImageResult
+from image_router.config.table import Analysis, Arm, Matcher, Model, Rollout, Route
+from image_router.errors import BackendRejected, BackendUnavailable, BudgetExhausted, InvalidRequest, RouterError
+from image_router.policy.rollout import ArmCounts, RolloutState, analyse, decide, initial
+from image_router.rollouts.live import LiveRollout
+from image_router.served import Served
 
 ROLLOUT = Rollout(steps=(10, 50, 100), intervals_s=(60, 60, 60), analysis=Analysis(min_samples=30), digest="d")
 CANARY = Arm("v2", 10.0, canary=True, rollout=ROLLOUT)

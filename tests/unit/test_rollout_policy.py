@@ -7,8 +7,8 @@ import random
 
 import pytest
 
-from router.config.table import Analysis, Rollout, Shadow
-from router.policy.rollout import (
+from image_router.config.table import Analysis, Rollout, Shadow
+from image_router.policy.rollout import (
     ArmCounts,
     InvalidCommand,
     RolloutState,
@@ -18,7 +18,7 @@ from router.policy.rollout import (
     initial,
     look,
 )
-from router.policy.significance import binomial_tail, newcombe_lower, wilson, z_for
+from image_router.policy.significance import binomial_tail, newcombe_lower, wilson, z_for
 
 ROLLOUT = Rollout(steps=(5, 25, 100), intervals_s=(60, 60, 60), analysis=Analysis(min_samples=30), digest="d")
 
@@ -209,9 +209,9 @@ def test_live_weights_move_sticky_users_only_towards_the_canary() -> None:
     """Two baselines (60/40 in the file) and a rollout's canary: as the live weight
     rises, a user either stays where they were or moves to the canary, never between
     baselines or back; at 0 every user is on a baseline, at 100 on the canary."""
-    from router.config.table import Arm, Matcher, Route
-    from router.policy.rollout import reweighted
-    from router.policy.split import choose_arm
+    from image_router.config.table import Arm, Matcher, Route
+    from image_router.policy.rollout import reweighted
+    from image_router.policy.split import choose_arm
 
     canary = Arm("v2", 1.0, True, ROLLOUT)
     route = Route("r", Matcher(), (Arm("a", 60), Arm("b", 40), canary), 1000.0, sticky=("header", "x-user-id"))

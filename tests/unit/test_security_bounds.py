@@ -10,12 +10,12 @@ from typing import Any
 import grpc
 import pytest
 
-from router.errors import Unauthorized
-from router.http.admin_api import SignInThrottle
-from router.http.image_files import UrlSigner
-from router.policy.size import MAX_UPSCALED_PIXELS, upscale_refusal
-from router.rollouts.webhook import TOLERANCE_S, sign, verify
-from router.rpc.guard import Guard
+from image_router.errors import Unauthorized
+from image_router.http.admin_api import SignInThrottle
+from image_router.http.image_files import UrlSigner
+from image_router.policy.size import MAX_UPSCALED_PIXELS, upscale_refusal
+from image_router.rollouts.webhook import TOLERANCE_S, sign, verify
+from image_router.rpc.guard import Guard
 
 
 class Clock:

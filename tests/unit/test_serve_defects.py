@@ -15,11 +15,11 @@ import asyncio
 
 import pytest
 
-from router.backends.base import ImageRequest
-from router.config import compile_text
-from router.config.table import Tenant
-from router.errors import RateLimited
-from router.policy.match import RequestFacts
+from image_router.backends.base import ImageRequest
+from image_router.config import compile_text
+from image_router.config.table import Tenant
+from image_router.errors import RateLimited
+from image_router.policy.match import RequestFacts
 from tests.unit.test_cache_dispatch import ROUTES as CACHED_ROUTES
 from tests.unit.test_cache_dispatch import cached_gateway
 from tests.unit.test_dispatch import gateway
@@ -109,7 +109,7 @@ async def test_a_streams_previews_count_as_the_tenants_images_and_hold_its_slot(
     """A stream with two previews on a quality route sends three images: they count
     toward ``images_per_day`` (they once did not count at all), and the tenant's slot is
     held until the last of them ends."""
-    from router.ask import Ask
+    from image_router.ask import Ask
 
     gw, _ = gateway({"quality": 0.2, "preview": 0.05, "draft": 0.01})
     tenant = Tenant("acme", (), images_per_day=4, max_concurrency=1)
@@ -128,8 +128,8 @@ async def test_a_streams_previews_count_as_the_tenants_images_and_hold_its_slot(
 async def test_the_status_page_shows_the_shared_daily_count() -> None:
     """With shared limits the replica's own count was never updated: the status page
     said 0 images today whatever every replica had served."""
-    from router.config import compile_text as compiled
-    from router.tenancy import TenantGate
+    from image_router.config import compile_text as compiled
+    from image_router.tenancy import TenantGate
 
     class Counted:
         async def limit(self, keys: list[str], args: list[int]) -> list[int]:
@@ -148,7 +148,7 @@ async def test_the_status_page_shows_the_shared_daily_count() -> None:
 async def test_a_tenants_slot_is_given_back_when_its_client_leaves_during_the_store_round_trip() -> None:
     """Cancelled while the shared store answered, a request once kept its slot for good;
     and a store fault followed by a local refusal gave a slot back twice."""
-    from router.tenancy import TenantGate
+    from image_router.tenancy import TenantGate
 
     class Slow:
         async def limit(self, keys: list[str], args: list[int]) -> list[int] | None:

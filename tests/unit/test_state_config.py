@@ -4,8 +4,8 @@ otherwise); nothing else opens one, and a rollout no longer brings a cache with 
 
 from __future__ import annotations
 
-from router.config import compile_text
-from router.config.table import StateConfig
+from image_router.config import compile_text
+from image_router.config.table import StateConfig
 
 BASE = """
 backends: {triton: {url: "http://127.0.0.1:8000"}}

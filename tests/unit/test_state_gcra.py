@@ -1,6 +1,6 @@
 """One GCRA, three implementations that must agree: the pure step
-(:mod:`router.state.gcra`), the SQLite store that runs it in a transaction, and a
-replica's own float-seconds count (:class:`router.policy.tenants.TenantState`, used
+(:mod:`image_router.state.gcra`), the SQLite store that runs it in a transaction, and a
+replica's own float-seconds count (:class:`image_router.policy.tenants.TenantState`, used
 when the shared store does not answer). The Redis script is driven with the same
 sequences against a real server in ``tests/integration/test_state_redis.py``."""
 
@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from router.config.table import Tenant
-from router.policy.tenants import TenantState, limit_args
-from router.state import SqliteState
-from router.state.gcra import step
+from image_router.config.table import Tenant
+from image_router.policy.tenants import TenantState, limit_args
+from image_router.state import SqliteState
+from image_router.state.gcra import step
 
 START_US = 1_800_000_000 * 1_000_000
 TENANTS = [

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from router.errors import StateStoreError
-from router.state import SqliteState
-from router.state.redis import judge_config
+from image_router.errors import StateStoreError
+from image_router.state import SqliteState
+from image_router.state.redis import judge_config
 
 
 class Wall:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from router.stats import LatencyStats
+from image_router.stats import LatencyStats
 
 
 class Clock:

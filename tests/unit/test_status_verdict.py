@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from router.http.status_page import canary_verdict
+from image_router.http.status_page import canary_verdict
 
 BASE = {"attempts": 500.0, "p95_ms": 300.0, "error_rate": 0.01}
 

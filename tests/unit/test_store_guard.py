@@ -1,4 +1,4 @@
-"""The result store's guard (router/state/guard.py, docs/cache.md "a store that fails"),
+"""The result store's guard (image_router/state/guard.py, docs/cache.md "a store that fails"),
 on virtual time: every call takes at most its bound (20 ms), and the circuit opens on
 10 failures in a row or on half of at least 20 calls in 10 s, skips the store while open,
 and lets one probe through after 2 s."""
@@ -9,7 +9,7 @@ import asyncio
 
 import pytest
 
-from router.cache.store import GuardedStore
+from image_router.cache.store import GuardedStore
 from tests.unit.test_cache_dispatch import MemoryStore
 from tests.virtual_time import virtual_time
 

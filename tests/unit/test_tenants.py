@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from router.config.table import Tenant, key_digest
-from router.policy.tenants import TenantState, find_tenant
+from image_router.config.table import Tenant, key_digest
+from image_router.policy.tenants import TenantState, find_tenant
 
 ACME = Tenant("acme", (key_digest("sk-acme"),), requests_per_s=2, burst=3, images_per_day=5, max_concurrency=2)
 
@@ -65,7 +65,7 @@ def test_images_per_day_and_concurrency() -> None:
 
 
 def test_the_shared_stores_reply_reads_like_a_local_count() -> None:
-    from router.policy.tenants import limit_args, shared_decision
+    from image_router.policy.tenants import limit_args, shared_decision
 
     tenant = Tenant("t", (), requests_per_s=2, burst=3, images_per_day=10)
     assert limit_args(tenant, 1) == [500_000, 1_500_000, 1, 10]  # microseconds
@@ -83,7 +83,7 @@ def test_a_heavy_tenant_queues_behind_itself_not_ahead_of_a_light_one() -> None:
     light's requests are admitted every other slot, not after all of heavy's."""
     import asyncio
 
-    from router.admission import AdmissionGate
+    from image_router.admission import AdmissionGate
 
     async def run() -> list[str]:
         gate = AdmissionGate(limit=1, max_queue=100)
@@ -114,7 +114,7 @@ def test_a_heavy_tenant_queues_behind_itself_not_ahead_of_a_light_one() -> None:
 def test_a_full_queue_displaces_the_last_in_line_for_a_request_that_goes_ahead() -> None:
     import asyncio
 
-    from router.admission import AdmissionGate
+    from image_router.admission import AdmissionGate
 
     async def run() -> tuple[list[bool], bool]:
         gate = AdmissionGate(limit=1, max_queue=3)
@@ -138,8 +138,8 @@ def test_a_full_queue_displaces_the_last_in_line_for_a_request_that_goes_ahead()
 def test_keys_from_mounted_files_and_errors_at_their_line(tmp_path: Path) -> None:
     import pytest
 
-    from router.config import compile_text
-    from router.errors import ConfigError
+    from image_router.config import compile_text
+    from image_router.errors import ConfigError
 
     key_file = tmp_path / "acme-key"
     key_file.write_text("sk-from-a-secret-file-0123\n")
@@ -162,8 +162,8 @@ secret_dirs: ["{tmp_path}"]
 
 
 def test_a_tenants_sticky_identity_is_scoped_to_it() -> None:
-    from router.decide import steer as _tenant_steering
-    from router.policy.match import RequestFacts
+    from image_router.decide import steer as _tenant_steering
+    from image_router.policy.match import RequestFacts
 
     facts = RequestFacts.of("x", None, None, {}, {"user": "alice"})
     scoped, _, _ = _tenant_steering(Tenant("acme", ()), facts, None, None)
@@ -175,8 +175,8 @@ def test_a_tenants_sticky_identity_is_scoped_to_it() -> None:
 def test_tenants_from_a_file_of_their_own_with_errors_at_its_lines(tmp_path: Path) -> None:
     import pytest
 
-    from router.config import load_file
-    from router.errors import ConfigError
+    from image_router.config import load_file
+    from image_router.errors import ConfigError
 
     (tmp_path / "routes.yaml").write_text(
         "models: {noop: {backend: triton}}\nbackends: {triton: {url: 'http://t:8000'}}\n"
@@ -200,7 +200,7 @@ def test_generated_authorization_headers_find_a_tenant_only_with_its_exact_key()
     from hypothesis import given, settings
     from hypothesis import strategies as st
 
-    from router.policy.tenants import bearer_key
+    from image_router.policy.tenants import bearer_key
 
     @settings(max_examples=500, deadline=None)
     @given(st.one_of(st.text(max_size=80), st.builds(lambda k: f"Bearer {k}", st.text(max_size=60))))

@@ -13,14 +13,14 @@ from typing import Any
 
 import pytest
 
-from router.backends.base import ImageRequest
-from router.cache.store import GuardedStore
-from router.config import compile_text
-from router.errors import BackendUnavailable
-from router.fill import FillJob
-from router.gateway import Gateway
-from router.policy.match import RequestFacts
-from router.served import Served
+from image_router.backends.base import ImageRequest
+from image_router.cache.store import GuardedStore
+from image_router.config import compile_text
+from image_router.errors import BackendUnavailable
+from image_router.fill import FillJob
+from image_router.gateway import Gateway
+from image_router.policy.match import RequestFacts
+from image_router.served import Served
 from tests.unit.test_cache_dispatch import MemoryStore
 from tests.unit.test_dispatch import FakeBackend
 from tests.virtual_time import virtual_time
@@ -48,7 +48,7 @@ def gateway(behaviour: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> tuple
     """A cached gateway whose upgrade submissions are recorded (and still queued)."""
     clock = asyncio.get_running_loop().time
     store = MemoryStore()
-    monkeypatch.setattr("router.gateway.open_store", lambda config: GuardedStore(store, config.timeout_s, clock))
+    monkeypatch.setattr("image_router.gateway.open_store", lambda config: GuardedStore(store, config.timeout_s, clock))
     gw = Gateway(compile_text(ROUTES, env={}), backend_factory=lambda spec: FakeBackend(behaviour, clock), clock=clock)  # type: ignore[arg-type,return-value]
     jobs: list[FillJob] = []
     submit = gw.fill.submit

@@ -13,21 +13,21 @@ from typing import Any
 import numpy as np
 import pytest
 
-from router.backends.base import ImageRequest, ImageResult
-from router.backends.pool import BackendPool
-from router.cache.coordinate import Coordinator
-from router.cache.service import ResultCache
-from router.cache.store import GuardedStore
-from router.config import compile_text
-from router.config.table import Route
-from router.decide import Decision
-from router.dispatch import CachePlan, Dispatcher
-from router.dispatch.outcome import Answer, Progress, failure, served
-from router.dispatch.steps import Step, later_tiers, next_step
-from router.errors import AllTiersFailed, BudgetExhausted, Overloaded
-from router.policy.forecast import Forecast
-from router.policy.split import Choice
-from router.stats import LatencyStats
+from image_router.backends.base import ImageRequest, ImageResult
+from image_router.backends.pool import BackendPool
+from image_router.cache.coordinate import Coordinator
+from image_router.cache.service import ResultCache
+from image_router.cache.store import GuardedStore
+from image_router.config import compile_text
+from image_router.config.table import Route
+from image_router.decide import Decision
+from image_router.dispatch import CachePlan, Dispatcher
+from image_router.dispatch.outcome import Answer, Progress, failure, served
+from image_router.dispatch.steps import Step, later_tiers, next_step
+from image_router.errors import AllTiersFailed, BudgetExhausted, Overloaded
+from image_router.policy.forecast import Forecast
+from image_router.policy.split import Choice
+from image_router.stats import LatencyStats
 from tests.unit.test_cache_dispatch import ROUTES, MemoryStore
 from tests.unit.test_dispatch import FakeBackend
 from tests.virtual_time import virtual_time

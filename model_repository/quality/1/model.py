@@ -1,9 +1,9 @@
 """Triton Python-backend entry of the `quality` model.
 
-The implementation is shared by every tier: see router/pipelines/triton_model.py.
+The implementation is shared by every tier: see image_router/pipelines/triton_model.py.
 The tier is chosen by the `pipeline` parameter in ../config.pbtxt.
 """
 
-from router.pipelines.triton_model import TritonPythonModel
+from image_router.pipelines.triton_model import TritonPythonModel
 
 __all__ = ["TritonPythonModel"]

@@ -1,0 +1,101 @@
+"""One middleware for the per-request signals: server span, metrics, access log.
+
+It wraps only the image APIs (health probes, ``/metrics`` and the admin pages are not
+traffic). What served the request comes from the data plane: the handler leaves the
+gateway's :class:`~image_router.dispatch.Served` (or the error) in the request's state, and
+the same tags the gRPC edge records are made from it (:mod:`image_router.telemetry.requests`);
+only the status is read from the response. With tracing
+off no span is created; with metrics, access log and tracing all off the app does not
+install this middleware at all.
+
+Every line here runs once per request, so it is written for cost (measured by
+``bench/observability_overhead.py``): the span is started and ended directly instead
+of through ``start_as_current_span``'s generator-based context manager, its closing
+attributes are set in one call, and the metric children are cached.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from image_router.telemetry import AccessLog, Metrics, Tracing
+from image_router.telemetry.requests import Recorder, outcome_tags
+from image_router.telemetry.spans import end_server_span, start_server_span
+
+__all__ = ["ObserveMiddleware", "api_of", "tags_of"]
+
+_TRACE_HEADERS = (b"traceparent", b"tracestate", b"baggage")
+
+
+def tags_of(state: dict[str, Any]) -> dict[str, str]:
+    """What served the request, from what the handler left in its state."""
+    return outcome_tags(state.get("served"), state.get("error"))
+
+
+def api_of(path: str) -> str | None:
+    """Which image API a path belongs to (``None``: not image traffic)."""
+    if path in ("/v1/images/generations", "/v1/images/edits", "/v1/images/variations"):
+        return "openai"
+    if path == "/api/v1/generate":
+        return "generate"
+    if path.startswith("/v2/models/") and path.endswith("/infer"):
+        return "kserve"
+    return None
+
+
+class ObserveMiddleware:
+    def __init__(
+        self, app: ASGIApp, metrics: Metrics | None, tracing: Tracing, access_log: AccessLog | None = None
+    ) -> None:
+        self.app = app
+        self.recorder = Recorder(metrics, access_log)
+        self.tracer = tracing.tracer
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        api = api_of(scope["path"]) if scope["type"] == "http" else None
+        if api is None:
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        seen: dict[str, Any] = {"status": 500}
+
+        async def observe_send(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                seen["status"] = message["status"]
+            await send(message)
+
+        if self.tracer is None:
+            await self.app(scope, receive, observe_send)
+        else:
+            await self._traced(api, scope, receive, observe_send, seen)
+        elapsed = time.perf_counter() - start
+        if self.recorder.on:
+            fields = {
+                "request_id": scope.get("state", {}).get("request_id", ""),
+                "method": scope["method"],
+                "path": scope["path"],
+            }
+            # what served it is known once the handler is done (a stream: at its end)
+            tags = seen["tags"] if "tags" in seen else tags_of(scope.get("state", {}))
+            self.recorder.finish(api, seen["status"], tags, elapsed, fields)
+
+    async def _traced(self, api: str, scope: Scope, receive: Receive, send: Send, seen: dict[str, Any]) -> None:
+        """The SERVER span, current while the request runs (attempt spans are its children)."""
+        assert self.tracer is not None
+        carrier = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"] if k in _TRACE_HEADERS}
+        attributes = {"http.request.method": scope["method"], "url.path": scope["path"]}
+        opened = start_server_span(self.tracer, f"{scope['method']} {api}", carrier, attributes)
+        if opened is None:
+            await self.app(scope, receive, send)
+            return
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            state = scope.get("state", {})
+            tags = seen["tags"] = tags_of(state)
+            extra: dict[str, str | int] = {"http.response.status_code": seen["status"]}
+            extra["router.request_id"] = state.get("request_id", "")
+            end_server_span(opened, seen["status"], tags, extra)

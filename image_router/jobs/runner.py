@@ -1,0 +1,347 @@
+"""The job runner every replica runs: claim, run, heartbeat, finish; and reap.
+
+Every :data:`POLL_S` it looks at each tier with queued jobs and, when the tier's mode
+allows (:mod:`image_router.jobs.schedule`), claims the job the fair order or a near deadline
+names. ``max_running`` per tier holds over all replicas (the claim takes a place in
+the tier's running index in the same step as the lease). An attempt runs through the
+dispatcher as the background filler's work does (:func:`image_router.decide.background`):
+
+- on the route's intended tier alone (``Route.alone``) unless the job allows a
+  downgrade, with the job's own seeds — fixed at submission, so a rerun on another
+  replica makes the same image;
+- with a budget of what is left of its deadline (not the route's interactive budget,
+  which is seconds: a job waits on idle capacity, and a route's budget would turn a
+  slow tier into a downgrade), and no tenant admission (``max_concurrency`` is for
+  interactive requests; the job was counted against the tenant's rate and images at
+  submission).
+
+The attempt renews its lease every ``lease_s / 3``. A renewal that finds the job
+``cancelling`` cancels the attempt's task (over gRPC that cancels Triton's request);
+one that finds the lease gone (the reaper gave the job away) also stops it, and its
+result is dropped: the terminal state is written by compare-and-set, once. Every
+replica also reaps: a running job whose lease expired is requeued (its replica died).
+
+**Draining** (``POST /admin/jobs/drain``) stops this replica claiming; its running
+attempts finish, and it goes on reaping and delivering webhooks. It is the replica's
+own state, not the store's: an operator drains the pod about to go down while the
+others keep the queue moving, and a restarted process claims again. A **pause**
+(``?scope=cluster``) is the store's: every replica reads it every :data:`FLAGS_EVERY_S`
+and claims nothing until it is lifted — for a Triton upgrade, say — while submissions
+are still accepted and queued.
+
+A job that asked for ``progress`` webhooks gets one at each lease renewal, sent by the
+replica running it (:meth:`~image_router.jobs.deliver.Deliverer.progress`), with the same
+estimate as its view.
+
+For operators (:mod:`image_router.jobs.ops`) the runner keeps a census of the store's jobs,
+refreshed every :data:`~image_router.jobs.ops.CENSUS_EVERY_S` (the metrics read it, never the
+store), counts what its attempts ended with, and writes one access-log line per attempt.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import os
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from image_router.backends.base import ImageRequest
+from image_router.config.table import RoutingTable
+from image_router.decide import background, on_route
+from image_router.errors import BudgetExhausted, RouterError
+from image_router.jobs.deliver import Deliverer
+from image_router.jobs.model import Job
+from image_router.jobs.ops import CENSUS_EVERY_S, OUTCOMES, Census, attempt_line, take_census
+from image_router.jobs.schedule import PRIORITY, Pacer, pick, run_estimate
+from image_router.jobs.store import JobStore
+
+if TYPE_CHECKING:
+    from numpy.typing import NDArray
+
+    from image_router.gateway import Gateway
+    from image_router.telemetry.requests import Recorder
+
+__all__ = ["JobRunner"]
+
+log = logging.getLogger("router.jobs")
+POLL_S = 0.1
+REAP_EVERY_S = 1.0
+FLAGS_EVERY_S = 1.0
+Encode = Callable[["NDArray[Any]", str, int], bytes]
+
+
+class JobRunner:
+    def __init__(
+        self,
+        gateway: Gateway,
+        encode: Encode,
+        wall: Callable[[], float] = time.time,
+        clock: Callable[[], float] = time.monotonic,
+        recorder: Recorder | None = None,
+    ) -> None:
+        self.gateway = gateway
+        self.encode = encode
+        self.recorder = recorder  # metrics and the access log (None: neither)
+        self.wall = wall
+        self.clock = clock
+        self.owner = f"{os.uname().nodename}:{os.getpid()}:{os.urandom(4).hex()}"
+        self.pacers: dict[str, Pacer] = {}
+        self.attempts: dict[str, asyncio.Task[None]] = {}
+        self.stopped: dict[str, str] = {}  # job id -> why its attempt was cancelled: "cancel" | "lost"
+        self.wake = asyncio.Event()
+        self._loop: asyncio.Task[None] | None = None
+        self._reaped = 0.0
+        self._delivering: asyncio.Task[None] | None = None
+        self.counts = {"claimed": 0, "completed": 0, "failed": 0, "lost": 0, "reaped": 0}
+        self.finished = dict.fromkeys(OUTCOMES, 0)  # this replica's attempts, by how they ended
+        self.running: dict[str, Job] = {}  # the jobs this replica's attempts run
+        self.draining = False  # claims nothing new (POST /admin/jobs/drain)
+        self.paused = False  # every replica claims nothing (the store's flag, read every FLAGS_EVERY_S)
+        self._flags_at = float("-inf")
+        self._sending: set[asyncio.Task[str]] = set()  # progress webhooks in flight
+        self.census: Census | None = None
+        self._census_at = float("-inf")
+        self.deliverer = Deliverer(self.owner)
+
+    def store(self) -> JobStore | None:
+        table, state = self.gateway.table, self.gateway.state_store
+        return None if table.jobs is None or state is None else JobStore(state, table.jobs)
+
+    def start(self) -> None:
+        if self._loop is None:
+            self._loop = asyncio.get_running_loop().create_task(self._run())
+
+    async def aclose(self) -> None:
+        """Stop claiming; cancel the running attempts and hand their jobs back to the
+        queue at once (attempts not counted), so another replica starts them without
+        waiting out the lease. A store that does not answer leaves them to the lease."""
+        running = list(self.attempts)
+        tasks = [t for t in (self._loop, self._delivering, *self.attempts.values(), *self._sending) if t is not None]
+        for task in tasks:
+            task.cancel()
+        if tasks:  # asyncio.wait lets a cancellation of aclose itself through (a shutdown bound)
+            await asyncio.wait(tasks)
+            for task in tasks:  # their faults were logged where they happened: taken, not raised
+                if not task.cancelled():
+                    task.exception()
+        store = self.store()
+        if store is not None:
+            for job_id in running:
+                with contextlib.suppress(RouterError):
+                    await store.hand_back(job_id, self.owner, self.wall())
+        await self.deliverer.aclose()
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await self.tick()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - a store fault: try again next tick
+                log.warning("job runner: %s: %s", type(exc).__name__, exc)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(POLL_S):
+                    await self.wake.wait()
+            self.wake.clear()
+
+    async def tick(self) -> None:
+        store = self.store()
+        if store is None:
+            return
+        now = self.clock()
+        if now - self._reaped >= REAP_EVERY_S:
+            self._reaped = now
+            self.counts["reaped"] += await store.reap(self.wall())
+        config = store.config
+        if self._delivering is None or self._delivering.done():  # deliveries never hold up claims
+            work = self.deliverer.tick(store.state, config.secrets, config.webhook_allow_cidrs,
+                                       config.webhook_schedule_s, config.webhook_timeout_s)  # fmt: skip
+            self._delivering = asyncio.get_running_loop().create_task(work)
+        if now - self._flags_at >= FLAGS_EVERY_S:
+            self._flags_at = now
+            self.paused = await store.paused()
+        table = self.gateway.table
+        if not self.draining and not self.paused:
+            for tier in table.models:
+                if await store.waiting(tier):
+                    await self._try(store, table, tier)
+        if now - self._census_at >= CENSUS_EVERY_S:
+            self._census_at = now
+            with contextlib.suppress(RouterError):  # a store fault: the last census stands
+                await self.recount(store)
+
+    async def recount(self, store: JobStore) -> Census:
+        """The store's jobs counted now (also kept for the metrics and the status page)."""
+        census = await take_census(store.state, self.gateway.table.models, store.config.max_queued, self.wall())
+        self.census = census
+        return census
+
+    def drain(self, on: bool) -> None:
+        self.draining = on
+        self.wake.set()  # a resume claims at once
+
+    def describe(self) -> dict[str, Any] | None:
+        """This replica's side of the jobs, and the last census (``None``: jobs are off)."""
+        if self.gateway.table.jobs is None:
+            return None
+        here: dict[str, int] = {}
+        for job in self.running.values():
+            here[job.tier] = here.get(job.tier, 0) + 1
+        now = self.wall()
+        return {
+            "replica": self.owner,
+            "draining": self.draining,
+            "paused": self.paused,
+            "running_here": here,
+            "finished_here": dict(self.finished),
+            **(self.census.describe(now) if self.census is not None else {}),
+        }
+
+    async def _try(self, store: JobStore, table: RoutingTable, tier: str) -> None:
+        config = store.config
+        pacer = self.pacers.setdefault(tier, Pacer(config.tier(tier).min_share))
+        pacer.min_share = config.tier(tier).min_share
+        wall = self.wall()
+        candidates = await store.candidates(tier)
+        expected_s = self._expected_s(table, tier)
+        idle = self.gateway.dispatcher.idle(table.models[tier])
+        first = pick(candidates, wall, expected_s, config.urgency_margin_s, set())
+        if first is None or pacer.mode(idle, first[1] == "urgent", self.clock()) is None:
+            return  # nothing may start now: the tenants' caps are not read (a store call each)
+        capped = await store.capped(candidates)  # tenants at their max_running: their jobs wait
+        picked = pick(candidates, wall, expected_s, config.urgency_margin_s, capped)
+        if picked is None:
+            return
+        job, order = picked
+        mode = pacer.mode(idle, order == "urgent", self.clock())
+        if mode is None:
+            return
+        taken = await store.claim(job, self.owner, wall)
+        if taken is None:
+            return
+        self.counts["claimed"] += 1
+        if self.recorder is not None and self.recorder.metrics is not None:
+            self.recorder.metrics.job_started(tier, mode, max(0.0, wall - taken.created_at))
+        task = asyncio.get_running_loop().create_task(self._attempt(store, taken, mode, pacer))
+        self.attempts[taken.id] = task
+        self.running[taken.id] = taken
+        task.add_done_callback(lambda _: self._gone(taken.id))
+
+    def _gone(self, job_id: str) -> None:
+        self.attempts.pop(job_id, None)
+        self.running.pop(job_id, None)
+
+    def _expected_s(self, table: RoutingTable, tier: str) -> float:
+        forecast = self.gateway.dispatcher.forecast(table.models[tier])
+        if forecast is not None:
+            return float(forecast.expected_s)
+        return (table.models[tier].latency_hint_ms or 1000.0) / 1000
+
+    async def _attempt(self, store: JobStore, job: Job, mode: str, pacer: Pacer) -> None:
+        started = self.clock()
+        work = asyncio.current_task()
+        beat = asyncio.get_running_loop().create_task(self._heartbeat(store, job, work))
+        try:
+            new, images = await self._generate(job, mode)
+        except asyncio.CancelledError:
+            why = self.stopped.pop(job.id, None)
+            if why != "cancel":  # shutting down, or the job was given away: its lease says what happens next
+                self._ended(job, "lost" if why == "lost" else "handed_back", mode, self.clock() - started)
+                raise
+            new, images = job.finished("cancelled", self.wall()), []
+        except BudgetExhausted as exc:
+            new, images = job.expired(self.wall()), []
+            if not new.terminal:
+                new = job.finished("failed", self.wall(), error=_error(exc))
+        except RouterError as exc:
+            new, images = job.finished("failed", self.wall(), error=_error(exc)), []
+        except Exception as exc:  # a bug must not leave the job running forever
+            log.exception("job %s failed", job.id)
+            error = {"code": "internal_error", "message": f"{type(exc).__name__}", "status": 500}
+            new, images = job.finished("failed", self.wall(), error=error), []
+        finally:
+            beat.cancel()
+            pacer.ran(mode, started, self.clock())
+        ttl = max(1.0, job.expires_at - self.wall())
+        with contextlib.suppress(asyncio.CancelledError):
+            done = await store.finish(job, self.owner, new, images, ttl)
+            self.counts["completed" if done is not None and done.status == "completed" else "failed"] += 1
+            if done is None:
+                self.counts["lost"] += 1
+            self._ended(done or job, "lost" if done is None else done.status, mode, self.clock() - started)
+        self.wake.set()
+
+    def _ended(self, job: Job, outcome: str, mode: str, run_s: float) -> None:
+        """Count the attempt's end and write its access-log line."""
+        self.finished[outcome] = self.finished.get(outcome, 0) + 1
+        if self.recorder is None:
+            return
+        if self.recorder.metrics is not None:
+            self.recorder.metrics.job_finished(job.tier, outcome, run_s)
+        if self.recorder.access_log is not None:
+            self.recorder.access_log.record(attempt_line(job, outcome, mode, run_s, self.wall()))
+
+    async def _heartbeat(self, store: JobStore, job: Job, work: asyncio.Task[Any] | None) -> None:
+        started, tick = self.clock(), 0
+        while True:
+            await asyncio.sleep(store.config.lease_s / 3)
+            try:
+                now = await store.heartbeat(job.id, self.owner)
+            except RouterError:
+                continue  # the store did not answer: the lease may still hold; try again
+            if (now is None or now.status == "cancelling") and work is not None:
+                self.stopped[job.id] = "lost" if now is None else "cancel"
+                work.cancel(None if now is None else "cancelled")  # wasted compute's reason, where it reaches the call
+                return
+            hook = now.webhook if now is not None else None
+            if now is not None and hook is not None and "progress" in hook.get("events", ()):
+                tick += 1
+                self._progress(store, now, hook["url"], self.clock() - started, tick)
+
+    def _progress(self, store: JobStore, job: Job, url: str, elapsed_s: float, tick: int) -> None:
+        """Send ``job``'s progress webhook beside the heartbeat (a slow receiver must not
+        delay a lease renewal)."""
+        if job.tier not in self.gateway.table.models:  # reloaded away: no estimate to give
+            return
+        images = int(job.request.get("n", 1))
+        done, eta_s = run_estimate(elapsed_s, self._expected_s(self.gateway.table, job.tier) * images)
+        progress = {"percent": int(100 * done), "eta_s": round(eta_s, 1), "source": "estimate"}
+        config = store.config
+        send = self.deliverer.progress(url, job, progress, tick, config.secrets(job.tenant),
+                                       config.webhook_allow_cidrs, config.webhook_timeout_s)  # fmt: skip
+        task = asyncio.get_running_loop().create_task(send)
+        self._sending.add(task)
+        task.add_done_callback(self._sending.discard)
+
+    async def _generate(self, job: Job, mode: str) -> tuple[Job, list[bytes]]:
+        table = self.gateway.table
+        asked = job.request
+        route = table.route_named(job.route) or table.default
+        if not job.allow_downgrade or job.tier not in {a.model for a in route.arms}:
+            route = route.alone(job.tier)
+        budget_s = max(1.0, job.deadline_at - self.wall())
+        route = dataclasses.replace(route, budget_ms=budget_s * 1000, hedge_after_ms=None, hedge_p95=False)
+        request = ImageRequest(
+            prompts=(asked["prompt"],) * int(asked["n"]),
+            seeds=tuple(asked["seeds"]),
+            steps=asked.get("steps"),
+            width=asked.get("width"),
+            height=asked.get("height"),
+        )
+        decision = background(table, route, on_route(route, request), PRIORITY[mode])
+        served = await self.gateway.dispatcher.serve(decision)
+        pixels = await served.result.pixels()
+        fmt, quality = str(asked.get("output_format") or "png"), int(asked.get("output_compression") or 90)
+        images = await asyncio.to_thread(lambda: [self.encode(image, fmt, quality) for image in pixels])
+        dims = served.result.dimensions()
+        size = f"{dims[0]}x{dims[1]}" if dims is not None else None
+        new = job.finished("completed", self.wall(), images=len(images), size=size, model_version=served.model_tag)
+        return new, images
+
+
+def _error(exc: RouterError) -> dict[str, Any]:
+    return {"code": exc.code, "message": exc.message, "status": exc.status}

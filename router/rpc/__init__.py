@@ -1,9 +1,0 @@
-"""The KServe v2 gRPC front door (``inference.GRPCInferenceService``) and gRPC health.
-
-Written against the data plane (:class:`~router.gateway.Gateway`) and the shared
-telemetry, like the HTTP edge, and importing nothing from :mod:`router.http`.
-"""
-
-from router.rpc.server import GrpcEdge, GrpcOptions
-
-__all__ = ["GrpcEdge", "GrpcOptions"]
