@@ -45,11 +45,29 @@ EXIT_CONFIG = 2
 _log = logging.getLogger("router.cli")  # what serve and up say of themselves, in JSON mode
 
 
+def _shipped(name: str) -> Path:
+    """A file or directory the package ships: in the wheel it lies in the package
+    (``image_router/model_repository``, ``image_router/shipped/routes.yaml``, mapped
+    there by pyproject.toml), in a checkout at the repository's top level."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here / name, here / "shipped" / name, here.parent / name):
+        if candidate.exists():
+            return candidate
+    return here.parent / name
+
+
 def _default_repository() -> Path:
     local = Path("model_repository")
     if local.is_dir():
         return local
-    return Path(__file__).resolve().parent.parent / "model_repository"
+    return _shipped("model_repository")
+
+
+def _routes_or_shipped(args: argparse.Namespace) -> None:
+    """``up``/``serve`` without ``--routes`` in a directory with no routes.yaml serve the
+    shipped one (``pip install image-router`` then ``router up`` in an empty directory)."""
+    if args.routes == Path("routes.yaml") and not args.routes.exists():
+        args.routes = _shipped("routes.yaml")
 
 
 def _triton_server(args: argparse.Namespace, log: IO[bytes] | None = None) -> TritonServer:
@@ -166,6 +184,7 @@ def _run_gateway(args: argparse.Namespace) -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    _routes_or_shipped(args)
     _run_gateway(args)
     return 0
 
@@ -173,6 +192,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_up(args: argparse.Namespace) -> int:
     from image_router.config import load_file
 
+    _routes_or_shipped(args)
     load_file(args.routes)  # fail fast on a bad file, before starting Triton
     signal.signal(signal.SIGTERM, _exit_on_signal)  # uvicorn installs its own once serving
     # Triton's startup table and the models' logs go to a file, not over the gateway's

@@ -40,24 +40,44 @@ def _under(name: str, prefixes: tuple[str, ...]) -> bool:
     return any(name == p or name.startswith(p + ".") for p in prefixes)
 
 
+def _pkg(*names: str) -> tuple[str, ...]:
+    return tuple(f"image_router.{name}" for name in names)
+
+
 # module prefix -> what it must never import (higher layers)
 ABOVE = {
-    ("image_router.config", "image_router.policy"): (
-        "image_router.backends", "image_router.cache", "image_router.ask", "image_router.served", "image_router.decide", "image_router.dispatch",
-        "image_router.gateway", "image_router.tenancy", "image_router.hooks", "image_router.http", "image_router.rpc", "image_router.app", "image_router.cli",
+    _pkg("config", "policy"): _pkg(
+        "backends",
+        "cache",
+        "ask",
+        "served",
+        "decide",
+        "dispatch",
+        "gateway",
+        "tenancy",
+        "hooks",
+        "http",
+        "rpc",
+        "app",
+        "cli",
     ),
-    ("image_router.ask", "image_router.served", "image_router.decide"): (
-        "image_router.dispatch", "image_router.gateway", "image_router.tenancy", "image_router.hooks", "image_router.fill", "image_router.rollouts",
-        "image_router.http", "image_router.rpc", "image_router.app", "image_router.cli",
+    _pkg("ask", "served", "decide"): _pkg(
+        "dispatch",
+        "gateway",
+        "tenancy",
+        "hooks",
+        "fill",
+        "rollouts",
+        "http",
+        "rpc",
+        "app",
+        "cli",
     ),
-    ("image_router.dispatch",): ("image_router.gateway", "image_router.tenancy", "image_router.hooks", "image_router.http", "image_router.rpc",
-                           "image_router.app", "image_router.cli"),
-    ("image_router.gateway", "image_router.tenancy", "image_router.hooks", "image_router.catalog", "image_router.readout", "image_router.pregen"): (
-        "image_router.http", "image_router.rpc", "image_router.app", "image_router.cli",
-    ),
-    ("image_router.http", "image_router.rpc"): ("image_router.app", "image_router.cli"),
-}  # fmt: skip
-PURE = ("image_router.decide", "image_router.ask", "image_router.served", "image_router.policy")
+    _pkg("dispatch"): _pkg("gateway", "tenancy", "hooks", "http", "rpc", "app", "cli"),
+    _pkg("gateway", "tenancy", "hooks", "catalog", "readout", "pregen"): _pkg("http", "rpc", "app", "cli"),
+    _pkg("http", "rpc"): _pkg("app", "cli"),
+}
+PURE = _pkg("decide", "ask", "served", "policy")
 IMPURE = ("asyncio", "time", "random", "secrets")
 
 
