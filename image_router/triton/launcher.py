@@ -106,6 +106,10 @@ class TritonServer:
     def pid(self) -> int | None:
         return None if self._process is None else self._process.pid
 
+    def running(self) -> bool:
+        """Started and not exited (killed, crashed or stopped)."""
+        return self._process is not None and self._process.poll() is None
+
     def _install(self) -> TritonInstall:
         if self.config.tritonserver is None:
             return find_pytriton()

@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
 
 import aiohttp
 import httpx
@@ -142,28 +143,67 @@ def signal_group(server: TritonServer, signum: int) -> None:
     os.killpg(server.pid, signum)
 
 
-@pytest.fixture()
-def replicas(tmp_path: Path) -> Iterator[list[TritonServer]]:
-    """Two Triton replicas with `noop` and `draft`, started side by side."""
-    servers, logs = [], []
-    for i in range(2):
-        log = open(tmp_path / f"replica{i}.log", "wb")  # noqa: SIM115 - closed below
-        logs.append(log)
-        servers.append(TritonServer(TritonConfig(MODEL_REPOSITORY, ["noop", "draft"]), log))
-    try:
-        for server in servers:
-            server.start()
-        for i, server in enumerate(servers):
+class ReplicaPool:
+    """Two Triton replicas with `noop` and `draft`, shared by a module's scenarios (a
+    start is 7-8 s): before each, a frozen one is resumed and a killed one replaced, so
+    every scenario begins with two healthy replicas, as if started for it alone."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.servers: list[TritonServer] = []
+        self.logs: list[IO[bytes]] = []
+        self.log_of: dict[int, Path] = {}  # id(server) -> its log
+
+    def _new(self, i: int) -> TritonServer:
+        path = self.root / f"replica{i}-{len(self.logs)}.log"
+        log = open(path, "wb")  # noqa: SIM115 - closed in stop()
+        self.logs.append(log)
+        server = TritonServer(TritonConfig(MODEL_REPOSITORY, ["noop", "draft"]), log)
+        self.log_of[id(server)] = path
+        return server
+
+    def healthy(self) -> list[TritonServer]:
+        fresh = []
+        for i in range(2):
+            server = self.servers[i] if i < len(self.servers) else None
+            if server is not None and server.pid is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(server.pid, signal.SIGCONT)  # a frozen one: resumed
+            if server is None or not server.running():
+                if server is not None:
+                    server.stop(timeout_s=3)
+                server = self._new(i)
+                server.start()
+                fresh.append(server)
+                if i < len(self.servers):
+                    self.servers[i] = server
+                else:
+                    self.servers.append(server)
+        for server in fresh:  # started side by side, waited for together
             try:
                 server.wait_ready(120)
             except Exception:  # noqa: BLE001 - show why
-                pytest.fail(f"replica {i} did not start:\n{tail(tmp_path / f'replica{i}.log')}")
-        yield servers
-    finally:
-        for server in servers:
+                pytest.fail(f"a replica did not start:\n{tail(self.log_of[id(server)])}")
+        return list(self.servers)
+
+    def stop(self) -> None:
+        for server in self.servers:
             if server.pid is not None:
                 with contextlib.suppress(ProcessLookupError):
-                    os.kill(server.pid, signal.SIGCONT)
-            server.stop(timeout_s=10)
-        for log in logs:
+                    os.killpg(server.pid, signal.SIGCONT)
+            server.stop(timeout_s=3)  # the scenarios are over: no need to wait out a graceful unload
+        for log in self.logs:
             log.close()
+
+
+@pytest.fixture(scope="module")
+def replica_pool(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ReplicaPool]:
+    pool = ReplicaPool(tmp_path_factory.mktemp("replicas"))
+    yield pool
+    pool.stop()
+
+
+@pytest.fixture()
+def replicas(replica_pool: ReplicaPool) -> list[TritonServer]:
+    """Two healthy Triton replicas with `noop` and `draft` (see :class:`ReplicaPool`)."""
+    return replica_pool.healthy()
