@@ -2,8 +2,8 @@
 
     python examples/openai_async_job.py
 
-The job API needs a `jobs:` block in routes.yaml (`jobs: {}` takes the defaults); without
-one the gateway answers 404 and this script says so. The same OpenAI call as a
+The job API needs a `jobs:` block in routes.yaml (the shipped file has `jobs: {}`, the
+defaults); without one the gateway answers 404 and this script says so. The same OpenAI call as a
 synchronous generation, with `Prefer: respond-async`, answers 202 at once with a job;
 `POST /v1/images/jobs` with the same body does too. The job runs on idle capacity, and
 `Prefer: wait=N` on a poll holds the answer until the job changes (at most N s).

@@ -47,8 +47,7 @@ def gw(triton: TritonServer, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     """The shipped routes.yaml (its cache in a directory of its own), with jobs and keys."""
     directory = tmp_path_factory.mktemp("examples-gateway")
     text = (ROOT / "routes.yaml").read_text().replace("disk://.router-cache", f"disk://{directory}/cache")
-    if not re.search(r"^jobs:", text, re.MULTILINE):  # the shipped file may one day turn jobs on itself
-        text += "\njobs: {}\n"
+    assert re.search(r"^jobs:", text, re.MULTILINE), "the shipped file turns jobs on (the async example needs it)"
     routes = directory / "routes.yaml"
     routes.write_text(text + EXTRA)
     grpc = f"127.0.0.1:{triton.config.grpc_port}"  # the shipped file's backend speaks gRPC
