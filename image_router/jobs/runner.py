@@ -165,7 +165,7 @@ class JobRunner:
             self._flags_at = now
             self.paused = await store.paused()
         table = self.gateway.table
-        if not self.draining and not self.paused:
+        if not self.draining and not self.paused and await store.anything_queued():  # one look when idle
             for tier in table.models:
                 if await store.waiting(tier):
                     await self._try(store, table, tier)

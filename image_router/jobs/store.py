@@ -239,6 +239,9 @@ class JobStore:
         raws = await self._get([f"job:{i}" for i in ids]) if ids else []
         return [j for j in (Job.load(r) for r in raws if r is not None) if j.tier == tier and j.status == "queued"]
 
+    async def anything_queued(self) -> bool:
+        return bool(await self._scan("qa", limit=1))
+
     async def waiting(self, tier: str) -> bool:
         return bool(await self._scan(f"q:{tier}", limit=1))
 
