@@ -65,7 +65,7 @@ async def _drain(request: Request, on: bool) -> Response:
     if scope not in ("replica", "cluster"):
         raise InvalidRequest("scope: replica (this replica, the default) or cluster (every replica)", field="scope")
     if scope == "cluster":
-        await store.pause(on, request.headers.get("x-request-id", ""), time.time())
+        await store.pause(on, time.time())
         runner.paused = on
         runner.wake.set()
         audit(request, "jobs pause" if on else "jobs unpause", replica=runner.owner)

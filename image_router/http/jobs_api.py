@@ -57,7 +57,7 @@ from image_router.http.formats import MIME
 from image_router.http.images_api import OpenAIImagesRequest
 from image_router.jobs.deliver import deliveries
 from image_router.jobs.model import STATES, Job
-from image_router.jobs.schedule import run_estimate, wait_estimate
+from image_router.jobs.schedule import running_progress, service_estimate, wait_estimate
 from image_router.jobs.store import JobStore
 from image_router.jobs.submit import JobOptions, job_store, submit_job
 
@@ -256,7 +256,7 @@ def _service_s(request: Request, tier: str) -> float:
     if model is None:
         return 1.0
     forecast = gateway_of(request).dispatcher.forecast(model)
-    return float(forecast.service_s) if forecast is not None else (model.latency_hint_ms or 1000) / 1000
+    return service_estimate(forecast.service_s if forecast is not None else None, model.latency_hint_ms)
 
 
 async def _queue(request: Request, store: JobStore, job: Job) -> dict[str, Any] | None:
@@ -271,15 +271,8 @@ async def _queue(request: Request, store: JobStore, job: Job) -> dict[str, Any] 
 
 
 def _progress(request: Request, job: Job) -> dict[str, Any] | None:
-    """While it runs: the share of its expected time gone by (a request's service time
-    times its images), at most 95 % until it ends, and the seconds left — an estimate."""
-    if job.status not in ("in_progress", "cancelling") or job.started_at is None:
-        return None
-    images = int(job.request.get("n", 1))
-    done, eta_s = run_estimate(time.time() - job.started_at, _service_s(request, job.tier) * images)
-    image = min(images, 1 + int(done * images))  # which image is being made, at an even pace
-    return {"percent": int(100 * done), "eta_s": round(eta_s, 1), "image": image, "images": images,
-            "source": "estimate"}  # fmt: skip
+    """While it runs: :func:`~image_router.jobs.schedule.running_progress`."""
+    return running_progress(job, _service_s(request, job.tier), time.time())
 
 
 async def _answer(

@@ -41,7 +41,7 @@ from typing import Any
 import httpx
 import orjson
 
-from image_router.errors import RouterError, StoreUnavailable
+from image_router.errors import Conflict, RouterError, StoreUnavailable
 from image_router.jobs.model import Job
 from image_router.jobs.sign import webhook_headers
 from image_router.jobs.webhook_url import Resolver, resolve_target, system_resolver
@@ -53,6 +53,7 @@ log = logging.getLogger("router.jobs")
 JITTER = 0.1
 DELIVERY_LEASE_S = 60.0
 BATCH = 16
+REDELIVER = "redeliver"  # the lease owner of an operator's redelivery
 
 
 def thin(job: Job) -> dict[str, Any]:
@@ -82,9 +83,9 @@ async def _records(state: GuardedState, job: Job) -> list[dict[str, Any]] | None
 
 
 async def deliveries(state: GuardedState, job: Job) -> list[dict[str, Any]]:
-    """What became of ``job``'s webhook events: ``pending`` (with its next attempt),
-    ``delivered``, ``gone`` (410) or ``failed`` (the schedule ran out), with the number
-    of attempts and the last outcome. Empty when it asked for no webhook, or the store
+    """What became of ``job``'s webhook events: ``pending``, ``delivered``, ``gone``
+    (410) or ``failed`` (the schedule ran out), with the number of attempts and the
+    last outcome and its time. Empty when it asked for no webhook, or the store
     did not answer (the job's view must not fail for it)."""
     if job.webhook is None:
         return []
@@ -96,20 +97,31 @@ async def deliveries(state: GuardedState, job: Job) -> list[dict[str, Any]]:
 async def redeliver(state: GuardedState, job: Job, now: float) -> dict[str, Any] | None:
     """Queue ``job``'s last terminal event for a new round of attempts, same
     ``webhook-id``; ``None``: it has none (not finished, or no webhook asked for it).
-    :class:`~image_router.errors.StoreUnavailable` when the store does not answer."""
+    Taken under the message's delivery lease, so an attempt in flight on any replica
+    cannot write its outcome over the reset (:class:`~image_router.errors.Conflict`:
+    one is in flight, try again); :class:`~image_router.errors.StoreUnavailable` when
+    the store does not answer."""
     records = await _records(state, job)
     if records is None:
         raise StoreUnavailable("the state store did not answer: try again")
     terminal = [r for r in records if r["type"] != "image_job.started"]
     if not terminal:
         return None
-    record = {**terminal[-1], "state": "pending", "attempts": 0, "last_status": None}
-    ttl = max(1.0, job.expires_at - now)
-    done = await state.commit(Txn(put=((f"job:wh:{record['id']}", orjson.dumps(record), ttl),),
-                                  add=(("wq", record["id"], now),)))  # fmt: skip
-    if done is None:
+    msg = terminal[-1]["id"]
+    held = await state.lease(f"job:whl:{msg}", REDELIVER, DELIVERY_LEASE_S)
+    if held is None:
         raise StoreUnavailable("the state store did not answer: try again")
-    return record
+    if not held:
+        raise Conflict(f"a delivery of {msg} is in flight: try again in a moment")
+    try:
+        record = {**terminal[-1], "state": "pending", "attempts": 0, "last_status": None, "last_attempt_at": None}
+        ttl = max(1.0, job.expires_at - now)
+        done = await state.commit(Txn(put=((f"job:wh:{msg}", orjson.dumps(record), ttl),), add=(("wq", msg, now),)))
+        if done is None:
+            raise StoreUnavailable("the state store did not answer: try again")
+        return record
+    finally:
+        await state.release(f"job:whl:{msg}", REDELIVER)
 
 
 def delivery_step(job: Job, now: float) -> Txn:

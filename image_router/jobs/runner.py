@@ -56,7 +56,7 @@ from image_router.errors import BudgetExhausted, RouterError
 from image_router.jobs.deliver import Deliverer
 from image_router.jobs.model import Job
 from image_router.jobs.ops import CENSUS_EVERY_S, OUTCOMES, Census, attempt_line, take_census
-from image_router.jobs.schedule import PRIORITY, Pacer, pick, run_estimate
+from image_router.jobs.schedule import PRIORITY, Pacer, pick, running_progress, service_estimate
 from image_router.jobs.store import JobStore
 
 if TYPE_CHECKING:
@@ -155,7 +155,7 @@ class JobRunner:
         now = self.clock()
         if now - self._reaped >= REAP_EVERY_S:
             self._reaped = now
-            self.counts["reaped"] += await store.reap(self.wall())
+            self.counts["reaped"] += await store.reap(self.wall(), self.owner)
         config = store.config
         if self._delivering is None or self._delivering.done():  # deliveries never hold up claims
             work = self.deliverer.tick(store.state, config.secrets, config.webhook_allow_cidrs,
@@ -241,6 +241,11 @@ class JobRunner:
             return float(forecast.expected_s)
         return (table.models[tier].latency_hint_ms or 1000.0) / 1000
 
+    def _service_s(self, tier: str) -> float:
+        model = self.gateway.table.models[tier]
+        forecast = self.gateway.dispatcher.forecast(model)
+        return service_estimate(forecast.service_s if forecast is not None else None, model.latency_hint_ms)
+
     async def _attempt(self, store: JobStore, job: Job, mode: str, pacer: Pacer) -> None:
         started = self.clock()
         work = asyncio.current_task()
@@ -286,7 +291,7 @@ class JobRunner:
             self.recorder.access_log.record(attempt_line(job, outcome, mode, run_s, self.wall()))
 
     async def _heartbeat(self, store: JobStore, job: Job, work: asyncio.Task[Any] | None) -> None:
-        started, tick = self.clock(), 0
+        tick = 0
         while True:
             await asyncio.sleep(store.config.lease_s / 3)
             try:
@@ -300,16 +305,16 @@ class JobRunner:
             hook = now.webhook if now is not None else None
             if now is not None and hook is not None and "progress" in hook.get("events", ()):
                 tick += 1
-                self._progress(store, now, hook["url"], self.clock() - started, tick)
+                self._progress(store, now, hook["url"], tick)
 
-    def _progress(self, store: JobStore, job: Job, url: str, elapsed_s: float, tick: int) -> None:
+    def _progress(self, store: JobStore, job: Job, url: str, tick: int) -> None:
         """Send ``job``'s progress webhook beside the heartbeat (a slow receiver must not
-        delay a lease renewal)."""
+        delay a lease renewal): the same estimate as the job's view."""
         if job.tier not in self.gateway.table.models:  # reloaded away: no estimate to give
             return
-        images = int(job.request.get("n", 1))
-        done, eta_s = run_estimate(elapsed_s, self._expected_s(self.gateway.table, job.tier) * images)
-        progress = {"percent": int(100 * done), "eta_s": round(eta_s, 1), "source": "estimate"}
+        progress = running_progress(job, self._service_s(job.tier), self.wall())
+        if progress is None:
+            return
         config = store.config
         send = self.deliverer.progress(url, job, progress, tick, config.secrets(job.tenant),
                                        config.webhook_allow_cidrs, config.webhook_timeout_s)  # fmt: skip

@@ -31,6 +31,7 @@ from __future__ import annotations
 import heapq
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from image_router.jobs.model import Job
 
@@ -98,3 +99,23 @@ def wait_estimate(position: int, running_elapsed_s: Sequence[float], slots: int,
     for _ in range(max(0, position - 1)):
         heapq.heapreplace(frees, frees[0] + service_s)
     return frees[0]
+
+
+def service_estimate(forecast_service_s: float | None, hint_ms: float | None) -> float:
+    """One request's usual service time on a tier: the live forecast's (learnt from
+    answers), else the model's ``latency_hint_ms``."""
+    return float(forecast_service_s) if forecast_service_s is not None else (hint_ms or 1000) / 1000
+
+
+def running_progress(job: Job, service_s: float, now: float) -> dict[str, Any] | None:
+    """While ``job`` runs: the share of its expected time (``service_s`` per image) gone
+    by, at most 95 % until it ends, the seconds left, and which image is being made at
+    an even pace — the one estimate its view, its event stream and its ``progress``
+    webhooks give. ``None`` while it does not run."""
+    if job.status not in ("in_progress", "cancelling") or job.started_at is None:
+        return None
+    images = int(job.request.get("n", 1))
+    done, eta_s = run_estimate(now - job.started_at, service_s * images)
+    image = min(images, 1 + int(done * images))
+    return {"percent": int(100 * done), "eta_s": round(eta_s, 1), "image": image, "images": images,
+            "source": "estimate"}  # fmt: skip

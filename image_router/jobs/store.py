@@ -54,7 +54,9 @@ __all__ = ["JobStore", "Submitted"]
 
 SUBMIT_TRIES = 8
 CLAIM_SCAN = 32  # queued jobs looked at per claim
-SWEEP = 64  # jobs past their retention forgotten per reap
+SWEEP = 64  # jobs past their retention forgotten per batch
+SWEEP_BATCHES = 16  # batches per reap at most (1,024 jobs a second: more than any gateway ends)
+SWEEP_LEASE_S = 30.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,9 +169,9 @@ class JobStore:
         (raw,) = await self._get(["job:pause"])
         return raw is not None
 
-    async def pause(self, on: bool, by: str, now: float) -> None:
+    async def pause(self, on: bool, now: float) -> None:
         if on:
-            await self._commit(Txn(put=(("job:pause", orjson.dumps({"by": by, "at": now}), None),)))
+            await self._commit(Txn(put=(("job:pause", orjson.dumps({"at": now}), None),)))
         else:
             await self._commit(Txn(delete=("job:pause",)))
 
@@ -377,10 +379,12 @@ class JobStore:
 
     # -- housekeeping (any replica) --------------------------------------------------------
 
-    async def reap(self, now: float) -> int:
+    async def reap(self, now: float, owner: str = "reaper") -> int:
         """Running jobs whose lease expired (their replica died): requeued at their old
         tag, or failed after ``max_attempts``; queued jobs past their deadline: expired;
-        jobs past their retention: forgotten, with every row they left (``jx``)."""
+        jobs past their retention: forgotten, with every row they left (``jx``), by one
+        replica at a time (``owner``, under a short lease: the others would only repeat
+        its work), batch after batch until none is due."""
         changed = 0
         running = await self._scan("run", limit=1000)
         if running:
@@ -398,9 +402,22 @@ class JobStore:
                 changed += await self.transition(job, raw, new, guard)
         for job_id, _ in await self._scan("qd", hi=now, limit=1000):
             changed += (await self.update(job_id, "expire", now)) is not None
-        for member, _ in await self._scan("jx", hi=now, limit=SWEEP):
-            job_id, tenant, tier = orjson.loads(member)
-            found = await self.read(job_id)  # its key may outlive the row by a ttl's rounding
-            await self._forget(job_id, tenant, tier, found[0].images if found is not None else 0)
-            changed += 1
-        return changed
+        return changed + await self._sweep(now, owner)
+
+    async def _sweep(self, now: float, owner: str) -> int:
+        if not await self.state.lease("job:sweep", owner, SWEEP_LEASE_S):
+            return 0  # another replica sweeps (or the store did not answer: next time)
+        swept = 0
+        try:
+            for _ in range(SWEEP_BATCHES):
+                due = await self._scan("jx", hi=now, limit=SWEEP)
+                for member, _ in due:
+                    job_id, tenant, tier = orjson.loads(member)
+                    found = await self.read(job_id)  # its key may outlive the row by a ttl's rounding
+                    await self._forget(job_id, tenant, tier, found[0].images if found is not None else 0)
+                swept += len(due)
+                if len(due) < SWEEP:
+                    break
+        finally:
+            await self.state.release("job:sweep", owner)
+        return swept

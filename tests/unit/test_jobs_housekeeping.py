@@ -126,10 +126,32 @@ def test_a_pause_reaches_every_replica_through_the_store(tmp_path: Path) -> None
         a, b = stores(tmp_path)
         try:
             assert not await b.paused()
-            await a.pause(True, "ops", 100.0)
+            await a.pause(True, 100.0)
             assert await b.paused(), "another process sees it"
-            await b.pause(False, "ops", 101.0)
+            await b.pause(False, 101.0)
             assert not await a.paused()
+        finally:
+            await close(a, b)
+
+    asyncio.run(run())
+
+
+def test_one_replica_sweeps_at_a_time_and_a_reap_sweeps_past_one_batch(tmp_path: Path) -> None:
+    """While replica A holds the sweep, B's reap forgets nothing (it would only repeat
+    A's work); once free, one reap forgets all 70 due jobs — more than a batch of 64."""
+
+    async def run() -> None:
+        many = JobsConfig(max_queued=1000, max_queued_per_tenant=1000)
+        a, b = stores(tmp_path, config=many)
+        try:
+            made = [(await a.submit(job(at=100.0 + i), None)).job for i in range(70)]
+            late = made[-1].expires_at + 1
+            assert await a.state.lease("job:sweep", "A", 30.0)
+            await b.reap(late, "B")
+            assert len(await b.state.scan("jx", limit=100) or []) == 70, "A holds the sweep"
+            await a.state.release("job:sweep", "A")
+            await b.reap(late, "B")
+            assert await b.state.scan("jx", limit=100) == [] and await b.state.scan("jt:acme", limit=100) == []
         finally:
             await close(a, b)
 
