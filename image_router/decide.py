@@ -33,6 +33,7 @@ from image_router.cache.keys import derive_seeds
 from image_router.config.table import Arm, Route, RoutingTable, Tenant
 from image_router.errors import Forbidden, InvalidRequest
 from image_router.policy.budget import chain_for
+from image_router.policy.hints import FAST, FIELD, downgrades, downsized
 from image_router.policy.match import RequestFacts, select_route
 from image_router.policy.size import MAX_UPSCALED_SIDE, upscale_refusal
 from image_router.policy.split import Choice, Rng, choose_arm, sticky_key
@@ -126,7 +127,8 @@ def steer(
 
 
 def route_phase(table: RoutingTable, ask: Ask) -> Routed:
-    """Step 1: steering, route, permission, limits, effective priority. Raises
+    """Step 1: steering, route, permission, limits (then a constrained client's size
+    capped where the route opts in: :func:`hinted`), effective priority. Raises
     :class:`Forbidden` (a route the tenant may not use) or :class:`InvalidRequest`."""
     facts, canary, priority, tenant = ask.facts, ask.canary, ask.priority, ask.tenant
     if tenant is not None:
@@ -134,7 +136,7 @@ def route_phase(table: RoutingTable, ask: Ask) -> Routed:
     route = select_route(table, facts)
     if tenant is not None and tenant.routes is not None and not ({route.name, facts.model} & tenant.routes):
         raise Forbidden(f"tenant {tenant.name!r} may not use route {route.name!r}", route=route.name)
-    request = on_route(route, ask.request)
+    request = hinted(table, route, facts, on_route(route, ask.request))
     level = priority if priority is not None else route.priority
     if tenant is not None and tenant.priority_ceiling is not None:  # a larger number is a lower priority
         level = max(DEFAULT_PRIORITY if level is None else level, tenant.priority_ceiling)
@@ -148,6 +150,20 @@ def on_route(route: Route, request: ImageRequest) -> ImageRequest:
     if route.resize == "upscale" and not request.upscale:
         return replace(request, upscale=True)
     return request
+
+
+def hinted(table: RoutingTable, route: Route, facts: RequestFacts, request: ImageRequest) -> ImageRequest:
+    """``request`` made smaller where ``route`` caps its size on the client's link (the
+    link an edge that adapts put in ``facts``: only ``/api/v1/generate`` does; see
+    :mod:`image_router.policy.hints`). The native side is the first tier's the chain
+    will start at. Before the cache plan, so seeds and keys are of the size made."""
+    link = facts.fields.get(FIELD, FAST)
+    if route.client_hints is None or link == FAST:
+        return request
+    chain = chain_for(route.arms[0].model, route.fallback)
+    first = chain[1] if downgrades(route.client_hints, link, len(chain)) else chain[0]
+    size = downsized(route.client_hints, link, request.width, request.height, table.models[first].native_side)
+    return request if size is None else replace(request, width=size[0], height=size[1])
 
 
 def check_limits(route: Route, request: ImageRequest) -> None:
@@ -226,7 +242,8 @@ def arm_phase(
 ) -> Decision:
     """Step 3: seeds and the cache plan (``cached``: the gateway has a result cache), the
     route as served now (``serving``: a live rollout's weights; ``None``: the route is in
-    none), and the arm."""
+    none), and the arm — where the route opts in (``client_hints: {downgrade: true}``), a
+    client on a constrained link starts at the chain's first fallback."""
     route, request = routed.route, routed.request
     plan = None
     if route.cache is not None and cached and request.init_image is None:
@@ -234,7 +251,7 @@ def arm_phase(
     elif request.seeds is None and ask.random_seeds:
         request = replace(request, seeds=draw(len(request.prompts)), drawn=True)
     served_route = serving(route) if serving is not None else route
-    return Decision(
+    decision = Decision(
         routed.table,
         served_route,
         choose(routed, served_route, ask.query, rng),
@@ -246,6 +263,10 @@ def arm_phase(
         ask.budget_s,
         serving is not None,
     )
+    link = routed.facts.fields.get(FIELD, FAST)
+    if link != FAST and downgrades(route.client_hints, link, len(budget_chain(decision))):
+        decision, _ = budget_phase(decision, 1)  # a faster tier for a constrained link (route opt-in)
+    return decision
 
 
 def budget_chain(decision: Decision) -> list[str]:

@@ -54,6 +54,7 @@ from image_router.config.table import (
     Rollout,
     Route,
     RouteCache,
+    RouteHints,
     RouteLimits,
     RoutingTable,
     Shadow,
@@ -267,6 +268,8 @@ class _Compiler:
             self.fail((*path, "hedge"), "give exactly one of after_ms, after")
         if spec.hedge is not None and not spec.fallback:
             self.fail((*path, "hedge"), "hedging needs a fallback tier to hedge with")
+        if spec.client_hints is not None and spec.client_hints.downgrade and not spec.fallback:
+            self.fail((*path, "client_hints", "downgrade"), "a downgrade needs a fallback tier to start at")
         if spec.sticky:
             kind, _, key = spec.sticky.partition(":")
             sticky = (kind, key.lower() if kind == "header" else key)
@@ -286,6 +289,9 @@ class _Compiler:
             hedge_p95=bool(spec.hedge and spec.hedge.after == "p95"),
             cache=self.route_cache(spec),
             resize=spec.resize,
+            client_hints=RouteHints(spec.client_hints.max_side, spec.client_hints.downgrade)
+            if spec.client_hints
+            else None,
         )
 
     def rollout(self, arm: SplitArmSpec, path: PathKey, route: str) -> Rollout | None:

@@ -24,6 +24,7 @@ __all__ = [
     "BudgetSpec",
     "CacheSpec",
     "CircuitSpec",
+    "ClientHintsSpec",
     "HeaderMatch",
     "HedgeSpec",
     "JobTierSpec",
@@ -569,6 +570,20 @@ class BudgetSpec(Strict):
     )
 
 
+class ClientHintsSpec(Strict):
+    """What a route may change for a client on a constrained network (`Save-Data: on`,
+    `ECT: 2g`/`slow-2g` or `Downlink` under 0.5 Mbps). Format and compression adapt on
+    every route without this; docs/client-hints.md has the rules."""
+
+    max_side: int | None = Field(
+        default=None,
+        ge=8,
+        le=4096,
+        description="Cap the longest side at this (aspect kept; a request naming no size: the tier's native side).",
+    )
+    downgrade: bool = Field(default=False, description="Start the chain at its first fallback tier.")
+
+
 class RouteSpec(Strict):
     """A route: which requests it takes (``match``), which model or split serves them,
     and the budget, fallbacks and limits they are served under. First match wins, in
@@ -611,6 +626,10 @@ class RouteSpec(Strict):
         default="reject",
         description="A size over a tier's native_side: left to the tier (which refuses what it cannot make: 400, "
         "param size), or made at its native size and upscaled (Lanczos).",
+    )
+    client_hints: ClientHintsSpec | None = Field(
+        default=None,
+        description="A smaller size or a faster tier for a client on a constrained network (Client Hints).",
     )
 
 

@@ -28,6 +28,7 @@ __all__ = [
     "Rollout",
     "Route",
     "RouteCache",
+    "RouteHints",
     "RouteLimits",
     "RoutingTable",
     "Shadow",
@@ -168,6 +169,16 @@ class RouteLimits:
 
 
 @dataclass(frozen=True, slots=True)
+class RouteHints:
+    """A route's opt-in to adapt to a constrained network (image_router/policy/hints.py):
+    cap the longest side at ``max_side`` (``None``: never), start the chain at its first
+    fallback (``downgrade``)."""
+
+    max_side: int | None = None
+    downgrade: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class RouteCache:
     ttl_s: float
     seedless: str  # "share" | "fresh"
@@ -265,6 +276,7 @@ class Route:
     hedge_p95: bool = False
     cache: RouteCache | None = None
     resize: str = "reject"  # "reject" | "upscale": a size over a tier's native_side
+    client_hints: RouteHints | None = None  # None: a constrained network changes nothing here
 
     @property
     def is_split(self) -> bool:

@@ -17,8 +17,19 @@ from numpy.typing import NDArray
 from PIL import Image, features
 
 from image_router.errors import InvalidRequest
+from image_router.policy.hints import ACCEPT_CH
 
-__all__ = ["DEFAULT_QUALITY", "FORMATS", "MIME", "encode_image", "negotiate", "supported"]
+__all__ = [
+    "DEFAULT_QUALITY",
+    "FORMATS",
+    "MIME",
+    "accepted",
+    "available",
+    "encode_image",
+    "negotiate",
+    "supported",
+    "tell_hints",
+]
 
 FORMATS = ("png", "jpeg", "webp", "avif")
 MIME = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp", "avif": "image/avif"}
@@ -28,6 +39,11 @@ _EXTENSIONS = {"png": "png", "jpeg": "jpeg", "jpg": "jpeg", "webp": "webp", "avi
 
 def supported(fmt: str) -> bool:
     return fmt != "avif" or bool(features.check("avif"))
+
+
+def available() -> tuple[str, ...]:
+    """The formats this build can write."""
+    return tuple(f for f in FORMATS if supported(f))
 
 
 def canonical(fmt: str, field: str) -> str:
@@ -56,13 +72,9 @@ def encode_image(image: NDArray[Any], fmt: str, quality: int = DEFAULT_QUALITY) 
     return buffer.getvalue()
 
 
-def negotiate(accept: str | None, default: str = "png") -> str:
-    """The best format an ``Accept`` header allows, by its q-values, ties broken by
-    size (AVIF, WebP, JPEG, PNG); ``default`` when it names no image type we make."""
-    if not accept:
-        return default
-    best: tuple[float, int, str] | None = None
-    preference = {"avif": 3, "webp": 2, "jpeg": 1, "png": 0}
+def _ranges(accept: str) -> list[tuple[str, float]]:
+    """``Accept``'s media ranges, lower-case, each with its q-value (unreadable: 0)."""
+    out = []
     for part in accept.split(","):
         media, _, params = part.strip().partition(";")
         q = 1.0
@@ -73,7 +85,18 @@ def negotiate(accept: str | None, default: str = "png") -> str:
                     q = float(value)
                 except ValueError:
                     q = 0.0
-        media = media.strip().lower()
+        out.append((media.strip().lower(), q))
+    return out
+
+
+def negotiate(accept: str | None, default: str = "png") -> str:
+    """The best format an ``Accept`` header allows, by its q-values, ties broken by
+    size (AVIF, WebP, JPEG, PNG); ``default`` when it names no image type we make."""
+    if not accept:
+        return default
+    best: tuple[float, int, str] | None = None
+    preference = {"avif": 3, "webp": 2, "jpeg": 1, "png": 0}
+    for media, q in _ranges(accept):
         candidates = [f for f in FORMATS if MIME[f] == media and supported(f)]
         if media in ("image/*", "*/*"):
             candidates = [default]
@@ -82,3 +105,29 @@ def negotiate(accept: str | None, default: str = "png") -> str:
             if q > 0 and (best is None or rank > best):
                 best = rank
     return best[2] if best else default
+
+
+def accepted(accept: str | None) -> dict[str, float]:
+    """What ``Accept`` says of each format it names, by q-value, and of any other as
+    ``"*"`` (``image/*`` or ``*/*``): the input of
+    :func:`image_router.policy.hints.choose_format`. Empty: no ``Accept``."""
+    out: dict[str, float] = {}
+    if not accept or not accept.strip():
+        return out
+    for media, q in _ranges(accept):
+        name = "*" if media in ("image/*", "*/*") else next((f for f in FORMATS if MIME[f] == media), "")
+        if name:
+            out[name] = max(q, out.get(name, 0.0))
+    return out
+
+
+def tell_hints(headers: dict[str, str], vary: list[str], adapted: list[str]) -> None:
+    """An answer's Client Hints headers: ``Accept-CH`` on every one (a browser sends
+    ``ECT`` and ``Downlink`` only to an origin that asked for them), ``Vary`` naming what
+    the choice of bytes depended on (``vary``, hints included wherever they could have
+    changed it, present or not), and ``X-Router-Adapted`` saying what they changed."""
+    headers["Accept-CH"] = ACCEPT_CH
+    if vary:
+        headers["Vary"] = ", ".join(vary)
+    if adapted:
+        headers["X-Router-Adapted"] = ", ".join(adapted)

@@ -5,7 +5,9 @@ exactly one picture forever: answers are ``Cache-Control: public, max-age=…,
 immutable``, carry an ``ETag`` per representation (``If-None-Match`` → 304), and
 ``Surrogate-Key`` / ``Cache-Tag`` naming the model (``model:quality@1``) and route
 (``route:photo``) so a CDN can purge by model. ``ext`` picks the format (png, jpeg,
-webp, avif) and ``?q=`` the quality (0-100); each encoded variant is cached in the
+webp, avif) and ``?q=`` the quality (0-100) — without ``?q=``, a client on a slow or
+data-saving link (Client Hints, :mod:`image_router.policy.hints`) gets a lower one,
+with ``Vary`` on the hints and its own ``ETag``; each encoded variant is cached in the
 store too, and encoding runs off the event loop. An unknown, evicted or purged id is a
 404 ``image_not_found``; anything but 32 hex digits never reaches the store; a ``q``
 that is not 0-100 in ASCII digits is a 400 naming ``q``.
@@ -36,9 +38,10 @@ from image_router.dispatch import Served
 from image_router.errors import ImageNotFound, InvalidRequest, Unauthorized
 from image_router.http.common import gateway_of, header, image_ids
 from image_router.http.encode import encode_images_off_loop
-from image_router.http.formats import DEFAULT_QUALITY, MIME, canonical
+from image_router.http.formats import DEFAULT_QUALITY, MIME, canonical, tell_hints
+from image_router.policy.hints import FAST, VARY, Network, choose_quality
 
-__all__ = ["SIGNED_URL_S", "UrlSigner", "image_file", "publish", "signer_of"]
+__all__ = ["SIGNED_URL_S", "UrlSigner", "image_file", "network_of", "publish", "signer_of"]
 
 _NAME = re.compile(r"^([0-9a-f]{32})\.([a-z]{3,4})$")
 SIGNED_URL_S = 3600
@@ -109,6 +112,12 @@ def _quality(raw_q: str | None) -> int | None:
     return int(raw_q)
 
 
+def network_of(request: Request) -> Network:
+    """The Client Hints the request carried (``Save-Data``, ``ECT``, ``Downlink``)."""
+    hints = {name: value for name in ("save-data", "ect", "downlink") if (value := header(request, name)) is not None}
+    return Network.of(hints)
+
+
 def _check_access(request: Request, name: str) -> None:
     """In keys mode: a valid signature, or a valid key (a 401 otherwise)."""
     params = request.query_params
@@ -156,7 +165,9 @@ async def image_file(request: Request) -> Response:
     name, ext = match.groups()
     fmt = canonical(ext, "format")
     asked = _quality(request.query_params.get("q"))
-    quality = DEFAULT_QUALITY if asked is None or fmt == "png" else asked
+    link = network_of(request).link
+    hinted = choose_quality(link, asked) if fmt != "png" else None  # ?q= wins; PNG has none
+    quality = DEFAULT_QUALITY if hinted is None else hinted
     private = _private(request)
     if private:
         _check_access(request, name)
@@ -175,6 +186,9 @@ async def image_file(request: Request) -> Response:
         "X-Router-Model": record.tag,
         "X-Router-Route": record.route,
     }
+    adaptable = fmt != "png" and asked is None  # the extension and ?q= are the client's own
+    adapted = [f"quality={quality}"] if adaptable and link != FAST else []
+    tell_hints(headers, list(VARY) if adaptable else [], adapted)
     if tag in {t.strip() for t in request.headers.get("if-none-match", "").split(",")}:
         return Response(status_code=304, headers=headers)
     data = await cache.variant(name, fmt, quality)

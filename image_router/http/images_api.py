@@ -6,7 +6,10 @@ replica, see :mod:`image_router.http.image_files`), ``output_format`` and
 ``output_compression``, ``model`` as a logical name — and ignores the SDK's other
 optional fields. Routing extras may come in the body (``extra_body={"intent": ...}``)
 or as headers. ``/api/v1/generate`` answers one image as its bytes, in the ``format``
-asked for or the best one ``Accept`` allows, or JSON.
+asked for or the best one ``Accept`` allows, or JSON; on a slow or data-saving link
+(Client Hints) a smaller format and lower quality where the client named none, and on a
+route that opts in a smaller size and a faster tier (:mod:`image_router.policy.hints`,
+docs/client-hints.md). The OpenAI answers keep OpenAI's semantics: never adapted.
 """
 
 from __future__ import annotations
@@ -37,9 +40,10 @@ from image_router.http.common import (
     tag_images,
     tenant_of,
 )
-from image_router.http.formats import MIME, canonical, negotiate
-from image_router.http.image_files import publish
+from image_router.http.formats import MIME, accepted, available, canonical, negotiate, tell_hints
+from image_router.http.image_files import network_of, publish
 from image_router.http.stream import stream_images, wants_stream
+from image_router.policy.hints import FAST, FIELD, VARY, choose_format, choose_quality, downgrades, downsized
 from image_router.policy.match import RequestFacts
 from image_router.served import Served
 
@@ -248,28 +252,40 @@ async def generate(request: Request) -> Response:
     as_json = body.response == "json" or (body.response is None and "application/json" in accept)
     if not as_json and body.n != 1:
         raise InvalidRequest("n > 1 needs a JSON response (response: json)", field="n")
+    link = network_of(request).link
+    adapted: list[str] = []
     if body.format:
         fmt = canonical(body.format, "format")
     elif body.response == "png":
         fmt = "png"
     else:
         fmt = negotiate(None if as_json else accept)
-    facts = facts_for(request, body.prompt, body.intent, body.model)
+        if not as_json:  # a JSON answer's format is named in it: a client may read b64_png
+            hinted = choose_format(link, accepted(accept), fmt, available())
+            adapted += [f"format={hinted}"] if hinted != fmt else []
+            fmt = hinted
+    quality = body.quality if fmt == "png" else choose_quality(link, body.quality)
+    adapted += [f"quality={quality}"] if quality != body.quality else []
+    facts = facts_for(request, body.prompt, body.intent, body.model, {FIELD: link} if link != FAST else None)
     request_seeds = client_seeds(body.seed, body.n)
     image_request = ImageRequest((body.prompt,) * body.n, request_seeds, body.steps, body.width, body.height)
     served = await serve(request, facts, image_request, started)
     headers = served_headers(served)
     ids = await tag_images(served, headers)
     seeds = served.seeds or ()
+    adapted += _route_adapted(served, link, body.width, body.height)
+    # the hints could change these bytes (present or not): a cache must key on them
+    hintable = body.format is None or (fmt != "png" and body.quality is None) or served.route.client_hints is not None
+    vary = ([] if as_json else ["Accept"]) + (list(VARY) if hintable else [])
+    tell_hints(headers, vary, adapted)
     if not as_json:
         if seeds:
             headers["X-Router-Seed"] = str(seeds[0])
-        headers["Vary"] = "Accept"
-        (data,) = await encode_images(request, served.result, ids, fmt, body.quality, count=1)
+        (data,) = await encode_images(request, served.result, ids, fmt, quality, count=1)
         return Response(data, media_type=MIME[fmt], headers=headers)
     key = "b64_png" if fmt == "png" else "b64"
     images: list[dict[str, object]] = []
-    for i, text in enumerate(await b64_images(request, served.result, ids, fmt, body.quality)):
+    for i, text in enumerate(await b64_images(request, served.result, ids, fmt, quality)):
         item: dict[str, object] = {key: text}
         if i < len(seeds):
             item["seed"] = seeds[i]
@@ -285,3 +301,16 @@ async def generate(request: Request) -> Response:
     if served.usage is not None:
         payload["usage"] = served.usage.body()
     return FastJSONResponse(payload, headers=headers)
+
+
+def _route_adapted(served: Served, link: str, width: int | None, height: int | None) -> list[str]:
+    """What the route's ``client_hints`` opt-in changed (the data plane applied the same
+    pure rules: :func:`image_router.decide.hinted` and ``arm_phase``): ``size=`` the
+    size made, ``tier=`` the tier that answered, the chain started at its fallback."""
+    hints, out = served.route.client_hints, []
+    if downsized(hints, link, width, height, served.model.native_side) is not None:
+        size = served.result.dimensions()
+        out.append(f"size={size[0]}x{size[1]}" if size is not None else "size")
+    if downgrades(hints, link, 2):  # compile refuses a downgrade without a fallback
+        out.append(f"tier={served.model.name}")
+    return out

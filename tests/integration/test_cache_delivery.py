@@ -62,4 +62,5 @@ def test_cdn_tags_vary_and_the_quality_of_an_image_url(gateway: GatewayProcess) 
         gateway.url + "/api/v1/generate", json={"prompt": "thumb of a wren", "seed": 3},
         headers={"Accept": "image/webp;q=0.9, image/png;q=0.5"}, timeout=30,
     )  # fmt: skip
-    assert negotiated.headers["content-type"] == "image/webp" and negotiated.headers["vary"] == "Accept"
+    assert negotiated.headers["content-type"] == "image/webp"
+    assert negotiated.headers["vary"] == "Accept, Save-Data, ECT, Downlink"  # and the hints (docs/client-hints.md)
