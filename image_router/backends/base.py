@@ -207,6 +207,7 @@ def request_units(model: Model, request: ImageRequest) -> float:
     own shape (:func:`~image_router.policy.forecast.work_units`), so a 4-image or 1024² request
     is forecast as what it is and its answer teaches the lane the time per unit. An
     upscaled request is made at most at the tier's native side: its rows alone count."""
+    steps, default = request.steps, model.default_steps
     if request.upscale:
-        return work_units(len(request.prompts), steps=request.steps)
-    return work_units(len(request.prompts), request.width, request.height, request.steps, model.native_side)
+        return work_units(len(request.prompts), steps=steps, default_steps=default)
+    return work_units(len(request.prompts), request.width, request.height, steps, model.native_side, default)

@@ -185,6 +185,7 @@ class _Compiler:
                 m.instances,
                 m.native_side,
                 billing_config.price(m.price),
+                m.default_steps,
             )
 
     def model_ref(self, name: str, path: PathKey) -> bool:

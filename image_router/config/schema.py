@@ -261,6 +261,12 @@ class ModelSpec(Strict):
         ge=8,
         description="The side the tier is made for: larger sizes are upscaled on routes with `resize: upscale`.",
     )
+    default_steps: int | None = Field(
+        default=None,
+        ge=1,
+        description="The denoising steps the tier runs when a request names none: a request with more is "
+        "forecast as that much more work (unset: steps are not counted).",
+    )
     price: PriceSpec | None = Field(
         default=None, description="What one image costs (needed for every routable model with a `billing:` block)."
     )

@@ -96,6 +96,7 @@ class Model:
     instances: int = 1  # requests one replica executes at once (Triton's instance_group count)
     native_side: int | None = None  # the side it is made for (None: unknown): upscaled past it
     price: Price | None = None  # what one image costs (None: unpriced; refused when billing exists)
+    default_steps: int | None = None  # steps when a request names none (None: steps are not forecast)
 
     @property
     def lane_key(self) -> str:

@@ -169,6 +169,8 @@ class ReplicaPool:
             if server is not None and server.pid is not None:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(server.pid, signal.SIGCONT)  # a frozen one: resumed
+                if server.running():
+                    server.wait_ready(60)  # and answering again before the next scenario
             if server is None or not server.running():
                 if server is not None:
                     server.stop(timeout_s=3)

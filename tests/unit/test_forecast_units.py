@@ -196,3 +196,20 @@ def test_a_size_far_beyond_the_tier_and_an_upscaled_request_count_their_rows() -
     model = Model("draft", "t", "draft", None, 100.0, native_side=64)
     assert request_units(model, ImageRequest(("a",) * 2, width=256, height=256)) == 2.0 * 16
     assert request_units(model, ImageRequest(("a",) * 2, width=256, height=256, upscale=True)) == 2.0
+
+
+def test_steps_count_where_the_tier_says_its_default() -> None:
+    """``default_steps`` in routes.yaml makes a 40-step request on a 10-step tier four
+    units; without it steps are not counted (no reference to scale by)."""
+    from image_router.backends.base import ImageRequest, request_units
+    from image_router.config import compile_text
+
+    table = compile_text(
+        'backends: {t: {url: "http://t:1"}}\n'
+        "models:\n  preview: {backend: t, native_side: 128, default_steps: 10}\n  other: {backend: t}\n"
+        "default_route: preview\n",
+        env={},
+    )
+    request = ImageRequest(("a",), steps=40)
+    assert request_units(table.models["preview"], request) == 4.0
+    assert request_units(table.models["other"], request) == 1.0
