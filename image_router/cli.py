@@ -64,10 +64,12 @@ def _default_repository() -> Path:
 
 
 def _routes_or_shipped(args: argparse.Namespace) -> None:
-    """``up``/``serve`` without ``--routes`` in a directory with no routes.yaml serve the
-    shipped one (``pip install image-router`` then ``router up`` in an empty directory)."""
-    if args.routes == Path("routes.yaml") and not args.routes.exists():
-        args.routes = _shipped("routes.yaml")
+    """``up``/``serve`` without ``--routes``: ./routes.yaml, or in a directory with none
+    the shipped one (``pip install image-router`` then ``router up`` in an empty
+    directory). A ``--routes`` given is used as given: a missing file is an error."""
+    if args.routes is None:
+        local = Path("routes.yaml")
+        args.routes = local if local.exists() else _shipped("routes.yaml")
 
 
 def _triton_server(args: argparse.Namespace, log: IO[bytes] | None = None) -> TritonServer:

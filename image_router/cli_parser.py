@@ -129,8 +129,8 @@ def _triton_args(p: argparse.ArgumentParser, default_http: int) -> None:
 
 
 def _serve_args(p: argparse.ArgumentParser) -> None:
-    routes = "the routes file (without one here: the routes.yaml the package ships)"
-    _files(p.add_argument("--routes", type=Path, default=Path("routes.yaml"), help=routes))
+    routes = "the routes file (default: ./routes.yaml, else the one the package ships)"
+    _files(p.add_argument("--routes", type=Path, default=None, help=routes))
     p.add_argument("--host", default="127.0.0.1", help="the address HTTP and gRPC bind")
     p.add_argument("--port", type=int, default=8080, help="the HTTP port")
     p.add_argument("--no-watch", action="store_true", help="reload only on SIGHUP or POST /admin/reload")

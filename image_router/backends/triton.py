@@ -127,7 +127,7 @@ def _quiet(task: asyncio.Future[ImageResult]) -> None:
 
 # why a call was given up (router_compute_wasted_seconds_total{reason}); whoever cancels
 # a call may say so (``task.cancel("hedge")``: the loser of a hedged pair)
-WASTE_REASONS = frozenset({"hedge", "timeout", "abandoned", "cancelled", "preempted"})
+WASTE_REASONS = frozenset({"hedge", "timeout", "abandoned", "cancelled"})
 
 
 def _said(cancelled: asyncio.CancelledError) -> str | None:

@@ -140,7 +140,7 @@ def _salvage(value: Any, model: type[Strict], rounds: int = 8) -> Any | None:
         except ValidationError as exc:
             dropped = False
             for err in exc.errors(include_url=False):
-                path = _data_path(current, tuple(err["loc"]))
+                path = _data_path(current, tuple(err["loc"]), err["type"] == "missing")
                 parent = current
                 for part in path[:-1]:
                     parent = parent[part]

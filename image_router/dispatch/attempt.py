@@ -205,6 +205,9 @@ class Attempts:
         except asyncio.CancelledError as exc:  # the request given up (its client left): not a hedge
             why = exc.args[0] if exc.args and isinstance(exc.args[0], str) else None
             raise
+        except BaseException:  # a failure ended the pair, not a hedge: the other call is simply given up
+            why = None
+            raise
         finally:
             for task in tasks:
                 task.cancel(why)

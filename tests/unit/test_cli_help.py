@@ -70,7 +70,8 @@ def test_top_level_help_lists_every_command() -> None:
 def test_serve_help_shows_defaults_and_the_environment() -> None:
     text = help_text("serve")
     assert re.search(r"--port PORT\s+the HTTP port \(default: 8080\)", text)
-    assert "(default: routes.yaml)" in text and "(default: text)" in text
+    assert "(default: ./routes.yaml, else the one the package ships)" in " ".join(text.split())
+    assert "(default: text)" in text
     environment = text.split("environment:")[1]
     for name in ("ROUTER_ADMIN_TOKEN", "TRITON_URL", "TRITON_GRPC_URL", "OTEL_TRACES_EXPORTER", "ROUTER_STATE_DIR"):
         assert re.search(rf"^  {name}\s+\S", environment, re.M), name
