@@ -134,13 +134,20 @@ def route_phase(table: RoutingTable, ask: Ask) -> Routed:
     if tenant is not None:
         facts, canary, priority = steer(tenant, facts, canary, priority)
     route = select_route(table, facts)
-    if tenant is not None and tenant.routes is not None and not ({route.name, facts.model} & tenant.routes):
+    if tenant is not None and not may_use(tenant, route, facts.model):
         raise Forbidden(f"tenant {tenant.name!r} may not use route {route.name!r}", route=route.name)
     request = hinted(table, route, facts, on_route(route, ask.request))
     level = priority if priority is not None else route.priority
     if tenant is not None and tenant.priority_ceiling is not None:  # a larger number is a lower priority
         level = max(DEFAULT_PRIORITY if level is None else level, tenant.priority_ceiling)
     return Routed(table, route, facts, request, canary, level, tenant)
+
+
+def may_use(tenant: Tenant, route: Route, asked: str | None) -> bool:
+    """Whether ``tenant`` may be served by ``route`` when it asked for ``asked`` (its
+    ``model`` field): its ``routes`` name the route or the name it asked for, or it has
+    no such restriction."""
+    return tenant.routes is None or bool({route.name, asked} & tenant.routes)
 
 
 def on_route(route: Route, request: ImageRequest) -> ImageRequest:

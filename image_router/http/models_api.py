@@ -5,9 +5,9 @@
 A name is a logical model (a tier), a route, or an alias from ``aliases:``; each
 entry says which (``kind``) and, for an alias, what it stands for (``target``). In
 ``tenants: {mode: keys}`` the caller's key is required and the list holds only what
-that tenant may use: a name in its ``routes``, an alias of one, or an alias of
-``auto`` (routed by the rules, which may pick a route it may use) — the rule
-:func:`image_router.decide.route_phase` enforces when it asks. ``created`` is when this
+that tenant may use — :func:`image_router.decide.may_use` on the route the name is
+routed to, the rule :func:`image_router.decide.route_phase` enforces when it asks — and
+aliases of ``auto`` (routed by the rules, which may pick a route it may use). ``created`` is when this
 replica loaded the routes table now running (OpenAI's field is a Unix time; a model
 here has no other birthday). An unknown name, or one the tenant may not use, is a 404
 ``model_not_found`` — a tenant cannot probe for the others'.
@@ -22,8 +22,10 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from image_router.config.table import RoutingTable, Tenant
+from image_router.decide import may_use
 from image_router.errors import UnknownModel
 from image_router.http.common import FastJSONResponse, gateway_of, tenant_of
+from image_router.policy.match import RequestFacts, select_route
 from image_router.reload import RoutesReloader
 
 __all__ = ["ROUTES", "listing"]
@@ -38,10 +40,12 @@ def _kind(table: RoutingTable, name: str) -> str:
 
 
 def _allowed(table: RoutingTable, tenant: Tenant | None, name: str) -> bool:
-    if tenant is None or tenant.routes is None:
+    """What :func:`~image_router.decide.route_phase` would allow for ``model: name`` with
+    no prompt, intent or header to steer it (an alias of ``auto`` is routed by the rules,
+    which may pick a route the tenant may use: listed)."""
+    if tenant is None or tenant.routes is None or table.model_aliases.get(name) == "auto":
         return True
-    target = table.model_aliases.get(name)
-    return name in tenant.routes or target == "auto" or target in tenant.routes
+    return may_use(tenant, select_route(table, RequestFacts("", model=name)), name)
 
 
 def listing(table: RoutingTable, tenant: Tenant | None, created: int) -> list[dict[str, Any]]:
