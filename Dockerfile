@@ -4,8 +4,10 @@
 # and runs as an unprivileged user with a read-only root filesystem in mind.
 FROM python:3.11-slim AS build
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md LICENSE routes.yaml ./
 COPY image_router ./image_router
+COPY schema ./schema
+COPY model_repository ./model_repository
 RUN pip wheel --no-cache-dir --wheel-dir /wheels '.[otlp]'  # OTLP trace export included
 
 FROM python:3.11-slim
