@@ -325,8 +325,11 @@ class TritonBackend:
             self.replicas.mark_down(replica, exc.why)
             raise exc.error from exc.__cause__
         except asyncio.CancelledError as cancelled:
-            ran = self.clock() - t0  # wasted: the call's wall time (the model's own is not told)
-            replica.gave_up(model.name, given_up_because(cancelled, ran, timeout_s), ran)
+            now = self.clock()
+            # wasted: the time it (by the lane's account) executed, not what it queued — a
+            # call cancelled while still queued behind others cost Triton nothing
+            began = ticket.started if ticket.started is not None and ticket.started <= now else None
+            replica.gave_up(model.name, given_up_because(cancelled, now - t0, timeout_s), now - (began or now))
             if replica.grpc is not None:  # the call is cancelled in Triton too: it stops
                 lane.cancel(ticket, self.clock())
             else:  # HTTP: Triton computes it anyway

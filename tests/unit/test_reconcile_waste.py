@@ -170,3 +170,22 @@ async def test_a_tier_hedge_the_client_leaves_is_abandoned_before_and_after_the_
     (replica,) = b.replicas.replicas
     assert replica.wasted_s == pytest.approx({(model, "abandoned"): s for model, s in wasted.items()})
     assert replica.answered_ns == {}
+
+
+@virtual_time
+async def test_a_call_given_up_while_queued_wasted_nothing_and_the_running_one_its_run() -> None:
+    """One instance: the first call runs, the second queues behind it. Both given up at
+    0.5 s: the first wasted its 0.5 s of execution; the second, still queued by the
+    lane's account, cost Triton nothing (its wait is not compute)."""
+    spec = Backend("t", "triton", "http://r0:1", retry=RetryPolicy())
+    b = TritonBackend(spec, asyncio.get_running_loop().time)
+    fake_calls(b, {"draft": 10.0})
+    calls = [asyncio.ensure_future(b.generate(DRAFT, REQ, timeout_s=30)) for _ in range(2)]
+    await asyncio.sleep(0.5)
+    for call in calls:
+        call.cancel()
+    for call in calls:
+        with contextlib.suppress(asyncio.CancelledError):
+            await call
+    (r0,) = b.replicas.replicas
+    assert r0.wasted_s == pytest.approx({("draft", "abandoned"): 0.5})
