@@ -10,12 +10,14 @@ time the model's instances were busy. Per backend x replica x Triton model, over
 * ``attributed_s`` — Σ ``usage.compute_s`` this gateway billed for the model (its
   :class:`~image_router.billing.tally.Tally`), split over the backend's replicas by the
   compute each answered (one replica: all of it);
-* ``wasted_s`` — the backend time of calls the gateway gave up on (hedge losers,
-  timeouts, abandoned: ``Replica.wasted_s``), never billed, by reason in ``wasted``;
+* ``wasted_s`` — the time calls the gateway gave up on executed (hedge losers,
+  timeouts, abandoned: ``Replica.wasted_s``; from when each began by its lane's
+  account, so a call given up while queued counts 0), never billed, by reason in
+  ``wasted``;
 * ``unattributed_s`` = triton - attributed - wasted: warm-up, other clients of Triton,
   other gateway replicas, background work (upgrades, pre-generation, shadows), and the
-  rest of work abandoned over HTTP (Triton finishes it; the gateway counted its wall
-  time only). Briefly negative when a read lands between an answer and Triton's record
+  rest of work abandoned over HTTP (Triton finishes it; the gateway counted what ran
+  until it gave up). Briefly negative when a read lands between an answer and Triton's record
   of it (Triton records after answering);
 * ``utilisation`` = triton / (covered_s x instances): how busy the instances were.
 
