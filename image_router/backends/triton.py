@@ -9,6 +9,10 @@ time is sent as Triton's per-request ``timeout`` (µs) so work still queued when
 gateway has given up is dropped by Triton instead of computed for nobody; the
 gateway enforces its own deadline around the call, because Triton cannot stop a
 request that is already executing.
+
+Over 400 lines: the per-call bookkeeping (lane, circuits, replica hedging, wasted
+compute) must see the same call from send to answer; the wire codecs and the replica
+set already live apart (``_http1``, ``_grpc``, ``replicas``).
 """
 
 from __future__ import annotations

@@ -33,6 +33,10 @@ ids then order them) rather than contend — fairness is approximate by design t
 
 A call the store does not answer is :class:`~image_router.errors.StoreUnavailable` (503): a
 job that cannot be written is not accepted, unlike the cache, where a fault is a miss.
+
+Over 400 lines on purpose: every method is one atomic step over the key and index layout
+above, and keeping them beside it is what lets a reader check that each step moves a
+job between exactly the rows its change of state names.
 """
 
 from __future__ import annotations
