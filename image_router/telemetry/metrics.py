@@ -138,8 +138,7 @@ def _wasted_metric(backends: dict[str, list[dict[str, Any]]]) -> CounterMetricFa
     statistics subtracts before calling the rest unattributed (docs/billing.md)."""
     wasted = CounterMetricFamily(
         "router_compute_wasted_seconds",
-        "Backend time of calls given up on, never billed, by model and reason "
-        "(hedge, timeout, abandoned, cancelled)",
+        "Backend time of calls given up on, never billed, by model and reason (hedge, timeout, abandoned, cancelled)",
         labels=["model", "reason"],
     )
     sums: dict[tuple[str, str], float] = {}
