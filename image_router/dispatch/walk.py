@@ -113,9 +113,11 @@ class Walk:
         known: dict[str, Forecast] = {}
         priority, tenant = self.decision.priority or DEFAULT_PRIORITY, self.progress.tenant
         for name in list(self.chain):
+            if name in self.hits:
+                known[name] = INSTANT
+                continue
             model = self._model(name)
-            units = request_units(model, self.decision.request)
-            forecast = INSTANT if name in self.hits else self.replica.forecast(model, priority, tenant, units)
+            forecast = self.replica.forecast(model, priority, tenant, request_units(model, self.decision.request))
             if forecast is None:
                 self.chain.remove(name)
                 self.progress.reasons.append((name, "circuit_open"))

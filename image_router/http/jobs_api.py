@@ -57,7 +57,8 @@ from image_router.http.formats import MIME
 from image_router.http.images_api import OpenAIImagesRequest
 from image_router.jobs.deliver import deliveries
 from image_router.jobs.model import STATES, Job
-from image_router.jobs.schedule import running_progress, service_estimate, wait_estimate
+from image_router.jobs.runner import JobRunner
+from image_router.jobs.schedule import running_progress, wait_estimate
 from image_router.jobs.store import JobStore
 from image_router.jobs.submit import JobOptions, job_store, submit_job
 
@@ -250,13 +251,10 @@ async def view(request: Request, store: JobStore, job: Job) -> dict[str, Any]:
 
 
 def _service_s(request: Request, tier: str) -> float:
-    """One request's usual service time on ``tier`` (this replica's forecast, learnt
-    from answers; before any, the model's ``latency_hint_ms``)."""
-    model = gateway_of(request).table.models.get(tier)
-    if model is None:
-        return 1.0
-    forecast = gateway_of(request).dispatcher.forecast(model)
-    return service_estimate(forecast.service_s if forecast is not None else None, model.latency_hint_ms)
+    """:meth:`~image_router.jobs.runner.JobRunner.service_s`: the estimate the runner's
+    progress webhooks use too."""
+    runner: JobRunner = request.app.state.runtime.jobs
+    return runner.service_s(tier)
 
 
 async def _queue(request: Request, store: JobStore, job: Job) -> dict[str, Any] | None:

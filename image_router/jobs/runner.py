@@ -241,8 +241,12 @@ class JobRunner:
             return float(forecast.expected_s)
         return (table.models[tier].latency_hint_ms or 1000.0) / 1000
 
-    def _service_s(self, tier: str) -> float:
-        model = self.gateway.table.models[tier]
+    def service_s(self, tier: str) -> float:
+        """One request's usual service time on ``tier``: this replica's forecast (learnt
+        from answers), else the model's ``latency_hint_ms`` (1 s for a tier reloaded away)."""
+        model = self.gateway.table.models.get(tier)
+        if model is None:
+            return 1.0
         forecast = self.gateway.dispatcher.forecast(model)
         return service_estimate(forecast.service_s if forecast is not None else None, model.latency_hint_ms)
 
@@ -312,7 +316,7 @@ class JobRunner:
         delay a lease renewal): the same estimate as the job's view."""
         if job.tier not in self.gateway.table.models:  # reloaded away: no estimate to give
             return
-        progress = running_progress(job, self._service_s(job.tier), self.wall())
+        progress = running_progress(job, self.service_s(job.tier), self.wall())
         if progress is None:
             return
         config = store.config
