@@ -18,6 +18,12 @@ whatever is still in flight), in each mode on the same Triton:
      (``--jobs`` submitted before it starts, more than can finish): does the backlog
      cost the interactive requests anything, and do the jobs still get their
      ``min_share`` of the tier (issue 32)? Alternate it with C (``--modes C,J,C,J``).
+  S  mode C with a steady background of one-image draft jobs (``--background``
+     queued before the trace, more than can finish), each computed alone.
+  K  mode S with the same jobs sent to ``draft-bulk``: the same Triton model, whose job
+     tier has ``batch_rows: 8``, so queued jobs share passes (issue 34). Background
+     images per second K vs S is what batching pays; the interactive classes' share
+     within budget is what it costs. Alternate them (``--modes S,K,S,K``).
 
 Per mode and class it reports p50/p95/p99 of the answered requests, the share answered
 within budget + 50 ms (of all sent), the share served at the intended tier, goodput
@@ -218,6 +224,7 @@ async def replay(jobs: list[Job], send: Any) -> list[Outcome]:
 
 
 JOB_SHARE = 0.2  # the quality tier's min_share for jobs in modes C and J (the docs' example)
+BULK_ROWS = 8  # mode K's batch_rows (bench/batching.py: draft's best images/s on this CPU)
 
 
 def without_cache(routes_text: str, gpu_hour_price: float) -> str:
@@ -227,7 +234,16 @@ def without_cache(routes_text: str, gpu_hour_price: float) -> str:
     ``billing:`` block pricing every tier's compute at ``gpu_hour_price`` (one GPU)."""
     data = yaml.safe_load(routes_text)
     data.pop("cache", None)
-    data["jobs"] = {"tiers": {"quality": {"max_running": 1, "min_share": JOB_SHARE}}}
+    data["jobs"] = {
+        "max_queued_per_tenant": 10000,
+        "tiers": {
+            "quality": {"max_running": 1, "min_share": JOB_SHARE},
+            # modes S and K: one Triton model, two job tiers that differ in batching only
+            "draft": {"max_running": BULK_ROWS, "min_share": JOB_SHARE},
+            "draft-bulk": {"max_running": BULK_ROWS, "min_share": JOB_SHARE, "batch_rows": BULK_ROWS},
+        },
+    }
+    data["models"]["draft-bulk"] = {**data["models"]["draft"], "triton_model": "draft"}
     data["billing"] = {"currency": "USD", "gpu_hour_price": gpu_hour_price}
     for model in data.get("models", {}).values():
         model["price"] = {"gpus": 1.0, "per_image": 0.0}
@@ -268,6 +284,50 @@ async def with_jobs(
                 done += 1
             await client.delete(f"{url}/v1/images/jobs/{job_id}")
     return outcomes, JobsResult(submitted=backlog, completed=done)
+
+
+@dataclass
+class BackgroundResult:
+    model: str
+    submitted: int = 0
+    completed: int = 0  # finished while the trace ran
+    images_per_s: float = 0.0
+
+
+def background_body(model: str, i: int) -> dict[str, Any]:
+    return {"prompt": f"a harbour crane, study {i}", "model": model, "size": "64x64", "seed": i}
+
+
+async def with_background(
+    jobs: list[Job], send: Any, url: str, model: str, backlog: int, duration_s: float, admin: dict[str, str]
+) -> tuple[list[Outcome], BackgroundResult]:
+    """Modes S and K: ``backlog`` one-image draft jobs on ``model``'s job tier, then the
+    trace beside them; the jobs completed while it ran counted (their ``completed_at``),
+    the rest removed once the cluster is paused (their compute stops)."""
+    async with httpx.AsyncClient(timeout=60) as client:
+        ids: list[str] = []
+        for start in range(0, backlog, 50):
+            batch = [
+                client.post(f"{url}/v1/images/jobs", json=background_body(model, i))
+                for i in range(start, min(backlog, start + 50))
+            ]
+            for r in await asyncio.gather(*batch):
+                r.raise_for_status()
+                ids.append(r.json()["id"])
+        t0 = time.time()
+        outcomes = await replay(jobs, send)
+        t1 = t0 + duration_s
+        (await client.post(f"{url}/admin/jobs/drain?scope=cluster", headers=admin)).raise_for_status()
+        done = 0
+        for start in range(0, len(ids), 50):
+            views = await asyncio.gather(*(client.get(f"{url}/v1/images/jobs/{i}") for i in ids[start : start + 50]))
+            for view in views:
+                job = view.json()
+                finished = job.get("completed_at")
+                done += job["status"] == "completed" and finished is not None and t0 <= finished <= t1 + 1
+            await asyncio.gather(*(client.delete(f"{url}/v1/images/jobs/{i}") for i in ids[start : start + 50]))
+        (await client.post(f"{url}/admin/jobs/resume?scope=cluster", headers=admin)).raise_for_status()
+    return outcomes, BackgroundResult(model, backlog, done, done / duration_s)
 
 
 def quality_service_s(triton: str) -> float:
@@ -380,7 +440,8 @@ def plot(results: list[ModeResult], jobs: list[Job], duration_s: float, bursts: 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = {"A": "A: straight to Triton", "B": "B: static fallback", "C": "C: gateway", "J": "J: gateway + jobs"}
+    names = {"A": "A: straight to Triton", "B": "B: static fallback", "C": "C: gateway", "J": "J: gateway + jobs",
+             "S": "S: gateway + draft jobs alone", "K": "K: gateway + draft jobs batched"}  # fmt: skip
     fig, ax = plt.subplots(figsize=(7, 4.2))
     for res in results:
         lat = sorted(o.latency_s / o.job.budget_s if o.status == 200 else float("inf") for o in res.outcomes)
@@ -459,6 +520,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--plots", type=Path, default=None, help="directory for the PNG plots")
     parser.add_argument("--jobs", type=int, default=40, help="mode J: quality jobs queued before the trace")
+    parser.add_argument("--background", type=int, default=2500, help="modes S, K: draft jobs queued before it")
     parser.add_argument("--gpu-hour-price", type=float, default=2.40, help="USD per GPU-hour, one GPU per tier")
     args = parser.parse_args()
 
@@ -481,12 +543,15 @@ def main() -> None:
             gw = GatewayProcess(routes, triton, work / "gateway.log", triton_grpc=grpc)
             results = []
             job_runs: list[JobsResult] = []
+            background_runs: list[BackgroundResult] = []
             try:
                 senders = {
                     "A": lambda c, j: direct(c, triton, j),
                     "B": lambda c, j: static_fallback(c, triton, j, hints),
                     "C": lambda c, j: gateway(c, gw.url, j),
                     "J": lambda c, j: gateway(c, gw.url, j),
+                    "S": lambda c, j: gateway(c, gw.url, j),
+                    "K": lambda c, j: gateway(c, gw.url, j),
                 }
                 for mode in args.modes.split(","):
                     wait_idle(triton)
@@ -497,6 +562,13 @@ def main() -> None:
                         ran.share = ran.completed * ran.service_s / args.duration
                         job_runs.append(ran)
                         print(f"mode J jobs: {asdict(ran)} (min_share {JOB_SHARE})", flush=True)
+                    elif mode in ("S", "K"):
+                        model = "draft" if mode == "S" else "draft-bulk"
+                        send, count = senders[mode], args.background
+                        run = with_background(jobs, send, gw.url, model, count, args.duration, gw.admin)
+                        outcomes, bg = asyncio.run(run)
+                        background_runs.append(bg)
+                        print(f"mode {mode} background: {asdict(bg)}", flush=True)
                     else:
                         outcomes = asyncio.run(replay(jobs, senders[mode]))
                     wait_idle(triton)  # abandoned work is still the mode's compute
@@ -504,6 +576,8 @@ def main() -> None:
                     result = ModeResult(mode, outcomes, sum(used.values()), time.monotonic() - t0, used)
                     if mode == "J":
                         result.background = {"quality": ran.completed}
+                    if mode in ("S", "K"):
+                        result.background = {"draft": bg.completed}
                     results.append(result)
                     print(f"mode {mode}: done in {result.wall_s:.0f} s", flush=True)
                     if mode == "C":  # what the gateway learned: per model, pending and service times
@@ -526,10 +600,16 @@ def main() -> None:
         for i, ran in enumerate(job_runs, 1):
             print(f"| J{'' if i == 1 else i} | {ran.submitted} | {ran.completed} | {ran.service_s:.2f} | "
                   f"{100 * ran.share:.0f}% (min_share {100 * JOB_SHARE:.0f}%) |")  # fmt: skip
+    if background_runs:
+        print("\n| round | job tier | batch_rows | jobs queued | completed during the trace | background images/s |")
+        print("|---|---|---|---|---|---|")
+        for i, bg in enumerate(background_runs, 1):
+            rows = BULK_ROWS if bg.model == "draft-bulk" else 1
+            print(f"| {i} | {bg.model} | {rows} | {bg.submitted} | {bg.completed} | {bg.images_per_s:.2f} |")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        raw = {r.mode: [{**asdict(o.job), **{k: getattr(o, k) for k in ("status", "latency_s", "served")}}
-                        for o in r.outcomes] for r in results}  # fmt: skip
+        raw = {name: [{**asdict(o.job), **{k: getattr(o, k) for k in ("status", "latency_s", "served")}}
+                      for o in r.outcomes] for name, r in zip(summaries, results, strict=True)}  # fmt: skip
         args.json.write_text(json.dumps({"args": vars(args) | {"routes": str(args.routes), "json": str(args.json),
                                                                "plots": str(args.plots)},
                                          "summary": summaries, "outcomes": raw}, indent=1, default=str))  # fmt: skip

@@ -42,6 +42,7 @@ class Ask(NamedTuple):
     budget_s: float | None = None
     random_seeds: bool = True
     query: Mapping[str, str] = _NO_QUERY
+    max_n: int | None = None  # images it may ask for, when not the route's max_n (a job: jobs.max_n)
 
     @classmethod
     def of(

@@ -136,7 +136,7 @@ def route_phase(table: RoutingTable, ask: Ask) -> Routed:
     route = select_route(table, facts)
     if tenant is not None and not may_use(tenant, route, facts.model):
         raise Forbidden(f"tenant {tenant.name!r} may not use route {route.name!r}", route=route.name)
-    request = hinted(table, route, facts, on_route(route, ask.request))
+    request = hinted(table, route, facts, on_route(route, ask.request, ask.max_n))
     level = priority if priority is not None else route.priority
     if tenant is not None and tenant.priority_ceiling is not None:  # a larger number is a lower priority
         level = max(DEFAULT_PRIORITY if level is None else level, tenant.priority_ceiling)
@@ -150,10 +150,11 @@ def may_use(tenant: Tenant, route: Route, asked: str | None) -> bool:
     return tenant.routes is None or bool({route.name, asked} & tenant.routes)
 
 
-def on_route(route: Route, request: ImageRequest) -> ImageRequest:
-    """``request`` checked against ``route``'s limits, and marked for upscaling where the
-    route upscales: what every generation on a route (answer or preview) starts with."""
-    check_limits(route, request)
+def on_route(route: Route, request: ImageRequest, max_n: int | None = None) -> ImageRequest:
+    """``request`` checked against ``route``'s limits (``max_n``: the images it may ask
+    for instead of the route's, as for a job), and marked for upscaling where the route
+    upscales: what every generation on a route (answer or preview) starts with."""
+    check_limits(route, request, max_n)
     if route.resize == "upscale" and not request.upscale:
         return replace(request, upscale=True)
     return request
@@ -173,8 +174,9 @@ def hinted(table: RoutingTable, route: Route, facts: RequestFacts, request: Imag
     return request if size is None else replace(request, width=size[0], height=size[1])
 
 
-def check_limits(route: Route, request: ImageRequest) -> None:
+def check_limits(route: Route, request: ImageRequest, max_n: int | None = None) -> None:
     limits = route.limits
+    most = limits.max_n if max_n is None else max_n
     if route.resize == "upscale":
         for name in ("width", "height"):
             value = getattr(request, name)
@@ -184,8 +186,9 @@ def check_limits(route: Route, request: ImageRequest) -> None:
             refusal = upscale_refusal(request.width, request.height, len(request.prompts))
             if refusal is not None:
                 raise InvalidRequest(refusal, field="n")
-    if len(request.prompts) > limits.max_n:
-        raise InvalidRequest(f"n must be at most {limits.max_n} on route {route.name!r}", field="n")
+    if len(request.prompts) > most:
+        where = f"on route {route.name!r}" if max_n is None else "for a job"
+        raise InvalidRequest(f"n must be at most {most} {where}", field="n")
     if limits.max_steps is not None and request.steps is not None and request.steps > limits.max_steps:
         raise InvalidRequest(f"steps must be at most {limits.max_steps}", field="steps")
     if limits.max_side is not None:

@@ -65,14 +65,22 @@ class GrpcChannel:
 
 
 def infer_message(
-    model_name: str, version: str, inputs: list[tuple[str, str, NDArray[Any]]], timeout_s: float, priority: int | None
+    model_name: str,
+    version: str,
+    inputs: list[tuple[str, str, NDArray[Any]]],
+    timeout_s: float,
+    priority: int | None,
+    rows_per_pass: int = 1,
 ) -> Any:
     """A ``ModelInferRequest`` with every input as raw contents and Triton's ``timeout``
-    (µs: work still queued when it passes is dropped) and ``priority``."""
+    (µs: work still queued when it passes is dropped) and ``priority``; ``rows_per_pass``
+    (the model's custom parameter) only when rows are to share passes."""
     message = pb.ModelInferRequest(model_name=model_name, model_version=version)
     message.parameters["timeout"].int64_param = max(1, int(timeout_s * 1_000_000))
     if priority:
         message.parameters["priority"].uint64_param = priority
+    if rows_per_pass > 1:
+        message.parameters["rows_per_pass"].int64_param = rows_per_pass
     for name, datatype, array in inputs:
         message.inputs.add(name=name, datatype=datatype, shape=list(array.shape))
         message.raw_input_contents.append(raw_tensor(datatype, array))

@@ -45,6 +45,10 @@ class ImageRequest:
     # but one the gateway drew binds nobody. Marked where they are drawn, so a request
     # that brings its own costs no copy.
     drawn: bool = field(default=False, compare=False)
+    # rows computed in one pipeline pass (Triton's ``rows_per_pass`` request parameter):
+    # 1, the singleton path every interactive request takes; more only for work that
+    # can wait, which a job tier's ``batch_rows`` opts in (image_router/jobs/batch.py)
+    rows_per_pass: int = 1
 
     @property
     def seeded(self) -> bool:

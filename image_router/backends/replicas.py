@@ -91,6 +91,7 @@ class Replica:
                     "pending": lane.pending,
                     "service_ms": round(1000 * lane.estimate.typical_s, 1),
                     "floor_ms": round(1000 * lane.estimate.floor_s, 1),
+                    "pass_factor": lane.passes(),  # T(b) / (b singletons), per measured batch size
                 }
                 for key, lane in self.lanes.items()
             },

@@ -316,7 +316,7 @@ class TritonBackend:
         replica.outstanding += 1
         lane = replica.lane(model)
         t0 = self.clock()
-        ticket = lane.send(t0, request_units(model, request))
+        ticket = lane.send(t0, request_units(model, request), min(len(request.prompts), request.rows_per_pass))
         try:
             if replica.grpc is not None:
                 result = await self._call_grpc(replica.grpc, model, request, timeout_s, priority)
@@ -371,6 +371,8 @@ class TritonBackend:
         parameters: dict[str, Any] = {"timeout": max(1, int(timeout_s * 1_000_000)), "binary_data_output": True}
         if priority:
             parameters["priority"] = priority
+        if request.rows_per_pass > 1:
+            parameters["rows_per_pass"] = request.rows_per_pass
         body, header_length = encode_request(_inputs(request), parameters, [])
         path = f"/v2/models/{quote(model.remote_name, safe='')}"
         if model.version:
@@ -394,7 +396,9 @@ class TritonBackend:
     ) -> ImageResult:
         """Over gRPC: when the awaiting task is cancelled (the budget's timeout, a hedge's
         loser, the client gone), grpc.aio cancels the call and Triton drops the work."""
-        message = infer_message(model.remote_name, model.version or "", _inputs(request), timeout_s, priority)
+        message = infer_message(
+            model.remote_name, model.version or "", _inputs(request), timeout_s, priority, request.rows_per_pass
+        )
         metadata: dict[str, str] = {}
         if trace.get_current_span().get_span_context().is_valid:
             propagate.inject(metadata)

@@ -399,13 +399,19 @@ class _Compiler:
                 ipaddress.ip_network(cidr, strict=False)
             except ValueError:
                 self.fail(("jobs", "webhook_allow_cidrs", i), f"{cidr!r} is not a network (10.40.0.0/16)")
-        tiers = {name: JobTier(t.max_running, t.min_share) for name, t in spec.tiers.items()}
+        for name, t in {"tier_defaults": spec.tier_defaults, **spec.tiers}.items():
+            if t.batch_rows > t.max_running:
+                where = ("jobs", "tier_defaults") if name == "tier_defaults" else ("jobs", "tiers", name)
+                self.fail((*where, "batch_rows"), f"batch_rows {t.batch_rows} needs max_running >= {t.batch_rows}: "
+                          "each job of a pass holds one running place")  # fmt: skip
+        tiers = {name: JobTier(t.max_running, t.min_share, t.batch_rows) for name, t in spec.tiers.items()}
         tenant_secrets = {n: tuple(x.get_secret_value() for x in v) for n, v in spec.tenant_webhook_secrets.items()}
         return JobsConfig(
             default_deadline_s=spec.default_deadline_s,
             max_deadline_s=spec.max_deadline_s,
             retention_s=spec.retention_s,
             max_queued=spec.max_queued,
+            max_n=spec.max_n,
             max_queued_per_tenant=spec.max_queued_per_tenant,
             max_running_per_tenant=spec.max_running_per_tenant,
             tenant_max_running={name: t.max_running for name, t in limits.items()},
@@ -414,7 +420,9 @@ class _Compiler:
             poll_after_ms=spec.poll_after_ms,
             idempotency_ttl_s=spec.idempotency_ttl_s,
             urgency_margin_s=spec.urgency_margin_s,
-            tier_defaults=JobTier(spec.tier_defaults.max_running, spec.tier_defaults.min_share),
+            tier_defaults=JobTier(
+                spec.tier_defaults.max_running, spec.tier_defaults.min_share, spec.tier_defaults.batch_rows
+            ),
             tiers=tiers,
             webhook_secrets=tuple(s.get_secret_value() for s in spec.webhook_secrets),
             webhook_allow_cidrs=tuple(spec.webhook_allow_cidrs),

@@ -469,6 +469,14 @@ class JobTierSpec(Strict):
 
     max_running: int = Field(default=1, ge=1, le=1000, description="Jobs running on this tier, all replicas.")
     min_share: float = Field(default=0.1, ge=0, le=1, description="The share of a busy tier's time jobs still get.")
+    batch_rows: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description="Rows of queued jobs computed together in one pass (1: each job alone). Opt-in, after "
+        "`bench/batching.py` on the tier's hardware: a batched image is within one level of the job alone, "
+        "never byte-equal by promise. At most the Triton model's max_batch_size and this tier's max_running.",
+    )
 
 
 class JobsSpec(Strict):
@@ -480,6 +488,9 @@ class JobsSpec(Strict):
     max_deadline_s: int = Field(default=86400, ge=10, description="The longest deadline a client may ask for.")
     retention_s: int = Field(default=86400, ge=60, description="A job and its images are kept this long.")
     max_queued: int = Field(default=10000, ge=1, description="Queued jobs, all tenants.")
+    max_n: int = Field(
+        default=50, ge=1, le=50, description="Images one job may ask for (a route's `limits.max_n`: interactive calls)."
+    )
     max_queued_per_tenant: int = Field(default=100, ge=1, description="Queued jobs of one tenant.")
     max_running_per_tenant: int = Field(
         default=2,

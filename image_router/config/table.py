@@ -221,6 +221,7 @@ class StateConfig:
 class JobTier:
     max_running: int = 1
     min_share: float = 0.1
+    batch_rows: int = 1  # rows of queued jobs computed together (image_router/jobs/batch.py)
 
 
 @dataclass(frozen=True, slots=True)
@@ -231,6 +232,7 @@ class JobsConfig:
     max_deadline_s: float = 86400
     retention_s: float = 86400
     max_queued: int = 10000
+    max_n: int = 50
     max_queued_per_tenant: int = 100
     max_running_per_tenant: int = 2
     tenant_max_running: Mapping[str, int] = field(default_factory=dict)  # tenants.*.jobs.max_running

@@ -78,6 +78,7 @@ class JobRequest(OpenAIImagesRequest):
     """An OpenAI generations body and what a job adds (``stream`` and
     ``partial_images`` are refused: a job's previews are phase 2)."""
 
+    n: int = Field(default=1, ge=1, le=50)  # jobs.max_n, checked at submission, says how many
     deadline_s: int | None = Field(default=None, ge=10)
     allow_downgrade: bool = False
     webhook: str | None = Field(default=None, max_length=2048)

@@ -51,8 +51,9 @@ from typing import TYPE_CHECKING, Any
 
 from image_router.backends.base import ImageRequest
 from image_router.config.table import RoutingTable
-from image_router.decide import background, on_route
+from image_router.decide import background
 from image_router.errors import BudgetExhausted, RouterError
+from image_router.jobs.batch import mates, passes
 from image_router.jobs.deliver import Deliverer
 from image_router.jobs.model import Job
 from image_router.jobs.ops import CENSUS_EVERY_S, OUTCOMES, Census, attempt_line, take_census
@@ -220,20 +221,28 @@ class JobRunner:
         mode = pacer.mode(idle, order == "urgent", self.clock())
         if mode is None:
             return
-        taken = await store.claim(job, self.owner, wall)
-        if taken is None:
-            return
-        self.counts["claimed"] += 1
-        if self.recorder is not None and self.recorder.metrics is not None:
-            self.recorder.metrics.job_started(tier, mode, max(0.0, wall - taken.created_at))
-        task = asyncio.get_running_loop().create_task(self._attempt(store, taken, mode, pacer))
-        self.attempts[taken.id] = task
-        self.running[taken.id] = taken
-        task.add_done_callback(lambda _: self._gone(taken.id))
+        group: list[Job] = []
+        for member in mates(job, candidates, config.tier(tier).batch_rows, wall, capped):
+            taken = await store.claim(member, self.owner, wall)
+            if taken is None:  # someone else took it, or the tier or the tenant is full now
+                if member is job:
+                    return
+                continue
+            group.append(taken)
+            self.counts["claimed"] += 1
+            if self.recorder is not None and self.recorder.metrics is not None:
+                self.recorder.metrics.job_started(tier, mode, max(0.0, wall - taken.created_at))
+        task = asyncio.get_running_loop().create_task(self._attempt(store, group, mode, pacer))
+        ids = [taken.id for taken in group]
+        for taken in group:
+            self.attempts[taken.id] = task
+            self.running[taken.id] = taken
+        task.add_done_callback(lambda _: self._gone(ids))
 
-    def _gone(self, job_id: str) -> None:
-        self.attempts.pop(job_id, None)
-        self.running.pop(job_id, None)
+    def _gone(self, job_ids: list[str]) -> None:
+        for job_id in job_ids:
+            self.attempts.pop(job_id, None)
+            self.running.pop(job_id, None)
 
     def _expected_s(self, table: RoutingTable, tier: str) -> float:
         forecast = self.gateway.dispatcher.forecast(table.models[tier])
@@ -250,39 +259,70 @@ class JobRunner:
         forecast = self.gateway.dispatcher.forecast(model)
         return service_estimate(forecast.service_s if forecast is not None else None, model.latency_hint_ms)
 
-    async def _attempt(self, store: JobStore, job: Job, mode: str, pacer: Pacer) -> None:
+    async def _attempt(self, store: JobStore, group: list[Job], mode: str, pacer: Pacer) -> None:
+        """Run ``group`` (one job, or the jobs of one batched pass) and finish each job.
+
+        Each job keeps its own heartbeat. A job cancelled or lost while its pass runs is
+        left out of the pass's answer; the pass itself is stopped only when every job in
+        it is (over gRPC that stops Triton's work), so one client's cancel never costs
+        another client's job."""
         started = self.clock()
         work = asyncio.current_task()
-        beat = asyncio.get_running_loop().create_task(self._heartbeat(store, job, work))
+        ids = {job.id for job in group}
+        beats = [asyncio.get_running_loop().create_task(self._heartbeat(store, job, work, ids)) for job in group]
+        outcomes: list[tuple[Job, Job | None, list[bytes]]]  # (job, its end or None: lost, images)
         try:
-            new, images = await self._generate(job, mode)
+            made = await self._generate(group, mode)
+            outcomes = [(job, *self._kept(job, new, images)) for job, (new, images) in zip(group, made, strict=True)]
         except asyncio.CancelledError:
-            why = self.stopped.pop(job.id, None)
-            if why != "cancel":  # shutting down, or the job was given away: its lease says what happens next
-                self._ended(job, "lost" if why == "lost" else "handed_back", mode, self.clock() - started)
+            whys = {job.id: self.stopped.pop(job.id, None) for job in group}
+            if not all(whys.values()):  # shutting down: the leases say what happens next
+                for job in group:
+                    self._ended(job, "lost" if whys[job.id] == "lost" else "handed_back", mode, self.clock() - started)
                 raise
-            new, images = job.finished("cancelled", self.wall()), []
+            outcomes = [(job, *self._kept(job, None, [], whys[job.id])) for job in group]
         except BudgetExhausted as exc:
-            new, images = job.expired(self.wall()), []
-            if not new.terminal:
-                new = job.finished("failed", self.wall(), error=_error(exc))
+            outcomes = []
+            for job in group:
+                new = job.expired(self.wall())
+                if not new.terminal:
+                    new = job.finished("failed", self.wall(), error=_error(exc))
+                outcomes.append((job, *self._kept(job, new, [])))
         except RouterError as exc:
-            new, images = job.finished("failed", self.wall(), error=_error(exc)), []
+            failed = _error(exc)
+            outcomes = [(job, *self._kept(job, job.finished("failed", self.wall(), error=failed), [])) for job in group]
         except Exception as exc:  # a bug must not leave the job running forever
-            log.exception("job %s failed", job.id)
+            log.exception("job %s failed", ", ".join(sorted(ids)))
             error = {"code": "internal_error", "message": f"{type(exc).__name__}", "status": 500}
-            new, images = job.finished("failed", self.wall(), error=error), []
+            outcomes = [(job, *self._kept(job, job.finished("failed", self.wall(), error=error), [])) for job in group]
         finally:
-            beat.cancel()
+            for beat in beats:
+                beat.cancel()
             pacer.ran(mode, started, self.clock())
-        ttl = max(1.0, job.expires_at - self.wall())
-        with contextlib.suppress(asyncio.CancelledError):
-            done = await store.finish(job, self.owner, new, images, ttl)
-            self.counts["completed" if done is not None and done.status == "completed" else "failed"] += 1
-            if done is None:
-                self.counts["lost"] += 1
-            self._ended(done or job, "lost" if done is None else done.status, mode, self.clock() - started)
+        for job, end, images in outcomes:
+            if end is None:  # given away while it ran: the store's record is another attempt's now
+                self._ended(job, "lost", mode, self.clock() - started)
+                continue
+            ttl = max(1.0, job.expires_at - self.wall())
+            with contextlib.suppress(asyncio.CancelledError):
+                done = await store.finish(job, self.owner, end, images, ttl)
+                self.counts["completed" if done is not None and done.status == "completed" else "failed"] += 1
+                if done is None:
+                    self.counts["lost"] += 1
+                self._ended(done or job, "lost" if done is None else done.status, mode, self.clock() - started)
         self.wake.set()
+
+    def _kept(
+        self, job: Job, new: Job | None, images: list[bytes], why: str | None = None
+    ) -> tuple[Job | None, list[bytes]]:
+        """What to write for ``job`` once its pass is over: a job cancelled meanwhile is
+        ``cancelled`` (its images dropped); one lost (its lease given away) writes nothing."""
+        why = why or self.stopped.pop(job.id, None)
+        if why == "lost":
+            return None, []
+        if why == "cancel" or new is None:
+            return job.finished("cancelled", self.wall()), []
+        return new, images
 
     def _ended(self, job: Job, outcome: str, mode: str, run_s: float) -> None:
         """Count the attempt's end and write its access-log line."""
@@ -294,7 +334,7 @@ class JobRunner:
         if self.recorder.access_log is not None:
             self.recorder.access_log.record(attempt_line(job, outcome, mode, run_s, self.wall()))
 
-    async def _heartbeat(self, store: JobStore, job: Job, work: asyncio.Task[Any] | None) -> None:
+    async def _heartbeat(self, store: JobStore, job: Job, work: asyncio.Task[Any] | None, group: set[str]) -> None:
         tick = 0
         while True:
             await asyncio.sleep(store.config.lease_s / 3)
@@ -302,9 +342,10 @@ class JobRunner:
                 now = await store.heartbeat(job.id, self.owner)
             except RouterError:
                 continue  # the store did not answer: the lease may still hold; try again
-            if (now is None or now.status == "cancelling") and work is not None:
+            if now is None or now.status == "cancelling":
                 self.stopped[job.id] = "lost" if now is None else "cancel"
-                work.cancel(None if now is None else "cancelled")  # wasted compute's reason, where it reaches the call
+                if work is not None and group <= self.stopped.keys():  # nobody's left in the pass: stop it
+                    work.cancel(None if now is None else "cancelled")  # wasted compute's reason, at the call
                 return
             hook = now.webhook if now is not None else None
             if now is not None and hook is not None and "progress" in hook.get("events", ()):
@@ -326,30 +367,53 @@ class JobRunner:
         self._sending.add(task)
         task.add_done_callback(self._sending.discard)
 
-    async def _generate(self, job: Job, mode: str) -> tuple[Job, list[bytes]]:
+    async def _generate(self, group: list[Job], mode: str) -> list[tuple[Job, list[bytes]]]:
+        """Each job of ``group`` finished ``completed`` and its encoded images, made in
+        the calls :func:`~image_router.jobs.batch.passes` cuts (one per image on a tier
+        that does not batch)."""
         table = self.gateway.table
-        asked = job.request
-        route = table.route_named(job.route) or table.default
-        if not job.allow_downgrade or job.tier not in {a.model for a in route.arms}:
-            route = route.alone(job.tier)
-        budget_s = max(1.0, job.deadline_at - self.wall())
-        route = dataclasses.replace(route, budget_ms=budget_s * 1000, hedge_after_ms=None, hedge_p95=False)
-        request = ImageRequest(
-            prompts=(asked["prompt"],) * int(asked["n"]),
-            seeds=tuple(asked["seeds"]),
-            steps=asked.get("steps"),
-            width=asked.get("width"),
-            height=asked.get("height"),
-        )
-        decision = background(table, route, on_route(route, request), PRIORITY[mode])
-        served = await self.gateway.dispatcher.serve(decision)
-        pixels = await served.result.pixels()
-        fmt, quality = str(asked.get("output_format") or "png"), int(asked.get("output_compression") or 90)
-        images = await asyncio.to_thread(lambda: [self.encode(image, fmt, quality) for image in pixels])
-        dims = served.result.dimensions()
+        first = group[0]
+        batch_rows = self.store_config_rows(first.tier)
+        route = table.route_named(first.route) or table.default
+        if not first.allow_downgrade or first.tier not in {a.model for a in route.arms}:
+            route = route.alone(first.tier)
+        asked = first.request  # the pass's shape: every job of a group shares it
+        pixels: list[list[Any]] = [[] for _ in group]
+        model_tag, dims = "", None
+        for cut in passes(group, batch_rows):
+            budget_s = max(1.0, min(group[i].deadline_at for i, _ in cut) - self.wall())
+            route = dataclasses.replace(route, budget_ms=budget_s * 1000, hedge_after_ms=None, hedge_p95=False)
+            request = ImageRequest(
+                prompts=tuple(group[i].request["prompt"] for i, _ in cut),
+                seeds=tuple(group[i].request["seeds"][r] for i, r in cut),
+                steps=asked.get("steps"),
+                width=asked.get("width"),
+                height=asked.get("height"),
+                upscale=route.resize == "upscale",  # as on_route marks it: each job was checked at submission
+                rows_per_pass=len(cut) if batch_rows > 1 else 1,
+            )
+            decision = background(table, route, request, PRIORITY[mode])
+            served = await self.gateway.dispatcher.serve(decision)
+            for (i, _), image in zip(cut, await served.result.pixels(), strict=True):
+                pixels[i].append(image)
+            model_tag, dims = served.model_tag, served.result.dimensions() or dims
         size = f"{dims[0]}x{dims[1]}" if dims is not None else None
-        new = job.finished("completed", self.wall(), images=len(images), size=size, model_version=served.model_tag)
-        return new, images
+        made = []
+        for job, images in zip(group, pixels, strict=True):
+            fmt = str(job.request.get("output_format") or "png")
+            quality = int(job.request.get("output_compression") or 90)
+            blobs = await asyncio.to_thread(self._encode_all, images, fmt, quality)
+            new = job.finished("completed", self.wall(), images=len(blobs), size=size, model_version=model_tag)
+            made.append((new, blobs))
+        return made
+
+    def _encode_all(self, images: list[Any], fmt: str, quality: int) -> list[bytes]:
+        return [self.encode(image, fmt, quality) for image in images]
+
+    def store_config_rows(self, tier: str) -> int:
+        """The tier's ``batch_rows`` as the table now says (1 once jobs are reloaded away)."""
+        jobs = self.gateway.table.jobs
+        return 1 if jobs is None else jobs.tier(tier).batch_rows
 
 
 def _error(exc: RouterError) -> dict[str, Any]:

@@ -73,7 +73,7 @@ async def submit_job(
         if not config.secrets(tenant):
             raise WebhookSecretMissing("webhook: no webhook secret is configured to sign it", field="webhook")
         await asyncio.to_thread(resolve_target, options.webhook, config.webhook_allow_cidrs)
-    decision = await gateway.decide_later(ask)
+    decision = await gateway.decide_later(ask._replace(max_n=config.max_n))
     request = decision.request
     seeds = request.seeds or gateway.draw(len(request.prompts))
     now = wall()

@@ -11,7 +11,10 @@ Triton hands ``execute`` one request at a time: the shipped configs have no
 computed one after another but answered together only made the first wait for the rest.
 A list of several is still handled, request by request. The rows of one request run one
 by one, or, with the model's opt-in ``batch_rows`` parameter, in fixed chunks of that
-many rows in one pass each (:mod:`image_router.pipelines.rows`).
+many rows in one pass each (:mod:`image_router.pipelines.rows`). A request may ask for
+its own chunk size with the ``rows_per_pass`` request parameter: the gateway sends it
+for a job tier that batches jobs together (image_router/jobs/batch.py), whose rows come
+from several clients' jobs; interactive requests never carry it.
 
 Each request in a batch is validated and answered on its own: one bad request gets a
 400 (``INVALID_ARG``) and never fails its batch-mates or the model process. A request
@@ -40,7 +43,7 @@ from numpy.typing import NDArray
 from image_router.pipelines.contract import Cancelled, Generation, InvalidInput, Limits, parse_request
 from image_router.pipelines.rows import run_rows
 
-__all__ = ["NoopGenerator", "TritonPythonModel", "batch_rows", "build_generator", "generate_rows"]
+__all__ = ["NoopGenerator", "TritonPythonModel", "batch_rows", "build_generator", "generate_rows", "rows_per_pass"]
 
 INPUT_NAMES = ("PROMPT", "SEED", "STEPS", "WIDTH", "HEIGHT", "INIT_IMAGE", "MASK", "STRENGTH")
 
@@ -143,6 +146,24 @@ def batch_rows(params: dict[str, str]) -> int:
     return value
 
 
+MAX_ROWS_PER_PASS = 64
+
+
+def rows_per_pass(parameters: str | None, configured: int) -> int:
+    """The rows one pass may take for a request: its ``rows_per_pass`` parameter (the
+    gateway sends it for work that can wait, image_router/jobs/batch.py) or the model's
+    own ``batch_rows``. ``parameters`` is the request's parameters as Triton's Python
+    backend gives them (a JSON object); a bad value is the request's 400, naming it."""
+    if not parameters:
+        return configured
+    raw = json.loads(parameters).get("rows_per_pass")
+    if raw is None:
+        return configured
+    if isinstance(raw, bool) or not isinstance(raw, int) or not 1 <= raw <= MAX_ROWS_PER_PASS:
+        raise InvalidInput(f"rows_per_pass: a whole number from 1 to {MAX_ROWS_PER_PASS}, got {raw!r}")
+    return raw
+
+
 def generate_rows(
     generator: Generator, jobs: list[Generation], cancelled: Callable[[], bool], rows: int = 1
 ) -> tuple[list[NDArray[Any]], list[int]]:
@@ -178,7 +199,8 @@ class TritonPythonModel:
                     tensor = pb_utils.get_input_tensor_by_name(request, name)
                     inputs[name] = None if tensor is None else tensor.as_numpy()
                 jobs = parse_request(inputs, self.generator.limits)
-                images, spent = generate_rows(self.generator, jobs, request.is_cancelled, self.rows)
+                rows = rows_per_pass(getattr(request, "parameters", lambda: None)(), self.rows)
+                images, spent = generate_rows(self.generator, jobs, request.is_cancelled, rows)
                 out = pb_utils.Tensor("IMAGE", np.stack(images))
                 compute = pb_utils.Tensor("COMPUTE_NS", np.asarray(spent, dtype=np.int64).reshape(-1, 1))
                 responses.append(pb_utils.InferenceResponse(output_tensors=[out, compute]))

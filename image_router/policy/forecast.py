@@ -16,7 +16,14 @@ small model of that model's queue there, fed by the gateway's own sends and answ
   steps, relative to the model's default shape). Samples are stored per unit and every
   request — executing, queued, abandoned, or the one being forecast — is played forward
   at its own units, so a 4-image or 1024² request is forecast as the work it is and
-  does not teach the lane that the model got 4x slower.
+  does not teach the lane that the model got 4x slower;
+* for a **batched pass** (``b`` rows computed together, a job tier's ``batch_rows``),
+  ``T(b)``: its samples are tagged with ``b`` and teach a per-``b`` factor, the pass's
+  time over ``b`` singletons' (:meth:`Lane.pass_factor`, the median of the last three),
+  never the singleton estimate — a pass of 8 draft images takes ~3.5 singletons' time,
+  and counted as 8 samples of a singleton it would make every interactive forecast
+  2.3x too optimistic. Until a ``b`` has samples its factor is 1: ``b`` singletons,
+  the safe side.
 
 :meth:`Lane.forecast` plays the queue forward at the typical service time (``expected``),
 at the fastest (``floor``: above it, the request would almost surely miss) and at the
@@ -50,6 +57,8 @@ _CENSORED_GROWTH = 1.25
 # it needs at least this share of a typical service time more.
 _OVERRUN_SHARE = 0.25
 _MAX_BACKOFF = 16
+# a pass's factor is kept within these: a sample outside is a stall or a clock artefact
+_MIN_PASS_FACTOR, _MAX_PASS_FACTOR = 0.05, 4.0
 
 
 FAR_BEYOND = 8  # times a tier's native side: past it, a size is the tier's to refuse, not to forecast
@@ -150,6 +159,8 @@ class Ticket:
 
     sent: float
     units: float = 1.0  # its work (work_units): what it costs at the per-unit estimate
+    batch: int = 1  # rows computed in one pass (1: a singleton); its units include T(b)'s factor
+    nominal: float = 1.0  # its work as ``batch`` singletons (units before the factor)
     started: float | None = None  # when it (probably) began executing
     exact: bool = False  # started is known (a free slot, or right after a real answer)
     abandoned: bool = False  # given up while queued: it will still run, for nobody
@@ -167,13 +178,21 @@ class Lane:
         self._queued: deque[Ticket] = deque()
         self._ghosts: list[float] = []  # when abandoned-but-running requests should end
         self._backoff = 1
+        self._passes: dict[int, deque[float]] = {}  # b -> recent T(b) / (b singletons' time)
 
     # -- events ----------------------------------------------------------------------
 
-    def send(self, now: float, units: float = 1.0) -> Ticket:
-        """A request of ``units`` of work (:func:`work_units`) sent now."""
+    def pass_factor(self, batch: int) -> float:
+        """A pass of ``batch`` rows' time over ``batch`` singletons' (1 for a singleton,
+        and for a ``batch`` not measured yet)."""
+        samples = self._passes.get(batch) if batch > 1 else None
+        return sorted(samples)[len(samples) // 2] if samples else 1.0
+
+    def send(self, now: float, units: float = 1.0, batch: int = 1) -> Ticket:
+        """A request of ``units`` of work (:func:`work_units`) sent now, its rows
+        computed ``batch`` to a pass."""
         self._expire(now)
-        ticket = Ticket(now, max(units, 1e-9))
+        ticket = Ticket(now, max(units * self.pass_factor(batch), 1e-9), batch, max(units, 1e-9))
         if self._free_slots() > 0:
             ticket.started, ticket.exact = now, True
             self._running.append(ticket)
@@ -188,7 +207,13 @@ class Lane:
         if ticket in self._running:
             self._running.remove(ticket)
             if ok and ticket.exact and ticket.started is not None:  # a guessed start is no sample
-                self.estimate.add((now - ticket.started) / ticket.units, now)
+                took = now - ticket.started
+                if ticket.batch > 1:  # T(b): teaches the pass's factor, never the singleton estimate
+                    factor = took / (ticket.nominal * self.estimate.typical_s)
+                    recent = self._passes.setdefault(ticket.batch, deque(maxlen=_MEDIAN_OF))
+                    recent.append(min(_MAX_PASS_FACTOR, max(_MIN_PASS_FACTOR, factor)))
+                else:
+                    self.estimate.add(took / ticket.units, now)
                 self._backoff = 1
         elif ticket in self._queued:
             # answered while we thought it queued: whatever we thought was ahead is done
@@ -235,6 +260,10 @@ class Lane:
         return ran
 
     # -- the forecast ----------------------------------------------------------------
+
+    def passes(self) -> dict[str, float]:
+        """T(b) as learnt: each measured ``b``'s factor (for the admin view, JSON keys)."""
+        return {str(b): round(self.pass_factor(b), 3) for b in sorted(self._passes)}
 
     def forecast(self, now: float, extra_ahead: int = 0, units: float = 1.0) -> Forecast:
         """When a request of ``units`` of work sent now would finish, with

@@ -69,6 +69,33 @@ def test_work_ahead_is_played_forward_at_its_own_units() -> None:
     assert lane.forecast(now + 0.1, extra_ahead=1).expected_s == pytest.approx(0.3 + 0.2 + 0.05 + 0.05)
 
 
+def test_a_batched_pass_teaches_t_of_b_and_never_the_singleton_estimate() -> None:
+    """Passes of 8 rows that take 3.5 singletons' time: the lane learns the factor for
+    b = 8 (the median of the last three) and keeps a singleton at 50 ms; a singleton
+    queued behind a pass of 8 is forecast at the pass's learnt time, not 8 singletons'.
+    Before any sample a pass counts as b singletons (the safe side)."""
+    lane = Lane(prior_s=0.05)
+    now = 1000.0
+    for _ in range(3):
+        single = lane.send(now)
+        now += 0.05
+        lane.done(single, now, ok=True)
+    assert lane.pass_factor(8) == 1.0, "unmeasured: 8 singletons"
+    first = lane.send(now, units=8.0, batch=8)
+    assert first.units == pytest.approx(8.0)
+    for took in (0.175, 0.9, 0.175):  # one stalled pass does not move the median
+        lane.done(first, now + took, ok=True)
+        now += took
+        first = lane.send(now, units=8.0, batch=8)
+    assert lane.estimate.typical_s == pytest.approx(0.05), "a pass is never a singleton's sample"
+    assert lane.pass_factor(8) == pytest.approx(0.175 / 0.4)
+    assert lane.passes() == {"8": 0.438}
+    assert first.units == pytest.approx(3.5)
+    behind = lane.forecast(now)
+    assert behind.ahead == 1 and behind.expected_s == pytest.approx(0.175 + 0.05)
+    assert lane.forecast(now, units=8.0).service_s == pytest.approx(0.4), "a singleton's 8 rows: 8 singletons"
+
+
 def test_abandoned_work_holds_the_instance_for_its_own_units() -> None:
     lane = Lane(prior_s=0.05)
     ticket = lane.send(1000.0, units=4.0)
@@ -92,6 +119,7 @@ MODELS = {
 }
 CHAIN = ("preview", "draft")
 BUDGET_S = 2.0
+PASS_FACTOR = 0.44  # a pass of 8 draft rows takes ~3.5 singletons' time (docs/batching.md)
 
 
 def fake_backend() -> TritonBackend:
@@ -108,6 +136,8 @@ def fake_backend() -> TritonBackend:
         rows = len(request.prompts)
         side = request.width or model.native_side or 64
         work = PER_UNIT_S[model.name] * rows * max(1.0, side * side / (model.native_side or 64) ** 2)
+        if request.rows_per_pass > 1:  # a batched pass: T(b) is a share of b singletons' time
+            work *= PASS_FACTOR
         ends = busy_until[model.name] = max(now, busy_until[model.name]) + work
         await asyncio.sleep(min(ends, now + timeout_s) - now)
         if ends > now + timeout_s:
@@ -183,6 +213,50 @@ async def test_the_same_traffic_forecast_per_request_misses_budgets() -> None:
     finally:
         triton_backend.request_units = original
     assert outcomes["missed"] > 0, outcomes
+
+
+async def beside_batched_passes() -> tuple[Counter[str], Lane]:
+    """The interactive clients of :func:`traffic` (single images, n=4, 4x the pixels)
+    while a background of jobs sends 8-row batched passes to draft back to back; and
+    the draft lane afterwards."""
+    b = fake_backend()
+    stop = asyncio.Event()
+
+    async def background() -> None:
+        job = ImageRequest(("a job",) * 8, tuple(range(8)), rows_per_pass=8)
+        while not stop.is_set():
+            await b.generate(MODELS["draft"], job, 60.0)
+            await asyncio.sleep(0.2)
+
+    behind = asyncio.ensure_future(background())
+    shapes = [(1, None), (4, None), (1, 128), (1, None), (2, 128), (1, None)]
+
+    async def client(offset: int) -> list[str]:
+        out = []
+        for i in range(12):
+            rows, side = shapes[(i + offset) % len(shapes)]
+            request = ImageRequest(("a cat",) * rows, tuple(range(rows)), None, side, side)
+            out.append(await serve(b, request, triton_backend.request_units))
+        return out
+
+    results = await asyncio.gather(*(client(k) for k in range(3)))
+    stop.set()
+    await behind
+    (replica,) = b.replicas.replicas
+    return Counter(outcome for result in results for outcome in result), replica.lane(MODELS["draft"])
+
+
+@virtual_time
+async def test_beside_batched_passes_no_answer_is_later_than_the_budget() -> None:
+    """Batched passes on the draft lane learn their own T(8) and count at it: the
+    interactive requests beside them are answered within budget or refused up front,
+    and the lane's singleton estimate is still a singleton's (a pass taken for eight
+    singletons' samples would teach it T(8)/8, 2.3x too fast)."""
+    outcomes, draft = await beside_batched_passes()
+    assert outcomes["late"] == 0 and outcomes["missed"] == 0, outcomes
+    assert outcomes["answered"] >= 25, outcomes
+    assert draft.estimate.typical_s == pytest.approx(PER_UNIT_S["draft"], rel=0.05)
+    assert draft.pass_factor(8) == pytest.approx(PASS_FACTOR, rel=0.05)
 
 
 def test_a_size_far_beyond_the_tier_and_an_upscaled_request_count_their_rows() -> None:

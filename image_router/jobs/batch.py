@@ -1,0 +1,75 @@
+"""Jobs computed together: a job tier's opt-in ``batch_rows`` (pure).
+
+Jobs are the one kind of work here that can wait, so they are where batching's
+throughput is worth its latency (issue 34; ``bench/batching.py`` measures the gain per
+model: 2.1x images/s for draft at 4 rows a pass on this CPU, nothing for quality).
+Interactive requests, the background filler and pre-generation stay singleton: the
+filler's and pre-generation's product is a cache entry that answers a singleton
+request, and a row computed in a batch is not byte-equal to the row alone.
+
+The runner does the grouping itself rather than a timed batcher in front of Triton:
+the queued jobs are already in the store, so a pass is filled from the queue at once,
+with no queue delay to tune. When the fair order (:func:`image_router.jobs.schedule.pick`)
+names a job to start, :func:`mates` adds, in the same fair order, queued jobs of the
+same **shape** — route, downgrade permission, steps and size: what one pipeline pass
+must share — while their rows fit in ``batch_rows``. Each job still takes one running
+place (``max_running``, the tenant's cap), claimed one by one; a claim refused is
+simply not in the pass.
+
+:func:`passes` cuts a group's rows into the calls it makes: all its rows in one pass,
+or a job with more rows than ``batch_rows`` (a job may ask for up to 50) in passes of
+``batch_rows`` of its own rows. With ``batch_rows: 1`` each image is its own call, the
+singleton path: the same bytes as the same request made interactively.
+
+Nothing a pass makes reaches the result cache: a job's images are the job's own
+(image_router/jobs/runner.py serves it with no cache plan), so a batched row can never
+answer a singleton lookup.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Sequence
+from typing import Any
+
+from image_router.jobs.model import Job
+
+__all__ = ["mates", "passes", "rows", "shape"]
+
+
+def rows(job: Job) -> int:
+    """The images ``job`` asked for."""
+    return int(job.request.get("n", 1))
+
+
+def shape(job: Job) -> tuple[Any, ...]:
+    """What the jobs of one pass must share."""
+    asked = job.request
+    return (job.route, job.allow_downgrade, asked.get("steps"), asked.get("width"), asked.get("height"))
+
+
+def mates(first: Job, queued: Sequence[Job], batch_rows: int, now: float, capped: Collection[str] = ()) -> list[Job]:
+    """``first`` and, in the queue's fair order, the live queued jobs of its shape
+    whose rows fit beside it in ``batch_rows`` (tenants in ``capped`` wait)."""
+    group = [first]
+    room = batch_rows - rows(first)
+    if room <= 0:
+        return group
+    want = shape(first)
+    for job in sorted(queued, key=lambda j: (j.tag, j.id)):
+        if job.id == first.id or job.deadline_at <= now or job.tenant in capped or shape(job) != want:
+            continue
+        if rows(job) <= room:
+            group.append(job)
+            room -= rows(job)
+            if room == 0:
+                break
+    return group
+
+
+def passes(group: Sequence[Job], batch_rows: int) -> list[list[tuple[int, int]]]:
+    """The calls that compute ``group``: each a list of ``(job index, row)``. A group of
+    several jobs (their rows fit ``batch_rows``) is one pass; a single job's rows go in
+    passes of ``batch_rows``."""
+    flat = [(i, r) for i, job in enumerate(group) for r in range(rows(job))]
+    step = max(1, batch_rows)
+    return [flat[i : i + step] for i in range(0, len(flat), step)]
