@@ -30,7 +30,7 @@ import signal
 import sys
 from pathlib import Path
 from types import FrameType
-from typing import IO
+from typing import IO, Any
 
 import shtab
 
@@ -143,16 +143,16 @@ def cmd_triton(args: argparse.Namespace) -> int:
     return 0 if code in (0, -signal.SIGTERM, -signal.SIGINT) else int(code)
 
 
-def _run_gateway(args: argparse.Namespace) -> None:
-    import uvicorn
-
+def build_gateway_app(args: argparse.Namespace) -> Any:
+    """The ASGI app ``router serve`` runs for ``args`` (each worker builds its own)."""
     from image_router.app import create_app
     from image_router.rpc import GrpcOptions
-    from image_router.serving import GracefulServer, bounded_protocol
 
     grpc = None
     if not args.no_grpc:
-        grpc = GrpcOptions(host=args.host, port=args.grpc_port, max_concurrent_rpcs=args.grpc_max_rpcs)
+        grpc = GrpcOptions(
+            host=args.host, port=args.grpc_port, max_concurrent_rpcs=args.grpc_max_rpcs, reuse_port=args.workers > 1
+        )
     app = create_app(
         args.routes,
         watch=not args.no_watch,
@@ -161,23 +161,41 @@ def _run_gateway(args: argparse.Namespace) -> None:
         metrics=not args.no_metrics,
         grpc=grpc,
     )
-    grpc_note = "" if grpc is None else f", gRPC on {args.host}:{args.grpc_port or '(a free port)'}"
+    # JSON lines carry the request id: the outermost layer makes each request's state current
+    return logs.RequestContext(app) if args.log_format == "json" else app
+
+
+def _run_gateway(args: argparse.Namespace) -> None:
+    import uvicorn
+
+    from image_router.serving import GracefulServer, bounded_protocol
+
+    grpc_note = "" if args.no_grpc else f", gRPC on {args.host}:{args.grpc_port or '(a free port)'}"
+    settings: dict[str, Any] = {
+        "host": args.host,
+        "port": args.port,
+        "log_level": args.log_level,
+        "log_config": logs.uvicorn_log_config(args.log_format),
+        "access_log": False,
+        "loop": "auto",
+        "timeout_graceful_shutdown": 10,
+        "proxy_headers": bool(args.forwarded_allow_ips),  # none named: X-Forwarded-* is never believed
+        "forwarded_allow_ips": args.forwarded_allow_ips or None,
+    }
+    if args.workers > 1:
+        from image_router.workers import run_workers
+
+        _say(
+            args,
+            f"gateway: {args.workers} workers on http://{args.host}:{args.port}{grpc_note}  (routes: {args.routes})",
+        )
+        run_workers(args, build_gateway_app, **settings)
+        return
+    app = build_gateway_app(args)
     _say(args, f"gateway listening on http://{args.host}:{args.port}{grpc_note}  (routes: {args.routes})")
-    config = uvicorn.Config(
-        # JSON lines carry the request id: the outermost layer makes each request's state current
-        logs.RequestContext(app) if args.log_format == "json" else app,
-        host=args.host,
-        port=args.port,
-        log_level=args.log_level,
-        log_config=logs.uvicorn_log_config(args.log_format),
-        access_log=False,
-        loop="auto",
-        http=bounded_protocol(args.max_head_bytes, args.head_timeout),
-        timeout_graceful_shutdown=10,
-        proxy_headers=bool(args.forwarded_allow_ips),  # none named: X-Forwarded-* is never believed
-        forwarded_allow_ips=args.forwarded_allow_ips or None,
-    )
-    access = app.state.runtime.access_log  # held lines written the moment a stop signal comes
+    config = uvicorn.Config(app, http=bounded_protocol(args.max_head_bytes, args.head_timeout), **settings)
+    inner: Any = getattr(app, "app", app)  # under RequestContext
+    access = inner.state.runtime.access_log  # held lines written the moment a stop signal comes
     server = GracefulServer(config, on_exit=access.flush if access is not None else lambda: None)
     with contextlib.suppress(KeyboardInterrupt):  # as uvicorn.run: Ctrl-C (re-raised after shutdown) ends it
         server.run()

@@ -39,6 +39,9 @@ ENVIRONMENT = {
     "ROUTER_URL_SECRET": "signs image URLs (default: derived from ROUTER_ADMIN_TOKEN)",
     "ROUTER_LOG_FORMAT": "text or json: the default of --log-format",
     "FORWARDED_ALLOW_IPS": "the default of --forwarded-allow-ips",
+    "ROUTER_SERVE_WORKERS": "the default of --workers",
+    "ROUTER_WORKERS": "set by --workers for its workers (how many there are): not for operators",
+    "PROMETHEUS_MULTIPROC_DIR": "with --workers: where the workers' metrics files go (default: a fresh temp dir)",
     "OTEL_TRACES_EXPORTER": "none (default), console or otlp: OpenTelemetry traces",
     "OTEL_EXPORTER_OTLP_*": "the OTLP endpoint, headers, ... (with OTEL_TRACES_EXPORTER=otlp)",
     "OTEL_SERVICE_NAME": "the traces' service name (default: image-router)",
@@ -60,6 +63,8 @@ SERVE_ENV = [
     "ROUTER_URL_SECRET",
     "ROUTER_LOG_FORMAT",
     "FORWARDED_ALLOW_IPS",
+    "ROUTER_SERVE_WORKERS",
+    "PROMETHEUS_MULTIPROC_DIR",
     "OTEL_TRACES_EXPORTER",
     "OTEL_EXPORTER_OTLP_*",
     "OTEL_SERVICE_NAME",
@@ -150,6 +155,13 @@ def _serve_args(p: argparse.ArgumentParser) -> None:
         help="write buffered access log lines this often (0: every line at once)",
     )
     p.add_argument("--no-metrics", action="store_true", help="no Prometheus metrics (/metrics is 404)")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=int(os.environ.get("ROUTER_SERVE_WORKERS", "1") or "1"),
+        metavar="N",
+        help="gateway processes sharing the ports, one core each (env: ROUTER_SERVE_WORKERS; docs/benchmarks.md)",
+    )
     p.add_argument("--grpc-port", type=int, default=8081, help="KServe v2 gRPC and gRPC health (0 picks a free port)")
     p.add_argument("--no-grpc", action="store_true", help="HTTP only")
     p.add_argument(

@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
+import os
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
@@ -36,6 +37,7 @@ from image_router.cache.entry import Entry
 from image_router.cache.flight import Flights
 from image_router.cache.keys import CacheKey, lease_key
 from image_router.cache.service import ResultCache
+from image_router.cache.store import shares_store
 from image_router.config.table import Model, Route
 from image_router.dispatch.stored import Flight, Lookup, Stored
 from image_router.served import CachePlan
@@ -60,7 +62,7 @@ class Coordinator:
         self.wall_clock = wall_clock
         self.cache: ResultCache | None = None  # the table's, set by the gateway on every swap
         self.flights: Flights[ImageResult] = Flights()
-        self.owner = f"{id(self):x}-{time.time_ns():x}"  # this replica, in store leases
+        self.owner = f"{os.getpid():x}-{id(self):x}-{time.time_ns():x}"  # this replica, in store leases
         self._versions: dict[str, tuple[str, float]] = {}  # lane key -> (served version, seen at)
         self._refreshing: dict[str, asyncio.Task[None]] = {}
 
@@ -168,7 +170,7 @@ class Coordinator:
         cache = self.cache
         held: bool | None = None
         write: asyncio.Task[None] | None = None
-        if cache is not None and getattr(cache.store, "shared", cache.store.kind == "redis"):
+        if cache is not None and getattr(cache.store, "shared", cache.store.kind == "redis" or shares_store()):
             held, entry = await self._coordinate(cache, key, flight)
             if entry is not None:
                 if held:

@@ -21,6 +21,7 @@ import asyncio
 import fnmatch
 import functools
 import logging
+import os
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -183,6 +184,15 @@ class RedisStore:
 
     async def aclose(self) -> None:
         await self._redis.aclose()
+
+
+WORKERS_ENV = "ROUTER_WORKERS"  # set for the workers of `router serve --workers N`: how many there are
+
+
+def shares_store() -> bool:
+    """Whether this process is one of several workers on one machine, which share a disk
+    store as replicas share Redis: identical misses then take the store's lease."""
+    return int(os.environ.get(WORKERS_ENV, "1") or "1") > 1
 
 
 LEASE_BOUND = 4  # a lease may take this many lookup bounds

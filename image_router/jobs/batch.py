@@ -31,9 +31,10 @@ from __future__ import annotations
 from collections.abc import Collection, Sequence
 from typing import Any
 
+from image_router.backends.base import ImageRequest
 from image_router.jobs.model import Job
 
-__all__ = ["mates", "passes", "rows", "shape"]
+__all__ = ["mates", "pass_request", "passes", "rows", "shape"]
 
 
 def rows(job: Job) -> int:
@@ -49,14 +50,19 @@ def shape(job: Job) -> tuple[Any, ...]:
 
 def mates(first: Job, queued: Sequence[Job], batch_rows: int, now: float, capped: Collection[str] = ()) -> list[Job]:
     """``first`` and, in the queue's fair order, the live queued jobs of its shape
-    whose rows fit beside it in ``batch_rows`` (tenants in ``capped`` wait)."""
+    whose rows fit beside it in ``batch_rows`` (tenants in ``capped`` wait). A pass runs
+    on ``first``'s deadline, so no mate's is earlier (an earlier one waits for its own
+    pass, urgent in time); a pass that runs out of that time fails ``first`` alone and
+    hands its mates back to the queue."""
     group = [first]
     room = batch_rows - rows(first)
     if room <= 0:
         return group
     want = shape(first)
     for job in sorted(queued, key=lambda j: (j.tag, j.id)):
-        if job.id == first.id or job.deadline_at <= now or job.tenant in capped or shape(job) != want:
+        if job.id == first.id or job.deadline_at < first.deadline_at or job.tenant in capped:
+            continue
+        if job.deadline_at <= now or shape(job) != want:
             continue
         if rows(job) <= room:
             group.append(job)
@@ -73,3 +79,20 @@ def passes(group: Sequence[Job], batch_rows: int) -> list[list[tuple[int, int]]]
     flat = [(i, r) for i, job in enumerate(group) for r in range(rows(job))]
     step = max(1, batch_rows)
     return [flat[i : i + step] for i in range(0, len(flat), step)]
+
+
+def pass_request(group: Sequence[Job], cut: Sequence[tuple[int, int]], batch_rows: int, upscale: bool) -> ImageRequest:
+    """The one call that computes ``cut``'s rows: each row its job's prompt and seed, the
+    group's shared steps and size, ``rows_per_pass`` when the tier batches. ``upscale``
+    as :func:`~image_router.decide.on_route` marks it (each job's limits were checked at
+    submission; a pass of several jobs is not a client's request)."""
+    asked = group[0].request
+    return ImageRequest(
+        prompts=tuple(group[i].request["prompt"] for i, _ in cut),
+        seeds=tuple(group[i].request["seeds"][r] for i, r in cut),
+        steps=asked.get("steps"),
+        width=asked.get("width"),
+        height=asked.get("height"),
+        upscale=upscale,
+        rows_per_pass=len(cut) if batch_rows > 1 else 1,
+    )

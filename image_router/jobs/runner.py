@@ -8,7 +8,11 @@ dispatcher as the background filler's work does (:func:`image_router.decide.back
 
 - on the route's intended tier alone (``Route.alone``) unless the job allows a
   downgrade, with the job's own seeds — fixed at submission, so a rerun on another
-  replica makes the same image;
+  replica makes the same image (on a tier with ``batch_rows``, byte-identical when its
+  pass has the same size, else within one level: docs/batching.md);
+- on such a tier, together with queued jobs of its shape, one pass for all
+  (:mod:`image_router.jobs.batch`; the work itself: :mod:`image_router.jobs.make`): each
+  job keeps its own lease, and one that is cancelled or lost leaves the pass to the others;
 - with a budget of what is left of its deadline (not the route's interactive budget,
   which is seconds: a job waits on idle capacity, and a route's budget would turn a
   slow tier into a downgrade), and no tenant admission (``max_concurrency`` is for
@@ -42,19 +46,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import logging
 import os
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from image_router.backends.base import ImageRequest
 from image_router.config.table import RoutingTable
-from image_router.decide import background
 from image_router.errors import BudgetExhausted, RouterError
-from image_router.jobs.batch import mates, passes
+from image_router.jobs.batch import mates
 from image_router.jobs.deliver import Deliverer
+from image_router.jobs.make import PassMaker
 from image_router.jobs.model import Job
 from image_router.jobs.ops import CENSUS_EVERY_S, OUTCOMES, Census, attempt_line, take_census
 from image_router.jobs.schedule import PRIORITY, Pacer, pick, running_progress, service_estimate
@@ -86,6 +88,7 @@ class JobRunner:
     ) -> None:
         self.gateway = gateway
         self.encode = encode
+        self.maker = PassMaker(gateway, encode, wall)
         self.recorder = recorder  # metrics and the access log (None: neither)
         self.wall = wall
         self.clock = clock
@@ -222,16 +225,25 @@ class JobRunner:
         if mode is None:
             return
         group: list[Job] = []
-        for member in mates(job, candidates, config.tier(tier).batch_rows, wall, capped):
-            taken = await store.claim(member, self.owner, wall)
-            if taken is None:  # someone else took it, or the tier or the tenant is full now
-                if member is job:
-                    return
-                continue
-            group.append(taken)
-            self.counts["claimed"] += 1
-            if self.recorder is not None and self.recorder.metrics is not None:
-                self.recorder.metrics.job_started(tier, mode, max(0.0, wall - taken.created_at))
+        try:
+            for member in mates(job, candidates, await self.maker.batch_rows(tier), wall, capped):
+                taken = await store.claim(member, self.owner, wall)
+                if taken is None:  # someone else took it, or the tier or the tenant is full now
+                    if member is job:
+                        return
+                    continue
+                group.append(taken)
+                self.counts["claimed"] += 1
+                if self.recorder is not None and self.recorder.metrics is not None:
+                    self.recorder.metrics.job_started(tier, mode, max(0.0, wall - taken.created_at))
+        except RouterError:  # a mate's claim found no store: what was claimed runs
+            if not group:
+                raise
+        except BaseException:  # stopping mid-claim: what was claimed goes back to the queue now
+            for taken in group:
+                with contextlib.suppress(Exception):  # what this cannot hand back, its lease will
+                    await store.hand_back(taken.id, self.owner, self.wall())
+            raise
         task = asyncio.get_running_loop().create_task(self._attempt(store, group, mode, pacer))
         ids = [taken.id for taken in group]
         for taken in group:
@@ -240,6 +252,7 @@ class JobRunner:
         task.add_done_callback(lambda _: self._gone(ids))
 
     def _gone(self, job_ids: list[str]) -> None:
+        """An attempt ended: its jobs are no longer this replica's."""
         for job_id in job_ids:
             self.attempts.pop(job_id, None)
             self.running.pop(job_id, None)
@@ -271,19 +284,27 @@ class JobRunner:
         ids = {job.id for job in group}
         beats = [asyncio.get_running_loop().create_task(self._heartbeat(store, job, work, ids)) for job in group]
         outcomes: list[tuple[Job, Job | None, list[bytes]]]  # (job, its end or None: lost, images)
+        requeue: list[Job] = []
         try:
-            made = await self._generate(group, mode)
+            made = await self.maker.make(group, PRIORITY[mode])
             outcomes = [(job, *self._kept(job, new, images)) for job, (new, images) in zip(group, made, strict=True)]
         except asyncio.CancelledError:
             whys = {job.id: self.stopped.pop(job.id, None) for job in group}
             if not all(whys.values()):  # shutting down: the leases say what happens next
                 for job in group:
-                    self._ended(job, "lost" if whys[job.id] == "lost" else "handed_back", mode, self.clock() - started)
+                    outcome = {"lost": "lost", "cancel": "cancelled"}.get(whys[job.id] or "", "handed_back")
+                    self._ended(job, outcome, mode, self.clock() - started)
                 raise
             outcomes = [(job, *self._kept(job, None, [], whys[job.id])) for job in group]
         except BudgetExhausted as exc:
             outcomes = []
             for job in group:
+                if len(group) > 1 and job.deadline_at > group[0].deadline_at:
+                    # the pass ran on the first job's deadline: a mate with time left goes back
+                    # to the queue, its attempt not counted, and runs again (alone if need be)
+                    requeue.append(job)
+                    self.stopped.pop(job.id, None)
+                    continue
                 new = job.expired(self.wall())
                 if not new.terminal:
                     new = job.finished("failed", self.wall(), error=_error(exc))
@@ -299,6 +320,10 @@ class JobRunner:
             for beat in beats:
                 beat.cancel()
             pacer.ran(mode, started, self.clock())
+        for job in requeue:
+            with contextlib.suppress(RouterError, asyncio.CancelledError):  # else its lease requeues it
+                await store.hand_back(job.id, self.owner, self.wall())
+            self._ended(job, "handed_back", mode, self.clock() - started)
         for job, end, images in outcomes:
             if end is None:  # given away while it ran: the store's record is another attempt's now
                 self._ended(job, "lost", mode, self.clock() - started)
@@ -346,7 +371,10 @@ class JobRunner:
                 self.stopped[job.id] = "lost" if now is None else "cancel"
                 if work is not None and group <= self.stopped.keys():  # nobody's left in the pass: stop it
                     work.cancel(None if now is None else "cancelled")  # wasted compute's reason, at the call
-                return
+                    return
+                if now is None:  # lost: nothing of it to renew
+                    return
+                continue  # cancelled while its pass runs on: its lease is renewed until the pass ends
             hook = now.webhook if now is not None else None
             if now is not None and hook is not None and "progress" in hook.get("events", ()):
                 tick += 1
@@ -366,54 +394,6 @@ class JobRunner:
         task = asyncio.get_running_loop().create_task(send)
         self._sending.add(task)
         task.add_done_callback(self._sending.discard)
-
-    async def _generate(self, group: list[Job], mode: str) -> list[tuple[Job, list[bytes]]]:
-        """Each job of ``group`` finished ``completed`` and its encoded images, made in
-        the calls :func:`~image_router.jobs.batch.passes` cuts (one per image on a tier
-        that does not batch)."""
-        table = self.gateway.table
-        first = group[0]
-        batch_rows = self.store_config_rows(first.tier)
-        route = table.route_named(first.route) or table.default
-        if not first.allow_downgrade or first.tier not in {a.model for a in route.arms}:
-            route = route.alone(first.tier)
-        asked = first.request  # the pass's shape: every job of a group shares it
-        pixels: list[list[Any]] = [[] for _ in group]
-        model_tag, dims = "", None
-        for cut in passes(group, batch_rows):
-            budget_s = max(1.0, min(group[i].deadline_at for i, _ in cut) - self.wall())
-            route = dataclasses.replace(route, budget_ms=budget_s * 1000, hedge_after_ms=None, hedge_p95=False)
-            request = ImageRequest(
-                prompts=tuple(group[i].request["prompt"] for i, _ in cut),
-                seeds=tuple(group[i].request["seeds"][r] for i, r in cut),
-                steps=asked.get("steps"),
-                width=asked.get("width"),
-                height=asked.get("height"),
-                upscale=route.resize == "upscale",  # as on_route marks it: each job was checked at submission
-                rows_per_pass=len(cut) if batch_rows > 1 else 1,
-            )
-            decision = background(table, route, request, PRIORITY[mode])
-            served = await self.gateway.dispatcher.serve(decision)
-            for (i, _), image in zip(cut, await served.result.pixels(), strict=True):
-                pixels[i].append(image)
-            model_tag, dims = served.model_tag, served.result.dimensions() or dims
-        size = f"{dims[0]}x{dims[1]}" if dims is not None else None
-        made = []
-        for job, images in zip(group, pixels, strict=True):
-            fmt = str(job.request.get("output_format") or "png")
-            quality = int(job.request.get("output_compression") or 90)
-            blobs = await asyncio.to_thread(self._encode_all, images, fmt, quality)
-            new = job.finished("completed", self.wall(), images=len(blobs), size=size, model_version=model_tag)
-            made.append((new, blobs))
-        return made
-
-    def _encode_all(self, images: list[Any], fmt: str, quality: int) -> list[bytes]:
-        return [self.encode(image, fmt, quality) for image in images]
-
-    def store_config_rows(self, tier: str) -> int:
-        """The tier's ``batch_rows`` as the table now says (1 once jobs are reloaded away)."""
-        jobs = self.gateway.table.jobs
-        return 1 if jobs is None else jobs.tier(tier).batch_rows
 
 
 def _error(exc: RouterError) -> dict[str, Any]:

@@ -45,14 +45,20 @@ def pick(
     jobs: Sequence[Job], now: float, expected_s: float, margin_s: float, capped: Collection[str] = ()
 ) -> tuple[Job, str] | None:
     """The job to start and whether it is ``urgent`` (else ``fair``), or ``None``;
-    ``capped``: tenants at their ``max_running``, whose jobs wait (urgent or not)."""
+    ``capped``: tenants at their ``max_running``, whose jobs wait (urgent or not);
+    ``expected_s``: one image's time on the tier (a job of ``n`` needs ``n`` of them)."""
     live = [j for j in jobs if j.deadline_at > now and j.tenant not in capped]
     if not live:
         return None
-    urgent = [j for j in live if now + expected_s * 1.5 + margin_s >= j.deadline_at]
+    urgent = [j for j in live if now + expected_s * _images(j) * 1.5 + margin_s >= j.deadline_at]
     if urgent:
         return min(urgent, key=lambda j: (j.deadline_at, j.id)), "urgent"
     return min(live, key=lambda j: (j.tag, j.id)), "fair"
+
+
+def _images(job: Job) -> int:
+    """A job's images: a 50-image job needs 50 service times, and is urgent that much sooner."""
+    return max(1, int(job.request.get("n", 1)))
 
 
 @dataclass

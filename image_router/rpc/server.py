@@ -60,6 +60,9 @@ class GrpcOptions:
     idle_s: float = 300.0
     grace_s: float = 10.0
     health_interval_s: float = 1.0
+    # the workers of `router serve --workers N` all bind the port; a lone gateway must
+    # fail on a port another process holds rather than share it unnoticed
+    reuse_port: bool = False
 
 
 class GrpcEdge:
@@ -75,7 +78,7 @@ class GrpcEdge:
                 ("grpc.keepalive_timeout_ms", int(options.keepalive_timeout_s * 1000)),
                 ("grpc.max_connection_idle_ms", int(options.idle_s * 1000)),
                 ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
-                ("grpc.so_reuseport", 0),
+                ("grpc.so_reuseport", int(options.reuse_port)),
             ],
             maximum_concurrent_rpcs=options.max_concurrent_rpcs,
             interceptors=[Guard(gateway.authenticate, options.first_message_s)],

@@ -12,11 +12,13 @@ scrape). Buckets span image generation:
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterable
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
 __all__ = ["BUCKETS", "CONTENT_TYPE", "Metrics"]
@@ -273,6 +275,7 @@ def _billing_metrics(billing: dict[str, Any] | None) -> Iterable[GaugeMetricFami
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
+        self._watched: list[Collector] = []
         r = self.registry
         self.requests = Counter(
             "router_requests",
@@ -358,7 +361,18 @@ class Metrics:
 
     def watch(self, state: State) -> None:
         """Export gauges and counters read from ``state()`` at scrape time."""
-        self.registry.register(_StateCollector(state))
+        collector = _StateCollector(state)
+        self._watched.append(collector)
+        self.registry.register(collector)
 
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        """The exposition. Under ``router serve --workers N`` (``PROMETHEUS_MULTIPROC_DIR``
+        set) the counters and histograms are every worker's, summed from their files;
+        the state read at scrape time is this worker's."""
+        if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            return generate_latest(self.registry)
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        for collector in self._watched:
+            registry.register(collector)
+        return generate_latest(registry)

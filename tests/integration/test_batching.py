@@ -46,13 +46,15 @@ def url(server: TritonServer) -> str:
     return server.http_url.removeprefix("http://")
 
 
-def infer(server: TritonServer, model: str, prompts: list[str], seed: int) -> tuple[NDArray[Any], NDArray[Any]]:
+def infer(
+    server: TritonServer, model: str, prompts: list[str], seed: int, parameters: dict[str, Any] | None = None
+) -> tuple[NDArray[Any], NDArray[Any]]:
     client = httpclient.InferenceServerClient(url(server), network_timeout=120)
     prompt = httpclient.InferInput("PROMPT", [len(prompts), 1], "BYTES")
     prompt.set_data_from_numpy(np.array([[p.encode()] for p in prompts], dtype=object))
     seeds = httpclient.InferInput("SEED", [len(prompts), 1], "INT64")
     seeds.set_data_from_numpy(np.arange(seed, seed + len(prompts), dtype=np.int64).reshape(-1, 1))
-    result = client.infer(model, [prompt, seeds])
+    result = client.infer(model, [prompt, seeds], parameters=parameters)
     client.close()
     images, spent = result.as_numpy("IMAGE"), result.as_numpy("COMPUTE_NS")
     assert images is not None and spent is not None
@@ -89,6 +91,16 @@ def test_a_shipped_model_is_never_handed_several_requests_at_once(server: Triton
         after = executions(server, "draft")
     assert after[1] - before[1] == 8
     assert after[0] - before[0] == 8, f"{after[0] - before[0]} executions for 8 requests: requests were batched"
+
+
+def test_rows_per_pass_asks_a_shipped_model_for_one_pass(server: TritonServer) -> None:
+    """The request parameter the gateway sends for a batching job tier: four rows of the
+    shipped draft (``batch_rows: 1``) in one pass, so its COMPUTE_NS is one pass's time
+    shared (rows 1-3 equal); without it, four calls, four different times."""
+    _, apart = infer(server, "draft", [f"an owl {i}" for i in range(4)], 3)
+    _, together = infer(server, "draft", [f"an owl {i}" for i in range(4)], 3, {"rows_per_pass": 4})
+    assert len(set(together[1:].tolist())) == 1 and together[0] >= together[1]
+    assert len(set(apart.tolist())) == 4
 
 
 def test_the_same_request_to_a_batch_rows_model_gives_the_same_bytes_twice(server: TritonServer) -> None:

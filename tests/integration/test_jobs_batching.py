@@ -34,6 +34,7 @@ routes:
 default_route: {name: default, model: draft, budget_ms: 30000}
 jobs:
   lease_s: 1.5
+  max_n: 20
   max_running_per_tenant: 8
   tiers: {draft: {max_running: 4, batch_rows: 4}}
 """
@@ -51,6 +52,14 @@ def pause(gw: GatewayProcess, on: bool) -> None:
     answer = httpx.post(f"{gw.url}/admin/jobs/{path}?scope=cluster", headers=gw.admin, timeout=10)
     assert answer.status_code == 200, answer.text
     time.sleep(1.2 if on else 0)  # every replica reads the flag each second
+
+
+def draft_lane(gw: GatewayProcess) -> dict[str, Any]:
+    """The gateway's forecast lane for draft (``/admin/config``)."""
+    config = httpx.get(f"{gw.url}/admin/config", headers=gw.admin, timeout=10).json()
+    (replica,) = config["backends"]["triton"]
+    lane: dict[str, Any] = next(v for k, v in replica["lanes"].items() if k.startswith("draft@"))
+    return lane
 
 
 def pixels(blob: str) -> np.ndarray[Any, Any]:
@@ -90,6 +99,7 @@ def test_queued_jobs_of_one_shape_share_a_pass_and_never_answer_a_singleton_requ
     done = run_queued(gw, [*bodies, odd])
     assert [j["status"] for j in done] == ["completed"] * 5, done
     assert inferences(triton, "draft") == before + 2, "four jobs in one pass, the other size alone"
+    assert "4" in draft_lane(gw)["pass_factor"], "the gateway sent the four rows as one pass"
     first = [results(gw, j["id"])[0] for j in done[:4]]
     again = run_queued(gw, bodies)
     assert [results(gw, j["id"])[0] for j in again] == first, "same inputs, same pass size: same bytes"
@@ -113,16 +123,19 @@ def test_a_large_job_is_cut_into_passes_and_n_is_bounded_by_jobs_max_n(
     assert done["status"] == "completed" and len(done["data"]) == 18, done
     assert len(set(results(gw, done["id"]))) == 18
     assert inferences(triton, "draft") == before + 5, "18 rows in passes of 4"
-    over = submit(gw, {**BODY, "prompt": "too many", "n": 51})
-    assert over.status_code == 400 and "n" in over.text, over.text
+    over = submit(gw, {**BODY, "prompt": "too many", "n": 21})
+    assert over.status_code == 400 and "n must be at most 20 for a job" in over.text, over.text
     interactive = httpx.post(f"{gw.url}/v1/images/generations", json={**BODY, "prompt": "x", "n": 18}, timeout=30)
     assert interactive.status_code == 400, "a route's max_n still holds for interactive calls"
 
 
-def test_one_clients_cancel_leaves_the_other_jobs_of_its_pass_alone(batched: GatewayProcess) -> None:
+def test_one_clients_cancel_leaves_the_other_jobs_of_its_pass_alone(
+    batched: GatewayProcess, triton: TritonServer
+) -> None:
     """A pass of three slow jobs (16 steps at 192², seconds); one is cancelled while the pass runs:
     it ends ``cancelled`` with no images, the other two complete in that same pass."""
     gw = batched
+    before = inferences(triton, "draft")
     slow = [{**BODY, "prompt": f"a slow tide {i}", "seed": i, "steps": 16, "size": "192x192"} for i in range(3)]
     pause(gw, True)
     ids = [submit(gw, body).json()["id"] for body in slow]
@@ -135,3 +148,4 @@ def test_one_clients_cancel_leaves_the_other_jobs_of_its_pass_alone(batched: Gat
     assert [j["status"] for j in ends] == ["cancelled", "completed", "completed"], ends
     assert ends[0]["data"] is None and len(ends[1]["data"]) == len(ends[2]["data"]) == 1
     assert [j["attempts"] for j in ends[1:]] == [1, 1], "the pass ran on: nothing was handed back and rerun"
+    assert inferences(triton, "draft") == before + 1, "the three were one pass, which finished"

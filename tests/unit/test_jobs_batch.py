@@ -9,8 +9,9 @@ import pytest
 
 from image_router.config import compile_text
 from image_router.errors import ConfigError
-from image_router.jobs.batch import mates, passes, shape
+from image_router.jobs.batch import mates, pass_request, passes, shape
 from image_router.jobs.model import Job
+from image_router.jobs.schedule import pick
 from image_router.pipelines.contract import InvalidInput
 from image_router.pipelines.triton_model import rows_per_pass
 
@@ -34,6 +35,32 @@ def test_a_pass_is_filled_in_fair_order_with_jobs_of_the_same_shape_that_fit() -
     group = mates(first, queued, batch_rows=4, now=10.0, capped={"busy"})
     assert [j.id for j in group] == ["a", "b", "late"]
     assert len({shape(j) for j in group}) == 1
+
+
+def test_no_mate_has_an_earlier_deadline_than_the_job_whose_pass_it_is() -> None:
+    """The pass runs on the first job's deadline: a mate due sooner waits for its own."""
+    first = job("a", deadline=500.0)
+    sooner, later = job("sooner", tag=1, deadline=400.0), job("later", tag=2, deadline=900.0)
+    assert [j.id for j in mates(first, [first, sooner, later], batch_rows=4, now=0.0)] == ["a", "later"]
+
+
+def test_pass_request_puts_each_jobs_prompt_and_seed_in_its_row() -> None:
+    a, b = job("a", n=2), job("b", n=1)
+    a.request["seeds"] = [10, 11]
+    b.request["seeds"] = [20]
+    (cut,) = passes([a, b], 4)
+    request = pass_request([a, b], cut, 4, upscale=False)
+    assert request.prompts == ("a", "a", "b") and request.seeds == (10, 11, 20)
+    assert request.rows_per_pass == 3
+    assert pass_request([a], passes([a], 1)[1], 1, upscale=True).rows_per_pass == 1, "a tier that does not batch"
+
+
+def test_a_big_job_is_urgent_as_many_service_times_sooner() -> None:
+    """Urgency counts a job's images: one image's 1 s does not make a 50-image job due
+    in 80 s urgent, 50 of them do (1.5 x 50 s + the 10 s margin)."""
+    small, big = job("small", n=1, deadline=80.0), job("big", n=50, deadline=80.0)
+    assert pick([small], now=0.0, expected_s=1.0, margin_s=10.0) == (small, "fair")
+    assert pick([big], now=0.0, expected_s=1.0, margin_s=10.0) == (big, "urgent")
 
 
 def test_batch_rows_one_or_a_job_that_fills_the_pass_runs_alone() -> None:
