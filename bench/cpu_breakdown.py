@@ -8,7 +8,11 @@ requests (what `tritonclient.http` sends) come from one client. Prints, per requ
 each span's CPU with what it calls ("inclusive") and without the spans listed under it
 ("own"). The gap between the two runs' totals is the probe's own cost.
 
-    .venv/bin/python bench/cpu_breakdown.py [--requests 3000]
+    .venv/bin/python bench/cpu_breakdown.py [--requests 3000] [--routes routes.yaml]
+
+``--routes`` runs a routes file of your own instead of the one-route file of
+`bench/overhead.py` — the shipped routes.yaml, say, whose inference goes to Triton over
+gRPC (its relative cache and state directories land in the run's temporary directory).
 
 The hardening issue's goal was the gateway's CPU per request at most 1.5x Envoy's
 (`bench/peers.py`); this says which of the gateway's layers that CPU is spent in.
@@ -28,6 +32,7 @@ sys.path.insert(0, str(ROOT))
 
 from overhead import cpu_seconds, measure, write_routes  # noqa: E402
 
+from image_router.triton import TritonServer  # noqa: E402
 from tests.procs import GatewayProcess, serving  # noqa: E402
 
 WARM = 200  # requests before the measured ones, besides the 50 measure() sends before each run
@@ -54,6 +59,10 @@ SPANS = [
     (11, "encoding Triton's request (encode_request)", "image_router.backends.triton:encode_request"),
     (11, "the HTTP/1.1 round trip to Triton", "image_router.backends._http1:Http1Pool.request"),
     (11, "decoding Triton's answer (_result)", "image_router.backends.triton:_result"),
+    (10, "TritonBackend._call_grpc: encode, decode", "image_router.backends.triton:TritonBackend._call_grpc"),
+    (11, "building Triton's gRPC request (infer_message)", "image_router.backends.triton:infer_message"),
+    (11, "the gRPC round trip to Triton", "image_router.backends._grpc:GrpcChannel.infer"),
+    (11, "decoding Triton's gRPC answer (decode_image)", "image_router.backends.triton:decode_image"),
     (6, "encoding the answer (encode_response)", "image_router.http.kserve_api:encode_response"),
     (5, "sending the answer (Response.__call__)", "starlette.responses:Response.__call__"),
     (6, "uvicorn's send: headers, body", "uvicorn.protocols.http.httptools_impl:RequestResponseCycle.send"),
@@ -72,7 +81,9 @@ def own_times(inclusive: list[float]) -> list[float]:
     return own
 
 
-def run(triton_url: str, tmp: Path, requests: int, probe: bool) -> tuple[float, dict[str, list[float]]]:
+def run(
+    triton: TritonServer, tmp: Path, requests: int, probe: bool, routes: Path | None = None
+) -> tuple[float, dict[str, list[float]]]:
     """CPU per request from /proc (seconds), and the probe's sums (empty without it)."""
     where = tmp / ("probed" if probe else "plain")
     where.mkdir()
@@ -86,7 +97,9 @@ def run(triton_url: str, tmp: Path, requests: int, probe: bool) -> tuple[float, 
             "ROUTER_PROBE_SKIP": str(WARM + 50 + 50),
             "ROUTER_PROBE_COUNT": str(requests),
         }
-    gateway = GatewayProcess(write_routes(where), triton_url, where / "gateway.log", env=env)
+    grpc = f"127.0.0.1:{triton.config.grpc_port}"
+    path = routes if routes is not None else write_routes(where)
+    gateway = GatewayProcess(path, triton.http_url, where / "gateway.log", env=env, cwd=where, triton_grpc=grpc)
     try:
         asyncio.run(measure(gateway.url, 1, WARM))
         before = cpu_seconds(gateway.process.pid)
@@ -100,11 +113,12 @@ def run(triton_url: str, tmp: Path, requests: int, probe: bool) -> tuple[float, 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--requests", type=int, default=3000)
+    parser.add_argument("--routes", type=Path, default=None, help="a routes file (default: one route to noop)")
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="bench-cpu-breakdown-"))
     with serving(ROOT / "model_repository", tmp / "triton.log", ["noop"]) as triton:
-        plain, _ = run(triton.http_url, tmp, args.requests, probe=False)
-        probed, sums = run(triton.http_url, tmp, args.requests, probe=True)
+        plain, _ = run(triton, tmp, args.requests, probe=False, routes=args.routes)
+        probed, sums = run(triton, tmp, args.requests, probe=True, routes=args.routes)
     calls = sums["app"][0]
     inclusive = [sums.get(target, [0, 0.0])[1] / calls * 1e6 for _, _, target in SPANS]
     own = own_times(inclusive)

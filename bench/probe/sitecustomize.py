@@ -1,7 +1,7 @@
 """The in-process probe ``bench/cpu_breakdown.py`` puts on ``PYTHONPATH`` of the gateway it
 starts. It does nothing unless ``ROUTER_PROBE_OUT`` is set.
 
-When ``router serve`` calls ``uvicorn.run``, each target in ``ROUTER_PROBE_TARGETS`` (a
+When ``router serve`` runs uvicorn's server, each target in ``ROUTER_PROBE_TARGETS`` (a
 JSON list of ``"module:Qual.name"``, each patched where callers look it up) is wrapped
 to add the event-loop thread's CPU time (``time.thread_time``) spent inside it, and the
 app is wrapped to count KServe infer calls. After ``ROUTER_PROBE_SKIP`` calls the sums
@@ -94,11 +94,14 @@ class _Counted:
 if _OUT:
     import uvicorn
 
-    _run = uvicorn.run
+    _server_run = uvicorn.Server.run
 
-    def _probed_run(app: Any, **kwargs: Any) -> None:
+    def _probed_run(self: Any, sockets: Any = None) -> None:
+        """Every way the gateway starts uvicorn (``uvicorn.run``, its own ``GracefulServer``)
+        ends in ``Server.run``: the app is wrapped there, before uvicorn loads it."""
         _install(json.loads(os.environ.get("ROUTER_PROBE_TARGETS", "[]")))
         skip, count = int(os.environ["ROUTER_PROBE_SKIP"]), int(os.environ["ROUTER_PROBE_COUNT"])
-        _run(_Counted(app, skip, count, _OUT), **kwargs)
+        self.config.app = _Counted(self.config.app, skip, count, _OUT)
+        _server_run(self, sockets)
 
-    uvicorn.run = _probed_run
+    uvicorn.Server.run = _probed_run

@@ -174,6 +174,8 @@ class _Compiler:
             remote = m.triton_model if backend.kind == "triton" else m.remote_model
             for where, message in billing_config.price_issues(m.price, backend.kind):
                 self.fail(path + where, message)
+            if m.protocol is not None and (backend.kind != "triton" or backend.protocol != "grpc"):
+                self.fail(path + ("protocol",), "only for a model of a Triton backend with protocol: grpc")
             self.models[name] = Model(
                 name,
                 m.backend,
@@ -186,6 +188,7 @@ class _Compiler:
                 m.native_side,
                 billing_config.price(m.price),
                 m.default_steps,
+                over_http=m.protocol == "http",
             )
 
     def model_ref(self, name: str, path: PathKey) -> bool:

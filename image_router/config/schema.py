@@ -270,6 +270,11 @@ class ModelSpec(Strict):
     price: PriceSpec | None = Field(
         default=None, description="What one image costs (needed for every routable model with a `billing:` block)."
     )
+    protocol: Literal["http"] | None = Field(
+        default=None,
+        description="`http`: this model's inference over HTTP although its backend says `protocol: grpc` - for a "
+        "tier so fast that cancelling it saves less than gRPC's client costs (0.3-0.4 ms of gateway CPU a call).",
+    )
 
 
 class HeaderMatch(Strict):

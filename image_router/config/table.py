@@ -97,6 +97,7 @@ class Model:
     native_side: int | None = None  # the side it is made for (None: unknown): upscaled past it
     price: Price | None = None  # what one image costs (None: unpriced; refused when billing exists)
     default_steps: int | None = None  # steps when a request names none (None: steps are not forecast)
+    over_http: bool = False  # inference over HTTP even on a gRPC backend (a tier too fast to cancel)
 
     @property
     def lane_key(self) -> str:

@@ -1,5 +1,5 @@
 """Chart values the README names that no other chart test renders: ``triton.shmSize``,
-``triton.networkPolicy.metricsFrom`` and ``gateway.existingSecret``."""
+``triton.networkPolicy.metricsFrom``, ``gateway.existingSecret`` and ``gateway.workers``."""
 
 from __future__ import annotations
 
@@ -41,3 +41,13 @@ def test_an_existing_secret_replaces_the_charts_own_admin_token_secret() -> None
     assert token == {"name": "ops-admin", "key": "admin-token"}
     own = render()
     assert [d for d in own if d["kind"] == "Secret" and d["metadata"]["name"] == "demo-image-router-admin"]
+
+
+def test_workers_runs_that_many_gateway_processes_per_pod() -> None:
+    def args(values: dict[str, Any] | None) -> list[str]:
+        pod = by_kind(render(values), "Deployment", "gateway")["spec"]["template"]["spec"]
+        found: list[str] = pod["containers"][0]["args"]
+        return found
+
+    assert not any(a.startswith("--workers") for a in args(None)), "one process unless asked"
+    assert "--workers=4" in args({"gateway": {"workers": 4}})

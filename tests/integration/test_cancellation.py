@@ -102,3 +102,21 @@ def test_a_grpc_backend_serves_the_same_images_and_a_gone_client_cancels(
     via_grpc.stop()  # flushes the access log
     lines = [json.loads(line) for line in via_grpc.log.read_text().splitlines() if line.startswith("{")]
     assert [line["api"] for line in lines if line["status"] == 499] == ["grpc", "generate"]
+
+
+def test_a_model_marked_http_skips_grpc_on_a_grpc_backend(start_gateway: Start) -> None:
+    """``protocol: http`` on a model: its inference goes over HTTP although the backend's
+    gRPC endpoint is dead (nothing listens there); the backend's other models, over gRPC,
+    cannot be served (a 5xx names the backend). The fast tier pays no gRPC client."""
+    from image_router.triton.launcher import free_port
+
+    dead = free_port()
+    routes = ROUTES.format(protocol="grpc", grpc_port=dead).replace(
+        "draft: {backend: triton, triton_model: draft, latency_hint_ms: 150}",
+        "draft: {backend: triton, triton_model: draft, latency_hint_ms: 150, protocol: http}",
+    )
+    gw = start_gateway(routes)
+    fast = httpx.post(gw.url + "/api/v1/generate", json={"prompt": "a kite", "seed": 1}, timeout=30)
+    assert fast.status_code == 200 and fast.headers["x-router-model"].startswith("draft"), fast.text
+    slow = httpx.post(gw.url + "/api/v1/generate", json={"prompt": "a kite", "model": "quality"}, timeout=30)
+    assert slow.status_code >= 500, slow.text

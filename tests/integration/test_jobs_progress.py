@@ -106,7 +106,9 @@ def test_a_queued_job_waits_behind_a_running_one_and_both_report_progress(
     progress = [(at, sse_id, e) for at, sse_id, e in got if e["type"] == "image_job.progress"]
     queued = [e for _, _, e in progress if e["status"] == "queued"]
     ran = [e for _, _, e in progress if e["status"] == "in_progress"]
-    assert queued and all(e["queue"]["position"] == 1 and e["queue"]["ahead_s"] > 0 for e in queued), queued
+    # the last one may come as the tier frees (nothing ahead any more: 0 s) before the claim
+    assert queued and queued[0]["queue"]["ahead_s"] > 0, queued
+    assert all(e["queue"]["position"] == 1 and e["queue"]["ahead_s"] >= 0 for e in queued), queued
     assert ran and all(0 <= e["progress"]["percent"] < 95 for e in ran), ran
     assert all(sse_id == "" for _, sse_id, _ in progress), "a progress event has no SSE id"
     last_stored = [0]

@@ -112,3 +112,20 @@ def test_an_unknown_key_inside_a_union_field_is_one_issue_at_its_path() -> None:
     with pytest.raises(ConfigError) as info:
         compile_text(text, file="routes.yaml", env={})
     assert [str(issue) for issue in info.value.issues] == ["routes.yaml:5:13 routes[0].match.promt: unknown key"]
+
+
+def test_a_model_may_go_over_http_on_a_grpc_backend_only() -> None:
+    """``protocol: http`` on a model of a gRPC Triton backend; anywhere else it is an
+    error at its line."""
+    grpc_backend = """
+backends: {triton: {url: "http://t:8000", protocol: grpc, grpc_urls: ["t:8001"]}}
+models:
+  noop: {backend: triton, protocol: http}
+  draft: {backend: triton}
+default_route: noop
+"""
+    table = compile_text(grpc_backend)
+    assert table.models["noop"].over_http and not table.models["draft"].over_http
+    with pytest.raises(ConfigError) as caught:
+        compile_text(grpc_backend.replace('protocol: grpc, grpc_urls: ["t:8001"]', "protocol: http"))
+    assert "routes.yaml:4" in str(caught.value) and "protocol: grpc" in str(caught.value), str(caught.value)
