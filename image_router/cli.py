@@ -28,6 +28,7 @@ import logging
 import os
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 from typing import IO, Any
@@ -143,8 +144,9 @@ def cmd_triton(args: argparse.Namespace) -> int:
     return 0 if code in (0, -signal.SIGTERM, -signal.SIGINT) else int(code)
 
 
-def build_gateway_app(args: argparse.Namespace) -> Any:
-    """The ASGI app ``router serve`` runs for ``args`` (each worker builds its own)."""
+def build_gateway_app(args: argparse.Namespace) -> tuple[Any, Callable[[], None]]:
+    """The ASGI app ``router serve`` runs for ``args`` (each worker builds its own), and
+    what to run the moment a stop signal arrives: write the access log's held lines."""
     from image_router.app import create_app
     from image_router.rpc import GrpcOptions
 
@@ -161,15 +163,25 @@ def build_gateway_app(args: argparse.Namespace) -> Any:
         metrics=not args.no_metrics,
         grpc=grpc,
     )
+    access = app.state.runtime.access_log
+    on_stop = access.flush if access is not None else _nothing
     # JSON lines carry the request id: the outermost layer makes each request's state current
-    return logs.RequestContext(app) if args.log_format == "json" else app
+    return (logs.RequestContext(app) if args.log_format == "json" else app), on_stop
+
+
+def _nothing() -> None:
+    return None
 
 
 def _run_gateway(args: argparse.Namespace) -> None:
     import uvicorn
 
-    from image_router.serving import GracefulServer, bounded_protocol
+    from image_router.serving import FlushingConfig, bounded_protocol
 
+    if args.workers > 1 and not args.no_grpc and args.grpc_port == 0:
+        from image_router.triton.launcher import free_port
+
+        args.grpc_port = free_port(args.host)  # every worker must bind the same one: chosen here, and said
     grpc_note = "" if args.no_grpc else f", gRPC on {args.host}:{args.grpc_port or '(a free port)'}"
     settings: dict[str, Any] = {
         "host": args.host,
@@ -191,12 +203,10 @@ def _run_gateway(args: argparse.Namespace) -> None:
         )
         run_workers(args, build_gateway_app, **settings)
         return
-    app = build_gateway_app(args)
+    app, on_stop = build_gateway_app(args)
     _say(args, f"gateway listening on http://{args.host}:{args.port}{grpc_note}  (routes: {args.routes})")
-    config = uvicorn.Config(app, http=bounded_protocol(args.max_head_bytes, args.head_timeout), **settings)
-    inner: Any = getattr(app, "app", app)  # under RequestContext
-    access = inner.state.runtime.access_log  # held lines written the moment a stop signal comes
-    server = GracefulServer(config, on_exit=access.flush if access is not None else lambda: None)
+    http = bounded_protocol(args.max_head_bytes, args.head_timeout)
+    server = uvicorn.Server(FlushingConfig(app, on_stop, http=http, **settings))
     with contextlib.suppress(KeyboardInterrupt):  # as uvicorn.run: Ctrl-C (re-raised after shutdown) ends it
         server.run()
     if not server.started:  # as uvicorn.run: a server that never started (a port in use) exits 3

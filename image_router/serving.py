@@ -30,7 +30,9 @@ over reads (measured: docs/security.md).
 from __future__ import annotations
 
 import asyncio
-import socket
+import contextlib
+import signal
+import threading
 from collections.abc import Callable
 from types import FrameType
 from typing import Any, ClassVar
@@ -38,7 +40,14 @@ from typing import Any, ClassVar
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
-__all__ = ["HEAD_TIMEOUT_S", "MAX_HEAD_BYTES", "BoundedHttpToolsProtocol", "GracefulServer", "bounded_protocol"]
+__all__ = [
+    "HEAD_TIMEOUT_S",
+    "MAX_HEAD_BYTES",
+    "BoundedHttpToolsProtocol",
+    "FlushingConfig",
+    "bounded_protocol",
+    "flush_on_stop_signal",
+]
 
 MAX_HEAD_BYTES = 64 << 10  # nginx's large_client_header_buffers is 4 x 8 KiB; browsers send < 8 KiB
 HEAD_TIMEOUT_S = 10.0  # nginx's client_header_timeout is 60 s; a head is one packet in practice
@@ -165,23 +174,46 @@ def bounded_protocol(
     return type("BoundedHttpToolsProtocol", (BoundedHttpToolsProtocol,), attrs)
 
 
-class GracefulServer(uvicorn.Server):
-    """uvicorn's server, running ``on_exit`` on the event loop as soon as a stop signal
-    arrives. What must not wait for the rest of a graceful shutdown goes there: the
-    access log's held lines. The shutdown after the signal may take its grace periods
-    (open connections, then in-flight gRPC calls), and a pod's is cut by a SIGKILL: the
-    lines written at the lifespan's end were lost twice in CI's full runs."""
+def flush_on_stop_signal(flush: Callable[[], None]) -> None:
+    """Run ``flush`` on the event loop as soon as a stop signal arrives, after the
+    handler uvicorn's server installed (which it still runs first). Call it on the
+    running loop inside ``Server.serve``: there uvicorn's handlers are in place, and it
+    restores what was there before when it returns, so nothing outlives the server.
 
-    def __init__(self, config: uvicorn.Config, on_exit: Callable[[], None]) -> None:
-        super().__init__(config)
-        self._on_exit = on_exit
-        self._loop: asyncio.AbstractEventLoop | None = None
+    What must not wait for the rest of a graceful shutdown goes there: the access log's
+    held lines. The shutdown after the signal may take its grace periods (open
+    connections, then in-flight gRPC calls), and a pod's is cut by a SIGKILL: the lines
+    written at the lifespan's end were lost twice in CI's full runs. It is chained to
+    the installed handler, not a ``Server`` subclass, because ``--workers`` builds its
+    servers inside uvicorn's supervisor, where no subclass can be named.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return  # signals reach the main thread only (an embedded server has none of its own)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        previous = signal.getsignal(sig)
+        if not callable(previous):
+            continue
 
-    async def serve(self, sockets: list[socket.socket] | None = None) -> None:
-        self._loop = asyncio.get_running_loop()
-        await super().serve(sockets)
+        def handler(signum: int, frame: FrameType | None, previous: Callable[..., Any] = previous) -> None:
+            previous(signum, frame)
+            if not loop.is_closed():  # a signal handler: the loop does the work
+                loop.call_soon_threadsafe(flush)
 
-    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-        super().handle_exit(sig, frame)
-        if self._loop is not None and not self._loop.is_closed():  # a signal handler: the loop does the work
-            self._loop.call_soon_threadsafe(self._on_exit)
+        signal.signal(sig, handler)
+
+
+class FlushingConfig(uvicorn.Config):
+    """uvicorn's config for one process: on load (inside the server, on its loop),
+    ``on_stop`` is chained to the stop signals (:func:`flush_on_stop_signal`)."""
+
+    def __init__(self, app: Any, on_stop: Callable[[], None], **kwargs: Any) -> None:
+        super().__init__(app, **kwargs)
+        self.on_stop = on_stop
+
+    def load(self) -> None:
+        loaded = self.loaded
+        super().load()
+        if not loaded:
+            with contextlib.suppress(RuntimeError):  # no running loop: not inside a server
+                flush_on_stop_signal(self.on_stop)

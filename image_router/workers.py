@@ -7,7 +7,11 @@ the HTTP socket once and hands it to N spawned workers, restarts a worker that d
 replaces them all on ``SIGHUP`` and stops them on ``SIGTERM``/``SIGINT``. Each worker
 builds its own app from the same arguments (:class:`WorkerConfig`), so it is a
 complete gateway; the gRPC port is bound by every worker with ``SO_REUSEPORT`` (gRPC's
-default on Linux), and the kernel spreads connections over them.
+default on Linux), and the kernel spreads connections over them. Two departures from
+uvicorn's supervisor (:class:`Supervisor`): ``SIGHUP`` is passed to every worker, which
+reloads its routes as a single gateway does (uvicorn would replace the workers, dropping
+their learnt forecasts and open streams), and a worker that fails to start makes the
+whole command exit 3, as a single process does (uvicorn exits 0).
 
 N workers behave as one gateway because what must be shared is not in a process:
 
@@ -17,77 +21,115 @@ N workers behave as one gateway because what must be shared is not in a process:
   taken there too (``ROUTER_WORKERS``: :func:`image_router.cache.store.shares_store`), so an identical request on
   two workers is one generation, as on two replicas;
 * counters and histograms go to Prometheus' multiprocess files
-  (``PROMETHEUS_MULTIPROC_DIR``, a fresh directory unless set), so ``/metrics`` on any
-  worker counts every worker's requests.
+  (``PROMETHEUS_MULTIPROC_DIR``: a fresh directory, removed at the end, unless set; a
+  directory the operator sets has its ``*.db`` files removed at start, as the client
+  library asks, so a restart does not add the last run's counts), and ``/metrics`` on
+  any worker counts every worker's requests.
 
 What stays per worker, as it does per replica: the forecast lanes (each learns from
 its own answers; Triton's queue holds every worker's requests, which its samples
 include), a model's ``max_concurrency`` admission gate (set it per worker), the
 memory layer of the cache (entries re-read from the store every 5 s, so a purge
 reaches every worker within 5 s), the state-derived gauges of ``/metrics`` (the
-answering worker's), and ``POST /admin/jobs/drain`` without ``?scope=cluster``. A
-worker's access-log lines held for flushing are written at its shutdown, which the
-supervisor waits for (no early flush on the signal, as the single process has).
+answering worker's), and ``POST /admin/jobs/drain`` without ``?scope=cluster``. Each worker writes its own
+access-log lines to the shared standard output, at most 4 KiB per write and only whole
+lines (:class:`image_router.access_log.AccessLog`), so lines of two workers never
+interleave; held lines are written the moment the stop signal arrives, as in one process.
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import os
-import socket
+import shutil
+import signal
 import tempfile
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
-import uvicorn
+from uvicorn.config import STARTUP_FAILURE
 from uvicorn.supervisors import Multiprocess
 
 from image_router.cache.store import WORKERS_ENV
+from image_router.serving import FlushingConfig
 
-__all__ = ["WorkerConfig", "run_workers"]
+__all__ = ["Supervisor", "WorkerConfig", "run_workers"]
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+log = logging.getLogger("uvicorn.error")
+
+Build = Callable[[argparse.Namespace], tuple[Any, Callable[[], None]]]
 
 
 def _placeholder(scope: Any, receive: Any, send: Any) -> None:  # pragma: no cover - replaced in load()
     raise RuntimeError("a worker's app is built in the worker")
 
 
-class WorkerConfig(uvicorn.Config):
-    """uvicorn's config, pickled to each spawned worker, where :meth:`load` builds the
-    gateway from ``args`` (the app, its bounded HTTP protocol: neither crosses a process
-    boundary)."""
+def _nothing() -> None:  # pragma: no cover - replaced in load()
+    return None
 
-    def __init__(self, args: argparse.Namespace, build: Callable[[argparse.Namespace], Any], **kwargs: Any) -> None:
+
+class WorkerConfig(FlushingConfig):
+    """uvicorn's config, pickled to each spawned worker, where :meth:`load` builds the
+    gateway from ``args`` (the app, its bounded HTTP protocol and what to flush on a stop
+    signal: none of them crosses a process boundary)."""
+
+    def __init__(self, args: argparse.Namespace, build: Build, **kwargs: Any) -> None:
         self.args = args
         self.build = build  # a module-level function: pickled by reference
-        super().__init__(_placeholder, **kwargs)
+        super().__init__(_placeholder, _nothing, **kwargs)
 
     def load(self) -> None:
         if not self.loaded:
             from image_router.serving import bounded_protocol
 
-            self.app = self.build(self.args)
+            self.app, self.on_stop = self.build(self.args)
             self.http = bounded_protocol(self.args.max_head_bytes, self.args.head_timeout)
         super().load()
 
 
-def _free_port(host: str) -> int:
-    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
-        probe.bind((host, 0))
-        return int(probe.getsockname()[1])
+class Supervisor(Multiprocess):
+    """uvicorn's supervisor, with ``SIGHUP`` passed on to the workers (each reloads)."""
+
+    def handle_hup(self) -> None:
+        log.info("Received SIGHUP, passing it to the workers (each reloads its routes).")
+        for process in self.processes:
+            if process.pid is not None and process.exitcode is None:
+                os.kill(process.pid, signal.SIGHUP)
+
+    def failed_to_start(self) -> bool:
+        return any(process.exitcode == STARTUP_FAILURE for process in self.processes)
 
 
-def run_workers(args: argparse.Namespace, build: Callable[[argparse.Namespace], Any], **config: Any) -> None:
-    """Serve ``args`` with ``args.workers`` processes until a stop signal."""
-    if not args.no_grpc and args.grpc_port == 0:  # every worker must bind the same one
-        args.grpc_port = _free_port(args.host)
+def _metrics_dir() -> str | None:
+    """Set ``PROMETHEUS_MULTIPROC_DIR`` for the workers; the directory to remove at the end."""
+    named = os.environ.get(MULTIPROC_ENV)
+    if named:
+        for stale in Path(named).glob("*.db"):  # the last run's counts
+            stale.unlink(missing_ok=True)
+        return None
+    os.environ[MULTIPROC_ENV] = made = tempfile.mkdtemp(prefix="router-metrics-")
+    return made
+
+
+def run_workers(args: argparse.Namespace, build: Build, **config: Any) -> None:
+    """Serve ``args`` with ``args.workers`` processes until a stop signal; exit 3 if a
+    worker failed to start (as one process that cannot start does). A gRPC port must be
+    named: every worker binds the same one."""
+    if not args.no_grpc and args.grpc_port == 0:
+        raise ValueError("workers need a gRPC port chosen before they start")
     os.environ[WORKERS_ENV] = str(args.workers)
-    if not os.environ.get(MULTIPROC_ENV):
-        os.environ[MULTIPROC_ENV] = tempfile.mkdtemp(prefix="router-metrics-")
+    made = _metrics_dir()
     settings = WorkerConfig(args, build, workers=args.workers, **config)
     sock = settings.bind_socket()
+    supervisor = Supervisor(settings, sockets=[sock])
     try:
-        Multiprocess(settings, sockets=[sock]).run()
+        supervisor.run()
     finally:
         sock.close()
+        if made is not None:
+            shutil.rmtree(made, ignore_errors=True)
+    if supervisor.failed_to_start():
+        raise SystemExit(3)

@@ -315,11 +315,12 @@ class TritonBackend:
         against the replica; not for a hedge, cancelled because the other call won)."""
         replica.outstanding += 1
         lane = replica.lane(model)
+        channel = None if model.over_http else replica.grpc  # gRPC unless the model says http
         t0 = self.clock()
         ticket = lane.send(t0, request_units(model, request), min(len(request.prompts), request.rows_per_pass))
         try:
-            if replica.grpc is not None and not model.over_http:
-                result = await self._call_grpc(replica.grpc, model, request, timeout_s, priority)
+            if channel is not None:
+                result = await self._call_grpc(channel, model, request, timeout_s, priority)
             else:
                 result = await self._call_http(replica, model, request, timeout_s, priority)
         except _Unreachable as exc:
@@ -334,7 +335,7 @@ class TritonBackend:
             # call cancelled while still queued behind others cost Triton nothing
             began = ticket.started if ticket.started is not None and ticket.started <= now else None
             replica.gave_up(model.name, given_up_because(cancelled, now - t0, timeout_s), now - (began or now))
-            if replica.grpc is not None and not model.over_http:  # cancelled in Triton too: it stops
+            if channel is not None:  # cancelled in Triton too: it stops
                 lane.cancel(ticket, self.clock())
             else:  # HTTP: Triton computes it anyway
                 lane.abandon(ticket, self.clock())

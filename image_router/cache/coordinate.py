@@ -37,7 +37,6 @@ from image_router.cache.entry import Entry
 from image_router.cache.flight import Flights
 from image_router.cache.keys import CacheKey, lease_key
 from image_router.cache.service import ResultCache
-from image_router.cache.store import shares_store
 from image_router.config.table import Model, Route
 from image_router.dispatch.stored import Flight, Lookup, Stored
 from image_router.served import CachePlan
@@ -170,7 +169,7 @@ class Coordinator:
         cache = self.cache
         held: bool | None = None
         write: asyncio.Task[None] | None = None
-        if cache is not None and getattr(cache.store, "shared", cache.store.kind == "redis" or shares_store()):
+        if cache is not None and cache.store.shared:
             held, entry = await self._coordinate(cache, key, flight)
             if entry is not None:
                 if held:

@@ -210,6 +210,8 @@ class GuardedStore(Bounded):
         super().__init__(f"cache store {store.kind}", timeout_s, clock)
         self.store = store
         self.kind = store.kind
+        # shared by replicas (Redis) or by this machine's workers (any store): misses take leases
+        self.shared = store.kind == "redis" or shares_store()
         # leases have a circuit of their own: a burst's timed-out lookups do not stop
         # coordination, but a store whose leases keep timing out (hung) is not asked on
         # every miss for a lease it will not give

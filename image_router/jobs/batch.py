@@ -38,8 +38,8 @@ __all__ = ["mates", "pass_request", "passes", "rows", "shape"]
 
 
 def rows(job: Job) -> int:
-    """The images ``job`` asked for."""
-    return int(job.request.get("n", 1))
+    """The images ``job`` asked for (each a service time, alone or in a pass)."""
+    return max(1, int(job.request.get("n", 1)))
 
 
 def shape(job: Job) -> tuple[Any, ...]:

@@ -48,18 +48,18 @@ class PassMaker:
         route = table.route_named(first.route) or table.default
         if not first.allow_downgrade or first.tier not in {a.model for a in route.arms}:
             route = route.alone(first.tier)
-        budget_s = max(1.0, first.deadline_at - self.wall())
-        route = dataclasses.replace(route, budget_ms=budget_s * 1000, hedge_after_ms=None, hedge_p95=False)
+        route = dataclasses.replace(route, hedge_after_ms=None, hedge_p95=False)
         pixels: list[list[Any]] = [[] for _ in group]
         model_tag, dims = "", None
         for cut in passes(group, rows):
+            # each pass gets what is left of the first job's time (at least 1 s)
+            budget_ms = max(1.0, first.deadline_at - self.wall()) * 1000
+            route = dataclasses.replace(route, budget_ms=budget_ms)
             request: ImageRequest = pass_request(group, cut, rows, upscale=route.resize == "upscale")
             served = await self.gateway.dispatcher.serve(background(table, route, request, priority))
             for (i, _), image in zip(cut, await served.result.pixels(), strict=True):
                 pixels[i].append(image)
             model_tag, dims = served.model_tag, served.result.dimensions() or dims
-            budget_s = max(1.0, first.deadline_at - self.wall())
-            route = dataclasses.replace(route, budget_ms=budget_s * 1000)
         size = f"{dims[0]}x{dims[1]}" if dims is not None else None
         made = []
         for job, images in zip(group, pixels, strict=True):

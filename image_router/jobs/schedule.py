@@ -33,6 +33,7 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from image_router.jobs.batch import rows
 from image_router.jobs.model import Job
 
 __all__ = ["Pacer", "pick", "run_estimate", "wait_estimate"]
@@ -46,19 +47,15 @@ def pick(
 ) -> tuple[Job, str] | None:
     """The job to start and whether it is ``urgent`` (else ``fair``), or ``None``;
     ``capped``: tenants at their ``max_running``, whose jobs wait (urgent or not);
-    ``expected_s``: one image's time on the tier (a job of ``n`` needs ``n`` of them)."""
+    ``expected_s``: one image's time on the tier (a job of ``n`` needs ``n`` of them, and
+    is urgent that much sooner)."""
     live = [j for j in jobs if j.deadline_at > now and j.tenant not in capped]
     if not live:
         return None
-    urgent = [j for j in live if now + expected_s * _images(j) * 1.5 + margin_s >= j.deadline_at]
+    urgent = [j for j in live if now + expected_s * rows(j) * 1.5 + margin_s >= j.deadline_at]
     if urgent:
         return min(urgent, key=lambda j: (j.deadline_at, j.id)), "urgent"
     return min(live, key=lambda j: (j.tag, j.id)), "fair"
-
-
-def _images(job: Job) -> int:
-    """A job's images: a 50-image job needs 50 service times, and is urgent that much sooner."""
-    return max(1, int(job.request.get("n", 1)))
 
 
 @dataclass

@@ -275,7 +275,13 @@ def _billing_metrics(billing: dict[str, Any] | None) -> Iterable[GaugeMetricFami
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
-        self._watched: list[Collector] = []
+        # what /metrics shows: this registry, or under `router serve --workers N`
+        # (PROMETHEUS_MULTIPROC_DIR set) every worker's counters and histograms, summed
+        # from their files, beside this worker's state read at scrape time
+        self.exposition = self.registry
+        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            self.exposition = CollectorRegistry()
+            MultiProcessCollector(self.exposition)  # type: ignore[no-untyped-call]
         r = self.registry
         self.requests = Counter(
             "router_requests",
@@ -362,17 +368,10 @@ class Metrics:
     def watch(self, state: State) -> None:
         """Export gauges and counters read from ``state()`` at scrape time."""
         collector = _StateCollector(state)
-        self._watched.append(collector)
         self.registry.register(collector)
+        if self.exposition is not self.registry:
+            self.exposition.register(collector)
 
     def render(self) -> bytes:
-        """The exposition. Under ``router serve --workers N`` (``PROMETHEUS_MULTIPROC_DIR``
-        set) the counters and histograms are every worker's, summed from their files;
-        the state read at scrape time is this worker's."""
-        if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-            return generate_latest(self.registry)
-        registry = CollectorRegistry()
-        MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
-        for collector in self._watched:
-            registry.register(collector)
-        return generate_latest(registry)
+        """The exposition (:attr:`exposition`)."""
+        return generate_latest(self.exposition)

@@ -1,12 +1,16 @@
 """``router serve --workers 2`` (image_router/workers.py) on the session's Triton: two
 processes answer on one port, ``/metrics`` on either counts both, identical requests
-spread over both are one generation, and SIGTERM stops them all."""
+spread over both are one generation, SIGHUP makes each reload (none is replaced),
+SIGTERM stops them all, and a worker that cannot start ends the command with exit 3."""
 
 from __future__ import annotations
 
 import asyncio
 import os
 import signal
+import socket
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -16,7 +20,7 @@ import pytest
 
 from image_router.triton import TritonServer
 from tests.integration.test_cache import cached_routes, inferences
-from tests.procs import GatewayProcess, scrape
+from tests.procs import GatewayProcess, free_ports, scrape
 
 pytestmark = pytest.mark.integration
 
@@ -45,7 +49,9 @@ def test_two_workers_share_the_port_the_counts_and_the_cache_and_stop_together(
     metrics = tmp_path / "metrics"
     metrics.mkdir()
     routes = cached_routes(f"disk://{tmp_path / 'cache'}").replace("ttl_s: 600}", "ttl_s: 600, timeout_ms: 250}")
-    gw = start_gateway(routes, extra=["--workers", "2"], env={"PROMETHEUS_MULTIPROC_DIR": str(metrics)})
+    (metrics / "counter_1.db").write_bytes(b"a stale file of an earlier run")  # removed at start
+    extra = ["--workers", "2", "--no-watch"]  # reloads by SIGHUP only
+    gw = start_gateway(routes, extra=extra, env={"PROMETHEUS_MULTIPROC_DIR": str(metrics)})
 
     sent = 0
     deadline = time.monotonic() + 30
@@ -74,9 +80,35 @@ def test_two_workers_share_the_port_the_counts_and_the_cache_and_stop_together(
     assert inferences(triton, "preview") == before + 1, "identical requests on two workers: one generation"
 
     workers = children(gw.process.pid)
+    gw.routes.write_text(gw.routes.read_text() + "\n# changed\n")
+    gw.signal(signal.SIGHUP)  # uvicorn's own supervisor would replace the workers instead
+    deadline = time.monotonic() + 20
+    reloaded: list[float] = []
+    while time.monotonic() < deadline:
+        reloaded = [scrape(gw).get(("router_config_reloads_total", (("result", "success"),)), 0.0) for _ in range(8)]
+        if reloaded == [1.0] * 8:
+            break
+        time.sleep(0.2)
+    assert reloaded == [1.0] * 8, f"every scrape (either worker) counts one reload: {reloaded}"
+    assert children(gw.process.pid) == workers, "SIGHUP reloads the workers, it does not replace them"
+
     gw.process.send_signal(signal.SIGTERM)
     assert gw.process.wait(30) == 0
     deadline = time.monotonic() + 10  # the workers (and multiprocessing's resource tracker) end with it
     while any(Path(f"/proc/{pid}").exists() for pid in workers) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not any(Path(f"/proc/{pid}").exists() for pid in workers), "no worker outlives the parent"
+
+
+def test_a_worker_that_cannot_start_ends_the_command_with_exit_3(triton: TritonServer, tmp_path: Path) -> None:
+    port, grpc_port = free_ports(2)
+    with socket.socket() as taken:  # the gRPC port held without SO_REUSEPORT: no worker can bind it
+        taken.bind(("127.0.0.1", grpc_port))
+        taken.listen()
+        routes = tmp_path / "routes.yaml"
+        routes.write_text(cached_routes(f"disk://{tmp_path / 'cache'}"))
+        cmd = [sys.executable, "-m", "image_router.cli", "serve", "--routes", str(routes), "--workers", "2"]
+        cmd += ["--port", str(port), "--grpc-port", str(grpc_port), "--log-level", "warning"]
+        env = {**os.environ, "TRITON_URL": triton.http_url, "ROUTER_STATE_DIR": str(tmp_path / "state")}
+        done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 3, (done.returncode, done.stderr[-2000:])

@@ -17,6 +17,7 @@ from starlette.testclient import TestClient
 from image_router.app import create_app
 from image_router.runtime import Runtime
 from image_router.telemetry import AccessLog, Tracing
+from image_router.telemetry.access_log import ATOMIC_BYTES, chunks
 
 
 def lines(stream: io.StringIO) -> list[dict[str, object]]:
@@ -71,6 +72,45 @@ def test_a_broken_stream_drops_lines_without_raising() -> None:
     log.record({"x": 1})
     log.record({"x": 2})
     assert log.dropped == 2
+
+
+def test_writes_hold_whole_lines_and_stay_within_one_atomic_pipe_write() -> None:
+    lines = [b"x" * n for n in (10, 4000, 90, 4095, 5000, 1, 2000, 2000)]
+    written = chunks(lines)
+    assert b"".join(written) == b"".join(line + b"\n" for line in lines), "every line, in order"
+    assert all(chunk.endswith(b"\n") for chunk in written), "no line split across writes"
+    assert [len(c) for c in written] == [11 + 4001, 91, 4096, 5001, 2 + 2001 + 2001]
+    assert all(len(c) <= ATOMIC_BYTES for c in written if c.count(b"\n") > 1), "only a lone long line is larger"
+
+
+class Pipe(io.StringIO):
+    """A text stream over a byte buffer, as a real stdout is: each binary write recorded."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.buffer = self.Writes()
+
+    class Writes:
+        def __init__(self) -> None:
+            self.writes: list[bytes] = []
+
+        def write(self, data: bytes) -> int:
+            self.writes.append(data)
+            return len(data)
+
+        def flush(self) -> None:
+            return None
+
+
+def test_a_real_stdout_gets_bytes_in_atomic_writes() -> None:
+    stream = Pipe()
+    access = AccessLog(stream, flush_interval_s=60, max_lines=10_000)
+    for i in range(200):
+        access.record({"i": i, "pad": "é" * 40})  # 2 bytes a character: counted in bytes
+    access.flush()
+    writes = stream.buffer.writes
+    assert len(writes) > 1 and all(len(w) <= ATOMIC_BYTES and w.endswith(b"\n") for w in writes)
+    assert [json.loads(line)["i"] for w in writes for line in w.splitlines()] == list(range(200))
 
 
 def test_metrics_off_means_no_metrics_endpoint(tmp_path: Path) -> None:

@@ -58,7 +58,8 @@ def test_a_signed_image_url_is_valid_for_its_image_until_it_expires() -> None:
     assert signer.valid(name, query["expires"], query["sig"])
     assert not signer.valid("f" * 32, query["expires"], query["sig"])  # another image
     assert not signer.valid(name, str(int(query["expires"]) + 1), query["sig"])  # extended
-    assert not signer.valid(name, query["expires"], query["sig"][:-1] + "0")
+    sig = query["sig"]
+    assert not signer.valid(name, query["expires"], sig[:-1] + ("1" if sig.endswith("0") else "0"))
     assert not UrlSigner(b"other", clock).valid(name, query["expires"], query["sig"])
     for expires in (None, "", "9" * 5000, "1e9", "²"):
         assert not signer.valid(name, expires, query["sig"])
