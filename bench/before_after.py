@@ -7,7 +7,13 @@ gateways on the same routes — one from a ``git worktree`` of ``--before`` (def
 (what ``tritonclient.http`` sends) to each in turn, ``--rounds`` times, at one client.
 It prints each round's CPU per request (user + system, from /proc) and the medians.
 
+``--path openai`` compares the OpenAI Images path instead: both gateways on one
+``type: openai`` tier in front of the stand-in of `bench/peers_openai.py`, the same
+``POST /v1/images/generations`` from one client and then from 32 (one keep-alive
+connection each, `bench/http_load.py`).
+
     .venv/bin/python bench/before_after.py --before HEAD --rounds 5 --requests 1500
+    .venv/bin/python bench/before_after.py --before HEAD --path openai --rounds 4 --requests 2000
 """
 
 from __future__ import annotations
@@ -19,6 +25,8 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+from http_load import Connection, request_bytes
+from openai_peers import GATEWAY_ROUTES, start_upstream, stop
 from overhead import ROOT, cpu_seconds, measure, write_routes
 
 from image_router.triton import TritonConfig, TritonServer
@@ -30,7 +38,11 @@ def main() -> None:
     parser.add_argument("--before", default="HEAD", help="the commit to compare against")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--requests", type=int, default=1500)
+    parser.add_argument("--path", choices=["kserve", "openai"], default="kserve")
     args = parser.parse_args()
+    if args.path == "openai":
+        openai_path(args)
+        return
     tmp = Path(tempfile.mkdtemp(prefix="bench-before-after-"))
     baseline = tmp / "before"
     subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(baseline), args.before], check=True)
@@ -56,6 +68,61 @@ def main() -> None:
         for gateway in gateways.values():
             gateway.stop()
         triton.stop()
+        subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(baseline)], check=False)
+
+
+OPENAI_BODY = b'{"model":"img-1","prompt":"a lighthouse at dusk","n":1,"size":"1024x1024","response_format":"b64_json"}'
+
+
+async def _openai_load(url: str, clients: int, requests: int) -> None:
+    """``requests`` in all from ``clients`` keep-alive connections."""
+    host, port, raw = request_bytes(url + "/v1/images/generations", {"content-type": "application/json"}, OPENAI_BODY)
+    connections = [Connection(host, port, raw) for _ in range(clients)]
+
+    async def run(connection: Connection, count: int) -> None:
+        for _ in range(count):
+            assert await connection.send() == 200
+        connection.close()
+
+    await asyncio.gather(*(run(c, requests // clients) for c in connections))
+
+
+def openai_path(args: argparse.Namespace) -> None:
+    tmp = Path(tempfile.mkdtemp(prefix="bench-before-after-openai-"))
+    baseline = tmp / "before"
+    subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(baseline), args.before], check=True)
+    upstream = start_upstream(tmp)
+    env = {"HOSTED_URL": upstream.url, "HOSTED_KEY": "sk-test"}
+    gateways = {}
+    for name, cwd in (("before", baseline), ("after", ROOT)):
+        routes, log = tmp / f"routes-{name}" / "routes.yaml", tmp / f"{name}.log"  # a directory each: watched
+        routes.parent.mkdir()
+        routes.write_text(GATEWAY_ROUTES)
+        gateways[name] = GatewayProcess(routes, "http://127.0.0.1:9", log, env=env, cwd=cwd)
+    cpu: dict[tuple[str, int], list[float]] = {(name, c): [] for name in gateways for c in (1, 32)}
+    try:
+        for gateway in gateways.values():
+            asyncio.run(_openai_load(gateway.url, 32, 640))  # warm-up
+        for n in range(args.rounds):
+            for clients in (1, 32):
+                for name, gateway in gateways.items():
+                    start = cpu_seconds(gateway.process.pid)
+                    asyncio.run(_openai_load(gateway.url, clients, args.requests))
+                    cpu[name, clients].append((cpu_seconds(gateway.process.pid) - start) / args.requests * 1000)
+                print(
+                    f"round {n + 1}, c={clients}: before {cpu['before', clients][-1]:.3f} ms, "
+                    f"after {cpu['after', clients][-1]:.3f} ms",
+                    flush=True,
+                )
+        for clients in (1, 32):
+            before, after = statistics.median(cpu["before", clients]), statistics.median(cpu["after", clients])
+            ratio = after / before
+            print(f"c={clients} median CPU per request: before {before:.3f} ms, after {after:.3f} ms ({ratio:.3f}x)")
+    finally:
+        for gateway in gateways.values():
+            gateway.stop()
+        for proc in upstream.stop:
+            stop(proc)
         subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(baseline)], check=False)
 
 

@@ -36,10 +36,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import io
 import math
 import time
-import warnings
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -47,7 +45,7 @@ import orjson
 from PIL import Image
 
 from image_router.backends._http1 import AnswerTooLarge, Http1Pool
-from image_router.backends.base import EncodedImages, ImageRequest, ImageResult, sniff_format
+from image_router.backends.base import EncodedImages, ImageRequest, ImageResult, image_size, sniff_format
 from image_router.billing.tokens import Tokens
 from image_router.config.table import Backend, Model
 from image_router.errors import BackendError, BackendRejected, BackendTimeout, BackendUnavailable
@@ -69,24 +67,6 @@ MAX_PIXELS = 4096 * 4096  # per image, read from its header before any decode
 ANSWERED_FRESH_S = 10.0  # an answer this recent says the upstream is up
 PROBE_EVERY_S = 2.0  # a probe's result is kept this long (readiness is polled every second)
 PROBE_TIMEOUT_S = 1.0
-_HEADER_B64 = 64 << 10  # base64 characters read for a header past the first 1 KiB (a JPEG's SOF after EXIF/ICC)
-
-
-def _pixels(text: str) -> int | None:
-    """Width x height from an image's header: its first 1 KiB of text (PNG, WebP and
-    most JPEGs), else 64 KiB, else all of it. ``None``: no readable size, so nothing can
-    decode it either (it fails as "not understood" where pixels are needed)."""
-    for chars in sorted({min(n, len(text)) for n in (1024, _HEADER_B64, len(text))}):
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # we judge the size ourselves
-                with Image.open(io.BytesIO(base64.b64decode(text[: chars - chars % 4]))) as image:
-                    return math.prod(image.size)
-        except Image.DecompressionBombError:
-            return MAX_PIXELS + 1  # far over PIL's own bound, so over ours
-        except Exception:  # noqa: BLE001 - PIL raises many kinds on a truncated or bad file
-            continue
-    return None
 
 
 class HostedResult(ImageResult):
@@ -136,10 +116,16 @@ def _encoded(texts: tuple[str, ...]) -> EncodedImages:
         raise BackendError("upstream answer not understood: images are not all PNG, JPEG or WebP of one kind")
     fmt = formats.pop()
     assert fmt is not None
+    sizes = []
     for text in texts:
-        if (_pixels(text) or 0) > MAX_PIXELS:
+        try:
+            size = image_size(text)
+        except Image.DecompressionBombError:  # a size PIL will not even open: over any bound
+            size = (MAX_PIXELS + 1, 1)
+        if size is not None and size[0] * size[1] > MAX_PIXELS:
             raise BackendError(f"upstream image over {MAX_PIXELS} pixels: refused before decoding")
-    return EncodedImages(texts, fmt)
+        sizes.append(size)
+    return EncodedImages(texts, fmt, sizes[0])
 
 
 class OpenAIImagesBackend:

@@ -111,15 +111,23 @@ def parse_json_model(body: bytes, model: type[M], content_type: str | None) -> M
     """Decode a JSON body into ``model``; errors name the first offending field."""
     if content_type and "json" not in content_type and "text/plain" not in content_type:
         raise UnsupportedMediaType(f"expected application/json, got {content_type}")
+    try:  # orjson first (the stdlib's decoder cost 3 % of a request's CPU); what it refuses
+        data = orjson.loads(body)  # (an integer past 64 bits, NaN, nesting past 1,024) the stdlib decides
+    except orjson.JSONDecodeError:
+        data = _slow_loads(body)
+    if not isinstance(data, dict):
+        raise InvalidRequest("body must be a JSON object")
+    return validated(model, data)
+
+
+def _slow_loads(body: bytes) -> Any:
+    """The stdlib's reading of a body orjson refused: the same answer or error as before."""
     try:
-        data = json.loads(body, parse_int=_bounded_int)
+        return json.loads(body, parse_int=_bounded_int)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise InvalidRequest(f"body is not valid JSON: {exc}") from None
     except RecursionError:  # json's decoder recurses per nesting level
         raise InvalidRequest("body is not valid JSON: nested too deeply") from None
-    if not isinstance(data, dict):
-        raise InvalidRequest("body must be a JSON object")
-    return validated(model, data)
 
 
 def _bounded_int(text: str) -> int | float:

@@ -4,13 +4,16 @@
 from __future__ import annotations
 
 import base64
+import io
 import struct
 import time
 import zlib
 
 import orjson
 import pytest
+from PIL import Image
 
+from image_router.backends.base import ImageResult, image_size
 from image_router.backends.openai import ANSWERED_FRESH_S, MAX_PIXELS, OpenAIImagesBackend, parse_images
 from image_router.config.table import Backend
 from image_router.errors import BackendError
@@ -38,6 +41,29 @@ def test_an_image_over_the_pixel_cap_is_refused_from_its_header() -> None:
         parse_images(answer(png_header(64, 64), png_header(side, side)))
     with pytest.raises(BackendError, match="pixels"):
         parse_images(answer(png_header(100_000, 100_000)))  # past PIL's own bomb bound too
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG", "WEBP"])
+@pytest.mark.parametrize("size", [(1, 1), (64, 48), (1024, 1536)])
+def test_an_images_size_is_read_from_its_header_as_pil_reads_it(fmt: str, size: tuple[int, int]) -> None:
+    out = io.BytesIO()
+    Image.new("RGB", size).save(out, fmt)
+    text = base64.b64encode(out.getvalue()).decode()
+    assert image_size(text) == size
+    encoded = parse_images(answer(out.getvalue()))
+    assert encoded.size == size, "read once, when the answer arrives"
+    assert ImageResult(None, "", encoded=encoded).dimensions() == size
+
+
+def test_a_pngs_size_needs_no_pil_and_an_unreadable_header_has_none(monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("PIL opened a PNG to read its size")
+
+    monkeypatch.setattr(Image, "open", refuse)
+    assert image_size(base64.b64encode(png_header(5000, 3)).decode()) == (5000, 3)
+    monkeypatch.undo()
+    assert image_size("not base64 at all!") is None
+    assert image_size(base64.b64encode(b"\x89PNG\r\n\x1a\n" + b"\0" * 40).decode()) is None
 
 
 def test_health_is_known_from_a_recent_answer_or_probe_and_asked_otherwise() -> None:
