@@ -177,7 +177,8 @@ def create_app(
                 ObserveMiddleware, metrics=runtime.metrics, tracing=runtime.tracing, access_log=runtime.access_log
             )
         )
-    middleware.append(Middleware(kserve_api.InferLane))  # innermost: observed like every request
+    lanes = {"/v1/images/generations": images_api.openai_images, "/api/v1/generate": images_api.generate}
+    middleware.append(Middleware(kserve_api.InferLane, posts=lanes))  # innermost: observed like every request
     app = Starlette(
         routes=_routes(),
         middleware=middleware,

@@ -19,6 +19,7 @@ import asyncio
 import functools
 import time
 import zlib
+from collections.abc import Awaitable, Callable, Mapping
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -240,9 +241,14 @@ def _infer_path(path: str) -> dict[str, str] | None:
     return None
 
 
+Endpoint = Callable[[Request], Awaitable[Response]]
+
+
 class InferLane:
-    """KServe infer calls straight to :func:`infer`, below Starlette's router and its
-    exception layers; every other request goes on to them.
+    """Inference calls straight to their handlers, below Starlette's router and its
+    exception layers; every other request goes on to them. It takes KServe's infer
+    paths (to :func:`infer`) and the exact ``POST`` paths of ``posts`` (the app names
+    the image endpoints there: the OpenAI generations and ``/api/v1/generate``).
 
     It is the innermost middleware, so request ids, metrics, the access log and traces
     see these calls as they see any other, and an error is answered by the same
@@ -250,20 +256,26 @@ class InferLane:
     path against the route list, ``ExceptionMiddleware``, the route and endpoint
     wrappers — cost the hottest request about a tenth of the gateway's CPU."""
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, posts: Mapping[str, Endpoint] | None = None) -> None:
         self.app = app
+        self.posts = dict(posts or {})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        params = None
+        handler: Endpoint | None = None
         if scope["type"] == "http" and scope["method"] == "POST" and not scope.get("root_path"):
-            params = _infer_path(scope["path"])
-        if params is None:
+            path = scope["path"]
+            handler = self.posts.get(path)
+            if handler is not None:
+                scope["path_params"] = {}
+            elif (params := _infer_path(path)) is not None:
+                scope["path_params"] = params
+                handler = infer  # looked up per call: the module's own
+        if handler is None:
             await self.app(scope, receive, send)
             return
-        scope["path_params"] = params
         request = Request(scope, receive, send)
         try:
-            response = await infer(request)
+            response = await handler(request)
         except Exception as exc:  # noqa: BLE001 - answered by the handler Starlette would pick
             response = await respond_to(request, exc)
         await response(scope, receive, send)

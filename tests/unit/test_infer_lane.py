@@ -1,4 +1,5 @@
-"""The KServe infer lane below Starlette's router: the same paths, errors and ids."""
+"""The inference lane below Starlette's router (KServe infer and the image endpoints'
+exact paths): the same paths, errors and ids."""
 
 from __future__ import annotations
 
@@ -77,3 +78,38 @@ def test_everything_else_goes_on_to_the_router() -> None:
     assert client.get("/v2/models/noop/infer").text == "router"  # not a POST
     assert client.get("/other").text == "router"
     assert client.post("/v2/models/noop/ready").status_code == 404
+
+
+def test_the_image_endpoints_exact_posts_take_the_lane_and_nothing_else_does() -> None:
+    taken: list[str] = []
+
+    async def lane(request: Request) -> Response:
+        taken.append(request.url.path)
+        if request.headers.get("x-fail"):
+            raise InvalidRequest("prompt: required", field="prompt")
+        return PlainTextResponse("lane")
+
+    async def elsewhere(request: Request) -> Response:
+        return PlainTextResponse("router")
+
+    app = Starlette(
+        routes=[
+            Route("/v1/images/generations", elsewhere, methods=["GET", "POST"]),
+            Route("/{rest:path}", elsewhere, methods=["GET", "POST"]),
+        ],
+        middleware=[
+            Middleware(RequestIdMiddleware),
+            Middleware(kserve_api.InferLane, posts={"/v1/images/generations": lane}),
+        ],
+        exception_handlers=exception_handlers,
+    )
+    client = TestClient(app)
+    assert client.post("/v1/images/generations", json={}).text == "lane"
+    refused = client.post("/v1/images/generations", json={}, headers={"x-fail": "1", "X-Request-Id": "r1"})
+    error = refused.json()["error"]  # the OpenAI shape, as the app's handlers give on this path
+    assert refused.status_code == 400 and error["code"] == "invalid_request" and error["param"] == "prompt"
+    assert refused.headers["x-request-id"] == "r1"
+    assert client.get("/v1/images/generations").text == "router"  # not a POST
+    assert client.post("/v1/images/generations/x").text == "router"
+    assert client.post("/v1/images/edits").text == "router"
+    assert taken == ["/v1/images/generations"] * 2
