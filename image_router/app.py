@@ -118,6 +118,17 @@ def _routes() -> list[Route]:
     ]
 
 
+LANES = ("/v1/images/generations", "/api/v1/generate")  # with KServe infer: below the router
+
+
+def _lanes(routes: list[Route]) -> dict[str, kserve_api.Endpoint]:
+    """The endpoints of :data:`LANES`' ``POST`` routes, as the route list has them (so a
+    wrapper put on one there is not bypassed)."""
+    lanes = {r.path: r.endpoint for r in routes if r.path in LANES and "POST" in (r.methods or ())}
+    assert len(lanes) == len(LANES), "every lane is a POST route"
+    return lanes
+
+
 async def _metrics(request: Request) -> Response:
     metrics: Metrics | None = request.app.state.metrics
     if metrics is None:
@@ -177,10 +188,10 @@ def create_app(
                 ObserveMiddleware, metrics=runtime.metrics, tracing=runtime.tracing, access_log=runtime.access_log
             )
         )
-    lanes = {"/v1/images/generations": images_api.openai_images, "/api/v1/generate": images_api.generate}
-    middleware.append(Middleware(kserve_api.InferLane, posts=lanes))  # innermost: observed like every request
+    routes = _routes()
+    middleware.append(Middleware(kserve_api.InferLane, posts=_lanes(routes)))  # innermost: observed like any
     app = Starlette(
-        routes=_routes(),
+        routes=routes,
         middleware=middleware,
         exception_handlers=exception_handlers,
         lifespan=lifespan,

@@ -144,9 +144,10 @@ def cmd_triton(args: argparse.Namespace) -> int:
     return 0 if code in (0, -signal.SIGTERM, -signal.SIGINT) else int(code)
 
 
-def build_gateway_app(args: argparse.Namespace) -> tuple[Any, Callable[[], None]]:
+def build_gateway_app(args: argparse.Namespace) -> tuple[Any, Callable[[], None] | None]:
     """The ASGI app ``router serve`` runs for ``args`` (each worker builds its own), and
-    what to run the moment a stop signal arrives: write the access log's held lines."""
+    what to run the moment a stop signal arrives: write the access log's held lines
+    (``None``: no access log)."""
     from image_router.app import create_app
     from image_router.rpc import GrpcOptions
 
@@ -164,13 +165,9 @@ def build_gateway_app(args: argparse.Namespace) -> tuple[Any, Callable[[], None]
         grpc=grpc,
     )
     access = app.state.runtime.access_log
-    on_stop = access.flush if access is not None else _nothing
+    on_stop = access.flush if access is not None else None
     # JSON lines carry the request id: the outermost layer makes each request's state current
     return (logs.RequestContext(app) if args.log_format == "json" else app), on_stop
-
-
-def _nothing() -> None:
-    return None
 
 
 def _run_gateway(args: argparse.Namespace) -> None:

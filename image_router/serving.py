@@ -205,15 +205,15 @@ def flush_on_stop_signal(flush: Callable[[], None]) -> None:
 
 class FlushingConfig(uvicorn.Config):
     """uvicorn's config for one process: on load (inside the server, on its loop),
-    ``on_stop`` is chained to the stop signals (:func:`flush_on_stop_signal`)."""
+    ``on_stop`` (if any) is chained to the stop signals (:func:`flush_on_stop_signal`)."""
 
-    def __init__(self, app: Any, on_stop: Callable[[], None], **kwargs: Any) -> None:
+    def __init__(self, app: Any, on_stop: Callable[[], None] | None, **kwargs: Any) -> None:
         super().__init__(app, **kwargs)
         self.on_stop = on_stop
 
     def load(self) -> None:
         loaded = self.loaded
         super().load()
-        if not loaded:
+        if not loaded and self.on_stop is not None:
             with contextlib.suppress(RuntimeError):  # no running loop: not inside a server
                 flush_on_stop_signal(self.on_stop)

@@ -18,7 +18,8 @@ leaves it ``None`` (the tier's per-image price applies).
 
 Bounds: an answer body over :data:`MAX_ANSWER_BYTES` is refused while it arrives (the
 connection is closed), and an image over :data:`MAX_PIXELS` is refused from its header,
-before anything decodes it.
+before anything decodes it; so is an image whose size its header does not give (its
+bound could not be kept).
 
 Fields: ``seed`` and ``steps`` go upstream only where the backend's ``accepts:`` names
 them (OpenAI's own images API takes neither, so the default accepts none); a request
@@ -122,7 +123,9 @@ def _encoded(texts: tuple[str, ...]) -> EncodedImages:
             size = image_size(text)
         except Image.DecompressionBombError:  # a size PIL will not even open: over any bound
             size = (MAX_PIXELS + 1, 1)
-        if size is not None and size[0] * size[1] > MAX_PIXELS:
+        if size is None:  # no size read is no bound kept: what a decoder would make of it is unknown
+            raise BackendError("upstream answer not understood: an image's size cannot be read from its header")
+        if size[0] * size[1] > MAX_PIXELS:
             raise BackendError(f"upstream image over {MAX_PIXELS} pixels: refused before decoding")
         sizes.append(size)
     return EncodedImages(texts, fmt, sizes[0])

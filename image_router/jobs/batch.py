@@ -34,18 +34,13 @@ from typing import Any
 from image_router.backends.base import ImageRequest
 from image_router.jobs.model import Job
 
-__all__ = ["mates", "pass_request", "passes", "rows", "shape"]
-
-
-def rows(job: Job) -> int:
-    """The images ``job`` asked for (each a service time, alone or in a pass)."""
-    return max(1, int(job.request.get("n", 1)))
+__all__ = ["mates", "pass_request", "passes", "shape"]
 
 
 def shape(job: Job) -> tuple[Any, ...]:
     """What the jobs of one pass must share."""
-    asked = job.request
-    return (job.route, job.allow_downgrade, asked.get("steps"), asked.get("width"), asked.get("height"))
+    wanted = job.request
+    return (job.route, job.allow_downgrade, wanted.get("steps"), wanted.get("width"), wanted.get("height"))
 
 
 def mates(first: Job, queued: Sequence[Job], batch_rows: int, now: float, capped: Collection[str] = ()) -> list[Job]:
@@ -55,7 +50,7 @@ def mates(first: Job, queued: Sequence[Job], batch_rows: int, now: float, capped
     pass, urgent in time); a pass that runs out of that time fails ``first`` alone and
     hands its mates back to the queue."""
     group = [first]
-    room = batch_rows - rows(first)
+    room = batch_rows - first.asked
     if room <= 0:
         return group
     want = shape(first)
@@ -64,9 +59,9 @@ def mates(first: Job, queued: Sequence[Job], batch_rows: int, now: float, capped
             continue
         if job.deadline_at <= now or shape(job) != want:
             continue
-        if rows(job) <= room:
+        if job.asked <= room:
             group.append(job)
-            room -= rows(job)
+            room -= job.asked
             if room == 0:
                 break
     return group
@@ -76,7 +71,7 @@ def passes(group: Sequence[Job], batch_rows: int) -> list[list[tuple[int, int]]]
     """The calls that compute ``group``: each a list of ``(job index, row)``. A group of
     several jobs (their rows fit ``batch_rows``) is one pass; a single job's rows go in
     passes of ``batch_rows``."""
-    flat = [(i, r) for i, job in enumerate(group) for r in range(rows(job))]
+    flat = [(i, r) for i, job in enumerate(group) for r in range(job.asked)]
     step = max(1, batch_rows)
     return [flat[i : i + step] for i in range(0, len(flat), step)]
 
@@ -86,13 +81,13 @@ def pass_request(group: Sequence[Job], cut: Sequence[tuple[int, int]], batch_row
     group's shared steps and size, ``rows_per_pass`` when the tier batches. ``upscale``
     as :func:`~image_router.decide.on_route` marks it (each job's limits were checked at
     submission; a pass of several jobs is not a client's request)."""
-    asked = group[0].request
+    wanted = group[0].request
     return ImageRequest(
         prompts=tuple(group[i].request["prompt"] for i, _ in cut),
         seeds=tuple(group[i].request["seeds"][r] for i, r in cut),
-        steps=asked.get("steps"),
-        width=asked.get("width"),
-        height=asked.get("height"),
+        steps=wanted.get("steps"),
+        width=wanted.get("width"),
+        height=wanted.get("height"),
         upscale=upscale,
         rows_per_pass=len(cut) if batch_rows > 1 else 1,
     )

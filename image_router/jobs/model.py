@@ -86,6 +86,11 @@ class Job:
         return cls(**orjson.loads(raw))
 
     @property
+    def asked(self) -> int:
+        """The images it asked for: each a service time, alone or in a pass."""
+        return max(1, int(self.request.get("n", 1)))
+
+    @property
     def terminal(self) -> bool:
         return self.status in TERMINAL
 

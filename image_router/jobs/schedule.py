@@ -33,7 +33,6 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from image_router.jobs.batch import rows
 from image_router.jobs.model import Job
 
 __all__ = ["Pacer", "pick", "run_estimate", "wait_estimate"]
@@ -52,7 +51,7 @@ def pick(
     live = [j for j in jobs if j.deadline_at > now and j.tenant not in capped]
     if not live:
         return None
-    urgent = [j for j in live if now + expected_s * rows(j) * 1.5 + margin_s >= j.deadline_at]
+    urgent = [j for j in live if now + expected_s * j.asked * 1.5 + margin_s >= j.deadline_at]
     if urgent:
         return min(urgent, key=lambda j: (j.deadline_at, j.id)), "urgent"
     return min(live, key=lambda j: (j.tag, j.id)), "fair"

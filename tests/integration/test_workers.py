@@ -62,6 +62,7 @@ def test_two_workers_share_the_port_the_counts_and_the_cache_and_stop_together(
         assert r.status_code == 200, r.text
         sent += 1
     assert len(children(gw.process.pid)) >= 2
+    assert not (metrics / "counter_1.db").exists()
     totals = {requests_total(gw) for _ in range(6)}  # scrapes answered by either worker
     assert totals == {float(sent)}, (totals, sent)
 
@@ -82,14 +83,16 @@ def test_two_workers_share_the_port_the_counts_and_the_cache_and_stop_together(
     workers = children(gw.process.pid)
     gw.routes.write_text(gw.routes.read_text() + "\n# changed\n")
     gw.signal(signal.SIGHUP)  # uvicorn's own supervisor would replace the workers instead
+
+    def reloads() -> float:
+        return scrape(gw).get(("router_config_reloads_total", (("result", "success"),)), 0.0)
+
     deadline = time.monotonic() + 20
-    reloaded: list[float] = []
-    while time.monotonic() < deadline:
-        reloaded = [scrape(gw).get(("router_config_reloads_total", (("result", "success"),)), 0.0) for _ in range(8)]
-        if reloaded == [1.0] * 8:
-            break
+    while reloads() < 1.0 and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert reloaded == [1.0] * 8, f"every scrape (either worker) counts one reload: {reloaded}"
+    time.sleep(1.0)  # the other worker's reload, had it been sent one
+    reloaded = [reloads() for _ in range(16)]  # either worker answers each (1 in 2**16 that one answers all)
+    assert reloaded == [1.0] * 16, f"every scrape (either worker) counts one reload: {reloaded}"
     assert children(gw.process.pid) == workers, "SIGHUP reloads the workers, it does not replace them"
 
     gw.process.send_signal(signal.SIGTERM)
@@ -100,15 +103,30 @@ def test_two_workers_share_the_port_the_counts_and_the_cache_and_stop_together(
     assert not any(Path(f"/proc/{pid}").exists() for pid in workers), "no worker outlives the parent"
 
 
+def _serve_two(triton: TritonServer, tmp_path: Path, grpc_port: int, **env: str) -> subprocess.CompletedProcess[str]:
+    routes = tmp_path / "routes.yaml"
+    routes.write_text(cached_routes(f"disk://{tmp_path / 'cache'}"))
+    cmd = [sys.executable, "-m", "image_router.cli", "serve", "--routes", str(routes), "--workers", "2"]
+    cmd += ["--port", str(free_ports(1)[0]), "--grpc-port", str(grpc_port), "--log-level", "warning"]
+    environ = {**os.environ, "TRITON_URL": triton.http_url, "ROUTER_STATE_DIR": str(tmp_path / "state"), **env}
+    return subprocess.run(cmd, env=environ, capture_output=True, text=True, timeout=60)
+
+
 def test_a_worker_that_cannot_start_ends_the_command_with_exit_3(triton: TritonServer, tmp_path: Path) -> None:
-    port, grpc_port = free_ports(2)
+    (grpc_port,) = free_ports(1)
     with socket.socket() as taken:  # the gRPC port held without SO_REUSEPORT: no worker can bind it
         taken.bind(("127.0.0.1", grpc_port))
         taken.listen()
-        routes = tmp_path / "routes.yaml"
-        routes.write_text(cached_routes(f"disk://{tmp_path / 'cache'}"))
-        cmd = [sys.executable, "-m", "image_router.cli", "serve", "--routes", str(routes), "--workers", "2"]
-        cmd += ["--port", str(port), "--grpc-port", str(grpc_port), "--log-level", "warning"]
-        env = {**os.environ, "TRITON_URL": triton.http_url, "ROUTER_STATE_DIR": str(tmp_path / "state")}
-        done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60)
+        done = _serve_two(triton, tmp_path, grpc_port)
     assert done.returncode == 3, (done.returncode, done.stderr[-2000:])
+
+
+def test_a_metrics_directory_holding_another_programs_files_is_refused(triton: TritonServer, tmp_path: Path) -> None:
+    """prometheus_client reads every ``*.db`` there as its own (a state store's file made
+    ``/metrics`` a 500), and a file not of its names is not the gateway's to remove."""
+    metrics = tmp_path / "metrics"
+    metrics.mkdir()
+    (metrics / "state.db").write_bytes(b"a state store's file")
+    done = _serve_two(triton, tmp_path, free_ports(1)[0], PROMETHEUS_MULTIPROC_DIR=str(metrics))
+    assert done.returncode == 2 and "state.db" in done.stderr, (done.returncode, done.stderr[-2000:])
+    assert (metrics / "state.db").read_bytes() == b"a state store's file"

@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import io
 import json
+import signal
 import time
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from starlette.testclient import TestClient
 
 from image_router.app import create_app
 from image_router.runtime import Runtime
+from image_router.serving import flush_on_stop_signal
 from image_router.telemetry import AccessLog, Tracing
 from image_router.telemetry.access_log import ATOMIC_BYTES, chunks
 
@@ -111,6 +113,42 @@ def test_a_real_stdout_gets_bytes_in_atomic_writes() -> None:
     writes = stream.buffer.writes
     assert len(writes) > 1 and all(len(w) <= ATOMIC_BYTES and w.endswith(b"\n") for w in writes)
     assert [json.loads(line)["i"] for w in writes for line in w.splitlines()] == list(range(200))
+
+
+def test_a_stop_signal_writes_held_lines_at_once_after_the_servers_own_handler() -> None:
+    """What ``router serve`` (one process or ``--workers``) chains to uvicorn's handler:
+    the server's handler still runs, first, and the held lines are written on the loop
+    without waiting for the shutdown; uvicorn puts its saved handlers back after."""
+    order: list[str] = []
+    stream = io.StringIO()
+    access = AccessLog(stream, flush_interval_s=60)
+    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+    def servers_own(signum: int, frame: object) -> None:
+        order.append(f"server {signum}")
+
+    def flush() -> None:
+        order.append("flush")
+        access.flush()
+
+    async def main() -> None:
+        access.record({"path": "/v1/images/generations"})
+        for sig in saved:
+            signal.signal(sig, servers_own)
+        flush_on_stop_signal(flush)
+        handler = signal.getsignal(signal.SIGTERM)
+        assert callable(handler) and handler is not servers_own
+        handler(signal.SIGTERM, None)
+        assert order == [f"server {signal.SIGTERM}"] and not stream.getvalue(), "flushed on the loop, not here"
+        await asyncio.sleep(0)
+        assert order == [f"server {signal.SIGTERM}", "flush"]
+
+    try:
+        asyncio.run(main())
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
+    assert lines(stream) == [{"path": "/v1/images/generations"}]
 
 
 def test_metrics_off_means_no_metrics_endpoint(tmp_path: Path) -> None:

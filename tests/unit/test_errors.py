@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
+import zlib
 
 import aiohttp
 import orjson
@@ -90,11 +91,21 @@ def test_a_hosted_answer_that_is_not_images_is_a_backend_error(body: bytes) -> N
 
 
 def test_a_hosted_image_that_does_not_decode_fails_when_its_pixels_are_needed() -> None:
-    broken = base64.b64encode(b"\x89PNG\r\n\x1a\n" + b"\0" * 40).decode()
+    ihdr = b"IHDR" + (64).to_bytes(4, "big") * 2 + bytes([8, 2, 0, 0, 0])
+    header = b"\x89PNG\r\n\x1a\n" + (13).to_bytes(4, "big") + ihdr + zlib.crc32(ihdr).to_bytes(4, "big")
+    broken = base64.b64encode(header + b"\0" * 40).decode()  # a size to bound, then no image
     result = ImageResult(None, "", encoded=parse_images(orjson.dumps({"data": [{"b64_json": broken}]})))
     assert result.passthrough("png") == (broken,)  # passed through as the upstream sent it
+    assert result.dimensions() == (64, 64)
     with pytest.raises(errors.BackendError, match="not understood"):
         _ = result.images
+
+
+def test_a_hosted_image_whose_size_cannot_be_read_is_refused_when_it_arrives() -> None:
+    """Its pixel bound cannot be checked, so it is not passed on (nor decoded later)."""
+    unreadable = base64.b64encode(b"\x89PNG\r\n\x1a\n" + b"\0" * 40).decode()
+    with pytest.raises(errors.BackendError, match="size cannot be read"):
+        parse_images(orjson.dumps({"data": [{"b64_json": unreadable}]}))
 
 
 @pytest.mark.parametrize(

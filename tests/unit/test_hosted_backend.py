@@ -66,6 +66,20 @@ def test_a_pngs_size_needs_no_pil_and_an_unreadable_header_has_none(monkeypatch:
     assert image_size(base64.b64encode(b"\x89PNG\r\n\x1a\n" + b"\0" * 40).decode()) is None
 
 
+def test_a_stray_character_or_a_bad_side_does_not_get_an_image_past_the_pixel_cap() -> None:
+    side = int(MAX_PIXELS**0.5) + 1
+    text = base64.b64encode(png_header(side, side)).decode()
+    for stray in (text[:25] + "\n" + text[25:], text[:3] + "\n" + text[3:]):  # b64decode drops it
+        with pytest.raises(BackendError, match=r"pixels|is not base64"):  # refused either way
+            parse_images(orjson.dumps({"data": [{"b64_json": stray}]}))
+    for width, height in ((0, 5), (5, 0)):  # sides PIL refuses: no size, not taken
+        assert image_size(base64.b64encode(png_header(width, height)).decode()) is None
+        with pytest.raises(BackendError, match="size cannot be read"):
+            parse_images(answer(png_header(width, height)))
+    with pytest.raises(BackendError, match="pixels"):  # past 2**31 a side: PIL's bomb bound, over ours
+        parse_images(answer(png_header(2**31, 5)))
+
+
 def test_health_is_known_from_a_recent_answer_or_probe_and_asked_otherwise() -> None:
     backend = OpenAIImagesBackend(Backend("hosted", "openai", "http://127.0.0.1:9/v1"))
     now = time.monotonic()
