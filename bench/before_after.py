@@ -25,9 +25,9 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from http_load import Connection, request_bytes
-from openai_peers import GATEWAY_ROUTES, start_upstream, stop
+from openai_peers import GATEWAY_ROUTES, Peer, start_upstream, stop
 from overhead import ROOT, cpu_seconds, measure, write_routes
+from peers_openai import load
 
 from image_router.triton import TritonConfig, TritonServer
 from tests.procs import GatewayProcess
@@ -71,22 +71,6 @@ def main() -> None:
         subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(baseline)], check=False)
 
 
-OPENAI_BODY = b'{"model":"img-1","prompt":"a lighthouse at dusk","n":1,"size":"1024x1024","response_format":"b64_json"}'
-
-
-async def _openai_load(url: str, clients: int, requests: int) -> None:
-    """``requests`` in all from ``clients`` keep-alive connections."""
-    host, port, raw = request_bytes(url + "/v1/images/generations", {"content-type": "application/json"}, OPENAI_BODY)
-    connections = [Connection(host, port, raw) for _ in range(clients)]
-
-    async def run(connection: Connection, count: int) -> None:
-        for _ in range(count):
-            assert await connection.send() == 200
-        connection.close()
-
-    await asyncio.gather(*(run(c, requests // clients) for c in connections))
-
-
 def openai_path(args: argparse.Namespace) -> None:
     tmp = Path(tempfile.mkdtemp(prefix="bench-before-after-openai-"))
     baseline = tmp / "before"
@@ -101,14 +85,14 @@ def openai_path(args: argparse.Namespace) -> None:
         gateways[name] = GatewayProcess(routes, "http://127.0.0.1:9", log, env=env, cwd=cwd)
     cpu: dict[tuple[str, int], list[float]] = {(name, c): [] for name in gateways for c in (1, 32)}
     try:
-        for gateway in gateways.values():
-            asyncio.run(_openai_load(gateway.url, 32, 640))  # warm-up
+        peers = {name: Peer(name, gw.url + "/v1", gw.process.pid) for name, gw in gateways.items()}
+        for peer in peers.values():
+            asyncio.run(load(peer, upstream.pid or 0, 32, 640, 0))  # warm-up
         for n in range(args.rounds):
             for clients in (1, 32):
-                for name, gateway in gateways.items():
-                    start = cpu_seconds(gateway.process.pid)
-                    asyncio.run(_openai_load(gateway.url, clients, args.requests))
-                    cpu[name, clients].append((cpu_seconds(gateway.process.pid) - start) / args.requests * 1000)
+                for name, peer in peers.items():  # the bench/peers_openai.py load: the same request and client
+                    sample = asyncio.run(load(peer, upstream.pid or 0, clients, args.requests, 0))
+                    cpu[name, clients].append(sample.cpu_s / args.requests * 1000)
                 print(
                     f"round {n + 1}, c={clients}: before {cpu['before', clients][-1]:.3f} ms, "
                     f"after {cpu['after', clients][-1]:.3f} ms",
