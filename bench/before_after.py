@@ -12,17 +12,24 @@ It prints each round's CPU per request (user + system, from /proc) and the media
 ``POST /v1/images/generations`` from one client and then from 32 (one keep-alive
 connection each, `bench/http_load.py`).
 
+``--path idle`` compares what each gateway costs doing nothing: both on the shipped
+routes.yaml (jobs on, gRPC edge, file watching), no request sent, CPU per second over
+the same ``--seconds`` windows, side by side.
+
     .venv/bin/python bench/before_after.py --before HEAD --rounds 5 --requests 1500
     .venv/bin/python bench/before_after.py --before HEAD --path openai --rounds 4 --requests 2000
+    .venv/bin/python bench/before_after.py --before HEAD --path idle --rounds 3 --seconds 20
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import shutil
 import statistics
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 
 from openai_peers import GATEWAY_ROUTES, Peer, start_upstream, stop
@@ -38,10 +45,14 @@ def main() -> None:
     parser.add_argument("--before", default="HEAD", help="the commit to compare against")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--requests", type=int, default=1500)
-    parser.add_argument("--path", choices=["kserve", "openai"], default="kserve")
+    parser.add_argument("--path", choices=["kserve", "openai", "idle"], default="kserve")
+    parser.add_argument("--seconds", type=float, default=20.0, help="--path idle: the length of each window")
     args = parser.parse_args()
     if args.path == "openai":
         openai_path(args)
+        return
+    if args.path == "idle":
+        idle(args)
         return
     tmp = Path(tempfile.mkdtemp(prefix="bench-before-after-"))
     baseline = tmp / "before"
@@ -107,6 +118,41 @@ def openai_path(args: argparse.Namespace) -> None:
             gateway.stop()
         for proc in upstream.stop:
             stop(proc)
+        subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(baseline)], check=False)
+
+
+def idle(args: argparse.Namespace) -> None:
+    tmp = Path(tempfile.mkdtemp(prefix="bench-before-after-idle-"))
+    baseline = tmp / "before"
+    subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(baseline), args.before], check=True)
+    triton = TritonServer(TritonConfig(ROOT / "model_repository", ["noop"]), open(tmp / "triton.log", "wb"))  # noqa: SIM115
+    gateways: dict[str, GatewayProcess] = {}
+    per_s: dict[str, list[float]] = {"before": [], "after": []}
+    try:
+        triton.start()
+        triton.wait_ready()
+        grpc = f"127.0.0.1:{triton.config.grpc_port}"
+        for name, cwd in (("before", baseline), ("after", ROOT)):
+            home = tmp / f"gateway-{name}"  # its own state directory (ROUTER_STATE_DIR: beside the log) and routes
+            home.mkdir()
+            routes = home / "config" / "routes.yaml"
+            routes.parent.mkdir()
+            shutil.copy(cwd / "routes.yaml", routes)  # its cache (relative to the working directory): in the tree
+            gateways[name] = GatewayProcess(routes, triton.http_url, home / "gateway.log", cwd=cwd, triton_grpc=grpc)
+        time.sleep(3)  # start-up work done
+        for n in range(args.rounds):
+            start = {name: cpu_seconds(gw.process.pid) for name, gw in gateways.items()}
+            time.sleep(args.seconds)
+            for name, gw in gateways.items():
+                per_s[name].append((cpu_seconds(gw.process.pid) - start[name]) / args.seconds * 1000)
+            said = ", ".join(f"{name} {per_s[name][-1]:.1f} ms/s" for name in gateways)
+            print(f"round {n + 1}: {said}", flush=True)
+        before, after = statistics.median(per_s["before"]), statistics.median(per_s["after"])
+        print(f"median idle CPU: before {before:.1f} ms per second, after {after:.1f} ms per second")
+    finally:
+        for gateway in gateways.values():
+            gateway.stop()
+        triton.stop()
         subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(baseline)], check=False)
 
 

@@ -164,7 +164,7 @@ def report(results: dict[tuple[str, int], list[Sample]], names: list[str], level
         up = max(s.upstream_cpu_s / len(s.latencies) * 1000 for n in names for s in results[(n, c)])
         print(f"\nc={c}: the stand-in's own CPU per request, in any row: at most {up:.3f} ms.", end="")
     print()
-    peers = [n for n in names if n != "gateway" and not n.startswith("direct")]
+    peers = [n for n in names if n != "gateway" and not n.startswith(("direct", "floor"))]  # floors: no product
     for c in levels:
         if not peers:
             print(f"c={c}: no peer measured; the goal ({GOAL:.0f}x less CPU than the cheapest peer) is not checked.")

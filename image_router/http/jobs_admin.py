@@ -67,7 +67,7 @@ async def _drain(request: Request, on: bool) -> Response:
     if scope == "cluster":
         await store.pause(on, time.time())
         runner.paused = on
-        runner.wake.set()
+        runner.nudge()
         audit(request, "jobs pause" if on else "jobs unpause", replica=runner.owner)
     else:
         runner.drain(on)
@@ -113,17 +113,18 @@ async def jobs_show(request: Request) -> Response:
 
 
 async def jobs_cancel(request: Request) -> Response:
-    _, store = _jobs(request)
+    runner, store = _jobs(request)
     job_id = request.path_params["job_id"]
     job = await store.update(job_id, "cancel", time.time())
     if job is None:
         raise JobNotFound(f"no job {job_id!r}")
+    runner.nudge()  # a queued job's cancel queued its webhook: sent now
     audit(request, "jobs cancel", job=job_id, tenant=job.tenant, status=job.status)
     return JSONResponse(ops.summary(job, time.time()))
 
 
 async def jobs_redeliver(request: Request) -> Response:
-    _, store = _jobs(request)
+    runner, store = _jobs(request)
     job_id = request.path_params["job_id"]
     job = await store.get(job_id)
     if job is None:
@@ -131,6 +132,7 @@ async def jobs_redeliver(request: Request) -> Response:
     record = await redeliver(store.state, job, time.time())
     if record is None:
         raise Conflict(f"job {job_id!r} has no terminal webhook event to send again (status {job.status})")
+    runner.nudge()
     audit(request, "jobs redeliver", job=job_id, tenant=job.tenant, message=record["id"])
     return JSONResponse({"job_id": job_id, "delivery": record})
 

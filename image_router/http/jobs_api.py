@@ -171,6 +171,8 @@ async def respond_async(request: Request, shape: str = "openai") -> Response:
         )
     if submitted.full:
         raise JobQueueFull("too many queued jobs: try again later", retry_after_s=5)
+    if not submitted.replayed:
+        _runner(request).nudge()  # this replica looks at once, not at its next idle look
     job = submitted.job
     headers = {"Location": f"/v1/images/jobs/{job.id}", "X-Router-Route": job.route}
     if submitted.replayed:
@@ -254,8 +256,12 @@ async def view(request: Request, store: JobStore, job: Job) -> dict[str, Any]:
 def _service_s(request: Request, tier: str) -> float:
     """:meth:`~image_router.jobs.runner.JobRunner.service_s`: the estimate the runner's
     progress webhooks use too."""
+    return _runner(request).service_s(tier)
+
+
+def _runner(request: Request) -> JobRunner:
     runner: JobRunner = request.app.state.runtime.jobs
-    return runner.service_s(tier)
+    return runner
 
 
 async def _queue(request: Request, store: JobStore, job: Job) -> dict[str, Any] | None:
@@ -377,6 +383,7 @@ async def cancel_job(request: Request) -> Response:
     job = await store.update(request.path_params["job_id"], "cancel", time.time(), _tenant(request))
     if job is None:
         raise JobNotFound(f"no job {request.path_params['job_id']!r}")
+    _runner(request).nudge()  # a queued job's cancel queued its webhook: sent now
     wait = _wait_s(request)
     if wait > 0:
         job = await _until(store, job, wait, lambda j: j.terminal)
@@ -390,6 +397,7 @@ async def delete_job(request: Request) -> Response:
     job = await store.update(job_id, "cancel", time.time(), _tenant(request))
     if job is not None:
         await store.delete(job)
+        _runner(request).nudge()
     return FastJSONResponse({"id": job_id, "object": "image.job.deleted", "deleted": True})
 
 

@@ -169,11 +169,13 @@ class Deliverer:
             await self._client.aclose()
 
     async def tick(self, state: GuardedState, secrets: Callable[[str], tuple[str, ...]], allow: tuple[str, ...],
-                   schedule: tuple[float, ...], timeout_s: float) -> None:  # fmt: skip
-        due = await state.scan("wq", hi=self.wall(), limit=BATCH)
-        for msg, _ in due or []:
+                   schedule: tuple[float, ...], timeout_s: float) -> int:  # fmt: skip
+        """Send the webhook messages due now (at most :data:`BATCH`); how many were due."""
+        due = await state.scan("wq", hi=self.wall(), limit=BATCH) or []
+        for msg, _ in due:
             if await state.lease(f"job:whl:{msg}", self.owner, DELIVERY_LEASE_S):
                 await self._one(state, msg, secrets, allow, schedule, timeout_s)
+        return len(due)
 
     async def _one(self, state: GuardedState, msg: str, secrets: Callable[[str], tuple[str, ...]],
                    allow: tuple[str, ...], schedule: tuple[float, ...], timeout_s: float) -> None:  # fmt: skip

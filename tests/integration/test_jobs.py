@@ -75,6 +75,24 @@ def test_a_job_answers_what_the_synchronous_call_does(start_gateway: Callable[..
     assert missing.status_code == 404 and missing.json()["error"]["code"] == "job_not_found"
 
 
+def test_a_job_submitted_to_an_idle_gateway_starts_at_once(start_gateway: Callable[..., GatewayProcess]) -> None:
+    """An idle runner looks at the store only every second; a submission here nudges it,
+    so each job starts within a small fraction of that (the store's own timestamps). Four
+    jobs, each submitted after the last one ended: without the nudge, each would wait a
+    random part of a second, and all four starting this soon has odds of 1 in 16."""
+    gw = start_gateway(JOBS)
+    waits = []
+    for seed in range(4):
+        made = submit(gw, {**BODY, "seed": seed})
+        assert made.status_code == 202, made.text
+        job_id = made.json()["id"]
+        assert wait_for(gw, job_id, lambda j: j["status"] == "completed")["status"] == "completed"
+        shown = httpx.get(f"{gw.url}/admin/jobs/{job_id}", headers=gw.admin, timeout=10).json()
+        waits.append(shown["started_at"] - shown["created_at"])
+        time.sleep(0.3)  # the runner goes idle again
+    assert max(waits) < 0.5, waits
+
+
 def b64(response: httpx.Response) -> bytes:
     assert response.status_code == 200, response.text
     return base64.b64decode(response.json()["data"][0]["b64_json"])
