@@ -50,7 +50,7 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import TYPE_CHECKING, Any
 
 from image_router.config.table import RoutingTable
@@ -130,19 +130,20 @@ class JobRunner:
         queue at once (attempts not counted), so another replica starts them without
         waiting out the lease. A store that does not answer leaves them to the lease."""
         running = list(self.attempts)
-        tasks = [t for t in (self._loop, self._delivering, *self.attempts.values(), *self._sending) if t is not None]
-        for task in tasks:
+        attempts = set(self.attempts.values())
+        others = [t for t in (self._loop, self._delivering, *self._sending) if t is not None]
+        for task in (*attempts, *others):
             task.cancel()
-        if tasks:  # asyncio.wait lets a cancellation of aclose itself through (a shutdown bound)
-            await asyncio.wait(tasks)
-            for task in tasks:  # their faults were logged where they happened: taken, not raised
-                if not task.cancelled():
-                    task.exception()
+        # The attempts first, and their jobs handed back as soon as they have stopped: the
+        # claim loop or a round of deliveries slow to unwind (a store call under load) once
+        # held the hand-back past the shutdown's bound, and the job waited out its lease.
+        await _ended_all(attempts)
         store = self.store()
         if store is not None:
             for job_id in running:
                 with contextlib.suppress(RouterError):
                     await store.hand_back(job_id, self.owner, self.wall())
+        await _ended_all(others)
         await self.deliverer.aclose()
 
     async def _run(self) -> None:
@@ -442,3 +443,14 @@ def _deliveries_pending(last: asyncio.Task[int] | None) -> bool:
         log.warning("webhook deliveries: %s: %s", type(fault).__name__, fault)
         return False
     return last.result() > 0
+
+
+async def _ended_all(tasks: Collection[asyncio.Task[Any]]) -> None:
+    """Wait for cancelled ``tasks`` to end; their faults were logged where they happened
+    (taken here, not raised). ``asyncio.wait`` lets a cancellation of the caller through:
+    the shutdown's own bound."""
+    if tasks:
+        await asyncio.wait(tasks)
+        for task in tasks:
+            if not task.cancelled():
+                task.exception()

@@ -132,3 +132,41 @@ def test_a_nudge_makes_an_idle_runner_look_at_once(tmp_path: Path, monkeypatch: 
             await stop(runner, store)
 
     asyncio.run(run())
+
+
+def test_shutdown_hands_a_running_job_back_before_waiting_for_the_claim_loop(tmp_path: Path) -> None:
+    """A background task slow to unwind after its cancel (the claim loop or a round of
+    deliveries inside a store call under load) once held the hand-back past the
+    shutdown's bound: the job waited out its lease elsewhere and ran twice."""
+
+    async def run() -> None:
+        (store,) = stores(tmp_path, n=1)
+        runner = runner_on(store, Clock())
+        loop = asyncio.get_running_loop()
+        release = asyncio.Event()
+
+        async def stubborn() -> None:
+            try:
+                await asyncio.sleep(3600)
+            except asyncio.CancelledError:
+                await release.wait()
+                raise
+
+        try:
+            running = (await store.submit(job(), None)).job
+            assert await store.claim(running, runner.owner, 101.0) is not None
+            runner.attempts[running.id] = loop.create_task(asyncio.sleep(3600))
+            runner._loop = loop.create_task(stubborn())
+            await asyncio.sleep(0)
+            closing = loop.create_task(runner.aclose())
+            async with asyncio.timeout(10):
+                while (found := await store.get(running.id)) is None or found.status != "queued":
+                    await asyncio.sleep(0.01)
+            assert not closing.done(), "handed back while the claim loop still unwinds"
+            release.set()
+            await closing
+        finally:
+            release.set()
+            await stop(runner, store)
+
+    asyncio.run(run())
