@@ -47,6 +47,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/scenario.py --json bench/results/scenario.json --plots docs
 	$(BIN)/python bench/peers.py
 	$(BIN)/python bench/cpu_breakdown.py
+	$(BIN)/python bench/every_peer.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

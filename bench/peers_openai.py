@@ -176,16 +176,23 @@ def report(results: dict[tuple[str, int], list[Sample]], names: list[str], level
               f"(goal >= {GOAL:.0f}x: {verdict}).")  # fmt: skip
 
 
+def parse_with_peers(parser: argparse.ArgumentParser) -> argparse.Namespace:
+    """``parser``'s arguments with ``--peers-dir`` and ``--skip`` (a set), which every
+    script that starts the peers takes (:func:`start_peers` reads them)."""
+    parser.add_argument("--peers-dir", type=Path, default=Path("/tmp/router-bench-peers"))
+    parser.add_argument("--skip", default="", help="comma-separated: litellm, portkey")
+    args = parser.parse_args()
+    args.skip = {s.strip().lower() for s in args.skip.split(",") if s.strip()}
+    return args
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--per-round", type=int, default=300, help="requests per proxy per round at one client")
     parser.add_argument("--seconds", type=float, default=5.0, help="seconds per proxy per round at 32 clients")
     parser.add_argument("--clients", type=int, default=32, help="the second concurrency measured, after one")
-    parser.add_argument("--peers-dir", type=Path, default=Path("/tmp/router-bench-peers"))
-    parser.add_argument("--skip", default="", help="comma-separated: litellm, portkey")
-    args = parser.parse_args()
-    args.skip = {s.strip().lower() for s in args.skip.split(",") if s.strip()}
+    args = parse_with_peers(parser)
     tmp = Path(tempfile.mkdtemp(prefix="bench-peers-openai-"))
     upstream = start_upstream(tmp)
     peers: list[Peer] = []
