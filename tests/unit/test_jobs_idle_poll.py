@@ -95,6 +95,8 @@ def test_an_idle_runner_waits_until_its_next_flag_or_reaper_look_at_most_idle_po
             clock.now += 0.29
             assert runner.wait_s(busy=False) == POLL_S, "never sooner than POLL_S"
             assert runner.wait_s(busy=True) == POLL_S
+            runner.gateway.table.jobs = None  # jobs turned off by a reload: nothing to look for
+            assert runner.wait_s(busy=False) == IDLE_POLL_S
         finally:
             await stop(runner, store)
 
