@@ -46,7 +46,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 import peers_openai  # noqa: E402
 import shipped_path  # noqa: E402
 from openai_peers import Peer, start_upstream, stop  # noqa: E402
-from peers import wait_listening  # noqa: E402
+from peers import floor_command, wait_listening  # noqa: E402
 
 from image_router.triton import TritonConfig, TritonServer  # noqa: E402
 from image_router.triton.launcher import free_port  # noqa: E402
@@ -75,13 +75,12 @@ def _pid(proc: Stoppable) -> int:
 
 
 def start_floor(app: str, upstream: str, log: Path, stops: list[Stoppable]) -> str:
-    """``bench/asgi_floor.py``'s ``app`` on uvicorn (uvloop, httptools, no access log),
-    forwarding every request to ``upstream`` (``host:port``); its URL."""
+    """``bench/asgi_floor.py``'s ``app`` forwarding every request to ``upstream``
+    (``host:port``), in a session of its own; its URL."""
     port = free_port()
-    cmd = [sys.executable, "-m", "uvicorn", "--app-dir", str(ROOT / "bench"), "--loop", "uvloop",
-           "--http", "httptools", "--no-access-log", "--log-level", "warning", app, "--port", str(port)]  # fmt: skip
     with open(log, "wb") as out:
-        proc = subprocess.Popen(cmd, env={**os.environ, "UPSTREAM": upstream}, stdout=out, stderr=subprocess.STDOUT,
+        env = {**os.environ, "UPSTREAM": upstream}
+        proc = subprocess.Popen(floor_command(app, port), env=env, stdout=out, stderr=subprocess.STDOUT,
                                 start_new_session=True)  # fmt: skip
     stops.append(proc)  # stopped with the rest, whether it starts or not
     wait_listening(port)
@@ -148,28 +147,28 @@ def main() -> None:
         kserve, missing = kserve_side(tmp, triton, stops)
         openai, upstream, left_out = openai_side(tmp, args, stops)
         time.sleep(2)  # the second gateway's workers finish starting
-        for url, pid in kserve.values():  # a warm-up pass, not counted: first rounds ran slower
-            for c in levels:
-                asyncio.run(shipped_path.load(url, pid, c, min(args.requests, 300)))
-        for peer in openai:
-            for c in levels:
-                peers_openai.run(
-                    peers_openai.load(peer, upstream.pid or 0, c, min(args.per_round, 300), 1.0 if c > 1 else 0)
-                )
-        print("warm-up pass done", flush=True)
         k_results: dict[tuple[str, int], list[shipped_path.Sample]] = {(n, c): [] for n in kserve for c in levels}
         o_results: dict[tuple[str, int], list[peers_openai.Sample]] = {(p.name, c): [] for p in openai for c in levels}
-        for r in range(args.rounds):
-            order = list(kserve) if r % 2 == 0 else list(reversed(kserve))
-            for name in order:
+
+        def one_round(reverse: bool, requests: int, per_round: int, seconds: float, keep: bool) -> None:
+            for name in reversed(kserve) if reverse else kserve:
                 url, pid = kserve[name]
                 for c in levels:
-                    k_results[(name, c)].append(asyncio.run(shipped_path.load(url, pid, c, args.requests)))
-            for peer in openai if r % 2 == 0 else list(reversed(openai)):
+                    sample = asyncio.run(shipped_path.load(url, pid, c, requests))
+                    if keep:
+                        k_results[(name, c)].append(sample)
+            for peer in reversed(openai) if reverse else openai:
                 for c in levels:
-                    seconds = args.seconds if c > 1 else 0.0
-                    sample = peers_openai.run(peers_openai.load(peer, upstream.pid or 0, c, args.per_round, seconds))
-                    o_results[(peer.name, c)].append(sample)
+                    load = peers_openai.load(peer, upstream.pid or 0, c, per_round, seconds if c > 1 else 0.0)
+                    made = peers_openai.run(load)
+                    if keep:
+                        o_results[(peer.name, c)].append(made)
+
+        # a warm-up pass, not counted: first rounds ran slower
+        one_round(False, min(args.requests, 300), min(args.per_round, 300), 1.0, keep=False)
+        print("warm-up pass done", flush=True)
+        for r in range(args.rounds):
+            one_round(r % 2 == 1, args.requests, args.per_round, args.seconds, keep=True)
             print(f"round {r + 1} of {args.rounds} done", flush=True)
         print("\n## KServe path (shipped routes.yaml), CPU per request against Envoy\n")
         shipped_path.report(k_results, list(kserve))

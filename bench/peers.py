@@ -114,6 +114,13 @@ def children(pid: int) -> list[int]:
     return out
 
 
+def floor_command(app: str, port: int) -> list[str]:
+    """``bench/asgi_floor.py``'s ``app`` on uvicorn as the gateway runs (uvloop, httptools),
+    no access log; it forwards to the ``UPSTREAM`` its environment names."""
+    return [sys.executable, "-m", "uvicorn", "--app-dir", str(ROOT / "bench"), "--loop", "uvloop",
+            "--http", "httptools", "--no-access-log", "--log-level", "warning", app, "--port", str(port)]  # fmt: skip
+
+
 def wait_listening(port: int, timeout_s: float = 20) -> None:
     import socket
 
@@ -150,10 +157,8 @@ def main() -> None:
         procs.append(subprocess.Popen(nginx_cmd, stdout=subprocess.DEVNULL, stderr=open(tmp / "nginx.log", "wb")))  # noqa: SIM115
         floor_env = {**os.environ, "UPSTREAM": f"127.0.0.1:{upstream}"}
         floor_ports = free_port(), free_port()
-        uvicorn = [sys.executable, "-m", "uvicorn", "--app-dir", str(ROOT / "bench"), "--loop", "uvloop",
-                   "--http", "httptools", "--no-access-log", "--log-level", "warning"]  # fmt: skip
         for app, port in zip(("asgi_floor:app", "asgi_floor:starlette_app"), floor_ports, strict=True):
-            cmd = [*uvicorn, app, "--port", str(port)]
+            cmd = floor_command(app, port)
             procs.append(subprocess.Popen(cmd, env=floor_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         for port in (envoy_port, nginx_port, *floor_ports):
             wait_listening(port)
