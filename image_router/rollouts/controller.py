@@ -187,8 +187,11 @@ class RolloutController:
                 log.exception("rollout tick failed")
             self._wake.clear()
             period = min((tick_s(live.rollout) for live in self.live.values()), default=5.0)
+            # asyncio.timeout, not wait_for: 3.11's wait_for may swallow a cancel that lands
+            # as the wake comes, and this loop would outlive its shutdown
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), period)
+                async with asyncio.timeout(period):
+                    await self._wake.wait()
 
     async def tick(self) -> None:
         store = self.store()

@@ -103,8 +103,11 @@ class GrpcEdge:
         serving = health_pb2.HealthCheckResponse.SERVING
         not_serving = health_pb2.HealthCheckResponse.NOT_SERVING
         while True:
-            try:
-                ready = await asyncio.wait_for(self.gateway.ready(), self.options.health_interval_s * 2)
+            try:  # asyncio.timeout, not wait_for: Python 3.11's wait_for returns the check's
+                # answer when a cancel lands as it completes, swallowing the cancel; this
+                # loop then never ended and a shutdown waited for it until SIGKILL
+                async with asyncio.timeout(self.options.health_interval_s * 2):
+                    ready = await self.gateway.ready()
             except Exception:  # noqa: BLE001 - a failed check is "not ready", never a crash
                 ready = False
             for name in ("", SERVICE_NAME):
