@@ -59,6 +59,9 @@ _OVERRUN_SHARE = 0.25
 _MAX_BACKOFF = 16
 # a pass's factor is kept within these: a sample outside is a stall or a clock artefact
 _MIN_PASS_FACTOR, _MAX_PASS_FACTOR = 0.05, 4.0
+# requests ahead played forward one by one over several slots; a longer line is shared
+# out over them in closed form (within one request's time of the play)
+_PLAYED = 8
 
 
 FAR_BEYOND = 8  # times a tier's native side: past it, a size is the tier's to refuse, not to forecast
@@ -176,6 +179,7 @@ class Lane:
         self.probe_after_s = probe_after_s
         self._running: list[Ticket] = []
         self._queued: deque[Ticket] = deque()
+        self._queued_units = 0.0  # the sum of the queued tickets' units, kept as they come and go
         self._ghosts: list[float] = []  # when abandoned-but-running requests should end
         self._backoff = 1
         self._passes: dict[int, deque[float]] = {}  # b -> recent T(b) / (b singletons' time)
@@ -197,7 +201,7 @@ class Lane:
             ticket.started, ticket.exact = now, True
             self._running.append(ticket)
         else:
-            self._queued.append(ticket)
+            self._enqueue(ticket)
         return ticket
 
     def done(self, ticket: Ticket, now: float, ok: bool) -> None:
@@ -217,7 +221,7 @@ class Lane:
                 self._backoff = 1
         elif ticket in self._queued:
             # answered while we thought it queued: whatever we thought was ahead is done
-            self._queued.remove(ticket)
+            self._dequeue(ticket)
             if ok:
                 self._ghosts.clear()
         self._promote(now, exact=True)
@@ -244,7 +248,7 @@ class Lane:
         the queue, or frees its instance now instead of running on as abandoned work."""
         self._expire(now)
         if ticket in self._queued:
-            self._queued.remove(ticket)
+            self._dequeue(ticket)
             return
         if ticket not in self._running:
             return
@@ -285,11 +289,20 @@ class Lane:
 
     def _play(self, now: float, per_unit_s: float, extra_ahead: int) -> float:
         """Seconds until a slot frees for a new request, each request ahead taking
-        ``per_unit_s`` per unit of its work."""
+        ``per_unit_s`` per unit of its work. Every request reads this three times, so it
+        costs O(slots), not O(queue): one slot takes the work ahead in turn (exact), and
+        a line longer than :data:`_PLAYED` is shared out over several slots (within one
+        request's time of playing it forward). Played one by one, a queue of 300 cost
+        each request's forecast ~50 µs (bench/forecast_cost.py)."""
         assert self.servers is not None
         frees = [max(0.0, t.started + per_unit_s * t.units - now) for t in self._running if t.started is not None]
         frees += [g - now for g in self._ghosts]
         frees += [0.0] * max(0, self.servers - len(frees))
+        work_s = per_unit_s * (self._queued_units + extra_ahead)
+        if len(frees) == 1:
+            return frees[0] + work_s
+        if len(self._queued) + extra_ahead > _PLAYED:
+            return max(min(frees), (sum(frees) + work_s) / len(frees))
         heapq.heapify(frees)
         for work in [t.units for t in self._queued] + [1.0] * extra_ahead:
             heapq.heapreplace(frees, frees[0] + per_unit_s * work)
@@ -323,8 +336,17 @@ class Lane:
     def _promote(self, at: float, exact: bool) -> None:
         while self._queued and self._free_slots() > 0:
             ticket = self._queued.popleft()
+            self._queued_units = self._queued_units - ticket.units if self._queued else 0.0
             ticket.started, ticket.exact = max(ticket.sent, at), exact
             if ticket.abandoned:  # its answer will never be read: it ends when it should
                 self._ghosts.append(ticket.started + self.estimate.typical_s * ticket.units)
             else:
                 self._running.append(ticket)
+
+    def _enqueue(self, ticket: Ticket) -> None:
+        self._queued.append(ticket)
+        self._queued_units += ticket.units
+
+    def _dequeue(self, ticket: Ticket) -> None:
+        self._queued.remove(ticket)
+        self._queued_units = self._queued_units - ticket.units if self._queued else 0.0  # no drift left behind

@@ -6,6 +6,7 @@ than a budget allows with such requests in the mix."""
 from __future__ import annotations
 
 import asyncio
+import heapq
 from collections import Counter
 from collections.abc import Callable
 
@@ -19,7 +20,7 @@ from image_router.backends.triton import TritonBackend
 from image_router.config.table import Backend, Model
 from image_router.errors import BackendError, BackendTimeout
 from image_router.policy.budget import plan_attempt
-from image_router.policy.forecast import Lane, work_units
+from image_router.policy.forecast import Lane, Ticket, work_units
 from tests.virtual_time import virtual_time
 
 # -- the arithmetic ------------------------------------------------------------------------
@@ -287,3 +288,49 @@ def test_steps_count_where_the_tier_says_its_default() -> None:
     request = ImageRequest(("a",), steps=40)
     assert request_units(table.models["preview"], request) == 4.0
     assert request_units(table.models["other"], request) == 1.0
+
+
+def _played(frees: list[float], per_unit_s: float, ahead: list[float]) -> float:
+    """The plain play the lane once did for every forecast: each request ahead, in
+    order, on the slot that frees first; when one frees for a newcomer."""
+    heap = list(frees)
+    heapq.heapify(heap)
+    for units in ahead:
+        heapq.heapreplace(heap, heap[0] + per_unit_s * units)
+    return heap[0]
+
+
+@pytest.mark.parametrize("servers", [1, 2, 4])
+@pytest.mark.parametrize("queued", [0, 3, 8, 9, 40, 300])
+def test_the_line_ahead_is_forecast_in_closed_form_within_one_request_of_playing_it(servers: int, queued: int) -> None:
+    """One slot takes the line in turn (the closed form is the play); over several
+    slots a line longer than a few is shared out, never more than one request's time
+    from the play — and a forecast's cost no longer grows with the line."""
+    rng = np.random.default_rng(servers * 1000 + queued)
+    lane = Lane(prior_s=0.05, servers=servers)
+    now = 100.0
+    tickets = [lane.send(now + i * 1e-3, units=float(rng.choice([1.0, 2.0, 4.0]))) for i in range(servers + queued)]
+    now += 0.01
+    for _ in range(3):  # and again as answers come back and the line moves up
+        _check_against_the_play(lane, tickets, now, servers)
+        first = next((t for t in tickets if t.started is not None), None)
+        if first is None:
+            break
+        tickets.remove(first)
+        now += 0.01
+        lane.done(first, now, ok=True)
+
+
+def _check_against_the_play(lane: Lane, tickets: list[Ticket], now: float, servers: int) -> None:
+    extra = 5
+    running = [t for t in tickets if t.started is not None]
+    line = [t.units for t in tickets if t.started is None] + [1.0] * extra
+    assert len(running) == min(servers, len(tickets))
+    per_unit_s = lane.estimate.typical_s
+    frees = [max(0.0, t.started + per_unit_s * t.units - now) for t in running if t.started is not None]
+    exact = _played(frees + [0.0] * (servers - len(frees)), per_unit_s, line)
+    got = lane.forecast(now, extra_ahead=extra).expected_s - per_unit_s  # less its own service
+    if servers == 1 or len(line) <= 8:
+        assert got == pytest.approx(exact)
+    else:
+        assert abs(got - exact) <= per_unit_s * max(line)
