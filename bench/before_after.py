@@ -4,7 +4,8 @@ A change to the request path must not make it dearer; on a shared, noisy machine
 a comparison inside one run says so. This starts one real Triton (``noop``) and two
 gateways on the same routes — one from a ``git worktree`` of ``--before`` (default:
 ``HEAD``), one from this working tree — and sends the same KServe binary requests
-(what ``tritonclient.http`` sends) to each in turn, ``--rounds`` times, at one client.
+(what ``tritonclient.http`` sends) to each in turn, ``--rounds`` times, at one client
+(``--clients``: more, one keep-alive connection each).
 It prints each round's CPU per request (user + system, from /proc) and the medians.
 
 ``--path openai`` compares the OpenAI Images path instead: both gateways on one
@@ -17,6 +18,7 @@ routes.yaml (jobs on, gRPC edge, file watching), no request sent, CPU per second
 the same ``--seconds`` windows, side by side.
 
     .venv/bin/python bench/before_after.py --before HEAD --rounds 5 --requests 1500
+    .venv/bin/python bench/before_after.py --before HEAD --rounds 4 --requests 3000 --clients 32
     .venv/bin/python bench/before_after.py --before HEAD --path openai --rounds 4 --requests 2000
     .venv/bin/python bench/before_after.py --before HEAD --path idle --rounds 3 --seconds 20
 """
@@ -49,6 +51,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=1500)
     parser.add_argument("--path", choices=["kserve", "openai", "idle"], default="kserve")
     parser.add_argument("--seconds", type=float, default=20.0, help="--path idle: the length of each window")
+    parser.add_argument("--clients", type=int, default=1, help="--path kserve: concurrent clients")
     args = parser.parse_args()
     if args.path == "openai":
         openai_path(args)
@@ -93,7 +96,7 @@ def kserve_path(args: argparse.Namespace, tmp: Path, baseline: Path, triton: Tri
         for n in range(args.rounds):
             for name, gateway in gateways.items():
                 start = cpu_seconds(gateway.process.pid)
-                asyncio.run(measure(gateway.url, 1, args.requests))
+                asyncio.run(measure(gateway.url, args.clients, args.requests))
                 cpu[name].append((cpu_seconds(gateway.process.pid) - start) / (args.requests + 50) * 1000)
             print(f"round {n + 1}: before {cpu['before'][-1]:.3f} ms, after {cpu['after'][-1]:.3f} ms", flush=True)
         before, after = statistics.median(cpu["before"]), statistics.median(cpu["after"])

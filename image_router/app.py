@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 from starlette.applications import Starlette
@@ -42,7 +42,8 @@ from image_router.http import (
 )
 from image_router.http.admin_api import SignInThrottle, check_readout
 from image_router.http.errors import RequestIdMiddleware, exception_handlers
-from image_router.http.observe import ObserveMiddleware
+from image_router.http.lane import Endpoint, GatewayApp, InferLane
+from image_router.http.observe import ObserveMiddleware, Observer
 from image_router.http.usage_api import admin_usage, tenant_usage
 from image_router.rpc import GrpcEdge, GrpcOptions
 from image_router.runtime import Runtime
@@ -52,7 +53,6 @@ from image_router.telemetry.metrics import CONTENT_TYPE
 __all__ = ["create_app"]
 
 log = logging.getLogger("router.app")
-Endpoint = Callable[[Request], Awaitable[Response]]
 
 
 def _readout(endpoint: Endpoint, admin_only: bool = False) -> Endpoint:
@@ -121,7 +121,7 @@ def _routes() -> list[Route]:
 LANES = ("/v1/images/generations", "/api/v1/generate")  # with KServe infer: below the router
 
 
-def _lanes(routes: list[Route]) -> dict[str, kserve_api.Endpoint]:
+def _lanes(routes: list[Route]) -> dict[str, Endpoint]:
     """The endpoints of :data:`LANES`' ``POST`` routes, as the route list has them (so a
     wrapper put on one there is not bypassed)."""
     lanes = {r.path: r.endpoint for r in routes if r.path in LANES and "POST" in (r.methods or ())}
@@ -181,21 +181,18 @@ def create_app(
             finally:  # the runtime closes (and writes its access log) whatever the edge did
                 await runtime.stop()
 
+    observer = Observer(runtime.metrics, runtime.tracing, runtime.access_log)
     middleware = [Middleware(RequestIdMiddleware)]
-    if runtime.recorder.on or runtime.tracing.tracer is not None:
-        middleware.append(
-            Middleware(
-                ObserveMiddleware, metrics=runtime.metrics, tracing=runtime.tracing, access_log=runtime.access_log
-            )
-        )
+    if observer.on:
+        middleware.append(Middleware(ObserveMiddleware, observer=observer))
     routes = _routes()
-    middleware.append(Middleware(kserve_api.InferLane, posts=_lanes(routes)))  # innermost: observed like any
-    app = Starlette(
+    app = GatewayApp(
         routes=routes,
         middleware=middleware,
         exception_handlers=exception_handlers,
         lifespan=lifespan,
     )
+    app.lane = InferLane(_lanes(routes), observer)  # ahead of the stack: ids and signals as any request
     app.state.runtime = runtime
     app.state.gateway = runtime.gateway
     app.state.reloader = runtime.reloader

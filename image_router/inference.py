@@ -132,7 +132,16 @@ def priority_level(value: str | None) -> int | None:
 
 
 def served_tags(served: Served) -> dict[str, str]:
-    """What served a request, as the ``X-Router-*`` tags (HTTP headers, gRPC metadata)."""
+    """What served a request, as the ``X-Router-*`` tags (HTTP headers, gRPC metadata):
+    a dict of its own for the caller; made once per answer (its edge and its access-log
+    line both read them)."""
+    made: dict[str, str] | None = served.memo.get("tags")
+    if made is None:
+        made = served.memo["tags"] = _tags(served)
+    return dict(made)
+
+
+def _tags(served: Served) -> dict[str, str]:
     tags = {
         "X-Router-Route": served.route.name,
         "X-Router-Model": served.model_tag,

@@ -258,12 +258,16 @@ def encode_request(
     return b"".join([head, *blobs]), len(head)
 
 
-def decode_response(body: bytes, header_length: int | None, output: str) -> tuple[NDArray[Any], str]:
+def decode_response(
+    body: bytes, header_length: int | None, output: str, header: Any = None
+) -> tuple[NDArray[Any], str]:
     """One UINT8 output tensor and the model version from Triton's answer (JSON or
     binary). Raises ``ValueError`` on anything malformed: a backend's bug, not the
-    client's, so the caller maps it to a backend error."""
+    client's, so the caller maps it to a backend error. ``header``: the answer's JSON
+    header already parsed (a caller reading two outputs parses it once)."""
     head = body if header_length is None else body[:header_length]
-    header = orjson.loads(head)
+    if header is None:
+        header = orjson.loads(head)
     if not isinstance(header, dict) or not isinstance(header.get("outputs"), list):
         raise ValueError("no outputs list")
     offset = len(head)

@@ -8,6 +8,7 @@ edge. Nothing here does I/O.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from image_router.backends.base import ImageResult
 from image_router.billing.usage import Usage
@@ -50,6 +51,9 @@ class Served:
     limit_headers: dict[str, str] = field(default_factory=dict)  # the tenant's x-ratelimit-*
     priority: int | None = None  # the admission level it was served at (None: the default)
     usage: Usage | None = None  # what it used and cost (None: no `billing` block)
+    # what is worked out of it once and read twice (its tags: by the edge's answer and by
+    # the metrics and access log); a copy made by `dataclasses.replace` starts empty
+    memo: dict[str, Any] = field(default_factory=dict, init=False, compare=False, repr=False)
 
     @property
     def stored(self) -> bool:

@@ -49,7 +49,7 @@ from image_router.backends._http1 import AnswerTooLarge, Http1Pool
 from image_router.backends.base import EncodedImages, ImageRequest, ImageResult, image_size, sniff_format
 from image_router.billing.tokens import Tokens
 from image_router.config.table import Backend, Model
-from image_router.errors import BackendError, BackendRejected, BackendTimeout, BackendUnavailable
+from image_router.errors import BackendError, BackendRejected, BackendUnavailable
 from image_router.policy.circuit import CircuitBreaker
 from image_router.policy.forecast import Forecast, Lane
 
@@ -160,7 +160,7 @@ class OpenAIImagesBackend:
         lane = self._lane(model)
         ticket = lane.send(time.monotonic())
         try:
-            result = await self._generate(model, request, timeout_s)
+            result = await self._generate(model, request)
         except BackendRejected:
             lane.done(ticket, time.monotonic(), ok=False)
             breaker.record(time.monotonic(), True)
@@ -210,7 +210,7 @@ class OpenAIImagesBackend:
     def available(self, model: Model) -> bool:
         return self._breaker(model).would_allow(time.monotonic())
 
-    async def _generate(self, model: Model, request: ImageRequest, timeout_s: float) -> ImageResult:
+    async def _generate(self, model: Model, request: ImageRequest) -> ImageResult:
         body: dict[str, Any] = {
             "model": model.remote_name,
             "prompt": request.prompts[0],
@@ -223,11 +223,8 @@ class OpenAIImagesBackend:
             body["seed"] = request.seeds[0]  # n images from one call: the upstream varies them
         if request.steps is not None:
             body["steps"] = request.steps
-        try:
-            async with asyncio.timeout(timeout_s):
-                response = await self._pool.request(self._path, orjson.dumps(body), self._headers)
-        except TimeoutError as exc:
-            raise BackendTimeout("upstream timed out") from exc
+        try:  # timed by the caller (Attempts.call's timeout of ``timeout_s``): one timer, not two
+            response = await self._pool.request(self._path, orjson.dumps(body), self._headers)
         except OSError as exc:
             raise BackendUnavailable(f"connection failed: {type(exc).__name__}") from exc
         except AnswerTooLarge as exc:

@@ -486,8 +486,10 @@ def _result(model: Model, response: Http1Response) -> ImageResult:
     try:
         length = response.headers.get("inference-header-content-length")
         header_length = int(length) if length else None
-        images, version = decode_response(response.body, header_length, "IMAGE")
-        spent = compute_ns(response.body, header_length)
+        body = response.body
+        header = orjson.loads(body if header_length is None else body[:header_length])  # once, for both outputs
+        images, version = decode_response(body, header_length, "IMAGE", header)
+        spent = compute_ns(body, header_length, header)
     except ValueError as exc:  # orjson's errors are ValueErrors too
         raise BackendError(f"{model.remote_name} sent an answer that is not KServe v2: {exc}") from exc
     if images.ndim != 4:
@@ -495,11 +497,13 @@ def _result(model: Model, response: Http1Response) -> ImageResult:
     return ImageResult(images, version or model.version or "", compute_ns=spent)
 
 
-def compute_ns(body: bytes, header_length: int | None) -> tuple[int, ...] | None:
+def compute_ns(body: bytes, header_length: int | None, header: Any = None) -> tuple[int, ...] | None:
     """The ``COMPUTE_NS`` output of a KServe v2 answer (binary or JSON), one value per
-    image; ``None`` when the model does not send it. ``ValueError`` when it is malformed."""
+    image; ``None`` when the model does not send it. ``ValueError`` when it is malformed.
+    ``header``: the answer's JSON header, when the caller has parsed it already."""
     head = body if header_length is None else body[:header_length]
-    header = orjson.loads(head)
+    if header is None:
+        header = orjson.loads(head)
     offset = len(head)
     for spec in header.get("outputs", []) if isinstance(header, dict) else []:
         size = (spec.get("parameters") or {}).get("binary_data_size") if isinstance(spec, dict) else None

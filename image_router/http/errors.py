@@ -23,10 +23,32 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from image_router.errors import MethodNotAllowed, NotFound, Overloaded, RateLimited, RouterError
 
-__all__ = ["RequestIdMiddleware", "error_response", "exception_handlers", "request_id", "respond_to"]
+__all__ = [
+    "RequestIdMiddleware",
+    "assign_request_id",
+    "error_response",
+    "exception_handlers",
+    "request_id",
+    "respond_to",
+]
 
 log = logging.getLogger("router.http")
 _SANE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+
+def assign_request_id(scope: Scope) -> tuple[bytes, bytes]:
+    """Give an HTTP request its id in ``scope["state"]["request_id"]`` — the client's
+    ``X-Request-Id`` when it is sane, else a fresh one — and return the response
+    header that echoes it (the image lane adds it in its own single ``send``)."""
+    rid = None
+    for key, value in scope["headers"]:
+        if key == b"x-request-id":
+            candidate = value.decode("latin-1")
+            rid = candidate if _SANE_ID.match(candidate) else None
+            break
+    rid = rid or os.urandom(16).hex()  # uuid4's shape without its object
+    scope.setdefault("state", {})["request_id"] = rid
+    return (b"x-request-id", rid.encode())
 
 
 class RequestIdMiddleware:
@@ -39,15 +61,7 @@ class RequestIdMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        rid = None
-        for key, value in scope["headers"]:
-            if key == b"x-request-id":
-                candidate = value.decode("latin-1")
-                rid = candidate if _SANE_ID.match(candidate) else None
-                break
-        rid = rid or os.urandom(16).hex()  # uuid4's shape without its object
-        scope.setdefault("state", {})["request_id"] = rid
-        header = (b"x-request-id", rid.encode())
+        header = assign_request_id(scope)
 
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":

@@ -33,6 +33,7 @@ from image_router.http.common import (
     client_seeds,
     encode_images,
     facts_for,
+    header,
     parse_json_model,
     read_body,
     serve,
@@ -177,13 +178,13 @@ def openai_size(size: str | None) -> tuple[int | None, int | None]:
 
 
 async def openai_images(request: Request) -> Response:
-    if "respond-async" in request.headers.get("prefer", ""):  # an async job instead (issue 32)
+    if "respond-async" in (header(request, "prefer") or ""):  # an async job instead (issue 32)
         from image_router.http.jobs_api import respond_async  # here: jobs_api builds on this module
 
         return await respond_async(request)
     started = time.monotonic()
     tenant_of(request)
-    body = parse_json_model(await read_body(request), OpenAIImagesRequest, request.headers.get("content-type"))
+    body = parse_json_model(await read_body(request), OpenAIImagesRequest, header(request, "content-type"))
     fmt = body.check()
     image_request = body.image_request()
     facts = facts_for(request, body.prompt, body.intent, body.model, body.routing_fields())
@@ -232,14 +233,14 @@ def _size_of(served: Served) -> str:
 
 
 async def generate(request: Request) -> Response:
-    if "respond-async" in request.headers.get("prefer", ""):  # an async job instead (issue 32)
+    if "respond-async" in (header(request, "prefer") or ""):  # an async job instead (issue 32)
         from image_router.http.jobs_api import respond_async  # here: jobs_api builds on this module
 
         return await respond_async(request, "generate")
     started = time.monotonic()
     tenant_of(request)
-    body = parse_json_model(await read_body(request), GenerateRequest, request.headers.get("content-type"))
-    accept = request.headers.get("accept", "")
+    body = parse_json_model(await read_body(request), GenerateRequest, header(request, "content-type"))
+    accept = header(request, "accept") or ""
     if wants_stream(request):
         if body.n != 1:
             raise InvalidRequest("n: a stream carries one image", field="n")

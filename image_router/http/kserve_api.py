@@ -19,11 +19,9 @@ import asyncio
 import functools
 import time
 import zlib
-from collections.abc import Awaitable, Callable, Mapping
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.types import ASGIApp, Receive, Scope, Send
 
 from image_router import __version__
 from image_router.backends.base import ImageRequest
@@ -39,14 +37,13 @@ from image_router.http.common import (
     tenant_of,
 )
 from image_router.http.encode import encode_off_loop
-from image_router.http.errors import respond_to
 from image_router.inference import image_request, infer_options, served_parameters
 from image_router.kserve import InferRequest, decode_request, encode_response, wants_binary
 from image_router.model_states import repository_states
 
 __all__ = [
-    "InferLane",
     "infer",
+    "infer_path",
     "live",
     "model_config",
     "model_metadata",
@@ -228,7 +225,7 @@ async def infer(request: Request) -> Response:
     return Response(payload, media_type="application/octet-stream", headers=headers)
 
 
-def _infer_path(path: str) -> dict[str, str] | None:
+def infer_path(path: str) -> dict[str, str] | None:
     """The path parameters of ``/v2/models/{model}[/versions/{version}]/infer``, as
     Starlette's routes for it would give them (``None``: another path)."""
     if not (path.startswith("/v2/models/") and path.endswith("/infer")):
@@ -239,43 +236,3 @@ def _infer_path(path: str) -> dict[str, str] | None:
     if len(parts) == 3 and parts[0] and parts[1] == "versions" and parts[2]:
         return {"model": parts[0], "version": parts[2]}
     return None
-
-
-Endpoint = Callable[[Request], Awaitable[Response]]
-
-
-class InferLane:
-    """Inference calls straight to their handlers, below Starlette's router and its
-    exception layers; every other request goes on to them. It takes KServe's infer
-    paths (to :func:`infer`) and the exact ``POST`` paths of ``posts`` (the app names
-    the image endpoints there: the OpenAI generations and ``/api/v1/generate``).
-
-    It is the innermost middleware, so request ids, metrics, the access log and traces
-    see these calls as they see any other, and an error is answered by the same
-    handlers (:func:`~image_router.http.errors.respond_to`). What it skips — matching the
-    path against the route list, ``ExceptionMiddleware``, the route and endpoint
-    wrappers — cost the hottest request about a tenth of the gateway's CPU."""
-
-    def __init__(self, app: ASGIApp, posts: Mapping[str, Endpoint] | None = None) -> None:
-        self.app = app
-        self.posts = dict(posts or {})
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        handler: Endpoint | None = None
-        if scope["type"] == "http" and scope["method"] == "POST" and not scope.get("root_path"):
-            path = scope["path"]
-            handler = self.posts.get(path)
-            if handler is not None:
-                scope["path_params"] = {}
-            elif (params := _infer_path(path)) is not None:
-                scope["path_params"] = params
-                handler = infer  # looked up per call: the module's own
-        if handler is None:
-            await self.app(scope, receive, send)
-            return
-        request = Request(scope, receive, send)
-        try:
-            response = await handler(request)
-        except Exception as exc:  # noqa: BLE001 - answered by the handler Starlette would pick
-            response = await respond_to(request, exc)
-        await response(scope, receive, send)

@@ -21,17 +21,19 @@ from image_router.telemetry.metrics import Metrics
 
 __all__ = ["TAG_NAMES", "Recorder", "outcome", "outcome_tags"]
 
-# response tag (header or gRPC metadata key, lower case) -> its name in metrics and logs
+# response tag, as :func:`~image_router.inference.served_tags` spells it (an HTTP header;
+# gRPC metadata in lower case) -> its name in metrics and logs; read as spelled, so a
+# request's tags are not lower-cased one by one
 TAG_NAMES = {
-    "x-router-route": "route",
-    "x-router-model": "model",
-    "x-router-attempts": "attempts",
-    "x-router-canary": "canary",
-    "x-router-fallback": "fallback",
-    "x-router-hedged": "hedged",
-    "x-cache": "cache",
-    "x-router-tenant": "tenant",
-    "x-router-usage": "usage",  # images, compute-ms, cost, currency: a billing export from logs
+    "X-Router-Route": "route",
+    "X-Router-Model": "model",
+    "X-Router-Attempts": "attempts",
+    "X-Router-Canary": "canary",
+    "X-Router-Fallback": "fallback",
+    "X-Router-Hedged": "hedged",
+    "X-Cache": "cache",
+    "X-Router-Tenant": "tenant",
+    "X-Router-Usage": "usage",  # images, compute-ms, cost, currency: a billing export from logs
 }
 
 
@@ -39,7 +41,8 @@ def outcome_tags(served: Served | None, error: BaseException | None) -> dict[str
     """What served a request (by the names metrics and logs use) — the same for every
     edge: from the gateway's answer, or the route and attempts its error carries."""
     if served is not None:
-        return {TAG_NAMES[k.lower()]: v for k, v in served_tags(served).items() if k.lower() in TAG_NAMES}
+        tags = served_tags(served)
+        return {TAG_NAMES[k]: v for k, v in tags.items() if k in TAG_NAMES}
     if isinstance(error, RouterError) and "route" in error.details:
         tags = {"route": str(error.details["route"])}
         if "attempts" in error.details:

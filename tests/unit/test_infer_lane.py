@@ -1,7 +1,10 @@
-"""The inference lane below Starlette's router (KServe infer and the image endpoints'
-exact paths): the same paths, errors and ids."""
+"""The image lane ahead of Starlette's stack (KServe infer and the image endpoints'
+exact paths): the same paths, errors and ids as the stack would give."""
 
 from __future__ import annotations
+
+import io
+import json
 
 import pytest
 from starlette.applications import Starlette
@@ -14,6 +17,9 @@ from starlette.testclient import TestClient
 from image_router.errors import InvalidRequest
 from image_router.http import kserve_api
 from image_router.http.errors import RequestIdMiddleware, exception_handlers
+from image_router.http.lane import Endpoint, GatewayApp, InferLane
+from image_router.http.observe import Observer
+from image_router.telemetry import AccessLog, Tracing
 
 
 @pytest.mark.parametrize(
@@ -30,18 +36,22 @@ from image_router.http.errors import RequestIdMiddleware, exception_handlers
     ],
 )
 def test_the_lane_takes_exactly_the_paths_of_the_infer_routes(path: str, params: dict[str, str] | None) -> None:
-    assert kserve_api._infer_path(path) == params
+    assert kserve_api.infer_path(path) == params
 
 
 def _app() -> Starlette:
     async def elsewhere(request: Request) -> Response:
         return PlainTextResponse("router")
 
-    return Starlette(
+    return _with_lane(
         routes=[Route("/v2/models/{model}/infer", elsewhere, methods=["GET", "POST"]), Route("/other", elsewhere)],
-        middleware=[Middleware(RequestIdMiddleware), Middleware(kserve_api.InferLane)],
-        exception_handlers=exception_handlers,
     )
+
+
+def _with_lane(routes: list[Route], posts: dict[str, Endpoint] | None = None) -> Starlette:
+    app = GatewayApp(routes=routes, middleware=[Middleware(RequestIdMiddleware)], exception_handlers=exception_handlers)
+    app.lane = InferLane(posts)
+    return app
 
 
 def test_errors_in_the_lane_are_answered_by_the_app_s_handlers(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -92,16 +102,12 @@ def test_the_image_endpoints_exact_posts_take_the_lane_and_nothing_else_does() -
     async def elsewhere(request: Request) -> Response:
         return PlainTextResponse("router")
 
-    app = Starlette(
+    app = _with_lane(
         routes=[
             Route("/v1/images/generations", elsewhere, methods=["GET", "POST"]),
             Route("/{rest:path}", elsewhere, methods=["GET", "POST"]),
         ],
-        middleware=[
-            Middleware(RequestIdMiddleware),
-            Middleware(kserve_api.InferLane, posts={"/v1/images/generations": lane}),
-        ],
-        exception_handlers=exception_handlers,
+        posts={"/v1/images/generations": lane},
     )
     client = TestClient(app)
     assert client.post("/v1/images/generations", json={}).text == "lane"
@@ -113,3 +119,29 @@ def test_the_image_endpoints_exact_posts_take_the_lane_and_nothing_else_does() -
     assert client.post("/v1/images/generations/x").text == "router"
     assert client.post("/v1/images/edits").text == "router"
     assert taken == ["/v1/images/generations"] * 2
+
+
+def test_a_lane_request_is_observed_once_with_its_id_and_status(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The lane records what the observing middleware would: one access-log line per
+    request, with the id the response echoes, the API and the status (an error too)."""
+
+    async def answer(request: Request) -> Response:
+        if request.headers.get("x-fail"):
+            raise InvalidRequest("PROMPT: a BYTES input is required", field="PROMPT")
+        return PlainTextResponse("made")
+
+    monkeypatch.setattr(kserve_api, "infer", answer)
+    stream = io.StringIO()
+    observer = Observer(None, Tracing.off(), AccessLog(stream, flush_interval_s=0))
+    app = GatewayApp(routes=[], exception_handlers=exception_handlers)
+    app.lane = InferLane({}, observer)
+    client = TestClient(app)
+    made = client.post("/v2/models/noop/infer", content=b"{}")
+    refused = client.post("/v2/models/noop/infer", content=b"{}", headers={"x-fail": "1", "X-Request-Id": "r2"})
+    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+    assert [(line["request_id"], line["api"], line["status"]) for line in lines] == [
+        (made.headers["x-request-id"], "kserve", 200),
+        ("r2", "kserve", 400),
+    ]
+    assert made.text == "made" and refused.headers["x-request-id"] == "r2"
+    assert [r.headers.get_list("x-request-id") for r in (made, refused)] == [[made.headers["x-request-id"]], ["r2"]]
