@@ -41,7 +41,7 @@ WARM = 200  # requests before the measured ones, besides the 50 measure() sends 
 # a target is patched where its callers look it up
 SPANS = [
     (0, "ASGI app (below uvicorn's protocol)", "app"),
-    (1, "the image lane: request id, one send wrapper", "image_router.http.lane:InferLane.serve"),
+    (1, "the image lane: request id, one send wrapper", "image_router.http.lane:ImageLane.serve"),
     (2, "observer: span, metrics, access log", "image_router.http.observe:Observer.observed"),
     (3, "metrics and access log (Recorder.finish)", "image_router.telemetry.requests:Recorder.finish"),
     (3, "infer handler", "image_router.http.kserve_api:infer"),

@@ -42,7 +42,7 @@ from image_router.http import (
 )
 from image_router.http.admin_api import SignInThrottle, check_readout
 from image_router.http.errors import RequestIdMiddleware, exception_handlers
-from image_router.http.lane import Endpoint, GatewayApp, InferLane
+from image_router.http.lane import Endpoint, GatewayApp, ImageLane
 from image_router.http.observe import ObserveMiddleware, Observer
 from image_router.http.usage_api import admin_usage, tenant_usage
 from image_router.rpc import GrpcEdge, GrpcOptions
@@ -118,7 +118,7 @@ def _routes() -> list[Route]:
     ]
 
 
-LANES = ("/v1/images/generations", "/api/v1/generate")  # with KServe infer: below the router
+LANES = ("/v1/images/generations", "/api/v1/generate")  # with KServe infer: the image lane, ahead of the stack
 
 
 def _lanes(routes: list[Route]) -> dict[str, Endpoint]:
@@ -187,12 +187,12 @@ def create_app(
         middleware.append(Middleware(ObserveMiddleware, observer=observer))
     routes = _routes()
     app = GatewayApp(
+        lane=ImageLane(_lanes(routes), observer),  # ahead of the stack: ids and signals as any request
         routes=routes,
         middleware=middleware,
         exception_handlers=exception_handlers,
         lifespan=lifespan,
     )
-    app.lane = InferLane(_lanes(routes), observer)  # ahead of the stack: ids and signals as any request
     app.state.runtime = runtime
     app.state.gateway = runtime.gateway
     app.state.reloader = runtime.reloader

@@ -26,6 +26,7 @@ from image_router.errors import MethodNotAllowed, NotFound, Overloaded, RateLimi
 __all__ = [
     "RequestIdMiddleware",
     "assign_request_id",
+    "echo_header",
     "error_response",
     "exception_handlers",
     "request_id",
@@ -51,6 +52,12 @@ def assign_request_id(scope: Scope) -> tuple[bytes, bytes]:
     return (b"x-request-id", rid.encode())
 
 
+def echo_header(message: Message, header: tuple[bytes, bytes]) -> None:
+    """Add ``header`` to ``message`` when it starts the response (the request id's echo)."""
+    if message["type"] == "http.response.start":
+        message["headers"] = [*message.get("headers", []), header]
+
+
 class RequestIdMiddleware:
     """Assign ``scope["state"]["request_id"]`` and echo it as ``X-Request-Id``."""
 
@@ -64,8 +71,7 @@ class RequestIdMiddleware:
         header = assign_request_id(scope)
 
         async def send_with_id(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                message["headers"] = [*message.get("headers", []), header]
+            echo_header(message, header)
             await send(message)
 
         await self.app(scope, receive, send_with_id)

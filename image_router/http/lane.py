@@ -2,7 +2,7 @@
 
 KServe's infer paths and the exact ``POST`` paths the app names (the OpenAI generations,
 ``/api/v1/generate``) are most of a gateway's traffic, and the same few handlers answer
-all of them. :class:`GatewayApp` hands them to :class:`InferLane` before Starlette's
+all of them. :class:`GatewayApp` hands them to :class:`ImageLane` before Starlette's
 middleware stack; every other request goes through that stack as before.
 
 What the lane does for a request is what the stack would: it gives it its request id
@@ -12,13 +12,14 @@ error with the app's own handlers (:func:`~image_router.http.errors.respond_to`)
 skips is the layering: Starlette's ``ServerErrorMiddleware``, the request-id and
 observing middlewares each wrapping ``send`` again, path matching against the route
 list, ``ExceptionMiddleware``, the route and endpoint wrappers. Here ``send`` is wrapped
-once, for the status and the request-id header together (`bench/before_after.py`:
-docs/benchmarks.md, "One layer for the image lane").
+once, for the status and the request-id header together (docs/benchmarks.md, "Later
+the same day: one layer for the image lane", measured with `bench/before_after.py`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -26,15 +27,15 @@ from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
 from image_router.http import kserve_api
-from image_router.http.errors import assign_request_id, respond_to
+from image_router.http.errors import assign_request_id, echo_header, respond_to
 from image_router.http.observe import Observer, api_of
 
-__all__ = ["Endpoint", "GatewayApp", "InferLane"]
+__all__ = ["Endpoint", "GatewayApp", "ImageLane"]
 
 Endpoint = Callable[[Request], Awaitable[Response]]
 
 
-class InferLane:
+class ImageLane:
     """Which requests take the lane (:meth:`handler`), and serving one (:meth:`serve`)."""
 
     def __init__(self, posts: Mapping[str, Endpoint] | None = None, observer: Observer | None = None) -> None:
@@ -75,17 +76,18 @@ class InferLane:
             return
 
         async def send_with_id(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                message["headers"] = [*message.get("headers", []), header]
+            echo_header(message, header)
             await send(message)
 
         await answer(scope, receive, send_with_id)
 
 
 class GatewayApp(Starlette):
-    """Starlette with :attr:`lane` ahead of its middleware stack (``None``: no lane)."""
+    """Starlette with ``lane`` ahead of its middleware stack (``None``: no lane)."""
 
-    lane: InferLane | None = None
+    def __init__(self, *, lane: ImageLane | None = None, **starlette: Any) -> None:
+        super().__init__(**starlette)
+        self.lane = lane
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         lane = self.lane

@@ -1,7 +1,7 @@
 """The per-request signals of image traffic: server span, metrics, access log.
 
 One :class:`Observer` records every image request: the image lane
-(:class:`~image_router.http.lane.InferLane`) calls it directly, and
+(:class:`~image_router.http.lane.ImageLane`) calls it directly, and
 :class:`ObserveMiddleware` puts it around the image requests Starlette routes (edits,
 variations); health probes, ``/metrics`` and the admin pages are not traffic.
 
@@ -24,6 +24,7 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from image_router.http.errors import echo_header
 from image_router.telemetry import AccessLog, Metrics, Tracing
 from image_router.telemetry.requests import Recorder, outcome_tags
 from image_router.telemetry.spans import end_server_span, start_server_span
@@ -80,14 +81,20 @@ class Observer:
             if message["type"] == "http.response.start":
                 seen["status"] = message["status"]
                 if header is not None:
-                    message["headers"] = [*message.get("headers", []), header]
+                    echo_header(message, header)
             await send(message)
 
-        if self.tracer is None:
-            await app(scope, receive, observe_send)
-        else:
-            await self._traced(api, scope, receive, observe_send, seen, app)
-        elapsed = time.perf_counter() - start
+        try:
+            if self.tracer is None:
+                await app(scope, receive, observe_send)
+            else:
+                await self._traced(api, scope, receive, observe_send, seen, app)
+        except Exception:  # escaped the app's handlers: still a request (a 500 if nothing was sent)
+            self._record(api, scope, seen, time.perf_counter() - start)
+            raise
+        self._record(api, scope, seen, time.perf_counter() - start)
+
+    def _record(self, api: str, scope: Scope, seen: dict[str, Any], elapsed: float) -> None:
         if self.recorder.on:
             fields = {
                 "request_id": scope.get("state", {}).get("request_id", ""),

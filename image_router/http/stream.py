@@ -29,7 +29,7 @@ from starlette.responses import Response, StreamingResponse
 
 from image_router.ask import Ask
 from image_router.errors import RouterError
-from image_router.http.common import b64_images, gateway_of
+from image_router.http.common import b64_images, gateway_of, header
 from image_router.inference import served_tags
 from image_router.served import Served
 
@@ -37,7 +37,7 @@ __all__ = ["stream_images", "wants_stream"]
 
 
 def wants_stream(request: Request) -> bool:
-    return "text/event-stream" in request.headers.get("accept", "")
+    return "text/event-stream" in (header(request, "accept") or "")
 
 
 def _event(kind: str, payload: dict[str, Any]) -> bytes:

@@ -180,6 +180,7 @@ class Lane:
         self._running: list[Ticket] = []
         self._queued: deque[Ticket] = deque()
         self._queued_units = 0.0  # the sum of the queued tickets' units, kept as they come and go
+        self._queued_largest = 0.0  # at least the largest queued ticket's units (reset when none are)
         self._ghosts: list[float] = []  # when abandoned-but-running requests should end
         self._backoff = 1
         self._passes: dict[int, deque[float]] = {}  # b -> recent T(b) / (b singletons' time)
@@ -283,17 +284,20 @@ class Lane:
         if self.servers is None or ahead == 0:  # nothing to play forward
             return Forecast(own, own_floor, own_ceiling, own, own_floor, ahead, probe)
         expected = self._play(now, typical, extra_ahead) + own
-        optimistic = self._play(now, floor, extra_ahead) + own_floor
+        optimistic = self._play(now, floor, extra_ahead, low=True) + own_floor
         pessimistic = self._play(now, ceiling, extra_ahead) + own_ceiling
         return Forecast(expected, optimistic, pessimistic, own, own_floor, ahead, probe)
 
-    def _play(self, now: float, per_unit_s: float, extra_ahead: int) -> float:
+    def _play(self, now: float, per_unit_s: float, extra_ahead: int, low: bool = False) -> float:
         """Seconds until a slot frees for a new request, each request ahead taking
         ``per_unit_s`` per unit of its work. Every request reads this three times, so it
-        costs O(slots), not O(queue): one slot takes the work ahead in turn (exact), and
-        a line longer than :data:`_PLAYED` is shared out over several slots (within one
-        request's time of playing it forward). Played one by one, a queue of 300 cost
-        each request's forecast ~50 µs (bench/forecast_cost.py)."""
+        costs O(slots), not O(queue) (played one by one, 300 queued cost each forecast
+        ~50 µs: bench/forecast_cost.py). One slot takes the work ahead in turn: exact.
+        Over several slots, a line longer than :data:`_PLAYED` fills the earliest-free
+        slots first (:func:`_level`); the play's answer is at most that level and at
+        most one request below it, so ``low`` (the optimistic forecast, which the budget
+        reads as "surely misses") takes the bottom of that range and never says a sure
+        miss the play would not."""
         assert self.servers is not None
         frees = [max(0.0, t.started + per_unit_s * t.units - now) for t in self._running if t.started is not None]
         frees += [g - now for g in self._ghosts]
@@ -302,7 +306,11 @@ class Lane:
         if len(frees) == 1:
             return frees[0] + work_s
         if len(self._queued) + extra_ahead > _PLAYED:
-            return max(min(frees), (sum(frees) + work_s) / len(frees))
+            level = _level(frees, work_s)
+            if not low:
+                return level
+            largest = max(self._queued_largest, 1.0 if extra_ahead else 0.0)
+            return max(min(frees), level - per_unit_s * largest)
         heapq.heapify(frees)
         for work in [t.units for t in self._queued] + [1.0] * extra_ahead:
             heapq.heapreplace(frees, frees[0] + per_unit_s * work)
@@ -336,7 +344,7 @@ class Lane:
     def _promote(self, at: float, exact: bool) -> None:
         while self._queued and self._free_slots() > 0:
             ticket = self._queued.popleft()
-            self._queued_units = self._queued_units - ticket.units if self._queued else 0.0
+            self._left_queue(ticket)
             ticket.started, ticket.exact = max(ticket.sent, at), exact
             if ticket.abandoned:  # its answer will never be read: it ends when it should
                 self._ghosts.append(ticket.started + self.estimate.typical_s * ticket.units)
@@ -346,7 +354,27 @@ class Lane:
     def _enqueue(self, ticket: Ticket) -> None:
         self._queued.append(ticket)
         self._queued_units += ticket.units
+        self._queued_largest = max(self._queued_largest, ticket.units)
 
     def _dequeue(self, ticket: Ticket) -> None:
         self._queued.remove(ticket)
-        self._queued_units = self._queued_units - ticket.units if self._queued else 0.0  # no drift left behind
+        self._left_queue(ticket)
+
+    def _left_queue(self, ticket: Ticket) -> None:
+        if self._queued:
+            self._queued_units = max(0.0, self._queued_units - ticket.units)
+        else:  # an empty line starts again from zero: no rounding drift carried on
+            self._queued_units = self._queued_largest = 0.0
+
+
+def _level(frees: list[float], work_s: float) -> float:
+    """Where ``work_s`` of work brings the slots that free at ``frees`` if it always goes
+    to the earliest free (water-filling): the slots below the level are filled to it."""
+    ordered = sorted(frees)
+    total = 0.0
+    for i, free in enumerate(ordered, 1):
+        total += free
+        level = (total + work_s) / i
+        if i == len(ordered) or level <= ordered[i]:
+            return level
+    return ordered[-1]  # not reached: the last slot always returns

@@ -5,19 +5,20 @@ from __future__ import annotations
 
 import io
 import json
+from collections.abc import AsyncIterator
 
 import pytest
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import PlainTextResponse, Response
+from starlette.responses import PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
 from starlette.testclient import TestClient
 
 from image_router.errors import InvalidRequest
 from image_router.http import kserve_api
 from image_router.http.errors import RequestIdMiddleware, exception_handlers
-from image_router.http.lane import Endpoint, GatewayApp, InferLane
+from image_router.http.lane import Endpoint, GatewayApp, ImageLane
 from image_router.http.observe import Observer
 from image_router.telemetry import AccessLog, Tracing
 
@@ -49,9 +50,12 @@ def _app() -> Starlette:
 
 
 def _with_lane(routes: list[Route], posts: dict[str, Endpoint] | None = None) -> Starlette:
-    app = GatewayApp(routes=routes, middleware=[Middleware(RequestIdMiddleware)], exception_handlers=exception_handlers)
-    app.lane = InferLane(posts)
-    return app
+    return GatewayApp(
+        lane=ImageLane(posts),
+        routes=routes,
+        middleware=[Middleware(RequestIdMiddleware)],
+        exception_handlers=exception_handlers,
+    )
 
 
 def test_errors_in_the_lane_are_answered_by_the_app_s_handlers(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -133,9 +137,7 @@ def test_a_lane_request_is_observed_once_with_its_id_and_status(monkeypatch: pyt
     monkeypatch.setattr(kserve_api, "infer", answer)
     stream = io.StringIO()
     observer = Observer(None, Tracing.off(), AccessLog(stream, flush_interval_s=0))
-    app = GatewayApp(routes=[], exception_handlers=exception_handlers)
-    app.lane = InferLane({}, observer)
-    client = TestClient(app)
+    client = TestClient(GatewayApp(lane=ImageLane({}, observer), routes=[], exception_handlers=exception_handlers))
     made = client.post("/v2/models/noop/infer", content=b"{}")
     refused = client.post("/v2/models/noop/infer", content=b"{}", headers={"x-fail": "1", "X-Request-Id": "r2"})
     lines = [json.loads(line) for line in stream.getvalue().splitlines()]
@@ -145,3 +147,26 @@ def test_a_lane_request_is_observed_once_with_its_id_and_status(monkeypatch: pyt
     ]
     assert made.text == "made" and refused.headers["x-request-id"] == "r2"
     assert [r.headers.get_list("x-request-id") for r in (made, refused)] == [[made.headers["x-request-id"]], ["r2"]]
+
+
+def test_a_stream_that_fails_midway_is_still_recorded(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An exception that escapes the handlers (here a stream's, after its 200 went out)
+    still leaves the request's access-log line."""
+
+    async def chunks() -> AsyncIterator[bytes]:
+        yield b"event: partial_image\n\n"
+        raise RuntimeError("the encoder broke")
+
+    async def answer(request: Request) -> Response:
+        return StreamingResponse(chunks(), media_type="text/event-stream")
+
+    monkeypatch.setattr(kserve_api, "infer", answer)
+    stream = io.StringIO()
+    observer = Observer(None, Tracing.off(), AccessLog(stream, flush_interval_s=0))
+    client = TestClient(
+        GatewayApp(lane=ImageLane({}, observer), routes=[], exception_handlers=exception_handlers),
+        raise_server_exceptions=False,
+    )
+    client.post("/v2/models/noop/infer", content=b"{}", headers={"X-Request-Id": "s1"})
+    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+    assert [(line["request_id"], line["status"]) for line in lines] == [("s1", 200)]
