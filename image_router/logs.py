@@ -11,7 +11,8 @@ stays what a person reads in a terminal.
 Which request a record belongs to is found when it is formatted, not passed along:
 :class:`RequestContext` (the outermost ASGI layer) puts each request's ASGI ``state``
 in a context variable, and :class:`RequestFilter` reads the request id from it —
-``RequestIdMiddleware`` (:mod:`image_router.http.errors`) writes it there a layer further in,
+:func:`~image_router.http.errors.assign_request_id` writes it there further in (the image
+lane, or ``RequestIdMiddleware`` for other requests),
 so the id a record carries is exactly the one the response's ``X-Request-Id`` shows.
 Tasks the request starts inherit the variable. The trace id is the current
 OpenTelemetry span's, when one is recording (tracing on, :mod:`image_router.telemetry.tracing`).
