@@ -3,7 +3,7 @@
 A request that finds the model full may wait — in priority order (1 first), then by
 fair share between tenants, then arrival order — but only while fewer than
 ``max_queue`` are already waiting; the caller bounds the wait by its deadline. Nothing
-here grows without bound.
+here grows without bound (waiters that gave up are pruned: :meth:`AdmissionGate._prune`).
 
 Fair share is weighted fair queuing with equal weights (start-time tags): each waiter's
 tag is one more than the later of the gate's virtual time (the tag last admitted) and
@@ -19,6 +19,8 @@ import heapq
 import itertools
 
 __all__ = ["AdmissionGate"]
+
+_SLACK = 16  # waiters beyond twice max_queue before the ones that left are pruned
 
 
 class AdmissionGate:
@@ -81,12 +83,23 @@ class AdmissionGate:
                 displaced.set_result(False)
         self._last_tag[tenant] = tag
         heapq.heappush(self._waiters, (priority, tag, next(self._order), future))
+        if len(self._waiters) > 2 * self.max_queue + _SLACK:
+            self._prune()
         try:
             return await future
         except asyncio.CancelledError:
             if future.done() and not future.cancelled() and future.result():
                 self.release()  # granted just as we gave up: pass it on
             raise
+
+    def _prune(self) -> None:
+        """Drop the waiters that gave up (timed out, cancelled, displaced). They leave the
+        heap only when a release pops them, and while the slots stay busy — a hung
+        backend — requests kept arriving and giving up: the heap grew with them, and
+        every request's look at the queue (:attr:`queued`) scanned it all. Pruned once
+        half of it is gone, the heap stays within twice ``max_queue``: O(1) amortised."""
+        self._waiters = [w for w in self._waiters if not w[3].done()]
+        heapq.heapify(self._waiters)
 
     def release(self) -> None:
         while self._waiters:

@@ -97,3 +97,30 @@ async def test_a_waiter_that_gives_up_leaves_no_slot_behind() -> None:
 def test_no_limit_means_no_gate() -> None:
     gate = AdmissionGate(limit=None)
     assert all(gate.try_acquire() for _ in range(1000))
+
+
+async def test_waiters_that_give_up_while_the_slots_stay_busy_do_not_pile_up() -> None:
+    """A hung backend holds its slots while requests keep arriving and giving up: the
+    gate keeps at most twice ``max_queue`` entries (plus a little slack), so a look at
+    the queue stays cheap, and the live waiters keep their order."""
+    gate = AdmissionGate(limit=1, max_queue=4)
+    assert gate.try_acquire()  # the slot the hung call holds
+    for _ in range(1000):
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(0):
+                await gate.acquire(2, "t")
+        assert len(gate._waiters) <= 2 * 4 + 16
+    assert gate.queued == 0
+    order: list[int] = []
+
+    async def wait(priority: int) -> None:
+        assert await gate.acquire(priority, "t")
+        order.append(priority)
+
+    waiters = [asyncio.create_task(wait(p)) for p in (3, 1, 2)]
+    await asyncio.sleep(0)
+    for _ in range(4):
+        gate.release()
+        await asyncio.sleep(0)
+    await asyncio.gather(*waiters)
+    assert order == [1, 2, 3] and gate.inflight == 0
