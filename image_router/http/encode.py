@@ -12,14 +12,18 @@ One encoder is different: libavif (through Pillow) holds the GIL in stretches of
 5 ms (measured: a 768x768 AVIF encode left the loop's thread a 4-5 ms gap whatever the
 switch interval; PNG, JPEG and WebP under 2 ms). Large AVIF encodes therefore run in a
 small pool of *processes* (:func:`encode_images_off_loop`), started on first use, at a
-lower scheduling priority than the gateway.
+lower scheduling priority than the gateway. A worker leaves when the gateway dies,
+however it dies (:func:`_start_worker`): a SIGKILLed gateway on a plain host otherwise
+left its workers, ~90 MB each, blocked on their queue for good.
 """
 
 from __future__ import annotations
 
 import asyncio
 import multiprocessing
+import multiprocessing.connection
 import os
+import threading
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any, TypeVar
@@ -61,15 +65,27 @@ def _processes() -> ProcessPoolExecutor:
     if _PROCESSES is None:  # spawned, not forked: the gateway's threads and loop stay behind
         workers = max(1, min(2, os.cpu_count() or 1))
         _PROCESSES = ProcessPoolExecutor(
-            workers, mp_context=multiprocessing.get_context("spawn"), initializer=_lower_priority
+            workers, mp_context=multiprocessing.get_context("spawn"), initializer=_start_worker
         )
     return _PROCESSES
 
 
-def _lower_priority() -> None:
+def _start_worker() -> None:
     """Encoding is background work beside the loop: on a busy host the scheduler should
-    run the gateway's requests first (nice 10)."""
+    run the gateway's requests first (nice 10). And a worker outlives no gateway: a
+    daemon thread waits on the parent's sentinel (a pipe the parent holds open for as
+    long as it lives, so it reads as closed the moment the parent is gone, SIGKILL
+    included) and ends the worker then. ``PR_SET_PDEATHSIG`` would do it on Linux only,
+    and fires when the *thread* that spawned the worker ends, not the process."""
     os.nice(10)
+    parent = multiprocessing.parent_process()
+    if parent is not None:
+        threading.Thread(target=_exit_with, args=(parent.sentinel,), name="encode-parent-watch", daemon=True).start()
+
+
+def _exit_with(sentinel: int) -> None:
+    multiprocessing.connection.wait([sentinel])
+    os._exit(0)  # no cleanup to run: the worker holds nothing but its queue ends
 
 
 def _encode_all(images: NDArray[Any], fmt: str, quality: int) -> list[bytes]:
