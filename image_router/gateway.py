@@ -394,7 +394,8 @@ class Gateway(Catalog, Readout):
 
     async def aclose(self) -> None:
         with contextlib.suppress(TimeoutError):  # settlements in flight land first (bounded)
-            await asyncio.wait_for(self.budgets.drain(), 5.0)
+            async with asyncio.timeout(5.0):
+                await self.budgets.drain()
         await self.rollouts.aclose()
         await self.fill.aclose()
         await self.pool.aclose()

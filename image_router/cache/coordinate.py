@@ -281,7 +281,8 @@ class Coordinator:
 
     async def _refresh_version(self, model: Model) -> None:
         try:
-            meta = await asyncio.wait_for(self.pool.get(model.backend).model_metadata(model), 2.0)
+            async with asyncio.timeout(2.0):
+                meta = await self.pool.get(model.backend).model_metadata(model)
         except Exception:  # noqa: BLE001 - unknown stays unknown: no lookups until an answer says
             return
         versions = [str(v) for v in meta.get("versions", []) if str(v).isdigit()]

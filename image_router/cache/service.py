@@ -228,7 +228,8 @@ class ResultCache:
         """Tidy up a removed image's encodings (unreachable already: a variant is served
         only after its image record passes)."""
         try:
-            doomed = await asyncio.wait_for(self.store.store.keys(variants_of(name)), 2.0)
+            async with asyncio.timeout(2.0):
+                doomed = await self.store.store.keys(variants_of(name))
         except Exception:  # noqa: BLE001 - a store fault leaves them to expire
             return
         await self.store.delete(doomed)
@@ -293,7 +294,8 @@ class ResultCache:
 
     async def describe(self) -> dict[str, Any]:
         try:
-            stored = await asyncio.wait_for(self.store.store.stats(), 2.0)
+            async with asyncio.timeout(2.0):
+                stored = await self.store.store.stats()
         except Exception as exc:  # noqa: BLE001 - the status page shows a store that is down
             stored = {"error": f"{type(exc).__name__}: {exc}"}
         return {

@@ -66,7 +66,8 @@ def _first_message_within(handler: grpc.RpcMethodHandler[Any, Any], seconds: flo
     ) -> AsyncIterator[Any]:
         it = aiter(requests)
         try:
-            first = await asyncio.wait_for(anext(it), seconds)
+            async with asyncio.timeout(seconds):
+                first = await anext(it)
         except StopAsyncIteration:
             return
         except TimeoutError:
