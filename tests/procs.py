@@ -30,9 +30,11 @@ ADMIN_TOKEN = "test-admin-token"
 @contextlib.contextmanager
 def serving(repository: Path, log_path: Path, models: list[str] | None = None) -> Iterator[TritonServer]:
     """A real ``tritonserver`` on ``repository``, ready; its log's tail is the error
-    when it does not start. Stopped on the way out."""
+    when it does not start. Stopped on the way out: its tests are over by then, so it
+    waits 1 s, not the shipped 10, for connections a test left open (one such left the
+    session's server waiting out the full 10 s at the end of every run)."""
     with open(log_path, "wb") as log:
-        server = TritonServer(TritonConfig(repository, models or []), log=log)
+        server = TritonServer(TritonConfig(repository, models or [], extra_args=["--exit-timeout-secs=1"]), log=log)
         server.start()
         try:
             server.wait_ready(timeout_s=300)

@@ -4,6 +4,7 @@ and the local-checkpoint loading path."""
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -13,7 +14,7 @@ import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
 from image_router.triton import TritonServer
-from tests.procs import MODEL_REPOSITORY
+from tests.procs import MODEL_REPOSITORY, serving
 
 pytestmark = pytest.mark.integration
 
@@ -21,8 +22,24 @@ SIZES = {"noop": (8, 8), "draft": (64, 64), "preview": (128, 128), "quality": (2
 
 
 @pytest.fixture(scope="module")
-def client(triton: TritonServer) -> httpclient.InferenceServerClient:
-    return httpclient.InferenceServerClient(triton.http_url.removeprefix("http://"), network_timeout=120)
+def client(triton: TritonServer) -> Iterator[httpclient.InferenceServerClient]:
+    """Closed when done: Triton's graceful stop waits up to 10 s for an open connection."""
+    client = httpclient.InferenceServerClient(triton.http_url.removeprefix("http://"), network_timeout=120)
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="module")
+def loader(tmp_path_factory: pytest.TempPathFactory) -> Iterator[httpclient.InferenceServerClient]:
+    """A Triton of its own (the draft tier) for the tests that load models at run time.
+    A model loaded and unloaded again, or one that failed to load, keeps a server with
+    strict readiness (Triton's default) not ready for good: on the session's shared
+    server every later test asking ``ServerReady`` (the gRPC edge's probes) failed."""
+    root = tmp_path_factory.mktemp("loader")
+    with serving(MODEL_REPOSITORY, root / "triton.log", ["draft"]) as server:
+        client = httpclient.InferenceServerClient(server.http_url.removeprefix("http://"), network_timeout=120)
+        yield client
+        client.close()
 
 
 def _inputs(prompt: bytes | None = b"a red fox", **ints: int) -> list[httpclient.InferInput]:
@@ -128,7 +145,7 @@ def test_bad_input_is_a_400_and_the_model_survives(
 
 
 def test_local_checkpoint_is_loaded_with_from_pretrained(
-    client: httpclient.InferenceServerClient, tmp_path: Path
+    loader: httpclient.InferenceServerClient, tmp_path: Path
 ) -> None:
     """A checkpoint saved with save_pretrained loads through the `checkpoint` parameter.
 
@@ -144,17 +161,17 @@ def test_local_checkpoint_is_loaded_with_from_pretrained(
     build_random_pipeline(PRESETS["draft"]).save_pretrained(checkpoint)
     assert (checkpoint / "model_index.json").is_file()
 
-    config = client.get_model_config("draft")
+    config = loader.get_model_config("draft")
     config["name"] = "draft_checkpoint"
     config["parameters"]["checkpoint"] = {"string_value": str(checkpoint)}
     model_py = (MODEL_REPOSITORY / "draft" / "1" / "model.py").read_bytes()
     files = {"file:1/model.py": model_py, "file:warmup/prompt": (MODEL_REPOSITORY / "draft/warmup/prompt").read_bytes()}
-    client.load_model("draft_checkpoint", config=json.dumps(config), files=files)
+    loader.load_model("draft_checkpoint", config=json.dumps(config), files=files)
     try:
-        assert client.is_model_ready("draft_checkpoint")
-        loaded = _image(client, "draft_checkpoint", SEED=7, STEPS=4)
-        assert loaded.tobytes() == _image(client, "draft_checkpoint", SEED=7, STEPS=4).tobytes()
-        builtin = _image(client, "draft", SEED=7, STEPS=4)
+        assert loader.is_model_ready("draft_checkpoint")
+        loaded = _image(loader, "draft_checkpoint", SEED=7, STEPS=4)
+        assert loaded.tobytes() == _image(loader, "draft_checkpoint", SEED=7, STEPS=4).tobytes()
+        builtin = _image(loader, "draft", SEED=7, STEPS=4)
         diff = np.abs(loaded.astype(int) - builtin.astype(int))
         assert diff.max() <= 1
         assert (diff > 0).mean() < 0.001
@@ -168,21 +185,21 @@ def test_local_checkpoint_is_loaded_with_from_pretrained(
                 mask = httpclient.InferInput("MASK", [1, 64, 64], "UINT8")
                 mask.set_data_from_numpy(np.full((1, 64, 64), 255, np.uint8))
                 inputs.append(mask)
-            edited = [client.infer(name, inputs).as_numpy("IMAGE") for name in ("draft_checkpoint", "draft")]
+            edited = [loader.infer(name, inputs).as_numpy("IMAGE") for name in ("draft_checkpoint", "draft")]
             assert edited[0] is not None and edited[1] is not None and edited[0].shape == (1, 64, 64, 3)
             assert np.abs(edited[0].astype(int) - edited[1].astype(int)).max() <= 1
     finally:
-        client.unload_model("draft_checkpoint")
+        loader.unload_model("draft_checkpoint")
 
 
 def test_missing_checkpoint_fails_the_load_not_the_server(
-    client: httpclient.InferenceServerClient, tmp_path: Path
+    loader: httpclient.InferenceServerClient, tmp_path: Path
 ) -> None:
-    config = client.get_model_config("draft")
+    config = loader.get_model_config("draft")
     config["name"] = "draft_missing"
     config["parameters"]["checkpoint"] = {"string_value": str(tmp_path / "nowhere")}
     model_py = (MODEL_REPOSITORY / "draft" / "1" / "model.py").read_bytes()
     with pytest.raises(InferenceServerException, match="does not exist"):
-        client.load_model("draft_missing", config=json.dumps(config), files={"file:1/model.py": model_py})
-    assert client.is_server_live()
-    assert client.is_model_ready("draft")
+        loader.load_model("draft_missing", config=json.dumps(config), files={"file:1/model.py": model_py})
+    assert loader.is_server_live()
+    assert loader.is_model_ready("draft")
