@@ -90,3 +90,24 @@ def start_gateway(triton: TritonServer, tmp_path: Path) -> Iterator[Callable[...
     yield start
     for gateway in started:
         gateway.stop()
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """The chaos scenarios' table, from their tests' reports (see ``tests/chaos/conftest.py``)."""
+    rows = [
+        value
+        for reports in terminalreporter.stats.values()
+        for report in reports
+        if getattr(report, "when", None) == "call"
+        for name, value in getattr(report, "user_properties", ())
+        if name == "chaos scenario"
+    ]
+    if not rows:
+        return
+    terminalreporter.write_sep("-", "chaos scenarios")
+    terminalreporter.write_line(
+        "| scenario | sent | answered | downgraded | refused (4xx/5xx) | errors | over budget | slowest |"
+    )
+    terminalreporter.write_line("|---|---|---|---|---|---|---|---|")
+    for row in sorted(rows, key=lambda row: int(row.removeprefix("| ").split(".", 1)[0])):
+        terminalreporter.write_line(row)

@@ -74,18 +74,19 @@ class Tally:
 
 
 TALLIES: list[Tally] = []
+SCENARIO_ROW = "chaos scenario"  # the user property a scenario's row travels under
 
 
-def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    if not TALLIES:
-        return
-    terminalreporter.write_sep("-", "chaos scenarios")
-    terminalreporter.write_line(
-        "| scenario | sent | answered | downgraded | refused (4xx/5xx) | errors | over budget | slowest |"
-    )
-    terminalreporter.write_line("|---|---|---|---|---|---|---|---|")
-    for tally in TALLIES:
-        terminalreporter.write_line(tally.row())
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
+    """A scenario's table row rides on its test's report, so the summary
+    (``tests/conftest.py``) prints it from the report, also under xdist, where the
+    scenarios run in a worker and the summary is printed by the controller."""
+    before = len(TALLIES)
+    try:
+        return (yield)
+    finally:
+        item.user_properties += [(SCENARIO_ROW, tally.row()) for tally in TALLIES[before:]]
 
 
 async def record(
