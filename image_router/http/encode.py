@@ -84,6 +84,8 @@ def _start_worker() -> None:
 
 
 def _exit_with(sentinel: int) -> None:
+    """End this worker once ``sentinel`` (the parent's) reads as closed. A gateway that
+    forked without exec after the pool started would keep it open in the child; none does."""
     multiprocessing.connection.wait([sentinel])
     os._exit(0)  # no cleanup to run: the worker holds nothing but its queue ends
 

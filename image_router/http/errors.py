@@ -47,7 +47,9 @@ def assign_request_id(scope: Scope) -> tuple[bytes, bytes]:
             candidate = value.decode("latin-1")
             rid = candidate if _SANE_ID.match(candidate) else None
             break
-    rid = rid or f"{getrandbits(128):032x}"  # uuid4's shape, no object and no system call
+    # uuid4's shape, no object and no system call: unique, not secret (a client may send
+    # its own id, so nothing trusts one); the module's generator, reseeded in a fork
+    rid = rid or f"{getrandbits(128):032x}"
     scope.setdefault("state", {})["request_id"] = rid
     return (b"x-request-id", rid.encode())
 

@@ -22,7 +22,7 @@ import httpx
 import pytest
 
 from image_router.triton import TritonConfig, TritonServer
-from tests.procs import MODEL_REPOSITORY, tail
+from tests.procs import MODEL_REPOSITORY, SCENARIO_ROW, tail
 
 MARGIN_S = 0.3  # HTTP and scheduling on a busy 2-core machine
 
@@ -74,7 +74,6 @@ class Tally:
 
 
 TALLIES: list[Tally] = []
-SCENARIO_ROW = "chaos scenario"  # the user property a scenario's row travels under
 
 
 @pytest.hookimpl(wrapper=True)

@@ -32,9 +32,10 @@ def client(triton: TritonServer) -> Iterator[httpclient.InferenceServerClient]:
 @pytest.fixture(scope="module")
 def loader(tmp_path_factory: pytest.TempPathFactory) -> Iterator[httpclient.InferenceServerClient]:
     """A Triton of its own (the draft tier) for the tests that load models at run time.
-    A model loaded and unloaded again, or one that failed to load, keeps a server with
-    strict readiness (Triton's default) not ready for good: on the session's shared
-    server every later test asking ``ServerReady`` (the gRPC edge's probes) failed."""
+    A model that failed to load keeps a server with strict readiness (Triton's default)
+    not ready for good, and neither unloading the name nor loading and unloading it
+    again cleared that: on the session's shared server every later test asking
+    ``ServerReady`` (the gRPC edge's probes) failed."""
     root = tmp_path_factory.mktemp("loader")
     with serving(MODEL_REPOSITORY, root / "triton.log", ["draft"]) as server:
         client = httpclient.InferenceServerClient(server.http_url.removeprefix("http://"), network_timeout=120)

@@ -14,6 +14,10 @@ import textwrap
 import time
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.integration
+
 PARENT = textwrap.dedent(
     """
     import asyncio, sys, time
@@ -42,21 +46,21 @@ def _alive(pid: int) -> bool:
 
 
 def test_encode_workers_exit_when_the_gateway_is_killed(tmp_path: Path) -> None:
-    """Run as a service runs it: no terminal, its output to a log (which the orphans
+    """Run as a service runs it: no terminal, its output to files (which the orphans
     would otherwise hold open)."""
-    log = tmp_path / "gateway.log"
+    out_path, err_path = tmp_path / "stdout", tmp_path / "stderr"
     workers: list[int] = []
     with (
-        log.open("w") as out,
-        subprocess.Popen(
-            [sys.executable, "-c", PARENT], stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT
-        ) as parent,
+        out_path.open("w") as out,
+        err_path.open("w") as err,
+        subprocess.Popen([sys.executable, "-c", PARENT], stdin=subprocess.DEVNULL, stdout=out, stderr=err) as parent,
     ):
         try:
             deadline = time.monotonic() + 60
-            while not log.read_text().endswith("\n") and parent.poll() is None and time.monotonic() < deadline:
+            while not out_path.read_text().endswith("\n") and parent.poll() is None and time.monotonic() < deadline:
                 time.sleep(0.05)
-            workers = [int(pid) for pid in log.read_text().split()]
+            assert parent.poll() is None, err_path.read_text()
+            workers = [int(pid) for pid in out_path.read_text().split()]
             assert len(workers) == min(2, os.cpu_count() or 1) and all(_alive(pid) for pid in workers)
             parent.send_signal(signal.SIGKILL)
             parent.wait(10)
