@@ -76,26 +76,35 @@ class GatewayProcess:
         triton_grpc: str | None = None,
     ) -> None:
         """``cwd``: where ``python -m image_router.cli`` runs, so which checkout's code serves
-        (a benchmark's baseline)."""
+        (a benchmark's baseline). Its two ports are picked free and bound a second or so
+        later; with ``make test``'s two workers another process may take one meanwhile,
+        so a start that failed on a port in use is tried once more on fresh ones."""
         self.routes = routes
-        self.port, self.grpc_port = free_ports(2)
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.grpc_target = f"127.0.0.1:{self.grpc_port}"
         self.log = log
         env = {**os.environ, "TRITON_URL": triton_url, "ROUTER_ADMIN_TOKEN": ADMIN_TOKEN, **(env or {})}
         env.setdefault("ROUTER_STATE_DIR", str(log.parent / "state"))  # the test's own state, never the cwd's
         if triton_grpc is not None:  # for routes that say protocol: grpc (the shipped file)
             env["TRITON_GRPC_URL"] = triton_grpc
-        cmd = [sys.executable, "-m", "image_router.cli", "serve", "--routes", str(routes), "--port", str(self.port)]
-        cmd += ["--grpc-port", str(self.grpc_port)]
-        cmd += ["--log-level", "warning", *(extra or [])]
-        self._log_file = open(log, "wb")  # noqa: SIM115 - closed in stop()
-        self.process = subprocess.Popen(cmd, env=env, stdout=self._log_file, stderr=subprocess.STDOUT, cwd=cwd)
-        try:
-            self._wait()
-        except BaseException:
-            self.stop()  # kill it and close its log: nothing left behind for the next test
-            raise
+        for attempt in (1, 2):
+            self.port, self.grpc_port = free_ports(2)
+            self.url = f"http://127.0.0.1:{self.port}"
+            self.grpc_target = f"127.0.0.1:{self.grpc_port}"
+            cmd = [sys.executable, "-m", "image_router.cli", "serve", "--routes", str(routes), "--port", str(self.port)]
+            cmd += ["--grpc-port", str(self.grpc_port)]
+            cmd += ["--log-level", "warning", *(extra or [])]
+            self._log_file = open(log, "wb")  # noqa: SIM115 - closed in stop()
+            self.process = subprocess.Popen(cmd, env=env, stdout=self._log_file, stderr=subprocess.STDOUT, cwd=cwd)
+            try:
+                self._wait()
+                return
+            except RuntimeError:
+                self.stop()  # kill it and close its log: nothing left behind for the next test
+                if attempt == 1 and "already in use" in tail(log).lower():
+                    continue
+                raise
+            except BaseException:
+                self.stop()
+                raise
 
     def _wait(self, timeout_s: float = 30.0) -> None:
         deadline = time.monotonic() + timeout_s
