@@ -31,28 +31,22 @@ SCENARIO_ROW = "chaos scenario"  # the report property a chaos scenario's table 
 @contextlib.contextmanager
 def serving(repository: Path, log_path: Path, models: list[str] | None = None) -> Iterator[TritonServer]:
     """A real ``tritonserver`` on ``repository``, ready; its log's tail is the error
-    when it does not start. Its ports are picked free but bound only once the models
-    have loaded (20-40 s later), and with ``make test``'s two workers another process
-    may take one meanwhile: a start that failed on a port in use is tried once more on
-    fresh ones. Stopped on the way out: its tests are over by then, so it waits 1 s,
-    not the shipped 10, for connections a test left open (one such left the session's
-    server waiting out the full 10 s at the end of every run)."""
-    for attempt in (1, 2):
-        with open(log_path, "wb") as log:
-            server = TritonServer(TritonConfig(repository, models or [], extra_args=["--exit-timeout-secs=1"]), log=log)
-            server.start()
-            try:
-                server.wait_ready(timeout_s=300)
-            except Exception as exc:
-                server.stop()
-                if attempt == 1 and "already in use" in tail(log_path):
-                    continue
-                raise RuntimeError(f"Triton did not start:\n{tail(log_path)}") from exc
-            try:
-                yield server
-            finally:
-                server.stop()
-            return
+    when it does not start (one that lost a picked port to another process is started
+    again by :class:`TritonServer` itself). Stopped on the way out: its tests are over
+    by then, so it waits 1 s, not the shipped 10, for connections a test left open (one
+    such left the session's server waiting out the full 10 s at the end of every run)."""
+    with open(log_path, "wb") as log:
+        server = TritonServer(TritonConfig(repository, models or [], extra_args=["--exit-timeout-secs=1"]), log=log)
+        server.start()
+        try:
+            server.wait_ready(timeout_s=300)
+        except Exception as exc:
+            server.stop()
+            raise RuntimeError(f"Triton did not start:\n{tail(log_path)}") from exc
+        try:
+            yield server
+        finally:
+            server.stop()
 
 
 def tail(path: Path, lines: int = 40) -> str:

@@ -3,7 +3,9 @@
 The lifecycle is explicit — ``start()`` → ``wait_ready()`` → ``stop()`` (or use it as
 a context manager) — and the server is started with the models named up front, bound to
 loopback unless told otherwise. Ports left at 0 are picked free on the chosen host, so
-tests never hard-code one.
+tests never hard-code one. Triton binds them only once its models have loaded, 20-40 s
+later, and another process may take one meanwhile: a start that ended while one of its
+picked ports is held by someone else is made once more on fresh ones.
 
 Triton's model-repository API (load and unload, with uploaded model files) is code
 execution for whoever reaches the port, and loopback is every local user. With
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import logging
 import shutil
 import signal
 import socket
@@ -40,6 +43,8 @@ from image_router.triton.environment import (
 )
 
 __all__ = ["TritonConfig", "TritonServer", "TritonStartupError", "free_port", "repository_models"]
+
+log = logging.getLogger("router.triton")
 
 PR_SET_PDEATHSIG = 1
 
@@ -98,6 +103,8 @@ class TritonServer:
         self._log = log
         self._process: subprocess.Popen[bytes] | None = None
         self._workdir: Path | None = None
+        self._picked: list[str] = []  # the port fields start() chose (they were 0)
+        self._restarted = False
 
     @property
     def http_url(self) -> str:
@@ -166,6 +173,7 @@ class TritonServer:
         names = [n for n in ("http_port", "grpc_port", "metrics_port") if getattr(cfg, n) == 0]
         for name, port in zip(names, free_ports(len(names), cfg.host), strict=True):
             setattr(cfg, name, port)
+        self._picked = names
         install = self._install()
         # A neutral working directory: the stub puts it first on sys.path.
         self._workdir = Path(tempfile.mkdtemp(prefix="router-triton-"))
@@ -211,12 +219,45 @@ class TritonServer:
         deadline = time.monotonic() + (timeout_s or self.config.startup_timeout_s)
         while time.monotonic() < deadline:
             code = self._process.poll()
+            if code is not None and self._lost_a_port():
+                self._start_again()
+                continue
             if code is not None:
                 raise TritonStartupError(f"tritonserver exited with status {code} before it was ready")
             if self.is_ready():
                 return
             time.sleep(0.2)
         raise TritonStartupError(f"tritonserver was not ready after {timeout_s}s")
+
+    def _lost_a_port(self) -> bool:
+        """A port this start picked is now held by another process (Triton, which exited,
+        holds none): most likely why it exited. Asked once per server."""
+        if self._restarted:
+            return False
+        cfg = self.config
+        family = socket.AF_INET6 if ":" in cfg.host else socket.AF_INET
+        for name in self._picked:
+            with socket.socket(family, socket.SOCK_STREAM) as sock:
+                try:
+                    sock.bind((cfg.host, getattr(cfg, name)))
+                except OSError:
+                    return True
+        return False
+
+    def _start_again(self) -> None:
+        lost = {name: getattr(self.config, name) for name in self._picked}
+        log.warning(
+            "tritonserver exited: a port picked for it was taken before it bound it (%s); starting it on fresh ones",
+            lost,
+        )
+        self._restarted = True
+        for name in self._picked:
+            setattr(self.config, name, 0)
+        self._process = None
+        if self._workdir is not None:
+            shutil.rmtree(self._workdir, ignore_errors=True)
+            self._workdir = None
+        self.start()
 
     def wait(self) -> int:
         """Wait for the process to end by itself; return its exit status."""
