@@ -36,11 +36,15 @@ sysdeps:
 # The suite on two workers, a test file to each at a time (its module fixtures stay
 # whole): the integration tests mostly wait on Triton, Redis and timers, and serially
 # kept the two cores under half busy (16.5 min against 9 on two workers, measured
-# 2026-12-07). Each worker starts its own session Triton. `pytest` alone runs serially.
+# 2026-12-07). Each worker starts its own session Triton. The tests marked `alone`
+# time real CPU-bound models against a budget: beside another worker's inference
+# their tiers miss it, so they run afterwards, by themselves. `pytest` alone runs
+# everything serially.
 test: $(STAMP) sysdeps
 	$(BIN)/ruff check image_router tests bench examples
 	$(BIN)/mypy
-	$(BIN)/pytest -n 2 --dist loadfile
+	$(BIN)/pytest -n 2 --dist loadfile -m "not alone"
+	$(BIN)/pytest -m alone
 
 bench: $(STAMP)
 	$(BIN)/pip install --quiet -e '.[bench]'

@@ -36,10 +36,15 @@ def runner_on(store: JobStore, clock: Clock) -> JobRunner:
 
 async def look(runner: JobRunner) -> bool:
     """One tick, the last round of deliveries over first (ticks are POLL_S apart at least;
-    one still running counts as work about)."""
+    one still running counts as work about), and the round it starts over before the
+    test goes on: left running, that round could read the store after the test's next
+    write (its reads run on the store's thread) and find what the next look should."""
     if runner._delivering is not None:
         await runner._delivering
-    return await runner.tick()
+    busy = await runner.tick()
+    if runner._delivering is not None:
+        await runner._delivering
+    return busy
 
 
 async def stop(runner: JobRunner, *all: JobStore) -> None:
