@@ -37,9 +37,9 @@ sysdeps:
 # whole): the integration tests mostly wait on Triton, Redis and timers, and serially
 # kept the two cores under half busy (16.5 min against 9 on two workers, measured
 # 2026-12-07). Each worker starts its own session Triton. The tests marked `alone`
-# time real CPU-bound models against a budget: beside another worker's inference
-# their tiers miss it, so they run afterwards, by themselves. `pytest` alone runs
-# everything serially.
+# (the budget tests, the chaos scenarios) hold latency or recovery bounds against the
+# CPU models' real speed: beside another worker's inference they missed them, so they
+# run afterwards, by themselves. `pytest` alone runs everything serially.
 test: $(STAMP) sysdeps
 	$(BIN)/ruff check image_router tests bench examples
 	$(BIN)/mypy
