@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from image_router.triton import TritonServer
-from tests.procs import MODEL_REPOSITORY, SCENARIO_ROW, GatewayProcess, RedisProcess, serving
+from tests.procs import MODEL_REPOSITORY, GatewayProcess, RedisProcess, serving
 from tests.rollout_models import write_repository
 
 if TYPE_CHECKING:
@@ -90,26 +90,3 @@ def start_gateway(triton: TritonServer, tmp_path: Path) -> Iterator[Callable[...
     yield start
     for gateway in started:
         gateway.stop()
-
-
-def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    """The chaos scenarios' table, from their tests' reports (see ``tests/chaos/conftest.py``).
-    Here, not beside the scenarios: under xdist the controller prints the summary and
-    loads only the top-level conftest."""
-    rows = [
-        value
-        for reports in terminalreporter.stats.values()
-        for report in reports
-        if getattr(report, "when", None) == "call"
-        for name, value in getattr(report, "user_properties", ())
-        if name == SCENARIO_ROW
-    ]
-    if not rows:
-        return
-    terminalreporter.write_sep("-", "chaos scenarios")
-    terminalreporter.write_line(
-        "| scenario | sent | answered | downgraded | refused (4xx/5xx) | errors | over budget | slowest |"
-    )
-    terminalreporter.write_line("|---|---|---|---|---|---|---|---|")
-    for row in sorted(rows, key=lambda row: row.removeprefix("| ").split(".", 1)[0].zfill(4)):
-        terminalreporter.write_line(row)

@@ -25,7 +25,6 @@ from image_router.triton.launcher import free_port, free_ports
 ROOT = Path(__file__).resolve().parent.parent
 MODEL_REPOSITORY = ROOT / "model_repository"
 ADMIN_TOKEN = "test-admin-token"
-SCENARIO_ROW = "chaos scenario"  # the report property a chaos scenario's table row travels under
 
 
 @contextlib.contextmanager
@@ -91,13 +90,10 @@ class GatewayProcess:
             try:
                 self._wait()
                 return
-            except RuntimeError:
+            except BaseException as exc:
                 self.stop()  # kill it and close its log: nothing left behind for the next test
-                if attempt == 1 and "already in use" in tail(log).lower():
+                if attempt == 1 and isinstance(exc, RuntimeError) and "already in use" in tail(log).lower():
                     continue
-                raise
-            except BaseException:
-                self.stop()
                 raise
 
     def _wait(self, timeout_s: float = 30.0) -> None:

@@ -22,7 +22,7 @@ import httpx
 import pytest
 
 from image_router.triton import TritonConfig, TritonServer
-from tests.procs import MODEL_REPOSITORY, SCENARIO_ROW, tail
+from tests.procs import MODEL_REPOSITORY, tail
 
 MARGIN_S = 0.3  # HTTP and scheduling on a busy 2-core machine
 
@@ -76,16 +76,16 @@ class Tally:
 TALLIES: list[Tally] = []
 
 
-@pytest.hookimpl(wrapper=True)
-def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
-    """A scenario's table row rides on its test's report, so the summary
-    (``tests/conftest.py``) prints it from the report, also under xdist, where the
-    scenarios run in a worker and the summary is printed by the controller."""
-    before = len(TALLIES)
-    try:
-        return (yield)
-    finally:
-        item.user_properties += [(SCENARIO_ROW, tally.row()) for tally in TALLIES[before:]]
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if not TALLIES:
+        return
+    terminalreporter.write_sep("-", "chaos scenarios")
+    terminalreporter.write_line(
+        "| scenario | sent | answered | downgraded | refused (4xx/5xx) | errors | over budget | slowest |"
+    )
+    terminalreporter.write_line("|---|---|---|---|---|---|---|---|")
+    for tally in TALLIES:
+        terminalreporter.write_line(tally.row())
 
 
 async def record(
