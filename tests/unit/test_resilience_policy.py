@@ -100,17 +100,16 @@ def test_no_limit_means_no_gate() -> None:
 
 
 async def test_waiters_that_give_up_while_the_slots_stay_busy_do_not_pile_up() -> None:
-    """A hung backend holds its slots while requests keep arriving and giving up: the
-    gate keeps at most twice ``max_queue`` entries (plus a little slack), so a look at
-    the queue stays cheap, and the live waiters keep their order."""
+    """A hung backend holds its slots while requests keep arriving and giving up: each
+    leaves the line as it gives up, so the line holds the live waiters only, and they
+    keep their order."""
     gate = AdmissionGate(limit=1, max_queue=4)
     assert gate.try_acquire()  # the slot the hung call holds
     for _ in range(1000):
         with pytest.raises(TimeoutError):
             async with asyncio.timeout(0):
                 await gate.acquire(2, "t")
-        assert len(gate._waiters) <= 2 * 4 + 16
-    assert gate.queued == 0
+        assert gate.queued == 0 and not gate._waiters
     order: list[int] = []
 
     async def wait(priority: int) -> None:
@@ -124,3 +123,39 @@ async def test_waiters_that_give_up_while_the_slots_stay_busy_do_not_pile_up() -
         await asyncio.sleep(0)
     await asyncio.gather(*waiters)
     assert order == [1, 2, 3] and gate.inflight == 0
+
+
+async def test_a_cancelled_waiter_leaves_the_line_before_its_task_runs_again() -> None:
+    """``Task.cancel()`` cancels the awaited future at once; the task's own handler runs
+    a turn later. In between, a release and a new request must not find the gone waiter
+    still in line: the new request would queue behind nobody, with the slot free."""
+    gate = AdmissionGate(limit=1, max_queue=8)
+    assert gate.try_acquire()
+    first = asyncio.create_task(gate.acquire(2, "a"))
+    second = asyncio.create_task(gate.acquire(1, "b"))
+    await asyncio.sleep(0)
+    assert gate.queued == 2 and gate.ahead_of(3, "c") == 2
+    first.cancel()
+    second.cancel()  # both gone, in this very turn of the loop
+    assert gate.queued == 0 and gate.ahead_of(3, "c") == 0 and gate.can_queue()
+    gate.release()  # the slot is free, not passed to a waiter that is gone
+    assert gate.inflight == 0 and gate.try_acquire()
+    for task in (first, second):
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    gate.release()
+    assert gate.inflight == 0
+
+
+async def test_a_waiter_granted_as_it_is_cancelled_passes_the_slot_on() -> None:
+    gate = AdmissionGate(limit=1, max_queue=8)
+    assert gate.try_acquire()
+    late = asyncio.create_task(gate.acquire(2, "a"))
+    behind = asyncio.create_task(gate.acquire(2, "b"))
+    await asyncio.sleep(0)
+    gate.release()  # the slot goes to ``late``...
+    late.cancel()  # ...which gives up before it runs again
+    with pytest.raises(asyncio.CancelledError):
+        await late
+    assert await behind, "the slot went on to the next in line"
+    assert gate.queued == 0 and gate.inflight == 1
