@@ -194,18 +194,26 @@ def _run_gateway(args: argparse.Namespace) -> None:
     if args.workers > 1:
         from image_router.workers import run_workers
 
-        _say(
-            args,
-            f"gateway: {args.workers} workers on http://{args.host}:{args.port}{grpc_note}  (routes: {args.routes})",
-        )
-        run_workers(args, build_gateway_app, **settings)
+        def say_workers(port: int) -> None:
+            where = f"http://{args.host}:{port}{grpc_note}"
+            _say(args, f"gateway: {args.workers} workers on {where}  (routes: {args.routes})")
+
+        run_workers(args, build_gateway_app, on_bound=say_workers, **settings)
         return
     app, on_stop = build_gateway_app(args)
-    _say(args, f"gateway listening on http://{args.host}:{args.port}{grpc_note}  (routes: {args.routes})")
     http = bounded_protocol(args.max_head_bytes, args.head_timeout)
-    server = uvicorn.Server(FlushingConfig(app, on_stop, http=http, **settings))
-    with contextlib.suppress(KeyboardInterrupt):  # as uvicorn.run: Ctrl-C (re-raised after shutdown) ends it
-        server.run()
+    config = FlushingConfig(app, on_stop, http=http, **settings)
+    # bound here, before it is said: `--port 0` takes a free port with no gap between
+    # choosing it and binding it, and the line names the port taken (exits 3 if in use)
+    sock = config.bind_socket()
+    port = sock.getsockname()[1]
+    _say(args, f"gateway listening on http://{args.host}:{port}{grpc_note}  (routes: {args.routes})")
+    server = uvicorn.Server(config)
+    try:
+        with contextlib.suppress(KeyboardInterrupt):  # as uvicorn.run: Ctrl-C (re-raised after shutdown) ends it
+            server.run(sockets=[sock])
+    finally:
+        sock.close()
     if not server.started:  # as uvicorn.run: a server that never started (a port in use) exits 3
         raise SystemExit(3)
 

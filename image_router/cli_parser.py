@@ -137,7 +137,7 @@ def _serve_args(p: argparse.ArgumentParser) -> None:
     routes = "the routes file (default: ./routes.yaml, else the one the package ships)"
     _files(p.add_argument("--routes", type=Path, default=None, help=routes))
     p.add_argument("--host", default="127.0.0.1", help="the address HTTP and gRPC bind")
-    p.add_argument("--port", type=int, default=8080, help="the HTTP port")
+    p.add_argument("--port", type=int, default=8080, help="the HTTP port (0: a free one, named at start)")
     p.add_argument("--no-watch", action="store_true", help="reload only on SIGHUP or POST /admin/reload")
     p.add_argument("--log-level", default="info", choices=LOG_LEVELS, help="the server's (uvicorn's) log level")
     p.add_argument(

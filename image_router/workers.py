@@ -131,15 +131,20 @@ def _metrics_dir() -> str | None:
     return made
 
 
-def run_workers(args: argparse.Namespace, build: Build, **config: Any) -> None:
+def run_workers(
+    args: argparse.Namespace, build: Build, on_bound: Callable[[int], None] | None = None, **config: Any
+) -> None:
     """Serve ``args`` with ``args.workers`` processes until a stop signal; exit 3 if a
     worker failed to start (as one process that cannot start does). A gRPC port must be
-    named: every worker binds the same one."""
+    named: every worker binds the same one. ``on_bound`` hears the HTTP port once it is
+    bound (``--port 0``: the one taken)."""
     if not args.no_grpc and args.grpc_port == 0:
         raise ValueError("workers need a gRPC port chosen before they start")
     os.environ[WORKERS_ENV] = str(args.workers)
     settings = WorkerConfig(args, build, workers=args.workers, **config)
     sock = settings.bind_socket()  # exits 3 if the port is taken: before anything is made
+    if on_bound is not None:
+        on_bound(sock.getsockname()[1])
     made = _metrics_dir()
     try:
         supervisor = Supervisor(settings, sockets=[sock])

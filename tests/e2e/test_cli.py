@@ -16,7 +16,6 @@ import numpy as np
 import pytest
 import tritonclient.http as httpclient
 
-from image_router.triton.launcher import free_port
 from tests.procs import ROOT
 
 pytestmark = pytest.mark.e2e
@@ -104,11 +103,11 @@ def test_router_up_serves_through_triton_and_stops_cleanly(tmp_path: Path) -> No
         .read_text()
         .replace("model: preview\n  budget_ms: 2000", "model: noop\n  budget_ms: 2000")
     )
-    port = free_port()
-    # TRITON_URL is set by `router up` itself; an inherited one must not win
+    # TRITON_URL is set by `router up` itself; an inherited one must not win. `--port 0`:
+    # a port picked here would stay free only by luck through Triton's 20-40 s start
     log = tmp_path / "triton.log"
     process = spawn(
-        *("up", "--routes", str(routes), "--port", str(port), "--models", "noop,draft", "--triton-log", str(log)),
+        *("up", "--routes", str(routes), "--port", "0", "--models", "noop,draft", "--triton-log", str(log)),
         env={"TRITON_URL": ""},
     )
     try:
@@ -120,7 +119,7 @@ def test_router_up_serves_through_triton_and_stops_cleanly(tmp_path: Path) -> No
         for model in ("noop", "draft"):  # warmed at load (model_warmup), before any request
             stats = httpx.get(f"{triton_url}/v2/models/{model}/stats", timeout=10).json()["model_stats"][0]
             assert stats["inference_stats"]["success"]["count"] == 1, (model, stats["inference_stats"])
-        _read_until(process, r"gateway listening on")
+        port = int(_read_until(process, r"gateway listening on http://127\.0\.0\.1:(\d+)").group(1))
         deadline, ready = time.monotonic() + 30, None
         while time.monotonic() < deadline:
             try:
@@ -142,6 +141,36 @@ def test_router_up_serves_through_triton_and_stops_cleanly(tmp_path: Path) -> No
     assert code == 0
     with pytest.raises(httpx.HTTPError):
         httpx.get(triton_url + "/v2/health/live", timeout=2)
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_serve_on_port_zero_binds_a_free_port_and_names_it(tmp_path: Path, workers: int) -> None:
+    """``--port 0``: the gateway binds a free port itself (no gap between choosing and
+    binding it for another process to fall into) and its first line names the port."""
+    from image_router.triton.launcher import free_port
+
+    args = ["serve", "--port", "0", "--no-watch", "--workers", str(workers), "--log-level", "warning"]
+    if workers > 1:
+        args += ["--grpc-port", str(free_port())]  # workers share one named gRPC port
+    env = {"TRITON_URL": "http://127.0.0.1:9", "ROUTER_STATE_DIR": str(tmp_path / "state")}
+    process = spawn(*args, env=env)
+    try:
+        said = (
+            r"gateway listening on http://127\.0\.0\.1:(\d+)"
+            if workers == 1
+            else r"2 workers on http://127\.0\.0\.1:(\d+)"
+        )
+        port = int(_read_until(process, said, timeout_s=60).group(1))
+        assert port != 0
+        deadline, live = time.monotonic() + 30, None
+        while time.monotonic() < deadline and live != 200:
+            try:
+                live = httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        assert live == 200, "nothing answered on the port the gateway named"
+    finally:
+        assert stop(process, signal.SIGINT) == 0  # Ctrl-C
 
 
 def test_router_triton_prints_where_it_listens_and_forwards_sigterm() -> None:
