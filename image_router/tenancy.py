@@ -86,7 +86,7 @@ class TenantGate:
         malformed or unknown key is a 401; in ``open`` mode a request without a known key
         is anonymous (``None``)."""
         key = bearer_key(authorization)
-        tenant = find_tenant(table.tenants, key) if key is not None else None
+        tenant = find_tenant(table.tenant_keys, key) if key is not None else None
         if tenant is None and table.tenant_mode == "keys":
             self.count("unknown", "unauthorized")
             if not authorization:

@@ -7,7 +7,7 @@ reference and a request keeps the table it started with until it finishes.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 
 from pydantic import SecretStr
@@ -305,6 +305,11 @@ def key_digest(key: str) -> str:
     return hashlib.sha256(key.encode("utf-8")).hexdigest()
 
 
+def key_index(tenants: Iterable[Tenant]) -> dict[str, Tenant]:
+    """Each key digest -> its tenant (a key belongs to one tenant: the compiler says so)."""
+    return {digest: tenant for tenant in tenants for digest in tenant.key_digests}
+
+
 @dataclass(frozen=True, slots=True)
 class Tenant:
     name: str
@@ -335,12 +340,19 @@ class RoutingTable:
     tenants: tuple[Tenant, ...] = ()
     sources: tuple[str, ...] = ()  # other files it was read from (a tenants file): watched too
     billing: Billing | None = None  # None: nothing is priced, no `usage` is sent
+    # made from the above once per table: what each request looks up, by key rather than
+    # by a walk through every tenant or route (thousands of tenants cost ~0.15 ms a walk)
+    tenant_keys: Mapping[str, Tenant] = field(init=False, repr=False, compare=False)
+    _routes_by_name: Mapping[str, Route] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "tenant_keys", key_index(self.tenants))
+        by_name = {self.default.name: self.default}
+        by_name.update((route.name, route) for route in reversed(self.routes))  # the first of a name wins
+        object.__setattr__(self, "_routes_by_name", by_name)
 
     def route_named(self, name: str) -> Route | None:
-        for route in (*self.routes, self.default):
-            if route.name == name:
-                return route
-        return None
+        return self._routes_by_name.get(name)
 
     def aliases(self) -> list[str]:
         """Names a client may put in ``model``: logical models and route names."""

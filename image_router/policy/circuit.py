@@ -28,6 +28,7 @@ class CircuitBreaker:
     probing: bool = False
     opened_count: int = 0
     outcomes: deque[tuple[float, bool]] = field(default_factory=deque)
+    failed: int = 0  # failures among ``outcomes``, kept as they come and go: never summed
 
     def allow(self, now: float) -> bool:
         """May a request go now? In half-open, only the single probe may."""
@@ -57,9 +58,10 @@ class CircuitBreaker:
                 self._open(now)
             return
         self.outcomes.append((now, ok))
+        self.failed += not ok
         cutoff = now - self.policy.window_s
         while self.outcomes and self.outcomes[0][0] < cutoff:
-            self.outcomes.popleft()
+            self.failed -= not self.outcomes.popleft()[1]
         self.failures_in_a_row = 0 if ok else self.failures_in_a_row + 1
         if self.state == CLOSED and not ok and self._tripped():
             self._open(now)
@@ -67,14 +69,14 @@ class CircuitBreaker:
     def _tripped(self) -> bool:
         if self.failures_in_a_row >= self.policy.consecutive_failures:
             return True
-        n = len(self.outcomes)
-        failed = sum(1 for _, ok in self.outcomes if not ok)
-        return n >= self.policy.min_requests and failed / n >= self.policy.failure_ratio
+        n = len(self.outcomes)  # the window holds every call of the last window_s: at a
+        # high rate, thousands; a failure that summed them all cost ~0.1 ms per 10,000
+        return n >= self.policy.min_requests and self.failed / n >= self.policy.failure_ratio
 
     def _open(self, now: float) -> None:
         self.state, self.opened_at, self.probing = OPEN, now, False
         self.opened_count += 1
 
     def _close(self) -> None:
-        self.state, self.failures_in_a_row = CLOSED, 0
+        self.state, self.failures_in_a_row, self.failed = CLOSED, 0, 0
         self.outcomes.clear()

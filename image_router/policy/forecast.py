@@ -39,7 +39,7 @@ Everything here is pure: ``now`` is passed in, nothing sleeps or reads a clock.
 from __future__ import annotations
 
 import heapq
-from collections import deque
+from collections import OrderedDict, deque
 from dataclasses import dataclass
 
 __all__ = ["Forecast", "Lane", "ServiceTime", "Ticket", "work_units"]
@@ -177,8 +177,10 @@ class Lane:
         self.estimate = ServiceTime(prior_s)
         self.servers = servers
         self.probe_after_s = probe_after_s
-        self._running: list[Ticket] = []
-        self._queued: deque[Ticket] = deque()
+        # tickets hash by identity: sets and an ordered dict make finding and taking out
+        # one O(1) (a hosted API's lane holds every call in flight, thousands at a peak)
+        self._running: dict[Ticket, None] = {}
+        self._queued: OrderedDict[Ticket, None] = OrderedDict()  # first in line first
         self._queued_units = 0.0  # the sum of the queued tickets' units, kept as they come and go
         self._queued_largest = 0.0  # at least the largest queued ticket's units (reset when none are)
         self._ghosts: list[float] = []  # when abandoned-but-running requests should end
@@ -200,7 +202,7 @@ class Lane:
         ticket = Ticket(now, max(units * self.pass_factor(batch), 1e-9), batch, max(units, 1e-9))
         if self._free_slots() > 0:
             ticket.started, ticket.exact = now, True
-            self._running.append(ticket)
+            self._running[ticket] = None
         else:
             self._enqueue(ticket)
         return ticket
@@ -210,7 +212,7 @@ class Lane:
         (a full queue, a refused input, a dropped connection) are not."""
         self._expire(now)
         if ticket in self._running:
-            self._running.remove(ticket)
+            del self._running[ticket]
             if ok and ticket.exact and ticket.started is not None:  # a guessed start is no sample
                 took = now - ticket.started
                 if ticket.batch > 1:  # T(b): teaches the pass's factor, never the singleton estimate
@@ -259,7 +261,7 @@ class Lane:
     def _stop(self, ticket: Ticket, now: float) -> float:
         """Take a running ticket out; how long it ran (a lower bound on its service
         time, which the estimate is told)."""
-        self._running.remove(ticket)
+        del self._running[ticket]
         ran = now - (ticket.started if ticket.started is not None else ticket.sent)
         self.estimate.censored(ran / ticket.units, now)
         return ran
@@ -343,21 +345,21 @@ class Lane:
 
     def _promote(self, at: float, exact: bool) -> None:
         while self._queued and self._free_slots() > 0:
-            ticket = self._queued.popleft()
+            ticket = self._queued.popitem(last=False)[0]
             self._left_queue(ticket)
             ticket.started, ticket.exact = max(ticket.sent, at), exact
             if ticket.abandoned:  # its answer will never be read: it ends when it should
                 self._ghosts.append(ticket.started + self.estimate.typical_s * ticket.units)
             else:
-                self._running.append(ticket)
+                self._running[ticket] = None
 
     def _enqueue(self, ticket: Ticket) -> None:
-        self._queued.append(ticket)
+        self._queued[ticket] = None
         self._queued_units += ticket.units
         self._queued_largest = max(self._queued_largest, ticket.units)
 
     def _dequeue(self, ticket: Ticket) -> None:
-        self._queued.remove(ticket)
+        del self._queued[ticket]
         self._left_queue(ticket)
 
     def _left_queue(self, ticket: Ticket) -> None:

@@ -28,7 +28,13 @@ class RetryBudget:
                 times.popleft()
 
     def record_request(self, now: float) -> None:
+        """Count a request. The window is trimmed here too, not only when a retry asks:
+        on a healthy backend nothing asks, and the deque grew with every request
+        (~32 bytes each, for good), until the first retry trimmed it all at once."""
         self.requests.append(now)
+        cutoff = now - self.window_s
+        while self.requests[0] < cutoff:  # never empty: ``now`` was just added
+            self.requests.popleft()
 
     def try_spend(self, now: float) -> bool:
         """Take one retry from the budget if there is one left."""

@@ -1,8 +1,11 @@
 """Who may call, and how much: tenant keys and per-tenant limits (pure; ``now`` passed in).
 
 Keys are kept only as SHA-256 digests and a presented key is hashed before it is looked
-up, so neither the lookup's timing nor a memory dump gives a key away; the digests are
-then compared with :func:`hmac.compare_digest`.
+up, so neither the lookup's timing nor a memory dump gives a key away: the lookup is by
+digest in a dict (the table's ``tenant_keys``), whose timing can say at most how much of
+a digest an attacker's own key shares with a real one, which leads nowhere (SHA-256 has
+no known preimage). Walking every tenant's digests with :func:`hmac.compare_digest`
+cost each request time in proportion to the tenants (~0.15 ms at a thousand).
 
 Limits, per gateway replica (a replica counts what it serves; the shared limits, one
 count for every gateway, are the state store's: :mod:`image_router.state.gcra`, whose reply
@@ -18,8 +21,8 @@ Every check returns what the answer's OpenAI-style ``x-ratelimit-*`` headers say
 
 from __future__ import annotations
 
-import hmac
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from image_router.config.table import Tenant, key_digest
@@ -34,13 +37,9 @@ def bearer_key(authorization: str | None) -> str | None:
     return key if scheme.lower() == "bearer" and key and " " not in key else None
 
 
-def find_tenant(tenants: tuple[Tenant, ...], presented: str) -> Tenant | None:
-    digest = key_digest(presented)
-    for tenant in tenants:
-        for known in tenant.key_digests:
-            if hmac.compare_digest(known, digest):
-                return tenant
-    return None
+def find_tenant(keys: Mapping[str, Tenant], presented: str) -> Tenant | None:
+    """The tenant whose key is ``presented`` (``keys``: a table's ``tenant_keys``)."""
+    return keys.get(key_digest(presented))
 
 
 @dataclass(frozen=True, slots=True)

@@ -37,6 +37,7 @@ __all__ = ["SqliteState"]
 T = TypeVar("T")
 BUSY_TIMEOUT_MS = 5000
 SWEEP_EVERY_S = 60.0  # expired rows are deleted at most this often (reads skip them anyway)
+SWEEP_AT_MOST = 500  # rows of each table one sweep deletes; a full batch sweeps again next write
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, value BLOB NOT NULL, expires REAL) WITHOUT ROWID;
@@ -47,7 +48,17 @@ CREATE INDEX IF NOT EXISTS ix_score ON ix (name, score);
 CREATE TABLE IF NOT EXISTS counts (
     key TEXT NOT NULL, field TEXT NOT NULL, n INTEGER NOT NULL, expires REAL, PRIMARY KEY (key, field)
 ) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS kv_expires ON kv (expires) WHERE expires IS NOT NULL;
+CREATE INDEX IF NOT EXISTS counts_expires ON counts (expires) WHERE expires IS NOT NULL;
 """
+# The sweep finds what has expired through the indexes above, a batch at a time. Without
+# them it scanned both tables whole (~60 ns a row: a week of settled-request markers at
+# 100 requests a second, 60M rows, is 3.6 s) inside some request's write transaction, on
+# the store's one thread, and every state call queued behind it missed its bound.
+_SWEEP = {
+    table: f"DELETE FROM {table} WHERE ({pk}) IN (SELECT {pk} FROM {table} WHERE expires <= ? LIMIT {SWEEP_AT_MOST})"
+    for table, pk in (("kv", "key"), ("counts", "key, field"))
+}
 _LIVE = "(expires IS NULL OR expires > ?)"
 
 
@@ -93,8 +104,8 @@ class SqliteState:
                 result = fn(db, now)
                 if now - self._swept > SWEEP_EVERY_S:
                     self._swept = now
-                    db.execute("DELETE FROM kv WHERE expires <= ?", (now,))
-                    db.execute("DELETE FROM counts WHERE expires <= ?", (now,))
+                    if max(db.execute(_SWEEP[table], (now,)).rowcount for table in _SWEEP) >= SWEEP_AT_MOST:
+                        self._swept = -SWEEP_EVERY_S  # more expired than one batch: on, next write
             except BaseException:
                 db.execute("ROLLBACK")
                 raise

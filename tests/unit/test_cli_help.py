@@ -69,7 +69,7 @@ def test_top_level_help_lists_every_command() -> None:
 
 def test_serve_help_shows_defaults_and_the_environment() -> None:
     text = help_text("serve")
-    assert re.search(r"--port PORT\s+the HTTP port \(default: 8080\)", text)
+    assert re.search(r"--port PORT\s+the HTTP port \(0: a free one, named at start\)\s+\(default: 8080\)", text)
     assert "(default: ./routes.yaml, else the one the package ships)" in " ".join(text.split())
     assert "(default: text)" in text
     environment = text.split("environment:")[1]

@@ -46,7 +46,7 @@ def setup(tmp_path: Path, tenants_file: bool = False) -> tuple[RoutesReloader, l
 
 
 def knows(reloader: RoutesReloader, key: str) -> bool:
-    return find_tenant(reloader.active.tenants, key) is not None
+    return find_tenant(reloader.active.tenant_keys, key) is not None
 
 
 def test_a_rotated_secret_is_one_reload_away_and_the_old_key_is_gone(tmp_path: Path) -> None:

@@ -47,6 +47,35 @@ def test_circuit_opens_on_failure_ratio_over_the_window() -> None:
     assert fresh.state == CLOSED
 
 
+def test_the_failures_in_the_window_are_counted_as_they_come_and_go() -> None:
+    """The ratio is read from a running count (a failure used to sum the whole window,
+    thousands of outcomes at a high rate): the count matches the window through
+    expiry, trips and closes."""
+    import random
+
+    rng = random.Random(7)
+    breaker = CircuitBreaker(CircuitPolicy(consecutive_failures=6, failure_ratio=0.6, min_requests=20, window_s=2))
+    now, trips = 0.0, 0
+    for _ in range(5000):
+        now += rng.expovariate(50)
+        if breaker.allow(now):
+            was = breaker.state
+            breaker.record(now, rng.random() < 0.55)
+            trips += was != OPEN and breaker.state == OPEN
+        assert breaker.failed == sum(not ok for _, ok in breaker.outcomes)
+    assert trips > 0 and breaker.opened_count == trips
+
+
+def test_a_retry_budget_on_a_healthy_backend_keeps_only_its_window() -> None:
+    """No retry asks, so nothing trimmed the window but the request that added to it:
+    the requests of the last ``window_s`` only, not every request ever."""
+    budget = RetryBudget(ratio=0.2, window_s=10, min_retries=3)
+    for t in range(100_000):
+        budget.record_request(t * 0.01)  # 100 a second for 1,000 s
+    assert len(budget.requests) <= 10 * 100 + 1
+    assert sum(budget.try_spend(1000.0) for _ in range(300)) == 200, "a fifth of the window's 1,000 requests"
+
+
 def test_retry_budget_caps_retries_at_a_share_of_recent_requests() -> None:
     budget = RetryBudget(ratio=0.2, window_s=10, min_retries=3)
     for t in range(100):

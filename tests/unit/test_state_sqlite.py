@@ -101,6 +101,45 @@ def test_counts_add_up_under_concurrency_and_expire_as_one_key(tmp_path: Path) -
     asyncio.run(run())
 
 
+def test_expired_rows_are_swept_through_an_index_a_batch_per_write(tmp_path: Path) -> None:
+    """The sweep deletes what has expired without reading what has not: by an index on
+    ``expires``, at most ``SWEEP_AT_MOST`` rows of a table per write, and it goes on at
+    the next write while a batch comes back full. Live rows are never touched."""
+    import sqlite3
+
+    from image_router.state.sqlite import _SWEEP, SWEEP_AT_MOST, SWEEP_EVERY_S
+
+    wall = Wall()
+    store = store_at(tmp_path, wall)
+    path = tmp_path / "state" / "state.db"
+    for statement in _SWEEP.values():
+        with sqlite3.connect(path) as db:
+            plan = " ".join(str(row[-1]) for row in db.execute("EXPLAIN QUERY PLAN " + statement, (0.0,)))
+        assert "USING COVERING INDEX" in plan and "SCAN" not in plan, plan
+    expired = 2 * SWEEP_AT_MOST + 10
+
+    def left(pattern: str) -> int:
+        with sqlite3.connect(path) as db:
+            return int(db.execute("SELECT count(*) FROM kv WHERE key LIKE ?", (pattern,)).fetchone()[0])
+
+    async def run() -> None:
+        for i in range(expired):
+            await store.swap(f"old:{i}", None, b"1", 10.0)
+        await store.add_counts("ledger:old", {f"f{i}": 1 for i in range(expired)}, 10.0)
+        await store.swap("live", None, b"1", 10 * SWEEP_EVERY_S)
+        wall.now += SWEEP_EVERY_S + 1  # all of old:* expired, and the sweep is due
+        await store.swap("w", None, b"1", None)
+        assert left("old:%") == expired - SWEEP_AT_MOST, "one batch per write"
+        await store.swap("w", b"1", b"2", None)
+        await store.swap("w", b"2", b"3", None)
+        assert left("old:%") == 0 and left("live") == 1
+        with sqlite3.connect(path) as db:
+            assert db.execute("SELECT count(*) FROM counts").fetchone()[0] == 0
+        await store.aclose()
+
+    asyncio.run(run())
+
+
 def test_state_outlives_the_process_that_wrote_it(tmp_path: Path) -> None:
     """A restart (the store closed, the file opened again) finds every value and count."""
 

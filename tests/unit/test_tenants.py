@@ -4,16 +4,34 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from image_router.config.table import Tenant, key_digest
+from image_router.config.table import Tenant, key_digest, key_index
 from image_router.policy.tenants import TenantState, find_tenant
 
 ACME = Tenant("acme", (key_digest("sk-acme"),), requests_per_s=2, burst=3, images_per_day=5, max_concurrency=2)
+KEYS = key_index([ACME])
 
 
 def test_keys_are_found_by_digest_only() -> None:
-    assert find_tenant((ACME,), "sk-acme") is ACME
-    assert find_tenant((ACME,), "sk-acm") is None and find_tenant((ACME,), "") is None
+    assert find_tenant(KEYS, "sk-acme") is ACME
+    assert find_tenant(KEYS, "sk-acm") is None and find_tenant(KEYS, "") is None
     assert "sk-acme" not in repr(ACME)
+
+
+def test_every_key_of_thousands_of_tenants_is_in_the_tables_index() -> None:
+    """Thousands of tenants: the last one's key is found through the table's index,
+    which holds every tenant's every key (a second key of a tenant included)."""
+    from image_router.config import compile_text
+
+    tenants = "".join(f"    t{i}: {{keys: [sk-tenant-key-{i:05d}-a, sk-tenant-key-{i:05d}-b]}}\n" for i in range(2000))
+    text = (
+        'backends: {triton: {url: "http://t:8000"}}\nmodels: {noop: {backend: triton}}\ndefault_route: noop\n'
+        "tenants:\n  mode: keys\n  tenants:\n" + tenants
+    )
+    table = compile_text(text)
+    assert len(table.tenant_keys) == 4000
+    found = find_tenant(table.tenant_keys, "sk-tenant-key-01999-b")
+    assert found is not None and found.name == "t1999"
+    assert find_tenant(table.tenant_keys, "sk-tenant-key-02000-a") is None
 
 
 def test_a_burst_then_the_rate_and_openai_headers() -> None:
@@ -158,7 +176,7 @@ secret_dirs: ["{tmp_path}"]
         compile_text(text)
     assert "routes.yaml:8" in str(info.value) and "cannot read" in str(info.value)
     table = compile_text(text.replace(f'    beta: {{key_files: ["{tmp_path}/missing"]}}\n', ""))
-    assert find_tenant(table.tenants, "sk-from-a-secret-file-0123") is not None
+    assert find_tenant(table.tenant_keys, "sk-from-a-secret-file-0123") is not None
 
 
 def test_a_tenants_sticky_identity_is_scoped_to_it() -> None:
@@ -184,7 +202,7 @@ def test_tenants_from_a_file_of_their_own_with_errors_at_its_lines(tmp_path: Pat
     )
     (tmp_path / "tenants.yaml").write_text("mode: keys\ntenants:\n  acme:\n    keys: [sk-acme-0123456789abcd]\n")
     table = load_file(tmp_path / "routes.yaml")
-    assert table.tenant_mode == "keys" and find_tenant(table.tenants, "sk-acme-0123456789abcd") is not None
+    assert table.tenant_mode == "keys" and find_tenant(table.tenant_keys, "sk-acme-0123456789abcd") is not None
     assert table.sources == (str(tmp_path / "tenants.yaml"),)
     (tmp_path / "tenants.yaml").write_text("mode: keys\ntenants:\n  acme:\n    keys: [short]\n    routes: [nowhere]\n")
     with pytest.raises(ConfigError) as info:
@@ -206,7 +224,7 @@ def test_generated_authorization_headers_find_a_tenant_only_with_its_exact_key()
     @given(st.one_of(st.text(max_size=80), st.builds(lambda k: f"Bearer {k}", st.text(max_size=60))))
     def check(header: str) -> None:
         key = bearer_key(header)
-        tenant = find_tenant((ACME,), key) if key is not None else None
+        tenant = find_tenant(KEYS, key) if key is not None else None
         assert tenant is None or key == "sk-acme"
 
     check()
