@@ -203,17 +203,18 @@ def _run_gateway(args: argparse.Namespace) -> None:
     app, on_stop = build_gateway_app(args)
     http = bounded_protocol(args.max_head_bytes, args.head_timeout)
     config = FlushingConfig(app, on_stop, http=http, **settings)
-    # bound here, before it is said: `--port 0` takes a free port with no gap between
-    # choosing it and binding it, and the line names the port taken (exits 3 if in use)
-    sock = config.bind_socket()
-    port = sock.getsockname()[1]
+    # `--port 0`: bound here, before it is said, so the line names the port taken and no
+    # other process can take it between a pick and the bind (uvicorn exits 3 if it cannot)
+    sockets = [config.bind_socket()] if args.port == 0 else None
+    port = sockets[0].getsockname()[1] if sockets else args.port
     _say(args, f"gateway listening on http://{args.host}:{port}{grpc_note}  (routes: {args.routes})")
     server = uvicorn.Server(config)
     try:
         with contextlib.suppress(KeyboardInterrupt):  # as uvicorn.run: Ctrl-C (re-raised after shutdown) ends it
-            server.run(sockets=[sock])
+            server.run(sockets=sockets)
     finally:
-        sock.close()
+        for sock in sockets or ():
+            sock.close()
     if not server.started:  # as uvicorn.run: a server that never started (a port in use) exits 3
         raise SystemExit(3)
 

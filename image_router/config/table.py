@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
+from types import MappingProxyType
 
 from pydantic import SecretStr
 
@@ -346,10 +347,10 @@ class RoutingTable:
     _routes_by_name: Mapping[str, Route] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "tenant_keys", key_index(self.tenants))
+        object.__setattr__(self, "tenant_keys", MappingProxyType(key_index(self.tenants)))
         by_name = {self.default.name: self.default}
         by_name.update((route.name, route) for route in reversed(self.routes))  # the first of a name wins
-        object.__setattr__(self, "_routes_by_name", by_name)
+        object.__setattr__(self, "_routes_by_name", MappingProxyType(by_name))
 
     def route_named(self, name: str) -> Route | None:
         return self._routes_by_name.get(name)

@@ -28,7 +28,7 @@ class CircuitBreaker:
     probing: bool = False
     opened_count: int = 0
     outcomes: deque[tuple[float, bool]] = field(default_factory=deque)
-    failed: int = 0  # failures among ``outcomes``, kept as they come and go: never summed
+    failed: int = field(default=0, init=False)  # failures among ``outcomes``, kept as they come and go
 
     def allow(self, now: float) -> bool:
         """May a request go now? In half-open, only the single probe may."""

@@ -177,8 +177,8 @@ class Lane:
         self.estimate = ServiceTime(prior_s)
         self.servers = servers
         self.probe_after_s = probe_after_s
-        # tickets hash by identity: sets and an ordered dict make finding and taking out
-        # one O(1) (a hosted API's lane holds every call in flight, thousands at a peak)
+        # tickets hash by identity: a dict and an ordered dict make finding and taking
+        # out one O(1) (a hosted API's lane holds every call in flight, thousands at a peak)
         self._running: dict[Ticket, None] = {}
         self._queued: OrderedDict[Ticket, None] = OrderedDict()  # first in line first
         self._queued_units = 0.0  # the sum of the queued tickets' units, kept as they come and go

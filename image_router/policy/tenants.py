@@ -2,10 +2,11 @@
 
 Keys are kept only as SHA-256 digests and a presented key is hashed before it is looked
 up, so neither the lookup's timing nor a memory dump gives a key away: the lookup is by
-digest in a dict (the table's ``tenant_keys``), whose timing can say at most how much of
-a digest an attacker's own key shares with a real one, which leads nowhere (SHA-256 has
-no known preimage). Walking every tenant's digests with :func:`hmac.compare_digest`
-cost each request time in proportion to the tenants (~0.15 ms at a thousand).
+digest in a dict (the table's ``tenant_keys``). Its timing follows the per-process
+secret string hash and, at most, how much of a stored digest the attacker's own digest
+shares, and a digest leads to no key (SHA-256 has no known preimage). Walking every
+tenant's digests with :func:`hmac.compare_digest` instead cost each request time in
+proportion to the tenants (~0.15 ms at a thousand).
 
 Limits, per gateway replica (a replica counts what it serves; the shared limits, one
 count for every gateway, are the state store's: :mod:`image_router.state.gcra`, whose reply

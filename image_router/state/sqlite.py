@@ -19,6 +19,7 @@ connection lives there), never on the event loop.
 from __future__ import annotations
 
 import asyncio
+import math
 import sqlite3
 import time
 from collections.abc import Callable
@@ -36,6 +37,7 @@ __all__ = ["SqliteState"]
 
 T = TypeVar("T")
 BUSY_TIMEOUT_MS = 5000
+SCHEMA_BUSY_TIMEOUT_MS = 600_000
 SWEEP_EVERY_S = 60.0  # expired rows are deleted at most this often (reads skip them anyway)
 SWEEP_AT_MOST = 500  # rows of each table one sweep deletes; a full batch sweeps again next write
 
@@ -83,10 +85,13 @@ class SqliteState:
 
     def _connect(self) -> None:
         db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
-        db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        # the schema may have to build an index over a big file from before it (minutes at
+        # tens of millions of rows): the other workers opening the file wait that out
+        db.execute(f"PRAGMA busy_timeout = {SCHEMA_BUSY_TIMEOUT_MS}")
         db.execute("PRAGMA journal_mode = WAL")
         db.execute("PRAGMA synchronous = NORMAL")
         db.executescript(_SCHEMA)
+        db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
         self._db = db
 
     async def _run(self, fn: Callable[[sqlite3.Connection, float], T], write: bool = True) -> T:
@@ -105,7 +110,7 @@ class SqliteState:
                 if now - self._swept > SWEEP_EVERY_S:
                     self._swept = now
                     if max(db.execute(_SWEEP[table], (now,)).rowcount for table in _SWEEP) >= SWEEP_AT_MOST:
-                        self._swept = -SWEEP_EVERY_S  # more expired than one batch: on, next write
+                        self._swept = -math.inf  # more expired than one batch: on, next write
             except BaseException:
                 db.execute("ROLLBACK")
                 raise

@@ -107,7 +107,8 @@ def test_router_up_serves_through_triton_and_stops_cleanly(tmp_path: Path) -> No
     # a port picked here would stay free only by luck through Triton's 20-40 s start
     log = tmp_path / "triton.log"
     process = spawn(
-        *("up", "--routes", str(routes), "--port", "0", "--models", "noop,draft", "--triton-log", str(log)),
+        *("up", "--routes", str(routes), "--port", "0", "--grpc-port", "0", "--models", "noop,draft"),
+        *("--triton-log", str(log)),
         env={"TRITON_URL": ""},
     )
     try:
@@ -147,11 +148,7 @@ def test_router_up_serves_through_triton_and_stops_cleanly(tmp_path: Path) -> No
 def test_serve_on_port_zero_binds_a_free_port_and_names_it(tmp_path: Path, workers: int) -> None:
     """``--port 0``: the gateway binds a free port itself (no gap between choosing and
     binding it for another process to fall into) and its first line names the port."""
-    from image_router.triton.launcher import free_port
-
-    args = ["serve", "--port", "0", "--no-watch", "--workers", str(workers), "--log-level", "warning"]
-    if workers > 1:
-        args += ["--grpc-port", str(free_port())]  # workers share one named gRPC port
+    args = ["serve", "--port", "0", "--no-grpc", "--no-watch", "--workers", str(workers), "--log-level", "warning"]
     env = {"TRITON_URL": "http://127.0.0.1:9", "ROUTER_STATE_DIR": str(tmp_path / "state")}
     process = spawn(*args, env=env)
     try:

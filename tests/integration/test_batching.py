@@ -69,10 +69,26 @@ def executions(server: TritonServer, model: str) -> tuple[int, int]:
     return int(stats["execution_count"]), int(stats["inference_stats"]["success"]["count"])
 
 
+def settled(server: TritonServer, model: str, requests_at_least: int) -> tuple[int, int]:
+    """:func:`executions` once Triton has recorded at least ``requests_at_least`` requests
+    and two reads 0.1 s apart agree: it records a request's statistics just after its
+    answer leaves, so a read right after an answer may not count it yet."""
+    deadline = time.monotonic() + 5.0
+    last = executions(server, model)
+    while time.monotonic() < deadline:
+        time.sleep(0.1)
+        now = executions(server, model)
+        if now == last and now[1] >= requests_at_least:
+            return now
+        last = now
+    raise AssertionError(f"Triton's statistics for {model} did not settle: {last}")
+
+
 def test_a_shipped_model_is_never_handed_several_requests_at_once(server: TritonServer) -> None:
     """Eight one-image requests released together: eight executions, one per request
     (with the old dynamic batcher Triton ran them in two or three, and every request
     of an execution was answered at its end)."""
+    earlier = executions(server, "draft")
     infer(server, "draft", ["warm"], 0)
     gate = threading.Barrier(8)
 
@@ -80,7 +96,7 @@ def test_a_shipped_model_is_never_handed_several_requests_at_once(server: Triton
         gate.wait()
         infer(server, "draft", [f"a fox {i}"], i)
 
-    before = executions(server, "draft")
+    before = settled(server, "draft", earlier[1] + 1)  # the warm-up counted (once it counted 9 of 8)
     with ThreadPoolExecutor(8) as pool:
         list(pool.map(one, range(8)))
     # Triton records an execution's statistics just after its answers leave: wait for them

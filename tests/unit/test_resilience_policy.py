@@ -166,6 +166,7 @@ async def test_a_cancelled_waiter_leaves_the_line_before_its_task_runs_again() -
     assert gate.queued == 2 and gate.ahead_of(3, "c") == 2
     first.cancel()
     second.cancel()  # both gone, in this very turn of the loop
+    assert not gate._line and not gate._waiters, "the line holds the live waiters only"
     assert gate.queued == 0 and gate.ahead_of(3, "c") == 0 and gate.can_queue()
     gate.release()  # the slot is free, not passed to a waiter that is gone
     assert gate.inflight == 0 and gate.try_acquire()
@@ -177,6 +178,8 @@ async def test_a_cancelled_waiter_leaves_the_line_before_its_task_runs_again() -
 
 
 async def test_a_waiter_granted_as_it_is_cancelled_passes_the_slot_on() -> None:
+    """A slot handed to a waiter whose task is cancelled before it runs again is not
+    lost: the waiter passes it to the next in line as it leaves."""
     gate = AdmissionGate(limit=1, max_queue=8)
     assert gate.try_acquire()
     late = asyncio.create_task(gate.acquire(2, "a"))
