@@ -11,21 +11,15 @@ of an older commit), so the same script measures before and after.
 
 from __future__ import annotations
 
-import argparse
-import sys
 import timeit
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from common import tree_args
+
 CASES = [(1, 1), (1, 32), (1, 300), (2, 32), (4, 300), (4, 1000)]  # (slots, requests in flight)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--tree", type=Path, default=ROOT, help="the source tree to import image_router from")
-    parser.add_argument("--number", type=int, default=20000)
-    args = parser.parse_args()
-    sys.path.insert(0, str(args.tree.resolve()))
+    args = tree_args(__doc__, 20000)
     from image_router.policy.forecast import Lane
 
     print("| slots | requests in flight | one forecast |")

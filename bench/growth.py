@@ -24,14 +24,13 @@ older commit), so the same script measures before and after.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import sys
 import timeit
 from collections.abc import Callable
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from common import tree_args
+
 SIZES = [10, 100, 1000, 5000]
 
 
@@ -149,12 +148,7 @@ def sweeping_write(live: int) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--tree", type=Path, default=ROOT, help="the source tree to import image_router from")
-    parser.add_argument("--number", type=int, default=2000)
-    args = parser.parse_args()
-    sys.path.insert(0, str(args.tree.resolve()))
-    n = args.number
+    n = tree_args(__doc__, 2000).number
     print("| n | admission, n waiting | tenant key, n tenants | circuit, n in window | hosted lane, n in flight |")
     print("|---|---|---|---|---|")
     for size in SIZES:
