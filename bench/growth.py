@@ -13,6 +13,8 @@ step on it; a step that is O(1) amortised stays flat down its column.
   of them is answered and a new one sent;
 - **state store sweep**: the SQLite store's write that sweeps expired rows, with ``n``
   live rows in the file;
+- **replica choice**: a model's forecast over a Triton backend's replicas (by design it
+  compares them all, so it grows with them: the cost of each is what changes);
 - **retry budget**: not a time: how many entries it keeps after ``n`` requests at 100 a
   second with no retry (its window is 10 s: 1,000 at most is right).
 
@@ -109,6 +111,21 @@ def hosted_lane(in_flight: int, number: int) -> float:
     return best(answer_one, number)
 
 
+def replica_forecast(replicas: int, number: int) -> float:
+    """µs: a model's forecast on a Triton backend of ``replicas`` replicas, each with a
+    request running and three queued (every request reads it for each tier it weighs)."""
+    from image_router.backends.replicas import ReplicaSet
+    from image_router.config.table import Backend, Model
+
+    spec = Backend("t", "triton", "http://r0:1", replicas=tuple(f"http://r{i}:1" for i in range(replicas)))
+    model = Model("draft", "t", "draft", None, 100.0)
+    replica_set = ReplicaSet(spec, lambda: 100.0)
+    for i, replica in enumerate(replica_set.replicas):
+        for j in range(4):
+            replica.lane(model).send(99.0 + i * 1e-3 + j * 1e-4)
+    return best(lambda: replica_set.forecast(model, 2), number)
+
+
 def retry_budget(requests: int) -> int:
     from image_router.policy.retry_budget import RetryBudget
 
@@ -162,6 +179,9 @@ def main() -> None:
     swept = [sweeping_write(size) for size in (10_000, 100_000, 1_000_000)]
     print("\nstate store (SQLite), the write that sweeps, with 10k / 100k / 1M live rows:", end=" ")
     print(" / ".join(f"{ms:.1f} ms" for ms in swept))
+    forecasts = [replica_forecast(size, n) for size in (2, 8, 32, 128)]
+    print("replica choice (grows with the replicas, by design), one forecast at 2 / 8 / 32 / 128:", end=" ")
+    print(" / ".join(f"{us:.1f} µs" for us in forecasts))
     kept = [retry_budget(size) for size in (10_000, 100_000, 1_000_000)]
     print("retry budget, entries kept after 10k / 100k / 1M requests at 100/s:", end=" ")
     print(" / ".join(f"{k:,}" for k in kept))

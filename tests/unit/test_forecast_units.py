@@ -345,3 +345,33 @@ def _check_against_the_play(lane: Lane, tickets: list[Ticket], now: float, serve
             assert exact - per_unit_s * largest - 1e-9 <= waited <= exact + 1e-9
         else:
             assert exact - 1e-9 <= waited <= exact + per_unit_s * max(line) + 1e-9
+
+
+def test_replicas_are_compared_by_expected_finish_and_the_winners_forecast_is_whole() -> None:
+    """The best of several replicas is picked by ``Lane.expected_s`` (one play, not
+    three) and only its whole forecast is made: the same forecast as making every
+    replica's and taking the earliest expected, for lanes of any shape and state."""
+    from image_router.backends.replicas import ReplicaSet
+
+    rng = np.random.default_rng(11)
+    now = [100.0]
+    for case in range(60):
+        n = int(rng.integers(2, 7))
+        spec = Backend("t", "triton", "http://r0:1", replicas=tuple(f"http://r{i}:1" for i in range(n)))
+        replicas = ReplicaSet(spec, lambda: now[0])
+        model = Model("draft", "t", "draft", None, 100.0, instances=int(rng.integers(1, 4)))
+        for replica in replicas.replicas:
+            lane = replica.lane(model)
+            for _ in range(int(rng.integers(0, 12))):
+                ticket = lane.send(now[0], units=float(rng.choice([1.0, 2.0, 4.0])))
+                if rng.random() < 0.3:
+                    lane.done(ticket, now[0] + float(rng.random()), ok=True)
+                elif rng.random() < 0.2:
+                    lane.abandon(ticket, now[0] + 0.01)
+            now[0] += 0.001
+        extra, units = int(rng.integers(0, 9)), float(rng.choice([1.0, 3.0]))
+        every = [r.lane(model).forecast(now[0], -(-extra // n), units) for r in replicas.replicas]
+        for replica in replicas.replicas:
+            lane = replica.lane(model)
+            assert lane.expected_s(now[0], extra, units) == lane.forecast(now[0], extra, units).expected_s
+        assert replicas.forecast(model, extra, units) == min(every, key=lambda f: f.expected_s), case
