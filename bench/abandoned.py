@@ -50,8 +50,9 @@ default_route: {{model: draft, budget_ms: 10000}}
 """
 
 
-def quiet() -> float:
-    return wait_model_idle("quality", timeout_s=120)
+def quiet(triton: TritonServer) -> float:
+    assert triton.pid is not None
+    return wait_model_idle("quality", triton.pid, timeout_s=120)
 
 
 async def burst(url: str, waves: int, per_wave: int) -> list[tuple[int, str, float]]:
@@ -96,12 +97,12 @@ def main() -> None:
                 )
             )
             gateways[protocol] = GatewayProcess(routes, triton.http_url, directory / "gateway.log")
-        before = quiet()
+        before = quiet(triton)
         r = httpx.post(
             gateways["http"].url + "/api/v1/generate", json={"prompt": "one", "model": "quality", "seed": 1}, timeout=60
         )
         r.raise_for_status()
-        one_image = quiet() - before
+        one_image = quiet(triton) - before
         print(f"one quality image alone: {one_image:.2f} s of model CPU")
         print(
             f"burst: {args.waves} waves of {args.per_wave} requests, 1 s apart; budget {args.budget_ms} ms; "
@@ -111,9 +112,9 @@ def main() -> None:
               "answered | of them downgraded | errors | worst latency |")  # fmt: skip
         print("|---|---|---|---|---|---|---|---|")
         for protocol, gw in gateways.items():
-            before = quiet()
+            before = quiet(triton)
             results = asyncio.run(burst(gw.url, args.waves, args.per_wave))
-            spent = quiet() - before
+            spent = quiet(triton) - before
             delivered = sum(1 for status, model, _ in results if status == 200 and model.startswith("quality"))
             answered = sum(1 for status, _, _ in results if status == 200)
             downgraded = sum(1 for status, model, _ in results if status == 200 and model.startswith("draft"))

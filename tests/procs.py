@@ -224,29 +224,50 @@ class HostedUpstream:
         self._log_file.close()
 
 
-def model_cpu_s(model: str) -> float:
+def _stat(pid: int | str) -> list[str]:
+    """``/proc/PID/stat``'s fields after the command name (``[]``: the process is gone)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (FileNotFoundError, ProcessLookupError):
+        return []
+
+
+def _descends_from(pid: int | str, ancestor: int) -> bool:
+    while True:
+        fields = _stat(pid)
+        if not fields:
+            return False
+        parent = int(fields[1])
+        if parent == ancestor:
+            return True
+        if parent <= 1:
+            return False
+        pid = parent
+
+
+def model_cpu_s(model: str, triton: int) -> float:
     """CPU seconds used so far by a Triton model's Python backend process(es): what a
-    model really computed, whatever its clients saw."""
+    model really computed, whatever its clients saw. Only those of the Triton whose pid
+    is ``triton``: under ``make test`` the other worker's Triton runs the same models."""
     pids = subprocess.run(
         ["pgrep", "-f", f"triton_python_backend_stub.*/{model}/"], capture_output=True, text=True
     ).stdout.split()
     total = 0.0
     for pid in pids:
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except FileNotFoundError:
-            continue
-        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        fields = _stat(pid)
+        if fields and _descends_from(pid, triton):
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
     return total
 
 
-def wait_model_idle(model: str, timeout_s: float = 30.0) -> float:
-    """Wait until the model uses no CPU for 0.6 s; its CPU time then."""
+def wait_model_idle(model: str, triton: int, timeout_s: float = 30.0) -> float:
+    """Wait until the model (on the Triton whose pid is ``triton``) uses no CPU for
+    0.6 s; its CPU time then."""
     deadline = time.monotonic() + timeout_s
-    last = model_cpu_s(model)
+    last = model_cpu_s(model, triton)
     while time.monotonic() < deadline:
         time.sleep(0.6)
-        now = model_cpu_s(model)
+        now = model_cpu_s(model, triton)
         if now - last < 0.02:
             return now
         last = now

@@ -39,30 +39,33 @@ default_route: {{model: draft, budget_ms: 10000}}
 """
 
 
-def _quiet() -> float:
-    return wait_model_idle("quality")
+def _quiet(triton: TritonServer) -> float:
+    assert triton.pid is not None
+    return wait_model_idle("quality", triton.pid)
 
 
-def _spent_after_abandoning(gw: GatewayProcess) -> float:
+def _spent_after_abandoning(gw: GatewayProcess, triton: TritonServer) -> float:
     """Model CPU spent on one quality request the gateway abandons at its 300 ms budget."""
-    before = _quiet()
+    before = _quiet(triton)
     r = httpx.post(gw.url + "/api/v1/generate", json={"prompt": "a castle", "intent": "abandon", "seed": 1}, timeout=30)
     assert r.status_code == 504 and r.json()["error"]["code"] == "budget_exhausted", r.text
-    return _quiet() - before
+    return _quiet(triton) - before
 
 
 def test_an_abandoned_quality_request_stops_within_a_step_over_grpc(start_gateway: Start, triton: TritonServer) -> None:
-    full_before = _quiet()
+    full_before = _quiet(triton)
     client = grpcclient.InferenceServerClient(f"127.0.0.1:{triton.config.grpc_port}")
     p = grpcclient.InferInput("PROMPT", [1, 1], "BYTES")
     p.set_data_from_numpy(np.array([[b"a castle"]], dtype=object))
     client.infer("quality", [p])  # one whole image, for scale
     client.close()
-    full = _quiet() - full_before
+    full = _quiet(triton) - full_before
 
     port = triton.config.grpc_port
-    over_grpc = _spent_after_abandoning(start_gateway(ROUTES.format(protocol="grpc", grpc_port=port), name="grpc.yaml"))
-    over_http = _spent_after_abandoning(start_gateway(ROUTES.format(protocol="http", grpc_port=port), name="http.yaml"))
+    via_grpc = start_gateway(ROUTES.format(protocol="grpc", grpc_port=port), name="grpc.yaml")
+    over_grpc = _spent_after_abandoning(via_grpc, triton)
+    via_http = start_gateway(ROUTES.format(protocol="http", grpc_port=port), name="http.yaml")
+    over_http = _spent_after_abandoning(via_http, triton)
     print(f"\nquality model CPU: whole {full:.2f} s; abandoned at 0.3 s: gRPC {over_grpc:.2f}, HTTP {over_http:.2f} s")
     assert over_grpc < 0.3 + 0.35 * full, "stopped within about a step of the 0.3 s budget"
     assert over_http > 0.8 * full, "over HTTP Triton computes the whole image anyway"
@@ -81,7 +84,7 @@ def test_a_grpc_backend_serves_the_same_images_and_a_gone_client_cancels(
     assert a.headers["x-router-model"].startswith("draft")
 
     # a gRPC client that gives up: the gateway's call to Triton is cancelled with it
-    before = _quiet()
+    before = _quiet(triton)
     channel = grpc.insecure_channel(via_grpc.grpc_target)
     stub = grpcclient.service_pb2_grpc.GRPCInferenceServiceStub(channel)
     request = grpcclient.service_pb2.ModelInferRequest(model_name="quality")
@@ -89,15 +92,15 @@ def test_a_grpc_backend_serves_the_same_images_and_a_gone_client_cancels(
     future = stub.ModelInfer.future(request, timeout=30)
     time.sleep(0.4)
     future.cancel()
-    spent = _quiet() - before
+    spent = _quiet(triton) - before
     channel.close()
     assert spent < 1.2, f"the model ran on for {spent:.2f} s after its client left (gRPC)"
 
     # an HTTP client that disconnects: the same
-    before = _quiet()
+    before = _quiet(triton)
     with contextlib.suppress(httpx.ReadTimeout):
         httpx.post(via_grpc.url + "/api/v1/generate", json={"prompt": "a castle", "model": "quality"}, timeout=0.4)
-    spent = _quiet() - before
+    spent = _quiet(triton) - before
     assert spent < 1.2, f"the model ran on for {spent:.2f} s after its client left (HTTP)"
     via_grpc.stop()  # flushes the access log
     lines = [json.loads(line) for line in via_grpc.log.read_text().splitlines() if line.startswith("{")]

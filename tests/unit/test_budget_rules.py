@@ -208,7 +208,7 @@ def test_a_brownout_budget_with_reject_quotes_the_whole_chain(tmp_path: Path) ->
 GATE_ROUTES = """
 backends: {{fake: {{url: "http://fake:1"}}}}
 billing: {{quote_margin: 1.0, cache_hit_price: 0.001}}
-state: {{store: "sqlite://{state}"}}
+state: {{store: "sqlite://{state}", timeout_ms: 5000}}  # the budget's rules, not the store's bound
 cache: {{store: "disk:///unused", timeout_ms: 500}}
 models:
   quality: {{backend: fake, latency_hint_ms: 50, version: "1", price: {{per_image: 0.01}}}}
