@@ -224,17 +224,17 @@ class HostedUpstream:
         self._log_file.close()
 
 
-def _stat(pid: int | str) -> list[str]:
+def proc_stat(pid: int | str) -> list[str]:
     """``/proc/PID/stat``'s fields after the command name (``[]``: the process is gone)."""
     try:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (FileNotFoundError, ProcessLookupError):
+    except OSError:
         return []
 
 
 def _descends_from(pid: int | str, ancestor: int) -> bool:
     while True:
-        fields = _stat(pid)
+        fields = proc_stat(pid)
         if not fields:
             return False
         parent = int(fields[1])
@@ -254,7 +254,7 @@ def model_cpu_s(model: str, triton: int) -> float:
     ).stdout.split()
     total = 0.0
     for pid in pids:
-        fields = _stat(pid)
+        fields = proc_stat(pid)
         if fields and _descends_from(pid, triton):
             total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
     return total

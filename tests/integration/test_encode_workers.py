@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.procs import proc_stat
+
 pytestmark = pytest.mark.integration
 
 PARENT = textwrap.dedent(
@@ -38,11 +40,8 @@ PARENT = textwrap.dedent(
 
 def _alive(pid: int) -> bool:
     """Running, not a zombie waiting for a reaper."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except FileNotFoundError:
-        return False
-    return fields[0] != "Z"
+    fields = proc_stat(pid)
+    return bool(fields) and fields[0] != "Z"
 
 
 def test_encode_workers_exit_when_the_gateway_is_killed(tmp_path: Path) -> None:

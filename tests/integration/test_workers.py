@@ -20,7 +20,7 @@ import pytest
 
 from image_router.triton import TritonServer
 from tests.integration.test_cache import cached_routes, inferences
-from tests.procs import GatewayProcess, free_ports, scrape
+from tests.procs import GatewayProcess, free_ports, proc_stat, scrape
 
 pytestmark = pytest.mark.integration
 
@@ -30,11 +30,8 @@ def children(pid: int) -> set[int]:
     found = set()
     for entry in os.listdir("/proc"):
         if entry.isdigit():
-            try:
-                stat = Path(f"/proc/{entry}/stat").read_text()
-            except OSError:
-                continue
-            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+            fields = proc_stat(entry)
+            if fields and int(fields[1]) == pid:
                 found.add(int(entry))
     return found
 
